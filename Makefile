@@ -1,0 +1,47 @@
+# One task runner for everything: `make demo` and `make test` are all a new user needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+DEMO_DB ?= scope.db
+
+.PHONY: setup setup-test host host-test venv demo test lint unit bench clean
+
+setup: host venv
+setup-test: host-test venv
+
+host:
+	@PYTHON=$(PYTHON) scripts/host-setup.sh
+
+host-test:
+	@PYTHON=$(PYTHON) scripts/host-setup.sh --test
+
+venv: $(INSTALLED)
+	@$(PY) -m recorder.hostenv link-bcc
+
+# pip's output goes to a log that is shown only when the install fails.
+$(INSTALLED): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --disable-pip-version-check -e '.[dev]' > $(VENV)/install.log 2>&1 \
+		|| { tail -n 30 $(VENV)/install.log; exit 1; }
+	@touch $@
+
+demo: setup
+	@$(PY) -m recorder.demo --db $(DEMO_DB)
+
+lint: venv
+	@$(PY) -m ruff check recorder replay migrations tests bench
+	@$(PY) -m mypy
+
+test: setup-test lint
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: venv
+	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm

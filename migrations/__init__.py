@@ -1,0 +1,1 @@
+"""Alembic migrations of the scope-recorder log. This package belongs to Alembic alone."""

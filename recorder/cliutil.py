@@ -1,0 +1,79 @@
+"""What the three CLIs share: running a Typer app with one error policy, and shared options.
+
+Errors reach the user as one line, ``<prog>: error: <message>``, and an exit code:
+``ScopeError.exit_code`` for library errors (see ``recorder.errors``), 2 for bad usage, 130
+for an interrupt, 70 for an internal error (a bug: ``SCOPE_DEBUG=1`` shows its traceback).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import sys
+from typing import Annotated, NoReturn
+
+import typer
+
+from recorder.errors import ScopeError
+
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        metavar="PATH|URL",
+        help="The log: a SQLite file path or a SQLAlchemy URL (postgresql://user@host/db). "
+        "Default: $SCOPE_DB, else ./scope.db.",
+        show_default=False,
+    ),
+]
+
+
+class OutputFormat(str, enum.Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+def error_line(prog: str, message: str) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+
+
+def run(app: typer.Typer, prog: str, argv: list[str] | None = None) -> NoReturn:
+    """Run ``app`` as ``prog`` and exit with the code the error policy gives."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name=prog, standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # bad usage: unknown option, invalid value, ...
+        error_line(prog, _one_line(exc.format_message()))
+        sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
+    except (typer.Abort, KeyboardInterrupt):
+        error_line(prog, "interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    except ScopeError as exc:
+        error_line(prog, _one_line(str(exc)))
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        # The reader of our output went away (`| head`): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
+    except Exception as exc:
+        if os.environ.get("SCOPE_DEBUG"):
+            raise
+        error_line(
+            prog,
+            f"internal error: {type(exc).__name__}: {_one_line(str(exc))} "
+            "(set SCOPE_DEBUG=1 for a traceback)",
+        )
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())

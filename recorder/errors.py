@@ -1,0 +1,76 @@
+"""The one error tree of scope-recorder.
+
+Every failure a user can cause or meet is one of these; driver errors (sqlite3, SQLAlchemy,
+psycopg, bcc, netlink) are mapped into it at the seam where they occur, with ``raise ... from``.
+The CLIs turn a ``ScopeError`` into one line on stderr and ``exit_code``.
+
+    ScopeError
+    ├── UsageError            bad arguments: timestamps, durations, views, formats   (2)
+    ├── LogError              the event log
+    │   ├── LogLocationError  path/URL unusable: directory, missing, bad scheme     (2)
+    │   ├── LogOpenError      not a database, corrupt, foreign, unreachable server   (2)
+    │   ├── SchemaTooNewError written by a newer scope-recorder                      (2)
+    │   ├── SchemaMissingError not initialised yet (read-only commands)              (2)
+    │   ├── EmptyLogError     initialised but holds no events                        (2)
+    │   └── LogWriteError     an append failed: disk full, server gone               (3)
+    ├── CaptureError          eBPF capture cannot start or broke                     (4)
+    │   └── EbpfUnavailable   this host cannot run the programs (why in the message)
+    ├── ConntrackUnavailable  conntrack cannot be read in some namespace              (4)
+    └── QueryError            the SQL of scope-query was refused or failed           (1)
+"""
+
+from __future__ import annotations
+
+
+class ScopeError(Exception):
+    """Base of every error scope-recorder reports to a user."""
+
+    exit_code = 1
+
+
+class UsageError(ScopeError):
+    exit_code = 2
+
+
+class LogError(ScopeError):
+    exit_code = 2
+
+
+class LogLocationError(LogError):
+    pass
+
+
+class LogOpenError(LogError):
+    pass
+
+
+class SchemaTooNewError(LogError):
+    pass
+
+
+class SchemaMissingError(LogError):
+    pass
+
+
+class EmptyLogError(LogError):
+    pass
+
+
+class LogWriteError(LogError):
+    exit_code = 3
+
+
+class CaptureError(ScopeError):
+    exit_code = 4
+
+
+class EbpfUnavailable(CaptureError):
+    pass
+
+
+class ConntrackUnavailable(ScopeError):
+    exit_code = 4
+
+
+class QueryError(ScopeError):
+    exit_code = 1

@@ -1,0 +1,142 @@
+"""What the log holds: event kinds and the plain records that travel from capture to the log.
+
+Records are NamedTuples: the capture path creates millions of them, and tuples are the
+cheapest Python object that still has field names. Addresses are raw network-order bytes
+(4 for IPv4, 16 for IPv6, v4-mapped IPv6 kept as the kernel reported it); the family is
+implied by the length. All timestamps are CLOCK_MONOTONIC nanoseconds (the clock of
+``bpf_ktime_get_ns``); wall time is derived from the recording's clock samples.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any, NamedTuple
+
+
+class Kind(IntEnum):
+    """Event kinds. The numbers are stored in the log: never renumber, only append."""
+
+    CONNECT = 1  # active open completed (SYN_SENT -> ESTABLISHED); pid of connect()
+    ACCEPT = 2  # passive open completed; pid of the process whose accept() returned it
+    CLOSE = 3  # an open connection's socket reached CLOSE; pid of the connection's owner
+    CONNECT_FAILED = 4  # SYN_SENT -> CLOSE without ESTABLISHED (refused, timed out, reset)
+    EXEC = 5  # a process called execve; extra: ppid, filename
+    EXIT = 6  # a process (thread group) exited; extra: ppid, exit code
+    SNAPSHOT = 7  # a /proc (+ conntrack) snapshot; its rows are in the snapshot_* tables
+    CT_NEW = 8  # conntrack entry created; tuple = original direction, extra = the rest
+    CT_UPDATE = 9
+    CT_DESTROY = 10
+
+
+CONNECTION_KINDS = frozenset({Kind.CONNECT, Kind.ACCEPT, Kind.CLOSE, Kind.CONNECT_FAILED})
+PROCESS_KINDS = frozenset({Kind.EXEC, Kind.EXIT})
+CONNTRACK_KINDS = frozenset({Kind.CT_NEW, Kind.CT_UPDATE, Kind.CT_DESTROY})
+
+
+class Event(NamedTuple):
+    """One event as captured, before it has a position in the log."""
+
+    kind: int
+    mono_ns: int
+    pid: int | None = None
+    comm: str | None = None
+    netns: int | None = None
+    laddr: bytes | None = None
+    lport: int | None = None
+    raddr: bytes | None = None
+    rport: int | None = None
+    sock_id: int | None = None
+    bytes_sent: int | None = None
+    bytes_received: int | None = None
+    extra: dict[str, Any] | None = None
+
+
+class LoggedEvent(NamedTuple):
+    """An event read back from the log: its position, recording and derived wall time."""
+
+    position: int
+    recording_id: int
+    wall_ns: int
+    kind: int
+    mono_ns: int
+    pid: int | None
+    comm: str | None
+    netns: int | None
+    laddr: bytes | None
+    lport: int | None
+    raddr: bytes | None
+    rport: int | None
+    sock_id: int | None
+    bytes_sent: int | None
+    bytes_received: int | None
+    extra: dict[str, Any] | None
+
+
+class SnapshotConnection(NamedTuple):
+    """A TCP socket seen in /proc/<pid>/net/tcp{,6} during a snapshot."""
+
+    netns: int
+    laddr: bytes
+    lport: int
+    raddr: bytes
+    rport: int
+    state: int  # kernel TCP state number (1 = ESTABLISHED, 10 = LISTEN, ...)
+    inode: int
+    uid: int
+    pid: int | None  # owner found through /proc/<pid>/fd, None if no fd points at it
+
+
+class SnapshotProcess(NamedTuple):
+    """A process seen in /proc during a snapshot."""
+
+    pid: int
+    ppid: int
+    comm: str
+    cmdline: str
+    cgroup: str
+    netns: int | None
+    start_mono_ns: int  # process start, on the monotonic clock
+
+
+class ConntrackEntry(NamedTuple):
+    """A conntrack TCP entry: the original direction as the client saw it, and the reply."""
+
+    netns: int
+    orig_src: bytes
+    orig_dst: bytes
+    orig_sport: int
+    orig_dport: int
+    reply_src: bytes
+    reply_dst: bytes
+    reply_sport: int
+    reply_dport: int
+    status: int  # IPS_* bits: 0x10 SRC_NAT_DONE... see replay.nat
+    tcp_state: int
+    ct_id: int
+    zone: int
+    mark: int
+
+
+class Snapshot(NamedTuple):
+    """Everything one snapshot walk saw. It is stored under one SNAPSHOT event."""
+
+    connections: tuple[SnapshotConnection, ...] = ()
+    processes: tuple[SnapshotProcess, ...] = ()
+    conntrack: tuple[ConntrackEntry, ...] = ()
+
+
+class Loss(NamedTuple):
+    """Events the kernel could not hand over (or the recorder could not keep), and when."""
+
+    lost: int
+    first_mono_ns: int
+    last_mono_ns: int
+    reason: str
+
+
+class ClockSample(NamedTuple):
+    """One measurement of wall time minus monotonic time, with its uncertainty."""
+
+    mono_ns: int
+    offset_ns: int
+    uncertainty_ns: int

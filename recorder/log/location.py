@@ -1,0 +1,89 @@
+"""Where a log lives: a SQLite file path or a SQLAlchemy URL, from `--db`, `SCOPE_DB` or ./scope.db."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from recorder.errors import LogLocationError
+
+DEFAULT_LOG = "scope.db"
+ENV_VAR = "SCOPE_DB"
+
+# The PostgreSQL driver this project installs. A bare postgresql:// URL would otherwise make
+# SQLAlchemy look for psycopg2, which is not a dependency.
+_POSTGRES_DRIVER = "postgresql+psycopg"
+
+
+@dataclass(frozen=True)
+class LogLocation:
+    """A resolved log location. ``path`` is set for SQLite files, ``url`` always."""
+
+    url: URL
+    path: Path | None
+    text: str = ""  # as the user gave it, for messages
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.path is not None
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.url.get_backend_name() == "postgresql"
+
+    def display(self) -> str:
+        """The location as a user wrote it, without a password."""
+        if self.path is not None:
+            return str(self.path)
+        try:
+            return make_url(self.text).render_as_string(hide_password=True)
+        except ArgumentError:
+            return self.url.render_as_string(hide_password=True)
+
+
+def default_location_text() -> str:
+    return os.environ.get(ENV_VAR) or DEFAULT_LOG
+
+
+def resolve(text: str | None) -> LogLocation:
+    """Turn a `--db` value into a location. Nothing is opened or created here."""
+    text = text if text else default_location_text()
+    if "://" not in text:
+        return _sqlite_location(Path(text))
+    try:
+        url = make_url(text)
+    except ArgumentError as exc:
+        raise LogLocationError(f"not a database URL: {text!r}") from exc
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if not url.database or url.database == ":memory:":
+            raise LogLocationError("a SQLite log must be a file, not an in-memory database")
+        return _sqlite_location(Path(url.database))
+    if backend == "postgresql":
+        if url.drivername == "postgresql":
+            url = url.set(drivername=_POSTGRES_DRIVER)
+        return LogLocation(url=url, path=None, text=text)
+    raise LogLocationError(
+        f"unsupported database URL scheme {url.drivername!r}: use a file path, "
+        "sqlite:///path or postgresql://user@host/db"
+    )
+
+
+def _sqlite_location(path: Path) -> LogLocation:
+    path = path.expanduser().absolute()
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise LogLocationError(f"cannot use {path}: {exc.strerror}") from exc
+    if mode is not None and stat.S_ISDIR(mode):
+        raise LogLocationError(f"{path} is a directory, not a log file")
+    if mode is not None and not stat.S_ISREG(mode):
+        raise LogLocationError(f"{path} is not a regular file")
+    return LogLocation(url=URL.create("sqlite", database=str(path)), path=path, text=str(path))

@@ -1,0 +1,284 @@
+"""Reading the log: events by position or time range, streamed in log order.
+
+Reads page through the events table by position ("start after the last position"), so memory
+stays constant and no read transaction is held between pages. A reader fixes the head (the
+last committed position) when asked, so a replay over a log that is being written sees every
+batch committed before that moment, whole, and nothing after it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from recorder.clock import ClockModel
+from recorder.events import (
+    ClockSample,
+    ConntrackEntry,
+    LoggedEvent,
+    Snapshot,
+    SnapshotConnection,
+    SnapshotProcess,
+)
+from recorder.log.schema import EVENT_COLUMNS
+from recorder.log.store import LogStore, map_driver_error
+
+DEFAULT_PAGE_SIZE = 20_000
+
+_EVENT_SELECT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
+
+
+@dataclass(frozen=True)
+class Recording:
+    id: int
+    host_id: str
+    machine_id: str | None
+    boot_id: str | None
+    kernel_release: str | None
+    tool_version: str
+    mode: str
+    recorder_pid: int | None
+    root_netns: int | None
+    started_mono_ns: int
+    started_wall_ns: int
+    last_mono_ns: int | None
+    stopped_mono_ns: int | None
+    stop_reason: str | None
+    stop_detail: str | None
+    conntrack: str | None
+    options: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class BatchSpan:
+    first_position: int
+    last_position: int
+    recording_id: int
+    min_wall_ns: int
+    max_wall_ns: int
+
+
+@dataclass(frozen=True)
+class LossRecord:
+    id: int
+    recording_id: int
+    lost: int
+    first_mono_ns: int
+    last_mono_ns: int
+    first_wall_ns: int
+    last_wall_ns: int
+    after_position: int
+    reason: str
+
+
+def decode_extra(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return value
+    decoded = json.loads(value)
+    return decoded if isinstance(decoded, dict) else {"value": decoded}
+
+
+class LogReader:
+    """Read access to one log. Not thread-safe; cheap to create."""
+
+    def __init__(self, store: LogStore, page_size: int = DEFAULT_PAGE_SIZE) -> None:
+        self.store = store
+        self.page_size = page_size
+        self._comms: dict[int, str] = {}
+        self._clocks: dict[int, ClockModel] = {}
+
+    # -- plumbing --------------------------------------------------------------------------
+    def _query(self, sql: str, **params: Any) -> list[Any]:
+        with self.store.connect() as conn:
+            return list(conn.execute(text(sql), params).all())
+
+    def _conn_error(self, exc: SQLAlchemyError) -> Exception:
+        return map_driver_error(exc, self.store.location)
+
+    # -- small tables ----------------------------------------------------------------------
+    def head(self) -> int:
+        """The last committed position (0 for a log without events)."""
+        rows = self._query("SELECT COALESCE(MAX(last_position), 0) FROM batches")
+        return int(rows[0][0])
+
+    def recordings(self) -> list[Recording]:
+        columns = ", ".join(Recording.__dataclass_fields__)
+        rows = self._query(f"SELECT {columns} FROM recordings ORDER BY id")
+        return [
+            Recording(*row[:-1], options=decode_extra(row[-1]))  # type: ignore[misc]
+            for row in rows
+        ]
+
+    def clock(self, recording_id: int) -> ClockModel:
+        model = self._clocks.get(recording_id)
+        if model is None:
+            self._load_clocks()
+            model = self._clocks.setdefault(recording_id, ClockModel())
+        return model
+
+    def _load_clocks(self) -> None:
+        rows = self._query(
+            "SELECT recording_id, mono_ns, offset_ns, uncertainty_ns FROM clock_samples "
+            "ORDER BY recording_id, mono_ns"
+        )
+        clocks: dict[int, ClockModel] = {}
+        for recording_id, mono_ns, offset_ns, uncertainty_ns in rows:
+            clocks.setdefault(recording_id, ClockModel()).add(
+                ClockSample(mono_ns, offset_ns, uncertainty_ns)
+            )
+        self._clocks = clocks
+
+    def comm(self, comm_id: int | None) -> str | None:
+        if comm_id is None:
+            return None
+        name = self._comms.get(comm_id)
+        if name is None:
+            self._comms = {
+                int(row[0]): str(row[1]) for row in self._query("SELECT id, name FROM comms")
+            }
+            name = self._comms.get(comm_id)
+        return name
+
+    def batches(self, after: int = 0, upto: int | None = None) -> list[BatchSpan]:
+        upto = self.head() if upto is None else upto
+        rows = self._query(
+            "SELECT first_position, last_position, recording_id, min_wall_ns, max_wall_ns "
+            "FROM batches WHERE last_position > :after AND first_position <= :upto "
+            "ORDER BY last_position",
+            after=after,
+            upto=upto,
+        )
+        return [BatchSpan(*row) for row in rows]
+
+    def losses(self) -> list[LossRecord]:
+        columns = ", ".join(LossRecord.__dataclass_fields__)
+        rows = self._query(f"SELECT {columns} FROM losses ORDER BY id")
+        return [LossRecord(*row) for row in rows]
+
+    def event_counts(self) -> dict[tuple[int, int], int]:
+        """Number of events per (recording id, kind)."""
+        rows = self._query(
+            "SELECT recording_id, kind, COUNT(*) FROM events GROUP BY recording_id, kind"
+        )
+        return {(int(rec), int(kind)): int(count) for rec, kind, count in rows}
+
+    # -- events ----------------------------------------------------------------------------
+    def raw_pages(self, after: int = 0, upto: int | None = None) -> Iterator[list[Any]]:
+        """Pages of raw event rows (columns as in the events table), in position order."""
+        upto = self.head() if upto is None else upto
+        sql = text(
+            f"{_EVENT_SELECT} WHERE position > :after AND position <= :upto "
+            "ORDER BY position LIMIT :limit"
+        )
+        while after < upto:
+            try:
+                with self.store.connect() as conn:
+                    page = list(
+                        conn.execute(sql, {"after": after, "upto": upto, "limit": self.page_size})
+                    )
+            except SQLAlchemyError as exc:  # pragma: no cover - store.connect maps these
+                raise self._conn_error(exc) from exc
+            if not page:
+                return
+            yield page
+            after = int(page[-1][0])
+
+    def events(self, after: int = 0, upto: int | None = None) -> Iterator[LoggedEvent]:
+        """Every event with ``after < position <= upto`` (default: up to the head), in order."""
+        for page in self.raw_pages(after, upto):
+            yield from self._decode_page(page)
+
+    def events_between(
+        self, start_wall_ns: int, end_wall_ns: int, after: int = 0, upto: int | None = None
+    ) -> Iterator[LoggedEvent]:
+        """Events whose wall time is in ``[start_wall_ns, end_wall_ns]``, in position order."""
+        spans = [
+            span
+            for span in self.batches(after, upto)
+            if span.max_wall_ns >= start_wall_ns and span.min_wall_ns <= end_wall_ns
+        ]
+        for first, last in _merge_spans(spans):
+            for event in self.events(max(first - 1, after), last):
+                if start_wall_ns <= event.wall_ns <= end_wall_ns:
+                    yield event
+
+    def _decode_page(self, page: list[Any]) -> Iterator[LoggedEvent]:
+        clocks = self._clocks
+        for row in page:
+            recording_id = row[1]
+            clock = clocks.get(recording_id)
+            if clock is None or not len(clock):
+                clock = self.clock(recording_id)
+            mono_ns = row[3]
+            yield LoggedEvent(
+                row[0],
+                recording_id,
+                mono_ns + clock.offset_at(mono_ns),
+                row[2],
+                mono_ns,
+                row[4],
+                self.comm(row[5]),
+                row[6],
+                _bytes(row[7]),
+                row[8],
+                _bytes(row[9]),
+                row[10],
+                row[11],
+                row[12],
+                row[13],
+                decode_extra(row[14]),
+            )
+
+    # -- snapshots -------------------------------------------------------------------------
+    def snapshot(self, position: int) -> Snapshot:
+        """The rows stored under the SNAPSHOT event at ``position``."""
+        with self.store.connect() as conn:
+            return Snapshot(
+                connections=tuple(
+                    SnapshotConnection(*(_bytes_or(v) for v in row))
+                    for row in _rows(conn, "snapshot_connections", position, "netns, lport, rport, inode")
+                ),
+                processes=tuple(
+                    SnapshotProcess(*row)
+                    for row in _rows(conn, "snapshot_processes", position, "pid")
+                ),
+                conntrack=tuple(
+                    ConntrackEntry(*(_bytes_or(v) for v in row))
+                    for row in _rows(conn, "snapshot_conntrack", position, "netns, ct_id")
+                ),
+            )
+
+
+def _rows(conn: Connection, table: str, position: int, order: str) -> list[Any]:
+    from recorder.log.schema import metadata
+
+    columns = [c.name for c in metadata.tables[table].columns if c.name != "position"]
+    sql = text(
+        f"SELECT {', '.join(columns)} FROM {table} WHERE position = :position ORDER BY {order}"
+    )
+    return list(conn.execute(sql, {"position": position}))
+
+
+def _bytes(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)
+
+
+def _bytes_or(value: Any) -> Any:
+    return bytes(value) if isinstance(value, memoryview) else value
+
+
+def _merge_spans(spans: list[BatchSpan]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for span in spans:
+        if merged and span.first_position == merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], span.last_position)
+        else:
+            merged.append((span.first_position, span.last_position))
+    return merged

@@ -1,0 +1,161 @@
+"""Appending to a SQLite log: one IMMEDIATE transaction per batch, positions from the rowid.
+
+The events table's ``position`` is SQLite's rowid. Rows are never deleted, so each insert
+gets ``max(rowid) + 1``: positions are gap-free and in commit order without being sent.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from recorder.clock import ClockModel
+from recorder.errors import LogError
+from recorder.events import Event
+from recorder.log.batch import AppendResult, Batch, encode_extra, snapshot_rows
+from recorder.log.schema import EVENT_COLUMNS, metadata
+from recorder.log.store import LogStore, map_driver_error
+
+_EVENT_INSERT_COLUMNS = EVENT_COLUMNS[1:]  # position comes from the rowid
+INSERT_EVENTS = (
+    f"INSERT INTO events ({', '.join(_EVENT_INSERT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_EVENT_INSERT_COLUMNS))})"
+)
+
+
+def _insert_sql(table: str) -> str:
+    columns = [column.name for column in metadata.tables[table].columns]
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+class SqliteAppender:
+    """Commits batches to a SQLite log through one dedicated connection."""
+
+    def __init__(self, store: LogStore) -> None:
+        self._store = store
+        self._proxy = store.engine.raw_connection()
+        self._conn: sqlite3.Connection = self._proxy.driver_connection  # type: ignore[assignment]
+        self._comm_ids: dict[str, int] = dict(
+            (name, comm_id) for comm_id, name in self._conn.execute("SELECT id, name FROM comms")
+        )
+
+    def close(self) -> None:
+        self._proxy.close()
+
+    def append(self, recording_id: int, batch: Batch, clock: ClockModel) -> AppendResult:
+        conn = self._conn
+        new_comms: dict[str, int] = {}
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            head = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()[0]
+            result = AppendResult(head + 1, head + len(batch.events))
+            if batch.events:
+                rows = self._event_rows(recording_id, batch.events, new_comms)
+                conn.executemany(INSERT_EVENTS, rows)
+                self._write_batch_index(recording_id, batch, clock, result)
+                for table, table_rows in snapshot_rows(batch, result.first_position):
+                    conn.executemany(_insert_sql(table), table_rows)
+            self._write_clock_and_losses(recording_id, batch, clock, head)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise map_driver_error(exc, self._store.location) from exc
+        except BaseException:
+            self._rollback()
+            raise
+        self._comm_ids.update(new_comms)
+        return result
+
+    def _rollback(self) -> None:
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def _event_rows(
+        self, recording_id: int, events: list[Event], new_comms: dict[str, int]
+    ) -> list[tuple[Any, ...]]:
+        ids = self._comm_ids
+        for event in events:
+            comm = event.comm
+            if comm is not None and comm not in ids and comm not in new_comms:
+                new_comms[comm] = self._comm_id(comm)
+        lookup = {**ids, **new_comms} if new_comms else ids
+        return [
+            (
+                recording_id,
+                event.kind,
+                event.mono_ns,
+                event.pid,
+                lookup[event.comm] if event.comm is not None else None,
+                event.netns,
+                event.laddr,
+                event.lport,
+                event.raddr,
+                event.rport,
+                event.sock_id,
+                event.bytes_sent,
+                event.bytes_received,
+                encode_extra(event.extra) if event.extra else None,
+            )
+            for event in events
+        ]
+
+    def _comm_id(self, comm: str) -> int:
+        self._conn.execute("INSERT OR IGNORE INTO comms (name) VALUES (?)", (comm,))
+        row = self._conn.execute("SELECT id FROM comms WHERE name = ?", (comm,)).fetchone()
+        return int(row[0])
+
+    def _write_batch_index(
+        self, recording_id: int, batch: Batch, clock: ClockModel, result: AppendResult
+    ) -> None:
+        last = self._conn.execute("SELECT MAX(position) FROM events").fetchone()[0]
+        if last != result.last_position:
+            raise LogError(
+                f"position gap: expected last position {result.last_position}, found {last}"
+            )
+        min_mono, max_mono = batch.mono_range()
+        min_wall, max_wall = batch.wall_bounds(clock)
+        self._conn.execute(
+            _insert_sql("batches"),
+            (
+                result.last_position,
+                result.first_position,
+                recording_id,
+                min_mono,
+                max_mono,
+                min_wall,
+                max_wall,
+            ),
+        )
+        self._conn.execute(
+            "UPDATE recordings SET last_mono_ns = MAX(COALESCE(last_mono_ns, 0), ?) WHERE id = ?",
+            (max_mono, recording_id),
+        )
+
+    def _write_clock_and_losses(
+        self, recording_id: int, batch: Batch, clock: ClockModel, head: int
+    ) -> None:
+        if batch.clock_samples:
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO clock_samples (recording_id, mono_ns, offset_ns, "
+                "uncertainty_ns) VALUES (?, ?, ?, ?)",
+                [(recording_id, *sample) for sample in batch.clock_samples],
+            )
+        for loss in batch.losses:
+            self._conn.execute(
+                "INSERT INTO losses (recording_id, lost, first_mono_ns, last_mono_ns, "
+                "first_wall_ns, last_wall_ns, after_position, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    recording_id,
+                    loss.lost,
+                    loss.first_mono_ns,
+                    loss.last_mono_ns,
+                    clock.wall_ns(loss.first_mono_ns),
+                    clock.wall_ns(loss.last_mono_ns),
+                    head,
+                    loss.reason,
+                ),
+            )

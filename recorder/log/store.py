@@ -1,0 +1,287 @@
+"""Opening a log: location checks, engine set-up per backend, schema version checks.
+
+A log is opened for one of three purposes, which decide what happens to its schema:
+
+- ``Purpose.RECORD``: created if missing (mode 0600), pending migrations applied;
+- ``Purpose.READ``: must exist and be at the current schema;
+- ``Purpose.ADMIN``: ``db current`` / ``db upgrade`` look at any schema state themselves.
+
+Every driver error met while opening becomes a ``LogError`` with one clear line.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from recorder.errors import (
+    LogError,
+    LogLocationError,
+    LogOpenError,
+    LogWriteError,
+    SchemaMissingError,
+    SchemaTooNewError,
+)
+from recorder.log import migrate
+from recorder.log.location import LogLocation
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+SQLITE_SYNC_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+DEFAULT_BUSY_TIMEOUT_MS = 10_000
+POSTGRES_CONNECT_TIMEOUT_S = 5
+LOG_FORMAT = "scope-recorder-log"
+
+
+class Purpose(enum.Enum):
+    RECORD = "record"
+    READ = "read"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class SqliteOptions:
+    synchronous: str = "FULL"
+    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
+
+
+@dataclass
+class LogStore:
+    """An open log: where it is and an engine to reach it."""
+
+    location: LogLocation
+    engine: Engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A connection whose driver errors surface as ``LogError``."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise map_driver_error(exc, self.location) from exc
+
+    def __enter__(self) -> LogStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_log(
+    location: LogLocation,
+    purpose: Purpose,
+    sqlite: SqliteOptions | None = None,
+) -> LogStore:
+    """Open the log at ``location`` for ``purpose``; see the module docstring."""
+    if location.is_sqlite:
+        _check_sqlite_file(location, create=purpose is Purpose.RECORD)
+        engine = _sqlite_engine(location, sqlite or SqliteOptions())
+    else:
+        engine = _postgres_engine(location)
+    store = LogStore(location, engine)
+    try:
+        if purpose is not Purpose.ADMIN:
+            ensure_schema(store, migrate_if_needed=purpose is Purpose.RECORD)
+        else:
+            with store.connect():
+                pass
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+class SchemaState(enum.Enum):
+    EMPTY = "empty"  # no tables at all: a new log
+    CURRENT = "current"
+    BEHIND = "behind"  # an older scope-recorder wrote it; migrations pending
+    NEWER = "newer"  # a newer scope-recorder wrote it
+    FOREIGN = "foreign"  # a database that is not a scope-recorder log
+
+
+def schema_state(conn: Connection) -> tuple[SchemaState, str | None]:
+    """Classify the schema of the database behind ``conn`` and give its revision."""
+    tables = set(inspect(conn).get_table_names())
+    if not tables:
+        return SchemaState.EMPTY, None
+    if "alembic_version" not in tables or "log_meta" not in tables:
+        return SchemaState.FOREIGN, None
+    revision = migrate.current_revision(conn)
+    if revision is None:
+        return SchemaState.FOREIGN, None
+    if revision not in migrate.known_revisions():
+        return SchemaState.NEWER, revision
+    if revision != migrate.head_revision():
+        return SchemaState.BEHIND, revision
+    fmt = conn.exec_driver_sql("SELECT value FROM log_meta WHERE key = 'format'").scalar()
+    if fmt != LOG_FORMAT:
+        return SchemaState.FOREIGN, revision
+    return SchemaState.CURRENT, revision
+
+
+def ensure_schema(store: LogStore, migrate_if_needed: bool) -> None:
+    where = store.location.display()
+    with store.connect() as conn:
+        state, revision = schema_state(conn)
+        conn.rollback()
+        if state is SchemaState.CURRENT:
+            return
+        if state is SchemaState.FOREIGN:
+            raise LogOpenError(f"{where} is a database but not a scope-recorder log")
+        if state is SchemaState.NEWER:
+            raise SchemaTooNewError(
+                f"{where} was written by a newer scope-recorder (schema {revision}; "
+                f"this version knows up to {migrate.head_revision()}): upgrade scope-recorder"
+            )
+        if not migrate_if_needed:
+            if state is SchemaState.EMPTY:
+                raise SchemaMissingError(f"{where} holds no log yet: record into it first")
+            raise SchemaMissingError(
+                f"{where} has an older schema ({revision}): run `scope-replay db upgrade --db ...`"
+            )
+        try:
+            migrate.upgrade(conn)
+            conn.commit()
+        except SQLAlchemyError as exc:
+            raise map_driver_error(exc, store.location) from exc
+
+
+def map_driver_error(exc: BaseException, location: LogLocation) -> LogError:
+    """One clear line for a driver error met at ``location``."""
+    where = location.display()
+    original = exc.orig if isinstance(exc, DBAPIError) else exc
+    message = _first_line(str(original))
+    lowered = message.lower()
+    if "file is not a database" in lowered or "malformed" in lowered:
+        return LogOpenError(f"{where} is not a valid SQLite log (corrupt or not a database)")
+    if "disk is full" in lowered or "no space left" in lowered:
+        return LogWriteError(f"{where}: disk full: {message}")
+    if location.is_postgres and isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return LogOpenError(f"lost the connection to {where}: {message}")
+    if location.is_postgres and ("connect" in lowered or "connection" in lowered):
+        return LogOpenError(f"cannot reach {where}: {message}")
+    return LogOpenError(f"{where}: {message}")
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return text.strip() or "unknown database error"
+
+
+def _check_sqlite_file(location: LogLocation, create: bool) -> None:
+    path = location.path
+    assert path is not None
+    if not path.parent.is_dir():
+        raise LogLocationError(f"directory {path.parent} does not exist")
+    if not path.exists():
+        if not create:
+            raise LogOpenError(f"no log at {path}")
+        _create_private_file(path)
+        return
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise LogOpenError(f"cannot read {path}: {exc.strerror}") from exc
+    if not header:
+        if not create:
+            raise SchemaMissingError(f"{path} is empty: record into it first")
+        return
+    if header != SQLITE_MAGIC:
+        raise LogOpenError(f"{path} is not a SQLite database")
+    _check_not_truncated(path)
+    if create and not os.access(path, os.W_OK):
+        raise LogLocationError(f"{path} is not writable")
+
+
+def _check_not_truncated(path: Path) -> None:
+    """Refuse a file shorter than its header says: it was cut (copy, disk full, crash)."""
+    with path.open("rb") as handle:
+        header = handle.read(100)
+    if len(header) < 100:
+        raise LogOpenError(f"{path} is a truncated SQLite file")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    change_counter = header[24:28]
+    page_count = int.from_bytes(header[28:32], "big")
+    valid_for = header[92:96]
+    if page_count and change_counter == valid_for and path.stat().st_size < page_count * page_size:
+        raise LogOpenError(
+            f"{path} is truncated: {path.stat().st_size} bytes, its header says "
+            f"{page_count * page_size}"
+        )
+
+
+def _create_private_file(path: os.PathLike[str]) -> None:
+    """Create the log file readable by its owner only: it holds command lines and peers."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise LogLocationError(f"cannot create {path}: {exc.strerror}") from exc
+    os.close(fd)
+
+
+def _sqlite_engine(location: LogLocation, options: SqliteOptions) -> Engine:
+    synchronous = options.synchronous.upper()
+    if synchronous not in SQLITE_SYNC_LEVELS:
+        raise LogLocationError(
+            f"unknown SQLite synchronous level {options.synchronous!r} "
+            f"(one of {', '.join(SQLITE_SYNC_LEVELS)})"
+        )
+    engine = create_engine(
+        location.url,
+        poolclass=NullPool,
+        connect_args={"timeout": options.busy_timeout_ms / 1000, "check_same_thread": False},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Transactions are ours to begin (SQLAlchemy's recipe for pysqlite), so that DDL is
+        # transactional and the writer can take the write lock up front.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(options.busy_timeout_ms)}")
+        if _journal_mode(cursor) != "wal" and os.access(str(location.path), os.W_OK):
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute(f"PRAGMA synchronous = {synchronous}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def _journal_mode(cursor: Any) -> str:
+    row = cursor.execute("PRAGMA journal_mode").fetchone()
+    return str(row[0]).lower() if row else ""
+
+
+def _postgres_engine(location: LogLocation) -> Engine:
+    return create_engine(
+        location.url,
+        pool_pre_ping=True,
+        pool_size=2,
+        connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S},
+    )

@@ -1,0 +1,141 @@
+"""The log writer: buffers what capture hands it and commits it in batches.
+
+A batch is committed when it holds ``max_events`` events or its oldest pending item is
+``max_age_ns`` old, whichever comes first, and always on ``flush()``. ``flush`` returns only
+after the transaction committed (with SQLite's default ``synchronous=FULL``, after fsync), so
+``committed_events`` is what survives a crash of the recorder; a crash loses at most what was
+pending, never what was acknowledged.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from recorder.clock import ClockModel, monotonic_ns
+from recorder.events import ClockSample, Event, Loss, Snapshot
+from recorder.log.batch import AppendResult, Batch
+from recorder.log.store import LogStore
+
+DEFAULT_MAX_BATCH_EVENTS = 50_000
+DEFAULT_MAX_AGE_NS = 200_000_000
+
+
+class Appender(Protocol):
+    """A backend's way of committing one batch in one transaction."""
+
+    def append(self, recording_id: int, batch: Batch, clock: ClockModel) -> AppendResult: ...
+
+    def close(self) -> None: ...
+
+
+def make_appender(store: LogStore) -> Appender:
+    if store.dialect == "sqlite":
+        from recorder.log.sqlite import SqliteAppender
+
+        return SqliteAppender(store)
+    from recorder.log.postgres import PostgresAppender
+
+    return PostgresAppender(store)
+
+
+class LogWriter:
+    """Appends one recording's events, snapshots, losses and clock samples to a log."""
+
+    def __init__(
+        self,
+        store: LogStore,
+        recording_id: int,
+        clock: ClockModel,
+        *,
+        max_events: int = DEFAULT_MAX_BATCH_EVENTS,
+        max_age_ns: int = DEFAULT_MAX_AGE_NS,
+    ) -> None:
+        self.recording_id = recording_id
+        self.clock = clock
+        self.max_events = max_events
+        self.max_age_ns = max_age_ns
+        self.committed_events = 0
+        self.committed_batches = 0
+        self.last_position = 0
+        self._appender = make_appender(store)
+        self._pending = Batch()
+        self._pending_since: int | None = None
+
+    # -- buffering -------------------------------------------------------------------------
+    def add(self, event: Event) -> None:
+        self._touch()
+        self._pending.events.append(event)
+
+    def add_events(self, events: list[Event]) -> None:
+        if events:
+            self._touch()
+            self._pending.events.extend(events)
+
+    def add_snapshot(self, event: Event, snapshot: Snapshot) -> None:
+        self._touch()
+        self._pending.snapshots[len(self._pending.events)] = snapshot
+        self._pending.events.append(event)
+
+    def add_loss(self, loss: Loss) -> None:
+        self._touch()
+        self._pending.losses.append(loss)
+
+    def add_clock_sample(self, sample: ClockSample) -> None:
+        """Use ``sample`` for events from its time on; it is stored with the pending batch."""
+        self._touch()
+        self.clock.add(sample)
+        self._pending.clock_samples.append(sample)
+
+    def _touch(self) -> None:
+        if self._pending_since is None:
+            self._pending_since = monotonic_ns()
+
+    @property
+    def pending_events(self) -> int:
+        return len(self._pending.events)
+
+    def due(self, now_mono_ns: int | None = None) -> bool:
+        """Whether the pending batch should be committed now."""
+        if self._pending_since is None:
+            return False
+        if len(self._pending.events) >= self.max_events:
+            return True
+        now = monotonic_ns() if now_mono_ns is None else now_mono_ns
+        return now - self._pending_since >= self.max_age_ns
+
+    def next_due_ns(self) -> int | None:
+        """Monotonic time at which the pending batch becomes due by age."""
+        return None if self._pending_since is None else self._pending_since + self.max_age_ns
+
+    # -- committing ------------------------------------------------------------------------
+    def flush(self) -> AppendResult | None:
+        """Commit everything pending in one transaction; return once it is durable.
+
+        On failure the pending batch is kept, so a later ``flush`` can retry it.
+        """
+        if not self._pending:
+            self._pending_since = None
+            return None
+        result = self._appender.append(self.recording_id, self._pending, self.clock)
+        self._pending = Batch()
+        self._pending_since = None
+        self.committed_events += result.count
+        self.committed_batches += 1
+        if result.count:
+            self.last_position = result.last_position
+        return result
+
+    def append(self, batch: Batch) -> AppendResult:
+        """Commit ``batch`` on its own (after anything pending); durable on return."""
+        self.flush()
+        for sample in batch.clock_samples:
+            self.clock.add(sample)
+        result = self._appender.append(self.recording_id, batch, self.clock)
+        self.committed_events += result.count
+        self.committed_batches += 1
+        if result.count:
+            self.last_position = result.last_position
+        return result
+
+    def close(self) -> None:
+        self._appender.close()

@@ -1,0 +1,1 @@
+"""Replay: rebuild connection tables and topologies at any moment from the event log."""
