@@ -32,6 +32,7 @@ demo: setup
 
 lint: venv
 	@$(PY) -m ruff check recorder replay migrations tests bench
+	@$(PY) -m ruff format --check -q recorder replay migrations tests bench
 	@$(PY) -m mypy
 
 test: setup-test lint

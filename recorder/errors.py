@@ -14,8 +14,8 @@ The CLIs turn a ``ScopeError`` into one line on stderr and ``exit_code``.
     │   ├── EmptyLogError     initialised but holds no events                        (2)
     │   └── LogWriteError     an append failed: disk full, server gone               (3)
     ├── CaptureError          eBPF capture cannot start or broke                     (4)
-    │   └── EbpfUnavailable   this host cannot run the programs (why in the message)
-    ├── ConntrackUnavailable  conntrack cannot be read in some namespace              (4)
+    │   └── EbpfUnavailableError   this host cannot run the programs (why in the message)
+    ├── ConntrackUnavailableError conntrack cannot be read in some namespace              (4)
     └── QueryError            the SQL of scope-query was refused or failed           (1)
 """
 
@@ -64,11 +64,11 @@ class CaptureError(ScopeError):
     exit_code = 4
 
 
-class EbpfUnavailable(CaptureError):
+class EbpfUnavailableError(CaptureError):
     pass
 
 
-class ConntrackUnavailable(ScopeError):
+class ConntrackUnavailableError(ScopeError):
     exit_code = 4
 
 

@@ -27,8 +27,7 @@ def link_bcc() -> str | None:
         return None
     if not DEBIAN_BCC.is_dir():
         return (
-            "bcc is not installed (apt-get install python3-bpfcc); "
-            "scope-record will use /proc mode"
+            "bcc is not installed (apt-get install python3-bpfcc); scope-record will use /proc mode"
         )
     if target.is_symlink():  # a dangling link from an older install
         target.unlink()
@@ -42,9 +41,10 @@ def ensure_tracefs() -> str | None:
     Must run before ``bcc`` is imported, which looks for tracefs at import time. Returns why
     it could not, or None.
     """
-    if Path("/sys/kernel/tracing/events").is_dir() or Path(
-        "/sys/kernel/debug/tracing/events"
-    ).is_dir():
+    if (
+        Path("/sys/kernel/tracing/events").is_dir()
+        or Path("/sys/kernel/debug/tracing/events").is_dir()
+    ):
         return None
     if os.geteuid() != 0:
         return "tracefs is not mounted at /sys/kernel/tracing and mounting it needs root"

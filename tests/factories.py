@@ -79,7 +79,9 @@ def recording_writer(
     try:
         recording_id = begin_recording(
             store,
-            RecordingStart(host=host or make_host(), mode="ebpf", started=start, root_netns=ROOT_NETNS),
+            RecordingStart(
+                host=host or make_host(), mode="ebpf", started=start, root_netns=ROOT_NETNS
+            ),
         )
         writer = LogWriter(store, recording_id, ClockModel([start]), **writer_options)
         try:

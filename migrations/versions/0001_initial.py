@@ -63,6 +63,11 @@ def upgrade() -> None:
         sa.Column("name", sa.Text, nullable=False, unique=True),
     )
     op.create_table(
+        "netns",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("inode", sa.BigInteger, nullable=False, unique=True),
+    )
+    op.create_table(
         "events",
         sa.Column("position", Position, primary_key=True, autoincrement=False),
         sa.Column("recording_id", sa.Integer, nullable=False),
@@ -70,7 +75,7 @@ def upgrade() -> None:
         sa.Column("mono_ns", sa.BigInteger, nullable=False),
         sa.Column("pid", sa.Integer),
         sa.Column("comm_id", sa.Integer),
-        sa.Column("netns", sa.BigInteger),
+        sa.Column("netns_id", sa.Integer),
         sa.Column("laddr", sa.LargeBinary),
         sa.Column("lport", sa.Integer),
         sa.Column("raddr", sa.LargeBinary),
@@ -166,6 +171,7 @@ def downgrade() -> None:
         "snapshot_connections",
         "batches",
         "events",
+        "netns",
         "comms",
         "clock_samples",
         "recordings",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recorder.errors import LogOpenError
+from recorder.errors import LogOpenError, SchemaTooNewError
 from recorder.log import migrate
 from recorder.log.location import LogLocation
 from recorder.log.store import Purpose, SchemaState, open_log, schema_state
@@ -24,6 +24,11 @@ def schema_status(location: LogLocation) -> SchemaStatus:
         state, revision = schema_state(conn)
     if state is SchemaState.FOREIGN:
         raise LogOpenError(f"{location.display()} is a database but not a scope-recorder log")
+    if state is SchemaState.NEWER:
+        raise SchemaTooNewError(
+            f"{location.display()} was written by a newer scope-recorder (schema {revision}; "
+            f"this version knows up to {migrate.head_revision()}): upgrade scope-recorder"
+        )
     return SchemaStatus(location.display(), state, revision, migrate.head_revision())
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from recorder.clock import ClockModel, wall_bounds
@@ -39,8 +42,78 @@ class AppendResult(NamedTuple):
     last_position: int
 
     @property
-    def count(self) -> int:
+    def event_count(self) -> int:
         return max(0, self.last_position - self.first_position + 1)
+
+
+def event_rows(
+    recording_id: int,
+    events: list[Event],
+    comm_ids: dict[str | None, int | None],
+    netns_ids: dict[int | None, int | None],
+) -> list[tuple[Any, ...]]:
+    """Rows for the events table (without position), in order. The hot path of every append:
+    tuple unpacking and dict lookups only."""
+    comm_id = comm_ids.__getitem__
+    netns_id = netns_ids.__getitem__
+    return [
+        (
+            recording_id,
+            kind,
+            mono_ns,
+            pid,
+            comm_id(comm),
+            netns_id(netns),
+            laddr,
+            lport,
+            raddr,
+            rport,
+            sock_id,
+            bytes_sent,
+            bytes_received,
+            extra and encode_extra(extra),
+        )
+        for (
+            kind,
+            mono_ns,
+            pid,
+            comm,
+            netns,
+            laddr,
+            lport,
+            raddr,
+            rport,
+            sock_id,
+            bytes_sent,
+            bytes_received,
+            extra,
+        ) in events
+    ]
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while rows are built and sent.
+
+    A batch allocates one tuple per event; each allocation burst triggers collections that
+    walk every tracked object, which tripled the cost of an append in measurements. The rows
+    hold no reference cycles, so nothing is lost by collecting after the batch.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def distinct_comms(events: list[Event]) -> set[str | None]:
+    return set(map(itemgetter(3), events))
+
+
+def distinct_netns(events: list[Event]) -> set[int | None]:
+    return set(map(itemgetter(4), events))
 
 
 def encode_extra(extra: dict[str, Any] | None) -> str | None:

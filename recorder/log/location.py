@@ -1,4 +1,4 @@
-"""Where a log lives: a SQLite file path or a SQLAlchemy URL, from `--db`, `SCOPE_DB` or ./scope.db."""
+"""Where a log lives: a SQLite path or a SQLAlchemy URL, from `--db`, `SCOPE_DB` or ./scope.db."""
 
 from __future__ import annotations
 

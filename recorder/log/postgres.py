@@ -8,6 +8,7 @@ reader that pages by position never sees a later batch before an earlier one.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import psycopg
@@ -15,7 +16,16 @@ import psycopg
 from recorder.clock import ClockModel
 from recorder.errors import LogError
 from recorder.events import Event
-from recorder.log.batch import AppendResult, Batch, encode_extra, snapshot_rows
+from recorder.log.batch import (
+    AppendResult,
+    Batch,
+    distinct_comms,
+    distinct_netns,
+    event_rows,
+    gc_paused,
+    snapshot_rows,
+)
+from recorder.log.dictionary import Dictionary
 from recorder.log.schema import EVENT_COLUMNS, metadata
 from recorder.log.store import LogStore, map_driver_error
 
@@ -34,7 +44,8 @@ class PostgresAppender:
         self._store = store
         self._proxy: Any = None
         self._conn: psycopg.Connection[Any] | None = None
-        self._comm_ids: dict[str, int] = {}
+        self._comms: Dictionary[str] = Dictionary()
+        self._netns: Dictionary[int] = Dictionary()
         self._connect()
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -49,22 +60,21 @@ class PostgresAppender:
         conn.autocommit = False
         with conn.cursor() as cur:
             cur.execute("SELECT id, name FROM comms")
-            self._comm_ids = {name: comm_id for comm_id, name in cur.fetchall()}
+            self._comms = Dictionary(cur.fetchall())
+            cur.execute("SELECT id, inode FROM netns")
+            self._netns = Dictionary(cur.fetchall())
         conn.commit()
         self._conn = conn
         return conn
 
     def close(self) -> None:
         if self._proxy is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._proxy.invalidate()
-            except Exception:
-                pass
         self._proxy = None
         self._conn = None
 
     def append(self, recording_id: int, batch: Batch, clock: ClockModel) -> AppendResult:
-        new_comms: dict[str, int] = {}
         try:
             conn = self._connect()
             with conn.cursor() as cur:
@@ -73,7 +83,7 @@ class PostgresAppender:
                 head = int(cur.fetchone()[0])  # type: ignore[index]
                 result = AppendResult(head + 1, head + len(batch.events))
                 if batch.events:
-                    self._copy_events(cur, recording_id, batch.events, head, new_comms)
+                    self._copy_events(cur, recording_id, batch.events, head)
                     self._write_batch_index(cur, recording_id, batch, clock, result)
                     for table, rows in snapshot_rows(batch, result.first_position):
                         with cur.copy(_copy_sql(table)) as copy:
@@ -87,10 +97,13 @@ class PostgresAppender:
         except BaseException:
             self._rollback()
             raise
-        self._comm_ids.update(new_comms)
+        self._comms.commit()
+        self._netns.commit()
         return result
 
     def _rollback(self) -> None:
+        self._comms.rollback()
+        self._netns.rollback()
         if self._conn is None:
             return
         try:
@@ -99,47 +112,22 @@ class PostgresAppender:
             self.close()
 
     def _copy_events(
-        self,
-        cur: psycopg.Cursor[Any],
-        recording_id: int,
-        events: list[Event],
-        head: int,
-        new_comms: dict[str, int],
+        self, cur: psycopg.Cursor[Any], recording_id: int, events: list[Event], head: int
     ) -> None:
-        ids = self._comm_ids
-        for event in events:
-            comm = event.comm
-            if comm is not None and comm not in ids and comm not in new_comms:
-                new_comms[comm] = self._comm_id(cur, comm)
-        lookup = {**ids, **new_comms} if new_comms else ids
-        with cur.copy(f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy:
+        self._comms.prepare(
+            distinct_comms(events), lambda name: _fetch_or_insert(cur, "comms", "name", name)
+        )
+        self._netns.prepare(
+            distinct_netns(events), lambda inode: _fetch_or_insert(cur, "netns", "inode", inode)
+        )
+        with (
+            gc_paused(),
+            cur.copy(f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy,
+        ):
+            rows = event_rows(recording_id, events, self._comms.ids, self._netns.ids)
             write = copy.write_row
-            for offset, event in enumerate(events, start=1):
-                write(
-                    (
-                        head + offset,
-                        recording_id,
-                        event.kind,
-                        event.mono_ns,
-                        event.pid,
-                        lookup[event.comm] if event.comm is not None else None,
-                        event.netns,
-                        event.laddr,
-                        event.lport,
-                        event.raddr,
-                        event.rport,
-                        event.sock_id,
-                        event.bytes_sent,
-                        event.bytes_received,
-                        encode_extra(event.extra) if event.extra else None,
-                    )
-                )
-
-    @staticmethod
-    def _comm_id(cur: psycopg.Cursor[Any], comm: str) -> int:
-        cur.execute("INSERT INTO comms (name) VALUES (%s) ON CONFLICT (name) DO NOTHING", (comm,))
-        cur.execute("SELECT id FROM comms WHERE name = %s", (comm,))
-        return int(cur.fetchone()[0])  # type: ignore[index]
+            for position, row in enumerate(rows, start=head + 1):
+                write((position, *row))
 
     @staticmethod
     def _write_batch_index(
@@ -202,3 +190,11 @@ class PostgresAppender:
                     loss.reason,
                 ),
             )
+
+
+def _fetch_or_insert(cur: psycopg.Cursor[Any], table: str, column: str, value: object) -> int:
+    cur.execute(
+        f"INSERT INTO {table} ({column}) VALUES (%s) ON CONFLICT ({column}) DO NOTHING", (value,)
+    )
+    cur.execute(f"SELECT id FROM {table} WHERE {column} = %s", (value,))
+    return int(cur.fetchone()[0])  # type: ignore[index]

@@ -25,7 +25,7 @@ from recorder.events import (
     SnapshotConnection,
     SnapshotProcess,
 )
-from recorder.log.schema import EVENT_COLUMNS
+from recorder.log.schema import EVENT_COLUMNS, metadata
 from recorder.log.store import LogStore, map_driver_error
 
 DEFAULT_PAGE_SIZE = 20_000
@@ -91,7 +91,8 @@ class LogReader:
     def __init__(self, store: LogStore, page_size: int = DEFAULT_PAGE_SIZE) -> None:
         self.store = store
         self.page_size = page_size
-        self._comms: dict[int, str] = {}
+        self._comms: dict[int | None, str | None] = {None: None}
+        self._netns: dict[int | None, int | None] = {None: None}
         self._clocks: dict[int, ClockModel] = {}
 
     # -- plumbing --------------------------------------------------------------------------
@@ -136,15 +137,18 @@ class LogReader:
         self._clocks = clocks
 
     def comm(self, comm_id: int | None) -> str | None:
-        if comm_id is None:
-            return None
-        name = self._comms.get(comm_id)
-        if name is None:
-            self._comms = {
-                int(row[0]): str(row[1]) for row in self._query("SELECT id, name FROM comms")
-            }
-            name = self._comms.get(comm_id)
-        return name
+        if comm_id not in self._comms:
+            self._load_dictionaries()
+        return self._comms.get(comm_id)
+
+    def netns(self, netns_id: int | None) -> int | None:
+        if netns_id not in self._netns:
+            self._load_dictionaries()
+        return self._netns.get(netns_id)
+
+    def _load_dictionaries(self) -> None:
+        self._comms = {None: None, **dict(self._query("SELECT id, name FROM comms"))}
+        self._netns = {None: None, **dict(self._query("SELECT id, inode FROM netns"))}
 
     def batches(self, after: int = 0, upto: int | None = None) -> list[BatchSpan]:
         upto = self.head() if upto is None else upto
@@ -211,6 +215,9 @@ class LogReader:
 
     def _decode_page(self, page: list[Any]) -> Iterator[LoggedEvent]:
         clocks = self._clocks
+        if not all(row[5] in self._comms and row[6] in self._netns for row in page):
+            self._load_dictionaries()
+        comms, namespaces = self._comms, self._netns
         for row in page:
             recording_id = row[1]
             clock = clocks.get(recording_id)
@@ -224,8 +231,8 @@ class LogReader:
                 row[2],
                 mono_ns,
                 row[4],
-                self.comm(row[5]),
-                row[6],
+                comms[row[5]],
+                namespaces[row[6]],
                 _bytes(row[7]),
                 row[8],
                 _bytes(row[9]),
@@ -243,7 +250,9 @@ class LogReader:
             return Snapshot(
                 connections=tuple(
                     SnapshotConnection(*(_bytes_or(v) for v in row))
-                    for row in _rows(conn, "snapshot_connections", position, "netns, lport, rport, inode")
+                    for row in _rows(
+                        conn, "snapshot_connections", position, "netns, lport, rport, inode"
+                    )
                 ),
                 processes=tuple(
                     SnapshotProcess(*row)
@@ -257,8 +266,6 @@ class LogReader:
 
 
 def _rows(conn: Connection, table: str, position: int, order: str) -> list[Any]:
-    from recorder.log.schema import metadata
-
     columns = [c.name for c in metadata.tables[table].columns if c.name != "position"]
     sql = text(
         f"SELECT {', '.join(columns)} FROM {table} WHERE position = :position ORDER BY {order}"

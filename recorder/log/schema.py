@@ -4,10 +4,10 @@ This module describes the schema for queries; it never creates it. The schema be
 Alembic migrations in ``migrations/versions`` and a test checks that both agree.
 
 The events table is the one source of truth and is sized for hundreds of millions of rows:
-no secondary index (the ``batches`` table maps time to positions), the process name stored
-through the small ``comms`` dictionary, wall time derived from ``clock_samples`` rather than
-stored twice. Everything a position range holds was committed in one transaction, recorded
-as one ``batches`` row.
+no secondary index (the ``batches`` table maps time to positions), process names and network
+namespace inodes stored through the small ``comms`` and ``netns`` dictionaries, wall time
+derived from ``clock_samples`` rather than stored twice. Every batch of positions was
+committed in one transaction, recorded as one ``batches`` row.
 """
 
 from __future__ import annotations
@@ -78,6 +78,13 @@ comms = Table(
     Column("name", Text, nullable=False, unique=True),
 )
 
+netns = Table(
+    "netns",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("inode", BigInteger, nullable=False, unique=True),
+)
+
 events = Table(
     "events",
     metadata,
@@ -87,7 +94,7 @@ events = Table(
     Column("mono_ns", BigInteger, nullable=False),
     Column("pid", Integer),
     Column("comm_id", Integer),
-    Column("netns", BigInteger),
+    Column("netns_id", Integer),
     Column("laddr", LargeBinary),
     Column("lport", Integer),
     Column("raddr", LargeBinary),

@@ -7,12 +7,19 @@ gets ``max(rowid) + 1``: positions are gap-free and in commit order without bein
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
 
 from recorder.clock import ClockModel
 from recorder.errors import LogError
-from recorder.events import Event
-from recorder.log.batch import AppendResult, Batch, encode_extra, snapshot_rows
+from recorder.log.batch import (
+    AppendResult,
+    Batch,
+    distinct_comms,
+    distinct_netns,
+    event_rows,
+    gc_paused,
+    snapshot_rows,
+)
+from recorder.log.dictionary import Dictionary
 from recorder.log.schema import EVENT_COLUMNS, metadata
 from recorder.log.store import LogStore, map_driver_error
 
@@ -35,23 +42,25 @@ class SqliteAppender:
         self._store = store
         self._proxy = store.engine.raw_connection()
         self._conn: sqlite3.Connection = self._proxy.driver_connection  # type: ignore[assignment]
-        self._comm_ids: dict[str, int] = dict(
-            (name, comm_id) for comm_id, name in self._conn.execute("SELECT id, name FROM comms")
-        )
+        self._comms: Dictionary[str] = Dictionary(self._conn.execute("SELECT id, name FROM comms"))
+        self._netns: Dictionary[int] = Dictionary(self._conn.execute("SELECT id, inode FROM netns"))
 
     def close(self) -> None:
         self._proxy.close()
 
     def append(self, recording_id: int, batch: Batch, clock: ClockModel) -> AppendResult:
         conn = self._conn
-        new_comms: dict[str, int] = {}
         try:
             conn.execute("BEGIN IMMEDIATE")
             head = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()[0]
             result = AppendResult(head + 1, head + len(batch.events))
             if batch.events:
-                rows = self._event_rows(recording_id, batch.events, new_comms)
-                conn.executemany(INSERT_EVENTS, rows)
+                self._comms.prepare(distinct_comms(batch.events), self._comm_id)
+                self._netns.prepare(distinct_netns(batch.events), self._netns_id)
+                with gc_paused():
+                    rows = event_rows(recording_id, batch.events, self._comms.ids, self._netns.ids)
+                    conn.executemany(INSERT_EVENTS, rows)
+                    del rows
                 self._write_batch_index(recording_id, batch, clock, result)
                 for table, table_rows in snapshot_rows(batch, result.first_position):
                     conn.executemany(_insert_sql(table), table_rows)
@@ -63,48 +72,26 @@ class SqliteAppender:
         except BaseException:
             self._rollback()
             raise
-        self._comm_ids.update(new_comms)
+        self._comms.commit()
+        self._netns.commit()
         return result
 
     def _rollback(self) -> None:
+        self._comms.rollback()
+        self._netns.rollback()
         try:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
 
-    def _event_rows(
-        self, recording_id: int, events: list[Event], new_comms: dict[str, int]
-    ) -> list[tuple[Any, ...]]:
-        ids = self._comm_ids
-        for event in events:
-            comm = event.comm
-            if comm is not None and comm not in ids and comm not in new_comms:
-                new_comms[comm] = self._comm_id(comm)
-        lookup = {**ids, **new_comms} if new_comms else ids
-        return [
-            (
-                recording_id,
-                event.kind,
-                event.mono_ns,
-                event.pid,
-                lookup[event.comm] if event.comm is not None else None,
-                event.netns,
-                event.laddr,
-                event.lport,
-                event.raddr,
-                event.rport,
-                event.sock_id,
-                event.bytes_sent,
-                event.bytes_received,
-                encode_extra(event.extra) if event.extra else None,
-            )
-            for event in events
-        ]
-
     def _comm_id(self, comm: str) -> int:
         self._conn.execute("INSERT OR IGNORE INTO comms (name) VALUES (?)", (comm,))
-        row = self._conn.execute("SELECT id FROM comms WHERE name = ?", (comm,)).fetchone()
+        return int(self._conn.execute("SELECT id FROM comms WHERE name = ?", (comm,)).fetchone()[0])
+
+    def _netns_id(self, inode: int) -> int:
+        self._conn.execute("INSERT OR IGNORE INTO netns (inode) VALUES (?)", (inode,))
+        row = self._conn.execute("SELECT id FROM netns WHERE inode = ?", (inode,)).fetchone()
         return int(row[0])
 
     def _write_batch_index(

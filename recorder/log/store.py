@@ -90,7 +90,7 @@ def open_log(
 ) -> LogStore:
     """Open the log at ``location`` for ``purpose``; see the module docstring."""
     if location.is_sqlite:
-        _check_sqlite_file(location, create=purpose is Purpose.RECORD)
+        _check_sqlite_file(location, purpose)
         engine = _sqlite_engine(location, sqlite or SqliteOptions())
     else:
         engine = _postgres_engine(location)
@@ -186,7 +186,8 @@ def _first_line(text: str) -> str:
     return text.strip() or "unknown database error"
 
 
-def _check_sqlite_file(location: LogLocation, create: bool) -> None:
+def _check_sqlite_file(location: LogLocation, purpose: Purpose) -> None:
+    create = purpose is Purpose.RECORD
     path = location.path
     assert path is not None
     if not path.parent.is_dir():
@@ -202,7 +203,7 @@ def _check_sqlite_file(location: LogLocation, create: bool) -> None:
     except OSError as exc:
         raise LogOpenError(f"cannot read {path}: {exc.strerror}") from exc
     if not header:
-        if not create:
+        if purpose is Purpose.READ:
             raise SchemaMissingError(f"{path} is empty: record into it first")
         return
     if header != SQLITE_MAGIC:

@@ -14,6 +14,8 @@ from typing import Protocol
 from recorder.clock import ClockModel, monotonic_ns
 from recorder.events import ClockSample, Event, Loss, Snapshot
 from recorder.log.batch import AppendResult, Batch
+from recorder.log.postgres import PostgresAppender
+from recorder.log.sqlite import SqliteAppender
 from recorder.log.store import LogStore
 
 DEFAULT_MAX_BATCH_EVENTS = 50_000
@@ -30,11 +32,7 @@ class Appender(Protocol):
 
 def make_appender(store: LogStore) -> Appender:
     if store.dialect == "sqlite":
-        from recorder.log.sqlite import SqliteAppender
-
         return SqliteAppender(store)
-    from recorder.log.postgres import PostgresAppender
-
     return PostgresAppender(store)
 
 
@@ -119,9 +117,9 @@ class LogWriter:
         result = self._appender.append(self.recording_id, self._pending, self.clock)
         self._pending = Batch()
         self._pending_since = None
-        self.committed_events += result.count
+        self.committed_events += result.event_count
         self.committed_batches += 1
-        if result.count:
+        if result.event_count:
             self.last_position = result.last_position
         return result
 
@@ -131,9 +129,9 @@ class LogWriter:
         for sample in batch.clock_samples:
             self.clock.add(sample)
         result = self._appender.append(self.recording_id, batch, self.clock)
-        self.committed_events += result.count
+        self.committed_events += result.event_count
         self.committed_batches += 1
-        if result.count:
+        if result.event_count:
             self.last_position = result.last_position
         return result
 

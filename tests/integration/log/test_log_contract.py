@@ -36,8 +36,8 @@ from tests.factories import (
     clock_sample,
     conn_event,
     ip,
-    recording_writer,
     make_host,
+    recording_writer,
 )
 
 
@@ -112,7 +112,9 @@ def test_positions_are_gap_free_across_batches_and_writers(log_location: LogLoca
         spans = reader.batches()
     assert positions == list(range(1, 51))
     assert [(s.first_position, s.last_position) for s in spans] == [
-        (1 + 10 * r + offset, end) for r in range(5) for offset, end in ((0, 10 * r + 7), (7, 10 * r + 10))
+        (1 + 10 * r + offset, end)
+        for r in range(5)
+        for offset, end in ((0, 10 * r + 7), (7, 10 * r + 10))
     ]
     assert [s.recording_id for s in spans] == [first.recording_id, second.recording_id] * 5
     assert first.committed_events == 35 and second.committed_events == 15
@@ -149,7 +151,9 @@ def test_time_range_reads_use_wall_time_from_clock_samples(log_location: LogLoca
         window = list(reader.events_between(WALL_BASE_NS + 10 * step, WALL_BASE_NS + 20 * step))
         assert [e.sock_id for e in window] == list(range(10, 21))
         after_step = list(
-            reader.events_between(WALL_BASE_NS + 10**9 + 60 * step, WALL_BASE_NS + 10**9 + 61 * step)
+            reader.events_between(
+                WALL_BASE_NS + 10**9 + 60 * step, WALL_BASE_NS + 10**9 + 61 * step
+            )
         )
         assert [e.sock_id for e in after_step] == [60, 61]
 
@@ -157,20 +161,38 @@ def test_time_range_reads_use_wall_time_from_clock_samples(log_location: LogLoca
 def test_snapshot_rows_hang_on_their_event(log_location: LogLocation) -> None:
     snapshot = Snapshot(
         connections=(
-            SnapshotConnection(ROOT_NETNS, ip("127.0.0.1"), 5432, ip("127.0.0.1"), 40000, 1, 99, 0, 77),
+            SnapshotConnection(
+                ROOT_NETNS, ip("127.0.0.1"), 5432, ip("127.0.0.1"), 40000, 1, 99, 0, 77
+            ),
             SnapshotConnection(ROOT_NETNS, ip("::"), 22, ip("::"), 0, 10, 98, 0, None),
         ),
-        processes=(SnapshotProcess(77, 1, "postgres", "postgres -D /x", "/system.slice/pg", ROOT_NETNS, 5),),
+        processes=(
+            SnapshotProcess(77, 1, "postgres", "postgres -D /x", "/system.slice/pg", ROOT_NETNS, 5),
+        ),
         conntrack=(
             ConntrackEntry(
-                ROOT_NETNS, ip("10.0.0.2"), ip("10.99.0.10"), 5000, 80,
-                ip("10.0.1.5"), ip("10.0.0.2"), 9090, 5000, 0x1A8, 3, 42, 0, 0,
+                ROOT_NETNS,
+                ip("10.0.0.2"),
+                ip("10.99.0.10"),
+                5000,
+                80,
+                ip("10.0.1.5"),
+                ip("10.0.0.2"),
+                9090,
+                5000,
+                0x1A8,
+                3,
+                42,
+                0,
+                0,
             ),
         ),
     )
     with recording_writer(log_location) as (store, writer):
         writer.add(conn_event())
-        writer.add_snapshot(Event(Kind.SNAPSHOT, MONO_BASE_NS + 5, extra={"initial": True}), snapshot)
+        writer.add_snapshot(
+            Event(Kind.SNAPSHOT, MONO_BASE_NS + 5, extra={"initial": True}), snapshot
+        )
         writer.add(conn_event(Kind.CLOSE, MONO_BASE_NS + 10))
         writer.flush()
         reader = LogReader(store)
@@ -236,7 +258,7 @@ def test_writer_flushes_by_size_and_age(log_location: LogLocation) -> None:
 def test_append_of_a_whole_batch(log_location: LogLocation) -> None:
     with recording_writer(log_location) as (store, writer):
         result = writer.append(Batch(events=_varied_events(3)))
-        assert (result.first_position, result.last_position, result.count) == (1, 3, 3)
+        assert (result.first_position, result.last_position, result.event_count) == (1, 3, 3)
         assert LogReader(store).head() == 3
 
 
