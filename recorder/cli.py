@@ -2,23 +2,173 @@
 
 from __future__ import annotations
 
+import enum
+import signal
+import sys
+import threading
+from typing import Annotated
+
 import typer
 
+from recorder.capture import CaptureOptions
 from recorder.cliutil import DbOption, run
+from recorder.errors import UsageError
 from recorder.log.location import resolve
-from recorder.log.store import Purpose, open_log
+from recorder.log.recordings import STOP_SIGNAL
+from recorder.log.store import SQLITE_SYNC_LEVELS, SqliteOptions
+from recorder.record import (
+    MODE_EBPF,
+    MODE_PROC,
+    Progress,
+    Recorder,
+    RecordOptions,
+    elapsed_s,
+    log_size_bytes,
+)
 
 app = typer.Typer(add_completion=False, help="Record TCP connection events into the log.")
 
 
+class Mode(enum.StrEnum):
+    auto = "auto"
+    ebpf = MODE_EBPF
+    proc = MODE_PROC
+
+
+def _positive(value: float | None, name: str, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UsageError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, not {value:g}")
+
+
 @app.command()
-def record(db: DbOption = None) -> None:
-    """Record connection events into the log until interrupted.
+def record(
+    db: DbOption = None,
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Stop after this many seconds (default: until SIGINT/SIGTERM)."),
+    ] = None,
+    snapshot_interval: Annotated[
+        float, typer.Option(help="Seconds between /proc snapshots; 0 disables them.")
+    ] = 15.0,
+    flush_interval: Annotated[
+        int, typer.Option(help="Longest a captured event waits before it is committed (ms).")
+    ] = 200,
+    require_ebpf: Annotated[
+        bool, typer.Option("--require-ebpf", help="Fail instead of falling back to /proc mode.")
+    ] = False,
+    mode: Annotated[
+        Mode, typer.Option(help="Capture with eBPF, poll /proc, or pick (auto).")
+    ] = Mode.auto,
+    proc_interval: Annotated[
+        float, typer.Option(help="Poll period in /proc mode (seconds).")
+    ] = 1.0,
+    ringbuf_mb: Annotated[
+        float, typer.Option(help="Kernel ring buffer size in MiB (rounded up to a power of two).")
+    ] = 32.0,
+    sync: Annotated[
+        str, typer.Option(help=f"SQLite synchronous level: {', '.join(SQLITE_SYNC_LEVELS)}.")
+    ] = "FULL",
+    redact_cmdline: Annotated[
+        bool, typer.Option("--redact-cmdline", help="Keep only argv[0] of command lines.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No status line or summary.")
+    ] = False,
+) -> None:
+    """Record connection and process events into the log until stopped.
 
     Example: scope-record --db scope.db --duration 60
     """
-    with open_log(resolve(db), Purpose.RECORD):
-        pass
+    _positive(duration, "--duration")
+    _positive(snapshot_interval, "--snapshot-interval", allow_zero=True)
+    _positive(flush_interval, "--flush-interval")
+    _positive(proc_interval, "--proc-interval")
+    _positive(ringbuf_mb, "--ringbuf-mb")
+    if sync.upper() not in SQLITE_SYNC_LEVELS:
+        raise UsageError(f"--sync must be one of {', '.join(SQLITE_SYNC_LEVELS)}")
+    options = RecordOptions(
+        location=resolve(db),
+        duration_s=duration,
+        snapshot_interval_s=snapshot_interval,
+        flush_interval_ms=flush_interval,
+        proc_poll_interval_s=proc_interval,
+        require_ebpf=require_ebpf,
+        mode=None if mode is Mode.auto else mode.value,
+        redact_cmdline=redact_cmdline,
+        sqlite=SqliteOptions(synchronous=sync.upper()),
+        capture=CaptureOptions(ringbuf_bytes=int(ringbuf_mb * (1 << 20))),
+    )
+    recorder = Recorder(options, notify=_notify_quiet if quiet else _notify)
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        recorder.request_stop(STOP_SIGNAL)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    status = _StatusLine(recorder.progress, options) if not quiet and sys.stderr.isatty() else None
+    if status:
+        status.start()
+    try:
+        progress = recorder.run()
+    finally:
+        if status:
+            status.stop()
+    if not quiet:
+        _summary(progress, options)
+
+
+def _notify(message: str) -> None:
+    print(f"scope-record: {message}", file=sys.stderr, flush=True)
+
+
+def _notify_quiet(message: str) -> None:
+    if message.startswith("using /proc mode"):
+        _notify(message)
+
+
+def _summary(progress: Progress, options: RecordOptions) -> None:
+    detail = f", {progress.lost_events} lost" if progress.lost_events else ", none lost"
+    print(
+        f"scope-record: recording {progress.recording_id} ({progress.mode}) stopped "
+        f"({progress.stop_reason}): {progress.committed_events} events in "
+        f"{elapsed_s(progress):.1f} s{detail}, into {options.location.display()}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+class _StatusLine:
+    """A live line on the terminal: rate, total, lost, log size."""
+
+    def __init__(self, progress: Progress, options: RecordOptions) -> None:
+        self._progress = progress
+        self._options = options
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=2)
+        print(file=sys.stderr, flush=True)
+
+    def _run(self) -> None:
+        previous = 0
+        while not self._done.wait(1.0):
+            progress = self._progress
+            rate = progress.committed_events - previous
+            previous = progress.committed_events
+            size = log_size_bytes(self._options.location)
+            size_text = f"  log {size / 1e6:.1f} MB" if size is not None else ""
+            sys.stderr.write(
+                f"\rrecording ({progress.mode}): {progress.committed_events:,} events "
+                f"({rate:,}/s)  lost {progress.lost_events:,}{size_text}   "
+            )
+            sys.stderr.flush()
 
 
 def main() -> None:

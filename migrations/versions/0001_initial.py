@@ -49,6 +49,7 @@ def upgrade() -> None:
         sa.Column("stop_detail", sa.Text),
         sa.Column("conntrack", sa.Text),
         sa.Column("options", Json),
+        sa.Column("counters", Json),
     )
     op.create_table(
         "clock_samples",

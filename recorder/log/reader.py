@@ -52,6 +52,7 @@ class Recording:
     stop_detail: str | None
     conntrack: str | None
     options: dict[str, Any] | None
+    counters: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class LogReader:
         columns = ", ".join(Recording.__dataclass_fields__)
         rows = self._query(f"SELECT {columns} FROM recordings ORDER BY id")
         return [
-            Recording(*row[:-1], options=decode_extra(row[-1]))  # type: ignore[misc]
+            Recording(*row[:-2], options=decode_extra(row[-2]), counters=decode_extra(row[-1]))  # type: ignore[misc]
             for row in rows
         ]
 

@@ -69,12 +69,18 @@ def end_recording(
     stopped_mono_ns: int,
     reason: str,
     detail: str | None = None,
+    counters: dict[str, int] | None = None,
 ) -> None:
     with store.connect() as conn:
         conn.execute(
             update(schema.recordings)
             .where(schema.recordings.c.id == recording_id)
-            .values(stopped_mono_ns=stopped_mono_ns, stop_reason=reason, stop_detail=detail)
+            .values(
+                stopped_mono_ns=stopped_mono_ns,
+                stop_reason=reason,
+                stop_detail=detail,
+                counters=counters,
+            )
         )
         conn.commit()
 

@@ -60,6 +60,7 @@ recordings = Table(
     Column("stop_detail", Text),
     Column("conntrack", Text),  # "captured", or why it was not
     Column("options", Json),
+    Column("counters", Json),  # at stop: events staged in the kernel, received, lost, ...
 )
 
 clock_samples = Table(

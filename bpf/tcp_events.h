@@ -1,0 +1,51 @@
+/* Records shared by the BPF programs and recorder/decode.py. Keep both in step: the decoder's
+ * struct format string and its byte-fixture tests pin this layout. All fields little-endian
+ * (the host's order), addresses in network order as the kernel keeps them. */
+#ifndef SCOPE_TCP_EVENTS_H
+#define SCOPE_TCP_EVENTS_H
+
+#define EV_CONNECT 1
+#define EV_ACCEPT 2
+#define EV_CLOSE 3
+#define EV_CONNECT_FAILED 4
+#define EV_EXEC 5
+#define EV_EXIT 6
+
+/* flags */
+#define EVF_PASSIVE 0x1       /* the socket was opened by accept(), not connect() */
+#define EVF_UNATTRIBUTED 0x2  /* no process known: opened before the recording, or never accepted */
+#define EVF_TRUNCATED 0x4     /* EXEC filename longer than the record holds */
+
+#define STAGE_MAX 64
+
+struct event {                /* 128 bytes */
+    u64 ts_ns;                /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    u64 sock_id;              /* per-recording socket identity, 0 if unknown */
+    u64 bytes_sent;           /* CLOSE: tcp_sock.bytes_acked */
+    u64 bytes_received;       /* CLOSE: tcp_sock.bytes_received */
+    u32 pid;                  /* thread group id of the process the event belongs to */
+    u32 netns;                /* network namespace inode */
+    u32 aux;                  /* CONNECT_FAILED: sk_err; EXEC/EXIT: parent's tgid */
+    u16 lport;
+    u16 rport;
+    u8 kind;
+    u8 family;
+    u16 flags;
+    u32 aux2;                 /* EXIT: exit code */
+    char comm[16];
+    union {
+        struct {
+            u8 laddr[16];
+            u8 raddr[16];
+        };
+        char filename[56];    /* EXEC */
+    };
+};
+
+struct stage_header {         /* 16 bytes, then `count` events */
+    u32 count;
+    u32 cpu;
+    u64 first_ts_ns;
+};
+
+#endif

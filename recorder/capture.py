@@ -1,0 +1,284 @@
+"""Load the tracepoint programs with bcc and drain the ring buffer.
+
+``EbpfCapture`` is the kernel side's handle: start, poll raw records, read the in-kernel
+counters, and stop without losing what is staged. It does no decoding (``recorder.decode``)
+and no writing (``recorder.record``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recorder.btf import VMLINUX_BTF, Btf, BtfError
+from recorder.errors import CaptureError, EbpfUnavailableError
+from recorder.hostenv import ensure_tracefs
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+PROGRAM_FILE = "tcp_events.c"
+
+# Kernel struct members the programs read, as (macro, struct, member path).
+KERNEL_OFFSETS = (
+    ("OFF_SOCK_NET", "sock", "__sk_common.skc_net.net"),
+    ("OFF_NET_INUM", "net", "ns.inum"),
+    ("OFF_SOCK_ERR", "sock", "sk_err"),
+    ("OFF_TCP_BYTES_ACKED", "tcp_sock", "bytes_acked"),
+    ("OFF_TCP_BYTES_RECEIVED", "tcp_sock", "bytes_received"),
+    ("OFF_TASK_FILES", "task_struct", "files"),
+    ("OFF_TASK_NSPROXY", "task_struct", "nsproxy"),
+    ("OFF_TASK_REAL_PARENT", "task_struct", "real_parent"),
+    ("OFF_TASK_TGID", "task_struct", "tgid"),
+    ("OFF_TASK_EXIT_CODE", "task_struct", "exit_code"),
+    ("OFF_NSPROXY_NET_NS", "nsproxy", "net_ns"),
+    ("OFF_FILES_FDT", "files_struct", "fdt"),
+    ("OFF_FDTABLE_MAX_FDS", "fdtable", "max_fds"),
+    ("OFF_FDTABLE_FD", "fdtable", "fd"),
+    ("OFF_FILE_PRIVATE_DATA", "file", "private_data"),
+    ("OFF_SOCKET_SK", "socket", "sk"),
+)
+
+TRACEPOINTS = (
+    "sched:sched_process_exec",
+    "sched:sched_process_exit",
+    "syscalls:sys_exit_accept",
+    "syscalls:sys_exit_accept4",
+    "sock:inet_sock_set_state",
+)
+
+# stats slots, as in bpf/tcp_events.c
+ST_LOST_EVENTS, ST_LOST_RECORDS, ST_LOST_LAST_TS, ST_SOCK_TABLE_FULL, ST_EVENTS = range(5)
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+CAP_PERFMON = 38
+CAP_BPF = 39
+CAP_SYS_ADMIN = 21
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    ringbuf_bytes: int = 32 << 20  # rounded up to a power-of-two number of pages
+    sock_table_size: int = 262_144  # sockets remembered between open and close
+    stage_max_age_ns: int = 20_000_000  # a staged event waits at most this (plus a tick)
+    tick_hz: int = 50  # per-CPU flush checks per second
+
+
+@dataclass(frozen=True)
+class KernelStats:
+    """Counters summed over CPUs since the programs were loaded."""
+
+    staged_events: int
+    lost_events: int
+    lost_records: int
+    lost_last_ts_ns: int
+    sock_table_full: int
+    recursion_misses: int  # program runs the kernel skipped (a BPF program already running)
+
+
+def kernel_offsets(btf: Btf) -> dict[str, int]:
+    """The OFF_* constants for the running kernel."""
+    return {macro: btf.offset_of(struct, path) for macro, struct, path in KERNEL_OFFSETS}
+
+
+def ringbuf_pages(ringbuf_bytes: int) -> int:
+    pages = max(1, -(-ringbuf_bytes // PAGE_SIZE))
+    return 1 << (pages - 1).bit_length()
+
+
+def program_cflags(offsets: dict[str, int], options: CaptureOptions) -> list[str]:
+    """The -D flags that specialise the program for this kernel and these options. Pure."""
+    defines = {
+        **offsets,
+        "RINGBUF_PAGES": ringbuf_pages(options.ringbuf_bytes),
+        "SOCK_TABLE_SIZE": options.sock_table_size,
+        "STAGE_MAX_AGE_NS": f"{options.stage_max_age_ns}ULL",
+    }
+    return [f"-D{name}={value}" for name, value in sorted(defines.items())] + [f"-I{BPF_DIR}"]
+
+
+def effective_capabilities() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def why_ebpf_unavailable() -> str | None:
+    """A one-line reason this process cannot run the capture programs, or None."""
+    caps = effective_capabilities()
+    has_admin = bool(caps & (1 << CAP_SYS_ADMIN))
+    has_bpf = bool(caps & (1 << CAP_BPF)) and bool(caps & (1 << CAP_PERFMON))
+    if not (has_admin or has_bpf):
+        return (
+            "eBPF capture needs root or CAP_BPF+CAP_PERFMON (this process has neither); "
+            "/proc mode sees connections that live across a poll, not short-lived ones"
+        )
+    if not VMLINUX_BTF.exists():
+        return f"the kernel has no BTF ({VMLINUX_BTF} missing), so struct offsets are unknown"
+    try:
+        import bcc  # noqa: F401, PLC0415 - optional: only hosts that capture need it
+    except ImportError:
+        return "bcc is not installed (apt-get install python3-bpfcc, then make setup)"
+    return None
+
+
+class EbpfCapture:
+    """The loaded programs: attach on ``start``, ``poll`` for raw records, ``stop``."""
+
+    def __init__(self, options: CaptureOptions | None = None) -> None:
+        self.options = options or CaptureOptions()
+        self._bpf: Any = None
+        self._records: list[bytes] = []
+        self._callback: Callable[..., Any] | None = None
+
+    def start(self) -> None:
+        reason = why_ebpf_unavailable()
+        if reason:
+            raise EbpfUnavailableError(reason)
+        tracefs_problem = ensure_tracefs()
+        if tracefs_problem:
+            raise EbpfUnavailableError(tracefs_problem)
+        try:
+            offsets = kernel_offsets(Btf.from_file())
+        except BtfError as exc:
+            raise EbpfUnavailableError(f"cannot read struct offsets from BTF: {exc}") from exc
+        # bcc reads tracefs's location at import: import it only after ensure_tracefs().
+        from bcc import BPF, PerfSWConfig, PerfType  # noqa: PLC0415
+
+        source = (BPF_DIR / PROGRAM_FILE).read_text()
+        try:
+            with _quiet_stderr():
+                self._bpf = BPF(text=source, cflags=program_cflags(offsets, self.options))
+        except Exception as exc:
+            raise CaptureError(f"the capture programs did not load: {exc}") from exc
+        records = self._records
+
+        def on_record(_ctx: Any, data: Any, size: int) -> int:
+            records.append(ctypes.string_at(data, size))
+            return 0
+
+        self._callback = on_record
+        self._bpf["events"].open_ring_buffer(on_record)
+        try:
+            self._bpf.attach_perf_event(
+                ev_type=PerfType.SOFTWARE,
+                ev_config=PerfSWConfig.CPU_CLOCK,
+                fn_name="on_tick",
+                sample_period=1_000_000_000 // max(1, self.options.tick_hz),
+            )
+        except Exception as exc:
+            self.close()
+            raise CaptureError(f"cannot start the per-CPU flush timer: {exc}") from exc
+
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        """Raw stage records that arrived within ``timeout_ms`` (possibly none)."""
+        self._bpf.ring_buffer_poll(timeout_ms)
+        return self._take()
+
+    def drain(self) -> list[bytes]:
+        self._bpf.ring_buffer_consume()
+        return self._take()
+
+    def _take(self) -> list[bytes]:
+        if not self._records:
+            return []
+        taken = self._records[:]
+        del self._records[:]
+        return taken
+
+    def stats(self) -> KernelStats:
+        table = self._bpf["stats"]
+        totals = [sum(table[table.Key(slot)]) for slot in range(5)]
+        last_ts = max(table[table.Key(ST_LOST_LAST_TS)])
+        return KernelStats(
+            staged_events=totals[ST_EVENTS],
+            lost_events=totals[ST_LOST_EVENTS],
+            lost_records=totals[ST_LOST_RECORDS],
+            lost_last_ts_ns=last_ts,
+            sock_table_full=totals[ST_SOCK_TABLE_FULL],
+            recursion_misses=sum(
+                prog_recursion_misses(fn.fd) for fn in list(self._bpf.funcs.values())
+            ),
+        )
+
+    def stop(self) -> list[bytes]:
+        """Detach the tracepoints, flush every CPU's stage, return the last records."""
+        for tracepoint in TRACEPOINTS:
+            with contextlib.suppress(Exception):
+                self._bpf.detach_tracepoint(tracepoint.encode())
+        control = self._bpf["control"]
+        control[control.Key(0)] = control.Leaf(1)
+        # Every CPU's tick program flushes its stage within one period; wait for two.
+        deadline = time.monotonic() + 2.5 / max(1, self.options.tick_hz) + 0.05
+        records = []
+        while time.monotonic() < deadline:
+            records.extend(self.poll(5))
+        records.extend(self.drain())
+        return records
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            with contextlib.suppress(Exception):
+                self._bpf.cleanup()
+            self._bpf = None
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Any:
+    """bcc's compiler prints warnings about the kernel headers on fd 2; keep them out of the
+    user's terminal unless the compile fails (then the exception says so)."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+# -- bpf(BPF_OBJ_GET_INFO_BY_FD) for the recursion-miss counter ----------------------------
+_BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
+_BPF_OBJ_GET_INFO_BY_FD = 15
+_PROG_INFO_SIZE = 256
+_RECURSION_MISSES_OFFSET = 208  # struct bpf_prog_info.recursion_misses (UAPI, stable)
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = (
+        ("bpf_fd", ctypes.c_uint32),
+        ("info_len", ctypes.c_uint32),
+        ("info", ctypes.c_uint64),
+    )
+
+
+def prog_recursion_misses(prog_fd: int) -> int:
+    """How often the kernel skipped this program because another one was running on the CPU.
+
+    Those are events the kernel never handed over; they are reported as losses.
+    """
+    if _BPF_SYSCALL is None:
+        return 0
+    info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
+    attr = _InfoAttr(prog_fd, _PROG_INFO_SIZE, ctypes.addressof(info))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if (
+        libc.syscall(_BPF_SYSCALL, _BPF_OBJ_GET_INFO_BY_FD, ctypes.byref(attr), ctypes.sizeof(attr))
+        != 0
+    ):
+        return 0
+    if attr.info_len < _RECURSION_MISSES_OFFSET + 8:
+        return 0
+    return int.from_bytes(
+        info.raw[_RECURSION_MISSES_OFFSET : _RECURSION_MISSES_OFFSET + 8], "little"
+    )

@@ -1,0 +1,462 @@
+"""scope-record's work: capture, order, snapshot and append until told to stop.
+
+One thread drains the kernel's ring buffer, decodes, and feeds the reorder buffer, which
+feeds the log writer; /proc walks run in a helper thread so that draining never waits for
+them. Stopping detaches the programs, flushes every CPU's staged events, writes everything
+still buffered and closes the recording with its reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from recorder import __version__
+from recorder.capture import CaptureOptions, EbpfCapture, KernelStats, why_ebpf_unavailable
+from recorder.clock import ClockModel, monotonic_ns, sample_clock
+from recorder.decode import DecodeError, decode_record
+from recorder.errors import EbpfUnavailableError, LogError, ScopeError
+from recorder.events import Event, Kind, Loss, Snapshot
+from recorder.host import host_identity, netns_inode
+from recorder.log.location import LogLocation
+from recorder.log.recordings import (
+    STOP_DURATION,
+    STOP_ERROR,
+    STOP_SIGNAL,
+    RecordingStart,
+    begin_recording,
+    close_abandoned_recordings,
+    end_recording,
+)
+from recorder.log.store import LogStore, Purpose, SqliteOptions, open_log
+from recorder.log.writer import LogWriter
+from recorder.procfs import ProcWalk, walk
+from recorder.procmode import ProcPoller
+from recorder.reorder import ReorderBuffer
+
+MODE_EBPF = "ebpf"
+MODE_PROC = "proc"
+
+CLOCK_SAMPLE_INTERVAL_NS = 10_000_000_000
+STATS_INTERVAL_NS = 200_000_000
+# Longest an event can wait before reaching user space: a CPU's stage age, one tick of the
+# per-CPU flush timer, one drain; plus room for accept() returning late.
+REORDER_HORIZON_NS = 300_000_000
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    location: LogLocation
+    duration_s: float | None = None
+    snapshot_interval_s: float = 15.0
+    flush_interval_ms: int = 200
+    proc_poll_interval_s: float = 1.0
+    require_ebpf: bool = False
+    mode: str | None = None  # force MODE_EBPF or MODE_PROC; None = eBPF if possible
+    redact_cmdline: bool = False
+    sqlite: SqliteOptions = field(default_factory=SqliteOptions)
+    capture: CaptureOptions = field(default_factory=CaptureOptions)
+
+
+@dataclass
+class Progress:
+    """What the recorder has done so far; read by the status line and the summary."""
+
+    mode: str = ""
+    recording_id: int = 0
+    committed_events: int = 0
+    lost_events: int = 0
+    late_events: int = 0
+    snapshots: int = 0
+    unattributed_sockets: int = 0
+    started_mono_ns: int = 0
+    stop_reason: str | None = None
+    fallback_reason: str | None = None
+
+
+Notify = Callable[[str], None]
+
+
+def _default_notify(message: str) -> None:
+    print(f"scope-record: {message}", file=sys.stderr, flush=True)
+
+
+class _SnapshotWorker:
+    """Runs /proc walks off the draining thread, one at a time."""
+
+    def __init__(self, redact_cmdline: bool) -> None:
+        self._redact = redact_cmdline
+        self._results: queue.Queue[tuple[int, ProcWalk | BaseException]] = queue.Queue()
+        self.busy_since: int | None = None
+
+    def start(self, started_mono_ns: int) -> None:
+        self.busy_since = started_mono_ns
+        thread = threading.Thread(target=self._run, args=(started_mono_ns,), daemon=True)
+        thread.start()
+
+    def _run(self, started_mono_ns: int) -> None:
+        try:
+            self._results.put((started_mono_ns, walk(redact_cmdline=self._redact)))
+        except BaseException as exc:  # reported by the recorder, which keeps going
+            self._results.put((started_mono_ns, exc))
+
+    def result(self, timeout: float = 0.0) -> tuple[int, ProcWalk | BaseException] | None:
+        try:
+            item = self._results.get(timeout=timeout) if timeout else self._results.get_nowait()
+        except queue.Empty:
+            return None
+        self.busy_since = None
+        return item
+
+
+def snapshot_of(proc_walk: ProcWalk, started_mono_ns: int, initial: bool) -> tuple[Event, Snapshot]:
+    event = Event(
+        kind=Kind.SNAPSHOT,
+        mono_ns=started_mono_ns,
+        extra={
+            "initial": initial,
+            "walk_ns": proc_walk.finished_mono_ns - proc_walk.started_mono_ns,
+            "namespaces": len(proc_walk.namespaces),
+            "unreadable": proc_walk.stats.vanished,
+            "bad_lines": proc_walk.stats.bad_lines,
+        },
+    )
+    return event, Snapshot(
+        connections=tuple(proc_walk.connections),
+        processes=tuple(sorted(proc_walk.processes)),
+    )
+
+
+class Recorder:
+    """One recording, from ``run()`` until ``request_stop()``, the duration, or an error."""
+
+    def __init__(self, options: RecordOptions, notify: Notify = _default_notify) -> None:
+        self.options = options
+        self.notify = notify
+        self.progress = Progress()
+        self._stop_reason: str | None = None
+        self._stop_event = threading.Event()
+
+    def request_stop(self, reason: str = STOP_SIGNAL) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._stop_event.set()
+
+    # -- set-up ----------------------------------------------------------------------------
+    def _choose_mode(self) -> str:
+        forced = self.options.mode
+        if forced == MODE_PROC:
+            if self.options.require_ebpf:
+                raise EbpfUnavailableError("--require-ebpf conflicts with /proc mode")
+            self.progress.fallback_reason = "/proc mode requested"
+            return MODE_PROC
+        reason = why_ebpf_unavailable()
+        if reason is None:
+            return MODE_EBPF
+        if self.options.require_ebpf or forced == MODE_EBPF:
+            raise EbpfUnavailableError(reason)
+        self.progress.fallback_reason = reason
+        self.notify(f"using /proc mode: {reason}")
+        return MODE_PROC
+
+    def run(self) -> Progress:
+        options = self.options
+        mode = self._choose_mode()
+        capture = EbpfCapture(options.capture) if mode == MODE_EBPF else None
+        if capture is not None:
+            try:
+                capture.start()
+            except EbpfUnavailableError as exc:
+                if options.require_ebpf or options.mode == MODE_EBPF:
+                    raise
+                self.notify(f"using /proc mode: {exc}")
+                self.progress.fallback_reason = str(exc)
+                capture, mode = None, MODE_PROC
+        try:
+            store = open_log(options.location, Purpose.RECORD, options.sqlite)
+        except BaseException:
+            if capture is not None:
+                capture.close()
+            raise
+        try:
+            return self._record(store, mode, capture)
+        finally:
+            if capture is not None:
+                capture.close()
+            store.close()
+
+    def _recording_options(self) -> dict[str, Any]:
+        options = self.options
+        return {
+            "snapshot_interval_s": options.snapshot_interval_s,
+            "flush_interval_ms": options.flush_interval_ms,
+            "proc_poll_interval_s": options.proc_poll_interval_s,
+            "redact_cmdline": options.redact_cmdline,
+            "ringbuf_bytes": options.capture.ringbuf_bytes,
+            "fallback_reason": self.progress.fallback_reason,
+            "version": __version__,
+        }
+
+    def _record(self, store: LogStore, mode: str, capture: EbpfCapture | None) -> Progress:
+        host = host_identity()
+        for recording_id in close_abandoned_recordings(store, host):
+            self.notify(f"recording {recording_id} had not been closed: marked as crashed")
+        started = sample_clock()
+        recording_id = begin_recording(
+            store,
+            RecordingStart(
+                host=host,
+                mode=mode,
+                started=started,
+                root_netns=netns_inode(1) or netns_inode(),
+                options=self._recording_options(),
+            ),
+        )
+        self.progress.mode = mode
+        self.progress.recording_id = recording_id
+        self.progress.started_mono_ns = started.mono_ns
+        writer = LogWriter(
+            store,
+            recording_id,
+            ClockModel([started]),
+            max_age_ns=self.options.flush_interval_ms * 1_000_000,
+        )
+        session = _Session(self, store, writer, capture, started.mono_ns)
+        try:
+            reason = session.loop()
+        except LogError as exc:
+            self.progress.stop_reason = STOP_ERROR
+            session.abandon()
+            self._close_after_error(store, recording_id, str(exc))
+            raise
+        except BaseException as exc:
+            self.progress.stop_reason = STOP_ERROR
+            session.abandon()
+            self._close_after_error(store, recording_id, f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            writer.close()
+        self.progress.stop_reason = reason
+        end_recording(
+            store, recording_id, monotonic_ns(), reason, session.stop_detail(), session.counters()
+        )
+        return self.progress
+
+    def _close_after_error(self, store: LogStore, recording_id: int, detail: str) -> None:
+        # If the log itself failed, the next recorder marks this recording crashed.
+        with contextlib.suppress(ScopeError):
+            end_recording(store, recording_id, monotonic_ns(), STOP_ERROR, detail)
+
+
+class _Session:
+    """The recording loop's state; separate from Recorder to keep each step small."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        store: LogStore,
+        writer: LogWriter,
+        capture: EbpfCapture | None,
+        started_mono_ns: int,
+    ) -> None:
+        self.recorder = recorder
+        self.options = recorder.options
+        self.progress = recorder.progress
+        self.store = store
+        self.writer = writer
+        self.capture = capture
+        self.reorder = ReorderBuffer(REORDER_HORIZON_NS if capture else 0)
+        self.snapshots = _SnapshotWorker(self.options.redact_cmdline)
+        self.poller = ProcPoller() if capture is None else None
+        self.started = started_mono_ns
+        self.kernel = KernelStats(0, 0, 0, 0, 0, 0)
+        self.stats_read_mono = started_mono_ns
+        self.decode_errors = 0
+        self.received_events = 0
+        self.initial_snapshot_mono: int | None = None
+
+    # -- the loop --------------------------------------------------------------------------
+    def loop(self) -> str:
+        options = self.options
+        deadline = (
+            self.started + int(options.duration_s * 1e9) if options.duration_s is not None else None
+        )
+        self._initial_snapshot()
+        snapshot_every = int(options.snapshot_interval_s * 1e9)
+        next_snapshot = self.started + snapshot_every if snapshot_every > 0 else None
+        next_clock = self.started + CLOCK_SAMPLE_INTERVAL_NS
+        next_stats = self.started + STATS_INTERVAL_NS
+        next_poll = self.started + int(options.proc_poll_interval_s * 1e9)
+        while True:
+            now = monotonic_ns()
+            if self.recorder._stop_event.is_set():
+                return self._finish(self.recorder._stop_reason or STOP_SIGNAL)
+            if deadline is not None and now >= deadline:
+                return self._finish(STOP_DURATION)
+            if self.capture is not None:
+                self._drain(self.capture.poll(20))
+            else:
+                if now >= next_poll:
+                    next_poll = now + int(options.proc_poll_interval_s * 1e9)
+                    self._poll_proc()
+                self.recorder._stop_event.wait(0.02)
+            now = monotonic_ns()
+            if (
+                next_snapshot is not None
+                and now >= next_snapshot
+                and self.snapshots.busy_since is None
+            ):
+                next_snapshot = now + snapshot_every
+                self._start_snapshot(now)
+            self._collect_snapshot()
+            if now >= next_clock:
+                next_clock = now + CLOCK_SAMPLE_INTERVAL_NS
+                self.writer.add_clock_sample(sample_clock())
+            if self.capture is not None and now >= next_stats:
+                next_stats = now + STATS_INTERVAL_NS
+                self._account_kernel_losses(now)
+            self.reorder.release(now, self.writer)
+            if self.writer.due(now):
+                self._flush()
+
+    def _drain(self, records: list[bytes]) -> None:
+        for record in records:
+            try:
+                events = decode_record(record)
+            except DecodeError as exc:
+                self.decode_errors += 1
+                now = monotonic_ns()
+                self.writer.add_loss(Loss(1, now, now, f"undecodable record: {exc}"))
+                continue
+            self.received_events += len(events)
+            self.reorder.add(events)
+
+    def _flush(self) -> None:
+        self.writer.flush()
+        self.progress.committed_events = self.writer.committed_events
+        self.progress.late_events = self.reorder.late_events
+
+    # -- snapshots -------------------------------------------------------------------------
+    def _initial_snapshot(self) -> None:
+        """Walk /proc once, synchronously with respect to the log: nothing after its start
+        is written before it. Events keep flowing into the buffer meanwhile."""
+        start = monotonic_ns()
+        self.initial_snapshot_mono = start
+        self._start_snapshot(start)
+        while True:
+            if self.capture is not None:
+                self._drain(self.capture.poll(20))
+            if self._collect_snapshot(timeout=0 if self.capture else 0.05):
+                return
+
+    def _start_snapshot(self, now: int) -> None:
+        self.reorder.hold(now)
+        self.snapshots.start(now)
+
+    def _collect_snapshot(self, timeout: float = 0.0) -> bool:
+        item = self.snapshots.result(timeout)
+        if item is None:
+            return False
+        started, result = item
+        if isinstance(result, BaseException):
+            self.reorder.cancel_hold(started)
+            self.recorder.notify(f"a /proc snapshot failed: {result}")
+            return True
+        initial = started == self.initial_snapshot_mono
+        if initial and self.poller is not None:
+            self.poller.prime(result)
+        event, snapshot = snapshot_of(result, started, initial)
+        self.reorder.add_snapshot(event, snapshot)
+        self.progress.snapshots += 1
+        return True
+
+    def _poll_proc(self) -> None:
+        assert self.poller is not None
+        proc_walk = walk(redact_cmdline=self.options.redact_cmdline)
+        self.reorder.add(self.poller.events(proc_walk))
+
+    # -- losses ----------------------------------------------------------------------------
+    def _account_kernel_losses(self, now: int) -> None:
+        assert self.capture is not None
+        current = self.capture.stats()
+        previous = self.kernel
+        window_start = self.stats_read_mono
+        lost = current.lost_events - previous.lost_events
+        if lost > 0:
+            last = current.lost_last_ts_ns if current.lost_last_ts_ns >= window_start else now
+            self.writer.add_loss(
+                Loss(lost, window_start, max(window_start, min(last, now)), "ring buffer full")
+            )
+        missed = current.recursion_misses - previous.recursion_misses
+        if missed > 0:
+            self.writer.add_loss(
+                Loss(missed, window_start, now, "kernel skipped the programs (BPF recursion)")
+            )
+        self.progress.lost_events += max(lost, 0) + max(missed, 0)
+        self.progress.unattributed_sockets = current.sock_table_full
+        self.kernel = current
+        self.stats_read_mono = now
+
+    # -- stopping --------------------------------------------------------------------------
+    def _finish(self, reason: str) -> str:
+        if self.capture is not None:
+            self._drain(self.capture.stop())
+            self._account_kernel_losses(monotonic_ns())
+        while self.snapshots.busy_since is not None:
+            self._collect_snapshot(timeout=0.1)
+        self.reorder.release_all(self.writer)
+        self._flush()
+        return reason
+
+    def abandon(self) -> None:
+        """After an error: stop the kernel side; what is buffered is lost with the log."""
+        if self.capture is not None:
+            self.capture.close()
+
+    def counters(self) -> dict[str, int]:
+        """The accounting a test or an operator can check: staged in the kernel = received
+        from the ring buffer + lost in it; committed = received + snapshots and /proc events."""
+        return {
+            "kernel_staged": self.kernel.staged_events,
+            "kernel_lost": self.kernel.lost_events,
+            "kernel_recursion_misses": self.kernel.recursion_misses,
+            "received": self.received_events,
+            "committed": self.writer.committed_events,
+            "late": self.reorder.late_events,
+            "snapshots": self.progress.snapshots,
+            "unattributed_sockets": self.kernel.sock_table_full,
+            "undecodable_records": self.decode_errors,
+        }
+
+    def stop_detail(self) -> str | None:
+        parts = []
+        if self.progress.lost_events:
+            parts.append(f"{self.progress.lost_events} events lost")
+        if self.progress.unattributed_sockets:
+            parts.append(f"{self.progress.unattributed_sockets} sockets unattributed (table full)")
+        if self.decode_errors:
+            parts.append(f"{self.decode_errors} undecodable records")
+        return "; ".join(parts) or None
+
+
+def log_size_bytes(location: LogLocation) -> int | None:
+    if location.path is None:
+        return None
+    total = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            total += os.stat(f"{location.path}{suffix}").st_size
+    return total
+
+
+def elapsed_s(progress: Progress) -> float:
+    return max(0.0, (monotonic_ns() - progress.started_mono_ns) / 1e9)
+
+
+__all__ = ["MODE_EBPF", "MODE_PROC", "Progress", "RecordOptions", "Recorder", "elapsed_s"]

@@ -1,0 +1,101 @@
+"""Put events back in time order before they get log positions.
+
+Events reach user space out of order: each CPU stages its own, an ACCEPT carries the time
+the handshake completed although it is emitted when accept() returns, and snapshots take a
+while to walk /proc. The buffer holds events until they are ``horizon_ns`` old and then
+releases them sorted by timestamp, so positions follow time. An event that arrives after its
+time was released ("late") is released at once; replay does not depend on the order.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from operator import itemgetter
+from typing import Protocol
+
+from recorder.events import Event, Snapshot
+
+_MONO = itemgetter(1)
+
+
+class EventSink(Protocol):
+    def add_events(self, events: list[Event]) -> None: ...
+
+    def add_snapshot(self, event: Event, snapshot: Snapshot) -> None: ...
+
+
+class ReorderBuffer:
+    def __init__(self, horizon_ns: int) -> None:
+        self.horizon_ns = horizon_ns
+        self.late_events = 0
+        self._pending: list[Event] = []
+        self._released_to = 0  # every event with mono_ns <= this has been released
+        self._holds: list[int] = []  # snapshot walks under way: release nothing after them
+        self._snapshots: list[tuple[Event, Snapshot]] = []
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, events: list[Event]) -> None:
+        self._pending.extend(events)
+
+    def hold(self, mono_ns: int) -> None:
+        """A snapshot walk started at ``mono_ns``: keep later events until it is added."""
+        self._holds.append(mono_ns)
+
+    def add_snapshot(self, event: Event, snapshot: Snapshot) -> None:
+        """The walk that started at ``event.mono_ns`` finished; drop its hold."""
+        if event.mono_ns in self._holds:
+            self._holds.remove(event.mono_ns)
+        self._snapshots.append((event, snapshot))
+        self._snapshots.sort(key=lambda item: item[0].mono_ns)
+
+    def cancel_hold(self, mono_ns: int) -> None:
+        if mono_ns in self._holds:
+            self._holds.remove(mono_ns)
+
+    def release(self, now_mono_ns: int, sink: EventSink) -> int:
+        """Hand ``sink`` everything older than the horizon, in time order; return the count."""
+        cutoff = now_mono_ns - self.horizon_ns
+        if self._holds:
+            cutoff = min(cutoff, *self._holds)
+        return self._release_to(cutoff, sink)
+
+    def release_all(self, sink: EventSink) -> int:
+        self._holds.clear()
+        return self._release_to(None, sink)
+
+    def _release_to(self, cutoff: int | None, sink: EventSink) -> int:
+        pending = self._pending
+        pending.sort(key=_MONO)
+        released = 0
+        while self._snapshots and (cutoff is None or self._snapshots[0][0].mono_ns <= cutoff):
+            event, snapshot = self._snapshots.pop(0)
+            released += self._emit(self._take_upto(event.mono_ns), sink)
+            sink.add_snapshot(event, snapshot)
+            released += 1
+            self._released_to = max(self._released_to, event.mono_ns)
+        ready = self._take_upto(cutoff)
+        released += self._emit(ready, sink)
+        if cutoff is not None:
+            self._released_to = max(self._released_to, cutoff)
+        return released
+
+    def _take_upto(self, cutoff: int | None) -> list[Event]:
+        pending = self._pending
+        if cutoff is None:
+            ready, self._pending = pending, []
+            return ready
+        index = bisect_right(pending, cutoff, key=_MONO)
+        ready = pending[:index]
+        del pending[:index]
+        return ready
+
+    def _emit(self, ready: list[Event], sink: EventSink) -> int:
+        if not ready:
+            return 0
+        released_to = self._released_to
+        if ready[0].mono_ns <= released_to:
+            self.late_events += sum(1 for event in ready if event.mono_ns <= released_to)
+        sink.add_events(ready)
+        return len(ready)
