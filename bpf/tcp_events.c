@@ -15,10 +15,12 @@
  *    netns from the socket, never from the current task.
  *
  * Events are staged per CPU and handed to user space STAGE_MAX at a time (or when older than
- * STAGE_MAX_AGE_NS, checked by a per-CPU timer program), which cuts the consumer's per-event
- * cost by an order of magnitude. Every event that cannot be handed over is counted.
+ * STAGE_MAX_AGE_NS), which cuts the consumer's per-event cost by an order of magnitude. A CPU
+ * that goes quiet would keep its stage forever, so the recorder runs one thread pinned to each
+ * CPU that calls getppid() periodically: the tick program below flushes that CPU's stage.
+ * (A perf cpu-clock event was tried first: it does not fire on an idle CPU.) Every event
+ * that cannot be handed over is counted.
  */
-#include <uapi/linux/bpf_perf_event.h>
 #include "tcp_events.h"
 
 #define TCP_ESTABLISHED 1
@@ -410,10 +412,12 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     return 0;
 }
 
-/* Runs on every CPU at a fixed rate: hands over events that have waited long enough, or all
- * of them when user space asks (shutdown). */
-int on_tick(struct bpf_perf_event_data *ctx)
+/* The recorder's pinned tick threads call getppid() on every CPU: hand over events that have
+ * waited long enough, or all of them when user space asks (shutdown). */
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
 {
+    if ((bpf_get_current_pid_tgid() >> 32) != RECORDER_TGID)
+        return 0;
     u32 zero = 0;
     struct stage *s = stages.lookup(&zero);
     if (!s || s->hdr.count == 0)

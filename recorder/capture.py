@@ -11,7 +11,7 @@ import contextlib
 import ctypes
 import os
 import platform
-import time
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,7 @@ KERNEL_OFFSETS = (
 )
 
 TRACEPOINTS = (
+    "syscalls:sys_enter_getppid",
     "sched:sched_process_exec",
     "sched:sched_process_exit",
     "syscalls:sys_exit_accept",
@@ -66,7 +67,7 @@ class CaptureOptions:
     ringbuf_bytes: int = 32 << 20  # rounded up to a power-of-two number of pages
     sock_table_size: int = 262_144  # sockets remembered between open and close
     stage_max_age_ns: int = 20_000_000  # a staged event waits at most this (plus a tick)
-    tick_hz: int = 50  # per-CPU flush checks per second
+    tick_hz: int = 50  # per-CPU flush checks per second (see TickThreads)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ def program_cflags(offsets: dict[str, int], options: CaptureOptions) -> list[str
         "RINGBUF_PAGES": ringbuf_pages(options.ringbuf_bytes),
         "SOCK_TABLE_SIZE": options.sock_table_size,
         "STAGE_MAX_AGE_NS": f"{options.stage_max_age_ns}ULL",
+        "RECORDER_TGID": os.getpid(),
     }
     return [f"-D{name}={value}" for name, value in sorted(defines.items())] + [f"-I{BPF_DIR}"]
 
@@ -139,6 +141,7 @@ class EbpfCapture:
         self._bpf: Any = None
         self._records: list[bytes] = []
         self._callback: Callable[..., Any] | None = None
+        self._ticks: TickThreads | None = None
 
     def start(self) -> None:
         reason = why_ebpf_unavailable()
@@ -152,12 +155,12 @@ class EbpfCapture:
         except BtfError as exc:
             raise EbpfUnavailableError(f"cannot read struct offsets from BTF: {exc}") from exc
         # bcc reads tracefs's location at import: import it only after ensure_tracefs().
-        from bcc import BPF, PerfSWConfig, PerfType  # noqa: PLC0415
+        from bcc import BPF  # noqa: PLC0415
 
         source = (BPF_DIR / PROGRAM_FILE).read_text()
         try:
             with _quiet_stderr():
-                self._bpf = BPF(text=source, cflags=program_cflags(offsets, self.options))
+                self._bpf = BPF(text=source.encode(), cflags=program_cflags(offsets, self.options))
         except Exception as exc:
             raise CaptureError(f"the capture programs did not load: {exc}") from exc
         records = self._records
@@ -167,17 +170,9 @@ class EbpfCapture:
             return 0
 
         self._callback = on_record
-        self._bpf["events"].open_ring_buffer(on_record)
-        try:
-            self._bpf.attach_perf_event(
-                ev_type=PerfType.SOFTWARE,
-                ev_config=PerfSWConfig.CPU_CLOCK,
-                fn_name="on_tick",
-                sample_period=1_000_000_000 // max(1, self.options.tick_hz),
-            )
-        except Exception as exc:
-            self.close()
-            raise CaptureError(f"cannot start the per-CPU flush timer: {exc}") from exc
+        self._bpf[b"events"].open_ring_buffer(on_record)
+        self._ticks = TickThreads(1.0 / max(1, self.options.tick_hz))
+        self._ticks.start()
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Raw stage records that arrived within ``timeout_ms`` (possibly none)."""
@@ -196,7 +191,7 @@ class EbpfCapture:
         return taken
 
     def stats(self) -> KernelStats:
-        table = self._bpf["stats"]
+        table = self._bpf[b"stats"]
         totals = [sum(table[table.Key(slot)]) for slot in range(5)]
         last_ts = max(table[table.Key(ST_LOST_LAST_TS)])
         return KernelStats(
@@ -211,25 +206,74 @@ class EbpfCapture:
         )
 
     def stop(self) -> list[bytes]:
-        """Detach the tracepoints, flush every CPU's stage, return the last records."""
+        """Detach the event tracepoints, flush every CPU's stage, return the last records."""
         for tracepoint in TRACEPOINTS:
-            with contextlib.suppress(Exception):
-                self._bpf.detach_tracepoint(tracepoint.encode())
-        control = self._bpf["control"]
+            if tracepoint != TICK_TRACEPOINT:
+                with contextlib.suppress(Exception):
+                    self._bpf.detach_tracepoint(tracepoint.encode())
+        control = self._bpf[b"control"]
         control[control.Key(0)] = control.Leaf(1)
-        # Every CPU's tick program flushes its stage within one period; wait for two.
-        deadline = time.monotonic() + 2.5 / max(1, self.options.tick_hz) + 0.05
-        records = []
-        while time.monotonic() < deadline:
-            records.extend(self.poll(5))
+        if self._ticks is not None:
+            self._ticks.tick_every_cpu()
+        records = self.poll(0)
         records.extend(self.drain())
         return records
 
     def close(self) -> None:
+        if self._ticks is not None:
+            self._ticks.stop()
+            self._ticks = None
         if self._bpf is not None:
             with contextlib.suppress(Exception):
                 self._bpf.cleanup()
             self._bpf = None
+
+
+TICK_TRACEPOINT = "syscalls:sys_enter_getppid"
+
+
+class TickThreads:
+    """One thread pinned to each CPU, calling getppid() every ``period_s``.
+
+    Each call runs the tick program on that CPU, which flushes the CPU's stage if its oldest
+    event is old enough (or always, once ``control[0]`` is set at shutdown).
+    """
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = period_s
+        self.cpus = sorted(os.sched_getaffinity(0))
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(cpu,), name=f"scope-tick-{cpu}", daemon=True)
+            for cpu in self.cpus
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, cpu: int) -> None:
+        os.sched_setaffinity(0, {cpu})  # 0 = this thread
+        while not self._stop.wait(self.period_s):
+            os.getppid()
+
+    @staticmethod
+    def _tick_once(cpu: int) -> None:
+        os.sched_setaffinity(0, {cpu})
+        os.getppid()
+
+    def tick_every_cpu(self) -> None:
+        """Run the tick program once on every CPU, now, and return when it has run."""
+        once = [threading.Thread(target=self._tick_once, args=(cpu,)) for cpu in self.cpus]
+        for thread in once:
+            thread.start()
+        for thread in once:
+            thread.join()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
 
 
 @contextlib.contextmanager

@@ -166,11 +166,22 @@ def _read_bytes(path: str) -> bytes | None:
         return None
 
 
+_boot_offset_ns: int | None = None
+
+
 def boot_to_mono_offset_ns() -> int:
-    """CLOCK_BOOTTIME - CLOCK_MONOTONIC: process start times count from boot, suspend included."""
+    """CLOCK_BOOTTIME - CLOCK_MONOTONIC: process start times count from boot, suspend included.
+
+    Kept stable between calls (it only moves when the host suspends), so the same process
+    gets the same start time in every walk and /proc mode can tell it from a new one.
+    """
+    global _boot_offset_ns  # noqa: PLW0603 - a process-wide measurement
     boot = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
     mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    return boot - mono
+    measured = boot - mono
+    if _boot_offset_ns is None or abs(measured - _boot_offset_ns) > 1_000_000:
+        _boot_offset_ns = measured
+    return _boot_offset_ns
 
 
 def pids(proc: Path = Path("/proc")) -> list[int]:

@@ -155,6 +155,9 @@ class Recorder:
             if self.options.require_ebpf:
                 raise EbpfUnavailableError("--require-ebpf conflicts with /proc mode")
             self.progress.fallback_reason = "/proc mode requested"
+            self.notify(
+                "using /proc mode (requested): connections shorter than a poll are not seen"
+            )
             return MODE_PROC
         reason = why_ebpf_unavailable()
         if reason is None:
@@ -407,7 +410,15 @@ class _Session:
     def _finish(self, reason: str) -> str:
         if self.capture is not None:
             self._drain(self.capture.stop())
-            self._account_kernel_losses(monotonic_ns())
+            now = monotonic_ns()
+            self._account_kernel_losses(now)
+            # Anything staged that neither arrived nor was counted lost is lost all the same.
+            unaccounted = self.kernel.staged_events - self.received_events - self.kernel.lost_events
+            if unaccounted > 0:
+                self.writer.add_loss(
+                    Loss(unaccounted, self.started, now, "staged in the kernel, never handed over")
+                )
+                self.progress.lost_events += unaccounted
         while self.snapshots.busy_since is not None:
             self._collect_snapshot(timeout=0.1)
         self.reorder.release_all(self.writer)

@@ -1,0 +1,263 @@
+"""eBPF capture against the real kernel: real programs, real sockets, real processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from recorder.events import Kind
+from recorder.log.location import LogLocation, resolve
+from recorder.log.reader import LogReader
+from recorder.log.store import Purpose, open_log
+from recorder.workload import closed_port, run_client, running_server, spawn
+from tests.capabilities import require
+from tests.cli import BIN
+from tests.ebpf import require_ebpf
+from tests.netns import can_make_namespaces, veth_pair
+from tests.recording import by_kind, recording, wait_for
+
+pytestmark = pytest.mark.ebpf
+
+
+@pytest.fixture
+def location(tmp_path: Path) -> LogLocation:
+    require_ebpf()
+    return resolve(str(tmp_path / "scope.db"))
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_every_connection_is_attributed_to_both_processes(
+    location: LogLocation, host: str, tmp_path: Path
+) -> None:
+    count = 40
+    with recording(location, snapshot_interval_s=0) as run:
+        with running_server("scope-srv", hosts=(host,), workdir=tmp_path) as server:
+            client = run_client("scope-cli", host, server.port, count=count)
+            assert client.wait(timeout=60) == 0
+            time.sleep(0.3)
+    events = run.events()
+    connects = by_kind(events, Kind.CONNECT, client.pid)
+    accepts = by_kind(events, Kind.ACCEPT, server.pid)
+    assert len(connects) == count
+    assert len(accepts) == count
+    assert {e.comm for e in connects} == {"scope-cli"}
+    assert {e.comm for e in accepts} == {"scope-srv"}
+    assert {e.rport for e in connects} == {server.port}
+    assert {e.lport for e in accepts} == {server.port}
+    assert {len(e.laddr or b"") for e in connects + accepts} == {4 if host == "127.0.0.1" else 16}
+    client_socks = {e.sock_id for e in connects}
+    server_socks = {e.sock_id for e in accepts}
+    closes = by_kind(events, Kind.CLOSE)
+    assert Counter(e.sock_id for e in closes if e.sock_id in client_socks) == dict.fromkeys(
+        client_socks, 1
+    )
+    assert Counter(e.sock_id for e in closes if e.sock_id in server_socks) == dict.fromkeys(
+        server_socks, 1
+    )
+    assert {e.pid for e in closes if e.sock_id in client_socks} == {client.pid}
+    assert {e.pid for e in closes if e.sock_id in server_socks} == {server.pid}
+    # The client sent "hello N" and read the answer: the close carries the kernel's counters.
+    assert all(
+        (e.bytes_sent or 0) > 0 and (e.bytes_received or 0) > 0
+        for e in closes
+        if e.sock_id in client_socks
+    )
+    # Opens pair with closes in time, and the log is in time order within the recording.
+    assert all(e.wall_ns <= f.wall_ns for e in connects for f in closes if f.sock_id == e.sock_id)
+    positions = [e.mono_ns for e in events if e.kind in (Kind.CONNECT, Kind.ACCEPT, Kind.CLOSE)]
+    assert positions == sorted(positions)
+
+
+def test_refused_connect_is_a_failed_connect(location: LogLocation) -> None:
+    port = closed_port()
+    with recording(location, snapshot_interval_s=0) as run:
+        attempt = spawn("refused", "--name", "scope-refused", "--port", str(port))
+        assert attempt.wait(timeout=30) == 0
+        time.sleep(0.3)
+    (failed,) = [e for e in by_kind(run.events(), Kind.CONNECT_FAILED) if e.rport == port]
+    assert (failed.pid, failed.comm, failed.extra) == (attempt.pid, "scope-refused", {"error": 111})
+    assert not [e for e in by_kind(run.events(), Kind.CONNECT) if e.rport == port]
+
+
+def test_connections_shorter_than_a_millisecond_are_all_there(
+    location: LogLocation, tmp_path: Path
+) -> None:
+    count = 300
+    with recording(location, snapshot_interval_s=0) as run:
+        with running_server("scope-srv", workdir=tmp_path) as server:
+            started = time.monotonic()
+            client = run_client("scope-fast", "127.0.0.1", server.port, count=count)
+            assert client.wait(timeout=60) == 0
+            elapsed = time.monotonic() - started
+            time.sleep(0.3)
+    events = run.events()
+    connects = by_kind(events, Kind.CONNECT, client.pid)
+    assert len(connects) == count
+    ids = {e.sock_id for e in connects}
+    closes = {e.sock_id: e for e in by_kind(events, Kind.CLOSE, client.pid)}
+    assert set(closes) == ids
+    lifetimes = sorted(closes[e.sock_id].mono_ns - e.mono_ns for e in connects)
+    assert lifetimes[len(lifetimes) // 2] < 1_000_000, (lifetimes[:5], elapsed)
+
+
+def test_events_carry_each_network_namespace(location: LogLocation, tmp_path: Path) -> None:
+    require(can_make_namespaces(), "root and iproute2 to make network namespaces")
+    with veth_pair() as (left, right), recording(location, snapshot_interval_s=0) as run:
+        with running_server(
+            "scope-ns-srv", hosts=(right.address,), netns=right.name, workdir=tmp_path
+        ) as server:
+            client = run_client(
+                "scope-ns-cli", right.address, server.port, count=5, netns=left.name
+            )
+            assert client.wait(timeout=60) == 0
+            time.sleep(0.3)
+        left_inode, right_inode = left.inode, right.inode
+    events = run.events()
+    connects = [e for e in by_kind(events, Kind.CONNECT) if e.comm == "scope-ns-cli"]
+    accepts = [e for e in by_kind(events, Kind.ACCEPT) if e.comm == "scope-ns-srv"]
+    assert len(connects) == 5 and len(accepts) == 5
+    assert {e.netns for e in connects} == {left_inode}
+    assert {e.netns for e in accepts} == {right_inode}
+    assert left_inode != right_inode
+    closes = by_kind(events, Kind.CLOSE)
+    assert {e.netns for e in closes if e.sock_id in {c.sock_id for c in connects}} == {left_inode}
+    execs = [e for e in by_kind(events, Kind.EXEC) if e.comm == "scope-ns-cli"]
+    assert execs == [] or {e.netns for e in execs} <= {left_inode, execs[0].netns}
+
+
+def test_initial_snapshot_holds_connections_open_before_recording(
+    location: LogLocation, tmp_path: Path
+) -> None:
+    with running_server("scope-old-srv", workdir=tmp_path) as server:
+        holder = run_client("scope-holder", "127.0.0.1", server.port, count=1, hold_ms=8000)
+        wait_for(lambda: _has_connection(holder.pid, server.port), timeout=20)
+        with recording(location, snapshot_interval_s=0) as run:
+            pass
+        holder.kill()
+        holder.wait()
+    with open_log(location, Purpose.READ) as store:
+        reader = LogReader(store)
+        (snapshot_event,) = [
+            e for e in by_kind(run.events(), Kind.SNAPSHOT) if e.extra and e.extra["initial"]
+        ]
+        snapshot = reader.snapshot(snapshot_event.position)
+    client_side = [
+        c for c in snapshot.connections if c.rport == server.port and c.pid == holder.pid
+    ]
+    server_side = [
+        c for c in snapshot.connections if c.lport == server.port and c.pid == server.pid
+    ]
+    assert len(client_side) == 1
+    assert len(server_side) >= 2  # the listener and the accepted connection
+    assert any(p.pid == holder.pid and p.comm == "scope-holder" for p in snapshot.processes)
+
+
+def _has_connection(pid: int, port: int) -> bool:
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[2].split(":")[1], 16) == port:
+                return True
+    return False
+
+
+def test_sigterm_under_load_closes_cleanly_with_every_event_in_the_log(
+    location: LogLocation, tmp_path: Path
+) -> None:
+    db = str(location.path)
+    recorder = subprocess.Popen(
+        [str(BIN / "scope-record"), "--db", db, "--quiet", "--snapshot-interval", "1"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: _snapshot_committed(location), timeout=60)
+        with running_server("scope-load-srv", workdir=tmp_path) as server:
+            clients = [
+                run_client("scope-load", "127.0.0.1", server.port, count=2000) for _ in range(2)
+            ]
+            time.sleep(1.0)
+            recorder.send_signal(signal.SIGTERM)
+            assert recorder.wait(timeout=60) == 0, recorder.stderr.read() if recorder.stderr else ""
+            for client in clients:
+                client.kill()
+                client.wait()
+    finally:
+        if recorder.poll() is None:
+            recorder.kill()
+    with open_log(location, Purpose.READ) as store:
+        reader = LogReader(store)
+        (rec,) = reader.recordings()
+        in_log = sum(count for (rid, _), count in reader.event_counts().items() if rid == rec.id)
+    assert rec.stop_reason == "signal"
+    counters = rec.counters or {}
+    assert counters["kernel_lost"] == 0
+    assert counters["kernel_staged"] == counters["received"] > 1000
+    assert counters["committed"] == in_log == counters["received"] + counters["snapshots"]
+
+
+def _snapshot_committed(location: LogLocation) -> bool:
+    if location.path is None or not location.path.exists():
+        return False
+    try:
+        with open_log(location, Purpose.READ) as store:
+            return any(kind == Kind.SNAPSHOT for (_, kind) in LogReader(store).event_counts())
+    except Exception:
+        return False
+
+
+def test_proc_mode_when_asked(tmp_path: Path) -> None:
+    location = resolve(str(tmp_path / "proc.db"))
+    with running_server("scope-proc-srv", workdir=tmp_path) as server:
+        recorder = subprocess.Popen(
+            [str(BIN / "scope-record"), "--db", str(location.path), "--mode", "proc",
+             "--duration", "4", "--proc-interval", "0.2", "--snapshot-interval", "0"],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_for(lambda: _snapshot_committed(location), timeout=60)
+        holder = run_client("scope-proc-cli", "127.0.0.1", server.port, count=1, hold_ms=1500)
+        holder.wait(timeout=30)
+        _, stderr = recorder.communicate(timeout=60)
+    assert recorder.returncode == 0, stderr
+    assert "using /proc mode" in stderr
+    with open_log(location, Purpose.READ) as store:
+        reader = LogReader(store)
+        (rec,) = reader.recordings()
+        events = list(reader.events())
+    assert rec.mode == "proc"
+    ours = [e for e in events if server.port in (e.lport, e.rport)]
+    opens = {(e.kind, e.pid) for e in ours if e.kind in (Kind.CONNECT, Kind.ACCEPT)}
+    assert opens == {(Kind.CONNECT, holder.pid), (Kind.ACCEPT, server.pid)}
+    assert {e.pid for e in ours if e.kind == Kind.CLOSE} == {holder.pid, server.pid}
+    # Only what changed becomes an event: no process churn from walk to walk.
+    assert sum(1 for e in events if e.kind == Kind.EXEC) < 20
+
+
+def test_require_ebpf_fails_clearly_without_privileges(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop privileges")
+    shared = Path(tempfile.mkdtemp(prefix="scope-unpriv-"))
+    shared.chmod(0o777)
+    db = shared / "unpriv.db"
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+         "--bounding-set=-all", str(BIN / "scope-record"), "--db", str(db), "--require-ebpf", "--duration", "1"],
+        capture_output=True, text=True, timeout=60, check=False, cwd=shared,
+    )  # fmt: skip
+    shutil.rmtree(shared, ignore_errors=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 4, result.stderr
+    assert len(lines) == 1 and "CAP_BPF" in lines[0] and "Traceback" not in result.stderr
+
+
+_ = (socket, sys)

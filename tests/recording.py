@@ -1,0 +1,84 @@
+"""Running a real recorder (in a thread of the test process) around a block of test code."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from recorder.events import Kind, LoggedEvent
+from recorder.log.location import LogLocation
+from recorder.log.reader import LogReader, Recording
+from recorder.log.store import Purpose, open_log
+from recorder.record import Progress, Recorder, RecordOptions
+
+
+@dataclass
+class RecordingRun:
+    location: LogLocation
+    recorder: Recorder
+    progress: Progress | None = None
+    error: BaseException | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def events(self) -> list[LoggedEvent]:
+        with open_log(self.location, Purpose.READ) as store:
+            return [
+                e
+                for e in LogReader(store).events()
+                if e.recording_id == self.recorder.progress.recording_id
+            ]
+
+    def recording(self) -> Recording:
+        with open_log(self.location, Purpose.READ) as store:
+            return next(
+                r
+                for r in LogReader(store).recordings()
+                if r.id == self.recorder.progress.recording_id
+            )
+
+
+def wait_for(condition: Any, timeout: float = 30.0, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(interval)
+
+
+@contextmanager
+def recording(location: LogLocation, **options: Any) -> Iterator[RecordingRun]:
+    """Record while the block runs; the initial snapshot is committed when it starts."""
+    notes: list[str] = []
+    recorder = Recorder(RecordOptions(location=location, **options), notify=notes.append)
+    run = RecordingRun(location, recorder, notes=notes)
+
+    def target() -> None:
+        try:
+            run.progress = recorder.run()
+        except BaseException as exc:
+            run.error = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+
+    def started() -> bool:
+        if run.error is not None:
+            raise run.error
+        return recorder.progress.snapshots > 0 and recorder.progress.committed_events > 0
+
+    wait_for(started, timeout=60)
+    try:
+        yield run
+    finally:
+        recorder.request_stop()
+        thread.join(timeout=60)
+    if run.error is not None:
+        raise run.error
+
+
+def by_kind(events: list[LoggedEvent], kind: Kind, pid: int | None = None) -> list[LoggedEvent]:
+    return [e for e in events if e.kind == kind and (pid is None or e.pid == pid)]

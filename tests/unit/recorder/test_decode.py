@@ -1,0 +1,158 @@
+"""Decoding stage records: byte fixtures built like the kernel programs build them, and the
+record layout checked against the C header by the C compiler itself."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from recorder.capture import BPF_DIR
+from recorder.decode import EVENT, HEADER, DecodeError, decode_record
+from recorder.events import Event, Kind
+
+ROOT_NETNS = 4026531833
+
+
+def raw_event(
+    kind: int,
+    ts: int = 1_000,
+    *,
+    sock_id: int = 0,
+    sent: int = 0,
+    received: int = 0,
+    pid: int = 0,
+    netns: int = ROOT_NETNS,
+    aux: int = 0,
+    lport: int = 0,
+    rport: int = 0,
+    family: int = 2,
+    flags: int = 0,
+    aux2: int = 0,
+    comm: bytes = b"",
+    laddr: bytes = b"",
+    raddr: bytes = b"",
+    filename: bytes | None = None,
+) -> bytes:
+    if filename is not None:
+        tail = filename.ljust(56, b"\0")
+    else:
+        tail = laddr.ljust(16, b"\0") + raddr.ljust(16, b"\0") + b"\0" * 24
+    return EVENT.pack(
+        ts, sock_id, sent, received, pid, netns, aux, lport, rport, kind, family, flags, aux2,
+        comm.ljust(16, b"\0"), tail,
+    )  # fmt: skip
+
+
+def record(*events: bytes, cpu: int = 0) -> bytes:
+    return HEADER.pack(len(events), cpu, 0) + b"".join(events)
+
+
+def test_connection_events_ipv4_ipv6_and_failed() -> None:
+    data = record(
+        raw_event(Kind.CONNECT, 10, sock_id=7, pid=42, comm=b"curl", lport=40000, rport=80,
+                  laddr=bytes([10, 0, 0, 1]), raddr=bytes([93, 184, 216, 34])),
+        raw_event(Kind.ACCEPT, 11, sock_id=8, pid=43, comm=b"nginx", lport=443, rport=50000,
+                  family=10, laddr=b"\0" * 15 + b"\1", raddr=b"\0" * 10 + b"\xff\xff\x7f\0\0\1",
+                  flags=1),
+        raw_event(Kind.CLOSE, 12, sock_id=7, pid=42, comm=b"curl", sent=1234, received=99,
+                  lport=40000, rport=80, laddr=bytes([10, 0, 0, 1]), raddr=bytes([93, 184, 216, 34])),
+        raw_event(Kind.CONNECT_FAILED, 13, sock_id=9, pid=42, comm=b"curl", aux=111, lport=40001,
+                  rport=81, laddr=bytes([127, 0, 0, 1]), raddr=bytes([127, 0, 0, 1])),
+    )  # fmt: skip
+    connect, accept, close, failed = decode_record(data)
+    assert connect == Event(
+        Kind.CONNECT, 10, 42, "curl", ROOT_NETNS, bytes([10, 0, 0, 1]), 40000,
+        bytes([93, 184, 216, 34]), 80, 7,
+    )  # fmt: skip
+    assert accept.laddr == b"\0" * 15 + b"\1" and len(accept.raddr or b"") == 16
+    assert (accept.pid, accept.comm, accept.lport) == (43, "nginx", 443)
+    assert (close.bytes_sent, close.bytes_received) == (1234, 99)
+    assert connect.bytes_sent is None
+    assert failed.kind == Kind.CONNECT_FAILED and failed.extra == {"error": 111}
+
+
+def test_unattributed_close_has_no_process() -> None:
+    (close,) = decode_record(record(raw_event(Kind.CLOSE, 5, flags=2, lport=22, rport=5000)))
+    assert close.pid is None and close.comm is None and close.sock_id is None
+
+
+def test_process_events() -> None:
+    exec_event, exit_event = decode_record(
+        record(
+            raw_event(
+                Kind.EXEC, 1, pid=500, aux=1, comm=b"bash", filename=b"/usr/bin/bash", flags=0
+            ),
+            raw_event(Kind.EXIT, 2, pid=500, aux=1, aux2=256, comm=b"bash"),
+        )
+    )
+    assert exec_event == Event(
+        Kind.EXEC, 1, 500, "bash", ROOT_NETNS, extra={"ppid": 1, "filename": "/usr/bin/bash"}
+    )
+    assert exit_event.extra == {"ppid": 1, "exit_code": 256}
+
+
+def test_truncated_filename_is_flagged() -> None:
+    (event,) = decode_record(
+        record(raw_event(Kind.EXEC, pid=1, filename=b"/x" * 27 + b"y", flags=4))
+    )
+    assert event.extra is not None and event.extra["filename_truncated"] is True
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x01\x00", HEADER.pack(2, 0, 0) + b"\0" * 128, record(raw_event(99))],
+)
+def test_malformed_records(data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_record(data)
+
+
+LAYOUT_PROGRAM = r"""
+#include <stdio.h>
+#include <stddef.h>
+typedef unsigned char u8; typedef unsigned short u16; typedef unsigned int u32;
+typedef unsigned long long u64;
+#include "tcp_events.h"
+#define F(name) printf(#name " %zu\n", offsetof(struct event, name));
+int main(void) {
+    printf("event %zu\nheader %zu\n", sizeof(struct event), sizeof(struct stage_header));
+    F(ts_ns) F(sock_id) F(bytes_sent) F(bytes_received) F(pid) F(netns) F(aux) F(lport)
+    F(rport) F(kind) F(family) F(flags) F(aux2) F(comm) F(laddr) F(raddr) F(filename)
+    return 0;
+}
+"""
+
+
+def test_python_layout_matches_the_c_header(tmp_path: Path) -> None:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    assert compiler, "a C compiler is part of the build environment"
+    source = tmp_path / "layout.c"
+    source.write_text(LAYOUT_PROGRAM)
+    binary = tmp_path / "layout"
+    subprocess.run([compiler, f"-I{BPF_DIR}", str(source), "-o", str(binary)], check=True)
+    layout = dict(
+        (name, int(value))
+        for name, value in (
+            line.split() for line in subprocess.check_output([str(binary)], text=True).splitlines()
+        )
+    )
+    python_offsets = {}
+    offset = 0
+    for name, code in zip(
+        ["ts_ns", "sock_id", "bytes_sent", "bytes_received", "pid", "netns", "aux", "lport",
+         "rport", "kind", "family", "flags", "aux2", "comm", "laddr"],
+        ["Q", "Q", "Q", "Q", "I", "I", "I", "H", "H", "B", "B", "H", "I", "16s", "56s"],
+        strict=True,
+    ):  # fmt: skip
+        python_offsets[name] = offset
+        offset += struct.calcsize("<" + code)
+    assert layout["event"] == EVENT.size
+    assert layout["header"] == HEADER.size
+    for name, value in python_offsets.items():
+        assert layout[name] == value, name
+    assert layout["raddr"] == layout["laddr"] + 16
+    assert layout["filename"] == layout["laddr"]

@@ -1,0 +1,64 @@
+"""/proc mode: events inferred from the difference between two walks."""
+
+from __future__ import annotations
+
+from recorder.events import Kind, SnapshotConnection, SnapshotProcess
+from recorder.procfs import TCP_ESTABLISHED, TCP_LISTEN, ProcWalk
+from recorder.procmode import ProcPoller
+
+NS = 4026531833
+LO = bytes([127, 0, 0, 1])
+
+
+def proc(pid: int, comm: str, start: int = 1) -> SnapshotProcess:
+    return SnapshotProcess(pid, 1, comm, comm, "0::/", NS, start)
+
+
+def conn(
+    lport: int, rport: int, pid: int | None, state: int = TCP_ESTABLISHED
+) -> SnapshotConnection:
+    return SnapshotConnection(NS, LO, lport, LO, rport, state, 1000 + lport, 0, pid)
+
+
+def walk_of(
+    mono: int, processes: list[SnapshotProcess], connections: list[SnapshotConnection]
+) -> ProcWalk:
+    return ProcWalk(processes=processes, connections=connections, started_mono_ns=mono)
+
+
+def test_new_and_gone_connections_become_events_with_direction() -> None:
+    poller = ProcPoller()
+    server, client = proc(10, "server"), proc(20, "client")
+    listener = conn(8080, 0, 10, TCP_LISTEN)
+    preexisting = conn(8080, 40000, 10)
+    poller.prime(walk_of(1, [server, client], [listener, preexisting]))
+    events = poller.events(
+        walk_of(
+            2,
+            [server, client],
+            [listener, preexisting, conn(8080, 40001, 10), conn(40001, 8080, 20)],
+        )
+    )
+    assert sorted((e.kind, e.pid, e.comm, e.lport) for e in events) == [
+        (Kind.CONNECT, 20, "client", 40001),
+        (Kind.ACCEPT, 10, "server", 8080),
+    ]
+    closes = poller.events(walk_of(3, [server, client], [listener]))
+    assert sorted((e.kind, e.lport, e.rport, e.mono_ns) for e in closes) == [
+        (Kind.CLOSE, 8080, 40000, 3),
+        (Kind.CLOSE, 8080, 40001, 3),
+        (Kind.CLOSE, 40001, 8080, 3),
+    ]
+    opened_ids = {e.sock_id for e in events}
+    assert {e.sock_id for e in closes} == opened_ids | {None}
+
+
+def test_process_start_and_exit_and_pid_reuse() -> None:
+    poller = ProcPoller()
+    poller.prime(walk_of(1, [proc(10, "a")], []))
+    events = poller.events(walk_of(2, [proc(10, "b", start=5), proc(11, "c")], []))
+    assert [(e.kind, e.pid, e.comm) for e in events] == [
+        (Kind.EXIT, 10, "a"),
+        (Kind.EXEC, 10, "b"),
+        (Kind.EXEC, 11, "c"),
+    ]
