@@ -29,7 +29,7 @@ from recorder.host import host_identity
 from recorder.log.batch import encode_extra
 from recorder.log.location import resolve
 from recorder.log.recordings import RecordingStart, begin_recording
-from recorder.log.sqlite import INSERT_EVENTS
+from recorder.log.sqlite import insert_events_sql
 from recorder.log.store import Purpose, open_log
 from recorder.log.writer import LogWriter
 
@@ -68,7 +68,7 @@ def run_raw(path: Path, events: list[Event], schema_from: Path) -> float:
         comm_id = comm_ids.setdefault(event.comm, len(comm_ids) + 1) if event.comm else None
         netns_id = netns_ids.setdefault(event.netns, len(netns_ids) + 1) if event.netns else None
         rows.append(
-            (1, event.kind, event.mono_ns, event.pid, comm_id, netns_id, event.laddr,
+            (event.kind, event.mono_ns, event.pid, comm_id, netns_id, event.laddr,
              event.lport, event.raddr, event.rport, event.sock_id, event.bytes_sent,
              event.bytes_received, encode_extra(event.extra))
         )  # fmt: skip
@@ -84,7 +84,7 @@ def run_raw(path: Path, events: list[Event], schema_from: Path) -> float:
     started = time.perf_counter()
     for offset in range(0, len(rows), 5000):
         conn.execute("BEGIN")
-        conn.executemany(INSERT_EVENTS, rows[offset : offset + 5000])
+        conn.executemany(insert_events_sql(1), rows[offset : offset + 5000])
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - started
     conn.close()

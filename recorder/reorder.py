@@ -25,19 +25,26 @@ class EventSink(Protocol):
 
 
 class ReorderBuffer:
+    """Pending events are kept as sorted chunks (one per hand-over, sorted once on arrival),
+    so a release touches only what it releases plus one bisect per chunk."""
+
     def __init__(self, horizon_ns: int) -> None:
         self.horizon_ns = horizon_ns
         self.late_events = 0
-        self._pending: list[Event] = []
+        self._chunks: list[list[Event]] = []
+        self._count = 0
         self._released_to = 0  # every event with mono_ns <= this has been released
         self._holds: list[int] = []  # snapshot walks under way: release nothing after them
         self._snapshots: list[tuple[Event, Snapshot]] = []
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return self._count
 
     def add(self, events: list[Event]) -> None:
-        self._pending.extend(events)
+        if events:
+            chunk = sorted(events, key=_MONO)
+            self._chunks.append(chunk)
+            self._count += len(chunk)
 
     def hold(self, mono_ns: int) -> None:
         """A snapshot walk started at ``mono_ns``: keep later events until it is added."""
@@ -66,8 +73,6 @@ class ReorderBuffer:
         return self._release_to(None, sink)
 
     def _release_to(self, cutoff: int | None, sink: EventSink) -> int:
-        pending = self._pending
-        pending.sort(key=_MONO)
         released = 0
         while self._snapshots and (cutoff is None or self._snapshots[0][0].mono_ns <= cutoff):
             event, snapshot = self._snapshots.pop(0)
@@ -82,13 +87,25 @@ class ReorderBuffer:
         return released
 
     def _take_upto(self, cutoff: int | None) -> list[Event]:
-        pending = self._pending
-        if cutoff is None:
-            ready, self._pending = pending, []
-            return ready
-        index = bisect_right(pending, cutoff, key=_MONO)
-        ready = pending[:index]
-        del pending[:index]
+        """Remove and return every pending event with ``mono_ns <= cutoff``, in time order."""
+        ready: list[Event] = []
+        keep: list[list[Event]] = []
+        runs = 0
+        for chunk in self._chunks:
+            if cutoff is None or chunk[-1].mono_ns <= cutoff:
+                ready.extend(chunk)
+                runs += 1
+            elif chunk[0].mono_ns > cutoff:
+                keep.append(chunk)
+            else:
+                index = bisect_right(chunk, cutoff, key=_MONO)
+                ready.extend(chunk[:index])
+                keep.append(chunk[index:])
+                runs += 1
+        self._chunks = keep
+        self._count -= len(ready)
+        if runs > 1:
+            ready.sort(key=_MONO)  # merges the sorted runs
         return ready
 
     def _emit(self, ready: list[Event], sink: EventSink) -> int:

@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 from recorder.clock import ClockModel, wall_bounds
 from recorder.events import ClockSample, Event, Loss, Snapshot
 
+_MONO = itemgetter(1)
+
 
 @dataclass
 class Batch:
@@ -27,8 +29,7 @@ class Batch:
         return bool(self.events or self.losses or self.clock_samples)
 
     def mono_range(self) -> tuple[int, int]:
-        monos = [event.mono_ns for event in self.events]
-        return min(monos), max(monos)
+        return min(map(_MONO, self.events)), max(map(_MONO, self.events))
 
     def wall_bounds(self, clock: ClockModel) -> tuple[int, int]:
         """Bounds on the wall times of the events: what the batches index stores."""
@@ -47,18 +48,16 @@ class AppendResult(NamedTuple):
 
 
 def event_rows(
-    recording_id: int,
     events: list[Event],
     comm_ids: dict[str | None, int | None],
     netns_ids: dict[int | None, int | None],
 ) -> list[tuple[Any, ...]]:
-    """Rows for the events table (without position), in order. The hot path of every append:
-    tuple unpacking and dict lookups only."""
+    """Rows for the events table without position and recording id (``ROW_COLUMNS``), in
+    order. The hot path of every append: tuple unpacking and dict lookups only."""
     comm_id = comm_ids.__getitem__
     netns_id = netns_ids.__getitem__
     return [
         (
-            recording_id,
             kind,
             mono_ns,
             pid,

@@ -124,10 +124,10 @@ class PostgresAppender:
             gc_paused(),
             cur.copy(f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy,
         ):
-            rows = event_rows(recording_id, events, self._comms.ids, self._netns.ids)
+            rows = event_rows(events, self._comms.ids, self._netns.ids)
             write = copy.write_row
             for position, row in enumerate(rows, start=head + 1):
-                write((position, *row))
+                write((position, recording_id, *row))
 
     @staticmethod
     def _write_batch_index(

@@ -23,11 +23,16 @@ from recorder.log.dictionary import Dictionary
 from recorder.log.schema import EVENT_COLUMNS, metadata
 from recorder.log.store import LogStore, map_driver_error
 
-_EVENT_INSERT_COLUMNS = EVENT_COLUMNS[1:]  # position comes from the rowid
-INSERT_EVENTS = (
-    f"INSERT INTO events ({', '.join(_EVENT_INSERT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_EVENT_INSERT_COLUMNS))})"
-)
+_ROW_COLUMNS = EVENT_COLUMNS[2:]  # what event_rows() gives: no position, no recording id
+
+
+def insert_events_sql(recording_id: int) -> str:
+    """The INSERT for one recording's events. The position comes from the rowid and the
+    recording id is part of the statement: one bound parameter less per row."""
+    return (
+        f"INSERT INTO events (recording_id, {', '.join(_ROW_COLUMNS)}) "
+        f"VALUES ({int(recording_id)}, {', '.join('?' * len(_ROW_COLUMNS))})"
+    )
 
 
 def _insert_sql(table: str) -> str:
@@ -58,8 +63,8 @@ class SqliteAppender:
                 self._comms.prepare(distinct_comms(batch.events), self._comm_id)
                 self._netns.prepare(distinct_netns(batch.events), self._netns_id)
                 with gc_paused():
-                    rows = event_rows(recording_id, batch.events, self._comms.ids, self._netns.ids)
-                    conn.executemany(INSERT_EVENTS, rows)
+                    rows = event_rows(batch.events, self._comms.ids, self._netns.ids)
+                    conn.executemany(insert_events_sql(recording_id), rows)
                     del rows
                 self._write_batch_index(recording_id, batch, clock, result)
                 for table, table_rows in snapshot_rows(batch, result.first_position):

@@ -1,0 +1,177 @@
+"""Benchmark: connection rate of a loopback workload alone and while scope-record records it.
+
+A C load generator (bench/loadgen.c, compiled here) runs a server and several clients for a
+fixed time at their maximum connection rate: alone, then with `scope-record` writing to a
+SQLite log, alternating for ``--rounds`` rounds; medians are reported. Every connection the
+clients completed must be in the log as four events (connect, accept, two closes).
+
+Last line:
+RESULT conns_per_s_alone=<n> conns_per_s_recorded=<n> ratio=<n> events_captured=<n>
+       events_expected=<n> lost=<n> recorder_cpu_pct=<n>
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from recorder.events import Kind
+from recorder.log.location import resolve
+from recorder.log.reader import LogReader
+from recorder.log.store import Purpose, open_log
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class LoadResult:
+    completed: int
+    failed: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.completed / self.seconds
+
+
+def build_loadgen(workdir: Path) -> Path:
+    binary = workdir / "loadgen"
+    compiler = shutil.which("cc") or shutil.which("gcc") or "cc"
+    subprocess.run([compiler, "-O2", "-o", str(binary), str(HERE / "loadgen.c")], check=True)
+    return binary
+
+
+def run_load(loadgen: Path, port: int, clients: int, seconds: float) -> LoadResult:
+    server = subprocess.Popen([str(loadgen), "server", str(port), "1", str(seconds + 2)])
+    time.sleep(0.3)
+    started = time.monotonic()
+    procs = [
+        subprocess.Popen(
+            [str(loadgen), "client", str(port), f"127.0.0.{index + 2}", str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(clients)
+    ]
+    completed = failed = 0
+    for proc in procs:
+        out, _ = proc.communicate(timeout=seconds + 60)
+        done, bad = (int(x) for x in out.split())
+        completed, failed = completed + done, failed + bad
+    elapsed = time.monotonic() - started
+    server.send_signal(signal.SIGKILL)
+    server.wait()
+    subprocess.run(["pkill", "-KILL", "-f", f"loadgen server {port} "], check=False)
+    return LoadResult(completed, failed, elapsed)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def snapshot_committed(db: Path) -> bool:
+    if not db.exists():
+        return False
+    try:
+        with open_log(resolve(str(db)), Purpose.READ) as store:
+            return any(kind == Kind.SNAPSHOT for _, kind in LogReader(store).event_counts())
+    except Exception:
+        return False
+
+
+def count_captured(db: Path, port: int) -> tuple[int, int]:
+    """Connection events touching ``port`` in the log, and events recorded as lost."""
+    with open_log(resolve(str(db)), Purpose.READ) as store:
+        reader = LogReader(store)
+        captured = sum(
+            1
+            for event in reader.events()
+            if event.kind in (Kind.CONNECT, Kind.ACCEPT, Kind.CLOSE)
+            and port in (event.lport, event.rport)
+        )
+        lost = sum(loss.lost for loss in reader.losses())
+    return captured, lost
+
+
+def run_recorded(
+    loadgen: Path, port: int, clients: int, seconds: float, workdir: Path
+) -> tuple[LoadResult, int, int, float]:
+    db = workdir / f"bench-{port}.db"
+    recorder = subprocess.Popen(
+        [str(BIN / "scope-record"), "--db", str(db), "--quiet"], stdin=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 60
+    while not snapshot_committed(db):
+        if time.monotonic() > deadline or recorder.poll() is not None:
+            raise RuntimeError("scope-record did not start")
+        time.sleep(0.1)
+    cpu_before, wall_before = cpu_seconds(recorder.pid), time.monotonic()
+    result = run_load(loadgen, port, clients, seconds)
+    time.sleep(0.5)  # let the last events reach the log before measuring CPU and stopping
+    cpu_pct = 100 * (cpu_seconds(recorder.pid) - cpu_before) / (time.monotonic() - wall_before)
+    recorder.send_signal(signal.SIGTERM)
+    if recorder.wait(timeout=120) != 0:
+        raise RuntimeError(f"scope-record exited with {recorder.returncode}")
+    captured, lost = count_captured(db, port)
+    for leftover in workdir.glob(f"bench-{port}.db*"):
+        leftover.unlink()
+    return result, captured, lost, cpu_pct
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/capture.py needs root (eBPF)")
+    alone, recorded, cpu = [], [], []
+    captured_total = expected_total = lost_total = 0
+    with tempfile.TemporaryDirectory(prefix="scope-bench-") as tmp:
+        workdir = Path(tmp)
+        loadgen = build_loadgen(workdir)
+        for round_number in range(args.rounds):
+            port = 20000 + round_number * 2
+            base = run_load(loadgen, port, args.clients, args.seconds)
+            alone.append(base.rate)
+            time.sleep(1)
+            result, captured, lost, cpu_pct = run_recorded(
+                loadgen, port + 1, args.clients, args.seconds, workdir
+            )
+            recorded.append(result.rate)
+            cpu.append(cpu_pct)
+            captured_total += captured
+            expected_total += 4 * result.completed
+            lost_total += lost
+            print(
+                f"round {round_number + 1}: alone {base.rate:,.0f} conn/s, "
+                f"recorded {result.rate:,.0f} conn/s ({result.failed} failed), "
+                f"events {captured:,}/{4 * result.completed:,}, "
+                f"lost {lost}, recorder CPU {cpu_pct:.0f}%",
+                flush=True,
+            )
+            time.sleep(1)
+    rate_alone, rate_recorded = statistics.median(alone), statistics.median(recorded)
+    print(
+        f"RESULT conns_per_s_alone={rate_alone:.0f} conns_per_s_recorded={rate_recorded:.0f} "
+        f"ratio={rate_recorded / rate_alone:.3f} events_captured={captured_total} "
+        f"events_expected={expected_total} lost={lost_total} "
+        f"recorder_cpu_pct={statistics.median(cpu):.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
