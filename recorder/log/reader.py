@@ -9,7 +9,7 @@ batch committed before that moment, whole, and nothing after it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,6 +194,44 @@ class LogReader:
                 return
             yield page
             after = int(page[-1][0])
+
+    def narrow_pages(self, after: int, upto: int) -> Iterator[list[Any]]:
+        """Pages of (position, recording_id, kind, mono_ns, pid, sock_id): what replay folds."""
+        sql = text(
+            "SELECT position, recording_id, kind, mono_ns, pid, sock_id FROM events "
+            "WHERE position > :after AND position <= :upto ORDER BY position LIMIT :limit"
+        )
+        limit = max(self.page_size, 50_000)
+        while after < upto:
+            with self.store.connect() as conn:
+                page = list(conn.execute(sql, {"after": after, "upto": upto, "limit": limit}))
+            if not page:
+                return
+            yield page
+            after = int(page[-1][0])
+
+    def events_at(self, positions: Collection[int]) -> dict[int, LoggedEvent]:
+        """Whole events by position (any order; missing positions are left out)."""
+        wanted = sorted(set(positions))
+        found: dict[int, LoggedEvent] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            sql = text(f"{_EVENT_SELECT} WHERE position IN ({', '.join(map(str, chunk))})")
+            with self.store.connect() as conn:
+                page = list(conn.execute(sql))
+            for event in self._decode_page(page):
+                found[event.position] = event
+        return found
+
+    def events_of_kind(self, kind: int) -> list[LoggedEvent]:
+        """Every event of one kind (a full scan: for the rare kinds only)."""
+        with self.store.connect() as conn:
+            page = list(
+                conn.execute(
+                    text(f"{_EVENT_SELECT} WHERE kind = :kind ORDER BY position"), {"kind": kind}
+                )
+            )
+        return list(self._decode_page(page))
 
     def events(self, after: int = 0, upto: int | None = None) -> Iterator[LoggedEvent]:
         """Every event with ``after < position <= upto`` (default: up to the head), in order."""

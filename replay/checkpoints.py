@@ -1,0 +1,87 @@
+"""Checkpoints: folded replay state saved every so often, so a seek folds only the rest.
+
+Derived data: a checkpoint at position P holds the fold of exactly the events at positions
+<= P, with the newest wall time among them. Any of them can be dropped; a checkpoint of
+another state format is ignored. Saving is best effort: a read-only log replays without them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from recorder.errors import LogError
+from recorder.log.store import LogStore
+from replay.state import FORMAT, ReplayState
+
+DEFAULT_EVERY_EVENTS = 200_000
+DEFAULT_EVERY_NS = 600 * 1_000_000_000  # or ten minutes of log time, whichever comes first
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    every_events: int = DEFAULT_EVERY_EVENTS
+    every_ns: int = DEFAULT_EVERY_NS
+
+    def due(self, events_since: int, wall_since_ns: int) -> bool:
+        return events_since >= self.every_events or (
+            events_since > 0 and wall_since_ns >= self.every_ns
+        )
+
+
+def newest_before(store: LogStore, wall_ns: int, head: int) -> ReplayState | None:
+    """The newest usable checkpoint whose events all happened at or before ``wall_ns``."""
+    with store.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT state FROM checkpoints WHERE format = :format AND max_wall_ns <= :wall "
+                "AND position <= :head ORDER BY position DESC LIMIT 1"
+            ),
+            {"format": FORMAT, "wall": wall_ns, "head": head},
+        ).first()
+    if row is None:
+        return None
+    try:
+        return ReplayState.from_bytes(bytes(row[0]))
+    except ValueError:
+        return None
+
+
+def save(store: LogStore, state: ReplayState) -> bool:
+    """Store ``state`` as the checkpoint at its position; False if the log refused."""
+    try:
+        with store.engine.connect() as conn:
+            exists = conn.execute(
+                text("SELECT 1 FROM checkpoints WHERE position = :p"), {"p": state.position}
+            ).first()
+            if exists is None:
+                conn.execute(
+                    text(
+                        "INSERT INTO checkpoints (position, format, max_wall_ns, state) "
+                        "VALUES (:p, :f, :w, :s)"
+                    ),
+                    {
+                        "p": state.position,
+                        "f": FORMAT,
+                        "w": state.max_wall_ns,
+                        "s": state.to_bytes(),
+                    },
+                )
+            conn.commit()
+    except (SQLAlchemyError, LogError):
+        return False
+    return True
+
+
+def drop(store: LogStore) -> int:
+    with store.connect() as conn:
+        count = conn.execute(text("DELETE FROM checkpoints")).rowcount
+        conn.commit()
+    return int(count or 0)
+
+
+def count(store: LogStore) -> int:
+    with store.connect() as conn:
+        return int(conn.execute(text("SELECT COUNT(*) FROM checkpoints")).scalar_one())

@@ -1,0 +1,388 @@
+"""The connection table at a moment: sockets from the replay state, paired into connections.
+
+Each local socket is one side of a connection. The side that connected is the client; a
+socket known only from /proc gets its side from the listening sockets of the same snapshot,
+else by Scope's rule that the lower local port is the server. Two sockets of this host whose
+addresses mirror each other (and, on loopback, share a network namespace) and whose lifetimes
+overlap are the two ends of one connection.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from recorder.events import Kind, LoggedEvent, Snapshot, SnapshotConnection
+from recorder.log.reader import LogReader, Recording
+from recorder.procfs import TCP_LISTEN
+from replay.engine import Window
+from replay.fold import Closed, SocketRef
+from replay.state import TupleKey
+
+CLIENT = "client"
+SERVER = "server"
+
+
+def address_text(raw: bytes | None) -> str:
+    """An address as people write it; v4-mapped IPv6 shown as plain IPv4."""
+    if not raw:
+        return "?"
+    address = ipaddress.ip_address(raw)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def endpoint_text(raw: bytes | None, port: int | None) -> str:
+    text = address_text(raw)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
+def is_loopback(raw: bytes | None) -> bool:
+    return bool(raw) and ipaddress.ip_address(address_text(raw)).is_loopback
+
+
+@dataclass
+class SocketView:
+    """One local socket, whole, as replay saw it."""
+
+    recording_id: int
+    host_id: str
+    role: str | None
+    pid: int | None
+    comm: str | None
+    netns: int | None
+    laddr: bytes
+    lport: int
+    raddr: bytes
+    rport: int
+    opened_ns: int | None
+    closed_ns: int | None
+    source: str
+    origin: tuple[int, int]  # (position, ordinal): stable identity in the log
+    positions: list[int] = field(default_factory=list)
+    close_note: str | None = None
+    bytes_sent: int | None = None
+    bytes_received: int | None = None
+
+    @property
+    def client(self) -> tuple[str, int]:
+        if self.role == SERVER:
+            return address_text(self.raddr), self.rport
+        return address_text(self.laddr), self.lport
+
+    @property
+    def server(self) -> tuple[str, int]:
+        if self.role == SERVER:
+            return address_text(self.laddr), self.lport
+        return address_text(self.raddr), self.rport
+
+
+@dataclass
+class ConnectionRow:
+    id: str
+    state: str  # open, closed, failed
+    direction: str  # local, outbound, inbound
+    host: str
+    client: str
+    server: str
+    opened_ns: int | None
+    closed_ns: int | None
+    client_pid: int | None = None
+    client_comm: str | None = None
+    client_netns: int | None = None
+    server_pid: int | None = None
+    server_comm: str | None = None
+    server_netns: int | None = None
+    nat: str | None = None
+    source: str = "events"
+    positions: list[int] = field(default_factory=list)
+    note: str | None = None
+    bytes_sent: int | None = None  # client to server, as the client's kernel counted
+    bytes_received: int | None = None
+
+    @property
+    def duration_ns(self) -> int | None:
+        if self.opened_ns is None or self.closed_ns is None or self.state == "failed":
+            return None
+        return self.closed_ns - self.opened_ns
+
+    def sort_key(self) -> tuple[int, int, str]:
+        return (self.opened_ns if self.opened_ns is not None else -1, self.closed_ns or 0, self.id)
+
+
+class _Materializer:
+    """Turns references in a replay window into whole sockets, reading rows by position."""
+
+    def __init__(self, reader: LogReader, window: Window) -> None:
+        self.reader = reader
+        self.window = window
+        self.recordings: dict[int, Recording] = {r.id: r for r in reader.recordings()}
+        self._snapshots: dict[int, Snapshot] = {}
+        self._events: dict[int, LoggedEvent] = {}
+
+    def prefetch(self, positions: Iterable[int]) -> None:
+        wanted = [p for p in positions if p not in self._events]
+        if wanted:
+            self._events.update(self.reader.events_at(wanted))
+
+    def event(self, position: int) -> LoggedEvent:
+        if position not in self._events:
+            self.prefetch([position])
+        return self._events[position]
+
+    def snapshot(self, position: int) -> Snapshot:
+        if position not in self._snapshots:
+            self._snapshots[position] = self.reader.snapshot(position)
+        return self._snapshots[position]
+
+    def host(self, recording_id: int) -> str:
+        recording = self.recordings.get(recording_id)
+        return recording.host_id if recording else "?"
+
+    def from_event(self, event: LoggedEvent) -> SocketView:
+        source = "proc" if (event.extra or {}).get("source") == "proc" else "events"
+        return SocketView(
+            recording_id=event.recording_id,
+            host_id=self.host(event.recording_id),
+            role=CLIENT if event.kind == Kind.CONNECT else SERVER,
+            pid=event.pid,
+            comm=event.comm,
+            netns=event.netns,
+            laddr=event.laddr or b"",
+            lport=event.lport or 0,
+            raddr=event.raddr or b"",
+            rport=event.rport or 0,
+            opened_ns=event.wall_ns,
+            closed_ns=None,
+            source=source,
+            origin=(event.position, 0),
+            positions=[event.position],
+        )
+
+    def from_snapshot(self, position: int, key: TupleKey) -> SocketView:
+        snapshot = self.snapshot(position)
+        marker = self.event(position)
+        row = _find_connection(snapshot, key)
+        comms = {p.pid: p.comm for p in snapshot.processes}
+        pid = row.pid if row else None
+        ordinal = snapshot.connections.index(row) + 1 if row else 0
+        return SocketView(
+            recording_id=key[0],
+            host_id=self.host(key[0]),
+            role=_infer_role(snapshot, key),
+            pid=pid,
+            comm=comms.get(pid) if pid is not None else None,
+            netns=key[1],
+            laddr=key[2],
+            lport=key[3],
+            raddr=key[4],
+            rport=key[5],
+            opened_ns=None,
+            closed_ns=None,
+            source="snapshot",
+            origin=(marker.position, ordinal),
+            positions=[position],
+        )
+
+    def from_close(self, close: LoggedEvent) -> SocketView:
+        """A socket whose only trace is its close: side unknown, start unknown."""
+        key = (close.recording_id, close.netns or 0, close.laddr or b"", close.lport or 0,
+               close.raddr or b"", close.rport or 0)  # fmt: skip
+        role = SERVER if (close.lport or 0) < (close.rport or 0) else CLIENT
+        view = SocketView(
+            recording_id=key[0],
+            host_id=self.host(key[0]),
+            role=role,
+            pid=close.pid,
+            comm=close.comm,
+            netns=close.netns,
+            laddr=key[2],
+            lport=key[3],
+            raddr=key[4],
+            rport=key[5],
+            opened_ns=None,
+            closed_ns=None,
+            source="events",
+            origin=(close.position, 0),
+            positions=[],
+            close_note="opened before anything recorded",
+        )
+        return view
+
+    def opened(self, ref: SocketRef, close: LoggedEvent | None) -> SocketView | None:
+        if ref.open_position is not None:
+            return self.from_event(self.event(ref.open_position))
+        if ref.snapshot_position is not None and ref.tuple_key is not None:
+            return self.from_snapshot(ref.snapshot_position, ref.tuple_key)
+        if close is not None:
+            return self.from_close(close)
+        return None
+
+    def closed(self, item: Closed) -> SocketView | None:
+        close = self.event(item.close_position) if item.close_position is not None else None
+        view = self.opened(item.ref, close)
+        if view is None:
+            return None
+        if close is not None:
+            view.closed_ns = close.wall_ns
+            view.positions.append(close.position)
+            view.bytes_sent, view.bytes_received = close.bytes_sent, close.bytes_received
+            if close.pid is not None and view.pid is None:
+                view.pid, view.comm = close.pid, close.comm
+        elif item.missing_at is not None:
+            view.closed_ns = self.event(item.missing_at).wall_ns
+            view.positions.append(item.missing_at)
+            view.close_note = "gone by the next /proc snapshot (its close was not captured)"
+        return view
+
+
+def _find_connection(snapshot: Snapshot, key: TupleKey) -> SnapshotConnection | None:
+    for conn in snapshot.connections:
+        if (conn.netns, conn.laddr, conn.lport, conn.raddr, conn.rport) == key[1:]:
+            return conn
+    return None
+
+
+def _infer_role(snapshot: Snapshot, key: TupleKey) -> str:
+    """Server if the local port listens in the socket's namespace, else the lower port wins."""
+    _, netns, laddr, lport, _, rport = key
+    for conn in snapshot.connections:
+        listening = conn.state == TCP_LISTEN and conn.netns == netns and conn.lport == lport
+        if listening and (conn.laddr == laddr or not any(conn.laddr)):
+            return SERVER
+    return SERVER if lport < rport else CLIENT
+
+
+def sockets_in_window(reader: LogReader, window: Window) -> list[SocketView]:
+    """Every socket open at the window's end or closed inside it, whole."""
+    m = _Materializer(reader, window)
+    state, retained = window.state, window.retained
+    m.prefetch(state.open_sockets.values())
+    m.prefetch(
+        p for item in retained.closed for p in (item.ref.open_position, item.close_position) if p
+    )
+    views: list[SocketView] = [
+        m.from_event(m.event(p)) for p in sorted(state.open_sockets.values())
+    ]
+    views.extend(m.from_snapshot(p, key) for key, p in sorted(state.snapshot_sockets.items()))
+    for item in retained.closed:
+        view = m.closed(item)
+        if (
+            view is not None
+            and view.closed_ns is not None
+            and window.start_ns < view.closed_ns <= window.at_ns
+        ):
+            views.append(view)
+    for open_position, missed_at in sorted(state.missing.values()):
+        view = m.closed(Closed(SocketRef(open_position), None, missing_at=missed_at))
+        if (
+            view is not None
+            and view.closed_ns is not None
+            and window.start_ns < view.closed_ns <= window.at_ns
+        ):
+            views.append(view)
+    return views
+
+
+def failed_attempts(reader: LogReader, window: Window) -> list[ConnectionRow]:
+    m = _Materializer(reader, window)
+    m.prefetch(window.retained.failed)
+    rows = []
+    for position in sorted(window.retained.failed):
+        event = m.event(position)
+        error = (event.extra or {}).get("error")
+        rows.append(
+            ConnectionRow(
+                id=f"{position}.0",
+                state="failed",
+                direction="outbound",
+                host=m.host(event.recording_id),
+                client=endpoint_text(event.laddr, event.lport),
+                server=endpoint_text(event.raddr, event.rport),
+                opened_ns=event.wall_ns,
+                closed_ns=event.wall_ns,
+                client_pid=event.pid,
+                client_comm=event.comm,
+                client_netns=event.netns,
+                positions=[position],
+                note=f"connect failed: errno {error}" if error else "connect failed",
+            )
+        )
+    return rows
+
+
+def _pair_key(view: SocketView) -> tuple[object, ...]:
+    client, server = view.client, view.server
+    loopback = is_loopback(view.laddr) or is_loopback(view.raddr)
+    return (view.host_id, client, server, view.netns if loopback else None)
+
+
+def _overlaps(a: SocketView, b: SocketView) -> bool:
+    a_start = a.opened_ns if a.opened_ns is not None else -1
+    b_start = b.opened_ns if b.opened_ns is not None else -1
+    a_end = a.closed_ns if a.closed_ns is not None else 1 << 63
+    b_end = b.closed_ns if b.closed_ns is not None else 1 << 63
+    return a_start <= b_end and b_start <= a_end
+
+
+def pair(views: list[SocketView]) -> list[ConnectionRow]:
+    groups: dict[tuple[object, ...], list[SocketView]] = defaultdict(list)
+    for view in views:
+        groups[_pair_key(view)].append(view)
+    rows = []
+    for key in sorted(groups, key=repr):
+        members = sorted(
+            groups[key], key=lambda v: (v.opened_ns if v.opened_ns is not None else -1, v.origin)
+        )
+        clients = [v for v in members if v.role != SERVER]
+        servers = [v for v in members if v.role == SERVER]
+        for client in clients:
+            match = next((s for s in servers if _overlaps(client, s)), None)
+            if match is not None:
+                servers.remove(match)
+            rows.append(_row(client, match))
+        rows.extend(_row(None, server) for server in servers)
+    return rows
+
+
+def _row(client: SocketView | None, server: SocketView | None) -> ConnectionRow:
+    sides = [v for v in (client, server) if v is not None]
+    first = min(sides, key=lambda v: v.origin)
+    opened = [v.opened_ns for v in sides if v.opened_ns is not None]
+    closed = [v.closed_ns for v in sides if v.closed_ns is not None]
+    is_open = any(v.closed_ns is None for v in sides)
+    notes = sorted({v.close_note for v in sides if v.close_note})
+    direction = "local" if client and server else ("outbound" if client else "inbound")
+    return ConnectionRow(
+        id=f"{first.origin[0]}.{first.origin[1]}",
+        state="open" if is_open else "closed",
+        direction=direction,
+        host=first.host_id,
+        client=_endpoint(*first.client),
+        server=_endpoint(*first.server),
+        opened_ns=min(opened) if opened else None,
+        closed_ns=None if is_open else (max(closed) if closed else None),
+        client_pid=client.pid if client else None,
+        client_comm=client.comm if client else None,
+        client_netns=client.netns if client else None,
+        server_pid=server.pid if server else None,
+        server_comm=server.comm if server else None,
+        server_netns=server.netns if server else None,
+        source="+".join(sorted({v.source for v in sides})),
+        positions=sorted({p for v in sides for p in v.positions}),
+        note="; ".join(notes) or None,
+        bytes_sent=client.bytes_sent if client else (server.bytes_received if server else None),
+        bytes_received=client.bytes_received if client else (server.bytes_sent if server else None),
+    )
+
+
+def _endpoint(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def connection_table(reader: LogReader, window: Window) -> list[ConnectionRow]:
+    rows = pair(sockets_in_window(reader, window)) + failed_attempts(reader, window)
+    return sorted(rows, key=ConnectionRow.sort_key)

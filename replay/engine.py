@@ -1,0 +1,142 @@
+"""Seeking: the replay state at any moment, from the nearest checkpoint and the log.
+
+``state(T)`` is the fold, in position order, of every event whose wall time is at or before
+T. ``window(T, W)`` is ``state(T - W)`` folded on with the events in (T - W, T] while keeping
+what ended among them. Both read the log up to the head fixed when the ``Replayer`` was made,
+so a replay over a log that is being written sees whole batches and a stable end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from recorder.log.reader import BatchSpan, LogReader
+from recorder.log.store import LogStore
+from replay import checkpoints
+from replay.checkpoints import CheckpointPolicy
+from replay.fold import Fold, NarrowRow, Retained
+from replay.state import ReplayState
+from replay.timespec import LogSpan
+
+
+@dataclass
+class Window:
+    """What replay knows at ``at_ns``: the state then, and what ended in the window."""
+
+    at_ns: int
+    start_ns: int  # the window is (start_ns, at_ns]
+    state: ReplayState
+    retained: Retained
+
+
+@dataclass
+class SeekStats:
+    checkpoint_position: int = 0
+    events_folded: int = 0
+    checkpoints_saved: int = 0
+
+
+class Replayer:
+    def __init__(
+        self,
+        store: LogStore,
+        *,
+        use_checkpoints: bool = True,
+        save_checkpoints: bool = True,
+        policy: CheckpointPolicy | None = None,
+    ) -> None:
+        self.store = store
+        self.reader = LogReader(store)
+        self.head = self.reader.head()
+        self.use_checkpoints = use_checkpoints
+        self.save_checkpoints = save_checkpoints and use_checkpoints
+        self.policy = policy or CheckpointPolicy()
+        self.stats = SeekStats()
+        self._spans: list[BatchSpan] | None = None
+
+    # -- the log's extent ------------------------------------------------------------------
+    def spans(self) -> list[BatchSpan]:
+        if self._spans is None:
+            self._spans = self.reader.batches(0, self.head)
+        return self._spans
+
+    def log_span(self) -> LogSpan | None:
+        spans = self.spans()
+        if not spans:
+            return None
+        starts = [r.started_wall_ns for r in self.reader.recordings()]
+        start = min([*starts, min(s.min_wall_ns for s in spans)])
+        return LogSpan(start, max(s.max_wall_ns for s in spans))
+
+    # -- seeking ---------------------------------------------------------------------------
+    def state_at(self, at_ns: int) -> ReplayState:
+        state = None
+        if self.use_checkpoints:
+            state = checkpoints.newest_before(self.store, at_ns, self.head)
+        state = state or ReplayState()
+        self.stats = SeekStats(checkpoint_position=state.position)
+        fold = Fold(state, self.reader)
+        complete = True  # every event up to state.position folded, none skipped
+        since_checkpoint, wall_at_checkpoint = 0, state.max_wall_ns
+        for span in self.spans():
+            if span.last_position <= state.position and complete:
+                continue
+            if span.min_wall_ns > at_ns:
+                complete = False
+                continue
+            whole = complete and span.max_wall_ns <= at_ns
+            for rows in self._rows(span, None if whole else (None, at_ns)):
+                fold.apply(rows)
+                self.stats.events_folded += len(rows)
+                since_checkpoint += len(rows)
+            if not whole:
+                complete = False
+                continue
+            state.position = span.last_position
+            state.max_wall_ns = max(state.max_wall_ns, span.max_wall_ns)
+            if self.save_checkpoints and self.policy.due(
+                since_checkpoint, state.max_wall_ns - wall_at_checkpoint
+            ):
+                if checkpoints.save(self.store, state):
+                    self.stats.checkpoints_saved += 1
+                since_checkpoint, wall_at_checkpoint = 0, state.max_wall_ns
+        return state
+
+    def window(self, at_ns: int, window_ns: int) -> Window:
+        start_ns = at_ns - window_ns
+        state = self.state_at(start_ns)
+        fold = Fold(state, self.reader, retain=True)
+        for span in self.spans():
+            if span.max_wall_ns <= start_ns or span.min_wall_ns > at_ns:
+                continue
+            for rows in self._rows(span, (start_ns, at_ns)):
+                fold.apply(rows)
+        return Window(at_ns, start_ns, state, fold.retained)
+
+    def rebuild_checkpoints(self) -> int:
+        """Fold the whole log from nothing, saving checkpoints by the policy."""
+        self.use_checkpoints = False
+        self.save_checkpoints = True
+        end = self.spans()[-1].max_wall_ns if self.spans() else 0
+        self.state_at(end)
+        return self.stats.checkpoints_saved
+
+    # -- reading ---------------------------------------------------------------------------
+    def _rows(
+        self, span: BatchSpan, wall_range: tuple[int | None, int] | None
+    ) -> Iterator[list[NarrowRow]]:
+        """Narrow rows of ``span``; with ``wall_range`` (exclusive start, inclusive end) only
+        those whose wall time falls in it."""
+        for page in self.reader.narrow_pages(span.first_position - 1, span.last_position):
+            if wall_range is None:
+                yield page
+                continue
+            low, high = wall_range
+            clock = self.reader.clock(span.recording_id)
+            offset_at = clock.offset_at
+            yield [
+                row
+                for row in page
+                if (wall := row[3] + offset_at(row[3])) <= high and (low is None or wall > low)
+            ]
