@@ -65,9 +65,15 @@ class Replayer:
         spans = self.spans()
         if not spans:
             return None
-        starts = [r.started_wall_ns for r in self.reader.recordings()]
+        recordings = self.reader.recordings()
+        starts = [r.started_wall_ns for r in recordings]
+        ends = [
+            self.reader.clock(r.id).wall_ns(r.stopped_mono_ns)
+            for r in recordings
+            if r.stopped_mono_ns is not None and len(self.reader.clock(r.id))
+        ]
         start = min([*starts, min(s.min_wall_ns for s in spans)])
-        return LogSpan(start, max(s.max_wall_ns for s in spans))
+        return LogSpan(start, max([*ends, max(s.max_wall_ns for s in spans)]))
 
     # -- seeking ---------------------------------------------------------------------------
     def state_at(self, at_ns: int) -> ReplayState:
