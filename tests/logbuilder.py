@@ -60,7 +60,7 @@ class Builder:
                 extra.pop("bytes_sent", None),
                 extra.pop("bytes_received", None),
                 extra or None,
-            )  # fmt: skip
+            )
         )
 
     def connect(
