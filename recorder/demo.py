@@ -48,7 +48,8 @@ def _latest_recording(db: str) -> int:
         return 0
 
 
-def run_workload() -> None:
+def run_workload() -> int:
+    """Run the workload; return a wall-clock moment in the middle of it."""
     with running_server("demo-api", hosts=("127.0.0.1", "::1")) as server:
         clients = [
             run_client("demo-web", "127.0.0.1", server.port, count=60, gap_ms=15),
@@ -57,8 +58,11 @@ def run_workload() -> None:
             run_client("demo-worker", "::1", server.port, count=1, hold_ms=800),
             spawn("refused", "--name", "demo-web", "--port", str(closed_port())),
         ]
+        time.sleep(0.6)
+        middle = time.time_ns()
         for process in clients:
             process.wait(timeout=60)
+    return middle
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.2)
         recording_id = _recording_ready(args.db, before)
     print(f"demo: recording {recording_id} into {args.db}; running the workload...", flush=True)
-    run_workload()
+    middle = run_workload()
     time.sleep(0.5)
     recorder.send_signal(signal.SIGTERM)
     if recorder.wait(timeout=60) != 0:
@@ -98,7 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         count = counts.get((recording_id, kind), 0)
         if count:
             print(f"  {kind.name.lower():<16} {count:>6}")
-    return 0
+    print(f"\ndemo: scope-replay --db {args.db} --at {middle} --window 0.3s", flush=True)
+    replay = subprocess.run(
+        [str(BIN / "scope-replay"), "--db", args.db, "--at", str(middle), "--window", "0.3s"],
+        check=False,
+    )
+    return replay.returncode
 
 
 if __name__ == "__main__":
