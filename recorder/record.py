@@ -116,22 +116,40 @@ class _SnapshotWorker:
         return item
 
 
-def snapshot_of(proc_walk: ProcWalk, started_mono_ns: int, initial: bool) -> tuple[Event, Snapshot]:
+def snapshot_of(
+    proc_walk: ProcWalk,
+    started_mono_ns: int,
+    initial: bool,
+    opened_meanwhile: list[Event] = (),  # type: ignore[assignment]
+) -> tuple[Event, Snapshot]:
+    """The SNAPSHOT event and its rows, stamped at the walk's start.
+
+    A connection whose open event came while the walk ran is in the log from that event; the
+    walk may have seen it too, and its row is dropped so that it is never there twice.
+    """
+    opened = {
+        (e.netns, e.laddr, e.lport, e.raddr, e.rport)
+        for e in opened_meanwhile
+        if e.kind in (Kind.CONNECT, Kind.ACCEPT)
+    }
+    connections = tuple(
+        c
+        for c in proc_walk.connections
+        if (c.netns, c.laddr, c.lport, c.raddr, c.rport) not in opened
+    )
     event = Event(
         kind=Kind.SNAPSHOT,
         mono_ns=started_mono_ns,
         extra={
             "initial": initial,
             "walk_ns": proc_walk.finished_mono_ns - proc_walk.started_mono_ns,
-            "namespaces": len(proc_walk.namespaces),
+            "namespace_list": sorted(proc_walk.namespaces),
+            "opened_during_walk": len(proc_walk.connections) - len(connections),
             "unreadable": proc_walk.stats.vanished,
             "bad_lines": proc_walk.stats.bad_lines,
         },
     )
-    return event, Snapshot(
-        connections=tuple(proc_walk.connections),
-        processes=tuple(sorted(proc_walk.processes)),
-    )
+    return event, Snapshot(connections=connections, processes=tuple(sorted(proc_walk.processes)))
 
 
 @contextlib.contextmanager
@@ -394,7 +412,7 @@ class _Session:
         initial = started == self.initial_snapshot_mono
         if initial and self.poller is not None:
             self.poller.prime(result)
-        event, snapshot = snapshot_of(result, started, initial)
+        event, snapshot = snapshot_of(result, started, initial, self.reorder.pending_since(started))
         self.reorder.add_snapshot(event, snapshot)
         self.progress.snapshots += 1
         return True

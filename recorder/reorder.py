@@ -57,6 +57,10 @@ class ReorderBuffer:
         self._snapshots.append((event, snapshot))
         self._snapshots.sort(key=lambda item: item[0].mono_ns)
 
+    def pending_since(self, mono_ns: int) -> list[Event]:
+        """Events still held with ``mono_ns`` or later (during a walk: all of them)."""
+        return [event for chunk in self._chunks for event in chunk if event.mono_ns >= mono_ns]
+
     def cancel_hold(self, mono_ns: int) -> None:
         if mono_ns in self._holds:
             self._holds.remove(mono_ns)

@@ -93,7 +93,7 @@ class Replayer:
                 continue
             whole = complete and span.max_wall_ns <= at_ns
             for rows in self._rows(span, None if whole else (None, at_ns)):
-                fold.apply(rows)
+                fold.apply(span.recording_id, rows)
                 self.stats.events_folded += len(rows)
                 since_checkpoint += len(rows)
             if not whole:
@@ -117,7 +117,7 @@ class Replayer:
             if span.max_wall_ns <= start_ns or span.min_wall_ns > at_ns:
                 continue
             for rows in self._rows(span, (start_ns, at_ns)):
-                fold.apply(rows)
+                fold.apply(span.recording_id, rows)
         return Window(at_ns, start_ns, state, fold.retained)
 
     def rebuild_checkpoints(self) -> int:
@@ -134,15 +134,15 @@ class Replayer:
     ) -> Iterator[list[NarrowRow]]:
         """Narrow rows of ``span``; with ``wall_range`` (exclusive start, inclusive end) only
         those whose wall time falls in it."""
-        for page in self.reader.narrow_pages(span.first_position - 1, span.last_position):
-            if wall_range is None:
-                yield page
-                continue
-            low, high = wall_range
-            clock = self.reader.clock(span.recording_id)
-            offset_at = clock.offset_at
+        after, upto = span.first_position - 1, span.last_position
+        if wall_range is None:
+            yield from self.reader.narrow_pages(after, upto)
+            return
+        low, high = wall_range
+        offset_at = self.reader.clock(span.recording_id).offset_at
+        for page in self.reader.narrow_pages(after, upto, with_mono=True):
             yield [
-                row
-                for row in page
-                if (wall := row[3] + offset_at(row[3])) <= high and (low is None or wall > low)
+                (position, kind, sock_id)
+                for position, kind, sock_id, mono in page
+                if (wall := mono + offset_at(mono)) <= high and (low is None or wall > low)
             ]

@@ -33,7 +33,6 @@ class ReplayState:
     # They are closed as of that snapshot unless their own close event still comes.
     missing: dict[SocketKey, tuple[int, int]] = field(default_factory=dict)
     processes: dict[ProcessKey, int] = field(default_factory=dict)  # -> exec or snapshot position
-    walk_until: dict[int, int] = field(default_factory=dict)  # recording -> mono end of last walk
     conntrack: dict[tuple[int, int, int], int] = field(default_factory=dict)  # see replay.nat
 
     def copy(self) -> ReplayState:
@@ -44,7 +43,6 @@ class ReplayState:
             dict(self.snapshot_sockets),
             dict(self.missing),
             dict(self.processes),
-            dict(self.walk_until),
             dict(self.conntrack),
         )
 
@@ -62,7 +60,6 @@ class ReplayState:
             ),
             "missing": sorted([*key, *value] for key, value in self.missing.items()),
             "processes": sorted([*key, value] for key, value in self.processes.items()),
-            "walk_until": sorted([key, value] for key, value in self.walk_until.items()),
             "conntrack": sorted([*key, value] for key, value in self.conntrack.items()),
         }
         text = json.dumps(document, separators=(",", ":"), sort_keys=True)
@@ -83,6 +80,5 @@ class ReplayState:
             },
             missing={(r, s): (o, p) for r, s, o, p in document["missing"]},
             processes={(r, pid): p for r, pid, p in document["processes"]},
-            walk_until={r: m for r, m in document["walk_until"]},
             conntrack={(r, ns, ct): p for r, ns, ct, p in document["conntrack"]},
         )

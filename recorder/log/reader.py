@@ -8,12 +8,13 @@ batch committed before that moment, whole, and nothing after it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from recorder.clock import ClockModel
@@ -92,6 +93,7 @@ class LogReader:
     def __init__(self, store: LogStore, page_size: int = DEFAULT_PAGE_SIZE) -> None:
         self.store = store
         self.page_size = page_size
+        self._raw: Any = None  # a DBAPI connection for the hot paths, opened on first use
         self._comms: dict[int | None, str | None] = {None: None}
         self._netns: dict[int | None, int | None] = {None: None}
         self._clocks: dict[int, ClockModel] = {}
@@ -103,6 +105,37 @@ class LogReader:
 
     def _conn_error(self, exc: SQLAlchemyError) -> Exception:
         return map_driver_error(exc, self.store.location)
+
+    def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Rows of ``sql`` (``?`` placeholders) through the DBAPI directly.
+
+        SQLAlchemy's row objects cost more than the read itself on the paths that move
+        millions of rows (the fold, bulk lookups), so those go straight to the driver, each
+        statement in its own short read transaction.
+        """
+        try:
+            if self._raw is None:
+                self._raw = self.store.engine.raw_connection()
+                if self.store.dialect == "postgresql":
+                    self._raw.driver_connection.autocommit = True
+            if self.store.dialect == "postgresql":
+                sql = sql.replace("?", "%s")
+            cursor = self._raw.cursor()
+            try:
+                cursor.execute(sql, params)
+                rows: list[Any] = cursor.fetchall()
+                return rows
+            finally:
+                cursor.close()
+        except Exception as exc:
+            self.close()
+            raise map_driver_error(exc, self.store.location) from exc
+
+    def close(self) -> None:
+        if self._raw is not None:
+            with contextlib.suppress(Exception):
+                self._raw.close()
+            self._raw = None
 
     # -- small tables ----------------------------------------------------------------------
     def head(self) -> int:
@@ -178,33 +211,23 @@ class LogReader:
     def raw_pages(self, after: int = 0, upto: int | None = None) -> Iterator[list[Any]]:
         """Pages of raw event rows (columns as in the events table), in position order."""
         upto = self.head() if upto is None else upto
-        sql = text(
-            f"{_EVENT_SELECT} WHERE position > :after AND position <= :upto "
-            "ORDER BY position LIMIT :limit"
-        )
+        sql = f"{_EVENT_SELECT} WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
         while after < upto:
-            try:
-                with self.store.connect() as conn:
-                    page = list(
-                        conn.execute(sql, {"after": after, "upto": upto, "limit": self.page_size})
-                    )
-            except SQLAlchemyError as exc:  # pragma: no cover - store.connect maps these
-                raise self._conn_error(exc) from exc
+            page = self._fetch(sql, (after, upto, self.page_size))
             if not page:
                 return
             yield page
             after = int(page[-1][0])
 
-    def narrow_pages(self, after: int, upto: int) -> Iterator[list[Any]]:
-        """Pages of (position, recording_id, kind, mono_ns, pid, sock_id): what replay folds."""
-        sql = text(
-            "SELECT position, recording_id, kind, mono_ns, pid, sock_id FROM events "
-            "WHERE position > :after AND position <= :upto ORDER BY position LIMIT :limit"
+    def narrow_pages(self, after: int, upto: int, with_mono: bool = False) -> Iterator[list[Any]]:
+        """Pages of (position, kind, sock_id[, mono_ns]): what replay folds."""
+        sql = (
+            f"SELECT position, kind, sock_id{', mono_ns' if with_mono else ''} FROM events "
+            "WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
         )
-        limit = max(self.page_size, 50_000)
+        limit = max(self.page_size, 100_000)
         while after < upto:
-            with self.store.connect() as conn:
-                page = list(conn.execute(sql, {"after": after, "upto": upto, "limit": limit}))
+            page = self._fetch(sql, (after, upto, limit))
             if not page:
                 return
             yield page
@@ -216,11 +239,35 @@ class LogReader:
         found: dict[int, LoggedEvent] = {}
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
-            sql = text(f"{_EVENT_SELECT} WHERE position IN ({', '.join(map(str, chunk))})")
-            with self.store.connect() as conn:
-                page = list(conn.execute(sql))
+            page = self._fetch(f"{_EVENT_SELECT} WHERE position IN ({', '.join(map(str, chunk))})")
             for event in self._decode_page(page):
                 found[event.position] = event
+        return found
+
+    def tuples_at(
+        self, positions: Collection[int]
+    ) -> dict[int, tuple[int, int, bytes, int, bytes, int]]:
+        """(recording, netns, laddr, lport, raddr, rport) of events by position."""
+        wanted = sorted(set(positions))
+        found = {}
+        for start in range(0, len(wanted), 500):
+            chunk = ", ".join(map(str, wanted[start : start + 500]))
+            rows = self._fetch(
+                "SELECT position, recording_id, netns_id, laddr, lport, raddr, rport FROM events "
+                f"WHERE position IN ({chunk})"
+            )
+            if not all(row[2] in self._netns for row in rows):
+                self._load_dictionaries()
+            namespaces = self._netns
+            for position, recording, netns_id, laddr, lport, raddr, rport in rows:
+                found[position] = (
+                    recording,
+                    namespaces[netns_id] or 0,
+                    bytes(laddr or b""),
+                    lport or 0,
+                    bytes(raddr or b""),
+                    rport or 0,
+                )
         return found
 
     def events_of_kind(self, kind: int) -> list[LoggedEvent]:
@@ -285,39 +332,39 @@ class LogReader:
     # -- snapshots -------------------------------------------------------------------------
     def snapshot(self, position: int) -> Snapshot:
         """The rows stored under the SNAPSHOT event at ``position``."""
-        with self.store.connect() as conn:
-            return Snapshot(
-                connections=tuple(
-                    SnapshotConnection(*(_bytes_or(v) for v in row))
-                    for row in _rows(
-                        conn, "snapshot_connections", position, "netns, lport, rport, inode"
-                    )
-                ),
-                processes=tuple(
-                    SnapshotProcess(*row)
-                    for row in _rows(conn, "snapshot_processes", position, "pid")
-                ),
-                conntrack=tuple(
-                    ConntrackEntry(*(_bytes_or(v) for v in row))
-                    for row in _rows(conn, "snapshot_conntrack", position, "netns, ct_id")
-                ),
-            )
+        return Snapshot(
+            connections=tuple(
+                map(
+                    SnapshotConnection._make,
+                    self._snapshot_rows(
+                        "snapshot_connections", position, "netns, lport, rport, inode"
+                    ),
+                )
+            ),
+            processes=tuple(
+                map(
+                    SnapshotProcess._make,
+                    self._snapshot_rows("snapshot_processes", position, "pid"),
+                )
+            ),
+            conntrack=tuple(
+                map(
+                    ConntrackEntry._make,
+                    self._snapshot_rows("snapshot_conntrack", position, "netns, ct_id"),
+                )
+            ),
+        )
 
-
-def _rows(conn: Connection, table: str, position: int, order: str) -> list[Any]:
-    columns = [c.name for c in metadata.tables[table].columns if c.name != "position"]
-    sql = text(
-        f"SELECT {', '.join(columns)} FROM {table} WHERE position = :position ORDER BY {order}"
-    )
-    return list(conn.execute(sql, {"position": position}))
+    def _snapshot_rows(self, table: str, position: int, order: str) -> list[Any]:
+        columns = [c.name for c in metadata.tables[table].columns if c.name != "position"]
+        return self._fetch(
+            f"SELECT {', '.join(columns)} FROM {table} WHERE position = ? ORDER BY {order}",
+            (position,),
+        )
 
 
 def _bytes(value: Any) -> bytes | None:
     return None if value is None else bytes(value)
-
-
-def _bytes_or(value: Any) -> Any:
-    return bytes(value) if isinstance(value, memoryview) else value
 
 
 def _merge_spans(spans: list[BatchSpan]) -> list[tuple[int, int]]:

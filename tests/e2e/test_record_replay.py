@@ -18,7 +18,9 @@ pytestmark = pytest.mark.ebpf
 
 
 def replay_json(db: Path, at_ns: int, window: str = "15s") -> dict:  # type: ignore[type-arg]
-    result = run_cli("scope-replay", "--db", str(db), "--at", str(at_ns), "--window", window, "--format", "json")
+    result = run_cli(
+        "scope-replay", "--db", str(db), "--at", str(at_ns), "--window", window, "--format", "json"
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
@@ -26,7 +28,10 @@ def replay_json(db: Path, at_ns: int, window: str = "15s") -> dict:  # type: ign
 def test_long_lived_and_short_lived_connections_replay_with_their_processes(tmp_path: Path) -> None:
     require_ebpf()
     db = tmp_path / "scope.db"
-    with recording(resolve(str(db)), snapshot_interval_s=1), running_server("e2e-api", workdir=tmp_path) as server:
+    with (
+        recording(resolve(str(db)), snapshot_interval_s=1),
+        running_server("e2e-api", workdir=tmp_path) as server,
+    ):
         long_lived = run_client("e2e-long", "127.0.0.1", server.port, count=1, hold_ms=3000)
         time.sleep(1.0)
         during_long = time.time_ns()
@@ -46,13 +51,26 @@ def test_long_lived_and_short_lived_connections_replay_with_their_processes(tmp_
     burst_rows = [row for row in document["connections"] if row["client_comm"] == "e2e-burst"]
     assert len(burst_rows) == 50
     assert {row["state"] for row in burst_rows} == {"closed"}
-    assert {(row["client_pid"], row["server_pid"]) for row in burst_rows} == {(burst.pid, server.pid)}
+    assert {(row["client_pid"], row["server_pid"]) for row in burst_rows} == {
+        (burst.pid, server.pid)
+    }
     assert all(row["duration_ns"] < 1_000_000_000 for row in burst_rows)
     # The long connection is still open at that moment, and shows too.
-    assert [row["state"] for row in document["connections"] if row["client_comm"] == "e2e-long"] == ["open"]
+    assert [
+        row["state"] for row in document["connections"] if row["client_comm"] == "e2e-long"
+    ] == ["open"]
     # The same question gives the same bytes.
     first = run_cli("scope-replay", "--db", str(db), "--at", str(after_burst), "--format", "csv")
-    second = run_cli("scope-replay", "--db", str(db), "--at", str(after_burst), "--format", "csv", "--no-checkpoints")
+    second = run_cli(
+        "scope-replay",
+        "--db",
+        str(db),
+        "--at",
+        str(after_burst),
+        "--format",
+        "csv",
+        "--no-checkpoints",
+    )
     assert first.stdout == second.stdout and first.returncode == 0
 
 
@@ -64,10 +82,18 @@ def test_bad_moments_are_one_line_errors(tmp_path: Path) -> None:
         builder.exec(1.0, 5, "a")
         builder.exec(2.0, 6, "b")
     db = str(location.path)
-    assert_one_line_error(run_cli("scope-replay", "--db", db, "--at", "yesterday"), 2, "invalid time")
+    assert_one_line_error(
+        run_cli("scope-replay", "--db", db, "--at", "yesterday"), 2, "invalid time"
+    )
     assert_one_line_error(run_cli("scope-replay", "--db", db, "--at", "+1h"), 2, "outside the log")
-    assert_one_line_error(run_cli("scope-replay", "--db", db, "--at", "2020-01-01T00:00:00Z"), 2, "outside the log")
-    assert_one_line_error(run_cli("scope-replay", "--db", db, "--at", "+1s", "--window", "-5s"), 2, "invalid window")
-    assert_one_line_error(run_cli("scope-replay", "--db", db, "--at", "+1s", "--format", "xml"), 2, "--format")
+    assert_one_line_error(
+        run_cli("scope-replay", "--db", db, "--at", "2020-01-01T00:00:00Z"), 2, "outside the log"
+    )
+    assert_one_line_error(
+        run_cli("scope-replay", "--db", db, "--at", "+1s", "--window", "-5s"), 2, "invalid window"
+    )
+    assert_one_line_error(
+        run_cli("scope-replay", "--db", db, "--at", "+1s", "--format", "xml"), 2, "--format"
+    )
     assert run_cli("scope-replay", "--db", db, "--at", "+1s").returncode == 0
     assert run_cli("scope-replay", "--db", db, "--at", "-0.5s", "--format", "csv").returncode == 0
