@@ -56,7 +56,7 @@ def main() -> None:
             rates.append(replayer.stats.events_folded / elapsed)
             print(
                 f"full fold {round_number + 1}: {replayer.stats.events_folded:,} events in "
-                f"{elapsed:.2f} s ({rates[-1]:,.0f} events/s), {len(state.open_sockets)} open",
+                f"{elapsed:.2f} s ({rates[-1]:,.0f} events/s), {state.open_count()} open",
                 flush=True,
             )
         started = time.perf_counter()

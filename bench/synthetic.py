@@ -29,11 +29,10 @@ from recorder.log.recordings import STOP_DURATION, RecordingStart, begin_recordi
 from recorder.log.store import Purpose, SqliteOptions, open_log
 from recorder.log.writer import LogWriter
 
-VERSION = 2  # bump when the generated content changes
+VERSION = 3  # bump when the generated content changes
 ROOT_NETNS = 4026531833
 UPTIME_NS = 10 * 86_400 * 10**9
 WALL_START_NS = 1_795_600_000 * 10**9  # 2026-11-25T09:46:40Z
-EVENTS_PER_S = 2_500
 SNAPSHOT_EVERY_NS = 15 * 10**9
 BATCH_NS = 200_000_000
 LOCALHOST = bytes([127, 0, 0, 1])
@@ -119,7 +118,7 @@ class Generator:
 
     def step(self) -> list[Event]:
         """Events of the next moment of log time, in time order."""
-        self.mono += self.rng.randrange(100_000, 700_000)
+        self.mono += self.rng.randrange(500_000, 3_500_000)  # ~1,400 events per second
         out: list[Event] = []
         while self.closing and self.closing[0][0] <= self.mono:
             close_at, _, sock = heapq.heappop(self.closing)

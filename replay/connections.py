@@ -13,6 +13,7 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from recorder.events import Kind, LoggedEvent, Snapshot, SnapshotConnection
 from recorder.log.reader import LogReader, Recording
@@ -25,6 +26,7 @@ CLIENT = "client"
 SERVER = "server"
 
 
+@lru_cache(maxsize=1 << 16)
 def address_text(raw: bytes | None) -> str:
     """An address as people write it; v4-mapped IPv6 shown as plain IPv4."""
     if not raw:
@@ -35,11 +37,13 @@ def address_text(raw: bytes | None) -> str:
     return str(address)
 
 
+@lru_cache(maxsize=1 << 16)
 def endpoint_text(raw: bytes | None, port: int | None) -> str:
     text = address_text(raw)
     return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
 
 
+@lru_cache(maxsize=1 << 12)
 def is_loopback(raw: bytes | None) -> bool:
     return bool(raw) and ipaddress.ip_address(address_text(raw)).is_loopback
 
@@ -120,6 +124,7 @@ class _Materializer:
         self.reader = reader
         self.window = window
         self.recordings: dict[int, Recording] = {r.id: r for r in reader.recordings()}
+        self.hosts = {r.id: r.host_id for r in self.recordings.values()}
         self._snapshots: dict[int, Snapshot] = {}
         self._events: dict[int, LoggedEvent] = {}
 
@@ -139,8 +144,7 @@ class _Materializer:
         return self._snapshots[position]
 
     def host(self, recording_id: int) -> str:
-        recording = self.recordings.get(recording_id)
-        return recording.host_id if recording else "?"
+        return self.hosts.get(recording_id, "?")
 
     def from_event(self, event: LoggedEvent) -> SocketView:
         source = "proc" if (event.extra or {}).get("source") == "proc" else "events"
@@ -260,13 +264,11 @@ def sockets_in_window(reader: LogReader, window: Window) -> list[SocketView]:
     """Every socket open at the window's end or closed inside it, whole."""
     m = _Materializer(reader, window)
     state, retained = window.state, window.retained
-    m.prefetch(state.open_sockets.values())
+    m.prefetch(state.open_positions())
     m.prefetch(
         p for item in retained.closed for p in (item.ref.open_position, item.close_position) if p
     )
-    views: list[SocketView] = [
-        m.from_event(m.event(p)) for p in sorted(state.open_sockets.values())
-    ]
+    views: list[SocketView] = [m.from_event(m.event(p)) for p in sorted(state.open_positions())]
     views.extend(m.from_snapshot(p, key) for key, p in sorted(state.snapshot_sockets.items()))
     for item in retained.closed:
         view = m.closed(item)
@@ -276,7 +278,7 @@ def sockets_in_window(reader: LogReader, window: Window) -> list[SocketView]:
             and window.start_ns < view.closed_ns <= window.at_ns
         ):
             views.append(view)
-    for open_position, missed_at in sorted(state.missing.values()):
+    for open_position, missed_at in sorted(state.missing_entries()):
         view = m.closed(Closed(SocketRef(open_position), None, missing_at=missed_at))
         if (
             view is not None

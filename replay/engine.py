@@ -85,9 +85,7 @@ class Replayer:
         fold = Fold(state, self.reader)
         complete = True  # every event up to state.position folded, none skipped
         since_checkpoint, wall_at_checkpoint = 0, state.max_wall_ns
-        for span in self.spans():
-            if span.last_position <= state.position and complete:
-                continue
+        for span in self._merged(self.spans(), state.position, at_ns):
             if span.min_wall_ns > at_ns:
                 complete = False
                 continue
@@ -108,6 +106,39 @@ class Replayer:
                     self.stats.checkpoints_saved += 1
                 since_checkpoint, wall_at_checkpoint = 0, state.max_wall_ns
         return state
+
+    def _merged(self, spans: list[BatchSpan], after: int, at_ns: int) -> Iterator[BatchSpan]:
+        """Consecutive batches of one recording that are wholly at or before ``at_ns``, read as
+        one range (up to a checkpoint's worth of events), so that the fold works in big pages.
+        """
+        pending: BatchSpan | None = None
+        limit = max(1, self.policy.every_events)
+        for span in spans:
+            if span.last_position <= after:
+                continue
+            mergeable = (
+                pending is not None
+                and span.recording_id == pending.recording_id
+                and span.first_position == pending.last_position + 1
+                and span.max_wall_ns <= at_ns
+                and pending.max_wall_ns <= at_ns
+                and span.last_position - pending.first_position < limit
+            )
+            if mergeable:
+                assert pending is not None
+                pending = BatchSpan(
+                    pending.first_position,
+                    span.last_position,
+                    span.recording_id,
+                    min(pending.min_wall_ns, span.min_wall_ns),
+                    max(pending.max_wall_ns, span.max_wall_ns),
+                )
+                continue
+            if pending is not None:
+                yield pending
+            pending = span
+        if pending is not None:
+            yield pending
 
     def window(self, at_ns: int, window_ns: int) -> Window:
         start_ns = at_ns - window_ns

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import gt
 from typing import NamedTuple, Protocol
 
-from recorder.events import Kind, LoggedEvent, Snapshot
+from recorder.events import Kind, LoggedEvent
 from recorder.procfs import OPEN_STATES, TCP_LISTEN
-from replay.state import ReplayState, SocketKey, TupleKey
+from replay.state import ReplayState, TupleKey
 
 NarrowRow = tuple[int, int, int | None]  # position, kind, sock_id
 
@@ -37,6 +39,11 @@ _CONNTRACK = frozenset({int(Kind.CT_NEW), int(Kind.CT_UPDATE), int(Kind.CT_DESTR
 _OPEN_KINDS = frozenset({_CONNECT, _ACCEPT})
 _LOOKED_UP = frozenset({_EXEC, _EXIT, _SNAPSHOT}) | _CONNTRACK
 _FETCHED = _LOOKED_UP - {_SNAPSHOT}
+_PROCESS_KINDS = frozenset({_EXEC, _EXIT})
+
+
+def _is_unkeyed_close(row: NarrowRow) -> bool:
+    return row[1] == _CLOSE and row[2] is None
 
 
 class LogLookup(Protocol):
@@ -46,7 +53,11 @@ class LogLookup(Protocol):
 
     def tuples_at(self, positions: Collection[int]) -> dict[int, TupleKey]: ...
 
-    def snapshot(self, position: int) -> Snapshot: ...
+    def pids_at(self, positions: Collection[int]) -> dict[int, int | None]: ...
+
+    def snapshot_sockets(self, position: int) -> list[tuple[int, bytes, int, bytes, int, int]]: ...
+
+    def snapshot_pids(self, position: int) -> list[int]: ...
 
 
 class SocketRef(NamedTuple):
@@ -98,41 +109,48 @@ class Fold:
         if self.retain:
             self._apply_each(recording, rows)
         else:
+            kinds = [row[1] for row in rows]
             start = 0
-            for index, (position, kind, _) in enumerate(rows):
-                if kind == _SNAPSHOT:
-                    self._apply_fast(recording, rows[start:index])
-                    self._apply_snapshot(recording, position)
-                    start = index + 1
-            self._apply_fast(recording, rows[start:])
+            for index in compress(range(len(rows)), map(_SNAPSHOT.__eq__, kinds)):
+                self._apply_fast(recording, rows[start:index], kinds[start:index])
+                self._apply_snapshot(recording, rows[index][0])
+                start = index + 1
+            self._apply_fast(recording, rows[start:], kinds[start:])
         self.state.position = rows[-1][0]
 
     # -- the definition --------------------------------------------------------------------
     def _apply_each(self, recording: int, rows: list[NarrowRow]) -> None:
-        state = self.state
-        details = self.lookup.events_at([p for p, kind, _ in rows if kind in _FETCHED])
+        sockets = self.state.sockets_of(recording)
+        details = self._details([(p, kind) for p, kind, _ in rows if kind in _FETCHED])
         for position, kind, sock_id in rows:
             if kind == _CLOSE:
                 self._close(recording, position, sock_id)
             elif kind in _OPEN_KINDS:
-                key: SocketKey = (recording, sock_id if sock_id is not None else -position)
-                if key not in state.open_sockets:
-                    state.open_sockets[key] = position
+                key = sock_id if sock_id is not None else -position
+                if key not in sockets:
+                    sockets[key] = position
             elif kind == _FAILED:
                 if self.retain:
                     self.retained.failed.append(position)
             elif kind == _SNAPSHOT:
                 self._apply_snapshot(recording, position)
             elif kind in _LOOKED_UP:
-                self._apply_looked_up(details[position])
+                self._apply_looked_up(recording, position, kind, details[position])
+
+    def _details(self, wanted: list[tuple[int, int]]) -> dict[int, LoggedEvent | int | None]:
+        """What process and conntrack events need: the pid, or the whole event."""
+        pids = [p for p, kind in wanted if kind in _PROCESS_KINDS]
+        found: dict[int, LoggedEvent | int | None] = dict(self.lookup.pids_at(pids)) if pids else {}
+        whole = [p for p, kind in wanted if kind not in _PROCESS_KINDS]
+        if whole:
+            found.update(self.lookup.events_at(whole))
+        return found
 
     def _close(self, recording: int, position: int, sock_id: int | None) -> None:
-        state = self.state
         if sock_id is not None:
-            key = (recording, sock_id)
-            opened = state.open_sockets.pop(key, None)
+            opened = self.state.sockets_of(recording).pop(sock_id, None)
             if opened is None:
-                missed = state.missing.pop(key, None)
+                missed = self.state.missing_of(recording).pop(sock_id, None)
                 opened = missed[0] if missed is not None else None
             if opened is not None:
                 self._tuples.pop(opened, None)
@@ -141,57 +159,72 @@ class Fold:
                 return
         self._close_by_tuple(position)
 
-    def _apply_looked_up(self, event: LoggedEvent) -> None:
-        kind, state = event.kind, self.state
+    def _apply_looked_up(
+        self, recording: int, position: int, kind: int, detail: LoggedEvent | int | None
+    ) -> None:
+        state = self.state
         if kind == _EXEC:
-            state.processes[(event.recording_id, event.pid or 0)] = event.position
+            state.processes[(recording, detail or 0)] = position  # type: ignore[index]
         elif kind == _EXIT:
-            gone = state.processes.pop((event.recording_id, event.pid or 0), None)
+            gone = state.processes.pop((recording, detail or 0), None)  # type: ignore[arg-type]
             if gone is not None and self.retain:
-                self.retained.exited.append(event.position)
-        elif kind in _CONNTRACK:
-            extra = event.extra or {}
-            key = (event.recording_id, event.netns or 0, int(extra.get("ct_id", 0)))
+                self.retained.exited.append(position)
+        elif kind in _CONNTRACK and isinstance(detail, LoggedEvent):
+            extra = detail.extra or {}
+            key = (recording, detail.netns or 0, int(extra.get("ct_id", 0)))
             if kind == Kind.CT_DESTROY:
                 state.conntrack.pop(key, None)
             else:
-                state.conntrack[key] = event.position
+                state.conntrack[key] = position
 
     # -- the same, faster ------------------------------------------------------------------
-    def _apply_fast(self, recording: int, rows: list[NarrowRow]) -> None:
-        """``_apply_each`` for a run without snapshots, by set operations."""
+    def _apply_fast(self, recording: int, rows: list[NarrowRow], kinds: list[int]) -> None:
+        """``_apply_each`` for a run without snapshots, by set operations on columns.
+
+        Every pass below runs in C (map, compress, zip, dict, set); Python only touches the
+        few sockets that outlive the run.
+        """
         if not rows:
             return
-        open_rows = [(p, s) for p, kind, s in rows if kind in _OPEN_KINDS]
-        close_rows = [(p, s) for p, kind, s in rows if kind == _CLOSE]
-        opens = {(s if s is not None else -p): p for p, s in open_rows}
-        closes = {s: p for p, s in close_rows if s is not None}
-        unkeyed_closes = [p for p, s in close_rows if s is None]
-        if len(opens) != len(open_rows) or len(closes) + len(unkeyed_closes) != len(close_rows):
-            self._apply_each(recording, rows)  # a socket id twice: take it slowly
-            return
-        open_sockets = self.state.open_sockets
-        already_open = {key[1] for key in open_sockets if key[0] == recording}
-        if not already_open.isdisjoint(opens.keys()):
-            self._apply_each(recording, rows)  # an open of a socket already open: slowly
-            return
+        socks = [row[2] for row in rows]
+        positions = [row[0] for row in rows]
+        is_open = list(map(_OPEN_KINDS.__contains__, kinds))
+        is_close = list(map(_CLOSE.__eq__, kinds))
+        open_ids = list(compress(socks, is_open))
+        close_ids = list(compress(socks, is_close))
+        opens: dict[int | None, int] = dict(
+            zip(open_ids, compress(positions, is_open), strict=True)
+        )
+        closes: dict[int | None, int] = dict(
+            zip(close_ids, compress(positions, is_close), strict=True)
+        )
+        sockets = self.state.sockets_of(recording)
+        unusual = (
+            len(opens) != len(open_ids)  # a socket id twice
+            or len(closes) != len(close_ids)
+            or None in opens  # an open without a socket id
+            or not sockets.keys().isdisjoint(opens)  # an open of a socket already open
+        )
+        closes.pop(None, None)
         cancelled = opens.keys() & closes.keys()
-        if any(opens[s] > closes[s] for s in cancelled):
-            self._apply_each(recording, rows)  # a close before its open: take it slowly
+        opened_at = list(map(opens.__getitem__, cancelled))
+        closed_at = list(map(closes.__getitem__, cancelled))
+        if unusual or any(map(gt, opened_at, closed_at)):  # or a close before its open
+            self._apply_each(recording, rows)
             return
-        for sock_id in sorted(closes.keys() - cancelled):
+        for sock_id in sorted(closes.keys() - cancelled):  # type: ignore[type-var]
             self._close(recording, closes[sock_id], sock_id)
-        for position in unkeyed_closes:
-            self._close_by_tuple(position)
-        for sock_id in sorted(opens.keys() - cancelled):
-            key = (recording, sock_id)
-            if key not in open_sockets:
-                open_sockets[key] = opens[sock_id]
-        others = [p for p, kind, _ in rows if kind in _LOOKED_UP]
+        if None in close_ids:
+            for position in compress(positions, map(_is_unkeyed_close, rows)):
+                self._close_by_tuple(position)
+        for sock_id in opens.keys() - cancelled:
+            sockets[sock_id] = opens[sock_id]  # type: ignore[index]  # None was ruled out
+        fetched = list(map(_FETCHED.__contains__, kinds))
+        others = list(zip(compress(positions, fetched), compress(kinds, fetched), strict=True))
         if others:
-            details = self.lookup.events_at(others)
-            for position in others:
-                self._apply_looked_up(details[position])
+            details = self._details(others)
+            for position, kind in others:
+                self._apply_looked_up(recording, position, kind, details[position])
 
     # -- the rarer paths -------------------------------------------------------------------
     def _close_by_tuple(self, position: int) -> None:
@@ -202,61 +235,60 @@ class Fold:
             ref = SocketRef(None, snapshot_position, key if snapshot_position else None)
             self.retained.closed.append(Closed(ref, position))
 
-    def _open_tuples(self, recording: int) -> dict[TupleKey, list[SocketKey]]:
-        """The addresses of every socket this recording has open by its events."""
-        ours = sorted((key, p) for key, p in self.state.open_sockets.items() if key[0] == recording)
-        unknown = [p for _, p in ours if p not in self._tuples]
+    def _open_tuples(self, recording: int) -> dict[int, TupleKey]:
+        """The addresses of every socket this recording has open by its events, by key."""
+        ours = self.state.sockets_of(recording)
+        tuples = self._tuples
+        unknown = [p for p in ours.values() if p not in tuples]
         if unknown:
-            self._tuples.update(self.lookup.tuples_at(unknown))
-        by_tuple: dict[TupleKey, list[SocketKey]] = {}
-        for key, p in ours:
-            by_tuple.setdefault(self._tuples[p], []).append(key)
-        return by_tuple
+            tuples.update(self.lookup.tuples_at(unknown))
+        return dict(zip(ours.keys(), map(tuples.__getitem__, ours.values()), strict=True))
 
     def _apply_snapshot(self, recording: int, position: int) -> None:
-        """Reconcile with what /proc showed: add what only it knows, close what it lost."""
+        """Reconcile with what /proc showed: add what only it knows, close what it lost.
+
+        Runs once per snapshot over every open socket; the loops below that change the
+        state go through sets and dicts whose order the state does not depend on.
+        """
         state = self.state
         marker = self.lookup.events_at([position])[position]
         walked = (marker.extra or {}).get("namespace_list")
         namespaces = set(walked) if walked is not None else None
-        snapshot = self.lookup.snapshot(position)
-        present = set()
-        opened = []
-        for c in snapshot.connections:
-            seen: TupleKey = (recording, c.netns, c.laddr, c.lport, c.raddr, c.rport)
-            if c.state != TCP_LISTEN:
-                present.add(seen)
-            if c.state in OPEN_STATES:
-                opened.append(seen)
+        rows = self.lookup.snapshot_sockets(position)  # (netns, laddr, lport, raddr, rport, state)
+        present = {(recording, *row[:5]) for row in rows if row[5] != TCP_LISTEN}
+        opened = [(recording, *row[:5]) for row in rows if row[5] in OPEN_STATES]
 
         def walked_here(netns: int) -> bool:
             return namespaces is None or netns in namespaces
 
-        by_tuple = self._open_tuples(recording)
-        for tkey in sorted(by_tuple):
-            if tkey not in present and walked_here(tkey[1]):
-                for key in by_tuple[tkey]:
-                    state.missing[key] = (state.open_sockets.pop(key), position)
-        for tkey in sorted(state.snapshot_sockets):
-            if tkey[0] == recording and tkey not in present and walked_here(tkey[1]):
-                seen_at = state.snapshot_sockets.pop(tkey)
-                if self.retain:
-                    ref = SocketRef(None, seen_at, tkey)
-                    self.retained.closed.append(Closed(ref, None, missing_at=position))
-        for tkey in sorted(opened):
-            if tkey not in by_tuple and tkey not in state.snapshot_sockets:
+        addresses = self._open_tuples(recording)
+        open_tuples = set(addresses.values())
+        sockets, missing = state.sockets_of(recording), state.missing_of(recording)
+        lost = [k for k, t in addresses.items() if t not in present and walked_here(t[1])]
+        for key in lost:
+            missing[key] = (sockets.pop(key), position)
+        gone = [
+            tkey
+            for tkey in state.snapshot_sockets
+            if tkey[0] == recording and tkey not in present and walked_here(tkey[1])
+        ]
+        for tkey in sorted(gone):
+            seen_at = state.snapshot_sockets.pop(tkey)
+            if self.retain:
+                ref = SocketRef(None, seen_at, tkey)
+                self.retained.closed.append(Closed(ref, None, missing_at=position))
+        for tkey in opened:
+            if tkey not in open_tuples and tkey not in state.snapshot_sockets:
                 state.snapshot_sockets[tkey] = position
         # Sockets missed by an earlier snapshot whose close never came are settled now.
-        for socket_key in sorted(state.missing):
-            open_position, missed_at = state.missing[socket_key]
-            if socket_key[0] == recording and missed_at != position:
-                del state.missing[socket_key]
-                if self.retain:
-                    ref = SocketRef(open_position)
-                    self.retained.closed.append(Closed(ref, None, missing_at=missed_at))
-        live = {process.pid for process in snapshot.processes}
-        for process_key in sorted(state.processes):
-            if process_key[0] == recording and process_key[1] not in live:
-                del state.processes[process_key]
-        for pid in sorted(live):
+        settled = sorted(key for key, (_, missed_at) in missing.items() if missed_at != position)
+        for socket_key in settled:
+            open_position, missed_at = missing.pop(socket_key)
+            if self.retain:
+                ref = SocketRef(open_position)
+                self.retained.closed.append(Closed(ref, None, missing_at=missed_at))
+        live = set(self.lookup.snapshot_pids(position))
+        for process_key in [k for k in state.processes if k[0] == recording and k[1] not in live]:
+            del state.processes[process_key]
+        for pid in live:
             state.processes[(recording, pid)] = position

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from recorder.log.batch import gc_paused
 from recorder.log.reader import LossRecord
 from recorder.log.store import LogStore
 from replay.connections import ConnectionRow, connection_table
 from replay.engine import Replayer
-from replay.output import to_csv, to_json, to_table
+from replay.output import to_csv, to_json_listing, to_table
 from replay.timespec import check_inside, format_duration, format_ns, parse_duration, parse_moment
 
 DEFAULT_WINDOW = "15s"
@@ -64,8 +65,9 @@ def replay_table(
 ) -> TableResult:
     replayer = Replayer(store, use_checkpoints=use_checkpoints)
     moment = resolve_moment(replayer, at_text, window_text)
-    window = replayer.window(moment.at_ns, moment.window_ns)
-    rows = connection_table(replayer.reader, window)
+    with gc_paused():  # many short-lived, acyclic objects: collecting them as they come is waste
+        window = replayer.window(moment.at_ns, moment.window_ns)
+        rows = connection_table(replayer.reader, window)
     return TableResult(moment, rows, losses_overlapping(replayer, moment.start_ns, moment.at_ns))
 
 
@@ -107,24 +109,22 @@ def row_document(row: ConnectionRow) -> dict[str, Any]:
 def render(result: TableResult, fmt: str) -> str:
     moment = result.moment
     if fmt == "json":
-        return to_json(
-            {
-                "at": format_ns(moment.at_ns),
-                "window": format_duration(moment.window_ns),
-                "window_start": format_ns(moment.start_ns),
-                "warnings": result.warnings,
-                "losses": [
-                    {
-                        "lost": loss.lost,
-                        "from": format_ns(loss.first_wall_ns),
-                        "to": format_ns(loss.last_wall_ns),
-                        "reason": loss.reason,
-                    }
-                    for loss in result.losses
-                ],
-                "connections": [row_document(row) for row in result.rows],
-            }
-        )
+        head = {
+            "at": format_ns(moment.at_ns),
+            "window": format_duration(moment.window_ns),
+            "window_start": format_ns(moment.start_ns),
+            "warnings": result.warnings,
+            "losses": [
+                {
+                    "lost": loss.lost,
+                    "from": format_ns(loss.first_wall_ns),
+                    "to": format_ns(loss.last_wall_ns),
+                    "reason": loss.reason,
+                }
+                for loss in result.losses
+            ],
+        }
+        return to_json_listing(head, "connections", [row_document(row) for row in result.rows])
     if fmt == "csv":
         return to_csv(COLUMNS, [row_values(row) for row in result.rows])
     header = (

@@ -270,6 +270,16 @@ class LogReader:
                 )
         return found
 
+    def pids_at(self, positions: Collection[int]) -> dict[int, int | None]:
+        """The pid of events by position."""
+        wanted = sorted(set(positions))
+        found: dict[int, int | None] = {}
+        for start in range(0, len(wanted), 900):
+            chunk = ", ".join(map(str, wanted[start : start + 900]))
+            sql = f"SELECT position, pid FROM events WHERE position IN ({chunk})"
+            found.update(self._fetch(sql))
+        return found
+
     def events_of_kind(self, kind: int) -> list[LoggedEvent]:
         """Every event of one kind (a full scan: for the rare kinds only)."""
         with self.store.connect() as conn:
@@ -354,6 +364,18 @@ class LogReader:
                 )
             ),
         )
+
+    def snapshot_sockets(self, position: int) -> list[tuple[int, bytes, int, bytes, int, int]]:
+        """(netns, laddr, lport, raddr, rport, state) of every socket a snapshot holds."""
+        return self._fetch(
+            "SELECT netns, laddr, lport, raddr, rport, state FROM snapshot_connections "
+            "WHERE position = ?",
+            (position,),
+        )
+
+    def snapshot_pids(self, position: int) -> list[int]:
+        rows = self._fetch("SELECT pid FROM snapshot_processes WHERE position = ?", (position,))
+        return [int(row[0]) for row in rows]
 
     def _snapshot_rows(self, table: str, position: int, order: str) -> list[Any]:
         columns = [c.name for c in metadata.tables[table].columns if c.name != "position"]

@@ -32,11 +32,23 @@ class MemoryLog:
     def events_at(self, positions: Collection[int]) -> dict[int, LoggedEvent]:
         return {p: self.events[p] for p in positions}
 
+    def pids_at(self, positions: Collection[int]) -> dict[int, int | None]:
+        return {p: self.events[p].pid for p in positions}
+
     def tuples_at(self, positions: Collection[int]) -> dict[int, TupleKey]:
         return {p: (1, NS, LO, self.events[p].lport or 0, LO, 80) for p in positions}
 
     def snapshot(self, position: int) -> Snapshot:
         return self.snapshots.get(position, Snapshot())
+
+    def snapshot_sockets(self, position: int) -> list[tuple[int, bytes, int, bytes, int, int]]:
+        return [
+            (c.netns, c.laddr, c.lport, c.raddr, c.rport, c.state)
+            for c in self.snapshot(position).connections
+        ]
+
+    def snapshot_pids(self, position: int) -> list[int]:
+        return [p.pid for p in self.snapshot(position).processes]
 
 
 step = st.tuples(
@@ -79,5 +91,6 @@ def test_fast_fold_equals_the_definition(
         slow._apply_each(1, rows[start:end])
         if rows[start:end]:
             slow.state.position = rows[end - 1][0]
+        assert fast.state == slow.state, (start, end)
     assert fast.state == slow.state
     assert fast.state.to_bytes() == slow.state.to_bytes()
