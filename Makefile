@@ -28,7 +28,7 @@ $(INSTALLED): pyproject.toml
 	@touch $@
 
 demo: setup
-	@$(PY) -m recorder.demo --db $(DEMO_DB)
+	@$(PY) -m recorder.demo --db $(DEMO_DB) --svg scope-demo-processes.svg
 
 lint: venv
 	@$(PY) -m ruff check recorder replay migrations tests bench

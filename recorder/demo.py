@@ -68,6 +68,7 @@ def run_workload() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recorder.demo")
     parser.add_argument("--db", default="scope.db")
+    parser.add_argument("--svg", default="scope-demo-processes.svg")
     args = parser.parse_args(argv)
     before = _latest_recording(args.db)
     recorder = subprocess.Popen(
@@ -102,12 +103,20 @@ def main(argv: list[str] | None = None) -> int:
         count = counts.get((recording_id, kind), 0)
         if count:
             print(f"  {kind.name.lower():<16} {count:>6}")
-    print(f"\ndemo: scope-replay --db {args.db} --at {middle} --window 0.3s", flush=True)
-    replay = subprocess.run(
-        [str(BIN / "scope-replay"), "--db", args.db, "--at", str(middle), "--window", "0.3s"],
-        check=False,
-    )
-    return replay.returncode
+    replay = [str(BIN / "scope-replay"), "--db", args.db, "--at", str(middle), "--window", "1s"]
+    print(f"\ndemo: scope-replay --db {args.db} --at {middle} --window 1s", flush=True)
+    steps = [
+        replay,
+        [*replay, "--view", "processes"],
+        [*replay, "--view", "processes", "--format", "svg", "--output", args.svg],
+    ]
+    for step in steps:
+        if step is steps[1]:
+            print("\ndemo: ... --view processes", flush=True)
+        if subprocess.run(step, check=False).returncode != 0:
+            return 1
+    print(f"\ndemo: the processes map at that moment is in {Path(args.svg).resolve()}")
+    return 0
 
 
 if __name__ == "__main__":

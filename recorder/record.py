@@ -24,7 +24,7 @@ from recorder.clock import ClockModel, monotonic_ns, sample_clock
 from recorder.decode import DecodeError, decode_record
 from recorder.errors import EbpfUnavailableError, LogError, ScopeError
 from recorder.events import Event, Kind, Loss, Snapshot
-from recorder.host import host_identity, netns_inode
+from recorder.host import host_identity, local_addresses, netns_inode
 from recorder.log.location import LogLocation
 from recorder.log.recordings import (
     STOP_DURATION,
@@ -242,6 +242,7 @@ class Recorder:
             "ringbuf_bytes": options.capture.ringbuf_bytes,
             "fallback_reason": self.progress.fallback_reason,
             "version": __version__,
+            "local": local_addresses(),
         }
 
     def _record(self, store: LogStore, mode: str, capture: EbpfCapture | None) -> Progress:

@@ -5,7 +5,9 @@ Thin by design: each command resolves its options, calls one library function an
 
 from __future__ import annotations
 
+import enum
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -17,11 +19,15 @@ from recorder.log.location import resolve
 from recorder.log.store import Purpose, open_log
 from replay import checkpoints, info, table
 from replay.engine import Replayer
+from replay.views import render as view_render
+from replay.views.api import diff_between, topology_at
+from replay.views.diff import render_diff
+from replay.views.topology import Options, View
 
 app = typer.Typer(
     add_completion=False,
     help="Replay the recorded connection log at any moment.\n\n"
-    "Example: scope-replay --at 2026-11-25T12:00:00Z --window 15s",
+    "Example: scope-replay --at 2026-11-25T12:00:00Z --window 15s --view processes",
 )
 db_app = typer.Typer(add_completion=False, help="Inspect and migrate the log's schema.")
 checkpoints_app = typer.Typer(
@@ -29,6 +35,30 @@ checkpoints_app = typer.Typer(
 )
 app.add_typer(db_app, name="db")
 app.add_typer(checkpoints_app, name="checkpoints")
+
+
+class ViewName(enum.StrEnum):
+    connections = "connections"
+    endpoints = "endpoints"
+    processes = "processes"
+    processes_by_name = "processes-by-name"
+    containers = "containers"
+    hosts = "hosts"
+
+
+class ReplayFormat(enum.StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    dot = "dot"
+    svg = "svg"
+    png = "png"
+
+
+class ShowHide(enum.StrEnum):
+    show = "show"
+    hide = "hide"
+
 
 AtOption = Annotated[
     str | None,
@@ -46,6 +76,16 @@ WindowOption = Annotated[
     ),
 ]
 FormatOption = Annotated[OutputFormat, typer.Option("--format", help="Output format.")]
+UnconnectedOption = Annotated[
+    ShowHide, typer.Option("--unconnected", help="Processes without connections (process maps).")
+]
+PseudoOption = Annotated[
+    ShowHide, typer.Option("--pseudo", help="The uncontained pseudo node (containers map).")
+]
+UnknownLanOption = Annotated[
+    bool,
+    typer.Option("--show-unknown-lan", help="Show private addresses that were not recorded."),
+]
 
 
 def _warn(lines: list[str]) -> None:
@@ -53,30 +93,116 @@ def _warn(lines: list[str]) -> None:
         print(f"scope-replay: warning: {line}", file=sys.stderr, flush=True)
 
 
+def _view_options(unconnected: ShowHide, pseudo: ShowHide, show_unknown_lan: bool) -> Options:
+    return Options(
+        show_unconnected=unconnected is ShowHide.show,
+        show_uncontained=pseudo is ShowHide.show,
+        show_unknown_lan=show_unknown_lan,
+    )
+
+
+def _emit(data: str | bytes, output: Path | None) -> None:
+    if output is not None:
+        try:
+            output.write_bytes(data.encode() if isinstance(data, str) else data)
+        except OSError as exc:
+            raise UsageError(f"cannot write {output}: {exc.strerror}") from exc
+        return
+    if isinstance(data, bytes):
+        if sys.stdout.isatty():
+            raise UsageError("binary output: use --output FILE")
+        sys.stdout.buffer.write(data)
+    else:
+        sys.stdout.write(data)
+
+
 @app.callback(invoke_without_command=True)
 def replay_main(
     ctx: typer.Context,
     at: AtOption = None,
     window: WindowOption = table.DEFAULT_WINDOW,
-    format: FormatOption = OutputFormat.table,
+    view: Annotated[
+        ViewName, typer.Option("--view", help="What to show: the table, or a map.")
+    ] = ViewName.connections,
+    format: Annotated[
+        ReplayFormat,
+        typer.Option(
+            "--format",
+            help="table, json or csv for connections; table, json, dot, svg or png for maps.",
+        ),
+    ] = ReplayFormat.table,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file.")
+    ] = None,
+    unconnected: UnconnectedOption = ShowHide.hide,
+    pseudo: PseudoOption = ShowHide.hide,
+    show_unknown_lan: UnknownLanOption = False,
     no_checkpoints: Annotated[
         bool, typer.Option("--no-checkpoints", help="Fold from the start of the log.")
     ] = False,
     db: DbOption = None,
 ) -> None:
-    """Print the connection table at --at T: open connections and those closed in the window.
+    """Print the connection table, or a map, at --at T (open then, or closed in the window).
 
-    Example: scope-replay --at -30s --window 15s --format json
+    Example: scope-replay --at -30s --view processes --format svg --output map.svg
     """
     if ctx.invoked_subcommand is not None:
         return
     if at is None:
         typer.echo(ctx.get_help())
         return
+    fmt = format.value
+    if view is ViewName.connections:
+        if fmt not in ("table", "json", "csv"):
+            raise UsageError(f"--format {fmt} draws maps: pick a --view, or use table, json or csv")
+        with open_log(resolve(db), Purpose.READ) as store:
+            result = table.replay_table(store, at, window, use_checkpoints=not no_checkpoints)
+        _warn(result.warnings)
+        _emit(table.render(result, fmt), output)
+        return
+    if fmt == "csv":
+        raise UsageError(
+            "--format csv is for the connection table; maps print table, json, dot, svg, png"
+        )
+    options = _view_options(unconnected, pseudo, show_unknown_lan)
     with open_log(resolve(db), Purpose.READ) as store:
-        result = table.replay_table(store, at, window, use_checkpoints=not no_checkpoints)
-    _warn(result.warnings)
-    sys.stdout.write(table.render(result, format.value))
+        topology = topology_at(store, at, window, View(view.value), options, not no_checkpoints)
+    rendered: str | bytes
+    if fmt == "json":
+        rendered = view_render.render_json(topology)
+    elif fmt == "dot":
+        rendered = view_render.render_dot(topology)
+    elif fmt in ("svg", "png"):
+        rendered = view_render.render_graphviz(topology, fmt)
+    else:
+        rendered = view_render.render_table(topology)
+    _emit(rendered, output)
+
+
+@app.command("diff")
+def diff_command(
+    before: Annotated[str, typer.Argument(metavar="T1", help="The earlier moment.")],
+    after: Annotated[str, typer.Argument(metavar="T2", help="The later moment.")],
+    view: Annotated[ViewName, typer.Option("--view", help="Which map.")] = ViewName.processes,
+    window: WindowOption = table.DEFAULT_WINDOW,
+    format: FormatOption = OutputFormat.table,
+    unconnected: UnconnectedOption = ShowHide.hide,
+    pseudo: PseudoOption = ShowHide.hide,
+    show_unknown_lan: UnknownLanOption = False,
+    db: DbOption = None,
+) -> None:
+    """What changed in a map between two moments: nodes and edges added, updated, removed.
+
+    Example: scope-replay diff -60s -5s --view processes --format json
+    """
+    if view is ViewName.connections:
+        raise UsageError("diff compares maps: pick --view endpoints, processes, ...")
+    if format is OutputFormat.csv:
+        raise UsageError("diff prints table or json")
+    options = _view_options(unconnected, pseudo, show_unknown_lan)
+    with open_log(resolve(db), Purpose.READ) as store:
+        document = diff_between(store, before, after, window, View(view.value), options)
+    sys.stdout.write(render_diff(document, format.value))
 
 
 @app.command("info")

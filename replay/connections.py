@@ -106,6 +106,13 @@ class ConnectionRow:
     note: str | None = None
     bytes_sent: int | None = None  # client to server, as the client's kernel counted
     bytes_received: int | None = None
+    # For the topology views: the endpoints apart, and which sides are sockets of this host.
+    client_ip: str = ""
+    client_port: int = 0
+    server_ip: str = ""
+    server_port: int = 0
+    client_local: bool = False
+    server_local: bool = False
 
     @property
     def duration_ns(self) -> int | None:
@@ -311,6 +318,11 @@ def failed_attempts(reader: LogReader, window: Window) -> list[ConnectionRow]:
                 client_netns=event.netns,
                 positions=[position],
                 note=f"connect failed: errno {error}" if error else "connect failed",
+                client_ip=address_text(event.laddr),
+                client_port=event.lport or 0,
+                server_ip=address_text(event.raddr),
+                server_port=event.rport or 0,
+                client_local=True,
             )
         )
     return rows
@@ -378,6 +390,12 @@ def _row(client: SocketView | None, server: SocketView | None) -> ConnectionRow:
         note="; ".join(notes) or None,
         bytes_sent=client.bytes_sent if client else (server.bytes_received if server else None),
         bytes_received=client.bytes_received if client else (server.bytes_sent if server else None),
+        client_ip=first.client[0],
+        client_port=first.client[1],
+        server_ip=first.server[0],
+        server_port=first.server[1],
+        client_local=client is not None,
+        server_local=server is not None,
     )
 
 

@@ -1,0 +1,1 @@
+"""Scope's topology views rendered from the replayed connection table."""

@@ -1,0 +1,73 @@
+"""What changed in a view between two moments, as Scope's live updates: add, update, remove."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from replay.output import to_json, to_table
+from replay.timespec import format_ns
+from replay.views.render import node_summary
+from replay.views.topology import Topology
+
+
+def topology_diff(before: Topology, after: Topology) -> dict[str, Any]:
+    old = {node_id: node_summary(before, node) for node_id, node in before.nodes.items()}
+    new = {node_id: node_summary(after, node) for node_id, node in after.nodes.items()}
+    old_edges = {pair: len(edge.connection_ids) for pair, edge in before.edges.items()}
+    new_edges = {pair: len(edge.connection_ids) for pair, edge in after.edges.items()}
+    return {
+        "view": after.view,
+        "from": format_ns(before.at_ns),
+        "to": format_ns(after.at_ns),
+        "add": [new[node_id] for node_id in sorted(new.keys() - old.keys())],
+        "update": [
+            new[node_id]
+            for node_id in sorted(new.keys() & old.keys())
+            if new[node_id] != old[node_id]
+        ],
+        "remove": sorted(old.keys() - new.keys()),
+        "edges": {
+            "add": [
+                {"source": s, "target": t, "connections": new_edges[(s, t)]}
+                for s, t in sorted(new_edges.keys() - old_edges.keys())
+            ],
+            "update": [
+                {
+                    "source": s,
+                    "target": t,
+                    "connections_before": old_edges[(s, t)],
+                    "connections": new_edges[(s, t)],
+                }
+                for s, t in sorted(new_edges.keys() & old_edges.keys())
+                if new_edges[(s, t)] != old_edges[(s, t)]
+            ],
+            "remove": [
+                {"source": s, "target": t} for s, t in sorted(old_edges.keys() - new_edges.keys())
+            ],
+        },
+    }
+
+
+def render_diff(document: dict[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return to_json(document)
+    rows = [["+", "node", node["id"], node["label"]] for node in document["add"]]
+    rows += [["~", "node", node["id"], node["label"]] for node in document["update"]]
+    rows += [["-", "node", node_id, ""] for node_id in document["remove"]]
+    edges = document["edges"]
+    rows += [
+        ["+", "edge", f"{e['source']} -> {e['target']}", f"{e['connections']} connections"]
+        for e in edges["add"]
+    ]
+    rows += [
+        [
+            "~",
+            "edge",
+            f"{e['source']} -> {e['target']}",
+            f"{e['connections_before']} -> {e['connections']} connections",
+        ]
+        for e in edges["update"]
+    ]
+    rows += [["-", "edge", f"{e['source']} -> {e['target']}", ""] for e in edges["remove"]]
+    head = f"{document['view']}: {document['from']} -> {document['to']}\n"
+    return head + to_table(["", "what", "id", "detail"], rows, "(no change)")

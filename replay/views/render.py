@@ -1,0 +1,140 @@
+"""Topologies as Scope's API JSON, a table, or Graphviz (DOT, SVG, PNG)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from typing import Any
+
+from recorder.errors import UsageError
+from replay.output import to_json, to_table
+from replay.timespec import format_duration, format_ns
+from replay.views.topology import Node, Topology
+
+# Scope's shapes, in Graphviz terms. Graphviz has no cloud: the Internet is a dashed ellipse.
+DOT_SHAPES = {"square": "box", "hexagon": "hexagon", "circle": "circle", "cloud": "ellipse"}
+DOT_STYLE = {"cloud": 'style="dashed,filled" fillcolor="#e8f1fb"'}
+
+
+def node_summary(topology: Topology, node: Node) -> dict[str, Any]:
+    """A node as Scope's ``/api/topology/<view>`` summarised it (camelCase and all)."""
+    summary: dict[str, Any] = {
+        "id": node.id,
+        "label": node.label,
+        "labelMinor": node.label_minor,
+        "rank": node.rank,
+        "shape": node.shape,
+        "pseudo": node.pseudo,
+    }
+    if node.stack:
+        summary["stack"] = True
+    summary["metadata"] = [
+        {"id": i, "label": label, "value": value} for i, label, value in node.metadata
+    ]
+    summary["parents"] = [
+        {"id": i, "label": label, "topologyId": t} for i, label, t in node.parents
+    ]
+    summary["adjacency"] = topology.adjacency(node.id)
+    return summary
+
+
+def to_document(topology: Topology) -> dict[str, Any]:
+    return {
+        "view": topology.view,
+        "at": format_ns(topology.at_ns),
+        "window": format_duration(topology.window_ns),
+        "stats": topology.stats(),
+        "nodes": {
+            node_id: node_summary(topology, node) for node_id, node in topology.nodes.items()
+        },
+        "edges": [
+            {
+                "source": edge.source,
+                "target": edge.target,
+                "connections": len(edge.connection_ids),
+                "connection_ids": edge.connection_ids,
+            }
+            for edge in topology.edges.values()
+        ],
+    }
+
+
+def render_json(topology: Topology) -> str:
+    return to_json(to_document(topology))
+
+
+def render_table(topology: Topology) -> str:
+    stats = topology.stats()
+    window = format_duration(topology.window_ns)
+    head = (
+        f"{topology.view} at {format_ns(topology.at_ns)} (window {window}): "
+        f"{stats['node_count']} nodes ({stats['nonpseudo_node_count']} not pseudo), "
+        f"{stats['edge_count']} edges, {stats['filtered_nodes']} filtered\n"
+    )
+    nodes = [
+        [n.label, n.label_minor, n.shape, "yes" if n.pseudo else "", n.id]
+        for n in topology.nodes.values()
+    ]
+    labels = {n.id: n.label for n in topology.nodes.values()}
+    edges = [
+        [
+            labels.get(e.source, e.source),
+            labels.get(e.target, e.target),
+            len(e.connection_ids),
+            e.source,
+            e.target,
+        ]
+        for e in topology.edges.values()
+    ]
+    return (
+        head
+        + "\n"
+        + to_table(["node", "detail", "shape", "pseudo", "id"], nodes)
+        + "\n"
+        + to_table(["from", "to", "connections", "from_id", "to_id"], edges, "(no edges)")
+    )
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_dot(topology: Topology) -> str:
+    lines = [
+        f"digraph {_quote(topology.view)} {{",
+        "  rankdir=LR;",
+        '  node [fontname="Helvetica" fontsize=11];',
+        '  edge [fontname="Helvetica" fontsize=9 color="#555555"];',
+        f"  label={_quote(f'{topology.view} at {format_ns(topology.at_ns)}')}; labelloc=t;",
+    ]
+    for node in topology.nodes.values():
+        label = node.label + (f"\\n{node.label_minor}" if node.label_minor else "")
+        shape = DOT_SHAPES.get(node.shape, "ellipse")
+        style = DOT_STYLE.get(node.shape, "")
+        label_text = '"' + label.replace('"', '\\"') + '"'
+        lines.append(
+            f"  {_quote(node.id)} [label={label_text} shape={shape} {style}];".replace("  ]", "]")
+        )
+    for edge in topology.edges.values():
+        count = len(edge.connection_ids)
+        lines.append(
+            f"  {_quote(edge.source)} -> {_quote(edge.target)} [label={_quote(str(count))}];"
+        )
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render_graphviz(topology: Topology, fmt: str) -> bytes:
+    """SVG or PNG through Graphviz's ``dot``."""
+    dot = shutil.which("dot")
+    if dot is None:
+        raise UsageError(
+            f"--format {fmt} needs Graphviz's dot (apt-get install graphviz); "
+            "--format dot works without it"
+        )
+    result = subprocess.run(
+        [dot, f"-T{fmt}"], input=render_dot(topology).encode(), capture_output=True, check=False
+    )
+    if result.returncode != 0:
+        raise UsageError(f"dot failed: {result.stderr.decode(errors='replace').strip()}")
+    return result.stdout

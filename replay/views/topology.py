@@ -1,0 +1,324 @@
+"""Scope's topologies from a scene: endpoints, processes, processes by name, containers, hosts.
+
+Each connection becomes an edge from the node of its client side to the node of its server
+side, once each side is mapped to a node of the view. A side that is a socket of this host
+maps to its process (and up, to the process's container or host). A remote side maps to the
+Internet when its address is public: ``in-theinternet`` when it connected to us,
+``out-theinternet`` when we connected to it. A remote private address that is not ours is an
+unknown machine on the LAN: left out unless asked for (Scope never showed them).
+
+Afterwards, always: edges from the inbound to the outbound Internet go, pseudo nodes left
+without edges go. Options: unconnected processes shown or hidden, the uncontained pseudo
+node of the containers view shown or hidden. Every node a rule or filter removes is counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from replay.connections import ConnectionRow
+from replay.views.scene import ProcessInfo, Scene, is_public
+
+INTERNET_IN = "in-theinternet"
+INTERNET_OUT = "out-theinternet"
+
+
+class View(StrEnum):
+    endpoints = "endpoints"
+    processes = "processes"
+    processes_by_name = "processes-by-name"
+    containers = "containers"
+    hosts = "hosts"
+
+
+@dataclass(frozen=True)
+class Options:
+    show_unconnected: bool = False  # processes (and by name) with no connection at T
+    show_uncontained: bool = False  # the containers view's pseudo node for the rest
+    show_unknown_lan: bool = False  # remote private addresses that are not ours
+
+
+@dataclass
+class Node:
+    id: str
+    label: str
+    label_minor: str
+    rank: str
+    shape: str
+    pseudo: bool = False
+    stack: bool = False
+    metadata: list[tuple[str, str, str]] = field(default_factory=list)  # (id, label, value)
+    parents: list[tuple[str, str, str]] = field(default_factory=list)  # (id, label, topologyId)
+
+
+@dataclass
+class Edge:
+    source: str
+    target: str
+    connection_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Topology:
+    view: str
+    at_ns: int
+    window_ns: int
+    nodes: dict[str, Node] = field(default_factory=dict)
+    edges: dict[tuple[str, str], Edge] = field(default_factory=dict)
+    filtered_nodes: int = 0
+    unattributed_connections: int = 0  # a local side whose process is unknown
+
+    def adjacency(self, node_id: str) -> list[str]:
+        return sorted(target for (source, target) in self.edges if source == node_id)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "node_count": len(self.nodes),
+            "nonpseudo_node_count": sum(1 for node in self.nodes.values() if not node.pseudo),
+            "edge_count": len(self.edges),
+            "filtered_nodes": self.filtered_nodes,
+        }
+
+
+# -- nodes of each kind ------------------------------------------------------------------
+def host_node(host: str) -> Node:
+    return Node(f"{host};<host>", host, "", host, "circle")
+
+
+def internet_node(inbound: bool) -> Node:
+    if inbound:
+        return Node(
+            INTERNET_IN, "The Internet", "Inbound connections", "theinternet", "cloud", pseudo=True
+        )
+    return Node(
+        INTERNET_OUT, "The Internet", "Outbound connections", "theinternet", "cloud", pseudo=True
+    )
+
+
+def lan_node(address: str) -> Node:
+    return Node(
+        f"pseudo:lan:{address}", address, "Unknown (not recorded)", "lan", "circle", pseudo=True
+    )
+
+
+def process_node(host: str, pid: int, comm: str | None, info: ProcessInfo | None) -> Node:
+    name = comm or (info.comm if info else "?")
+    metadata = [("pid", "PID", str(pid))]
+    parents = [(f"{host};<host>", host, "hosts")]
+    if info is not None:
+        if info.ppid is not None:
+            metadata.append(("ppid", "Parent PID", str(info.ppid)))
+        if info.cmdline:
+            metadata.append(("cmdline", "Command", info.cmdline))
+        if info.netns is not None:
+            metadata.append(("netns", "Network namespace", str(info.netns)))
+        container = info.container
+        if container is not None:
+            parents.insert(0, (container.node_id, container.short_id, "containers"))
+    return Node(
+        f"{host};{pid}", name, f"{host} ({pid})", name, "square", metadata=metadata, parents=parents
+    )
+
+
+# -- mapping connection sides to nodes ---------------------------------------------------
+@dataclass
+class _Side:
+    local: bool
+    ip: str
+    port: int
+    pid: int | None
+    comm: str | None
+    netns: int | None
+
+
+def _sides(row: ConnectionRow) -> tuple[_Side, _Side]:
+    client = _Side(
+        row.client_local,
+        row.client_ip,
+        row.client_port,
+        row.client_pid,
+        row.client_comm,
+        row.client_netns,
+    )
+    server = _Side(
+        row.server_local,
+        row.server_ip,
+        row.server_port,
+        row.server_pid,
+        row.server_comm,
+        row.server_netns,
+    )
+    return client, server
+
+
+class _Builder:
+    def __init__(self, scene: Scene, view: View, options: Options) -> None:
+        self.scene = scene
+        self.view = view
+        self.options = options
+        self.topology = Topology(str(view), scene.at_ns, scene.window_ns)
+        self.hidden_lan: set[str] = set()
+
+    def add(self, node: Node) -> str:
+        self.topology.nodes.setdefault(node.id, node)
+        return node.id
+
+    def remote(self, host: str, side: _Side, inbound: bool) -> str | None:
+        """The node of a side that is not a socket of this host."""
+        if self.scene.is_local_address(host, side.ip):
+            # Ours, but no socket of ours shows it: a process we do not know.
+            return self.add(host_node(host)) if self.view == View.hosts else None
+        if is_public(side.ip) and not self.scene.in_local_network(host, side.ip):
+            return self.add(internet_node(inbound))
+        if self.options.show_unknown_lan:
+            return self.add(lan_node(side.ip))
+        self.hidden_lan.add(side.ip)
+        return None
+
+    def local(self, host: str, side: _Side) -> str | None:
+        view = self.view
+        if view == View.hosts:
+            return self.add(host_node(host))
+        if side.pid is None:
+            self.topology.unattributed_connections += 1
+            return None
+        info = self.scene.processes.get((host, side.pid))
+        comm = side.comm or (info.comm if info else None)
+        if view == View.processes:
+            return self.add(process_node(host, side.pid, comm, info))
+        if view == View.processes_by_name:
+            return self.add(self.by_name(comm or "?"))
+        return self.add(self.container(host, info))
+
+    def by_name(self, name: str) -> Node:
+        return Node(name, name, "", name, "square", stack=True)
+
+    def container(self, host: str, info: ProcessInfo | None) -> Node:
+        container = info.container if info is not None else None
+        if container is None:
+            return Node(
+                f"pseudo:uncontained:{host}",
+                "Uncontained",
+                host,
+                "uncontained",
+                "hexagon",
+                pseudo=True,
+            )
+        metadata = [("runtime", "Runtime", container.runtime), ("id", "ID", container.id)]
+        parents = [(f"{host};<host>", host, "hosts")]
+        return Node(
+            container.node_id,
+            container.short_id,
+            host,
+            container.short_id,
+            "hexagon",
+            metadata=metadata,
+            parents=parents,
+        )
+
+    def endpoint(self, host: str, side: _Side) -> str:
+        """Scope's endpoint id: the address scoped by host if private, by netns if loopback."""
+        if self.scene.is_local_address(host, side.ip) and side.ip.startswith(("127.", "::1")):
+            scope = f"{host}-{side.netns or 0}"
+        elif not is_public(side.ip):
+            scope = host
+        else:
+            scope = ""
+        node_id = f"{scope};{side.ip};{side.port}"
+        if side.local:
+            minor = f"{side.comm} ({side.pid})" if side.pid is not None else host
+        else:
+            minor = "remote"
+        label = f"[{side.ip}]:{side.port}" if ":" in side.ip else f"{side.ip}:{side.port}"
+        self.add(
+            Node(
+                node_id,
+                label,
+                minor,
+                side.ip,
+                "circle",
+                metadata=[("host", "Host", host)] if side.local else [],
+            )
+        )
+        return node_id
+
+    def build(self) -> Topology:
+        for row in self.scene.connections:
+            if row.state == "failed":
+                continue  # an attempt, not a connection: the table shows it
+            client, server = _sides(row)
+            source: str | None
+            target: str | None
+            if self.view == View.endpoints:
+                source, target = self.endpoint(row.host, client), self.endpoint(row.host, server)
+            else:
+                source = (
+                    self.local(row.host, client)
+                    if client.local
+                    else self.remote(row.host, client, inbound=True)
+                )
+                target = (
+                    self.local(row.host, server)
+                    if server.local
+                    else self.remote(row.host, server, inbound=False)
+                )
+            if source is None or target is None:
+                continue
+            edge = self.topology.edges.setdefault((source, target), Edge(source, target))
+            edge.connection_ids.append(row.id)
+        self.topology.filtered_nodes += len(self.hidden_lan)
+        self._unconnected()
+        self._rules()
+        for edge in self.topology.edges.values():
+            edge.connection_ids.sort()
+        return self.topology
+
+    def _unconnected(self) -> None:
+        """Processes alive at T with no connection: shown only when asked for."""
+        if self.view not in (View.processes, View.processes_by_name):
+            return
+        connected = {node_id for pair in self.topology.edges for node_id in pair}
+        candidates: dict[str, Node] = {}
+        for (host, pid), info in sorted(self.scene.processes.items()):
+            node = (
+                process_node(host, pid, info.comm, info)
+                if self.view == View.processes
+                else self.by_name(info.comm)
+            )
+            if node.id not in connected and node.id not in self.topology.nodes:
+                candidates.setdefault(node.id, node)
+        for node_id, node in list(self.topology.nodes.items()):
+            if node_id not in connected and not node.pseudo:
+                candidates.setdefault(node_id, node)
+                del self.topology.nodes[node_id]
+        if self.options.show_unconnected:
+            self.topology.nodes.update(candidates)
+        else:
+            self.topology.filtered_nodes += len(candidates)
+
+    def _rules(self) -> None:
+        topology = self.topology
+        topology.edges.pop((INTERNET_IN, INTERNET_OUT), None)
+        if self.view == View.containers and not self.options.show_uncontained:
+            for node_id in [n for n in topology.nodes if n.startswith("pseudo:uncontained:")]:
+                del topology.nodes[node_id]
+                topology.filtered_nodes += 1
+                for pair in [p for p in topology.edges if node_id in p]:
+                    del topology.edges[pair]
+        connected = {node_id for pair in topology.edges for node_id in pair}
+        for node_id in [
+            n for n, node in topology.nodes.items() if node.pseudo and n not in connected
+        ]:
+            del topology.nodes[node_id]
+            topology.filtered_nodes += 1
+        topology.nodes = dict(sorted(topology.nodes.items()))
+        topology.edges = dict(sorted(topology.edges.items()))
+
+
+def build_topology(scene: Scene, view: View, options: Options | None = None) -> Topology:
+    return _Builder(scene, view, options or Options()).build()
+
+
+def connection_counts(topology: Topology) -> dict[tuple[str, str], int]:
+    return {pair: len(edge.connection_ids) for pair, edge in topology.edges.items()}
