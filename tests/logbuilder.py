@@ -116,7 +116,7 @@ class Builder:
         self,
         at: float,
         connections: list[tuple[str, str, int, int | None]],
-        processes: list[tuple[int, str]] = (),  # type: ignore[assignment]
+        processes: list[tuple[int, str] | tuple[int, str, str]] = (),  # type: ignore[assignment]
         walk_ms: float = 10,
         netns: int = ROOT_NETNS,
     ) -> None:
@@ -127,11 +127,18 @@ class Builder:
             rows.append(
                 SnapshotConnection(netns, laddr, lport, raddr, rport, state, 1000 + index, 0, pid)
             )
+        default_cgroup = "0::/system.slice/x.service"
         procs = tuple(
             SnapshotProcess(
-                pid, 1, comm, f"{comm} --serve", "0::/system.slice/x.service", netns, mono(0)
+                entry[0],
+                1,
+                entry[1],
+                f"{entry[1]} --serve",
+                entry[2] if len(entry) > 2 else default_cgroup,
+                netns,
+                mono(0),  # type: ignore[misc]
             )
-            for pid, comm in processes
+            for entry in processes
         )
         marker = Event(
             int(Kind.SNAPSHOT),

@@ -108,13 +108,11 @@ def render_dot(topology: Topology) -> str:
         f"  label={_quote(f'{topology.view} at {format_ns(topology.at_ns)}')}; labelloc=t;",
     ]
     for node in topology.nodes.values():
-        label = node.label + (f"\\n{node.label_minor}" if node.label_minor else "")
-        shape = DOT_SHAPES.get(node.shape, "ellipse")
-        style = DOT_STYLE.get(node.shape, "")
-        label_text = '"' + label.replace('"', '\\"') + '"'
-        lines.append(
-            f"  {_quote(node.id)} [label={label_text} shape={shape} {style}];".replace("  ]", "]")
-        )
+        label = node.label + (f"\n{node.label_minor}" if node.label_minor else "")
+        attributes = [f"label={_quote(label)}", f"shape={DOT_SHAPES.get(node.shape, 'ellipse')}"]
+        if node.shape in DOT_STYLE:
+            attributes.append(DOT_STYLE[node.shape])
+        lines.append(f"  {_quote(node.id)} [{' '.join(attributes)}];")
     for edge in topology.edges.values():
         count = len(edge.connection_ids)
         lines.append(
