@@ -67,6 +67,9 @@ class SocketView:
     source: str
     origin: tuple[int, int]  # (position, ordinal): stable identity in the log
     positions: list[int] = field(default_factory=list)
+    known_ns: int | None = None  # from when replay knows of it (open event, snapshot, close)
+    close_event_ns: int | None = None  # its close event, if one came
+    missing_ns: int | None = None  # the snapshot that no longer showed it, if any
     close_note: str | None = None
     bytes_sent: int | None = None
     bytes_received: int | None = None
@@ -171,6 +174,7 @@ class _Materializer:
             source=source,
             origin=(event.position, 0),
             positions=[event.position],
+            known_ns=event.wall_ns,
         )
 
     def from_snapshot(self, position: int, key: TupleKey) -> SocketView:
@@ -196,6 +200,7 @@ class _Materializer:
             source="snapshot",
             origin=(marker.position, ordinal),
             positions=[position],
+            known_ns=marker.wall_ns,
         )
 
     def from_close(self, close: LoggedEvent) -> SocketView:
@@ -220,6 +225,7 @@ class _Materializer:
             origin=(close.position, 0),
             positions=[],
             close_note="opened before anything recorded",
+            known_ns=close.wall_ns,
         )
         return view
 
@@ -237,8 +243,10 @@ class _Materializer:
         view = self.opened(item.ref, close)
         if view is None:
             return None
+        if item.missing_at is not None:
+            view.missing_ns = self.event(item.missing_at).wall_ns
         if close is not None:
-            view.closed_ns = close.wall_ns
+            view.closed_ns = view.close_event_ns = close.wall_ns
             view.positions.append(close.position)
             view.bytes_sent, view.bytes_received = close.bytes_sent, close.bytes_received
             if close.pid is not None and view.pid is None:
@@ -346,19 +354,22 @@ def pair(views: list[SocketView]) -> list[ConnectionRow]:
     groups: dict[tuple[object, ...], list[SocketView]] = defaultdict(list)
     for view in views:
         groups[_pair_key(view)].append(view)
-    rows = []
+    rows: list[ConnectionRow] = []
     for key in sorted(groups, key=repr):
         members = sorted(
             groups[key], key=lambda v: (v.opened_ns if v.opened_ns is not None else -1, v.origin)
         )
         clients = [v for v in members if v.role != SERVER]
         servers = [v for v in members if v.role == SERVER]
-        for client in clients:
-            match = next((s for s in servers if _overlaps(client, s)), None)
-            if match is not None:
-                servers.remove(match)
-            rows.append(_row(client, match))
-        rows.extend(_row(None, server) for server in servers)
+        # The k-th client (by open time) pairs with the k-th server if their lives overlap:
+        # a rule simple enough to state in SQL too (scope-query's connections_at).
+        for rank in range(max(len(clients), len(servers))):
+            client = clients[rank] if rank < len(clients) else None
+            server = servers[rank] if rank < len(servers) else None
+            if client is not None and server is not None and not _overlaps(client, server):
+                rows.extend((_row(client, None), _row(None, server)))
+            else:
+                rows.append(_row(client, server))
     return rows
 
 

@@ -11,7 +11,8 @@ close within a run and cancel out), and falls back to ``_apply_each`` on anythin
 (a socket id twice, a close before its open). A property test holds the two equal.
 
 With ``retain=True`` the fold also keeps what ended while it folded (closed sockets, failed
-connects, exited processes): that is how a window (T - window, T] is replayed.
+connects, exited processes): that is how a window (T - window, T] is replayed. The order of
+what is retained is not part of the result (whoever reads it sorts).
 """
 
 from __future__ import annotations
@@ -106,16 +107,13 @@ class Fold:
         """Fold ``rows`` (one recording's, in position order) into the state."""
         if not rows:
             return
-        if self.retain:
-            self._apply_each(recording, rows)
-        else:
-            kinds = [row[1] for row in rows]
-            start = 0
-            for index in compress(range(len(rows)), map(_SNAPSHOT.__eq__, kinds)):
-                self._apply_fast(recording, rows[start:index], kinds[start:index])
-                self._apply_snapshot(recording, rows[index][0])
-                start = index + 1
-            self._apply_fast(recording, rows[start:], kinds[start:])
+        kinds = [row[1] for row in rows]
+        start = 0
+        for index in compress(range(len(rows)), map(_SNAPSHOT.__eq__, kinds)):
+            self._apply_fast(recording, rows[start:index], kinds[start:index])
+            self._apply_snapshot(recording, rows[index][0])
+            start = index + 1
+        self._apply_fast(recording, rows[start:], kinds[start:])
         self.state.position = rows[-1][0]
 
     # -- the definition --------------------------------------------------------------------
@@ -148,14 +146,16 @@ class Fold:
 
     def _close(self, recording: int, position: int, sock_id: int | None) -> None:
         if sock_id is not None:
+            missed_at = None
             opened = self.state.sockets_of(recording).pop(sock_id, None)
             if opened is None:
                 missed = self.state.missing_of(recording).pop(sock_id, None)
-                opened = missed[0] if missed is not None else None
+                if missed is not None:
+                    opened, missed_at = missed
             if opened is not None:
                 self._tuples.pop(opened, None)
                 if self.retain:
-                    self.retained.closed.append(Closed(SocketRef(opened), position))
+                    self.retained.closed.append(Closed(SocketRef(opened), position, missed_at))
                 return
         self._close_by_tuple(position)
 
@@ -212,6 +212,9 @@ class Fold:
         if unusual or any(map(gt, opened_at, closed_at)):  # or a close before its open
             self._apply_each(recording, rows)
             return
+        if self.retain:
+            self.retained.closed.extend(Closed(SocketRef(opens[s]), closes[s]) for s in cancelled)
+            self.retained.failed.extend(compress(positions, map(_FAILED.__eq__, kinds)))
         for sock_id in sorted(closes.keys() - cancelled):  # type: ignore[type-var]
             self._close(recording, closes[sock_id], sock_id)
         if None in close_ids:

@@ -2,17 +2,89 @@
 
 from __future__ import annotations
 
+import enum
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from recorder.cliutil import DbOption, run
+from recorder.errors import UsageError
+from recorder.log.location import resolve
+from recorder.log.store import Purpose, open_log
+from replay import sql as query
+from replay.output import to_table
 
-app = typer.Typer(add_completion=False, help="Run SQL over the log with DuckDB.")
+app = typer.Typer(
+    add_completion=False,
+    help="Run SQL over the log with DuckDB.\n\nViews: events, connections, processes, conntrack, "
+    "recordings, losses, snapshots, sockets; table macro connections_at(TIMESTAMP, INTERVAL).",
+)
+
+
+class QueryFormat(enum.StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    ndjson = "ndjson"
+    parquet = "parquet"
 
 
 @app.command()
-def query(db: DbOption = None) -> None:
-    """Run SQL over the log."""
-    raise typer.Exit(0)
+def main_command(
+    sql: Annotated[
+        str | None, typer.Argument(metavar="SQL", help="The query; '-' or nothing: stdin.")
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("-f", "--file", help="Read the query from this file.")
+    ] = None,
+    format: Annotated[
+        QueryFormat, typer.Option("--format", help="Output format.")
+    ] = QueryFormat.table,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here (needed for parquet).")
+    ] = None,
+    schema: Annotated[
+        bool, typer.Option("--schema", help="List the views and their columns.")
+    ] = False,
+    mirror: Annotated[
+        Path | None,
+        typer.Option("--mirror", help="Where to keep the DuckDB copy (default: a cache)."),
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Run one SELECT over the log.
+
+    Example: scope-query "SELECT comm, count(*) FROM events WHERE kind = 'connect' GROUP BY 1"
+    """
+    with open_log(resolve(db), Purpose.READ) as store:
+        if schema:
+            rows = query.describe(store, mirror)
+            sys.stdout.write(to_table(["view", "column", "type"], rows))
+            return
+        text = _sql_text(sql, file)
+        outcome = query.run_query(store, text, format.value, output, mirror)
+    if outcome.truncated:
+        print(
+            f"scope-query: showing the first {outcome.rows} rows; use --format csv/json for all",
+            file=sys.stderr,
+        )
+
+
+def _sql_text(sql: str | None, file: Path | None) -> str:
+    if file is not None:
+        if sql is not None:
+            raise UsageError("give the query as an argument or with -f, not both")
+        try:
+            return file.read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read {file}: {exc.strerror}") from exc
+    if sql is None or sql == "-":
+        if sys.stdin.isatty():
+            raise UsageError("no query: give SQL as an argument, with -f FILE, or on stdin")
+        return sys.stdin.read()
+    return sql
 
 
 def main() -> None:

@@ -83,7 +83,7 @@ def test_fast_fold_equals_the_definition(
             shown = (SnapshotConnection(NS, LO, port, LO, 80, 1, 1, 0, pid),)
             log.snapshots[position] = Snapshot(connections=shown)
         rows.append((position, int(kind), sock))
-    fast, slow = Fold(ReplayState(), log), Fold(ReplayState(), log)
+    fast, slow = Fold(ReplayState(), log, retain=True), Fold(ReplayState(), log, retain=True)
     # Pages end anywhere: the fold must not depend on where.
     bounds = sorted({0, len(rows), *[c % (len(rows) + 1) for c in cuts]})
     for start, end in itertools.pairwise(bounds):
@@ -94,3 +94,6 @@ def test_fast_fold_equals_the_definition(
         assert fast.state == slow.state, (start, end)
     assert fast.state == slow.state
     assert fast.state.to_bytes() == slow.state.to_bytes()
+    assert sorted(fast.retained.closed, key=repr) == sorted(slow.retained.closed, key=repr)
+    assert sorted(fast.retained.failed) == sorted(slow.retained.failed)
+    assert sorted(fast.retained.exited) == sorted(slow.retained.exited)
