@@ -39,7 +39,10 @@ from replay.views.containers import container_of
 FORMAT = 1  # bump when the mirror's tables or their meaning change: it is rebuilt
 CHUNK_EVENTS = 500_000  # events per bulk copy
 LOCK_WAIT_S = 60.0
-DUCKDB_SAFE_CONFIG: dict[str, Any] = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+DUCKDB_SAFE_CONFIG: dict[str, Any] = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
