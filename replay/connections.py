@@ -24,6 +24,8 @@ from replay.state import TupleKey
 
 CLIENT = "client"
 SERVER = "server"
+CLOSE_ONLY_NOTE = "opened before anything recorded"
+MISSING_NOTE = "gone by the next /proc snapshot (its close was not captured)"
 
 
 @lru_cache(maxsize=1 << 16)
@@ -224,7 +226,7 @@ class _Materializer:
             source="events",
             origin=(close.position, 0),
             positions=[],
-            close_note="opened before anything recorded",
+            close_note=CLOSE_ONLY_NOTE,
             known_ns=close.wall_ns,
         )
         return view
@@ -254,7 +256,7 @@ class _Materializer:
         elif item.missing_at is not None:
             view.closed_ns = self.event(item.missing_at).wall_ns
             view.positions.append(item.missing_at)
-            view.close_note = "gone by the next /proc snapshot (its close was not captured)"
+            view.close_note = MISSING_NOTE
         return view
 
 

@@ -29,7 +29,7 @@ import duckdb
 from recorder.errors import LogError, QueryError
 from recorder.log.reader import LogReader
 from recorder.log.store import LogStore
-from replay.connections import _Materializer, address_text
+from replay.connections import CLOSE_ONLY_NOTE, _Materializer, address_text
 from replay.engine import Window
 from replay.fold import Closed, Fold, Retained, SocketRef
 from replay.sqlviews import VIEWS_SQL
@@ -482,8 +482,7 @@ class MirrorSync:
                    o.netns, o.laddr, o.lport, o.raddr, o.rport,
                    o.wall_ns, o.wall_ns, c.wall_ns, m.wall_ns,
                    CASE WHEN json_extract_string(o.extra, '$.source') = 'proc' THEN 'proc' ELSE 'events' END,
-                   CASE WHEN c.position IS NULL AND m.position IS NOT NULL
-                        THEN 'gone by the next /proc snapshot (its close was not captured)' END,
+                   NULL,
                    c.bytes_sent, c.bytes_received
             FROM sock_refs s
             JOIN ev o ON o.position = s.open_pos
@@ -511,7 +510,8 @@ class MirrorSync:
                 (view.origin[0], view.origin[1], view.recording_id, view.host_id, view.role, view.pid,
                  view.comm, view.netns, address_text(view.laddr), view.lport, address_text(view.raddr),
                  view.rport, view.known_ns, view.opened_ns, view.close_event_ns, view.missing_ns,
-                 view.source, view.close_note, view.bytes_sent, view.bytes_received)
+                 view.source, view.close_note if view.close_note == CLOSE_ONLY_NOTE else None,
+                 view.bytes_sent, view.bytes_received)
             )  # fmt: skip
         self.con.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * 20)})", rows)
 

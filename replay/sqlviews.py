@@ -9,6 +9,7 @@ known by T and had not ended by T - W; the k-th client and k-th server of one ad
 from __future__ import annotations
 
 from recorder.events import Kind
+from replay.connections import MISSING_NOTE
 
 _KIND_NAME = (
     "CASE e.kind " + " ".join(f"WHEN {int(k)} THEN '{k.name.lower()}'" for k in Kind) + " END"
@@ -23,7 +24,11 @@ def _pairing(shown: str) -> str:
     """SQL turning the sockets of CTE ``shown`` (with an ``end_ns`` column) into connections."""
     return f"""
 keyed AS (
-    SELECT *, role = 'server' AS is_server,
+    SELECT * REPLACE (
+            coalesce(note, CASE WHEN end_ns IS NOT NULL AND end_ns = missing_ns
+                                 AND (close_ns IS NULL OR close_ns <> end_ns)
+                                THEN '{MISSING_NOTE}' END) AS note),
+        role = 'server' AS is_server,
         CASE WHEN role = 'server' THEN remote_ip ELSE local_ip END AS c_ip,
         CASE WHEN role = 'server' THEN remote_port ELSE local_port END AS c_port,
         CASE WHEN role = 'server' THEN local_ip ELSE remote_ip END AS s_ip,

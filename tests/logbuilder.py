@@ -157,9 +157,9 @@ def _endpoint(text: str) -> tuple[bytes, int]:
 
 
 @contextmanager
-def built_log(path: Path) -> Iterator[tuple[LogLocation, Builder]]:
+def built_log(path: Path | LogLocation) -> Iterator[tuple[LogLocation, Builder]]:
     """A log at ``path`` with one recording; write to the builder, then replay the location."""
-    location = resolve(str(path))
+    location = path if isinstance(path, LogLocation) else resolve(str(path))
     with recording_writer(location) as (_, writer):
         builder = Builder(writer)
         yield location, builder

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0001"
 down_revision = None
@@ -17,7 +16,7 @@ branch_labels = None
 depends_on = None
 
 Position = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-Json = sa.JSON().with_variant(JSONB(), "postgresql")
+Json = sa.JSON()
 
 
 def upgrade() -> None:

@@ -24,14 +24,15 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
 
 # SQLite only makes a column the rowid (and so free and append-ordered) when its type is
 # spelled exactly INTEGER; PostgreSQL needs 64 bits.
 Position = BigInteger().with_variant(Integer(), "sqlite")
-Json = JSON().with_variant(JSONB(), "postgresql")
+# Plain JSON (not JSONB) in PostgreSQL: it keeps the text exactly as written, so both backends
+# hand back byte-identical documents.
+Json = JSON()
 
 log_meta = Table(
     "log_meta",

@@ -1,0 +1,311 @@
+"""scope-query over real logs: view contents, agreement with replay, both backends, safety."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recorder.log.location import LogLocation, resolve
+from recorder.log.store import Purpose, open_log
+from recorder.procfs import TCP_ESTABLISHED, TCP_LISTEN
+from replay import sql as query
+from replay.table import replay_table
+from tests.cli import assert_one_line_error, run_cli
+from tests.integration.replay.test_replay_properties import build, operation
+from tests.logbuilder import Builder, built_log, wall
+
+SERVER = "127.0.0.1:8080"
+
+
+def rows_of(location: LogLocation, text: str, mirror: Path) -> list[dict[str, Any]]:
+    out = io.StringIO()
+    with open_log(location, Purpose.READ) as store:
+        query.run_query(store, text, "json", mirror_path=mirror, out=out)
+    return json.loads(out.getvalue())  # type: ignore[no-any-return]
+
+
+def small_log(b: Builder) -> None:
+    b.snapshot(0.5, [("0.0.0.0:8080", "0.0.0.0:0", TCP_LISTEN, 20), ("10.0.0.2:22", "10.0.0.9:50000", TCP_ESTABLISHED, 50)],
+               processes=[(20, "api"), (50, "sshd")])  # fmt: skip
+    b.exec(1.0, 10, "curl", ppid=1)
+    b.connect(1.1, 1, 10, "curl", "127.0.0.1:40001", SERVER)
+    b.accept(1.1, 2, 20, "api", SERVER, "127.0.0.1:40001")
+    b.close(1.2, 1, 10, "curl", "127.0.0.1:40001", SERVER, bytes_sent=5, bytes_received=7)
+    b.close(1.2, 2, 20, "api", SERVER, "127.0.0.1:40001")
+    b.failed(1.3, 3, 10, "curl", "127.0.0.1:40002", "127.0.0.1:1")
+    b.exit(1.4, 10, "curl")
+    b.exec(2.0, 10, "wget", ppid=1)  # the pid comes back for another process
+    b.connect(
+        2.1,
+        4,
+        10,
+        "wget",
+        "10.0.0.2:41000",
+        "[2606:4700::1111]:443".replace("[", "").replace("]", ""),
+    )
+    b.loss(2.2, 2.3, 4)
+    b.exec(9.0, 999, "end-marker")
+
+
+def test_views_hold_what_the_log_holds(tmp_path: Path) -> None:
+    with built_log(tmp_path / "q.db") as (location, b):
+        small_log(b)
+    mirror = tmp_path / "mirror.duckdb"
+    kinds = rows_of(
+        location, "SELECT kind, count(*) AS n FROM events GROUP BY kind ORDER BY kind", mirror
+    )
+    assert kinds == [
+        {"kind": "accept", "n": 1}, {"kind": "close", "n": 2}, {"kind": "connect", "n": 2},
+        {"kind": "connect_failed", "n": 1}, {"kind": "exec", "n": 3}, {"kind": "exit", "n": 1},
+        {"kind": "snapshot", "n": 1},
+    ]  # fmt: skip
+    (first,) = rows_of(
+        location, "SELECT * FROM events WHERE kind = 'connect' AND comm = 'curl'", mirror
+    )
+    assert (first["laddr"], first["lport"], first["raddr"], first["rport"], first["family"]) == (
+        "127.0.0.1",
+        40001,
+        "127.0.0.1",
+        8080,
+        "inet",
+    )
+    assert first["wall_ns"] == wall(1.1) and first["ts"].startswith("2025-11-25T12:00:01.1")
+    connections = rows_of(
+        location,
+        "SELECT state, direction, client, server, client_comm, server_comm, duration_ns, failed FROM connections",
+        mirror,
+    )
+    assert {(c["state"], c["direction"], c["client_comm"], c["server_comm"]) for c in connections} == {
+        ("closed", "local", "curl", "api"), ("failed", "outbound", "curl", None),
+        ("open", "outbound", "wget", None), ("open", "inbound", None, "sshd"),
+    }  # fmt: skip
+    local = next(c for c in connections if c["direction"] == "local")
+    assert local["duration_ns"] == 100_000_000
+    processes = rows_of(
+        location,
+        "SELECT pid, comm, started_at IS NOT NULL AS started, exited_at IS NOT NULL AS exited FROM processes WHERE pid = 10 ORDER BY started_at",
+        mirror,
+    )
+    assert processes == [
+        {"pid": 10, "comm": "curl", "started": True, "exited": True},
+        {"pid": 10, "comm": "wget", "started": True, "exited": False},
+    ]
+    assert rows_of(location, "SELECT lost, reason FROM losses", mirror) == [
+        {"lost": 4, "reason": "ring buffer full"}
+    ]
+    assert rows_of(
+        location, "SELECT count(*) AS n, sum(connections) AS c FROM snapshots", mirror
+    ) == [{"n": 1, "c": 2}]
+    assert rows_of(location, "SELECT host, mode FROM recordings", mirror) == [
+        {"host": "testhost", "mode": "ebpf"}
+    ]
+
+
+def _replay_rows(location: LogLocation, at_ns: int, window_ns: int) -> list[tuple[Any, ...]]:
+    with open_log(location, Purpose.READ) as store:
+        result = replay_table(store, str(at_ns), f"{window_ns}ns", use_checkpoints=False)
+    return sorted(
+        (
+            r.id,
+            r.state,
+            r.direction,
+            r.client,
+            r.server,
+            r.client_pid,
+            r.server_pid,
+            r.opened_ns,
+            r.closed_ns,
+            r.source,
+            r.note,
+        )
+        for r in result.rows
+    )
+
+
+def _query_rows(
+    location: LogLocation, at_ns: int, window_ns: int, mirror: Path
+) -> list[tuple[Any, ...]]:
+    rows = rows_of(location, f"SELECT * FROM connections_at_ns({at_ns}, {window_ns})", mirror)
+    return sorted(
+        (
+            r["id"],
+            r["state"],
+            r["direction"],
+            r["client"],
+            r["server"],
+            r["client_pid"],
+            r["server_pid"],
+            r["opened_ns"],
+            r["closed_ns"],
+            r["source"],
+            r["note"],
+        )
+        for r in rows
+    )
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    operations=st.lists(operation, min_size=1, max_size=50),
+    moments=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=5),
+    window_s=st.sampled_from([0.0, 0.1, 0.5, 15.0]),
+)
+def test_connections_at_agrees_with_replay(
+    operations: list[tuple[str, int]], moments: list[float], window_s: float
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        with built_log(Path(tmp) / "p.db") as (location, builder):
+            end = build(builder, operations)
+        window_ns = int(window_s * 1e9)
+        for fraction in moments:
+            at_ns = wall(end * fraction)
+            assert _query_rows(location, at_ns, window_ns, Path(tmp) / "m.duckdb") == _replay_rows(
+                location, at_ns, window_ns
+            )
+
+
+def test_timestamp_macro_and_interval(tmp_path: Path) -> None:
+    with built_log(tmp_path / "q.db") as (location, b):
+        small_log(b)
+    rows = rows_of(
+        location,
+        "SELECT id FROM connections_at(TIMESTAMP '2025-11-25 12:00:01.15', INTERVAL 15 SECOND)",
+        tmp_path / "m.duckdb",
+    )
+    assert len(rows) == 2  # the local connection, open then, and the inbound ssh from the snapshot
+
+
+@pytest.mark.postgres
+def test_sqlite_and_postgres_give_the_same_rows(tmp_path: Path, pg_url: str) -> None:
+    answers = []
+    for location in (resolve(str(tmp_path / "q.db")), resolve(pg_url)):
+        with built_log(location) as (_, b):
+            small_log(b)
+        answers.append(
+            [
+                rows_of(location, sql, tmp_path / f"m-{len(answers)}.duckdb")
+                for sql in (
+                    "SELECT * EXCLUDE (recording_id) FROM events ORDER BY position",
+                    "SELECT * FROM connections ORDER BY id",
+                    f"SELECT * FROM connections_at_ns({wall(1.15)}, 15000000000) ORDER BY id",
+                    "SELECT * FROM processes ORDER BY pid, started_at",
+                    "SELECT * EXCLUDE (id) FROM losses",
+                )
+            ]
+        )
+    assert answers[0] == answers[1]
+
+
+def test_new_events_appear_in_the_next_query(tmp_path: Path) -> None:
+    from tests.factories import MONO_BASE_NS, conn_event, recording_writer
+
+    location = resolve(str(tmp_path / "live.db"))
+    mirror = tmp_path / "m.duckdb"
+    with recording_writer(location) as (_, writer):
+        writer.add(conn_event(mono_ns=MONO_BASE_NS + 10, sock_id=1))
+        writer.flush()
+        assert rows_of(location, "SELECT count(*) AS n FROM events", mirror) == [{"n": 1}]
+        writer.add(conn_event(mono_ns=MONO_BASE_NS + 20, sock_id=2))
+        writer.add(conn_event(mono_ns=MONO_BASE_NS + 30, sock_id=3))
+        writer.flush()
+        assert rows_of(location, "SELECT count(*) AS n FROM events", mirror) == [{"n": 3}]
+        assert rows_of(
+            location, "SELECT count(*) AS n FROM connections WHERE state = 'open'", mirror
+        ) == [{"n": 3}]
+
+
+def test_formats_and_parquet(tmp_path: Path) -> None:
+    with built_log(tmp_path / "q.db") as (location, b):
+        small_log(b)
+    db = str(location.path)
+    env = {"SCOPE_CACHE_DIR": str(tmp_path / "cache")}
+    sql = "SELECT position, kind, comm FROM events ORDER BY position LIMIT 3"
+    as_csv = run_cli("scope-query", "--db", db, "--format", "csv", sql, env=env)
+    assert list(csv.reader(io.StringIO(as_csv.stdout)))[0] == ["position", "kind", "comm"]
+    ndjson = run_cli("scope-query", "--db", db, "--format", "ndjson", sql, env=env)
+    assert [json.loads(line)["position"] for line in ndjson.stdout.splitlines()] == [1, 2, 3]
+    table = run_cli("scope-query", "--db", db, sql, env=env)
+    assert table.returncode == 0 and "snapshot" in table.stdout
+    parquet = tmp_path / "out.parquet"
+    exported = run_cli(
+        "scope-query", "--db", db, "--format", "parquet", "--output", str(parquet), sql, env=env
+    )
+    assert exported.returncode == 0, exported.stderr
+    import duckdb
+
+    assert duckdb.sql(f"SELECT count(*) FROM '{parquet}'").fetchall() == [(3,)]
+    from_file = tmp_path / "q.sql"
+    from_file.write_text(sql)
+    assert (
+        run_cli("scope-query", "--db", db, "-f", str(from_file), "--format", "csv", env=env).stdout
+        == as_csv.stdout
+    )
+    schema = run_cli("scope-query", "--db", db, "--schema", env=env)
+    assert "connections_at" in schema.stdout and "client_pid" in schema.stdout
+
+
+def _checksum(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("sql", "needle"),
+    [
+        ("SELEC 1", "syntax"),
+        ("SELECT nope FROM events", "nope"),
+        ("DELETE FROM ev", "refused"),
+        ("INSERT INTO ev SELECT * FROM ev", "refused"),
+        ("CREATE TABLE x AS SELECT 1", "refused"),
+        ("DROP VIEW events", "refused"),
+        ("ATTACH '{log}' AS victim", "refused"),
+        ("INSTALL sqlite", "refused"),
+        ("LOAD httpfs", "refused"),
+        ("COPY (SELECT 1) TO '{dir}/x.csv'", "refused"),
+        ("SELECT 1; SELECT 2", "one statement"),
+        ("SELECT * FROM read_csv('{log}')", "disabled"),
+        ("SELECT * FROM read_parquet('https://example.com/x.parquet')", "disabled"),
+    ],
+)
+def test_bad_and_writing_sql_is_refused_and_the_log_is_unchanged(
+    tmp_path: Path, sql: str, needle: str
+) -> None:
+    with built_log(tmp_path / "q.db") as (location, b):
+        small_log(b)
+    log = location.path
+    assert log is not None
+    before = _checksum(log)
+    env = {"SCOPE_CACHE_DIR": str(tmp_path / "cache")}
+    result = run_cli("scope-query", "--db", str(log), sql.format(log=log, dir=log.parent), env=env)
+    assert_one_line_error(result, 1, needle) if needle != "syntax" else assert_one_line_error(
+        result, 1
+    )
+    assert needle.lower() in result.stderr.lower()
+    assert _checksum(log) == before
+    assert not (log.parent / "x.csv").exists()
+
+
+def test_parquet_output_cannot_be_the_log(tmp_path: Path) -> None:
+    with built_log(tmp_path / "q.db") as (location, b):
+        small_log(b)
+    log = str(location.path)
+    result = run_cli(
+        "scope-query",
+        "--db",
+        log,
+        "--format",
+        "parquet",
+        "--output",
+        log,
+        "SELECT 1",
+        env={"SCOPE_CACHE_DIR": str(tmp_path / "c")},
+    )
+    assert_one_line_error(result, 2, "overwrite the log")
