@@ -230,7 +230,7 @@ def test_formats_and_parquet(tmp_path: Path) -> None:
     env = {"SCOPE_CACHE_DIR": str(tmp_path / "cache")}
     sql = "SELECT position, kind, comm FROM events ORDER BY position LIMIT 3"
     as_csv = run_cli("scope-query", "--db", db, "--format", "csv", sql, env=env)
-    assert list(csv.reader(io.StringIO(as_csv.stdout)))[0] == ["position", "kind", "comm"]
+    assert next(csv.reader(io.StringIO(as_csv.stdout))) == ["position", "kind", "comm"]
     ndjson = run_cli("scope-query", "--db", db, "--format", "ndjson", sql, env=env)
     assert [json.loads(line)["position"] for line in ndjson.stdout.splitlines()] == [1, 2, 3]
     table = run_cli("scope-query", "--db", db, sql, env=env)
