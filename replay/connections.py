@@ -282,12 +282,13 @@ def sockets_in_window(reader: LogReader, window: Window) -> list[SocketView]:
     m = _Materializer(reader, window)
     state, retained = window.state, window.retained
     m.prefetch(state.open_positions())
+    m.prefetch(p for pair in retained.pairs for p in pair)
     m.prefetch(
         p for item in retained.closed for p in (item.ref.open_position, item.close_position) if p
     )
     views: list[SocketView] = [m.from_event(m.event(p)) for p in sorted(state.open_positions())]
     views.extend(m.from_snapshot(p, key) for key, p in sorted(state.snapshot_sockets.items()))
-    for item in retained.closed:
+    for item in [Closed(SocketRef(o), c) for o, c in retained.pairs] + retained.closed:
         view = m.closed(item)
         if (
             view is not None

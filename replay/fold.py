@@ -79,6 +79,9 @@ class Closed(NamedTuple):
 
 @dataclass
 class Retained:
+    # The usual case, kept lean: (open position, close position) of sockets whose open and
+    # close events were both folded. Everything else ended is in ``closed``.
+    pairs: list[tuple[int, int]] = field(default_factory=list)
     closed: list[Closed] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)  # CONNECT_FAILED positions
     exited: list[int] = field(default_factory=list)  # EXIT positions
@@ -155,7 +158,10 @@ class Fold:
             if opened is not None:
                 self._tuples.pop(opened, None)
                 if self.retain:
-                    self.retained.closed.append(Closed(SocketRef(opened), position, missed_at))
+                    if missed_at is None:
+                        self.retained.pairs.append((opened, position))
+                    else:
+                        self.retained.closed.append(Closed(SocketRef(opened), position, missed_at))
                 return
         self._close_by_tuple(position)
 
@@ -207,13 +213,14 @@ class Fold:
         )
         closes.pop(None, None)
         cancelled = opens.keys() & closes.keys()
-        opened_at = list(map(opens.__getitem__, cancelled))
-        closed_at = list(map(closes.__getitem__, cancelled))
+        cancelled_ids = list(cancelled)
+        opened_at = list(map(opens.__getitem__, cancelled_ids))
+        closed_at = list(map(closes.__getitem__, cancelled_ids))
         if unusual or any(map(gt, opened_at, closed_at)):  # or a close before its open
             self._apply_each(recording, rows)
             return
         if self.retain:
-            self.retained.closed.extend(Closed(SocketRef(opens[s]), closes[s]) for s in cancelled)
+            self.retained.pairs.extend(zip(opened_at, closed_at, strict=True))
             self.retained.failed.extend(compress(positions, map(_FAILED.__eq__, kinds)))
         for sock_id in sorted(closes.keys() - cancelled):  # type: ignore[type-var]
             self._close(recording, closes[sock_id], sock_id)

@@ -73,6 +73,8 @@ CREATE TABLE IF NOT EXISTS snap_ct (
     reply_dport INTEGER, status INTEGER, tcp_state SMALLINT, ct_id BIGINT, zone INTEGER,
     mark BIGINT);
 CREATE TABLE IF NOT EXISTS cgroups (cgroup VARCHAR PRIMARY KEY, runtime VARCHAR, container_id VARCHAR);
+CREATE TABLE IF NOT EXISTS dict_comms (id INTEGER, name VARCHAR);
+CREATE TABLE IF NOT EXISTS dict_netns (id INTEGER, inode BIGINT);
 """
 
 # One row per socket as replay sees it; see replay.connections.SocketView.
@@ -88,18 +90,17 @@ CREATE TABLE IF NOT EXISTS sockets_open ({_SOCKET_COLUMNS});
 CREATE TABLE IF NOT EXISTS sock_refs (open_pos BIGINT, close_pos BIGINT, missing_pos BIGINT);
 """
 
+# Dictionary ids are resolved in DuckDB (the comms and netns tables are copied whole); the
+# source does as little per row as it can.
 _EVENT_SELECT_SQLITE = """
-SELECT e.position, e.recording_id, e.kind, e.mono_ns, e.pid, c.name, n.inode, lower(hex(e.laddr)),
-       e.lport, lower(hex(e.raddr)), e.rport, e.sock_id, e.bytes_sent, e.bytes_received, e.extra
-FROM events e LEFT JOIN comms c ON c.id = e.comm_id LEFT JOIN netns n ON n.id = e.netns_id
-WHERE e.position > ? AND e.position <= ? ORDER BY e.position
+SELECT position, recording_id, kind, mono_ns, pid, comm_id, netns_id, lower(hex(laddr)), lport,
+       lower(hex(raddr)), rport, sock_id, bytes_sent, bytes_received, extra
+FROM events WHERE position > ? AND position <= ?
 """
 _EVENT_SELECT_POSTGRES = """
-SELECT e.position, e.recording_id, e.kind, e.mono_ns, e.pid, c.name, n.inode,
-       encode(e.laddr, 'hex'), e.lport, encode(e.raddr, 'hex'), e.rport, e.sock_id,
-       e.bytes_sent, e.bytes_received, e.extra::text
-FROM events e LEFT JOIN comms c ON c.id = e.comm_id LEFT JOIN netns n ON n.id = e.netns_id
-WHERE e.position > {after} AND e.position <= {upto} ORDER BY e.position
+SELECT position, recording_id, kind, mono_ns, pid, comm_id, netns_id, encode(laddr, 'hex'), lport,
+       encode(raddr, 'hex'), rport, sock_id, bytes_sent, bytes_received, extra::text
+FROM events WHERE position > {after} AND position <= {upto} ORDER BY position
 """
 _SNAPSHOT_SELECTS = {
     "snap_conn": (
@@ -191,7 +192,7 @@ class MirrorSync:
         self.reader = LogReader(store)
         self.head = self.reader.head()
 
-    def run(self) -> SyncStats:
+    def run(self, signature: str) -> SyncStats:
         started = time.monotonic()
         stats = SyncStats()
         con = self.con
@@ -218,18 +219,23 @@ class MirrorSync:
             state_blob = meta.get("fold_state") if synced else None
             self._fold_sockets(synced, state_blob)
             self._set_meta(
-                {"format": str(FORMAT), "log": fingerprint, "synced_position": str(self.head)}
+                {
+                    "format": str(FORMAT),
+                    "log": fingerprint,
+                    "synced_position": str(self.head),
+                    "signature": signature,
+                }
             )
+            create_views(con)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        create_views(con)
         stats.seconds = time.monotonic() - started
         return stats
 
     def _reset(self) -> None:
-        for table in ("meta", "ev", "addr", "clock", "recordings_raw", "losses_raw", "snap_conn",
+        for table in ("meta", "ev", "addr", "clock", "recordings_raw", "losses_raw", "snap_conn", "dict_comms", "dict_netns",
                       "snap_proc", "snap_ct", "cgroups", "sockets_closed", "sockets_open", "sock_refs"):  # fmt: skip
             self.con.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
         self.con.execute(_SCHEMA + _SOCKET_TABLES)
@@ -267,6 +273,17 @@ class MirrorSync:
         finally:
             raw.close()
 
+    def _insert(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+        """Rows from Python into a mirror table. DuckDB's executemany costs about a
+        millisecond a row; a CSV file costs a microsecond."""
+        if not rows:
+            return
+        with tempfile.TemporaryDirectory(prefix="scope-mirror-") as tmp:
+            path = Path(tmp) / f"{table}.csv"
+            with path.open("w", newline="") as out:
+                csv.writer(out, lineterminator="\n").writerows(rows)
+            self._load_csv(table, path)
+
     def _load_csv(self, table: str, path: Path) -> None:
         if path.stat().st_size:
             self.con.execute(
@@ -277,7 +294,7 @@ class MirrorSync:
         con = self.con
         con.execute(
             "CREATE OR REPLACE TEMP TABLE ev_stage (position BIGINT, recording_id INTEGER, "
-            "kind SMALLINT, mono_ns BIGINT, pid INTEGER, comm VARCHAR, netns BIGINT, laddr VARCHAR, "
+            "kind SMALLINT, mono_ns BIGINT, pid INTEGER, comm_id INTEGER, netns_id INTEGER, laddr VARCHAR, "
             "lport INTEGER, raddr VARCHAR, rport INTEGER, sock_id BIGINT, bytes_sent BIGINT, "
             "bytes_received BIGINT, extra VARCHAR)"
         )
@@ -296,7 +313,7 @@ class MirrorSync:
             INSERT INTO ev
             SELECT s.position, s.recording_id, s.kind, s.mono_ns,
                    s.mono_ns + coalesce(c.offset_ns, f.first_offset),
-                   s.pid, s.comm, s.netns, a1.text, s.lport, a2.text, s.rport, s.sock_id,
+                   s.pid, d.name, n.inode, a1.text, s.lport, a2.text, s.rport, s.sock_id,
                    s.bytes_sent, s.bytes_received, s.extra::JSON, a1.family
             FROM ev_stage s
             ASOF LEFT JOIN clock c ON s.recording_id = c.recording_id AND s.mono_ns >= c.mono_ns
@@ -304,6 +321,8 @@ class MirrorSync:
                        FROM clock GROUP BY recording_id) f ON f.recording_id = s.recording_id
             LEFT JOIN addr a1 ON a1.hex = s.laddr
             LEFT JOIN addr a2 ON a2.hex = s.raddr
+            LEFT JOIN dict_comms d ON d.id = s.comm_id
+            LEFT JOIN dict_netns n ON n.id = s.netns_id
             ORDER BY s.position
             """
         )
@@ -356,15 +375,21 @@ class MirrorSync:
             raw = bytes.fromhex(hex_text)
             rows.append((hex_text, address_text(raw), "inet" if len(raw) == 4 else "inet6"))
         if rows:
-            self.con.executemany("INSERT INTO addr VALUES (?, ?, ?)", rows)
+            self._insert("addr", rows)
 
     def _copy_small_tables(self) -> None:
-        """Recordings, losses and clock samples: small, and recordings change as they stop."""
+        """Recordings, losses, clock samples, dictionaries: small, copied whole each time."""
         con, reader = self.con, self.reader
+        for table, source in (
+            ("dict_comms", "SELECT id, name FROM comms"),
+            ("dict_netns", "SELECT id, inode FROM netns"),
+        ):
+            con.execute(f"DELETE FROM {table}")
+            self._insert(table, [tuple(row) for row in reader._fetch(source)])
         con.execute("DELETE FROM recordings_raw")
         recordings = reader.recordings()
-        con.executemany(
-            "INSERT INTO recordings_raw VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        self._insert(
+            "recordings_raw",
             [
                 (
                     r.id,
@@ -386,23 +411,21 @@ class MirrorSync:
             ],
         )
         con.execute("DELETE FROM losses_raw")
-        losses = reader.losses()
-        if losses:
-            con.executemany(
-                "INSERT INTO losses_raw VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        x.id,
-                        x.recording_id,
-                        x.lost,
-                        x.first_wall_ns,
-                        x.last_wall_ns,
-                        x.after_position,
-                        x.reason,
-                    )
-                    for x in losses
-                ],
-            )
+        self._insert(
+            "losses_raw",
+            [
+                (
+                    x.id,
+                    x.recording_id,
+                    x.lost,
+                    x.first_wall_ns,
+                    x.last_wall_ns,
+                    x.after_position,
+                    x.reason,
+                )
+                for x in reader.losses()
+            ],
+        )
         con.execute("DELETE FROM clock")
         samples = [
             (recording.id, mono, offset)
@@ -410,7 +433,7 @@ class MirrorSync:
             for mono, offset in reader.clock(recording.id).segments()
         ]
         if samples:
-            con.executemany("INSERT INTO clock VALUES (?, ?, ?)", samples)
+            self._insert("clock", samples)
 
     def _update_cgroups(self) -> None:
         new = self.con.execute(
@@ -427,17 +450,16 @@ class MirrorSync:
                 )
             )
         if rows:
-            self.con.executemany("INSERT INTO cgroups VALUES (?, ?, ?)", rows)
+            self._insert("cgroups", rows)
 
     # -- sockets, by replay's own fold -----------------------------------------------------
     def _fold_sockets(self, synced: int, state_blob: str | None) -> None:
         state = ReplayState.from_bytes(bytes.fromhex(state_blob)) if state_blob else ReplayState()
         fold = Fold(state, self.reader, retain=True)
-        for span in self.reader.batches(synced, self.head):
-            low = max(span.first_position - 1, synced)
-            for rows in self.reader.narrow_pages(low, span.last_position):
-                fold.apply(span.recording_id, rows)
-            if len(fold.retained.closed) > 200_000:
+        for recording_id, first, last in _recording_runs(self.reader.batches(synced, self.head)):
+            for rows in self.reader.narrow_pages(max(first - 1, synced), last):
+                fold.apply(recording_id, rows)
+            if len(fold.retained.pairs) + len(fold.retained.closed) > 200_000:
                 self._store_closed(fold.retained)
                 fold.retained = Retained()
         self._store_closed(fold.retained)
@@ -445,7 +467,10 @@ class MirrorSync:
         self._set_meta({"fold_state": fold.state.to_bytes().hex()})
 
     def _store_closed(self, retained: Retained) -> None:
-        by_events = [(c.ref.open_position, c.close_position, c.missing_at) for c in retained.closed
+        by_events: list[tuple[int, int | None, int | None]] = [
+            (o, c, None) for o, c in retained.pairs
+        ]
+        by_events += [(c.ref.open_position, c.close_position, c.missing_at) for c in retained.closed
                      if c.ref.open_position is not None]  # fmt: skip
         others = [c for c in retained.closed if c.ref.open_position is None]
         self._insert_event_sockets("sockets_closed", by_events)
@@ -471,7 +496,7 @@ class MirrorSync:
         if not refs:
             return
         self.con.execute("DELETE FROM sock_refs")
-        self.con.executemany("INSERT INTO sock_refs VALUES (?, ?, ?)", refs)
+        self._insert("sock_refs", refs)
         self.con.execute(
             f"""
             INSERT INTO {table}
@@ -513,14 +538,55 @@ class MirrorSync:
                  view.source, view.close_note if view.close_note == CLOSE_ONLY_NOTE else None,
                  view.bytes_sent, view.bytes_received)
             )  # fmt: skip
-        self.con.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * 20)})", rows)
+        self._insert(table, rows)
+
+
+def _recording_runs(spans: list[Any]) -> Iterator[tuple[int, int, int]]:
+    """(recording, first, last) of consecutive batches of one recording: read in big pages."""
+    run: list[int] | None = None
+    for span in spans:
+        if run is not None and run[0] == span.recording_id and run[2] + 1 == span.first_position:
+            run[2] = span.last_position
+            continue
+        if run is not None:
+            yield run[0], run[1], run[2]
+        run = [span.recording_id, span.first_position, span.last_position]
+    if run is not None:
+        yield run[0], run[1], run[2]
+
+
+def log_signature(reader: LogReader) -> str:
+    """What the mirror must match to be current: the head, the recordings' state, the counts
+    of the small tables. Cheap to compute, so an up-to-date mirror costs almost nothing."""
+    recordings = [(r.id, r.stop_reason, r.stopped_mono_ns) for r in reader.recordings()]
+    losses = len(reader.losses())
+    clocks = sum(len(reader.clock(r[0])) for r in recordings)
+    views = hashlib.sha256(VIEWS_SQL.encode()).hexdigest()[:12]
+    payload = (
+        f"{FORMAT}|{views}|{reader.head()}|{log_fingerprint(reader)}|{recordings}|{losses}|{clocks}"
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _current_signature(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    try:
+        with connect(path, read_only=True) as con:
+            row = con.execute("SELECT value FROM meta WHERE key = 'signature'").fetchone()
+    except (duckdb.Error, QueryError):
+        return None
+    return str(row[0]) if row else None
 
 
 def sync_mirror(store: LogStore, path: Path) -> SyncStats:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        signature = log_signature(LogReader(store))
+        if _current_signature(path) == signature:
+            return SyncStats()
         with connect(path, read_only=False) as con:
-            return MirrorSync(store, con).run()
+            return MirrorSync(store, con).run(signature)
     except duckdb.Error as exc:
         raise QueryError(
             f"could not bring the query mirror up to date: {_first_line(exc)}"

@@ -97,3 +97,10 @@ def test_recording_into_an_old_log_migrates_it(log_location: LogLocation) -> Non
         writer.flush()
         with store.connect() as conn:
             assert schema_state(conn)[0] is SchemaState.CURRENT
+
+
+def test_the_listed_revisions_are_the_migration_scripts() -> None:
+    scripts = migrate.script_directory()
+    listed = [rev.revision for rev in scripts.walk_revisions()][::-1]
+    assert tuple(listed) == migrate.REVISIONS
+    assert scripts.get_current_head() == migrate.head_revision()

@@ -94,6 +94,7 @@ def test_fast_fold_equals_the_definition(
         assert fast.state == slow.state, (start, end)
     assert fast.state == slow.state
     assert fast.state.to_bytes() == slow.state.to_bytes()
+    assert sorted(fast.retained.pairs) == sorted(slow.retained.pairs)
     assert sorted(fast.retained.closed, key=repr) == sorted(slow.retained.closed, key=repr)
     assert sorted(fast.retained.failed) == sorted(slow.retained.failed)
     assert sorted(fast.retained.exited) == sorted(slow.retained.exited)
