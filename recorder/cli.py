@@ -73,6 +73,9 @@ def record(
     redact_cmdline: Annotated[
         bool, typer.Option("--redact-cmdline", help="Keep only argv[0] of command lines.")
     ] = False,
+    no_conntrack: Annotated[
+        bool, typer.Option("--no-conntrack", help="Do not record conntrack (NAT) entries.")
+    ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No status line or summary.")
     ] = False,
@@ -97,6 +100,7 @@ def record(
         require_ebpf=require_ebpf,
         mode=None if mode is Mode.auto else mode.value,
         redact_cmdline=redact_cmdline,
+        conntrack=not no_conntrack,
         sqlite=SqliteOptions(synchronous=sync.upper()),
         capture=CaptureOptions(ringbuf_bytes=int(ringbuf_mb * (1 << 20))),
     )

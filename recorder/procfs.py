@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recorder.events import SnapshotConnection, SnapshotProcess
+from recorder.events import ConntrackEntry, SnapshotConnection, SnapshotProcess
 
 # Kernel TCP states kept from /proc/net/tcp: open connections as Scope kept them, and
 # listeners, which tell replay which side of a pre-existing connection is the server.
@@ -145,7 +145,9 @@ class ProcWalk:
     processes: list[SnapshotProcess] = field(default_factory=list)
     connections: list[SnapshotConnection] = field(default_factory=list)
     namespaces: set[int] = field(default_factory=set)
+    namespace_paths: dict[int, str] = field(default_factory=dict)  # inode -> a path to enter it
     stats: ParseStats = field(default_factory=ParseStats)
+    conntrack: list[ConntrackEntry] | None = None  # None: not read with this walk
     started_mono_ns: int = 0
     finished_mono_ns: int = 0
 
@@ -191,6 +193,33 @@ def pids(proc: Path = Path("/proc")) -> list[int]:
         return []
 
 
+NAMED_NETNS_DIRS = ("/run/netns", "/var/run/netns")
+
+
+def network_namespaces(proc: Path = Path("/proc")) -> dict[int, str]:
+    """Every network namespace in use: those of processes, and named ones (``ip netns add``
+    keeps a namespace alive with no process in it). Inode -> a path that enters it."""
+    found: dict[int, str] = {}
+    for directory in NAMED_NETNS_DIRS:
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for name in names:
+            path = f"{directory}/{name}"
+            try:
+                found.setdefault(os.stat(path).st_ino, path)
+            except OSError:
+                continue
+    for pid in pids(proc):
+        path = f"{proc}/{pid}/ns/net"
+        try:
+            found.setdefault(os.stat(path).st_ino, path)
+        except OSError:
+            continue
+    return found
+
+
 def walk(proc: Path = Path("/proc"), redact_cmdline: bool = False) -> ProcWalk:
     """Processes, and TCP sockets in kept states from every network namespace, with owners."""
     result = ProcWalk(started_mono_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC))
@@ -228,6 +257,7 @@ def walk(proc: Path = Path("/proc"), redact_cmdline: bool = False) -> ProcWalk:
             socket_owner.setdefault(inode, pid)  # pids ascend: the lowest owner wins
     for netns, pid in sorted(netns_reader.items()):
         result.namespaces.add(netns)
+        result.namespace_paths[netns] = f"{proc}/{pid}/ns/net"
         for table in ("tcp", "tcp6"):
             text = _read_text(f"{proc}/{pid}/net/{table}")
             if text is None:

@@ -21,6 +21,7 @@ from typing import Any
 from recorder import __version__
 from recorder.capture import CaptureOptions, EbpfCapture, KernelStats, why_ebpf_unavailable
 from recorder.clock import ClockModel, monotonic_ns, sample_clock
+from recorder.conntrack import ConntrackWatcher
 from recorder.decode import DecodeError, decode_record
 from recorder.errors import EbpfUnavailableError, LogError, ScopeError
 from recorder.events import Event, Kind, Loss, Snapshot
@@ -34,10 +35,11 @@ from recorder.log.recordings import (
     begin_recording,
     close_abandoned_recordings,
     end_recording,
+    set_recording_field,
 )
 from recorder.log.store import LogStore, Purpose, SqliteOptions, open_log
 from recorder.log.writer import LogWriter
-from recorder.procfs import ProcWalk, walk
+from recorder.procfs import ProcWalk, network_namespaces, walk
 from recorder.procmode import ProcPoller
 from recorder.reorder import ReorderBuffer
 
@@ -61,6 +63,7 @@ class RecordOptions:
     require_ebpf: bool = False
     mode: str | None = None  # force MODE_EBPF or MODE_PROC; None = eBPF if possible
     redact_cmdline: bool = False
+    conntrack: bool = True
     sqlite: SqliteOptions = field(default_factory=SqliteOptions)
     capture: CaptureOptions = field(default_factory=CaptureOptions)
 
@@ -89,10 +92,11 @@ def _default_notify(message: str) -> None:
 
 
 class _SnapshotWorker:
-    """Runs /proc walks off the draining thread, one at a time."""
+    """Runs /proc walks (and conntrack dumps) off the draining thread, one at a time."""
 
-    def __init__(self, redact_cmdline: bool) -> None:
+    def __init__(self, redact_cmdline: bool, conntrack: ConntrackWatcher | None = None) -> None:
         self._redact = redact_cmdline
+        self.conntrack = conntrack
         self._results: queue.Queue[tuple[int, ProcWalk | BaseException]] = queue.Queue()
         self.busy_since: int | None = None
 
@@ -103,7 +107,12 @@ class _SnapshotWorker:
 
     def _run(self, started_mono_ns: int) -> None:
         try:
-            self._results.put((started_mono_ns, walk(redact_cmdline=self._redact)))
+            proc_walk = walk(redact_cmdline=self._redact)
+            if self.conntrack is not None and self.conntrack.capturing:
+                # Namespaces that appeared since the last walk are followed from now on.
+                self.conntrack.add_namespaces(proc_walk.namespace_paths)
+                proc_walk.conntrack = self.conntrack.dump()
+            self._results.put((started_mono_ns, proc_walk))
         except BaseException as exc:  # reported by the recorder, which keeps going
             self._results.put((started_mono_ns, exc))
 
@@ -147,9 +156,14 @@ def snapshot_of(
             "opened_during_walk": len(proc_walk.connections) - len(connections),
             "unreadable": proc_walk.stats.vanished,
             "bad_lines": proc_walk.stats.bad_lines,
+            "conntrack": proc_walk.conntrack is not None,
         },
     )
-    return event, Snapshot(connections=connections, processes=tuple(sorted(proc_walk.processes)))
+    return event, Snapshot(
+        connections=connections,
+        processes=tuple(sorted(proc_walk.processes)),
+        conntrack=tuple(proc_walk.conntrack or ()),
+    )
 
 
 @contextlib.contextmanager
@@ -314,7 +328,8 @@ class _Session:
         self.writer = writer
         self.capture = capture
         self.reorder = ReorderBuffer(REORDER_HORIZON_NS if capture else 0)
-        self.snapshots = _SnapshotWorker(self.options.redact_cmdline)
+        self.conntrack = ConntrackWatcher(monotonic_ns) if self.options.conntrack else None
+        self.snapshots = _SnapshotWorker(self.options.redact_cmdline, self.conntrack)
         self.poller = ProcPoller() if capture is None else None
         self.started = started_mono_ns
         self.kernel = KernelStats(0, 0, 0, 0, 0, 0)
@@ -324,8 +339,28 @@ class _Session:
         self.initial_snapshot_mono: int | None = None
 
     # -- the loop --------------------------------------------------------------------------
+    def _start_conntrack(self) -> None:
+        if self.conntrack is None:
+            set_recording_field(
+                self.store, self.progress.recording_id, conntrack="off (--no-conntrack)"
+            )
+            return
+        status = self.conntrack.start(network_namespaces)
+        if not self.conntrack.capturing:
+            self.recorder.notify(
+                f"conntrack not captured ({status}); recording goes on without NAT"
+            )
+        set_recording_field(self.store, self.progress.recording_id, conntrack=status)
+
+    def _drain_conntrack(self) -> None:
+        if self.conntrack is not None:
+            events = self.conntrack.drain()
+            if events:
+                self.reorder.add(events)
+
     def loop(self) -> str:
         options = self.options
+        self._start_conntrack()
         deadline = (
             self.started + int(options.duration_s * 1e9) if options.duration_s is not None else None
         )
@@ -357,6 +392,7 @@ class _Session:
                 next_snapshot = now + snapshot_every
                 self._start_snapshot(now)
             self._collect_snapshot()
+            self._drain_conntrack()
             if now >= next_clock:
                 next_clock = now + CLOCK_SAMPLE_INTERVAL_NS
                 self.writer.add_clock_sample(sample_clock())
@@ -460,6 +496,9 @@ class _Session:
                 self.progress.lost_events += unaccounted
         while self.snapshots.busy_since is not None:
             self._collect_snapshot(timeout=0.1)
+        if self.conntrack is not None:
+            self.conntrack.stop()
+            self._drain_conntrack()
         self.reorder.release_all(self.writer)
         self._flush()
         return reason
@@ -468,6 +507,8 @@ class _Session:
         """After an error: stop the kernel side; what is buffered is lost with the log."""
         if self.capture is not None:
             self.capture.close()
+        if self.conntrack is not None:
+            self.conntrack.stop()
 
     def counters(self) -> dict[str, int]:
         """The accounting a test or an operator can check: staged in the kernel = received

@@ -20,6 +20,7 @@ from recorder.log.reader import LogReader, Recording
 from recorder.procfs import TCP_LISTEN
 from replay.engine import Window
 from replay.fold import Closed, SocketRef
+from replay.nat import Translation, nat_index
 from replay.state import TupleKey
 
 CLIENT = "client"
@@ -69,12 +70,20 @@ class SocketView:
     source: str
     origin: tuple[int, int]  # (position, ordinal): stable identity in the log
     positions: list[int] = field(default_factory=list)
+    nat: Translation | None = None  # conntrack rewrote this (client) socket's connection
     known_ns: int | None = None  # from when replay knows of it (open event, snapshot, close)
     close_event_ns: int | None = None  # its close event, if one came
     missing_ns: int | None = None  # the snapshot that no longer showed it, if any
     close_note: str | None = None
     bytes_sent: int | None = None
     bytes_received: int | None = None
+
+    def server_side_view(self) -> tuple[tuple[str, int], tuple[str, int]]:
+        """(client, server) as the server's socket sees them: after any NAT."""
+        if self.nat is not None:
+            seen = self.nat.server_view
+            return (seen[0], seen[1]), (seen[2], seen[3])
+        return self.client, self.server
 
     @property
     def client(self) -> tuple[str, int]:
@@ -105,7 +114,8 @@ class ConnectionRow:
     server_pid: int | None = None
     server_comm: str | None = None
     server_netns: int | None = None
-    nat: str | None = None
+    nat_destination: str | None = None  # the real backend, when conntrack rewrote the destination
+    nat_source: str | None = None  # the client as the server saw it, when the source was rewritten
     source: str = "events"
     positions: list[int] = field(default_factory=list)
     note: str | None = None
@@ -304,6 +314,12 @@ def sockets_in_window(reader: LogReader, window: Window) -> list[SocketView]:
             and window.start_ns < view.closed_ns <= window.at_ns
         ):
             views.append(view)
+    nat = nat_index(reader, state)
+    if len(nat):
+        for view in views:
+            if view.role != SERVER:
+                client, server = view.client, view.server
+                view.nat = nat.lookup(view.recording_id, view.netns, (*client, *server))
     return views
 
 
@@ -340,7 +356,7 @@ def failed_attempts(reader: LogReader, window: Window) -> list[ConnectionRow]:
 
 
 def _pair_key(view: SocketView) -> tuple[object, ...]:
-    client, server = view.client, view.server
+    client, server = view.server_side_view()
     loopback = is_loopback(view.laddr) or is_loopback(view.raddr)
     return (view.host_id, client, server, view.netns if loopback else None)
 
@@ -379,6 +395,10 @@ def pair(views: list[SocketView]) -> list[ConnectionRow]:
 def _row(client: SocketView | None, server: SocketView | None) -> ConnectionRow:
     sides = [v for v in (client, server) if v is not None]
     first = min(sides, key=lambda v: v.origin)
+    seen = client or first  # endpoints as the client used them, when its socket is ours
+    nat = client.nat if client is not None else None
+    real = nat.real_destination if nat else None
+    source_nat = nat.translated_source if nat else None
     opened = [v.opened_ns for v in sides if v.opened_ns is not None]
     closed = [v.closed_ns for v in sides if v.closed_ns is not None]
     is_open = any(v.closed_ns is None for v in sides)
@@ -389,8 +409,8 @@ def _row(client: SocketView | None, server: SocketView | None) -> ConnectionRow:
         state="open" if is_open else "closed",
         direction=direction,
         host=first.host_id,
-        client=_endpoint(*first.client),
-        server=_endpoint(*first.server),
+        client=_endpoint(*seen.client),
+        server=_endpoint(*seen.server),
         opened_ns=min(opened) if opened else None,
         closed_ns=None if is_open else (max(closed) if closed else None),
         client_pid=client.pid if client else None,
@@ -404,12 +424,14 @@ def _row(client: SocketView | None, server: SocketView | None) -> ConnectionRow:
         note="; ".join(notes) or None,
         bytes_sent=client.bytes_sent if client else (server.bytes_received if server else None),
         bytes_received=client.bytes_received if client else (server.bytes_sent if server else None),
-        client_ip=first.client[0],
-        client_port=first.client[1],
-        server_ip=first.server[0],
-        server_port=first.server[1],
+        client_ip=seen.client[0],
+        client_port=seen.client[1],
+        server_ip=real[0] if real else seen.server[0],
+        server_port=real[1] if real else seen.server[1],
         client_local=client is not None,
         server_local=server is not None,
+        nat_destination=_endpoint(*real) if real else None,
+        nat_source=_endpoint(*source_nat) if source_nat else None,
     )
 
 

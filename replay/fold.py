@@ -60,6 +60,8 @@ class LogLookup(Protocol):
 
     def snapshot_pids(self, position: int) -> list[int]: ...
 
+    def snapshot_conntrack_keys(self, position: int) -> list[tuple[int, int]]: ...
+
 
 class SocketRef(NamedTuple):
     """Where a socket's opening is in the log: its open event, or the snapshot that showed it."""
@@ -254,6 +256,22 @@ class Fold:
             tuples.update(self.lookup.tuples_at(unknown))
         return dict(zip(ours.keys(), map(tuples.__getitem__, ours.values()), strict=True))
 
+    def _reconcile_conntrack(
+        self, recording: int, position: int, namespaces: set[int] | None
+    ) -> None:
+        """The dump is the truth for the namespaces it covered: entries it lacks are gone."""
+        conntrack = self.state.conntrack
+        dumped = {
+            (recording, netns, ct_id)
+            for netns, ct_id in self.lookup.snapshot_conntrack_keys(position)
+        }
+        covered = [key for key in conntrack if namespaces is None or key[1] in namespaces]
+        gone = [key for key in covered if key[0] == recording and key not in dumped]
+        for key in gone:
+            del conntrack[key]
+        for key in dumped:
+            conntrack.setdefault(key, position)
+
     def _apply_snapshot(self, recording: int, position: int) -> None:
         """Reconcile with what /proc showed: add what only it knows, close what it lost.
 
@@ -297,6 +315,8 @@ class Fold:
             if self.retain:
                 ref = SocketRef(open_position)
                 self.retained.closed.append(Closed(ref, None, missing_at=missed_at))
+        if (marker.extra or {}).get("conntrack"):
+            self._reconcile_conntrack(recording, position, namespaces)
         live = set(self.lookup.snapshot_pids(position))
         for process_key in [k for k in state.processes if k[0] == recording and k[1] not in live]:
             del state.processes[process_key]

@@ -78,7 +78,7 @@ connections_rows AS (
         CASE WHEN (has_client AND c_end IS NULL) OR (has_server AND s_end IS NULL) THEN NULL
              ELSE greatest(c_end, s_end) END AS closed_ns,
         client_pid, client_comm, client_netns, server_pid, server_comm, server_netns,
-        CAST(NULL AS VARCHAR) AS nat,
+        CAST(NULL AS VARCHAR) AS nat_destination, CAST(NULL AS VARCHAR) AS nat_source,
         array_to_string(list_sort(list_distinct(list_filter([c_source, s_source], lambda x: x IS NOT NULL))), '+') AS source,
         nullif(array_to_string(list_sort(list_distinct(list_filter([c_note, s_note], lambda x: x IS NOT NULL))), '; '), '') AS note,
         bytes_sent, bytes_received, recording_id, false AS failed,
@@ -94,7 +94,8 @@ def _failed(where: str) -> str:
         e.wall_ns AS opened_ns, e.wall_ns AS closed_ns,
         e.pid AS client_pid, e.comm AS client_comm, e.netns AS client_netns,
         CAST(NULL AS INTEGER) AS server_pid, CAST(NULL AS VARCHAR) AS server_comm,
-        CAST(NULL AS BIGINT) AS server_netns, CAST(NULL AS VARCHAR) AS nat, 'events' AS source,
+        CAST(NULL AS BIGINT) AS server_netns, CAST(NULL AS VARCHAR) AS nat_destination,
+        CAST(NULL AS VARCHAR) AS nat_source, 'events' AS source,
         CASE WHEN json_extract(e.extra, '$.error') IS NOT NULL
              THEN 'connect failed: errno ' || json_extract(e.extra, '$.error')
              ELSE 'connect failed' END AS note,
@@ -109,7 +110,8 @@ _OUTPUT = """
     SELECT id, state, direction, host, client, server,
         make_timestamp_ns(opened_ns) AS opened_at, make_timestamp_ns(closed_ns) AS closed_at,
         CASE WHEN state <> 'failed' THEN closed_ns - opened_ns END AS duration_ns,
-        client_pid, client_comm, client_netns, server_pid, server_comm, server_netns, nat,
+        client_pid, client_comm, client_netns, server_pid, server_comm, server_netns,
+        nat_destination, nat_source,
         source, note, bytes_sent, bytes_received, opened_ns, closed_ns, recording_id, failed,
         client_ip, client_port, server_ip, server_port
     FROM ({rows}) u

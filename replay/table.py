@@ -74,12 +74,22 @@ def replay_table(
 COLUMNS = (
     "id", "state", "direction", "client", "server", "opened_at", "closed_at", "duration",
     "client_pid", "client_comm", "server_pid", "server_comm", "client_netns", "server_netns",
-    "nat", "source", "host", "bytes_sent", "bytes_received", "positions", "note",
+    "nat_destination", "nat_source", "source", "host", "bytes_sent", "bytes_received",
+    "positions", "note",
 )  # fmt: skip
 TABLE_COLUMNS = (
-    "state", "direction", "client", "server", "opened_at", "duration", "client_proc",
+    "state", "direction", "client", "server", "nat", "opened_at", "duration", "client_proc",
     "server_proc", "source", "id",
 )  # fmt: skip
+
+
+def _nat(row: ConnectionRow) -> str:
+    parts = []
+    if row.nat_destination:
+        parts.append(f"to {row.nat_destination}")
+    if row.nat_source:
+        parts.append(f"from {row.nat_source}")
+    return ", ".join(parts)
 
 
 def _proc(pid: int | None, comm: str | None) -> str:
@@ -93,8 +103,8 @@ def row_values(row: ConnectionRow) -> list[Any]:
         row.id, row.state, row.direction, row.client, row.server, format_ns(row.opened_ns),
         format_ns(row.closed_ns), format_duration(row.duration_ns), row.client_pid,
         row.client_comm, row.server_pid, row.server_comm, row.client_netns, row.server_netns,
-        row.nat, row.source, row.host, row.bytes_sent, row.bytes_received, row.positions,
-        row.note,
+        row.nat_destination, row.nat_source, row.source, row.host, row.bytes_sent,
+        row.bytes_received, row.positions, row.note,
     ]  # fmt: skip
 
 
@@ -133,7 +143,8 @@ def render(result: TableResult, fmt: str) -> str:
         f"{len(result.rows)}\n"
     )
     table_rows = [
-        [row.state, row.direction, row.client, row.server, format_ns(row.opened_ns) or "(before)",
+        [row.state, row.direction, row.client, row.server, _nat(row),
+         format_ns(row.opened_ns) or "(before)",
          format_duration(row.duration_ns), _proc(row.client_pid, row.client_comm),
          _proc(row.server_pid, row.server_comm), row.source, row.id]
         for row in result.rows

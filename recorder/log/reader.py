@@ -373,6 +373,13 @@ class LogReader:
             (position,),
         )
 
+    def snapshot_conntrack_keys(self, position: int) -> list[tuple[int, int]]:
+        """(netns, conntrack id) of every entry a snapshot's conntrack dump holds."""
+        rows = self._fetch(
+            "SELECT netns, ct_id FROM snapshot_conntrack WHERE position = ?", (position,)
+        )
+        return [(int(netns), int(ct_id)) for netns, ct_id in rows]
+
     def snapshot_pids(self, position: int) -> list[int]:
         rows = self._fetch("SELECT pid FROM snapshot_processes WHERE position = ?", (position,))
         return [int(row[0]) for row in rows]

@@ -35,4 +35,5 @@ def test_connections_opened_during_the_walk_are_left_to_their_events() -> None:
         "opened_during_walk": 1,
         "unreadable": 0,
         "bad_lines": 0,
+        "conntrack": False,
     }

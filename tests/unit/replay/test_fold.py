@@ -47,6 +47,9 @@ class MemoryLog:
             for c in self.snapshot(position).connections
         ]
 
+    def snapshot_conntrack_keys(self, position: int) -> list[tuple[int, int]]:
+        return [(c.netns, c.ct_id) for c in self.snapshot(position).conntrack]
+
     def snapshot_pids(self, position: int) -> list[int]:
         return [p.pid for p in self.snapshot(position).processes]
 

@@ -1,0 +1,318 @@
+"""Conntrack (NAT) capture: every network namespace's TCP entries, dumped and followed.
+
+Conntrack tables are per network namespace, so one netfilter netlink socket is opened in each
+namespace the recorder knows of (the root one and those the /proc walks find; pyroute2 opens a
+socket inside a namespace from its /proc/<pid>/ns/net path). Each gets a full dump when asked
+(the snapshots) and follows changes: new entries, status changes (NAT, seen reply, assured)
+and destroyed entries. TCP-state-only updates are left out: they are many and NAT resolution
+does not need them. Everything runs in one asyncio loop on a thread of its own; the recorder
+drains the events it collected.
+
+If conntrack cannot be read (module absent, no CAP_NET_ADMIN), ``status`` says why and the
+rest of the capture goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from recorder.events import ConntrackEntry, Event, Kind
+
+IPPROTO_TCP = 6
+NFNLGRP_CONNTRACK_NEW = 1
+NFNLGRP_CONNTRACK_UPDATE = 2
+NFNLGRP_CONNTRACK_DESTROY = 3
+IPCTNL_MSG_CT_NEW = 0
+IPCTNL_MSG_CT_DELETE = 2
+NLM_F_CREATE = 0x400
+IPS_SRC_NAT = 0x10
+IPS_DST_NAT = 0x20
+IPS_NAT_MASK = IPS_SRC_NAT | IPS_DST_NAT
+DUMP_TIMEOUT_S = 10.0
+STARTUP_TIMEOUT_S = 15.0
+DISCOVERY_PERIOD_S = 1.0  # how soon a new network namespace is followed
+
+T = TypeVar("T")
+
+
+def _groups() -> int:
+    return sum(
+        1 << (g - 1)
+        for g in (NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY)
+    )
+
+
+def _address(msg: Any, direction: str, field: str) -> bytes | None:
+    for version in ("V4", "V6"):
+        text = msg.get_nested(direction, "CTA_TUPLE_IP", f"CTA_IP_{version}_{field}")
+        if text:
+            return ipaddress.ip_address(text).packed
+    return None
+
+
+def entry_of(msg: Any, netns: int) -> ConntrackEntry | None:
+    """A TCP conntrack entry from a netlink message, or None for anything else."""
+    if msg.get_nested("CTA_TUPLE_ORIG", "CTA_TUPLE_PROTO", "CTA_PROTO_NUM") != IPPROTO_TCP:
+        return None
+    orig_src, orig_dst = (
+        _address(msg, "CTA_TUPLE_ORIG", "SRC"),
+        _address(msg, "CTA_TUPLE_ORIG", "DST"),
+    )
+    reply_src, reply_dst = (
+        _address(msg, "CTA_TUPLE_REPLY", "SRC"),
+        _address(msg, "CTA_TUPLE_REPLY", "DST"),
+    )
+    if None in (orig_src, orig_dst, reply_src, reply_dst):
+        return None
+
+    def port(direction: str, field: str) -> int:
+        return int(msg.get_nested(direction, "CTA_TUPLE_PROTO", f"CTA_PROTO_{field}_PORT") or 0)
+
+    state = msg.get_nested("CTA_PROTOINFO", "CTA_PROTOINFO_TCP", "CTA_PROTOINFO_TCP_STATE")
+    return ConntrackEntry(
+        netns=netns,
+        orig_src=orig_src,  # type: ignore[arg-type]
+        orig_dst=orig_dst,  # type: ignore[arg-type]
+        orig_sport=port("CTA_TUPLE_ORIG", "SRC"),
+        orig_dport=port("CTA_TUPLE_ORIG", "DST"),
+        reply_src=reply_src,  # type: ignore[arg-type]
+        reply_dst=reply_dst,  # type: ignore[arg-type]
+        reply_sport=port("CTA_TUPLE_REPLY", "SRC"),
+        reply_dport=port("CTA_TUPLE_REPLY", "DST"),
+        status=int(msg.get_attr("CTA_STATUS") or 0),
+        tcp_state=int(state or 0),
+        ct_id=int(msg.get_attr("CTA_ID") or 0),
+        zone=int(msg.get_attr("CTA_ZONE") or 0),
+        mark=int(msg.get_attr("CTA_MARK") or 0),
+    )
+
+
+def event_of(kind: Kind, mono_ns: int, entry: ConntrackEntry) -> Event:
+    """A conntrack change as a log event: the original tuple where sockets keep theirs."""
+    return Event(
+        kind=int(kind),
+        mono_ns=mono_ns,
+        netns=entry.netns,
+        laddr=entry.orig_src,
+        lport=entry.orig_sport,
+        raddr=entry.orig_dst,
+        rport=entry.orig_dport,
+        extra={
+            "ct_id": entry.ct_id,
+            "status": entry.status,
+            "tcp_state": entry.tcp_state,
+            "zone": entry.zone,
+            "mark": entry.mark,
+            "reply_src": str(ipaddress.ip_address(entry.reply_src)),
+            "reply_dst": str(ipaddress.ip_address(entry.reply_dst)),
+            "reply_sport": entry.reply_sport,
+            "reply_dport": entry.reply_dport,
+        },
+    )
+
+
+def entry_from_event(event: Any) -> ConntrackEntry:
+    """The entry a CT_* event describes (the inverse of ``event_of``)."""
+    extra = event.extra or {}
+    return ConntrackEntry(
+        netns=event.netns or 0,
+        orig_src=event.laddr or b"",
+        orig_dst=event.raddr or b"",
+        orig_sport=event.lport or 0,
+        orig_dport=event.rport or 0,
+        reply_src=ipaddress.ip_address(extra.get("reply_src", "0.0.0.0")).packed,
+        reply_dst=ipaddress.ip_address(extra.get("reply_dst", "0.0.0.0")).packed,
+        reply_sport=int(extra.get("reply_sport", 0)),
+        reply_dport=int(extra.get("reply_dport", 0)),
+        status=int(extra.get("status", 0)),
+        tcp_state=int(extra.get("tcp_state", 0)),
+        ct_id=int(extra.get("ct_id", 0)),
+        zone=int(extra.get("zone", 0)),
+        mark=int(extra.get("mark", 0)),
+    )
+
+
+class ConntrackWatcher:
+    """Follows conntrack in a set of namespaces from a thread running an asyncio loop."""
+
+    def __init__(self, clock: Callable[[], int]) -> None:
+        self._clock = clock
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="scope-conntrack", daemon=True
+        )
+        self._namespaces: dict[int, str] = {}  # netns inode -> path to open it by
+        self._listeners: dict[int, asyncio.Task[None]] = {}
+        self._events: list[Event] = []
+        self._statuses: dict[tuple[int, int], int] = {}  # (netns, ct id) -> last status seen
+        self._lock = threading.Lock()
+        self.failures: dict[int, str] = {}
+        self.status: str | None = None
+        self._discovery: Future[None] | None = None
+
+    @property
+    def capturing(self) -> bool:
+        return self.status is not None and self.status.startswith("captured")
+
+    def _run(self, coroutine: Awaitable[T], timeout: float) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)  # type: ignore[arg-type]
+        return future.result(timeout)
+
+    def start(self, discover: Callable[[], dict[int, str]] | None = None) -> str:
+        """Follow every namespace ``discover`` finds, now and every second; return the status."""
+        self._thread.start()
+        try:
+            self._run(self._probe(), STARTUP_TIMEOUT_S)
+        except Exception as exc:
+            self.status = f"unavailable: {_reason(exc)}"
+            return self.status
+        self.status = "captured"
+        if discover is not None:
+            self.add_namespaces(discover())
+            self._discovery = asyncio.run_coroutine_threadsafe(self._discover(discover), self._loop)
+        return self.status
+
+    async def _discover(self, discover: Callable[[], dict[int, str]]) -> None:
+        while True:
+            await asyncio.sleep(DISCOVERY_PERIOD_S)
+            for inode, path in sorted(discover().items()):
+                if inode not in self._namespaces:
+                    self._namespaces[inode] = path
+                    try:
+                        await self._listen(inode, path)
+                    except Exception as exc:
+                        self.failures[inode] = _reason(exc)
+
+    async def _probe(self) -> None:
+        """Open one socket in our own namespace: fails fast without conntrack or privileges."""
+        from pyroute2.netlink.nfnetlink.nfctsocket import AsyncNFCTSocket  # noqa: PLC0415
+
+        sock = AsyncNFCTSocket(nfgen_family=socket.AF_INET)
+        try:
+            await sock.setup_endpoint()
+            async for _ in await sock.dump():
+                break
+        finally:
+            sock.close()
+
+    def add_namespaces(self, namespaces: dict[int, str]) -> None:
+        """Follow namespaces not followed yet (from a /proc walk)."""
+        if not self.capturing:
+            return
+        for inode, path in sorted(namespaces.items()):
+            if inode in self._namespaces:
+                continue
+            self._namespaces[inode] = path
+            try:
+                self._run(self._listen(inode, path), STARTUP_TIMEOUT_S)
+            except Exception as exc:
+                self.failures[inode] = _reason(exc)
+
+    async def _listen(self, inode: int, path: str) -> None:
+        from pyroute2.netlink.nfnetlink.nfctsocket import AsyncNFCTSocket  # noqa: PLC0415
+
+        sock = AsyncNFCTSocket(nfgen_family=socket.AF_UNSPEC, netns=path, groups=_groups())
+        await sock.setup_endpoint()
+        await sock.bind(groups=_groups())
+        self._listeners[inode] = asyncio.ensure_future(self._follow(inode, sock))
+
+    async def _follow(self, inode: int, sock: Any) -> None:
+        try:
+            while True:
+                async for msg in sock.get():
+                    self._record(inode, msg)
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        except Exception as exc:  # the namespace went away, or netlink failed
+            self.failures[inode] = _reason(exc)
+            with contextlib.suppress(Exception):
+                sock.close()
+
+    def _record(self, inode: int, msg: Any) -> None:
+        entry = entry_of(msg, inode)
+        if entry is None:
+            return
+        message_type = msg["header"]["type"] & 0xFF
+        key = (inode, entry.ct_id)
+        if message_type == IPCTNL_MSG_CT_DELETE:
+            kind = Kind.CT_DESTROY
+            self._statuses.pop(key, None)
+        elif msg["header"]["flags"] & NLM_F_CREATE or key not in self._statuses:
+            kind = Kind.CT_NEW
+        elif self._statuses.get(key) != entry.status:
+            kind = Kind.CT_UPDATE
+        else:
+            return  # a TCP state change only
+        if kind != Kind.CT_DESTROY:
+            self._statuses[key] = entry.status
+        event = event_of(kind, self._clock(), entry)
+        with self._lock:
+            self._events.append(event)
+
+    def drain(self) -> list[Event]:
+        with self._lock:
+            events, self._events = self._events, []
+        return events
+
+    def dump(self) -> list[ConntrackEntry]:
+        """Every TCP entry of every followed namespace, now."""
+        if not self.capturing:
+            return []
+        entries: list[ConntrackEntry] = []
+        for inode, path in sorted(self._namespaces.items()):
+            if inode in self.failures:
+                continue
+            try:
+                entries.extend(self._run(self._dump(inode, path), DUMP_TIMEOUT_S))
+            except Exception as exc:
+                self.failures[inode] = _reason(exc)
+        return sorted(entries, key=lambda e: (e.netns, e.ct_id))
+
+    async def _dump(self, inode: int, path: str) -> list[ConntrackEntry]:
+        from pyroute2.netlink.nfnetlink.nfctsocket import AsyncNFCTSocket  # noqa: PLC0415
+
+        found = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            sock = AsyncNFCTSocket(nfgen_family=family, netns=path)
+            try:
+                await sock.setup_endpoint()
+                async for msg in await sock.dump():
+                    entry = entry_of(msg, inode)
+                    if entry is not None:
+                        found.append(entry)
+            finally:
+                sock.close()
+        return found
+
+    def stop(self) -> None:
+        if self._discovery is not None:
+            self._discovery.cancel()
+
+        async def cancel_all() -> None:
+            for task in self._listeners.values():
+                task.cancel()
+            await asyncio.gather(*self._listeners.values(), return_exceptions=True)
+
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                self._run(cancel_all(), 5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+        self._loop.close()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) in (1, 13):
+        return "no permission (CAP_NET_ADMIN is needed to read conntrack)"
+    if isinstance(exc, TimeoutError):
+        return "conntrack did not answer in time"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text

@@ -1,0 +1,156 @@
+"""NAT through real namespaces, iptables rules and conntrack, made and removed by each test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from recorder.events import Kind
+from recorder.log.location import LogLocation, resolve
+from recorder.workload import run_client, running_server
+from tests.capabilities import require
+from tests.cli import BIN, run_cli
+from tests.ebpf import require_ebpf
+from tests.netns import can_make_namespaces, in_netns, veth_pair
+from tests.recording import recording
+
+pytestmark = [pytest.mark.ebpf, pytest.mark.netns]
+
+
+@pytest.fixture
+def location(tmp_path: Path) -> LogLocation:
+    require_ebpf()
+    require(
+        can_make_namespaces() and shutil.which("iptables") is not None,
+        "root, iproute2 and iptables",
+    )
+    return resolve(str(tmp_path / "scope.db"))
+
+
+def table_at(location: LogLocation, at_ns: int) -> list[dict]:  # type: ignore[type-arg]
+    result = run_cli(
+        "scope-replay",
+        "--db",
+        str(location.path),
+        "--at",
+        str(at_ns),
+        "--window",
+        "30s",
+        "--format",
+        "json",
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["connections"]  # type: ignore[no-any-return]
+
+
+def test_dnat_in_the_client_namespace_reaches_the_real_backend(
+    location: LogLocation, tmp_path: Path
+) -> None:
+    count = 5
+    with veth_pair("10.214") as (left, right), recording(location, snapshot_interval_s=0) as run:
+        with running_server(
+            "nat-backend", hosts=(right.address,), netns=right.name, workdir=tmp_path
+        ) as server:
+            in_netns(
+                left.name,
+                "ip",
+                "route",
+                "add",
+                "10.99.0.0/24",
+                "dev",
+                f"va{left.name.split('-')[-1]}",
+            )
+            in_netns(left.name, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", "10.99.0.10",
+                     "--dport", "80", "-j", "DNAT", "--to-destination", f"{right.address}:{server.port}")  # fmt: skip
+            client = run_client(
+                "nat-client", "10.99.0.10", 80, count=count, hold_ms=50, netns=left.name
+            )
+            assert client.wait(timeout=60) == 0
+            time.sleep(0.3)
+            moment = time.time_ns()
+            client_netns = left.inode
+    events = run.events()
+    ct = [e for e in events if e.kind in (Kind.CT_NEW, Kind.CT_UPDATE, Kind.CT_DESTROY)]
+    assert len([e for e in ct if e.kind == Kind.CT_NEW and e.rport == 80]) == count
+    assert {e.netns for e in ct if e.rport == 80} == {client_netns}
+    rows = [r for r in table_at(location, moment) if r["client_comm"] == "nat-client"]
+    assert len(rows) == count
+    for row in rows:
+        assert row["server"] == "10.99.0.10:80"
+        assert row["nat_destination"] == f"{right.address}:{server.port}"
+        assert (row["direction"], row["server_pid"], row["server_comm"]) == (
+            "local",
+            server.pid,
+            "nat-backend",
+        )
+
+
+def test_port_forward_on_the_server_side(location: LogLocation, tmp_path: Path) -> None:
+    with veth_pair("10.215") as (left, right), recording(location, snapshot_interval_s=0):
+        with running_server(
+            "fwd-backend", hosts=(right.address,), netns=right.name, workdir=tmp_path
+        ) as server:
+            in_netns(right.name, "iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-d", right.address,
+                     "--dport", "8080", "-j", "DNAT", "--to-destination", f"{right.address}:{server.port}")  # fmt: skip
+            client = run_client(
+                "fwd-client", right.address, 8080, count=3, hold_ms=50, netns=left.name
+            )
+            assert client.wait(timeout=60) == 0
+            time.sleep(0.3)
+            moment = time.time_ns()
+    rows = [r for r in table_at(location, moment) if r["client_comm"] == "fwd-client"]
+    assert len(rows) == 3
+    assert {(r["server"], r["nat_destination"], r["server_comm"]) for r in rows} == {
+        (f"{right.address}:8080", f"{right.address}:{server.port}", "fwd-backend")
+    }
+
+
+def test_snat_is_seen_from_the_server(location: LogLocation, tmp_path: Path) -> None:
+    with veth_pair("10.216") as (left, right), recording(location, snapshot_interval_s=0):
+        device = f"va{left.name.split('-')[-1]}"
+        in_netns(left.name, "ip", "addr", "add", "10.216.0.3/24", "dev", device)
+        with running_server(
+            "snat-backend", hosts=(right.address,), netns=right.name, workdir=tmp_path
+        ) as server:
+            in_netns(left.name, "iptables", "-t", "nat", "-A", "POSTROUTING", "-p", "tcp", "-d", right.address,
+                     "--dport", str(server.port), "-j", "SNAT", "--to-source", "10.216.0.3")  # fmt: skip
+            client = run_client(
+                "snat-client", right.address, server.port, count=3, hold_ms=50, netns=left.name
+            )
+            assert client.wait(timeout=60) == 0
+            time.sleep(0.3)
+            moment = time.time_ns()
+    rows = [r for r in table_at(location, moment) if r["client_comm"] == "snat-client"]
+    assert len(rows) == 3
+    for row in rows:
+        assert row["client"].startswith(f"{left.address}:")
+        assert row["nat_source"].startswith("10.216.0.3:")
+        assert (row["direction"], row["server_comm"]) == ("local", "snat-backend")
+
+
+def test_without_conntrack_the_recording_goes_on_and_says_so(tmp_path: Path) -> None:
+    require(can_make_namespaces(), "root to drop privileges")
+    shared = Path(tempfile.mkdtemp(prefix="scope-noct-"))
+    shared.chmod(0o777)
+    try:
+        db = shared / "noct.db"
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+             "--bounding-set=-all", str(BIN / "scope-record"), "--db", str(db), "--duration", "1.5",
+             "--proc-interval", "0.3", "--snapshot-interval", "0"],
+            capture_output=True, text=True, timeout=60, check=False, cwd=shared,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "conntrack not captured" in result.stderr
+        info = run_cli("scope-replay", "info", "--db", str(db), "--format", "json")
+        (recording_info,) = json.loads(info.stdout)["recordings"]
+        assert recording_info["conntrack"].startswith("unavailable")
+        assert recording_info["mode"] == "proc"
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
