@@ -53,17 +53,11 @@ class Replayer:
         self.save_checkpoints = save_checkpoints and use_checkpoints
         self.policy = policy or CheckpointPolicy()
         self.stats = SeekStats()
-        self._spans: list[BatchSpan] | None = None
 
     # -- the log's extent ------------------------------------------------------------------
-    def spans(self) -> list[BatchSpan]:
-        if self._spans is None:
-            self._spans = self.reader.batches(0, self.head)
-        return self._spans
-
     def log_span(self) -> LogSpan | None:
-        spans = self.spans()
-        if not spans:
+        extent = self.reader.wall_extent()
+        if extent is None:
             return None
         recordings = self.reader.recordings()
         starts = [r.started_wall_ns for r in recordings]
@@ -72,8 +66,8 @@ class Replayer:
             for r in recordings
             if r.stopped_mono_ns is not None and len(self.reader.clock(r.id))
         ]
-        start = min([*starts, min(s.min_wall_ns for s in spans)])
-        return LogSpan(start, max([*ends, max(s.max_wall_ns for s in spans)]))
+        start = min([*starts, extent[0]])
+        return LogSpan(start, max([*ends, extent[1]]))
 
     # -- seeking ---------------------------------------------------------------------------
     def state_at(self, at_ns: int) -> ReplayState:
@@ -85,10 +79,12 @@ class Replayer:
         fold = Fold(state, self.reader)
         complete = True  # every event up to state.position folded, none skipped
         since_checkpoint, wall_at_checkpoint = 0, state.max_wall_ns
-        for span in self._merged(self.spans(), state.position, at_ns):
-            if span.min_wall_ns > at_ns:
-                complete = False
-                continue
+        spans = self.reader.batches_where(state.position, self.head, at_ns)
+        expected_first = state.position + 1
+        for span in self._merged(spans, state.position, at_ns):
+            if span.first_position > expected_first:
+                complete = False  # the batches between held only later events
+            expected_first = span.last_position + 1
             whole = complete and span.max_wall_ns <= at_ns
             for rows in self._rows(span, None if whole else (None, at_ns)):
                 fold.apply(span.recording_id, rows)
@@ -144,9 +140,7 @@ class Replayer:
         start_ns = at_ns - window_ns
         state = self.state_at(start_ns)
         fold = Fold(state, self.reader, retain=True)
-        for span in self.spans():
-            if span.max_wall_ns <= start_ns or span.min_wall_ns > at_ns:
-                continue
+        for span in self.reader.batches_where(0, self.head, at_ns, start_ns):
             for rows in self._rows(span, (start_ns, at_ns)):
                 fold.apply(span.recording_id, rows)
         return Window(at_ns, start_ns, state, fold.retained)
@@ -155,8 +149,8 @@ class Replayer:
         """Fold the whole log from nothing, saving checkpoints by the policy."""
         self.use_checkpoints = False
         self.save_checkpoints = True
-        end = self.spans()[-1].max_wall_ns if self.spans() else 0
-        self.state_at(end)
+        extent = self.reader.wall_extent()
+        self.state_at(extent[1] if extent else 0)
         return self.stats.checkpoints_saved
 
     # -- reading ---------------------------------------------------------------------------

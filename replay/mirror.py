@@ -579,10 +579,34 @@ def _current_signature(path: Path) -> str | None:
     return str(row[0]) if row else None
 
 
-def sync_mirror(store: LogStore, path: Path) -> SyncStats:
+@contextmanager
+def current_mirror(
+    store: LogStore, path: Path, config: dict[str, Any] | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection to the mirror of ``store``, brought up to date first if needed.
+
+    An up-to-date mirror is opened once: its signature is read on the connection that then
+    runs the query.
+    """
+    signature = log_signature(LogReader(store))
+    if path.exists():
+        with connect(path, read_only=True, config=config) as con:
+            try:
+                row = con.execute("SELECT value FROM meta WHERE key = 'signature'").fetchone()
+            except duckdb.Error:
+                row = None
+            if row is not None and row[0] == signature:
+                yield con
+                return
+    sync_mirror(store, path, signature)
+    with connect(path, read_only=True, config=config) as con:
+        yield con
+
+
+def sync_mirror(store: LogStore, path: Path, signature: str | None = None) -> SyncStats:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        signature = log_signature(LogReader(store))
+        signature = signature or log_signature(LogReader(store))
         if _current_signature(path) == signature:
             return SyncStats()
         with connect(path, read_only=False) as con:

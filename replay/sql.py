@@ -166,11 +166,13 @@ def run_query(
     if fmt == "parquet" and output is None:
         raise UsageError("--format parquet needs --output FILE")
     _refuse_log_as_output(store, output)
-    path = prepare(store, mirror_path)
+    path = mirror_path or mirror.default_mirror_path(store)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":
+        mirror.sync_mirror(store, path)
         assert output is not None
         return _export_parquet(path, sql, output)
-    with mirror.connect(path, read_only=True, config=_SANDBOX) as con:
+    with mirror.current_mirror(store, path, config=_SANDBOX) as con:
         check_statement(con, sql)
         try:
             result = con.execute(sql)

@@ -195,6 +195,28 @@ class LogReader:
         )
         return [BatchSpan(*row) for row in rows]
 
+    def batches_where(
+        self, after: int, upto: int, min_wall_at_most: int, max_wall_above: int | None = None
+    ) -> list[BatchSpan]:
+        """Batches after ``after`` that may hold events at or before a wall time (and, if
+        given, after another): the time index, consulted without reading the whole of it."""
+        sql = (
+            "SELECT first_position, last_position, recording_id, min_wall_ns, max_wall_ns "
+            "FROM batches WHERE last_position > ? AND first_position <= ? AND min_wall_ns <= ?"
+        )
+        params: list[int] = [after, upto, min_wall_at_most]
+        if max_wall_above is not None:
+            sql += " AND max_wall_ns > ?"
+            params.append(max_wall_above)
+        rows = self._fetch(sql + " ORDER BY last_position", tuple(params))
+        return [BatchSpan(*row) for row in rows]
+
+    def wall_extent(self) -> tuple[int, int] | None:
+        rows = self._fetch("SELECT min(min_wall_ns), max(max_wall_ns) FROM batches")
+        if not rows or rows[0][0] is None:
+            return None
+        return int(rows[0][0]), int(rows[0][1])
+
     def losses(self) -> list[LossRecord]:
         columns = ", ".join(LossRecord.__dataclass_fields__)
         rows = self._query(f"SELECT {columns} FROM losses ORDER BY id")
