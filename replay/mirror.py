@@ -161,6 +161,8 @@ def connect(
     """Open the mirror, waiting while another process holds its write lock."""
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
+        # The mirror holds what the log holds (command lines, peers): owner-only, like it.
+        previous_umask = os.umask(0o077)
         try:
             con = duckdb.connect(
                 str(path), read_only=read_only, config={**DUCKDB_SAFE_CONFIG, **(config or {})}
@@ -172,6 +174,8 @@ def connect(
                     f"cannot open the query mirror {path}: {_first_line(exc)}"
                 ) from exc
             time.sleep(0.1)
+        finally:
+            os.umask(previous_umask)
     try:
         yield con
     finally:
@@ -604,7 +608,7 @@ def current_mirror(
 
 
 def sync_mirror(store: LogStore, path: Path, signature: str | None = None) -> SyncStats:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         signature = signature or log_signature(LogReader(store))
         if _current_signature(path) == signature:

@@ -167,7 +167,7 @@ def run_query(
         raise UsageError("--format parquet needs --output FILE")
     _refuse_log_as_output(store, output)
     path = mirror_path or mirror.default_mirror_path(store)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if fmt == "parquet":
         mirror.sync_mirror(store, path)
         assert output is not None
