@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import signal
+from pathlib import Path
 import sys
 import threading
 from typing import Annotated
@@ -76,6 +77,20 @@ def record(
     no_conntrack: Annotated[
         bool, typer.Option("--no-conntrack", help="Do not record conntrack (NAT) entries.")
     ] = False,
+    buffer_events: Annotated[
+        int,
+        typer.Option(help="Events kept in memory while a PostgreSQL log is unreachable."),
+    ] = 1_000_000,
+    progress_file: Annotated[
+        Path | None,
+        typer.Option(help="Append a line here after every commit (what is durable so far)."),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Append to a log owned by another user, or in an unsafe directory."
+        ),
+    ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No status line or summary.")
     ] = False,
@@ -89,6 +104,7 @@ def record(
     _positive(flush_interval, "--flush-interval")
     _positive(proc_interval, "--proc-interval")
     _positive(ringbuf_mb, "--ringbuf-mb")
+    _positive(buffer_events, "--buffer-events")
     if sync.upper() not in SQLITE_SYNC_LEVELS:
         raise UsageError(f"--sync must be one of {', '.join(SQLITE_SYNC_LEVELS)}")
     options = RecordOptions(
@@ -101,7 +117,9 @@ def record(
         mode=None if mode is Mode.auto else mode.value,
         redact_cmdline=redact_cmdline,
         conntrack=not no_conntrack,
-        sqlite=SqliteOptions(synchronous=sync.upper()),
+        buffer_events=buffer_events,
+        progress_file=progress_file,
+        sqlite=SqliteOptions(synchronous=sync.upper(), force=force),
         capture=CaptureOptions(ringbuf_bytes=int(ringbuf_mb * (1 << 20))),
     )
     recorder = Recorder(options, notify=_notify_quiet if quiet else _notify)

@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from recorder import __version__
@@ -23,7 +24,7 @@ from recorder.capture import CaptureOptions, EbpfCapture, KernelStats, why_ebpf_
 from recorder.clock import ClockModel, monotonic_ns, sample_clock
 from recorder.conntrack import ConntrackWatcher
 from recorder.decode import DecodeError, decode_record
-from recorder.errors import EbpfUnavailableError, LogError, ScopeError
+from recorder.errors import EbpfUnavailableError, LogError, LogWriteError, ScopeError
 from recorder.events import Event, Kind, Loss, Snapshot
 from recorder.host import host_identity, local_addresses, netns_inode
 from recorder.log.location import LogLocation
@@ -51,6 +52,7 @@ STATS_INTERVAL_NS = 200_000_000
 # Longest an event can wait before reaching user space: a CPU's stage age, one tick of the
 # per-CPU flush timer, one drain; plus room for accept() returning late.
 REORDER_HORIZON_NS = 300_000_000
+OUTAGE_RETRY_NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class RecordOptions:
     mode: str | None = None  # force MODE_EBPF or MODE_PROC; None = eBPF if possible
     redact_cmdline: bool = False
     conntrack: bool = True
+    buffer_events: int = 1_000_000  # kept in memory while a PostgreSQL store is unreachable
+    progress_file: Path | None = None  # one line per commit: what is durable so far
     sqlite: SqliteOptions = field(default_factory=SqliteOptions)
     capture: CaptureOptions = field(default_factory=CaptureOptions)
 
@@ -336,6 +340,8 @@ class _Session:
         self.stats_read_mono = started_mono_ns
         self.decode_errors = 0
         self.received_events = 0
+        self.outage_since: int | None = None
+        self.retry_at = 0
         self.initial_snapshot_mono: int | None = None
 
     # -- the loop --------------------------------------------------------------------------
@@ -400,7 +406,7 @@ class _Session:
                 next_stats = now + STATS_INTERVAL_NS
                 self._account_kernel_losses(now)
             self.reorder.release(now, self.writer)
-            if self.writer.due(now):
+            if self.writer.due(now) and now >= self.retry_at:
                 self._flush()
 
     def _drain(self, records: list[bytes]) -> None:
@@ -415,10 +421,45 @@ class _Session:
             self.received_events += len(events)
             self.reorder.add(events)
 
-    def _flush(self) -> None:
-        self.writer.flush()
+    def _flush(self, final: bool = False) -> None:
+        try:
+            result = self.writer.flush()
+        except LogError as exc:
+            if not self.store.location.is_postgres or final:
+                raise
+            self._hold_during_outage(exc)
+            return
+        if self.outage_since is not None:
+            seconds = (monotonic_ns() - self.outage_since) / 1e9
+            self.recorder.notify(f"the log is reachable again after {seconds:.1f} s; caught up")
+            self.outage_since = None
         self.progress.committed_events = self.writer.committed_events
         self.progress.late_events = self.reorder.late_events
+        if result is not None and self.options.progress_file is not None:
+            with self.options.progress_file.open("a") as out:
+                out.write(
+                    f"recording={self.progress.recording_id} position={self.writer.last_position} "
+                    f"committed={self.writer.committed_events}\n"
+                )
+
+    def _hold_during_outage(self, exc: LogError) -> None:
+        """A central store went away: keep capturing into memory, retry, up to a bound."""
+        now = monotonic_ns()
+        waiting = self.writer.pending_events
+        if self.outage_since is None:
+            self.outage_since = now
+            self.recorder.notify(
+                f"{exc}: keeping events in memory (up to {self.options.buffer_events:,}) "
+                "and retrying"
+            )
+        if waiting > self.options.buffer_events:
+            seconds = (now - self.outage_since) / 1e9
+            raise LogWriteError(
+                f"the log has been unreachable for {seconds:.0f} s and {waiting:,} events are "
+                f"waiting, more than --buffer-events {self.options.buffer_events:,}: stopping "
+                "(they are lost; the recording is marked as crashed by the next scope-record)"
+            ) from exc
+        self.retry_at = now + OUTAGE_RETRY_NS
 
     # -- snapshots -------------------------------------------------------------------------
     def _initial_snapshot(self) -> None:
@@ -500,7 +541,7 @@ class _Session:
             self.conntrack.stop()
             self._drain_conntrack()
         self.reorder.release_all(self.writer)
-        self._flush()
+        self._flush(final=True)
         return reason
 
     def abandon(self) -> None:

@@ -51,6 +51,7 @@ class Purpose(enum.Enum):
 class SqliteOptions:
     synchronous: str = "FULL"
     busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
+    force: bool = False  # record into a log owned by someone else, or in an unsafe directory
 
 
 @dataclass
@@ -91,6 +92,8 @@ def open_log(
     """Open the log at ``location`` for ``purpose``; see the module docstring."""
     if location.is_sqlite:
         _check_sqlite_file(location, purpose)
+        if purpose is Purpose.RECORD and not (sqlite and sqlite.force):
+            _check_safe_to_record(location)
         engine = _sqlite_engine(location, sqlite or SqliteOptions())
     else:
         engine = _postgres_engine(location)
@@ -211,6 +214,24 @@ def _check_sqlite_file(location: LogLocation, purpose: Purpose) -> None:
     _check_not_truncated(path)
     if create and not os.access(path, os.W_OK):
         raise LogLocationError(f"{path} is not writable")
+
+
+def _check_safe_to_record(location: LogLocation) -> None:
+    """The log holds command lines and peers: do not write where others could swap or read it."""
+    path = location.path
+    assert path is not None
+    directory = path.parent.stat()
+    if directory.st_mode & 0o002 and not directory.st_mode & 0o1000:
+        raise LogLocationError(
+            f"{path.parent} is writable by everyone (and not sticky): another user could replace "
+            "the log; use another directory, or --force"
+        )
+    owner = path.stat().st_uid if path.exists() else os.geteuid()
+    if owner != os.geteuid():
+        raise LogLocationError(
+            f"{path} belongs to uid {owner}, not to this user ({os.geteuid()}): "
+            "refusing to append to it (--force to do it anyway)"
+        )
 
 
 def _check_not_truncated(path: Path) -> None:

@@ -137,7 +137,7 @@ def test_snat_is_seen_from_the_server(location: LogLocation, tmp_path: Path) -> 
 def test_without_conntrack_the_recording_goes_on_and_says_so(tmp_path: Path) -> None:
     require(can_make_namespaces(), "root to drop privileges")
     shared = Path(tempfile.mkdtemp(prefix="scope-noct-"))
-    shared.chmod(0o777)
+    shared.chmod(0o1777)
     try:
         db = shared / "noct.db"
         result = subprocess.run(

@@ -247,7 +247,7 @@ def test_require_ebpf_fails_clearly_without_privileges(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to drop privileges")
     shared = Path(tempfile.mkdtemp(prefix="scope-unpriv-"))
-    shared.chmod(0o777)
+    shared.chmod(0o1777)
     db = shared / "unpriv.db"
     result = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
