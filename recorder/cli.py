@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import enum
 import signal
-from pathlib import Path
 import sys
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -146,7 +146,7 @@ def _notify(message: str) -> None:
 
 
 def _notify_quiet(message: str) -> None:
-    if message.startswith("using /proc mode"):
+    if message.startswith(("using /proc mode", "warning:")):
         _notify(message)
 
 

@@ -53,6 +53,7 @@ STATS_INTERVAL_NS = 200_000_000
 # per-CPU flush timer, one drain; plus room for accept() returning late.
 REORDER_HORIZON_NS = 300_000_000
 OUTAGE_RETRY_NS = 1_000_000_000
+LOSS_WARNING_INTERVAL_NS = 10_000_000_000
 
 
 @dataclass(frozen=True)
@@ -338,6 +339,7 @@ class _Session:
         self.started = started_mono_ns
         self.kernel = KernelStats(0, 0, 0, 0, 0, 0)
         self.stats_read_mono = started_mono_ns
+        self.loss_warned_at: int | None = None
         self.decode_errors = 0
         self.received_events = 0
         self.outage_since: int | None = None
@@ -521,6 +523,19 @@ class _Session:
         self.progress.unattributed_sockets = current.sock_table_full
         self.kernel = current
         self.stats_read_mono = now
+        if lost > 0 or missed > 0:
+            self._warn_losses(now)
+
+    def _warn_losses(self, now: int) -> None:
+        """Say so when the kernel drops events, at most once per LOSS_WARNING_INTERVAL_NS."""
+        if self.loss_warned_at is not None and now - self.loss_warned_at < LOSS_WARNING_INTERVAL_NS:
+            return
+        self.loss_warned_at = now
+        self.recorder.notify(
+            f"warning: {self.progress.lost_events:,} events lost so far in the kernel "
+            f"(counted in the log's losses); a larger --ringbuf-mb helps if the ring buffer "
+            "overflowed"
+        )
 
     # -- stopping --------------------------------------------------------------------------
     def _finish(self, reason: str) -> str:

@@ -235,7 +235,15 @@ def _check_safe_to_record(location: LogLocation) -> None:
 
 
 def _check_not_truncated(path: Path) -> None:
-    """Refuse a file shorter than its header says: it was cut (copy, disk full, crash)."""
+    """Refuse a file shorter than its header says: it was cut (a partial copy, say).
+
+    Not while a write-ahead log sits next to it: a checkpoint that ran out of disk writes
+    page 1 before the pages that extend the file, and those pages are still in the WAL,
+    which SQLite reads first. That log is whole.
+    """
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        return
     with path.open("rb") as handle:
         header = handle.read(100)
     if len(header) < 100:
