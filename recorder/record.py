@@ -433,7 +433,9 @@ class _Session:
             return
         if self.outage_since is not None:
             seconds = (monotonic_ns() - self.outage_since) / 1e9
-            self.recorder.notify(f"the log is reachable again after {seconds:.1f} s; caught up")
+            self.recorder.notify(
+                f"warning: the log is reachable again after {seconds:.1f} s; caught up"
+            )
             self.outage_since = None
         self.progress.committed_events = self.writer.committed_events
         self.progress.late_events = self.reorder.late_events
@@ -451,8 +453,8 @@ class _Session:
         if self.outage_since is None:
             self.outage_since = now
             self.recorder.notify(
-                f"{exc}: keeping events in memory (up to {self.options.buffer_events:,}) "
-                "and retrying"
+                f"warning: {exc}: keeping events in memory (up to "
+                f"{self.options.buffer_events:,}) and retrying"
             )
         if waiting > self.options.buffer_events:
             seconds = (now - self.outage_since) / 1e9
