@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import signal
 import sys
 import threading
@@ -27,6 +28,9 @@ from recorder.record import (
     log_size_bytes,
 )
 
+MAX_SECONDS = 10 * 365 * 86400.0  # ten years: beyond it a number is a typo
+MAX_RINGBUF_MB = 2048  # the kernel caps a BPF ring buffer below 4 GiB
+
 app = typer.Typer(add_completion=False, help="Record TCP connection events into the log.")
 
 
@@ -36,11 +40,17 @@ class Mode(enum.StrEnum):
     proc = MODE_PROC
 
 
-def _positive(value: float | None, name: str, allow_zero: bool = False) -> None:
+def _positive(
+    value: float | None, name: str, allow_zero: bool = False, most: float | None = None
+) -> None:
     if value is None:
         return
-    if value < 0 or (value == 0 and not allow_zero):
-        raise UsageError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, not {value:g}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise UsageError(
+            f"{name} must be a number {'>= 0' if allow_zero else '> 0'}, not {value:g}"
+        )
+    if most is not None and value > most:
+        raise UsageError(f"{name} must be at most {most:g}, not {value:g}")
 
 
 @app.command()
@@ -99,11 +109,11 @@ def record(
 
     Example: scope-record --db scope.db --duration 60
     """
-    _positive(duration, "--duration")
-    _positive(snapshot_interval, "--snapshot-interval", allow_zero=True)
-    _positive(flush_interval, "--flush-interval")
-    _positive(proc_interval, "--proc-interval")
-    _positive(ringbuf_mb, "--ringbuf-mb")
+    _positive(duration, "--duration", most=MAX_SECONDS)
+    _positive(snapshot_interval, "--snapshot-interval", allow_zero=True, most=MAX_SECONDS)
+    _positive(flush_interval, "--flush-interval", most=MAX_SECONDS * 1000)
+    _positive(proc_interval, "--proc-interval", most=MAX_SECONDS)
+    _positive(ringbuf_mb, "--ringbuf-mb", most=MAX_RINGBUF_MB)
     _positive(buffer_events, "--buffer-events")
     if sync.upper() not in SQLITE_SYNC_LEVELS:
         raise UsageError(f"--sync must be one of {', '.join(SQLITE_SYNC_LEVELS)}")

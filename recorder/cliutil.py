@@ -10,11 +10,12 @@ from __future__ import annotations
 import enum
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
-from recorder.errors import ScopeError
+from recorder.errors import ScopeError, UsageError
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70
@@ -76,4 +77,19 @@ def run(app: typer.Typer, prog: str, argv: list[str] | None = None) -> NoReturn:
 
 
 def _one_line(message: str) -> str:
+    # Click wraps the errors of enum conversion as "Value error, ...": the rest says it all.
+    message = message.replace("Value error, ", "")
     return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def check_output_path(output: Path | None) -> None:
+    """Refuse an --output that cannot be written before any work is done, not after."""
+    if output is None:
+        return
+    if output.is_dir():
+        raise UsageError(f"cannot write {output}: it is a directory")
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {output}: directory {parent} does not exist")
+    if not os.access(output if output.exists() else parent, os.W_OK):
+        raise UsageError(f"cannot write {output}: permission denied or read-only file system")

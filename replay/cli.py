@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from recorder.cliutil import DbOption, OutputFormat, run
+from recorder.cliutil import DbOption, OutputFormat, check_output_path, run
 from recorder.errors import UsageError
 from recorder.log.admin import schema_status, upgrade_schema
 from recorder.log.location import resolve
@@ -151,6 +151,7 @@ def replay_main(
     if at is None:
         typer.echo(ctx.get_help())
         return
+    check_output_path(output)
     fmt = format.value
     if view is ViewName.connections:
         if fmt not in ("table", "json", "csv"):
@@ -179,7 +180,8 @@ def replay_main(
     _emit(rendered, output)
 
 
-@app.command("diff")
+# Offsets from the log's end (-60s) look like options; let them through as the two moments.
+@app.command("diff", context_settings={"ignore_unknown_options": True})
 def diff_command(
     before: Annotated[str, typer.Argument(metavar="T1", help="The earlier moment.")],
     after: Annotated[str, typer.Argument(metavar="T2", help="The later moment.")],

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from recorder.cliutil import DbOption, run
+from recorder.cliutil import DbOption, check_output_path, run
 from recorder.errors import UsageError
 from recorder.log.location import resolve
 from recorder.log.store import Purpose, open_log
@@ -58,6 +58,7 @@ def main_command(
 
     Example: scope-query "SELECT comm, count(*) FROM events WHERE kind = 'connect' GROUP BY 1"
     """
+    check_output_path(output)
     with open_log(resolve(db), Purpose.READ) as store:
         if schema:
             rows = query.describe(store, mirror)

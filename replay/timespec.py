@@ -32,6 +32,8 @@ _RFC3339 = re.compile(
     r"(Z|z|[+-]\d{2}:?\d{2})?$"
 )
 _NS_DIGITS = 16  # an integer this long is nanoseconds; shorter ones are seconds
+LONGEST_NS = 100 * 365 * 86_400 * 1_000_000_000  # keeps every sum inside 64-bit integers
+LATEST_NS = 253_402_300_799_999_999_999  # 9999-12-31T23:59:59.999999999Z, as far as we print
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,10 @@ def parse_duration(text: str, what: str = "duration") -> int:
             f"invalid {what} {text!r}: use a number and a unit, e.g. 15s, 500ms, 2m, 1h"
         )
     number, unit = match.groups()
-    return _scaled(number, _UNITS_NS[unit or "s"])
+    value = _scaled(number, _UNITS_NS[unit or "s"])
+    if value > LONGEST_NS:
+        raise UsageError(f"invalid {what} {text!r}: longer than 100 years")
+    return value
 
 
 def _scaled(number: str, unit_ns: int) -> int:
@@ -71,10 +76,14 @@ def parse_moment(text: str, span: LogSpan | None = None) -> int:
             raise UsageError(f"{text!r} is relative to the log, which has no events")
         return span.end_ns - delta if sign == "-" else span.start_ns + delta
     if re.fullmatch(r"\d+", raw):
-        return int(raw) if len(raw) >= _NS_DIGITS else int(raw) * 1_000_000_000
-    if re.fullmatch(r"\d+\.\d+", raw):
-        return _scaled(raw, 1_000_000_000)
-    return _parse_rfc3339(text)
+        moment = int(raw) if len(raw) >= _NS_DIGITS else int(raw) * 1_000_000_000
+    elif re.fullmatch(r"\d+\.\d+", raw):
+        moment = _scaled(raw, 1_000_000_000)
+    else:
+        return _parse_rfc3339(text)
+    if moment > LATEST_NS:
+        raise UsageError(f"invalid time {text!r}: after the year 9999")
+    return moment
 
 
 def _parse_rfc3339(text: str) -> int:
@@ -115,7 +124,10 @@ def format_ns(ns: int | None) -> str:
     if ns is None:
         return ""
     seconds, nanos = divmod(ns, 1_000_000_000)
-    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+    try:
+        moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+    except OverflowError:  # a moment a user computed far outside any log
+        return f"{ns}ns since the epoch"
     return f"{moment:%Y-%m-%dT%H:%M:%S}.{nanos:09d}Z"
 
 

@@ -31,7 +31,7 @@ from recorder.errors import (
     SchemaMissingError,
     SchemaTooNewError,
 )
-from recorder.log import migrate
+from recorder.log import migrate, schema
 from recorder.log.location import LogLocation
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -116,6 +116,7 @@ class SchemaState(enum.Enum):
     BEHIND = "behind"  # an older scope-recorder wrote it; migrations pending
     NEWER = "newer"  # a newer scope-recorder wrote it
     FOREIGN = "foreign"  # a database that is not a scope-recorder log
+    DAMAGED = "damaged"  # says it is a current log, but tables are missing
 
 
 def schema_state(conn: Connection) -> tuple[SchemaState, str | None]:
@@ -135,6 +136,8 @@ def schema_state(conn: Connection) -> tuple[SchemaState, str | None]:
     fmt = conn.exec_driver_sql("SELECT value FROM log_meta WHERE key = 'format'").scalar()
     if fmt != LOG_FORMAT:
         return SchemaState.FOREIGN, revision
+    if set(schema.metadata.tables) - tables:
+        return SchemaState.DAMAGED, revision
     return SchemaState.CURRENT, revision
 
 
@@ -147,6 +150,11 @@ def ensure_schema(store: LogStore, migrate_if_needed: bool) -> None:
             return
         if state is SchemaState.FOREIGN:
             raise LogOpenError(f"{where} is a database but not a scope-recorder log")
+        if state is SchemaState.DAMAGED:
+            missing = sorted(set(schema.metadata.tables) - set(inspect(conn).get_table_names()))
+            raise LogOpenError(
+                f"{where} is a damaged scope-recorder log: missing tables {', '.join(missing)}"
+            )
         if state is SchemaState.NEWER:
             raise SchemaTooNewError(
                 f"{where} was written by a newer scope-recorder (schema {revision}; "

@@ -1,0 +1,153 @@
+"""Bad command lines, for each of the three CLIs: one clear line on stderr, exit code 2.
+
+(Bad log files and locations are in test_bad_logs.py, bad SQL in the query tests.)
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from recorder.log.location import resolve
+from tests.capabilities import is_root, require
+from tests.cli import assert_one_line_error, run_cli
+from tests.factories import conn_event, recording_writer
+
+EXIT_USAGE = 2
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bad-input") / "scope.db"
+    with recording_writer(resolve(str(path))) as (_, writer):
+        for i in range(200):
+            writer.add(conn_event(mono_ns=10**12 + i * 1_000_000, sock_id=i))
+        writer.flush()
+    return path
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory nobody can write to, root included: a read-only filesystem."""
+    require(is_root(), "root (to mount a read-only tmpfs)")
+    mount_point = tmp_path / "ro"
+    mount_point.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount_point)], check=True
+    )
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+REPLAY_CASES = {
+    "malformed time": (["--at", "yesterday"], "invalid time 'yesterday'"),
+    "time before the log": (["--at", "2001-01-01T00:00:00Z"], "is outside the log"),
+    "time after the log": (["--at", "2999-01-01T00:00:00Z"], "is outside the log"),
+    "huge unix seconds": (["--at", "99999999999999"], "after the year 9999"),
+    "huge offset": (["--at=-99999999999d"], "longer than 100 years"),
+    "huge window": (["--at", "-0s", "--window", "99999999999d"], "longer than 100 years"),
+    "negative window": (["--at", "-0s", "--window", "-5s"], "invalid window '-5s'"),
+    "window without a number": (["--at", "-0s", "--window", "s"], "invalid window"),
+    "unknown view": (["--at", "-0s", "--view", "pods"], "'pods' is not one of"),
+    "unknown format": (["--at", "-0s", "--format", "xml"], "'xml' is not one of"),
+    "map format for the table": (["--at", "-0s", "--format", "svg"], "draws maps"),
+    "csv for a map": (
+        ["--at", "-0s", "--view", "hosts", "--format", "csv"],
+        "is for the connection table",
+    ),
+    "unknown option": (["--at", "-0s", "--colour"], "No such option"),
+}
+
+
+@pytest.mark.parametrize("case", REPLAY_CASES, ids=list(REPLAY_CASES))
+def test_replay_bad_arguments(log: Path, case: str) -> None:
+    args, needle = REPLAY_CASES[case]
+    assert_one_line_error(run_cli("scope-replay", "--db", str(log), *args), EXIT_USAGE, needle)
+
+
+def test_replay_diff_bad_times(log: Path) -> None:
+    result = run_cli("scope-replay", "diff", "--db", str(log), "soon", "-0s")
+    assert_one_line_error(result, EXIT_USAGE, "invalid time 'soon'")
+    result = run_cli("scope-replay", "diff", "--db", str(log), "-1s", "-0s", "--view", "pods")
+    assert_one_line_error(result, EXIT_USAGE, "'pods' is not one of")
+    # Offsets from the end look like options, and are taken as the two moments.
+    assert run_cli("scope-replay", "diff", "--db", str(log), "-0.1s", "-0s").returncode == 0
+
+
+RECORD_CASES = {
+    "negative duration": (["--duration", "-1"], "--duration must be a number > 0"),
+    "zero duration": (["--duration", "0"], "--duration must be a number > 0"),
+    "negative snapshot interval": (
+        ["--snapshot-interval", "-3"],
+        "--snapshot-interval must be a number >= 0",
+    ),
+    "negative flush interval": (["--flush-interval", "-200"], "--flush-interval"),
+    "zero ring buffer": (["--ringbuf-mb", "0"], "--ringbuf-mb"),
+    "unknown mode": (["--mode", "magic"], "'magic' is not one of"),
+    "not a number": (["--duration", "ten"], "Invalid value for '--duration'"),
+    "not finite": (["--duration", "nan"], "--duration must be a number > 0"),
+    "too long": (["--duration", "1e300"], "--duration must be at most"),
+    "huge ring buffer": (["--ringbuf-mb", "100000"], "--ringbuf-mb must be at most 2048"),
+}
+
+
+@pytest.mark.parametrize("case", RECORD_CASES, ids=list(RECORD_CASES))
+def test_record_bad_arguments(tmp_path: Path, case: str) -> None:
+    args, needle = RECORD_CASES[case]
+    db = tmp_path / "scope.db"
+    assert_one_line_error(run_cli("scope-record", "--db", str(db), *args), EXIT_USAGE, needle)
+    assert not db.exists(), "a rejected command line must not create the log"
+
+
+def test_paths_that_cannot_be_written(log: Path, tmp_path: Path, read_only_dir: Path) -> None:
+    assert_one_line_error(
+        run_cli("scope-record", "--db", str(read_only_dir / "scope.db"), "--duration", "1"),
+        EXIT_USAGE,
+        "Read-only file system",
+    )
+    for prog, args in (
+        ("scope-replay", ["--at", "-0s"]),
+        ("scope-query", ["SELECT 1"]),
+    ):
+        for target, needle in (
+            (read_only_dir / "out.txt", "read-only file system"),
+            (tmp_path / "missing" / "out.txt", "does not exist"),
+            (tmp_path, "is a directory"),
+        ):
+            result = run_cli(prog, "--db", str(log), *args, "--output", str(target))
+            assert_one_line_error(result, EXIT_USAGE, f"cannot write {target}", needle)
+
+
+@pytest.mark.parametrize("prog", ["scope-record", "scope-replay", "scope-query"])
+def test_every_cli_refuses_bad_locations(tmp_path: Path, prog: str) -> None:
+    args = {"scope-record": ["--duration", "1"], "scope-replay": ["--at", "-0s"]}.get(
+        prog, ["SELECT 1"]
+    )
+    for db, needle in (
+        (str(tmp_path), "is a directory"),
+        (str(tmp_path / "no" / "such" / "x.db"), "does not exist"),
+        ("ftp://example/log", "unsupported database URL scheme 'ftp'"),
+    ):
+        assert_one_line_error(run_cli(prog, "--db", db, *args), EXIT_USAGE, needle)
+
+
+def test_empty_logs(tmp_path: Path) -> None:
+    empty_file = tmp_path / "empty.db"
+    empty_file.touch()
+    for prog, args in (("scope-replay", ["--at", "-0s"]), ("scope-query", ["SELECT 1"])):
+        result = run_cli(prog, "--db", str(empty_file), *args)
+        assert_one_line_error(result, EXIT_USAGE, "is empty")
+
+    no_events = tmp_path / "fresh.db"
+    assert run_cli("scope-replay", "db", "upgrade", "--db", str(no_events)).returncode == 0
+    result = run_cli("scope-replay", "--db", str(no_events), "--at", "-0s")
+    assert_one_line_error(result, EXIT_USAGE, "has no events")
+    query = run_cli(
+        "scope-query", "--db", str(no_events), "--format", "csv", "SELECT count(*) AS n FROM events"
+    )
+    assert query.returncode == 0 and query.stdout.split() == ["n", "0"], query.stderr
