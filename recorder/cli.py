@@ -156,7 +156,9 @@ def _notify(message: str) -> None:
 
 
 def _notify_quiet(message: str) -> None:
-    if message.startswith(("using /proc mode", "warning:")):
+    # A fallback to /proc mode and warnings matter even then; a mode asked for does not.
+    requested = message.startswith("using /proc mode (requested)")
+    if message.startswith(("using /proc mode", "warning:")) and not requested:
         _notify(message)
 
 

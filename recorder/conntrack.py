@@ -24,6 +24,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from recorder.events import ConntrackEntry, Event, Kind
+from recorder.procfs import ParseStats
 
 IPPROTO_TCP = 6
 NFNLGRP_CONNTRACK_NEW = 1
@@ -57,8 +58,21 @@ def _address(msg: Any, direction: str, field: str) -> bytes | None:
     return None
 
 
-def entry_of(msg: Any, netns: int) -> ConntrackEntry | None:
-    """A TCP conntrack entry from a netlink message, or None for anything else."""
+def entry_of(msg: Any, netns: int, stats: ParseStats | None = None) -> ConntrackEntry | None:
+    """A TCP conntrack entry from a netlink message, or None for anything else.
+
+    A message that does not parse (a kernel or pyroute2 newer than this code, say) is
+    counted in ``stats`` and skipped, like a bad line of /proc text.
+    """
+    try:
+        return _tcp_entry(msg, netns)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+        if stats is not None:
+            stats.bad_lines += 1
+        return None
+
+
+def _tcp_entry(msg: Any, netns: int) -> ConntrackEntry | None:
     if msg.get_nested("CTA_TUPLE_ORIG", "CTA_TUPLE_PROTO", "CTA_PROTO_NUM") != IPPROTO_TCP:
         return None
     orig_src, orig_dst = (
@@ -154,6 +168,7 @@ class ConntrackWatcher:
         self._statuses: dict[tuple[int, int], int] = {}  # (netns, ct id) -> last status seen
         self._lock = threading.Lock()
         self.failures: dict[int, str] = {}
+        self.stats = ParseStats()  # messages that did not parse
         self.status: str | None = None
         self._discovery: Future[None] | None = None
 
@@ -237,7 +252,7 @@ class ConntrackWatcher:
                 sock.close()
 
     def _record(self, inode: int, msg: Any) -> None:
-        entry = entry_of(msg, inode)
+        entry = entry_of(msg, inode, self.stats)
         if entry is None:
             return
         message_type = msg["header"]["type"] & 0xFF
@@ -285,7 +300,7 @@ class ConntrackWatcher:
             try:
                 await sock.setup_endpoint()
                 async for msg in await sock.dump():
-                    entry = entry_of(msg, inode)
+                    entry = entry_of(msg, inode, self.stats)
                     if entry is not None:
                         found.append(entry)
             finally:

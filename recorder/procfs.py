@@ -239,9 +239,10 @@ def walk(proc: Path = Path("/proc"), redact_cmdline: bool = False) -> ProcWalk:
             netns = None
         if netns is not None and netns not in netns_reader:
             netns_reader[netns] = pid
-        cmdline = parse_cmdline(_read_bytes(f"{base}/cmdline") or b"")
-        if redact_cmdline:
-            cmdline = cmdline.split(" ", 1)[0]
+        raw_cmdline = _read_bytes(f"{base}/cmdline") or b""
+        if redact_cmdline:  # argv[0] only: arguments may hold secrets
+            raw_cmdline = raw_cmdline.split(b"\0", 1)[0]
+        cmdline = parse_cmdline(raw_cmdline)
         result.processes.append(
             SnapshotProcess(
                 pid=pid,

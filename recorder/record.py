@@ -581,6 +581,9 @@ class _Session:
             "snapshots": self.progress.snapshots,
             "unattributed_sockets": self.kernel.sock_table_full,
             "undecodable_records": self.decode_errors,
+            "unparsed_conntrack_messages": (
+                self.conntrack.stats.bad_lines if self.conntrack is not None else 0
+            ),
         }
 
     def stop_detail(self) -> str | None:

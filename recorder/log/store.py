@@ -91,9 +91,9 @@ def open_log(
 ) -> LogStore:
     """Open the log at ``location`` for ``purpose``; see the module docstring."""
     if location.is_sqlite:
-        _check_sqlite_file(location, purpose)
         if purpose is Purpose.RECORD and not (sqlite and sqlite.force):
-            _check_safe_to_record(location)
+            _check_safe_to_record(location)  # before the file is created, not after
+        _check_sqlite_file(location, purpose)
         engine = _sqlite_engine(location, sqlite or SqliteOptions())
     else:
         engine = _postgres_engine(location)
@@ -228,13 +228,15 @@ def _check_safe_to_record(location: LogLocation) -> None:
     """The log holds command lines and peers: do not write where others could swap or read it."""
     path = location.path
     assert path is not None
+    if not path.parent.is_dir():
+        return  # reported by the file checks
     directory = path.parent.stat()
     if directory.st_mode & 0o002 and not directory.st_mode & 0o1000:
         raise LogLocationError(
             f"{path.parent} is writable by everyone (and not sticky): another user could replace "
             "the log; use another directory, or --force"
         )
-    owner = path.stat().st_uid if path.exists() else os.geteuid()
+    owner = path.stat().st_uid if path.is_file() else os.geteuid()
     if owner != os.geteuid():
         raise LogLocationError(
             f"{path} belongs to uid {owner}, not to this user ({os.geteuid()}): "
