@@ -147,6 +147,10 @@ def replay_main(
     Example: scope-replay --at -30s --view processes --format svg --output map.svg
     """
     if ctx.invoked_subcommand is not None:
+        if db is not None:
+            raise UsageError(
+                f"--db goes after the subcommand: scope-replay {ctx.invoked_subcommand} --db ..."
+            )
         return
     if at is None:
         typer.echo(ctx.get_help())

@@ -60,6 +60,7 @@ REPLAY_CASES = {
         ["--at", "-0s", "--view", "hosts", "--format", "csv"],
         "is for the connection table",
     ),
+    "--db before a subcommand": (["info"], "--db goes after the subcommand"),
     "unknown option": (["--at", "-0s", "--colour"], "No such option"),
 }
 
