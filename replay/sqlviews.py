@@ -8,6 +8,7 @@ known by T and had not ended by T - W; the k-th client and k-th server of one ad
 
 from __future__ import annotations
 
+from recorder.conntrack import IPS_DST_NAT, IPS_NAT_MASK, IPS_SRC_NAT
 from recorder.events import Kind
 from replay.connections import MISSING_NOTE
 
@@ -20,22 +21,53 @@ def _endpoint(ip: str, port: str) -> str:
     return f"CASE WHEN contains({ip}, ':') THEN '[' || {ip} || ']:' || {port} ELSE {ip} || ':' || {port} END"
 
 
-def _pairing(shown: str) -> str:
-    """SQL turning the sockets of CTE ``shown`` (with an ``end_ns`` column) into connections."""
+def _pairing(shown: str, nat_alive: str) -> str:
+    """SQL turning the sockets of CTE ``shown`` (with an ``end_ns`` column) into connections.
+
+    A client socket whose connection conntrack rewrote (a NAT segment for which
+    ``nat_alive`` holds, aliased ``n`` beside the socket ``sh``) is keyed by the tuple the
+    server saw, so it pairs with the real backend's socket, as replay.connections does.
+    """
     return f"""
+nat_matches AS (
+    SELECT sh.origin_pos, sh.origin_ord, n.reply_src AS n_reply_src,
+        n.reply_sport AS n_reply_sport, n.reply_dst AS n_reply_dst,
+        n.reply_dport AS n_reply_dport, n.status AS n_status,
+        row_number() OVER (
+            PARTITION BY sh.origin_pos, sh.origin_ord
+            ORDER BY n.netns IS NOT DISTINCT FROM sh.netns DESC, n.netns, n.ct_id, n.position DESC
+        ) AS n_rank
+    FROM {shown} sh JOIN nat_segments n
+      ON sh.role IS DISTINCT FROM 'server' AND n.recording_id = sh.recording_id
+     AND n.orig_src = sh.local_ip AND n.orig_sport = sh.local_port
+     AND n.orig_dst = sh.remote_ip AND n.orig_dport = sh.remote_port AND {nat_alive}
+),
+natted AS (
+    SELECT sh.*, m.* EXCLUDE (origin_pos, origin_ord, n_rank)
+    FROM {shown} sh LEFT JOIN (SELECT * FROM nat_matches WHERE n_rank = 1) m
+      ON m.origin_pos = sh.origin_pos AND m.origin_ord = sh.origin_ord
+),
 keyed AS (
     SELECT * REPLACE (
             coalesce(note, CASE WHEN end_ns IS NOT NULL AND end_ns = missing_ns
                                  AND (close_ns IS NULL OR close_ns <> end_ns)
                                 THEN '{MISSING_NOTE}' END) AS note),
         role = 'server' AS is_server,
-        CASE WHEN role = 'server' THEN remote_ip ELSE local_ip END AS c_ip,
-        CASE WHEN role = 'server' THEN remote_port ELSE local_port END AS c_port,
-        CASE WHEN role = 'server' THEN local_ip ELSE remote_ip END AS s_ip,
-        CASE WHEN role = 'server' THEN local_port ELSE remote_port END AS s_port,
+        CASE WHEN role = 'server' THEN remote_ip ELSE local_ip END AS v_c_ip,
+        CASE WHEN role = 'server' THEN remote_port ELSE local_port END AS v_c_port,
+        CASE WHEN role = 'server' THEN local_ip ELSE remote_ip END AS v_s_ip,
+        CASE WHEN role = 'server' THEN local_port ELSE remote_port END AS v_s_port,
+        CASE WHEN role = 'server' THEN remote_ip WHEN n_status IS NOT NULL THEN n_reply_dst
+             ELSE local_ip END AS c_ip,
+        CASE WHEN role = 'server' THEN remote_port WHEN n_status IS NOT NULL THEN n_reply_dport
+             ELSE local_port END AS c_port,
+        CASE WHEN role = 'server' THEN local_ip WHEN n_status IS NOT NULL THEN n_reply_src
+             ELSE remote_ip END AS s_ip,
+        CASE WHEN role = 'server' THEN local_port WHEN n_status IS NOT NULL THEN n_reply_sport
+             ELSE remote_port END AS s_port,
         CASE WHEN local_ip LIKE '127.%' OR local_ip = '::1' OR remote_ip LIKE '127.%'
                   OR remote_ip = '::1' THEN netns END AS loop_ns
-    FROM {shown}
+    FROM natted
 ),
 ranked AS (
     SELECT *, row_number() OVER (
@@ -45,9 +77,14 @@ ranked AS (
 ),
 paired AS (
     SELECT c.origin_pos AS c_pos, c.origin_ord AS c_ord, s.origin_pos AS s_pos, s.origin_ord AS s_ord,
-        coalesce(c.host, s.host) AS host, coalesce(c.c_ip, s.c_ip) AS c_ip,
-        coalesce(c.c_port, s.c_port) AS c_port, coalesce(c.s_ip, s.s_ip) AS s_ip,
-        coalesce(c.s_port, s.s_port) AS s_port,
+        coalesce(c.host, s.host) AS host,
+        -- Endpoints as the client used them when its socket is ours (before any NAT).
+        coalesce(c.v_c_ip, s.v_c_ip) AS c_ip, coalesce(c.v_c_port, s.v_c_port) AS c_port,
+        coalesce(c.v_s_ip, s.v_s_ip) AS s_ip, coalesce(c.v_s_port, s.v_s_port) AS s_port,
+        CASE WHEN c.n_status & {IPS_DST_NAT} <> 0 THEN c.n_reply_src END AS real_ip,
+        CASE WHEN c.n_status & {IPS_DST_NAT} <> 0 THEN c.n_reply_sport END AS real_port,
+        CASE WHEN c.n_status & {IPS_SRC_NAT} <> 0 THEN c.n_reply_dst END AS snat_ip,
+        CASE WHEN c.n_status & {IPS_SRC_NAT} <> 0 THEN c.n_reply_dport END AS snat_port,
         c.origin_pos IS NOT NULL AS has_client, s.origin_pos IS NOT NULL AS has_server,
         c.opened_ns AS c_opened, s.opened_ns AS s_opened, c.end_ns AS c_end, s.end_ns AS s_end,
         c.pid AS client_pid, c.comm AS client_comm, c.netns AS client_netns,
@@ -78,11 +115,13 @@ connections_rows AS (
         CASE WHEN (has_client AND c_end IS NULL) OR (has_server AND s_end IS NULL) THEN NULL
              ELSE greatest(c_end, s_end) END AS closed_ns,
         client_pid, client_comm, client_netns, server_pid, server_comm, server_netns,
-        CAST(NULL AS VARCHAR) AS nat_destination, CAST(NULL AS VARCHAR) AS nat_source,
+        CASE WHEN real_ip IS NOT NULL THEN {_endpoint("real_ip", "real_port")} END AS nat_destination,
+        CASE WHEN snat_ip IS NOT NULL THEN {_endpoint("snat_ip", "snat_port")} END AS nat_source,
         array_to_string(list_sort(list_distinct(list_filter([c_source, s_source], lambda x: x IS NOT NULL))), '+') AS source,
         nullif(array_to_string(list_sort(list_distinct(list_filter([c_note, s_note], lambda x: x IS NOT NULL))), '; '), '') AS note,
         bytes_sent, bytes_received, recording_id, false AS failed,
-        c_ip AS client_ip, c_port AS client_port, s_ip AS server_ip, s_port AS server_port
+        c_ip AS client_ip, c_port AS client_port, coalesce(real_ip, s_ip) AS server_ip,
+        coalesce(real_port, s_port) AS server_port
     FROM paired
 )"""
 
@@ -106,6 +145,14 @@ def _failed(where: str) -> str:
     WHERE e.kind = {int(Kind.CONNECT_FAILED)} AND {where}"""
 
 
+# Which NAT segments (``n``) apply to a socket (``sh``): the one alive at T, for the table at
+# a moment; any that overlaps the socket's life, for the connections view.
+_NAT_AT_T = "n.wall_ns <= t_ns AND (n.end_ns IS NULL OR n.end_ns > t_ns)"
+_NAT_DURING_SOCKET = (
+    "n.wall_ns <= coalesce(sh.end_ns, 9223372036854775807) "
+    "AND (n.end_ns IS NULL OR n.end_ns > coalesce(sh.known_ns, sh.opened_ns, -1))"
+)
+
 _OUTPUT = """
     SELECT id, state, direction, host, client, server,
         make_timestamp_ns(opened_ns) AS opened_at, make_timestamp_ns(closed_ns) AS closed_at,
@@ -122,6 +169,60 @@ VIEWS_SQL = f"""
 CREATE OR REPLACE VIEW sockets AS
     SELECT * FROM sockets_closed UNION ALL SELECT * FROM sockets_open;
 
+CREATE OR REPLACE VIEW ct_all AS
+SELECT e.position, e.recording_id, e.wall_ns, 'snapshot' AS change,
+    t.netns, t.orig_src, t.orig_sport, t.orig_dst, t.orig_dport, t.reply_src, t.reply_sport,
+    t.reply_dst, t.reply_dport, t.status, t.tcp_state, t.ct_id, t.zone, t.mark
+FROM snap_ct t JOIN ev e ON e.position = t.position
+UNION ALL
+SELECT e.position, e.recording_id, e.wall_ns,
+    CASE e.kind WHEN {int(Kind.CT_NEW)} THEN 'new' WHEN {int(Kind.CT_UPDATE)} THEN 'update' ELSE 'destroy' END,
+    e.netns, e.laddr, e.lport, e.raddr, e.rport,
+    json_extract_string(e.extra, '$.reply_src'), CAST(json_extract(e.extra, '$.reply_sport') AS INTEGER),
+    json_extract_string(e.extra, '$.reply_dst'), CAST(json_extract(e.extra, '$.reply_dport') AS INTEGER),
+    CAST(json_extract(e.extra, '$.status') AS INTEGER), CAST(json_extract(e.extra, '$.tcp_state') AS SMALLINT),
+    CAST(json_extract(e.extra, '$.ct_id') AS BIGINT), CAST(json_extract(e.extra, '$.zone') AS INTEGER),
+    CAST(json_extract(e.extra, '$.mark') AS BIGINT)
+FROM ev e WHERE e.kind IN ({int(Kind.CT_NEW)}, {int(Kind.CT_UPDATE)}, {int(Kind.CT_DESTROY)});
+
+CREATE OR REPLACE VIEW conntrack AS
+SELECT position, recording_id, make_timestamp_ns(wall_ns) AS ts, change, netns, orig_src,
+    orig_sport, orig_dst, orig_dport, reply_src, reply_sport, reply_dst, reply_dport, status,
+    tcp_state, ct_id, zone, mark
+FROM ct_all;
+
+-- Each NAT entry's content from one sighting (dump, new, update) until the next sighting, its
+-- destroy, or the first later dump of its namespace that no longer lists it: the state
+-- replay.fold keeps for conntrack, as intervals [wall_ns, end_ns).
+CREATE OR REPLACE VIEW nat_segments AS
+WITH seq AS (
+    SELECT *, lead(position) OVER w AS next_position, lead(wall_ns) OVER w AS next_wall_ns
+    FROM ct_all
+    WINDOW w AS (PARTITION BY recording_id, netns, ct_id ORDER BY position)
+),
+dumps AS (
+    SELECT e.position, e.wall_ns, e.recording_id, e.extra
+    FROM ev e
+    WHERE e.kind = {int(Kind.SNAPSHOT)}
+      AND coalesce(CAST(json_extract(e.extra, '$.conntrack') AS BOOLEAN), false)
+),
+dumped_namespaces AS (
+    SELECT position, wall_ns, recording_id,
+        unnest(CAST(json_extract(extra, '$.namespace_list') AS BIGINT[])) AS netns
+    FROM dumps
+    UNION ALL
+    SELECT d.position, d.wall_ns, d.recording_id, k.netns
+    FROM dumps d JOIN (SELECT DISTINCT recording_id, netns FROM ct_all) k
+      ON k.recording_id = d.recording_id
+    WHERE json_extract(d.extra, '$.namespace_list') IS NULL
+)
+SELECT s.*, CASE WHEN s.next_wall_ns IS NULL THEN m.wall_ns
+                 WHEN m.wall_ns IS NULL THEN s.next_wall_ns
+                 ELSE least(s.next_wall_ns, m.wall_ns) END AS end_ns
+FROM seq s ASOF LEFT JOIN dumped_namespaces m
+  ON m.recording_id = s.recording_id AND m.netns = s.netns AND m.position > s.position
+WHERE s.change <> 'destroy' AND s.status & {IPS_NAT_MASK} <> 0;
+
 CREATE OR REPLACE VIEW events AS
 SELECT e.position, e.recording_id, r.host, {_KIND_NAME} AS kind, e.kind AS kind_code,
     make_timestamp_ns(e.wall_ns) AS ts, e.wall_ns, e.mono_ns, e.pid, e.comm, e.netns, e.family,
@@ -135,7 +236,7 @@ WITH live AS (
     FROM sockets s WHERE s.known_ns <= t_ns
 ),
 shown AS (SELECT * FROM live WHERE end_ns IS NULL OR end_ns > t_ns - w_ns),
-{_pairing("shown")}
+{_pairing("shown", _NAT_AT_T)}
 {_OUTPUT.format(rows="SELECT * FROM connections_rows UNION ALL " + _failed("e.wall_ns > t_ns - w_ns AND e.wall_ns <= t_ns"))};
 
 CREATE OR REPLACE MACRO connections_at(t, w) AS TABLE
@@ -145,7 +246,7 @@ CREATE OR REPLACE MACRO connections_at(t, w) AS TABLE
 
 CREATE OR REPLACE VIEW connections AS
 WITH shown AS (SELECT *, coalesce(close_ns, missing_ns) AS end_ns FROM sockets),
-{_pairing("shown")}
+{_pairing("shown", _NAT_DURING_SOCKET)}
 {_OUTPUT.format(rows="SELECT * FROM connections_rows UNION ALL " + _failed("true"))};
 
 CREATE OR REPLACE VIEW recordings AS
@@ -203,21 +304,6 @@ SELECT l.recording_id, r.host, l.pid, l.ppid, l.comm, l.cmdline, g.container_id,
 FROM lives l LEFT JOIN recordings_raw r ON r.id = l.recording_id
 LEFT JOIN cgroups g ON g.cgroup = l.cgroup;
 
-CREATE OR REPLACE VIEW conntrack AS
-SELECT e.position, e.recording_id, make_timestamp_ns(e.wall_ns) AS ts, 'snapshot' AS change,
-    t.netns, t.orig_src, t.orig_sport, t.orig_dst, t.orig_dport, t.reply_src, t.reply_sport,
-    t.reply_dst, t.reply_dport, t.status, t.tcp_state, t.ct_id, t.zone, t.mark
-FROM snap_ct t JOIN ev e ON e.position = t.position
-UNION ALL
-SELECT e.position, e.recording_id, make_timestamp_ns(e.wall_ns),
-    CASE e.kind WHEN {int(Kind.CT_NEW)} THEN 'new' WHEN {int(Kind.CT_UPDATE)} THEN 'update' ELSE 'destroy' END,
-    e.netns, e.laddr, e.lport, e.raddr, e.rport,
-    json_extract_string(e.extra, '$.reply_src'), CAST(json_extract(e.extra, '$.reply_sport') AS INTEGER),
-    json_extract_string(e.extra, '$.reply_dst'), CAST(json_extract(e.extra, '$.reply_dport') AS INTEGER),
-    CAST(json_extract(e.extra, '$.status') AS INTEGER), CAST(json_extract(e.extra, '$.tcp_state') AS SMALLINT),
-    CAST(json_extract(e.extra, '$.ct_id') AS BIGINT), CAST(json_extract(e.extra, '$.zone') AS INTEGER),
-    CAST(json_extract(e.extra, '$.mark') AS BIGINT)
-FROM ev e WHERE e.kind IN ({int(Kind.CT_NEW)}, {int(Kind.CT_UPDATE)}, {int(Kind.CT_DESTROY)});
 """
 
 PUBLIC_VIEWS = (

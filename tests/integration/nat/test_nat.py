@@ -49,6 +49,30 @@ def table_at(location: LogLocation, at_ns: int) -> list[dict]:  # type: ignore[t
     return json.loads(result.stdout)["connections"]  # type: ignore[no-any-return]
 
 
+AGREED_FIELDS = ("id", "client", "server", "nat_destination", "nat_source", "direction",
+                 "client_comm", "server_comm")  # fmt: skip
+
+
+def assert_query_agrees(location: LogLocation, at_ns: int, comm: str) -> None:
+    """scope-query's connections_at and connections views say what replay says about NAT."""
+    expected = sorted(tuple(row[f] for f in AGREED_FIELDS) for row in table_at(location, at_ns))
+    columns = ", ".join(AGREED_FIELDS)
+    env = {"SCOPE_CACHE_DIR": str(Path(str(location.path)).parent / "cache")}
+    at = run_cli(
+        "scope-query", "--db", str(location.path), "--format", "json",
+        f"SELECT {columns} FROM connections_at_ns({at_ns}, 30000000000) ORDER BY id", env=env,
+    )  # fmt: skip
+    assert at.returncode == 0, at.stderr
+    assert sorted(tuple(row[f] for f in AGREED_FIELDS) for row in json.loads(at.stdout)) == expected
+    ever = run_cli(
+        "scope-query", "--db", str(location.path), "--format", "json",
+        f"SELECT {columns} FROM connections WHERE client_comm = '{comm}' ORDER BY id", env=env,
+    )  # fmt: skip
+    assert ever.returncode == 0, ever.stderr
+    mine = [e for e in expected if e[AGREED_FIELDS.index("client_comm")] == comm]
+    assert sorted(tuple(row[f] for f in AGREED_FIELDS) for row in json.loads(ever.stdout)) == mine
+
+
 def test_dnat_in_the_client_namespace_reaches_the_real_backend(
     location: LogLocation, tmp_path: Path
 ) -> None:
@@ -89,6 +113,7 @@ def test_dnat_in_the_client_namespace_reaches_the_real_backend(
             server.pid,
             "nat-backend",
         )
+    assert_query_agrees(location, moment, "nat-client")
 
 
 def test_port_forward_on_the_server_side(location: LogLocation, tmp_path: Path) -> None:
@@ -109,6 +134,7 @@ def test_port_forward_on_the_server_side(location: LogLocation, tmp_path: Path) 
     assert {(r["server"], r["nat_destination"], r["server_comm"]) for r in rows} == {
         (f"{right.address}:8080", f"{right.address}:{server.port}", "fwd-backend")
     }
+    assert_query_agrees(location, moment, "fwd-client")
 
 
 def test_snat_is_seen_from_the_server(location: LogLocation, tmp_path: Path) -> None:
@@ -132,6 +158,7 @@ def test_snat_is_seen_from_the_server(location: LogLocation, tmp_path: Path) -> 
         assert row["client"].startswith(f"{left.address}:")
         assert row["nat_source"].startswith("10.216.0.3:")
         assert (row["direction"], row["server_comm"]) == ("local", "snat-backend")
+    assert_query_agrees(location, moment, "snat-client")
 
 
 def test_without_conntrack_the_recording_goes_on_and_says_so(tmp_path: Path) -> None:
