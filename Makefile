@@ -41,8 +41,11 @@ test: setup-test lint
 unit: venv
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+# The benchmarks, shortest first; bench/soak.py (ten minutes of kill -9) runs last.
+BENCHES := log_write capture query replay soak
+
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm
