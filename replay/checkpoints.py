@@ -16,7 +16,7 @@ from recorder.errors import LogError
 from recorder.log.store import LogStore
 from replay.state import FORMAT, ReplayState
 
-DEFAULT_EVERY_EVENTS = 200_000
+DEFAULT_EVERY_EVENTS = 25_000  # ~0.1 s of folding; 200 checkpoints (~18 MB) per 10M events
 DEFAULT_EVERY_NS = 600 * 1_000_000_000  # or ten minutes of log time, whichever comes first
 
 

@@ -136,7 +136,7 @@ class Builder:
                 f"{entry[1]} --serve",
                 entry[2] if len(entry) > 2 else default_cgroup,
                 netns,
-                mono(0),  # type: ignore[misc]
+                mono(0),
             )
             for entry in processes
         )

@@ -5,16 +5,15 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from recorder.log.location import resolve
-from tests.capabilities import is_root, require
 from tests.cli import assert_one_line_error, run_cli
 from tests.factories import conn_event, recording_writer
+from tests.load import tmpfs
 
 EXIT_USAGE = 2
 
@@ -32,16 +31,8 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A directory nobody can write to, root included: a read-only filesystem."""
-    require(is_root(), "root (to mount a read-only tmpfs)")
-    mount_point = tmp_path / "ro"
-    mount_point.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount_point)], check=True
-    )
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 REPLAY_CASES = {

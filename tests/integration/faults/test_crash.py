@@ -18,6 +18,7 @@ from recorder.record import REORDER_HORIZON_NS
 from recorder.workload import run_client, running_server
 from tests.cli import BIN, run_cli
 from tests.ebpf import require_ebpf
+from tests.load import last_progress
 from tests.recording import wait_for
 
 pytestmark = pytest.mark.ebpf
@@ -39,14 +40,10 @@ class Acknowledged:
 
 
 def _last_acknowledged(progress: Path) -> Acknowledged | None:
-    if not progress.exists():
+    last = last_progress(progress)
+    if last is None:
         return None
-    # Only newline-terminated lines were written whole.
-    complete = progress.read_text().split("\n")[:-1]
-    if not complete:
-        return None
-    fields = dict(part.split("=") for part in complete[-1].split())
-    return Acknowledged(int(fields["recording"]), int(fields["position"]), int(fields["committed"]))
+    return Acknowledged(last["recording"], last["position"], last["committed"])
 
 
 def _record_then_kill(db: Path, progress: Path, rng: random.Random) -> tuple[Acknowledged, int]:

@@ -16,6 +16,7 @@ from recorder.workload import run_client, running_server
 from tests.capabilities import postgres_bindir, require
 from tests.cli import BIN, run_cli
 from tests.ebpf import require_ebpf
+from tests.load import committed
 from tests.postgres import PostgresServer, postgres_server
 from tests.recording import wait_for
 
@@ -30,13 +31,6 @@ def own_server() -> Iterator[PostgresServer]:
     assert bindir is not None
     with postgres_server(bindir) as server:
         yield server
-
-
-def _committed(progress: Path) -> int:
-    if not progress.exists():
-        return 0
-    lines = progress.read_text().split("\n")[:-1]
-    return int(lines[-1].rsplit("=", 1)[1]) if lines else 0
 
 
 def _start_recorder(url: str, progress: Path, buffer_events: int) -> subprocess.Popen[str]:
@@ -76,14 +70,14 @@ def test_outage_shorter_than_the_buffer_is_caught_up(
         client = run_client("pg-cli", "127.0.0.1", server.port, count=100_000, gap_ms=1)
         recorder = _start_recorder(url, progress, buffer_events=2_000_000)
         try:
-            wait_for(lambda: _committed(progress) > 1000, timeout=60)
+            wait_for(lambda: committed(progress) > 1000, timeout=60)
             own_server.stop("immediate")
             down_at = time.monotonic_ns()
             time.sleep(3)
             own_server.start()
             up_at = time.monotonic_ns()
-            before = _committed(progress)
-            wait_for(lambda: _committed(progress) > before, timeout=30)
+            before = committed(progress)
+            wait_for(lambda: committed(progress) > before, timeout=30)
             recorder.send_signal(signal.SIGTERM)
             _, stderr = recorder.communicate(timeout=60)
         finally:
@@ -117,7 +111,7 @@ def test_outage_longer_than_the_buffer_stops_clearly(
         client = run_client("pg-cli", "127.0.0.1", server.port, count=200_000)
         recorder = _start_recorder(url, progress, buffer_events=5_000)
         try:
-            wait_for(lambda: _committed(progress) > 1000, timeout=60)
+            wait_for(lambda: committed(progress) > 1000, timeout=60)
             own_server.stop("immediate")
             _, stderr = recorder.communicate(timeout=60)
         finally:
@@ -133,7 +127,7 @@ def test_outage_longer_than_the_buffer_stops_clearly(
     assert lines[-1].startswith("scope-record: error:") and "--buffer-events" in lines[-1]
 
     recordings, count, high = _log_state(url)
-    assert count >= _committed(progress) and recordings[0][1] is None
+    assert count >= committed(progress) and recordings[0][1] is None
 
     # The next recorder marks the interrupted recording and appends after it.
     again = run_cli("scope-record", "--db", url, "--duration", "1", "--quiet", "--no-conntrack")

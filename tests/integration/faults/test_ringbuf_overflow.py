@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from recorder.workload import run_client, running_server
 from tests.cli import BIN, run_cli
 from tests.ebpf import require_ebpf
+from tests.load import loopback_load
 
 pytestmark = pytest.mark.ebpf
 
@@ -19,20 +19,14 @@ pytestmark = pytest.mark.ebpf
 def test_overflow_is_in_the_log_reported_and_warned_about(tmp_path: Path) -> None:
     require_ebpf()
     db = tmp_path / "scope.db"
-    with running_server("rb-srv", workdir=tmp_path) as server:
-        clients = [run_client("rb-cli", "127.0.0.1", server.port, count=200_000) for _ in range(2)]
-        try:
-            result = subprocess.run(
-                [
-                    str(BIN / "scope-record"), "--db", str(db), "--no-conntrack",
-                    "--duration", "4", "--ringbuf-mb", "0.03",
-                ],
-                capture_output=True, text=True, timeout=120, check=False,
-            )  # fmt: skip
-        finally:
-            for client in clients:
-                client.kill()
-                client.wait()
+    with loopback_load("rb", tmp_path):
+        result = subprocess.run(
+            [
+                str(BIN / "scope-record"), "--db", str(db), "--no-conntrack",
+                "--duration", "4", "--ringbuf-mb", "0.03",
+            ],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
 

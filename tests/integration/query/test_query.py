@@ -186,7 +186,7 @@ def test_timestamp_macro_and_interval(tmp_path: Path) -> None:
 
 @pytest.mark.postgres
 def test_sqlite_and_postgres_give_the_same_rows(tmp_path: Path, pg_url: str) -> None:
-    answers = []
+    answers: list[list[list[dict[str, Any]]]] = []
     for location in (resolve(str(tmp_path / "q.db")), resolve(pg_url)):
         with built_log(location) as (_, b):
             small_log(b)
@@ -242,7 +242,7 @@ def test_formats_and_parquet(tmp_path: Path) -> None:
     assert exported.returncode == 0, exported.stderr
     import duckdb
 
-    assert duckdb.sql(f"SELECT count(*) FROM '{parquet}'").fetchall() == [(3,)]
+    assert duckdb.execute(f"SELECT count(*) FROM '{parquet}'").fetchall() == [(3,)]
     from_file = tmp_path / "q.sql"
     from_file.write_text(sql)
     assert (

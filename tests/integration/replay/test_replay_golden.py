@@ -19,9 +19,10 @@ CLIENT, SERVER = "127.0.0.1:40000", "127.0.0.1:8080"
 
 def table(location: Any, at: str, window: str = "15s", checkpoints: bool = False) -> dict[str, Any]:
     with open_log(location, Purpose.READ) as store:
-        return json.loads(
+        document: dict[str, Any] = json.loads(
             render(replay_table(store, at, window, use_checkpoints=checkpoints), "json")
         )
+    return document
 
 
 def golden(location: Any, name: str, at: str, window: str = "15s") -> list[dict[str, Any]]:

@@ -65,7 +65,9 @@ def build(builder: Builder, operations: list[tuple[str, int]]) -> float:
             next_sock += 1
         elif kind == "snapshot":
             shown = [s for i, s in enumerate(open_sockets) if (i + arg) % 4]  # some go missing
-            rows = [(local, remote, TCP_ESTABLISHED, pid) for _, pid, local, remote in shown]
+            rows: list[tuple[str, str, int, int | None]] = [
+                (local, remote, TCP_ESTABLISHED, pid) for _, pid, local, remote in shown
+            ]
             rows += [("0.0.0.0:8080", "0.0.0.0:0", TCP_LISTEN, 200)]
             rows += [(f"10.9.0.1:{2000 + arg}", f"10.9.0.2:{60000 + arg}", TCP_ESTABLISHED, None)]
             builder.snapshot(at, rows, processes=[(200, "srv"), (300 + arg % 2, "p")])
