@@ -32,12 +32,15 @@ def _db_argument(location: LogLocation) -> str:
 
 
 def _whole_batches(location: LogLocation) -> tuple[int, int]:
-    """In one read transaction: the newest event and the newest batch agree, no gaps."""
+    """In one statement (one snapshot on either backend; PostgreSQL's read committed gives
+    each statement its own): the newest event and the newest batch agree."""
     with open_log(location, Purpose.READ) as store, store.engine.connect() as conn:
-        newest_event, events = conn.execute(
-            text("SELECT max(position), count(*) FROM events")
+        newest_event, events, newest_batch = conn.execute(
+            text(
+                "SELECT (SELECT max(position) FROM events), (SELECT count(*) FROM events), "
+                "(SELECT max(last_position) FROM batches)"
+            )
         ).one()
-        newest_batch = conn.execute(text("SELECT max(last_position) FROM batches")).scalar()
     return int(newest_event or 0), int(newest_batch or 0) if events else 0
 
 
