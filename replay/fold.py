@@ -24,10 +24,11 @@ from operator import gt
 from typing import NamedTuple, Protocol
 
 from recorder.events import Kind, LoggedEvent
-from recorder.procfs import OPEN_STATES, TCP_LISTEN
-from replay.state import ReplayState, TupleKey
+from replay.state import ProcessKey, ReplayState, TupleKey
 
 NarrowRow = tuple[int, int, int | None]  # position, kind, sock_id
+# The same rows as columns: positions, kinds, socket ids.
+Columns = tuple[tuple[int, ...], tuple[int, ...], tuple[int | None, ...]]
 
 _CONNECT = int(Kind.CONNECT)
 _ACCEPT = int(Kind.ACCEPT)
@@ -56,9 +57,11 @@ class LogLookup(Protocol):
 
     def pids_at(self, positions: Collection[int]) -> dict[int, int | None]: ...
 
-    def snapshot_sockets(self, position: int) -> list[tuple[int, bytes, int, bytes, int, int]]: ...
+    def snapshot_socket_keys(
+        self, recording: int, position: int
+    ) -> tuple[list[TupleKey], list[TupleKey]]: ...
 
-    def snapshot_pids(self, position: int) -> list[int]: ...
+    def snapshot_process_keys(self, recording: int, position: int) -> set[ProcessKey]: ...
 
     def snapshot_conntrack_keys(self, position: int) -> list[tuple[int, int]]: ...
 
@@ -112,14 +115,16 @@ class Fold:
         """Fold ``rows`` (one recording's, in position order) into the state."""
         if not rows:
             return
-        kinds = [row[1] for row in rows]
+        columns: Columns = tuple(zip(*rows, strict=True))  # type: ignore[assignment]
+        positions, kinds, socks = columns
         start = 0
         for index in compress(range(len(rows)), map(_SNAPSHOT.__eq__, kinds)):
-            self._apply_fast(recording, rows[start:index], kinds[start:index])
-            self._apply_snapshot(recording, rows[index][0])
+            run = (positions[start:index], kinds[start:index], socks[start:index])
+            self._apply_fast(recording, rows[start:index], run)
+            self._apply_snapshot(recording, positions[index])
             start = index + 1
-        self._apply_fast(recording, rows[start:], kinds[start:])
-        self.state.position = rows[-1][0]
+        self._apply_fast(recording, rows[start:], (positions[start:], kinds[start:], socks[start:]))
+        self.state.position = positions[-1]
 
     # -- the definition --------------------------------------------------------------------
     def _apply_each(self, recording: int, rows: list[NarrowRow]) -> None:
@@ -186,7 +191,7 @@ class Fold:
                 state.conntrack[key] = position
 
     # -- the same, faster ------------------------------------------------------------------
-    def _apply_fast(self, recording: int, rows: list[NarrowRow], kinds: list[int]) -> None:
+    def _apply_fast(self, recording: int, rows: list[NarrowRow], columns: Columns) -> None:
         """``_apply_each`` for a run without snapshots, by set operations on columns.
 
         Every pass below runs in C (map, compress, zip, dict, set); Python only touches the
@@ -194,8 +199,7 @@ class Fold:
         """
         if not rows:
             return
-        socks = [row[2] for row in rows]
-        positions = [row[0] for row in rows]
+        positions, kinds, socks = columns
         is_open = list(map(_OPEN_KINDS.__contains__, kinds))
         is_close = list(map(_CLOSE.__eq__, kinds))
         open_ids = list(compress(socks, is_open))
@@ -251,7 +255,7 @@ class Fold:
         """The addresses of every socket this recording has open by its events, by key."""
         ours = self.state.sockets_of(recording)
         tuples = self._tuples
-        unknown = [p for p in ours.values() if p not in tuples]
+        unknown = set(ours.values()).difference(tuples.keys())
         if unknown:
             tuples.update(self.lookup.tuples_at(unknown))
         return dict(zip(ours.keys(), map(tuples.__getitem__, ours.values()), strict=True))
@@ -275,39 +279,46 @@ class Fold:
     def _apply_snapshot(self, recording: int, position: int) -> None:
         """Reconcile with what /proc showed: add what only it knows, close what it lost.
 
-        Runs once per snapshot over every open socket; the loops below that change the
-        state go through sets and dicts whose order the state does not depend on.
+        Runs once per snapshot over every open socket, so the comparisons are set operations
+        (in C); Python only visits what changed. Keys holding addresses go into the state
+        sorted, so its order never depends on the (per-process) hash of bytes.
         """
         state = self.state
         marker = self.lookup.events_at([position])[position]
         walked = (marker.extra or {}).get("namespace_list")
         namespaces = set(walked) if walked is not None else None
-        rows = self.lookup.snapshot_sockets(position)  # (netns, laddr, lport, raddr, rport, state)
-        present = {(recording, *row[:5]) for row in rows if row[5] != TCP_LISTEN}
-        opened = [(recording, *row[:5]) for row in rows if row[5] in OPEN_STATES]
+        opened, closing = self.lookup.snapshot_socket_keys(recording, position)
+        present = set(opened)
+        present.update(closing)
+        # Keys are tuples, whose hashes Python does not cache: the set operations below take
+        # sets and dicts as operands (never key views) so that stored hashes are reused.
 
         def walked_here(netns: int) -> bool:
             return namespaces is None or netns in namespaces
 
         addresses = self._open_tuples(recording)
-        open_tuples = set(addresses.values())
+        by_tuple = dict(zip(addresses.values(), addresses.keys(), strict=True))
         sockets, missing = state.sockets_of(recording), state.missing_of(recording)
-        lost = [k for k, t in addresses.items() if t not in present and walked_here(t[1])]
-        for key in lost:
+        absent = {t for t in set(by_tuple).difference(present) if walked_here(t[1])}
+        lost = [by_tuple[t] for t in absent]
+        if len(by_tuple) < len(addresses):  # open sockets that share addresses with a later one
+            shadowed = addresses.keys() - set(by_tuple.values())
+            lost.extend(key for key in shadowed if addresses[key] in absent)
+        for key in sorted(lost):
             missing[key] = (sockets.pop(key), position)
         gone = [
             tkey
-            for tkey in state.snapshot_sockets
-            if tkey[0] == recording and tkey not in present and walked_here(tkey[1])
+            for tkey in set(state.snapshot_sockets).difference(present)
+            if tkey[0] == recording and walked_here(tkey[1])
         ]
         for tkey in sorted(gone):
             seen_at = state.snapshot_sockets.pop(tkey)
             if self.retain:
                 ref = SocketRef(None, seen_at, tkey)
                 self.retained.closed.append(Closed(ref, None, missing_at=position))
-        for tkey in opened:
-            if tkey not in open_tuples and tkey not in state.snapshot_sockets:
-                state.snapshot_sockets[tkey] = position
+        opened_set = set(opened) if closing else present
+        only_here = opened_set.difference(by_tuple).difference(state.snapshot_sockets)
+        state.snapshot_sockets.update(dict.fromkeys(sorted(only_here), position))
         # Sockets missed by an earlier snapshot whose close never came are settled now.
         settled = sorted(key for key, (_, missed_at) in missing.items() if missed_at != position)
         for socket_key in settled:
@@ -317,8 +328,8 @@ class Fold:
                 self.retained.closed.append(Closed(ref, None, missing_at=missed_at))
         if (marker.extra or {}).get("conntrack"):
             self._reconcile_conntrack(recording, position, namespaces)
-        live = set(self.lookup.snapshot_pids(position))
-        for process_key in [k for k in state.processes if k[0] == recording and k[1] not in live]:
-            del state.processes[process_key]
-        for pid in live:
-            state.processes[(recording, pid)] = position
+        live = self.lookup.snapshot_process_keys(recording, position)
+        processes = state.processes
+        for process_key in sorted(k for k in processes.keys() - live if k[0] == recording):
+            del processes[process_key]
+        processes.update(dict.fromkeys(live, position))  # (int, int) keys: a stable order

@@ -28,8 +28,11 @@ from recorder.events import (
 )
 from recorder.log.schema import EVENT_COLUMNS, metadata
 from recorder.log.store import LogStore, map_driver_error
+from recorder.procfs import OPEN_STATES, TCP_LISTEN
 
 DEFAULT_PAGE_SIZE = 20_000
+
+SocketKey = tuple[int, int, bytes, int, bytes, int]  # recording, netns, laddr, lport, raddr, rport
 
 _EVENT_SELECT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
 
@@ -266,9 +269,7 @@ class LogReader:
                 found[event.position] = event
         return found
 
-    def tuples_at(
-        self, positions: Collection[int]
-    ) -> dict[int, tuple[int, int, bytes, int, bytes, int]]:
+    def tuples_at(self, positions: Collection[int]) -> dict[int, SocketKey]:
         """(recording, netns, laddr, lport, raddr, rport) of events by position."""
         wanted = sorted(set(positions))
         found = {}
@@ -387,13 +388,29 @@ class LogReader:
             ),
         )
 
-    def snapshot_sockets(self, position: int) -> list[tuple[int, bytes, int, bytes, int, int]]:
-        """(netns, laddr, lport, raddr, rport, state) of every socket a snapshot holds."""
-        return self._fetch(
-            "SELECT netns, laddr, lport, raddr, rport, state FROM snapshot_connections "
-            "WHERE position = ?",
+    def snapshot_socket_keys(
+        self, recording: int, position: int
+    ) -> tuple[list[SocketKey], list[SocketKey]]:
+        """Keys (recording, netns, laddr, lport, raddr, rport) of the sockets a snapshot holds:
+        those in an open state, and the others that are not listening (usually none).
+
+        The rows come back from the driver already shaped as keys (the recording is a literal
+        column), because a snapshot of a busy host is tens of thousands of rows and replay
+        reads one every few seconds of log time.
+        """
+        columns = f"{int(recording)}, netns, laddr, lport, raddr, rport"
+        open_states = ", ".join(map(str, sorted(OPEN_STATES)))
+        opened = self._fetch(
+            f"SELECT {columns} FROM snapshot_connections "
+            f"WHERE position = ? AND state IN ({open_states})",
             (position,),
         )
+        closing = self._fetch(
+            f"SELECT {columns} FROM snapshot_connections "
+            f"WHERE position = ? AND state NOT IN ({open_states}, {TCP_LISTEN})",
+            (position,),
+        )
+        return opened, closing
 
     def snapshot_conntrack_keys(self, position: int) -> list[tuple[int, int]]:
         """(netns, conntrack id) of every entry a snapshot's conntrack dump holds."""
@@ -402,9 +419,13 @@ class LogReader:
         )
         return [(int(netns), int(ct_id)) for netns, ct_id in rows]
 
-    def snapshot_pids(self, position: int) -> list[int]:
-        rows = self._fetch("SELECT pid FROM snapshot_processes WHERE position = ?", (position,))
-        return [int(row[0]) for row in rows]
+    def snapshot_process_keys(self, recording: int, position: int) -> set[tuple[int, int]]:
+        """(recording, pid) of every process a snapshot holds."""
+        rows = self._fetch(
+            f"SELECT {int(recording)}, pid FROM snapshot_processes WHERE position = ?",
+            (position,),
+        )
+        return set(rows)
 
     def _snapshot_rows(self, table: str, position: int, order: str) -> list[Any]:
         columns = [c.name for c in metadata.tables[table].columns if c.name != "position"]

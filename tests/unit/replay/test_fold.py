@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recorder.events import Kind, LoggedEvent, Snapshot, SnapshotConnection
+from recorder.procfs import OPEN_STATES, TCP_LISTEN
 from replay.fold import Fold
 from replay.state import ReplayState, TupleKey
 
@@ -41,17 +42,21 @@ class MemoryLog:
     def snapshot(self, position: int) -> Snapshot:
         return self.snapshots.get(position, Snapshot())
 
-    def snapshot_sockets(self, position: int) -> list[tuple[int, bytes, int, bytes, int, int]]:
-        return [
-            (c.netns, c.laddr, c.lport, c.raddr, c.rport, c.state)
-            for c in self.snapshot(position).connections
-        ]
+    def snapshot_socket_keys(
+        self, recording: int, position: int
+    ) -> tuple[list[TupleKey], list[TupleKey]]:
+        keys: tuple[list[TupleKey], list[TupleKey]] = ([], [])
+        for c in self.snapshot(position).connections:
+            if c.state != TCP_LISTEN:
+                key = (recording, c.netns, c.laddr, c.lport, c.raddr, c.rport)
+                keys[0 if c.state in OPEN_STATES else 1].append(key)
+        return keys
 
     def snapshot_conntrack_keys(self, position: int) -> list[tuple[int, int]]:
         return [(c.netns, c.ct_id) for c in self.snapshot(position).conntrack]
 
-    def snapshot_pids(self, position: int) -> list[int]:
-        return [p.pid for p in self.snapshot(position).processes]
+    def snapshot_process_keys(self, recording: int, position: int) -> set[tuple[int, int]]:
+        return {(recording, p.pid) for p in self.snapshot(position).processes}
 
 
 step = st.tuples(
