@@ -228,11 +228,13 @@ class Fold:
         if self.retain:
             self.retained.pairs.extend(zip(opened_at, closed_at, strict=True))
             self.retained.failed.extend(compress(positions, map(_FAILED.__eq__, kinds)))
-        for sock_id in sorted(closes.keys() - cancelled):  # type: ignore[type-var]
-            self._close(recording, closes[sock_id], sock_id)
+        # The closes left over may fall back to their addresses, where two can compete for
+        # the same snapshot socket: they go in log order, as one at a time would take them.
+        leftover = [(closes[sock_id], sock_id) for sock_id in closes.keys() - cancelled]
         if None in close_ids:
-            for position in compress(positions, map(_is_unkeyed_close, rows)):
-                self._close_by_tuple(position)
+            leftover.extend((p, None) for p in compress(positions, map(_is_unkeyed_close, rows)))
+        for position, sock_id in sorted(leftover):
+            self._close(recording, position, sock_id)
         for sock_id in opens.keys() - cancelled:
             sockets[sock_id] = opens[sock_id]  # type: ignore[index]  # None was ruled out
         fetched = list(map(_FETCHED.__contains__, kinds))
