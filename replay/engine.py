@@ -8,11 +8,10 @@ so a replay over a log that is being written sees whole batches and a stable end
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
+from recorder.log.batch import gc_paused
 from recorder.log.reader import BatchSpan, LogReader
 from recorder.log.store import LogStore
 from replay import checkpoints
@@ -20,20 +19,6 @@ from replay.checkpoints import CheckpointPolicy
 from replay.fold import Fold, NarrowRow, Retained
 from replay.state import ReplayState
 from replay.timespec import LogSpan
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """The fold allocates millions of short-lived tuples and makes no reference cycles; the
-    cyclic collector's passes over the (large, long-lived) state cost it about a fifth of
-    its time. Reference counting still frees everything."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 @dataclass
@@ -86,7 +71,7 @@ class Replayer:
         return LogSpan(start, max([*ends, extent[1]]))
 
     # -- seeking ---------------------------------------------------------------------------
-    @collector_paused()
+    @gc_paused()  # the fold allocates millions of short-lived, acyclic tuples
     def state_at(self, at_ns: int) -> ReplayState:
         state = None
         if self.use_checkpoints:
@@ -153,7 +138,7 @@ class Replayer:
         if pending is not None:
             yield pending
 
-    @collector_paused()
+    @gc_paused()
     def window(self, at_ns: int, window_ns: int) -> Window:
         start_ns = at_ns - window_ns
         state = self.state_at(start_ns)

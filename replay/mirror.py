@@ -27,6 +27,7 @@ from typing import Any
 import duckdb
 
 from recorder.errors import LogError, QueryError
+from recorder.log.batch import gc_paused
 from recorder.log.reader import LogReader
 from recorder.log.store import LogStore
 from replay.connections import CLOSE_ONLY_NOTE, _Materializer, address_text
@@ -196,6 +197,7 @@ class MirrorSync:
         self.reader = LogReader(store)
         self.head = self.reader.head()
 
+    @gc_paused()  # millions of short-lived rows and fold tuples, no reference cycles
     def run(self, signature: str) -> SyncStats:
         started = time.monotonic()
         stats = SyncStats()
