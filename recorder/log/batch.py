@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from recorder.clock import ClockModel, wall_bounds
 from recorder.events import ClockSample, Event, Loss, Snapshot
+from recorder.log import native
 
 _MONO = itemgetter(1)
 
@@ -29,6 +30,8 @@ class Batch:
         return bool(self.events or self.losses or self.clock_samples)
 
     def mono_range(self) -> tuple[int, int]:
+        if native.AVAILABLE:
+            return native.mono_range(self.events)
         return min(map(_MONO, self.events)), max(map(_MONO, self.events))
 
     def wall_bounds(self, clock: ClockModel) -> tuple[int, int]:

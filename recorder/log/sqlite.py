@@ -2,19 +2,27 @@
 
 The events table's ``position`` is SQLite's rowid. Rows are never deleted, so each insert
 gets ``max(rowid) + 1``: positions are gap-free and in commit order without being sent.
+
+Event rows go through ``recorder.log._native`` (C) when it was built, through Python's
+sqlite3 otherwise: both give byte-identical logs (tests/unit/log/test_native_append.py).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 from recorder.clock import ClockModel
 from recorder.errors import LogError
+from recorder.events import Event
+from recorder.log import native
 from recorder.log.batch import (
     AppendResult,
     Batch,
     distinct_comms,
     distinct_netns,
+    encode_extra,
     event_rows,
     gc_paused,
     snapshot_rows,
@@ -40,32 +48,122 @@ def _insert_sql(table: str) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
-class SqliteAppender:
-    """Commits batches to a SQLite log through one dedicated connection."""
+class AppendConnection(Protocol):
+    """What the appender needs from a SQLite connection (``_native.Connection`` has it)."""
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> list[tuple[Any, ...]]: ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> None: ...
+
+    def insert_events(
+        self,
+        sql: str,
+        events: list[Event],
+        comm_ids: dict[str | None, int | None],
+        netns_ids: dict[int | None, int | None],
+        encode_extra: Callable[[dict[str, Any]], str | None],
+        /,
+    ) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class PysqliteConnection:
+    """The appender's operations over Python's sqlite3 driver, on a connection of the
+    store's engine: the fallback where the C module was not built."""
 
     def __init__(self, store: LogStore) -> None:
-        self._store = store
         self._proxy = store.engine.raw_connection()
         self._conn: sqlite3.Connection = self._proxy.driver_connection  # type: ignore[assignment]
-        self._comms: Dictionary[str] = Dictionary(self._conn.execute("SELECT id, name FROM comms"))
-        self._netns: Dictionary[int] = Dictionary(self._conn.execute("SELECT id, inode FROM netns"))
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> list[tuple[Any, ...]]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> None:
+        self._conn.executemany(sql, rows)
+
+    def insert_events(
+        self,
+        sql: str,
+        events: list[Event],
+        comm_ids: dict[str | None, int | None],
+        netns_ids: dict[int | None, int | None],
+        encode_extra: Callable[[dict[str, Any]], str | None],
+        /,
+    ) -> int:
+        del encode_extra  # event_rows encodes extras itself
+        with gc_paused():
+            rows = event_rows(events, comm_ids, netns_ids)
+            self._conn.executemany(sql, rows)
+        return len(rows)
 
     def close(self) -> None:
         self._proxy.close()
+
+
+def open_append_connection(store: LogStore, use_native: bool | None = None) -> AppendConnection:
+    """A connection for appending to ``store``: the C one when built (``use_native`` None
+    or True), else Python's. ``use_native=True`` without the C module is an error."""
+    if use_native is None:
+        use_native = native.AVAILABLE
+    if not use_native:
+        return PysqliteConnection(store)
+    if not native.AVAILABLE:
+        raise LogError("the C append module (recorder.log._native) was not built")
+    assert store.location.path is not None
+    try:
+        return native.Connection(
+            str(store.location.path),
+            store.sqlite.busy_timeout_ms,
+            store.sqlite.synchronous.upper(),
+        )
+    except sqlite3.Error as exc:
+        raise map_driver_error(exc, store.location) from exc
+
+
+class SqliteAppender:
+    """Commits batches to a SQLite log through one dedicated connection."""
+
+    def __init__(self, store: LogStore, use_native: bool | None = None) -> None:
+        self._store = store
+        self._conn = open_append_connection(store, use_native)
+        try:
+            self._comms: Dictionary[str] = Dictionary(
+                self._conn.execute("SELECT id, name FROM comms")
+            )
+            self._netns: Dictionary[int] = Dictionary(
+                self._conn.execute("SELECT id, inode FROM netns")
+            )
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise map_driver_error(exc, store.location) from exc
+
+    def close(self) -> None:
+        self._conn.close()
 
     def append(self, recording_id: int, batch: Batch, clock: ClockModel) -> AppendResult:
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
-            head = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()[0]
+            head = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events")[0][0]
             result = AppendResult(head + 1, head + len(batch.events))
             if batch.events:
                 self._comms.prepare(distinct_comms(batch.events), self._comm_id)
                 self._netns.prepare(distinct_netns(batch.events), self._netns_id)
-                with gc_paused():
-                    rows = event_rows(batch.events, self._comms.ids, self._netns.ids)
-                    conn.executemany(insert_events_sql(recording_id), rows)
-                    del rows
+                conn.insert_events(
+                    insert_events_sql(recording_id),
+                    batch.events,
+                    self._comms.ids,
+                    self._netns.ids,
+                    encode_extra,
+                )
                 self._write_batch_index(recording_id, batch, clock, result)
                 for table, table_rows in snapshot_rows(batch, result.first_position):
                     conn.executemany(_insert_sql(table), table_rows)
@@ -92,17 +190,16 @@ class SqliteAppender:
 
     def _comm_id(self, comm: str) -> int:
         self._conn.execute("INSERT OR IGNORE INTO comms (name) VALUES (?)", (comm,))
-        return int(self._conn.execute("SELECT id FROM comms WHERE name = ?", (comm,)).fetchone()[0])
+        return int(self._conn.execute("SELECT id FROM comms WHERE name = ?", (comm,))[0][0])
 
     def _netns_id(self, inode: int) -> int:
         self._conn.execute("INSERT OR IGNORE INTO netns (inode) VALUES (?)", (inode,))
-        row = self._conn.execute("SELECT id FROM netns WHERE inode = ?", (inode,)).fetchone()
-        return int(row[0])
+        return int(self._conn.execute("SELECT id FROM netns WHERE inode = ?", (inode,))[0][0])
 
     def _write_batch_index(
         self, recording_id: int, batch: Batch, clock: ClockModel, result: AppendResult
     ) -> None:
-        last = self._conn.execute("SELECT MAX(position) FROM events").fetchone()[0]
+        last = self._conn.execute("SELECT MAX(position) FROM events")[0][0]
         if last != result.last_position:
             raise LogError(
                 f"position gap: expected last position {result.last_position}, found {last}"

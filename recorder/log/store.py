@@ -15,7 +15,7 @@ import enum
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ class LogStore:
 
     location: LogLocation
     engine: Engine
+    sqlite: SqliteOptions = field(default_factory=SqliteOptions)
 
     @property
     def dialect(self) -> str:
@@ -90,14 +91,15 @@ def open_log(
     sqlite: SqliteOptions | None = None,
 ) -> LogStore:
     """Open the log at ``location`` for ``purpose``; see the module docstring."""
+    sqlite = sqlite or SqliteOptions()
     if location.is_sqlite:
-        if purpose is Purpose.RECORD and not (sqlite and sqlite.force):
+        if purpose is Purpose.RECORD and not sqlite.force:
             _check_safe_to_record(location)  # before the file is created, not after
         _check_sqlite_file(location, purpose)
-        engine = _sqlite_engine(location, sqlite or SqliteOptions())
+        engine = _sqlite_engine(location, sqlite)
     else:
         engine = _postgres_engine(location)
-    store = LogStore(location, engine)
+    store = LogStore(location, engine, sqlite)
     try:
         if purpose is not Purpose.ADMIN:
             ensure_schema(store, migrate_if_needed=purpose is Purpose.RECORD)

@@ -1,0 +1,237 @@
+"""The C append path (recorder.log._native) writes exactly what Python's sqlite3 writes.
+
+Both appenders get the same batches (every event kind, IPv4 and IPv6, missing fields,
+extremes of every integer column, new process names mid-recording, snapshots, losses,
+clock samples); every table must then hold the same values with the same storage types.
+Errors leave no partial batch behind, and come out as the driver's own exception classes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recorder.clock import ClockModel
+from recorder.errors import LogError
+from recorder.events import Event, Kind, Loss, Snapshot, SnapshotConnection, SnapshotProcess
+from recorder.log import native
+from recorder.log.batch import Batch
+from recorder.log.location import resolve
+from recorder.log.recordings import RecordingStart, begin_recording
+from recorder.log.schema import metadata
+from recorder.log.sqlite import SqliteAppender, insert_events_sql
+from recorder.log.store import LogStore, Purpose, open_log
+from tests.capabilities import require
+from tests.factories import MONO_BASE_NS, ROOT_NETNS, clock_sample, conn_event, make_host
+
+INT64_MAX = (1 << 63) - 1
+
+
+@pytest.fixture(autouse=True)
+def _native_built() -> None:
+    require(native.AVAILABLE, "the C append module (make setup builds recorder/log/_native.c)")
+
+
+@pytest.fixture
+def store_factory(tmp_path: Path) -> Iterator[Any]:
+    stores: list[LogStore] = []
+
+    def make(name: str) -> tuple[LogStore, int]:
+        path = tmp_path / f"{name}-{len(stores)}.db"
+        store = open_log(resolve(str(path)), Purpose.RECORD)
+        stores.append(store)
+        recording_id = begin_recording(
+            store,
+            RecordingStart(
+                host=make_host(), mode="ebpf", started=clock_sample(), root_netns=ROOT_NETNS
+            ),
+        )
+        return store, recording_id
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+def table_dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, each value as SQLite's quote() of it (type and bytes)."""
+    conn = sqlite3.connect(path)
+    try:
+        dump = {}
+        for table in metadata.tables.values():
+            columns = ", ".join(f"quote({column.name})" for column in table.columns)
+            dump[table.name] = conn.execute(
+                f"SELECT {columns} FROM {table.name} ORDER BY rowid"
+            ).fetchall()
+        return dump
+    finally:
+        conn.close()
+
+
+addresses = st.one_of(st.binary(min_size=4, max_size=4), st.binary(min_size=16, max_size=16))
+optional_int = st.one_of(st.none(), st.integers(0, INT64_MAX))
+comms = st.one_of(st.none(), st.text(min_size=1, max_size=15))
+extras = st.one_of(
+    st.none(),
+    st.fixed_dictionaries({"error": st.integers(0, 200)}),
+    st.fixed_dictionaries({"ppid": st.integers(0, 1 << 22), "filename": st.text(max_size=40)}),
+)
+
+
+@st.composite
+def events(draw: st.DrawFn) -> Event:
+    return Event(
+        kind=draw(st.sampled_from([int(kind) for kind in Kind if kind != Kind.SNAPSHOT])),
+        mono_ns=draw(st.integers(0, 1 << 60)),  # wall = mono + offset stays in 64 bits
+        pid=draw(st.one_of(st.none(), st.integers(0, (1 << 31) - 1))),
+        comm=draw(comms),
+        netns=draw(st.one_of(st.none(), st.integers(1, (1 << 32) - 1))),
+        laddr=draw(st.one_of(st.none(), addresses)),
+        lport=draw(st.one_of(st.none(), st.integers(0, 65535))),
+        raddr=draw(st.one_of(st.none(), addresses)),
+        rport=draw(st.one_of(st.none(), st.integers(0, 65535))),
+        sock_id=draw(optional_int),
+        bytes_sent=draw(optional_int),
+        bytes_received=draw(optional_int),
+        extra=draw(extras),
+    )
+
+
+def snapshot_batch(mono_ns: int) -> Batch:
+    snapshot = Snapshot(
+        connections=(
+            SnapshotConnection(
+                ROOT_NETNS, b"\x7f\0\0\x01", 8080, b"\x7f\0\0\x01", 40000, 1, 7, 0, 42
+            ),
+            SnapshotConnection(ROOT_NETNS, bytes(16), 22, bytes(16), 0, 10, 8, 0, None),
+        ),
+        processes=(SnapshotProcess(42, 1, "server", "server --port 8080", "/", ROOT_NETNS, 5),),
+        conntrack=(),
+    )
+    event = Event(kind=Kind.SNAPSHOT, mono_ns=mono_ns, extra={"initial": True})
+    batch = Batch(events=[event], losses=[Loss(3, mono_ns, mono_ns + 10, "ring buffer full")])
+    batch.snapshots[0] = snapshot
+    batch.clock_samples.append(clock_sample(mono_ns))
+    return batch
+
+
+def append_to_both(batches: list[Batch], store_factory: Any) -> tuple[Path, Path]:
+    paths = []
+    for use_native in (True, False):
+        store, recording_id = store_factory("native" if use_native else "python")
+        appender = SqliteAppender(store, use_native=use_native)
+        try:
+            for batch in batches:
+                clock = ClockModel([clock_sample()])
+                for sample in batch.clock_samples:
+                    clock.add(sample)
+                appender.append(recording_id, batch, clock)
+        finally:
+            appender.close()
+        assert store.location.path is not None
+        paths.append(store.location.path)
+    return paths[0], paths[1]
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(event_batches=st.lists(st.lists(events(), min_size=1, max_size=40), min_size=1, max_size=4))
+def test_both_paths_write_the_same_rows(
+    event_batches: list[list[Event]], store_factory: Any
+) -> None:
+    batches = [Batch(events=list(batch)) for batch in event_batches]
+    batches.insert(1, snapshot_batch(MONO_BASE_NS))
+    native_path, python_path = append_to_both(batches, store_factory)
+    native_dump, python_dump = table_dump(native_path), table_dump(python_path)
+    assert native_dump["events"], "nothing was written"
+    assert native_dump == python_dump
+
+
+def test_a_bad_row_rolls_the_whole_batch_back(store_factory: Any) -> None:
+    store, recording_id = store_factory("native")
+    appender = SqliteAppender(store, use_native=True)
+    clock = ClockModel([clock_sample()])
+    try:
+        appender.append(recording_id, Batch(events=[conn_event(Kind.CONNECT, MONO_BASE_NS)]), clock)
+        bad = conn_event(Kind.CLOSE, MONO_BASE_NS + 2)._replace(lport=[80])
+        good = conn_event(Kind.ACCEPT, MONO_BASE_NS + 1, comm="new-comm")
+        with pytest.raises(TypeError, match="cannot bind a list"):
+            appender.append(recording_id, Batch(events=[good, bad]), clock)
+        later = appender.append(
+            recording_id,
+            Batch(events=[conn_event(Kind.CLOSE, MONO_BASE_NS + 3, comm="new-comm")]),
+            clock,
+        )
+    finally:
+        appender.close()
+    assert (later.first_position, later.last_position) == (2, 2)
+    assert store.location.path is not None
+    dump = table_dump(store.location.path)
+    assert [row[:1] for row in dump["events"]] == [("1",), ("2",)]
+    assert [row[0] for row in dump["batches"]] == ["1", "2"]
+    assert [row[1] for row in dump["comms"]] == ["'client'", "'new-comm'"]
+
+
+def test_errors_are_the_drivers_exception_classes(store_factory: Any) -> None:
+    store, recording_id = store_factory("native")
+    assert store.location.path is not None
+    conn = native.Connection(str(store.location.path), 1000, "FULL")
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+            conn.execute("INSERT INTO comms (id, name) VALUES (1, 'a'), (1, 'b')")
+        with pytest.raises(sqlite3.OperationalError, match="no such table"):
+            conn.execute("SELECT * FROM nowhere")
+        with pytest.raises(sqlite3.OperationalError, match="takes 13 parameters, 1 given"):
+            conn.execute(insert_events_sql(recording_id), (1,))
+        assert not conn.in_transaction
+        conn.execute("BEGIN IMMEDIATE")
+        assert conn.in_transaction
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+    with pytest.raises(sqlite3.OperationalError, match="closed"):
+        conn.execute("SELECT 1")
+
+
+def test_a_missing_or_foreign_file_is_one_clear_error(tmp_path: Path, store_factory: Any) -> None:
+    store, _ = store_factory("native")
+    assert store.location.path is not None
+    store.location.path.unlink()
+    with pytest.raises(LogError, match="unable to open"):
+        SqliteAppender(store, use_native=True)
+    store.location.path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    with pytest.raises(LogError, match="not a valid SQLite log"):
+        SqliteAppender(store, use_native=True)
+
+
+def test_values_round_trip_with_their_types(store_factory: Any) -> None:
+    store, _ = store_factory("native")
+    assert store.location.path is not None
+    conn = native.Connection(str(store.location.path), 1000, "NORMAL")
+    try:
+        row = conn.execute("SELECT ?, ?, ?, ?, ?, ?", (None, -(1 << 63), 1.5, "ü", b"\0x", True))
+        assert row == [(None, -(1 << 63), 1.5, "ü", b"\0x", 1)]
+        with pytest.raises(OverflowError):
+            conn.execute("SELECT ?", (1 << 64,))
+        with pytest.raises(TypeError, match="cannot bind a list"):
+            conn.execute("SELECT ?", ([1],))
+        conn.executemany("INSERT INTO comms (name) VALUES (?)", iter([("x",), ("y",)]))
+        assert conn.execute("SELECT name FROM comms ORDER BY id") == [("x",), ("y",)]
+    finally:
+        conn.close()
+
+
+def test_mono_range_is_the_smallest_and_largest_time() -> None:
+    stream = [conn_event(Kind.CONNECT, mono) for mono in (5, 3, 9, 3, 7)]
+    assert native.mono_range(stream) == (3, 9)
+    with pytest.raises(ValueError, match="non-empty"):
+        native.mono_range([])
