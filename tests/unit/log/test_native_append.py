@@ -162,7 +162,7 @@ def test_a_bad_row_rolls_the_whole_batch_back(store_factory: Any) -> None:
     clock = ClockModel([clock_sample()])
     try:
         appender.append(recording_id, Batch(events=[conn_event(Kind.CONNECT, MONO_BASE_NS)]), clock)
-        bad = conn_event(Kind.CLOSE, MONO_BASE_NS + 2)._replace(lport=[80])
+        bad = conn_event(Kind.CLOSE, MONO_BASE_NS + 2)._replace(lport=[80])  # type: ignore[arg-type]
         good = conn_event(Kind.ACCEPT, MONO_BASE_NS + 1, comm="new-comm")
         with pytest.raises(TypeError, match="cannot bind a list"):
             appender.append(recording_id, Batch(events=[good, bad]), clock)
@@ -192,10 +192,12 @@ def test_errors_are_the_drivers_exception_classes(store_factory: Any) -> None:
             conn.execute("SELECT * FROM nowhere")
         with pytest.raises(sqlite3.OperationalError, match="takes 13 parameters, 1 given"):
             conn.execute(insert_events_sql(recording_id), (1,))
-        assert not conn.in_transaction
+        states = [conn.in_transaction]
         conn.execute("BEGIN IMMEDIATE")
-        assert conn.in_transaction
+        states.append(conn.in_transaction)
         conn.execute("ROLLBACK")
+        states.append(conn.in_transaction)
+        assert states == [False, True, False]
     finally:
         conn.close()
     with pytest.raises(sqlite3.OperationalError, match="closed"):
