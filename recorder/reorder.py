@@ -9,6 +9,7 @@ time was released ("late") is released at once; replay does not depend on the or
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_right
 from operator import itemgetter
 from typing import Protocol
@@ -25,13 +26,15 @@ class EventSink(Protocol):
 
 
 class ReorderBuffer:
-    """Pending events are kept as sorted chunks (one per hand-over, sorted once on arrival),
-    so a release touches only what it releases plus one bisect per chunk."""
+    """Pending events are kept as sorted chunks (one per hand-over, sorted once on arrival)
+    in a heap by their oldest event, so a release touches only the chunks it releases from:
+    the recorder asks for a release on every pass of its loop, mostly for nothing."""
 
     def __init__(self, horizon_ns: int) -> None:
         self.horizon_ns = horizon_ns
         self.late_events = 0
-        self._chunks: list[list[Event]] = []
+        self._chunks: list[tuple[int, int, list[Event]]] = []  # heap of (oldest, arrival, chunk)
+        self._arrivals = 0
         self._count = 0
         self._released_to = 0  # every event with mono_ns <= this has been released
         self._holds: list[int] = []  # snapshot walks under way: release nothing after them
@@ -43,8 +46,12 @@ class ReorderBuffer:
     def add(self, events: list[Event]) -> None:
         if events:
             chunk = sorted(events, key=_MONO)
-            self._chunks.append(chunk)
+            self._push(self._arrivals, chunk)
+            self._arrivals += 1
             self._count += len(chunk)
+
+    def _push(self, arrival: int, chunk: list[Event]) -> None:
+        heapq.heappush(self._chunks, (chunk[0].mono_ns, arrival, chunk))
 
     def hold(self, mono_ns: int) -> None:
         """A snapshot walk started at ``mono_ns``: keep later events until it is added."""
@@ -59,7 +66,12 @@ class ReorderBuffer:
 
     def pending_since(self, mono_ns: int) -> list[Event]:
         """Events still held with ``mono_ns`` or later (during a walk: all of them)."""
-        return [event for chunk in self._chunks for event in chunk if event.mono_ns >= mono_ns]
+        return [
+            event
+            for _, _, chunk in sorted(self._chunks, key=itemgetter(1))
+            for event in chunk
+            if event.mono_ns >= mono_ns
+        ]
 
     def cancel_hold(self, mono_ns: int) -> None:
         if mono_ns in self._holds:
@@ -91,26 +103,34 @@ class ReorderBuffer:
         return released
 
     def _take_upto(self, cutoff: int | None) -> list[Event]:
-        """Remove and return every pending event with ``mono_ns <= cutoff``, in time order."""
-        ready: list[Event] = []
-        keep: list[list[Event]] = []
-        runs = 0
-        for chunk in self._chunks:
-            if cutoff is None or chunk[-1].mono_ns <= cutoff:
-                ready.extend(chunk)
-                runs += 1
-            elif chunk[0].mono_ns > cutoff:
-                keep.append(chunk)
-            else:
-                index = bisect_right(chunk, cutoff, key=_MONO)
-                ready.extend(chunk[:index])
-                keep.append(chunk[index:])
-                runs += 1
-        self._chunks = keep
+        """Remove and return every pending event with ``mono_ns <= cutoff``, in time order
+        (events with equal times in the order they arrived)."""
+        if cutoff is None:
+            taken = [(arrival, chunk) for _, arrival, chunk in self._chunks]
+            self._chunks.clear()
+        else:
+            taken = self._pop_upto(cutoff)
+        if not taken:
+            return []
+        taken.sort(key=itemgetter(0))
+        ready = [event for _, chunk in taken for event in chunk]
         self._count -= len(ready)
-        if runs > 1:
-            ready.sort(key=_MONO)  # merges the sorted runs
+        if len(taken) > 1:
+            ready.sort(key=_MONO)  # merges the sorted runs; stable, so arrival order holds
         return ready
+
+    def _pop_upto(self, cutoff: int) -> list[tuple[int, list[Event]]]:
+        """(arrival, part of chunk) for every chunk holding events up to ``cutoff``."""
+        heap = self._chunks
+        taken = []
+        while heap and heap[0][0] <= cutoff:
+            _, arrival, chunk = heapq.heappop(heap)
+            if chunk[-1].mono_ns > cutoff:
+                index = bisect_right(chunk, cutoff, key=_MONO)
+                self._push(arrival, chunk[index:])  # its oldest is after cutoff now
+                chunk = chunk[:index]
+            taken.append((arrival, chunk))
+        return taken
 
     def _emit(self, ready: list[Event], sink: EventSink) -> int:
         if not ready:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from recorder.events import Event, Kind, Snapshot
 from recorder.reorder import ReorderBuffer
 
@@ -51,3 +56,56 @@ def test_late_events_are_released_and_counted() -> None:
     buffer.release(now_mono_ns=300, sink=sink)
     assert buffer.late_events == 1
     assert [mono for _, mono in sink.items] == [100, 150, 195]
+
+
+class IdentitySink:
+    def __init__(self) -> None:
+        self.released: list[list[Event]] = []
+
+    def add_events(self, events: list[Event]) -> None:
+        self.released.append(list(events))
+
+    def add_snapshot(self, event: Event, snapshot: Snapshot) -> None:
+        raise AssertionError("no snapshots here")
+
+
+# Each step: add a hand-over of (time, tag) events, or release at a time (None: release all).
+steps = st.lists(
+    st.one_of(
+        st.lists(st.integers(0, 30), max_size=8).map(lambda times: ("add", times)),
+        st.one_of(st.none(), st.integers(0, 45)).map(lambda now: ("release", now)),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps)
+def test_each_release_is_every_pending_event_up_to_the_cutoff_in_time_then_arrival_order(
+    script: list[tuple[str, Any]],
+) -> None:
+    horizon = 10
+    buffer, sink = ReorderBuffer(horizon_ns=horizon), IdentitySink()
+    pending: list[Event] = []  # the definition: arrival order
+    tag = 0
+    for action, value in script:
+        if action == "add":
+            handed = []
+            for mono in value:
+                tag += 1
+                handed.append(Event(Kind.CONNECT, mono, pid=tag))  # pid tells events apart
+            buffer.add(handed)
+            pending.extend(handed)
+            continue
+        before = len(sink.released)
+        if value is None:
+            buffer.release_all(sink)
+            due = pending
+        else:
+            buffer.release(now_mono_ns=value, sink=sink)
+            due = [event for event in pending if event.mono_ns <= value - horizon]
+        expected = sorted(due, key=lambda event: event.mono_ns)  # stable: arrival order holds
+        got = sink.released[before] if len(sink.released) > before else []
+        assert got == expected
+        pending = [event for event in pending if event not in due]
+        assert len(buffer) == len(pending)
