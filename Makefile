@@ -22,7 +22,7 @@ venv: $(INSTALLED)
 
 # pip's output goes to a log that is shown only when the install fails. It also compiles the
 # C append path, so a change to its source reinstalls.
-$(INSTALLED): pyproject.toml recorder/log/_native.c
+$(INSTALLED): pyproject.toml recorder/_native.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --disable-pip-version-check -e '.[dev]' > $(VENV)/install.log 2>&1 \
 		|| { tail -n 30 $(VENV)/install.log; exit 1; }

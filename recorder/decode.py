@@ -10,8 +10,9 @@ common kinds are decoded inline in one loop and tuples are built without keyword
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, cast
 
+from recorder import native
 from recorder.events import Event, Kind
 
 HEADER = struct.Struct("<IIQ")
@@ -124,3 +125,28 @@ def decode_event(fields: tuple[Any, ...]) -> Event:
             extra={"ppid": aux, "exit_code": aux2},
         )
     raise DecodeError(f"unknown event kind {kind}")
+
+
+def decode_one(raw: bytes) -> Event:
+    """One 128-byte event (what the C path hands back for the rarer kinds)."""
+    return decode_event(EVENT.unpack(raw))
+
+
+def raw_run(data: bytes) -> native.RawRun:
+    """The events of one stage record kept as the kernel wrote them, in time order: the C
+    path's counterpart of ``decode_record`` (which gives the same events as tuples)."""
+    try:
+        return native.raw_run(data)
+    except ValueError as exc:
+        raise DecodeError(str(exc)) from exc
+
+
+def expand(items: list[Event | native.RawRun]) -> list[Event]:
+    """Events and runs of events as one list of events, in order."""
+    events: list[Event] = []
+    for item in items:
+        if native.is_run(item):
+            events.extend(decode_record(item.record()))
+        else:
+            events.append(cast(Event, item))
+    return events

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recorder import __version__
+from recorder import __version__, native
 from recorder.capture import CaptureOptions, EbpfCapture, KernelStats, why_ebpf_unavailable
 from recorder.clock import ClockModel, monotonic_ns, sample_clock
 from recorder.conntrack import ConntrackWatcher
-from recorder.decode import DecodeError, decode_record
+from recorder.decode import DecodeError, decode_record, raw_run
 from recorder.errors import EbpfUnavailableError, LogError, LogWriteError, ScopeError
 from recorder.events import Event, Kind, Loss, Snapshot
 from recorder.host import host_identity, local_addresses, netns_inode
@@ -414,14 +414,18 @@ class _Session:
     def _drain(self, records: list[bytes]) -> None:
         for record in records:
             try:
-                events = decode_record(record)
+                if native.AVAILABLE:  # kept as the kernel wrote them, down to the INSERT
+                    run = raw_run(record)
+                    self.received_events += len(run)
+                    self.reorder.add_run(run)
+                else:
+                    events = decode_record(record)
+                    self.received_events += len(events)
+                    self.reorder.add(events)
             except DecodeError as exc:
                 self.decode_errors += 1
                 now = monotonic_ns()
                 self.writer.add_loss(Loss(1, now, now, f"undecodable record: {exc}"))
-                continue
-            self.received_events += len(events)
-            self.reorder.add(events)
 
     def _flush(self, final: bool = False) -> None:
         try:

@@ -5,6 +5,11 @@ the handshake completed although it is emitted when accept() returns, and snapsh
 while to walk /proc. The buffer holds events until they are ``horizon_ns`` old and then
 releases them sorted by timestamp, so positions follow time. An event that arrives after its
 time was released ("late") is released at once; replay does not depend on the order.
+
+Ring-buffer events may come as ``RawRun``s (recorder/_native.c) rather than lists of Event
+tuples: a release made only of runs is merged in C and handed on as one run; one that mixes
+them with other events (conntrack, snapshots, /proc) is decoded and merged here, in the same
+order either way: by time, equal times in the order they arrived.
 """
 
 from __future__ import annotations
@@ -12,15 +17,21 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 from operator import itemgetter
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
+from recorder import native
+from recorder.decode import decode_record
 from recorder.events import Event, Snapshot
 
 _MONO = itemgetter(1)
 
+# A run of events sorted by time. Strings: RawRun exists only where the C module was built.
+Chunk: TypeAlias = "list[Event] | native.RawRun"
+Released: TypeAlias = "list[Event] | native.RawRun"
+
 
 class EventSink(Protocol):
-    def add_events(self, events: list[Event]) -> None: ...
+    def add_events(self, events: Released) -> None: ...
 
     def add_snapshot(self, event: Event, snapshot: Snapshot) -> None: ...
 
@@ -33,7 +44,7 @@ class ReorderBuffer:
     def __init__(self, horizon_ns: int) -> None:
         self.horizon_ns = horizon_ns
         self.late_events = 0
-        self._chunks: list[tuple[int, int, list[Event]]] = []  # heap of (oldest, arrival, chunk)
+        self._chunks: list[tuple[int, int, Chunk]] = []  # heap of (oldest, arrival, chunk)
         self._arrivals = 0
         self._count = 0
         self._released_to = 0  # every event with mono_ns <= this has been released
@@ -45,13 +56,20 @@ class ReorderBuffer:
 
     def add(self, events: list[Event]) -> None:
         if events:
-            chunk = sorted(events, key=_MONO)
-            self._push(self._arrivals, chunk)
-            self._arrivals += 1
-            self._count += len(chunk)
+            self._add_chunk(sorted(events, key=_MONO))
 
-    def _push(self, arrival: int, chunk: list[Event]) -> None:
-        heapq.heappush(self._chunks, (chunk[0].mono_ns, arrival, chunk))
+    def add_run(self, run: native.RawRun) -> None:
+        """Events of one stage record, already in time order."""
+        if len(run):
+            self._add_chunk(run)
+
+    def _add_chunk(self, chunk: Chunk) -> None:
+        self._push(self._arrivals, chunk)
+        self._arrivals += 1
+        self._count += len(chunk)
+
+    def _push(self, arrival: int, chunk: Chunk) -> None:
+        heapq.heappush(self._chunks, (_first_ns(chunk), arrival, chunk))
 
     def hold(self, mono_ns: int) -> None:
         """A snapshot walk started at ``mono_ns``: keep later events until it is added."""
@@ -66,12 +84,8 @@ class ReorderBuffer:
 
     def pending_since(self, mono_ns: int) -> list[Event]:
         """Events still held with ``mono_ns`` or later (during a walk: all of them)."""
-        return [
-            event
-            for _, _, chunk in sorted(self._chunks, key=itemgetter(1))
-            for event in chunk
-            if event.mono_ns >= mono_ns
-        ]
+        chunks = [chunk for _, _, chunk in sorted(self._chunks, key=itemgetter(1))]
+        return [event for event in _events_of(chunks) if event.mono_ns >= mono_ns]
 
     def cancel_hold(self, mono_ns: int) -> None:
         if mono_ns in self._holds:
@@ -102,7 +116,7 @@ class ReorderBuffer:
             self._released_to = max(self._released_to, cutoff)
         return released
 
-    def _take_upto(self, cutoff: int | None) -> list[Event]:
+    def _take_upto(self, cutoff: int | None) -> Released:
         """Remove and return every pending event with ``mono_ns <= cutoff``, in time order
         (events with equal times in the order they arrived)."""
         if cutoff is None:
@@ -113,30 +127,63 @@ class ReorderBuffer:
         if not taken:
             return []
         taken.sort(key=itemgetter(0))
-        ready = [event for _, chunk in taken for event in chunk]
-        self._count -= len(ready)
-        if len(taken) > 1:
+        chunks = [chunk for _, chunk in taken]
+        self._count -= sum(map(len, chunks))
+        runs = [chunk for chunk in chunks if not isinstance(chunk, list)]
+        if len(runs) == len(chunks):
+            return native.merge_runs(runs)
+        ready = _events_of(chunks)
+        if len(chunks) > 1:
             ready.sort(key=_MONO)  # merges the sorted runs; stable, so arrival order holds
         return ready
 
-    def _pop_upto(self, cutoff: int) -> list[tuple[int, list[Event]]]:
+    def _pop_upto(self, cutoff: int) -> list[tuple[int, Chunk]]:
         """(arrival, part of chunk) for every chunk holding events up to ``cutoff``."""
         heap = self._chunks
         taken = []
         while heap and heap[0][0] <= cutoff:
             _, arrival, chunk = heapq.heappop(heap)
-            if chunk[-1].mono_ns > cutoff:
-                index = bisect_right(chunk, cutoff, key=_MONO)
-                self._push(arrival, chunk[index:])  # its oldest is after cutoff now
-                chunk = chunk[:index]
+            if _last_ns(chunk) > cutoff:
+                chunk, rest = _split(chunk, cutoff)
+                self._push(arrival, rest)  # its oldest is after cutoff now
             taken.append((arrival, chunk))
         return taken
 
-    def _emit(self, ready: list[Event], sink: EventSink) -> int:
+    def _emit(self, ready: Released, sink: EventSink) -> int:
         if not ready:
             return 0
         released_to = self._released_to
-        if ready[0].mono_ns <= released_to:
-            self.late_events += sum(1 for event in ready if event.mono_ns <= released_to)
+        if _first_ns(ready) <= released_to:
+            self.late_events += _count_upto(ready, released_to)
         sink.add_events(ready)
         return len(ready)
+
+
+def _first_ns(chunk: Chunk) -> int:
+    return chunk[0].mono_ns if isinstance(chunk, list) else chunk.first_ns
+
+
+def _last_ns(chunk: Chunk) -> int:
+    return chunk[-1].mono_ns if isinstance(chunk, list) else chunk.last_ns
+
+
+def _split(chunk: Chunk, cutoff: int) -> tuple[Chunk, Chunk]:
+    """The events up to ``cutoff`` and the rest."""
+    if isinstance(chunk, list):
+        index = bisect_right(chunk, cutoff, key=_MONO)
+        return chunk[:index], chunk[index:]
+    return chunk.split(cutoff)
+
+
+def _count_upto(chunk: Chunk, mono_ns: int) -> int:
+    if isinstance(chunk, list):
+        return sum(1 for event in chunk if event.mono_ns <= mono_ns)
+    return chunk.count_upto(mono_ns)
+
+
+def _events_of(chunks: list[Chunk]) -> list[Event]:
+    """The events of ``chunks`` as tuples, in order (runs decoded as recorder.decode does)."""
+    events: list[Event] = []
+    for chunk in chunks:
+        events.extend(chunk if isinstance(chunk, list) else decode_record(chunk.record()))
+    return events

@@ -10,33 +10,59 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, NamedTuple
 
+from recorder import native
 from recorder.clock import ClockModel, wall_bounds
+from recorder.decode import decode_one
 from recorder.events import ClockSample, Event, Loss, Snapshot
-from recorder.log import native
 
 _MONO = itemgetter(1)
 
 
 @dataclass
 class Batch:
-    """Events in log order, the snapshots hung on some of them, losses and clock samples."""
+    """Events in log order, the snapshots hung on some of them, losses and clock samples.
 
-    events: list[Event] = field(default_factory=list)
-    snapshots: dict[int, Snapshot] = field(default_factory=dict)  # index in events -> rows
+    ``events`` holds Event tuples and RawRuns (ring-buffer events kept as the kernel wrote
+    them, recorder/_native.c); a run takes one position per event it holds.
+    """
+
+    events: list[Event | native.RawRun] = field(default_factory=list)
+    snapshots: dict[int, Snapshot] = field(default_factory=dict)  # position offset -> rows
     losses: list[Loss] = field(default_factory=list)
     clock_samples: list[ClockSample] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.events or self.losses or self.clock_samples)
 
-    def mono_range(self) -> tuple[int, int]:
+    def event_count(self) -> int:
+        return sum(1 if isinstance(item, tuple) else len(item) for item in self.events)
+
+    def summary(self) -> BatchSummary:
+        """Time range and distinct dictionary values of the events (there must be some)."""
         if native.AVAILABLE:
-            return native.mono_range(self.events)
-        return min(map(_MONO, self.events)), max(map(_MONO, self.events))
+            return BatchSummary(*native.batch_summary(self.events, decode_one))
+        events: list[Event] = self.events  # type: ignore[assignment]  # no runs without C
+        return BatchSummary(
+            min(map(_MONO, events)),
+            max(map(_MONO, events)),
+            distinct_comms(events),
+            distinct_netns(events),
+        )
+
+    def mono_range(self) -> tuple[int, int]:
+        summary = self.summary()
+        return summary.min_mono_ns, summary.max_mono_ns
 
     def wall_bounds(self, clock: ClockModel) -> tuple[int, int]:
         """Bounds on the wall times of the events: what the batches index stores."""
         return wall_bounds(clock, *self.mono_range())
+
+
+class BatchSummary(NamedTuple):
+    min_mono_ns: int
+    max_mono_ns: int
+    comms: set[str | None]
+    netns: set[int | None]
 
 
 class AppendResult(NamedTuple):

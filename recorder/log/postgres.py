@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 
 from recorder.clock import ClockModel
+from recorder.decode import expand
 from recorder.errors import LogError
 from recorder.events import Event
 from recorder.log.batch import (
@@ -81,9 +82,9 @@ class PostgresAppender:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK_KEY,))
                 cur.execute("SELECT COALESCE(MAX(position), 0) FROM events")
                 head = int(cur.fetchone()[0])  # type: ignore[index]
-                result = AppendResult(head + 1, head + len(batch.events))
-                if batch.events:
-                    self._copy_events(cur, recording_id, batch.events, head)
+                result = AppendResult(head + 1, head + batch.event_count())
+                if result.event_count:
+                    self._copy_events(cur, recording_id, expand(batch.events), head)
                     self._write_batch_index(cur, recording_id, batch, clock, result)
                     for table, rows in snapshot_rows(batch, result.first_position):
                         with cur.copy(_copy_sql(table)) as copy:

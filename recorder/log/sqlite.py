@@ -3,7 +3,7 @@
 The events table's ``position`` is SQLite's rowid. Rows are never deleted, so each insert
 gets ``max(rowid) + 1``: positions are gap-free and in commit order without being sent.
 
-Event rows go through ``recorder.log._native`` (C) when it was built, through Python's
+Event rows go through ``recorder._native`` (C) when it was built, through Python's
 sqlite3 otherwise: both give byte-identical logs (tests/unit/log/test_native_append.py).
 """
 
@@ -13,15 +13,15 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from recorder.clock import ClockModel
+from recorder import native
+from recorder.clock import ClockModel, wall_bounds
+from recorder.decode import decode_one, expand
 from recorder.errors import LogError
 from recorder.events import Event
-from recorder.log import native
 from recorder.log.batch import (
     AppendResult,
     Batch,
-    distinct_comms,
-    distinct_netns,
+    BatchSummary,
     encode_extra,
     event_rows,
     gc_paused,
@@ -61,10 +61,11 @@ class AppendConnection(Protocol):
     def insert_events(
         self,
         sql: str,
-        events: list[Event],
+        items: list[Event | native.RawRun],
         comm_ids: dict[str | None, int | None],
         netns_ids: dict[int | None, int | None],
         encode_extra: Callable[[dict[str, Any]], str | None],
+        decode_one: Callable[[bytes], Event],
         /,
     ) -> int: ...
 
@@ -92,15 +93,16 @@ class PysqliteConnection:
     def insert_events(
         self,
         sql: str,
-        events: list[Event],
+        items: list[Event | native.RawRun],
         comm_ids: dict[str | None, int | None],
         netns_ids: dict[int | None, int | None],
         encode_extra: Callable[[dict[str, Any]], str | None],
+        decode_one: Callable[[bytes], Event],
         /,
     ) -> int:
-        del encode_extra  # event_rows encodes extras itself
+        del encode_extra, decode_one  # event_rows and expand do their work
         with gc_paused():
-            rows = event_rows(events, comm_ids, netns_ids)
+            rows = event_rows(expand(items), comm_ids, netns_ids)
             self._conn.executemany(sql, rows)
         return len(rows)
 
@@ -116,7 +118,7 @@ def open_append_connection(store: LogStore, use_native: bool | None = None) -> A
     if not use_native:
         return PysqliteConnection(store)
     if not native.AVAILABLE:
-        raise LogError("the C append module (recorder.log._native) was not built")
+        raise LogError("the C append module (recorder._native) was not built")
     assert store.location.path is not None
     try:
         return native.Connection(
@@ -153,18 +155,20 @@ class SqliteAppender:
         try:
             conn.execute("BEGIN IMMEDIATE")
             head = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events")[0][0]
-            result = AppendResult(head + 1, head + len(batch.events))
-            if batch.events:
-                self._comms.prepare(distinct_comms(batch.events), self._comm_id)
-                self._netns.prepare(distinct_netns(batch.events), self._netns_id)
+            result = AppendResult(head + 1, head + batch.event_count())
+            if result.event_count:
+                summary = batch.summary()
+                self._comms.prepare(summary.comms, self._comm_id)
+                self._netns.prepare(summary.netns, self._netns_id)
                 conn.insert_events(
                     insert_events_sql(recording_id),
                     batch.events,
                     self._comms.ids,
                     self._netns.ids,
                     encode_extra,
+                    decode_one,
                 )
-                self._write_batch_index(recording_id, batch, clock, result)
+                self._write_batch_index(recording_id, summary, clock, result)
                 for table, table_rows in snapshot_rows(batch, result.first_position):
                     conn.executemany(_insert_sql(table), table_rows)
             self._write_clock_and_losses(recording_id, batch, clock, head)
@@ -197,15 +201,15 @@ class SqliteAppender:
         return int(self._conn.execute("SELECT id FROM netns WHERE inode = ?", (inode,))[0][0])
 
     def _write_batch_index(
-        self, recording_id: int, batch: Batch, clock: ClockModel, result: AppendResult
+        self, recording_id: int, summary: BatchSummary, clock: ClockModel, result: AppendResult
     ) -> None:
         last = self._conn.execute("SELECT MAX(position) FROM events")[0][0]
         if last != result.last_position:
             raise LogError(
                 f"position gap: expected last position {result.last_position}, found {last}"
             )
-        min_mono, max_mono = batch.mono_range()
-        min_wall, max_wall = batch.wall_bounds(clock)
+        min_mono, max_mono = summary.min_mono_ns, summary.max_mono_ns
+        min_wall, max_wall = wall_bounds(clock, min_mono, max_mono)
         self._conn.execute(
             _insert_sql("batches"),
             (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from recorder import native
 from recorder.clock import ClockModel, monotonic_ns
 from recorder.events import ClockSample, Event, Loss, Snapshot
 from recorder.log.batch import AppendResult, Batch
@@ -57,22 +58,29 @@ class LogWriter:
         self.last_position = 0
         self._appender = make_appender(store)
         self._pending = Batch()
+        self._pending_count = 0  # positions the pending batch takes
         self._pending_since: int | None = None
 
     # -- buffering -------------------------------------------------------------------------
     def add(self, event: Event) -> None:
         self._touch()
         self._pending.events.append(event)
+        self._pending_count += 1
 
-    def add_events(self, events: list[Event]) -> None:
-        if events:
-            self._touch()
+    def add_events(self, events: list[Event] | native.RawRun) -> None:
+        if not events:
+            return
+        self._touch()
+        if isinstance(events, list):
             self._pending.events.extend(events)
+        else:
+            self._pending.events.append(events)
+        self._pending_count += len(events)
 
     def add_snapshot(self, event: Event, snapshot: Snapshot) -> None:
         self._touch()
-        self._pending.snapshots[len(self._pending.events)] = snapshot
-        self._pending.events.append(event)
+        self._pending.snapshots[self._pending_count] = snapshot
+        self.add(event)
 
     def add_loss(self, loss: Loss) -> None:
         self._touch()
@@ -90,13 +98,13 @@ class LogWriter:
 
     @property
     def pending_events(self) -> int:
-        return len(self._pending.events)
+        return self._pending_count
 
     def due(self, now_mono_ns: int | None = None) -> bool:
         """Whether the pending batch should be committed now."""
         if self._pending_since is None:
             return False
-        if len(self._pending.events) >= self.max_events:
+        if self._pending_count >= self.max_events:
             return True
         now = monotonic_ns() if now_mono_ns is None else now_mono_ns
         return now - self._pending_since >= self.max_age_ns
@@ -116,6 +124,7 @@ class LogWriter:
             return None
         result = self._appender.append(self.recording_id, self._pending, self.clock)
         self._pending = Batch()
+        self._pending_count = 0
         self._pending_since = None
         self.committed_events += result.event_count
         self.committed_batches += 1

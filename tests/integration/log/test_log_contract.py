@@ -257,7 +257,7 @@ def test_writer_flushes_by_size_and_age(log_location: LogLocation) -> None:
 
 def test_append_of_a_whole_batch(log_location: LogLocation) -> None:
     with recording_writer(log_location) as (store, writer):
-        result = writer.append(Batch(events=_varied_events(3)))
+        result = writer.append(Batch(events=[*_varied_events(3)]))
         assert (result.first_position, result.last_position, result.event_count) == (1, 3, 3)
         assert LogReader(store).head() == 3
 

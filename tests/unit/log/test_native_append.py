@@ -1,4 +1,4 @@
-"""The C append path (recorder.log._native) writes exactly what Python's sqlite3 writes.
+"""The C path (recorder._native) writes exactly what recorder.decode and Python's sqlite3 write.
 
 Both appenders get the same batches (every event kind, IPv4 and IPv6, missing fields,
 extremes of every integer column, new process names mid-recording, snapshots, losses,
@@ -17,10 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from recorder import native
 from recorder.clock import ClockModel
+from recorder.decode import DecodeError, decode_one, decode_record, expand, raw_run
 from recorder.errors import LogError
 from recorder.events import Event, Kind, Loss, Snapshot, SnapshotConnection, SnapshotProcess
-from recorder.log import native
 from recorder.log.batch import Batch
 from recorder.log.location import resolve
 from recorder.log.recordings import RecordingStart, begin_recording
@@ -29,13 +30,14 @@ from recorder.log.sqlite import SqliteAppender, insert_events_sql
 from recorder.log.store import LogStore, Purpose, open_log
 from tests.capabilities import require
 from tests.factories import MONO_BASE_NS, ROOT_NETNS, clock_sample, conn_event, make_host
+from tests.rawevents import raw_event, record
 
 INT64_MAX = (1 << 63) - 1
 
 
 @pytest.fixture(autouse=True)
 def _native_built() -> None:
-    require(native.AVAILABLE, "the C append module (make setup builds recorder/log/_native.c)")
+    require(native.AVAILABLE, "the C append module (make setup builds recorder/_native.c)")
 
 
 @pytest.fixture
@@ -121,22 +123,20 @@ def snapshot_batch(mono_ns: int) -> Batch:
     return batch
 
 
-def append_to_both(batches: list[Batch], store_factory: Any) -> tuple[Path, Path]:
-    paths = []
-    for use_native in (True, False):
-        store, recording_id = store_factory("native" if use_native else "python")
-        appender = SqliteAppender(store, use_native=use_native)
-        try:
-            for batch in batches:
-                clock = ClockModel([clock_sample()])
-                for sample in batch.clock_samples:
-                    clock.add(sample)
-                appender.append(recording_id, batch, clock)
-        finally:
-            appender.close()
-        assert store.location.path is not None
-        paths.append(store.location.path)
-    return paths[0], paths[1]
+def append_with(batches: list[Batch], store_factory: Any, *, use_native: bool) -> Path:
+    store, recording_id = store_factory("native" if use_native else "python")
+    appender = SqliteAppender(store, use_native=use_native)
+    try:
+        for batch in batches:
+            clock = ClockModel([clock_sample()])
+            for sample in batch.clock_samples:
+                clock.add(sample)
+            appender.append(recording_id, batch, clock)
+    finally:
+        appender.close()
+    path: Path | None = store.location.path
+    assert path is not None
+    return path
 
 
 @settings(
@@ -150,7 +150,8 @@ def test_both_paths_write_the_same_rows(
 ) -> None:
     batches = [Batch(events=list(batch)) for batch in event_batches]
     batches.insert(1, snapshot_batch(MONO_BASE_NS))
-    native_path, python_path = append_to_both(batches, store_factory)
+    native_path = append_with(batches, store_factory, use_native=True)
+    python_path = append_with(batches, store_factory, use_native=False)
     native_dump, python_dump = table_dump(native_path), table_dump(python_path)
     assert native_dump["events"], "nothing was written"
     assert native_dump == python_dump
@@ -232,8 +233,123 @@ def test_values_round_trip_with_their_types(store_factory: Any) -> None:
         conn.close()
 
 
-def test_mono_range_is_the_smallest_and_largest_time() -> None:
-    stream = [conn_event(Kind.CONNECT, mono) for mono in (5, 3, 9, 3, 7)]
-    assert native.mono_range(stream) == (3, 9)
-    with pytest.raises(ValueError, match="non-empty"):
-        native.mono_range([])
+# -- raw runs: ring-buffer events kept as the kernel wrote them --------------------------------
+
+raw_events = st.builds(
+    raw_event,
+    st.integers(1, 6),
+    st.integers(0, 1 << 60),
+    sock_id=st.integers(0, INT64_MAX),
+    sent=st.integers(0, INT64_MAX),
+    received=st.integers(0, INT64_MAX),
+    pid=st.integers(0, (1 << 32) - 1),
+    netns=st.sampled_from([0, ROOT_NETNS, 4026532000, (1 << 32) - 1]),
+    aux=st.integers(0, (1 << 32) - 1),
+    lport=st.integers(0, 65535),
+    rport=st.integers(0, 65535),
+    family=st.sampled_from([2, 10, 0]),
+    flags=st.integers(0, 7),
+    aux2=st.integers(0, (1 << 32) - 1),
+    comm=st.one_of(st.sampled_from([b"", b"curl", b"nginx"]), st.binary(max_size=16)),
+    laddr=st.binary(max_size=16),
+    raddr=st.binary(max_size=16),
+    filename=st.one_of(st.none(), st.binary(max_size=56)),
+)
+records = st.lists(raw_events, max_size=12).map(lambda events: record(*events))
+
+
+def by_time(events: list[Event]) -> list[Event]:
+    return sorted(events, key=lambda event: event.mono_ns)
+
+
+@settings(max_examples=300, deadline=None)
+@given(records)
+def test_a_run_holds_what_decode_record_gives_in_time_order(data: bytes) -> None:
+    run = raw_run(data)
+    assert len(run) == len(decode_record(data))
+    assert expand([run]) == by_time(decode_record(data))
+    assert decode_record(run.record()) == expand([run])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(records, max_size=5), st.integers(0, 1 << 60))
+def test_merge_split_and_count_follow_time_then_arrival(datas: list[bytes], cutoff: int) -> None:
+    runs = [raw_run(data) for data in datas]
+    merged = native.merge_runs(runs)
+    assert expand([merged]) == by_time(expand(list(runs)))
+    before, after = merged.split(cutoff)
+    assert expand([before]) == [e for e in expand([merged]) if e.mono_ns <= cutoff]
+    assert expand([after]) == [e for e in expand([merged]) if e.mono_ns > cutoff]
+    assert merged.count_upto(cutoff) == len(before)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x01\x00",
+        record(raw_event(1, 5))[:-1],
+        record(raw_event(9, 5)),
+        record(raw_event(0, 5)),
+    ],
+)
+def test_a_bad_record_is_the_same_decode_error_either_way(data: bytes) -> None:
+    with pytest.raises(DecodeError) as python_error:
+        decode_record(data)
+    with pytest.raises(DecodeError) as native_error:
+        raw_run(data)
+    assert str(native_error.value) == str(python_error.value)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    batches=st.lists(
+        st.lists(st.one_of(records, events()), min_size=1, max_size=6), min_size=1, max_size=3
+    )
+)
+def test_runs_are_written_as_their_decoded_events(
+    batches: list[list[bytes | Event]], store_factory: Any
+) -> None:
+    """Batches of raw runs and tuples through the C path; the same records decoded by
+    recorder.decode through Python's sqlite3: the same rows."""
+    native_batches, python_batches = [], []
+    for items in batches:
+        native_items: list[Event | native.RawRun] = []
+        python_items: list[Event | native.RawRun] = []
+        for item in items:
+            if isinstance(item, bytes):
+                native_items.append(raw_run(item))
+                python_items.extend(by_time(decode_record(item)))
+            else:
+                native_items.append(item)
+                python_items.append(item)
+        native_batches.append(Batch(events=native_items))
+        python_batches.append(Batch(events=python_items))
+    if not sum(batch.event_count() for batch in native_batches):
+        return
+    assert [b.summary() for b in native_batches if b.event_count()] == [
+        b.summary() for b in python_batches if b.event_count()
+    ]
+    native_path = append_with(native_batches, store_factory, use_native=True)
+    python_path = append_with(python_batches, store_factory, use_native=False)
+    assert table_dump(native_path) == table_dump(python_path)
+
+
+def test_a_counter_beyond_64_bits_is_an_overflow_either_way(store_factory: Any) -> None:
+    data = record(raw_event(3, 5, pid=1, comm=b"x", sock_id=1 << 63))
+    for use_native, item in ((True, raw_run(data)), (False, decode_record(data)[0])):
+        store, recording_id = store_factory("overflow")
+        appender = SqliteAppender(store, use_native=use_native)
+        try:
+            with pytest.raises(OverflowError):
+                appender.append(recording_id, Batch(events=[item]), ClockModel([clock_sample()]))
+        finally:
+            appender.close()
+
+
+def test_batch_summary_needs_events() -> None:
+    with pytest.raises(ValueError, match="at least one event"):
+        native.batch_summary([], decode_one)

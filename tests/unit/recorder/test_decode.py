@@ -13,42 +13,7 @@ import pytest
 from recorder.capture import BPF_DIR
 from recorder.decode import EVENT, HEADER, DecodeError, decode_record
 from recorder.events import Event, Kind
-
-ROOT_NETNS = 4026531833
-
-
-def raw_event(
-    kind: int,
-    ts: int = 1_000,
-    *,
-    sock_id: int = 0,
-    sent: int = 0,
-    received: int = 0,
-    pid: int = 0,
-    netns: int = ROOT_NETNS,
-    aux: int = 0,
-    lport: int = 0,
-    rport: int = 0,
-    family: int = 2,
-    flags: int = 0,
-    aux2: int = 0,
-    comm: bytes = b"",
-    laddr: bytes = b"",
-    raddr: bytes = b"",
-    filename: bytes | None = None,
-) -> bytes:
-    if filename is not None:
-        tail = filename.ljust(56, b"\0")
-    else:
-        tail = laddr.ljust(16, b"\0") + raddr.ljust(16, b"\0") + b"\0" * 24
-    return EVENT.pack(
-        ts, sock_id, sent, received, pid, netns, aux, lport, rport, kind, family, flags, aux2,
-        comm.ljust(16, b"\0"), tail,
-    )  # fmt: skip
-
-
-def record(*events: bytes, cpu: int = 0) -> bytes:
-    return HEADER.pack(len(events), cpu, 0) + b"".join(events)
+from tests.rawevents import ROOT_NETNS, raw_event, record
 
 
 def test_connection_events_ipv4_ipv6_and_failed() -> None:
