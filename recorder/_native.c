@@ -880,8 +880,7 @@ static int step_insert(sqlite3 *db, sqlite3_stmt *stmt, int bound)
         rc = sqlite3_step(stmt);
         rc = rc == SQLITE_DONE ? 0 : (set_sqlite_error(db, rc), -1);
     }
-    sqlite3_reset(stmt);
-    sqlite3_clear_bindings(stmt);
+    sqlite3_reset(stmt); /* no clear_bindings: every row binds all 13 parameters */
     return rc;
 }
 
