@@ -17,6 +17,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <sqlite3.h>
 #include <stdint.h>
 #include <string.h>
@@ -34,6 +35,7 @@ enum {
 static PyObject *sqlite_error;      /* sqlite3.OperationalError */
 static PyObject *sqlite_integrity;  /* sqlite3.IntegrityError */
 static PyObject *sqlite_database;   /* sqlite3.DatabaseError */
+static PyObject *sqlite_programming; /* sqlite3.ProgrammingError */
 
 /* Opened without SQLite's own mutexes (they cost more than the binding they protect) and
  * used with the GIL released while a statement steps: ``busy`` keeps a second thread from
@@ -170,6 +172,10 @@ static PyObject *RawRun_count_upto(RawRun *self, PyObject *limit)
 
 static PyObject *RawRun_record(RawRun *self, PyObject *Py_UNUSED(ignored))
 {
+    if (self->count > (Py_ssize_t)UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "a stage record holds at most 2**32 - 1 events");
+        return NULL;
+    }
     size_t body = (size_t)self->count * sizeof(struct raw_event);
     PyObject *record = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(STAGE_HEADER_SIZE + body));
     if (record == NULL)
@@ -523,8 +529,9 @@ static PyObject *release(NativeConnection *self, PyObject *result)
 
 /* -- binding ------------------------------------------------------------------------------ */
 
-/* Bind one Python value: None, int, float, str or bytes. Blobs and text point into ``value``,
- * which the caller keeps alive until the statement has been stepped. */
+/* Bind one Python value: None, int, float, str or bytes, as Python's sqlite3 does. Blobs and
+ * text point into ``value`` (SQLITE_STATIC): the caller keeps it alive, and unchanged, until
+ * the statement has been stepped. */
 static int bind_value(sqlite3 *db, sqlite3_stmt *stmt, int index, PyObject *value)
 {
     int rc;
@@ -536,6 +543,10 @@ static int bind_value(sqlite3 *db, sqlite3_stmt *stmt, int index, PyObject *valu
             return -1;
         rc = sqlite3_bind_int64(stmt, index, number);
     } else if (PyBytes_Check(value)) {
+        if (PyBytes_GET_SIZE(value) > INT_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "BLOB longer than INT_MAX bytes");
+            return -1;
+        }
         rc = sqlite3_bind_blob(stmt, index, PyBytes_AS_STRING(value),
                                (int)PyBytes_GET_SIZE(value), SQLITE_STATIC);
     } else if (PyUnicode_Check(value)) {
@@ -543,12 +554,16 @@ static int bind_value(sqlite3 *db, sqlite3_stmt *stmt, int index, PyObject *valu
         const char *text = PyUnicode_AsUTF8AndSize(value, &size);
         if (text == NULL)
             return -1;
+        if (size > INT_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "string longer than INT_MAX bytes");
+            return -1;
+        }
         rc = sqlite3_bind_text(stmt, index, text, (int)size, SQLITE_STATIC);
     } else if (PyFloat_Check(value)) {
         rc = sqlite3_bind_double(stmt, index, PyFloat_AS_DOUBLE(value));
     } else {
-        PyErr_Format(PyExc_TypeError, "parameter %d: cannot bind a %.100s", index,
-                     Py_TYPE(value)->tp_name);
+        PyErr_Format(sqlite_programming, "Error binding parameter %d: type '%.100s' is not supported",
+                     index, Py_TYPE(value)->tp_name);
         return -1;
     }
     if (rc != SQLITE_OK) {
@@ -558,27 +573,32 @@ static int bind_value(sqlite3 *db, sqlite3_stmt *stmt, int index, PyObject *valu
     return 0;
 }
 
-static int bind_sequence(sqlite3 *db, sqlite3_stmt *stmt, PyObject *params)
+/* Bind ``params`` (any sequence) to ``stmt``. Returns the tuple the bound values were taken
+ * from, which the caller must hold until the statement has been stepped: an immutable copy,
+ * so neither a generator's temporaries nor another thread changing a list while the
+ * statement steps without the GIL can free what SQLite reads. ``params`` NULL: none.
+ * NULL on error. */
+static PyObject *bind_params(sqlite3 *db, sqlite3_stmt *stmt, PyObject *params)
 {
-    PyObject *fast = PySequence_Fast(params, "parameters must be a sequence");
-    if (fast == NULL)
-        return -1;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
+    PyObject *held = params ? PySequence_Tuple(params) : PyTuple_New(0);
+    if (held == NULL)
+        return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(held);
     if (count != sqlite3_bind_parameter_count(stmt)) {
-        PyErr_Format(sqlite_error, "the statement takes %d parameters, %zd given",
+        PyErr_Format(sqlite_programming,
+                     "Incorrect number of bindings supplied. The current statement uses %d, "
+                     "and there are %zd supplied.",
                      sqlite3_bind_parameter_count(stmt), count);
-        Py_DECREF(fast);
-        return -1;
+        Py_DECREF(held);
+        return NULL;
     }
-    PyObject **items = PySequence_Fast_ITEMS(fast);
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (bind_value(db, stmt, (int)i + 1, items[i]) < 0) {
-            Py_DECREF(fast);
-            return -1;
+        if (bind_value(db, stmt, (int)i + 1, PyTuple_GET_ITEM(held, i)) < 0) {
+            Py_DECREF(held);
+            return NULL;
         }
     }
-    Py_DECREF(fast);
-    return 0;
+    return held;
 }
 
 static PyObject *column_value(sqlite3_stmt *stmt, int column)
@@ -648,14 +668,24 @@ static sqlite3_stmt *prepare(sqlite3 *db, PyObject *sql)
     if (text == NULL)
         return NULL;
     sqlite3_stmt *stmt = NULL;
-    int rc = sqlite3_prepare_v2(db, text, -1, &stmt, NULL);
+    const char *tail = NULL;
+    int rc = sqlite3_prepare_v2(db, text, -1, &stmt, &tail);
     if (rc != SQLITE_OK) {
         set_sqlite_error(db, rc);
         sqlite3_finalize(stmt);
         return NULL;
     }
-    if (stmt == NULL)
-        PyErr_SetString(sqlite_error, "empty statement");
+    if (stmt == NULL) {
+        PyErr_SetString(sqlite_programming, "empty statement");
+        return NULL;
+    }
+    while (tail && (*tail == ' ' || *tail == '\t' || *tail == '\n' || *tail == '\r' || *tail == ';'))
+        tail++;
+    if (tail && *tail) {
+        sqlite3_finalize(stmt);
+        PyErr_SetString(sqlite_programming, "You can only execute one statement at a time.");
+        return NULL;
+    }
     return stmt;
 }
 
@@ -669,7 +699,7 @@ static int Connection_init(NativeConnection *self, PyObject *args, PyObject *kwa
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sis", keywords, &path, &busy_timeout_ms,
                                      &synchronous))
         return -1;
-    if (self->db != NULL) {
+    if (self->db != NULL || self->busy) {
         PyErr_SetString(PyExc_RuntimeError, "already open");
         return -1;
     }
@@ -680,10 +710,12 @@ static int Connection_init(NativeConnection *self, PyObject *args, PyObject *kwa
     }
     sqlite3 *db = NULL;
     int rc;
+    self->busy = 1; /* the open runs without the GIL: no second __init__ meanwhile */
     /* An existing log only: the store created and migrated it. */
     Py_BEGIN_ALLOW_THREADS
     rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
     Py_END_ALLOW_THREADS
+    self->busy = 0;
     if (rc != SQLITE_OK) {
         set_sqlite_error(db, rc);
         sqlite3_close_v2(db);
@@ -739,13 +771,12 @@ static PyObject *Connection_execute(NativeConnection *self, PyObject *args)
     sqlite3_stmt *stmt = prepare(self->db, sql);
     if (stmt == NULL)
         return release(self, NULL);
-    PyObject *rows = PyList_New(0);
-    if (rows == NULL || (params != NULL && bind_sequence(self->db, stmt, params) < 0) ||
-        step_all(self->db, stmt, rows) < 0) {
-        Py_XDECREF(rows);
-        rows = NULL;
-    }
+    PyObject *held = bind_params(self->db, stmt, params);
+    PyObject *rows = held ? PyList_New(0) : NULL;
+    if (rows != NULL && step_all(self->db, stmt, rows) < 0)
+        Py_CLEAR(rows);
     sqlite3_finalize(stmt);
+    Py_XDECREF(held);
     return release(self, rows);
 }
 
@@ -773,8 +804,10 @@ static PyObject *Connection_executemany(NativeConnection *self, PyObject *args)
     PyObject *params;
     int failed = 0;
     while (!failed && (params = PyIter_Next(iterator)) != NULL) {
-        failed = bind_sequence(self->db, stmt, params) < 0 || step_all(self->db, stmt, NULL) < 0;
+        PyObject *held = bind_params(self->db, stmt, params);
+        failed = held == NULL || step_all(self->db, stmt, NULL) < 0;
         sqlite3_reset(stmt);
+        Py_XDECREF(held);
         Py_DECREF(params);
     }
     sqlite3_finalize(stmt);
@@ -973,6 +1006,10 @@ static PyObject *Connection_insert_events(NativeConnection *self, PyObject *args
 
 static PyObject *Connection_in_transaction(NativeConnection *self, void *Py_UNUSED(closure))
 {
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "the connection is in use by another thread");
+        return NULL;
+    }
     return PyBool_FromLong(self->db != NULL && !sqlite3_get_autocommit(self->db));
 }
 
@@ -1042,6 +1079,11 @@ static int summarize_run(RawRun *run, PyObject *decode_one, struct value_caches 
         if (is_fast_kind(event->kind)) {
             PyObject *comm = raw_comm(caches, event);
             PyObject *netns = netns_value(&caches->netns, event->netns);
+            if (event->ts_ns > (uint64_t)INT64_MAX) {
+                PyErr_SetString(PyExc_OverflowError,
+                                "Python int too large to convert to SQLite INTEGER");
+                return -1;
+            }
             rc = comm && netns ? summarize((long long)event->ts_ns, comm, netns, *first, low,
                                            high, comms, namespaces)
                                : -1;
@@ -1099,7 +1141,19 @@ fail:
     return NULL;
 }
 
+PyDoc_STRVAR(soft_heap_limit_doc,
+             "soft_heap_limit() -> int\n\n"
+             "This module's SQLite soft heap limit: with ``PRAGMA soft_heap_limit`` through\n"
+             "Python's sqlite3 it tells whether both use the one SQLite library (two copies in\n"
+             "one process would lose each other's file locks on the log).");
+
+static PyObject *soft_heap_limit(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLongLong(sqlite3_soft_heap_limit64(-1));
+}
+
 static PyMethodDef module_methods[] = {
+    {"soft_heap_limit", soft_heap_limit, METH_NOARGS, soft_heap_limit_doc},
     {"raw_run", raw_run, METH_O, raw_run_doc},
     {"merge_runs", merge_runs, METH_O, merge_runs_doc},
     {"batch_summary", batch_summary, METH_VARARGS, batch_summary_doc},
@@ -1122,8 +1176,10 @@ PyMODINIT_FUNC PyInit__native(void)
     sqlite_error = PyObject_GetAttrString(sqlite3_module, "OperationalError");
     sqlite_integrity = PyObject_GetAttrString(sqlite3_module, "IntegrityError");
     sqlite_database = PyObject_GetAttrString(sqlite3_module, "DatabaseError");
+    sqlite_programming = PyObject_GetAttrString(sqlite3_module, "ProgrammingError");
     Py_DECREF(sqlite3_module);
-    if (sqlite_error == NULL || sqlite_integrity == NULL || sqlite_database == NULL)
+    if (sqlite_error == NULL || sqlite_integrity == NULL || sqlite_database == NULL ||
+        sqlite_programming == NULL)
         return NULL;
     if (PyType_Ready(&ConnectionType) < 0 || PyType_Ready(&RawRunType) < 0)
         return NULL;

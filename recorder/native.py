@@ -8,6 +8,8 @@ bytes, and fails under CI when the module is missing.
 
 from __future__ import annotations
 
+import sqlite3
+from functools import cache
 from typing import TypeGuard
 
 try:
@@ -17,6 +19,7 @@ try:
         batch_summary,
         merge_runs,
         raw_run,
+        soft_heap_limit,
         sqlite_version,
     )
 
@@ -30,6 +33,28 @@ def is_run(item: object) -> TypeGuard[RawRun]:
     return AVAILABLE and isinstance(item, RawRun)
 
 
+@cache
+def shares_sqlite_with_python() -> bool:
+    """Whether this module and Python's sqlite3 use the one SQLite library in this process.
+
+    Two copies would each keep their own POSIX locks on the log, and closing a file in one
+    drops the other's (SQLite's "multiple copies" hazard), so the C connection is used only
+    when they are one: a soft heap limit set through sqlite3 must show in the module.
+    """
+    if not AVAILABLE:
+        return False
+    probe = sqlite3.connect(":memory:")
+    try:
+        previous = int(probe.execute("PRAGMA soft_heap_limit").fetchone()[0])
+        marker = previous + 7919 if previous else (1 << 40) + 7919
+        probe.execute(f"PRAGMA soft_heap_limit = {marker}")
+        shared = soft_heap_limit() == marker
+        probe.execute(f"PRAGMA soft_heap_limit = {previous}")
+        return shared
+    finally:
+        probe.close()
+
+
 __all__ = [
     "AVAILABLE",
     "Connection",
@@ -38,5 +63,7 @@ __all__ = [
     "is_run",
     "merge_runs",
     "raw_run",
+    "shares_sqlite_with_python",
+    "soft_heap_limit",
     "sqlite_version",
 ]

@@ -111,14 +111,18 @@ class PysqliteConnection:
 
 
 def open_append_connection(store: LogStore, use_native: bool | None = None) -> AppendConnection:
-    """A connection for appending to ``store``: the C one when built (``use_native`` None
-    or True), else Python's. ``use_native=True`` without the C module is an error."""
+    """A connection for appending to ``store``: the C one when it is built and shares Python's
+    SQLite library (``use_native`` None or True), else Python's. ``use_native=True`` without
+    it is an error."""
     if use_native is None:
-        use_native = native.AVAILABLE
+        use_native = native.shares_sqlite_with_python()
     if not use_native:
         return PysqliteConnection(store)
-    if not native.AVAILABLE:
-        raise LogError("the C append module (recorder._native) was not built")
+    if not native.shares_sqlite_with_python():
+        raise LogError(
+            "the C append module (recorder._native) is not built, or uses another SQLite "
+            "library than Python's sqlite3"
+        )
     assert store.location.path is not None
     try:
         return native.Connection(
