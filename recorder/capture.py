@@ -92,11 +92,25 @@ def ringbuf_pages(ringbuf_bytes: int) -> int:
     return 1 << (pages - 1).bit_length()
 
 
+# A stage record is at most a 16-byte header and 64 events of 128 bytes.
+MAX_RECORD_BYTES = 16 + 64 * 128
+MAX_RECORDS_PER_WAKEUP = 16
+
+
+def records_per_wakeup(ringbuf_bytes: int) -> int:
+    """How many records each CPU hands over between wake-ups of the consumer: few enough that
+    all CPUs together fill at most an eighth of the ring buffer meanwhile."""
+    cpus = max(1, len(os.sched_getaffinity(0)))
+    fit = ringbuf_pages(ringbuf_bytes) * PAGE_SIZE // (8 * cpus * MAX_RECORD_BYTES)
+    return max(1, min(MAX_RECORDS_PER_WAKEUP, fit))
+
+
 def program_cflags(offsets: dict[str, int], options: CaptureOptions) -> list[str]:
     """The -D flags that specialise the program for this kernel and these options. Pure."""
     defines = {
         **offsets,
         "RINGBUF_PAGES": ringbuf_pages(options.ringbuf_bytes),
+        "WAKEUP_EVERY_RECORDS": records_per_wakeup(options.ringbuf_bytes),
         "SOCK_TABLE_SIZE": options.sock_table_size,
         "STAGE_MAX_AGE_NS": f"{options.stage_max_age_ns}ULL",
         "RECORDER_TGID": os.getpid(),
@@ -175,8 +189,10 @@ class EbpfCapture:
         self._ticks.start()
 
     def poll(self, timeout_ms: int) -> list[bytes]:
-        """Raw stage records that arrived within ``timeout_ms`` (possibly none)."""
+        """Raw stage records that arrived within ``timeout_ms`` (possibly none). The programs
+        wake the consumer only every few records, so the wait ends with a drain."""
         self._bpf.ring_buffer_poll(timeout_ms)
+        self._bpf.ring_buffer_consume()
         return self._take()
 
     def drain(self) -> list[bytes]:
