@@ -11,7 +11,6 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 from recorder import native
-from recorder.clock import ClockModel, wall_bounds
 from recorder.decode import decode_one
 from recorder.events import ClockSample, Event, Loss, Snapshot
 
@@ -52,10 +51,6 @@ class Batch:
     def mono_range(self) -> tuple[int, int]:
         summary = self.summary()
         return summary.min_mono_ns, summary.max_mono_ns
-
-    def wall_bounds(self, clock: ClockModel) -> tuple[int, int]:
-        """Bounds on the wall times of the events: what the batches index stores."""
-        return wall_bounds(clock, *self.mono_range())
 
 
 class BatchSummary(NamedTuple):

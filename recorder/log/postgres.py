@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from recorder.clock import ClockModel
+from recorder.clock import ClockModel, wall_bounds
 from recorder.decode import expand
 from recorder.errors import LogError
 from recorder.events import Event
@@ -145,7 +145,7 @@ class PostgresAppender:
                 f"position gap: expected last position {result.last_position}, found {last}"
             )
         min_mono, max_mono = batch.mono_range()
-        min_wall, max_wall = batch.wall_bounds(clock)
+        min_wall, max_wall = wall_bounds(clock, min_mono, max_mono)
         cur.execute(
             "INSERT INTO batches (last_position, first_position, recording_id, min_mono_ns, "
             "max_mono_ns, min_wall_ns, max_wall_ns) VALUES (%s, %s, %s, %s, %s, %s, %s)",
