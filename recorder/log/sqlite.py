@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, TypeAlias
 
 from recorder import native
 from recorder.clock import ClockModel, wall_bounds
@@ -48,33 +48,9 @@ def _insert_sql(table: str) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
-class AppendConnection(Protocol):
-    """What the appender needs from a SQLite connection (``_native.Connection`` has it)."""
-
-    @property
-    def in_transaction(self) -> bool: ...
-
-    def execute(self, sql: str, params: Sequence[Any] = (), /) -> list[tuple[Any, ...]]: ...
-
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> None: ...
-
-    def insert_events(
-        self,
-        sql: str,
-        items: list[Event | native.RawRun],
-        comm_ids: dict[str | None, int | None],
-        netns_ids: dict[int | None, int | None],
-        encode_extra: Callable[[dict[str, Any]], str | None],
-        decode_one: Callable[[bytes], Event],
-        /,
-    ) -> int: ...
-
-    def close(self) -> None: ...
-
-
 class PysqliteConnection:
-    """The appender's operations over Python's sqlite3 driver, on a connection of the
-    store's engine: the fallback where the C module was not built."""
+    """``native.Connection``'s operations over Python's sqlite3 driver, on a connection of
+    the store's engine: the fallback where the C module was not built."""
 
     def __init__(self, store: LogStore) -> None:
         self._proxy = store.engine.raw_connection()
@@ -108,6 +84,10 @@ class PysqliteConnection:
 
     def close(self) -> None:
         self._proxy.close()
+
+
+# What the appender writes through. A string: native.Connection exists only where it was built.
+AppendConnection: TypeAlias = "native.Connection | PysqliteConnection"
 
 
 def open_append_connection(store: LogStore, use_native: bool | None = None) -> AppendConnection:
