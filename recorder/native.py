@@ -9,6 +9,7 @@ bytes, and fails under CI when the module is missing.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from functools import cache
 from typing import TypeGuard
 
@@ -33,26 +34,30 @@ def is_run(item: object) -> TypeGuard[RawRun]:
     return AVAILABLE and isinstance(item, RawRun)
 
 
-@cache
-def shares_sqlite_with_python() -> bool:
-    """Whether this module and Python's sqlite3 use the one SQLite library in this process.
+def shares_sqlite(module_soft_heap_limit: Callable[[], int]) -> bool:
+    """Whether a C module and Python's sqlite3 use the one SQLite library in this process.
 
     Two copies would each keep their own POSIX locks on the log, and closing a file in one
-    drops the other's (SQLite's "multiple copies" hazard), so the C connection is used only
-    when they are one: a soft heap limit set through sqlite3 must show in the module.
+    drops the other's (SQLite's "multiple copies" hazard), so a module's own connections are
+    used only when they are one: a soft heap limit set through sqlite3 must show through
+    ``module_soft_heap_limit``, the module's reading of it.
     """
-    if not AVAILABLE:
-        return False
     probe = sqlite3.connect(":memory:")
     try:
         previous = int(probe.execute("PRAGMA soft_heap_limit").fetchone()[0])
         marker = previous + 7919 if previous else (1 << 40) + 7919
         probe.execute(f"PRAGMA soft_heap_limit = {marker}")
-        shared = soft_heap_limit() == marker
+        shared = module_soft_heap_limit() == marker
         probe.execute(f"PRAGMA soft_heap_limit = {previous}")
         return shared
     finally:
         probe.close()
+
+
+@cache
+def shares_sqlite_with_python() -> bool:
+    """Whether this module was built and shares Python's SQLite library (``shares_sqlite``)."""
+    return AVAILABLE and shares_sqlite(soft_heap_limit)
 
 
 __all__ = [
@@ -63,6 +68,7 @@ __all__ = [
     "is_run",
     "merge_runs",
     "raw_run",
+    "shares_sqlite",
     "shares_sqlite_with_python",
     "soft_heap_limit",
     "sqlite_version",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from recorder.log.batch import gc_paused
 from recorder.log.reader import BatchSpan, LogReader
 from recorder.log.store import LogStore
-from replay import checkpoints
+from replay import checkpoints, native
 from replay.checkpoints import CheckpointPolicy
 from replay.fold import Fold, NarrowRow, Retained
 from replay.state import ReplayState
@@ -46,9 +46,14 @@ class Replayer:
         use_checkpoints: bool = True,
         save_checkpoints: bool = True,
         policy: CheckpointPolicy | None = None,
+        use_native: bool = True,
     ) -> None:
         self.store = store
         self.reader = LogReader(store)
+        # The fold's hot loops in C, where the module is built (replay/_fold.c); the runs it
+        # reads itself only from a SQLite log.
+        self.use_native = use_native and native.AVAILABLE
+        self.runs = native.open_run_reader(store) if self.use_native else None
         self.head = self.reader.head()
         self.use_checkpoints = use_checkpoints
         self.save_checkpoints = save_checkpoints and use_checkpoints
@@ -78,7 +83,7 @@ class Replayer:
             state = checkpoints.newest_before(self.store, at_ns, self.head)
         state = state or ReplayState()
         self.stats = SeekStats(checkpoint_position=state.position)
-        fold = Fold(state, self.reader)
+        fold = Fold(state, self.reader, use_native=self.use_native)
         complete = True  # every event up to state.position folded, none skipped
         since_checkpoint, wall_at_checkpoint = 0, state.max_wall_ns
         spans = self.reader.batches_where(state.position, self.head, at_ns)
@@ -88,10 +93,9 @@ class Replayer:
                 complete = False  # the batches between held only later events
             expected_first = span.last_position + 1
             whole = complete and span.max_wall_ns <= at_ns
-            for rows in self._rows(span, None if whole else (None, at_ns)):
-                fold.apply(span.recording_id, rows)
-                self.stats.events_folded += len(rows)
-                since_checkpoint += len(rows)
+            folded = self._fold_span(fold, span, None if whole else (None, at_ns))
+            self.stats.events_folded += folded
+            since_checkpoint += folded
             if not whole:
                 complete = False
                 continue
@@ -142,10 +146,9 @@ class Replayer:
     def window(self, at_ns: int, window_ns: int) -> Window:
         start_ns = at_ns - window_ns
         state = self.state_at(start_ns)
-        fold = Fold(state, self.reader, retain=True)
+        fold = Fold(state, self.reader, retain=True, use_native=self.use_native)
         for span in self.reader.batches_where(0, self.head, at_ns, start_ns):
-            for rows in self._rows(span, (start_ns, at_ns)):
-                fold.apply(span.recording_id, rows)
+            self._fold_span(fold, span, (start_ns, at_ns))
         return Window(at_ns, start_ns, state, fold.retained)
 
     def rebuild_checkpoints(self) -> int:
@@ -157,12 +160,25 @@ class Replayer:
         return self.stats.checkpoints_saved
 
     # -- reading ---------------------------------------------------------------------------
+    def _fold_span(
+        self, fold: Fold, span: BatchSpan, wall_range: tuple[int | None, int] | None
+    ) -> int:
+        """Fold the events of ``span`` (only those in ``wall_range``, if given); returns how
+        many were folded. Whole spans go through the C run reader where there is one."""
+        after, folded = span.first_position - 1, 0
+        if wall_range is None and self.runs is not None:
+            folded, after = fold.apply_runs(span.recording_id, self.runs, after, span.last_position)
+        for rows in self._rows(span, wall_range, after):
+            fold.apply(span.recording_id, rows)
+            folded += len(rows)
+        return folded
+
     def _rows(
-        self, span: BatchSpan, wall_range: tuple[int | None, int] | None
+        self, span: BatchSpan, wall_range: tuple[int | None, int] | None, after: int
     ) -> Iterator[list[NarrowRow]]:
-        """Narrow rows of ``span``; with ``wall_range`` (exclusive start, inclusive end) only
-        those whose wall time falls in it."""
-        after, upto = span.first_position - 1, span.last_position
+        """Narrow rows of ``span`` after position ``after``; with ``wall_range`` (exclusive
+        start, inclusive end) only those whose wall time falls in it."""
+        upto = span.last_position
         if wall_range is None:
             yield from self.reader.narrow_pages(after, upto)
             return

@@ -9,6 +9,8 @@ reads no clock and no environment: the same log gives the same state.
 state for a run of events between two snapshots with set operations (most sockets open and
 close within a run and cancel out), and falls back to ``_apply_each`` on anything unusual
 (a socket id twice, a close before its open). A property test holds the two equal.
+``apply_runs`` does what ``apply`` does with ``_apply_fast``'s passes and the snapshot's set
+algebra in C (``replay/_fold.c``), reading the runs straight from a SQLite log.
 
 With ``retain=True`` the fold also keeps what ended while it folded (closed sockets, failed
 connects, exited processes): that is how a window (T - window, T] is replayed. The order of
@@ -24,6 +26,7 @@ from operator import gt
 from typing import NamedTuple, Protocol
 
 from recorder.events import Kind, LoggedEvent
+from replay import native
 from replay.state import ProcessKey, ReplayState, TupleKey
 
 NarrowRow = tuple[int, int, int | None]  # position, kind, sock_id
@@ -104,10 +107,17 @@ def tuple_key(event: LoggedEvent) -> TupleKey:
 
 
 class Fold:
-    def __init__(self, state: ReplayState, lookup: LogLookup, retain: bool = False) -> None:
+    def __init__(
+        self,
+        state: ReplayState,
+        lookup: LogLookup,
+        retain: bool = False,
+        use_native: bool = native.AVAILABLE,
+    ) -> None:
         self.state = state
         self.lookup = lookup
         self.retain = retain
+        self.use_native = use_native  # the snapshot's set algebra in C
         self.retained = Retained()
         self._tuples: dict[int, TupleKey] = {}  # open position -> addresses (a cache)
 
@@ -125,6 +135,32 @@ class Fold:
             start = index + 1
         self._apply_fast(recording, rows[start:], (positions[start:], kinds[start:], socks[start:]))
         self.state.position = positions[-1]
+
+    def apply_runs(
+        self, recording: int, runs: native.RunReader, after: int, upto: int
+    ) -> tuple[int, int]:
+        """``apply`` for the events ``after < position <= upto`` (one recording's), read and
+        run by run cancelled in C. Returns the number of events folded and the last position
+        folded, short of ``upto`` where the reader declined a row: the caller folds the rest.
+        """
+        folded = 0
+        while after < upto:
+            outcome = runs.fold_run(after, upto, self.state.sockets_of(recording), self.retain)
+            if outcome is None:
+                break
+            count, last, snapshot, rows, fast = outcome
+            if last == after:
+                break
+            if rows is not None:
+                self._apply_each(recording, rows)
+            elif fast is not None:
+                self._apply_outcome(recording, *fast)
+            if snapshot is not None:
+                self._apply_snapshot(recording, snapshot)
+                count += 1
+            self.state.position = after = last
+            folded += count
+        return folded, after
 
     # -- the definition --------------------------------------------------------------------
     def _apply_each(self, recording: int, rows: list[NarrowRow]) -> None:
@@ -225,20 +261,39 @@ class Fold:
         if unusual or any(map(gt, opened_at, closed_at)):  # or a close before its open
             self._apply_each(recording, rows)
             return
-        if self.retain:
-            self.retained.pairs.extend(zip(opened_at, closed_at, strict=True))
-            self.retained.failed.extend(compress(positions, map(_FAILED.__eq__, kinds)))
         # The closes left over may fall back to their addresses, where two can compete for
         # the same snapshot socket: they go in log order, as one at a time would take them.
         leftover = [(closes[sock_id], sock_id) for sock_id in closes.keys() - cancelled]
         if None in close_ids:
             leftover.extend((p, None) for p in compress(positions, map(_is_unkeyed_close, rows)))
-        for position, sock_id in sorted(leftover):
-            self._close(recording, position, sock_id)
-        for sock_id in opens.keys() - cancelled:
-            sockets[sock_id] = opens[sock_id]  # type: ignore[index]  # None was ruled out
         fetched = list(map(_FETCHED.__contains__, kinds))
-        others = list(zip(compress(positions, fetched), compress(kinds, fetched), strict=True))
+        self._apply_outcome(
+            recording,
+            list(zip(opened_at, closed_at, strict=True)) if self.retain else [],
+            list(compress(positions, map(_FAILED.__eq__, kinds))) if self.retain else [],
+            sorted(leftover),
+            list(zip(compress(positions, fetched), compress(kinds, fetched), strict=True)),
+            {sock_id: opens[sock_id] for sock_id in opens.keys() - cancelled},  # type: ignore[misc]
+        )
+
+    def _apply_outcome(
+        self,
+        recording: int,
+        pairs: list[tuple[int, int]],
+        failed: list[int],
+        leftover: list[tuple[int, int | None]],
+        others: list[tuple[int, int]],
+        opens: dict[int, int],
+    ) -> None:
+        """What a run leaves once its sockets that opened and closed in it cancel out: those
+        pairs and its failed connects (kept when retaining), the closes of older sockets (in
+        log order), its process and conntrack events, and the sockets it leaves open."""
+        if self.retain:
+            self.retained.pairs.extend(pairs)
+            self.retained.failed.extend(failed)
+        for position, sock_id in leftover:
+            self._close(recording, position, sock_id)
+        self.state.sockets_of(recording).update(opens)
         if others:
             details = self._details(others)
             for position, kind in others:
@@ -256,11 +311,16 @@ class Fold:
     def _open_tuples(self, recording: int) -> dict[int, TupleKey]:
         """The addresses of every socket this recording has open by its events, by key."""
         ours = self.state.sockets_of(recording)
+        tuples = self._cached_tuples(ours)
+        return dict(zip(ours.keys(), map(tuples.__getitem__, ours.values()), strict=True))
+
+    def _cached_tuples(self, sockets: dict[int, int]) -> dict[int, TupleKey]:
+        """The address cache (open position -> addresses), covering every one of ``sockets``."""
         tuples = self._tuples
-        unknown = set(ours.values()).difference(tuples.keys())
+        unknown = set(sockets.values()).difference(tuples.keys())
         if unknown:
             tuples.update(self.lookup.tuples_at(unknown))
-        return dict(zip(ours.keys(), map(tuples.__getitem__, ours.values()), strict=True))
+        return tuples
 
     def _reconcile_conntrack(
         self, recording: int, position: int, namespaces: set[int] | None
@@ -278,6 +338,54 @@ class Fold:
         for key in dumped:
             conntrack.setdefault(key, position)
 
+    def _compare_sockets(
+        self,
+        recording: int,
+        opened: list[TupleKey],
+        closing: list[TupleKey],
+        namespaces: set[int] | None,
+    ) -> tuple[list[int], list[TupleKey], list[TupleKey]]:
+        """What a snapshot's sockets (``opened``, ``closing``) say of the state, unordered:
+        the keys of open sockets whose addresses it lacks (lost), the snapshot-only sockets
+        it lacks (gone), and the addresses it holds open that neither knows (only here);
+        only in the namespaces it walked. In C when the module is built, else the same here.
+        """
+        if self.use_native:
+            sockets = self.state.sockets_of(recording)
+            compared = native.reconcile_sockets(
+                opened,
+                closing,
+                sockets,
+                self._cached_tuples(sockets),
+                self.state.snapshot_sockets,
+                recording,
+                namespaces,
+            )
+            if compared is not None:
+                return compared
+        present = set(opened)
+        present.update(closing)
+        # Keys are tuples, whose hashes Python does not cache: the set operations below take
+        # sets and dicts as operands (never key views) so that stored hashes are reused.
+
+        def walked_here(netns: int) -> bool:
+            return namespaces is None or netns in namespaces
+
+        addresses = self._open_tuples(recording)
+        by_tuple = dict(zip(addresses.values(), addresses.keys(), strict=True))
+        absent = {t for t in set(by_tuple).difference(present) if walked_here(t[1])}
+        lost = [by_tuple[t] for t in absent]
+        if len(by_tuple) < len(addresses):  # open sockets that share addresses with a later one
+            shadowed = addresses.keys() - set(by_tuple.values())
+            lost.extend(key for key in shadowed if addresses[key] in absent)
+        gone = [
+            tkey
+            for tkey in set(self.state.snapshot_sockets).difference(present)
+            if tkey[0] == recording and walked_here(tkey[1])
+        ]
+        only_here = set(opened).difference(by_tuple).difference(self.state.snapshot_sockets)
+        return lost, gone, list(only_here)
+
     def _apply_snapshot(self, recording: int, position: int) -> None:
         """Reconcile with what /proc showed: add what only it knows, close what it lost.
 
@@ -290,36 +398,15 @@ class Fold:
         walked = (marker.extra or {}).get("namespace_list")
         namespaces = set(walked) if walked is not None else None
         opened, closing = self.lookup.snapshot_socket_keys(recording, position)
-        present = set(opened)
-        present.update(closing)
-        # Keys are tuples, whose hashes Python does not cache: the set operations below take
-        # sets and dicts as operands (never key views) so that stored hashes are reused.
-
-        def walked_here(netns: int) -> bool:
-            return namespaces is None or netns in namespaces
-
-        addresses = self._open_tuples(recording)
-        by_tuple = dict(zip(addresses.values(), addresses.keys(), strict=True))
+        lost, gone, only_here = self._compare_sockets(recording, opened, closing, namespaces)
         sockets, missing = state.sockets_of(recording), state.missing_of(recording)
-        absent = {t for t in set(by_tuple).difference(present) if walked_here(t[1])}
-        lost = [by_tuple[t] for t in absent]
-        if len(by_tuple) < len(addresses):  # open sockets that share addresses with a later one
-            shadowed = addresses.keys() - set(by_tuple.values())
-            lost.extend(key for key in shadowed if addresses[key] in absent)
         for key in sorted(lost):
             missing[key] = (sockets.pop(key), position)
-        gone = [
-            tkey
-            for tkey in set(state.snapshot_sockets).difference(present)
-            if tkey[0] == recording and walked_here(tkey[1])
-        ]
         for tkey in sorted(gone):
             seen_at = state.snapshot_sockets.pop(tkey)
             if self.retain:
                 ref = SocketRef(None, seen_at, tkey)
                 self.retained.closed.append(Closed(ref, None, missing_at=position))
-        opened_set = set(opened) if closing else present
-        only_here = opened_set.difference(by_tuple).difference(state.snapshot_sockets)
         state.snapshot_sockets.update(dict.fromkeys(sorted(only_here), position))
         # Sockets missed by an earlier snapshot whose close never came are settled now.
         settled = sorted(key for key, (_, missed_at) in missing.items() if missed_at != position)

@@ -12,13 +12,16 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recorder.events import Kind, LoggedEvent
 from recorder.procfs import OPEN_STATES, TCP_LISTEN
+from replay import native
 from replay.fold import Closed, Fold, SocketRef
 from replay.state import ProcessKey, ReplayState, TupleKey
+from tests.capabilities import require
 
 NAMESPACES = (4026531833, 4026532100)
 ADDRESSES = (bytes([127, 0, 0, 1]), bytes([10, 0, 0, 2]))
@@ -141,13 +144,17 @@ def worlds(draw: st.DrawFn) -> tuple[ReplayState, World]:
     return state, world
 
 
+@pytest.mark.parametrize("use_native", [False, True], ids=["python", "c"])
 @settings(max_examples=600, deadline=None)
-@given(worlds())
-def test_snapshot_reconciliation_equals_the_definition(drawn: tuple[ReplayState, World]) -> None:
+@given(drawn=worlds())
+def test_snapshot_reconciliation_equals_the_definition(
+    use_native: bool, drawn: tuple[ReplayState, World]
+) -> None:
+    require(native.AVAILABLE or not use_native, "the C fold module (replay/_fold.c)")
     state, world = drawn
     expected_state = state.copy()
     expected_closed = reconcile_by_definition(expected_state, world)
-    fold = Fold(state, world, retain=True)
+    fold = Fold(state, world, retain=True, use_native=use_native)
     fold._apply_snapshot(world.recording, SNAPSHOT_AT)
     assert state == expected_state
     assert sorted(fold.retained.closed, key=repr) == sorted(expected_closed, key=repr)

@@ -1,0 +1,764 @@
+/* replay._fold: the fold's two hot loops in C.
+ *
+ * A full replay folds every event in the log; in Python each event cost about a microsecond
+ * (a row tuple from the driver, then columns, sets and dicts), and every /proc snapshot cost
+ * tens of milliseconds of tuple hashing to compare a busy host's sockets with the events'.
+ *
+ * - ``RunReader.fold_run`` reads one run of narrow rows (position, kind, sock_id) straight
+ *   from SQLite, up to the next snapshot, and cancels the sockets that open and close within
+ *   it without making a Python object for them. What is left (sockets that outlive the run,
+ *   closes of older sockets, process and conntrack events) goes back to replay.fold, which
+ *   applies it as ``Fold._apply_fast`` does. A run that ``_apply_fast`` would hand to
+ *   ``_apply_each`` (a socket id twice, an open without an id, a close before its open, an
+ *   open of a socket already open) comes back as its rows, for ``_apply_each``.
+ * - ``reconcile_sockets`` is the set algebra of ``Fold._apply_snapshot`` over socket
+ *   addresses, on a hash table of the key fields instead of Python tuples.
+ *
+ * replay/fold.py stays the definition: tests/unit/replay/test_fold_native.py checks that both
+ * give the same state. Whatever these loops do not expect (a value of another type, a key
+ * that is not a 6-tuple of ints and bytes) makes them decline (return None) before they
+ * change anything, and the caller does the work in Python.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <sqlite3.h>
+#include <stdint.h>
+#include <string.h>
+
+/* recorder.events.Kind; tests/unit/replay/test_fold_native.py checks that they agree. */
+enum {
+    KIND_CONNECT = 1,
+    KIND_ACCEPT = 2,
+    KIND_CLOSE = 3,
+    KIND_CONNECT_FAILED = 4,
+    KIND_EXEC = 5,
+    KIND_EXIT = 6,
+    KIND_SNAPSHOT = 7,
+    KIND_CT_NEW = 8,
+    KIND_CT_UPDATE = 9,
+    KIND_CT_DESTROY = 10,
+};
+
+static PyObject *sqlite_error;    /* sqlite3.OperationalError */
+static PyObject *sqlite_database; /* sqlite3.DatabaseError */
+
+static PyObject *set_sqlite_error(sqlite3 *db, int rc)
+{
+    int primary = rc & 0xff;
+    PyObject *type = primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB ? sqlite_database
+                                                                            : sqlite_error;
+    PyErr_SetString(type, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+    return NULL;
+}
+
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+/* -- one run's sockets ---------------------------------------------------------------------- */
+
+/* What a run did to one socket id: opened at open_pos, and/or closed. */
+struct sock_slot {
+    int64_t sock;
+    int64_t open_pos;
+    uint8_t used, opened, closed;
+};
+
+struct sock_map {
+    struct sock_slot *slots;
+    size_t mask, count;
+};
+
+static void sock_map_free(struct sock_map *map)
+{
+    PyMem_Free(map->slots);
+    map->slots = NULL;
+    map->mask = map->count = 0;
+}
+
+static struct sock_slot *sock_map_probe(struct sock_slot *slots, size_t mask, int64_t sock)
+{
+    size_t at = mix64((uint64_t)sock) & mask;
+    while (slots[at].used && slots[at].sock != sock)
+        at = (at + 1) & mask;
+    return &slots[at];
+}
+
+static int sock_map_grow(struct sock_map *map)
+{
+    size_t size = map->slots ? (map->mask + 1) * 2 : 1024;
+    struct sock_slot *slots = PyMem_Calloc(size, sizeof *slots);
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; map->slots && i <= map->mask; i++)
+        if (map->slots[i].used)
+            *sock_map_probe(slots, size - 1, map->slots[i].sock) = map->slots[i];
+    PyMem_Free(map->slots);
+    map->slots = slots;
+    map->mask = size - 1;
+    return 0;
+}
+
+/* The slot of ``sock``, added (all flags clear) if new; NULL with an exception set. */
+static struct sock_slot *sock_map_get(struct sock_map *map, int64_t sock)
+{
+    if ((map->count + 1) * 2 > (map->slots ? map->mask + 1 : 0) && sock_map_grow(map) < 0)
+        return NULL;
+    struct sock_slot *slot = sock_map_probe(map->slots, map->mask, sock);
+    if (!slot->used) {
+        slot->used = 1;
+        slot->sock = sock;
+        map->count++;
+    }
+    return slot;
+}
+
+struct narrow_row {
+    int64_t position, sock;
+    int kind;
+    int has_sock;
+};
+
+/* Everything one call of fold_run builds. */
+struct run {
+    struct narrow_row *rows;
+    Py_ssize_t count, capacity;
+    struct sock_map sockets;
+    int unusual;
+    Py_ssize_t keyless_closes;
+};
+
+static void run_free(struct run *run)
+{
+    PyMem_Free(run->rows);
+    sock_map_free(&run->sockets);
+}
+
+static int run_append(struct run *run, const struct narrow_row *row)
+{
+    if (run->count == run->capacity) {
+        Py_ssize_t capacity = run->capacity ? run->capacity * 2 : 4096;
+        struct narrow_row *rows = PyMem_Realloc(run->rows, (size_t)capacity * sizeof *rows);
+        if (rows == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        run->rows = rows;
+        run->capacity = capacity;
+    }
+    run->rows[run->count++] = *row;
+    return 0;
+}
+
+/* Whether ``sockets`` (the state's open sockets, int -> int) holds ``sock``: -1 on error. */
+static int already_open(PyObject *sockets, int64_t sock)
+{
+    PyObject *key = PyLong_FromLongLong(sock);
+    if (key == NULL)
+        return -1;
+    int found = PyDict_Contains(sockets, key);
+    Py_DECREF(key);
+    return found;
+}
+
+/* Note what ``row`` does to the run's sockets, as _apply_fast's column passes would see it. */
+static int run_note(struct run *run, const struct narrow_row *row, PyObject *sockets)
+{
+    if (row->kind == KIND_CONNECT || row->kind == KIND_ACCEPT) {
+        if (!row->has_sock) {
+            run->unusual = 1; /* an open without a socket id */
+            return 0;
+        }
+        int open = already_open(sockets, row->sock);
+        if (open < 0)
+            return -1;
+        struct sock_slot *slot = sock_map_get(&run->sockets, row->sock);
+        if (slot == NULL)
+            return -1;
+        /* Already open, opened twice in the run, or closed in the run before this open. */
+        if (open || slot->opened || slot->closed)
+            run->unusual = 1;
+        slot->opened = 1;
+        slot->open_pos = row->position;
+    } else if (row->kind == KIND_CLOSE) {
+        if (!row->has_sock) {
+            if (++run->keyless_closes > 1)
+                run->unusual = 1; /* _apply_fast counts two closes without an id as a repeat */
+            return 0;
+        }
+        struct sock_slot *slot = sock_map_get(&run->sockets, row->sock);
+        if (slot == NULL)
+            return -1;
+        if (slot->closed)
+            run->unusual = 1;
+        slot->closed = 1;
+    }
+    return 0;
+}
+
+static int read_row(sqlite3_stmt *stmt, struct narrow_row *row)
+{
+    int sock_type = sqlite3_column_type(stmt, 2);
+    if (sqlite3_column_type(stmt, 0) != SQLITE_INTEGER ||
+        sqlite3_column_type(stmt, 1) != SQLITE_INTEGER ||
+        (sock_type != SQLITE_INTEGER && sock_type != SQLITE_NULL))
+        return -1;
+    row->position = sqlite3_column_int64(stmt, 0);
+    sqlite3_int64 kind = sqlite3_column_int64(stmt, 1);
+    if (kind < INT_MIN || kind > INT_MAX)
+        return -1;
+    row->kind = (int)kind;
+    row->has_sock = sock_type == SQLITE_INTEGER;
+    row->sock = row->has_sock ? sqlite3_column_int64(stmt, 2) : 0;
+    return 0;
+}
+
+/* -- RunReader ------------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    sqlite3 *db;
+    sqlite3_stmt *narrow;
+} RunReader;
+
+static const char NARROW_SQL[] = "SELECT position, kind, sock_id FROM events "
+                                 "WHERE position > ?1 AND position <= ?2 ORDER BY position";
+
+static void RunReader_close_db(RunReader *self)
+{
+    sqlite3_finalize(self->narrow);
+    self->narrow = NULL;
+    if (self->db != NULL) {
+        sqlite3_close_v2(self->db);
+        self->db = NULL;
+    }
+}
+
+static int RunReader_init(RunReader *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"path", "busy_timeout_ms", NULL};
+    const char *path;
+    int busy_timeout_ms;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "si", keywords, &path, &busy_timeout_ms))
+        return -1;
+    RunReader_close_db(self);
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_busy_timeout(db, busy_timeout_ms);
+        rc = sqlite3_prepare_v2(db, NARROW_SQL, -1, &self->narrow, NULL);
+    }
+    if (rc != SQLITE_OK) {
+        set_sqlite_error(db, rc);
+        sqlite3_close_v2(db);
+        return -1;
+    }
+    self->db = db;
+    return 0;
+}
+
+static void RunReader_dealloc(RunReader *self)
+{
+    RunReader_close_db(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *RunReader_close(RunReader *self, PyObject *Py_UNUSED(ignored))
+{
+    RunReader_close_db(self);
+    Py_RETURN_NONE;
+}
+
+/* Read the run after ``after`` (up to ``upto`` or the first snapshot) into ``run``. Returns
+ * 1 if it ended at a snapshot (its position in *snapshot), 0 if not, -1 on error (set), -2 if
+ * a row holds a value of a type the fold does not expect (nothing set). */
+static int read_run(RunReader *self, struct run *run, long long after, long long upto,
+                    PyObject *sockets, long long *snapshot)
+{
+    sqlite3_stmt *stmt = self->narrow;
+    int rc = sqlite3_bind_int64(stmt, 1, after);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(stmt, 2, upto);
+    if (rc != SQLITE_OK) {
+        set_sqlite_error(self->db, rc);
+        return -1;
+    }
+    int outcome = 0;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        struct narrow_row row;
+        if (read_row(stmt, &row) < 0) {
+            outcome = -2;
+            break;
+        }
+        if (row.kind == KIND_SNAPSHOT) {
+            *snapshot = row.position;
+            outcome = 1;
+            break;
+        }
+        if (run_append(run, &row) < 0 || run_note(run, &row, sockets) < 0) {
+            outcome = -1;
+            break;
+        }
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        set_sqlite_error(self->db, rc);
+        outcome = -1;
+    }
+    sqlite3_reset(stmt);
+    return outcome;
+}
+
+static int append_new(PyObject *list, PyObject *item)
+{
+    if (item == NULL)
+        return -1;
+    int rc = PyList_Append(list, item);
+    Py_DECREF(item);
+    return rc;
+}
+
+static PyObject *rows_list(const struct run *run)
+{
+    PyObject *rows = PyList_New(0);
+    for (Py_ssize_t i = 0; rows != NULL && i < run->count; i++) {
+        const struct narrow_row *row = &run->rows[i];
+        PyObject *item = row->has_sock ? Py_BuildValue("(LiL)", row->position, row->kind, row->sock)
+                                       : Py_BuildValue("(LiO)", row->position, row->kind, Py_None);
+        if (append_new(rows, item) < 0)
+            Py_CLEAR(rows);
+    }
+    return rows;
+}
+
+/* What the run leaves for Python: pairs and failed (when retaining), leftover closes in log
+ * order, looked-up events in log order, and the sockets still open at its end. */
+static PyObject *run_outcome(const struct run *run, int retain)
+{
+    PyObject *pairs = PyList_New(0), *failed = PyList_New(0), *leftover = PyList_New(0);
+    PyObject *others = PyList_New(0), *opens = PyDict_New();
+    PyObject *result = NULL;
+    if (pairs == NULL || failed == NULL || leftover == NULL || others == NULL || opens == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < run->count; i++) {
+        const struct narrow_row *row = &run->rows[i];
+        /* Every keyed open and close is in the map (run_note put it there). */
+        int keyed = row->has_sock && (row->kind == KIND_CONNECT || row->kind == KIND_ACCEPT ||
+                                      row->kind == KIND_CLOSE);
+        const struct sock_slot *slot =
+            keyed ? sock_map_probe(run->sockets.slots, run->sockets.mask, row->sock) : NULL;
+        int rc = 0;
+        switch (row->kind) {
+        case KIND_CONNECT:
+        case KIND_ACCEPT:
+            if (!slot->closed) {
+                PyObject *sock = PyLong_FromLongLong(row->sock);
+                PyObject *position = PyLong_FromLongLong(row->position);
+                rc = sock && position ? PyDict_SetItem(opens, sock, position) : -1;
+                Py_XDECREF(sock);
+                Py_XDECREF(position);
+            }
+            break;
+        case KIND_CLOSE:
+            if (slot != NULL && slot->opened) {
+                if (retain)
+                    rc = append_new(pairs, Py_BuildValue("(LL)", slot->open_pos, row->position));
+            } else if (slot != NULL) {
+                rc = append_new(leftover, Py_BuildValue("(LL)", row->position, row->sock));
+            } else {
+                rc = append_new(leftover, Py_BuildValue("(LO)", row->position, Py_None));
+            }
+            break;
+        case KIND_CONNECT_FAILED:
+            if (retain)
+                rc = append_new(failed, PyLong_FromLongLong(row->position));
+            break;
+        case KIND_EXEC:
+        case KIND_EXIT:
+        case KIND_CT_NEW:
+        case KIND_CT_UPDATE:
+        case KIND_CT_DESTROY:
+            rc = append_new(others, Py_BuildValue("(Li)", row->position, row->kind));
+            break;
+        default:
+            break;
+        }
+        if (rc < 0)
+            goto done;
+    }
+    result = Py_BuildValue("(OOOOO)", pairs, failed, leftover, others, opens);
+done:
+    Py_XDECREF(pairs);
+    Py_XDECREF(failed);
+    Py_XDECREF(leftover);
+    Py_XDECREF(others);
+    Py_XDECREF(opens);
+    return result;
+}
+
+PyDoc_STRVAR(fold_run_doc,
+             "fold_run(after, upto, sockets, retain) -> tuple | None\n\n"
+             "Read the events after ``after`` up to ``upto`` or the first snapshot among them,\n"
+             "whichever comes first, and cancel the sockets that open and close among them.\n"
+             "``sockets`` is the state's open sockets (socket id -> open position), read only.\n"
+             "Returns (count, last, snapshot, rows, fast): ``count`` events read (the snapshot\n"
+             "not counted), ``last`` the last position read (the snapshot's, if one ended the\n"
+             "run), ``snapshot`` its position or None. ``rows`` is the run's (position, kind,\n"
+             "sock_id) rows when _apply_each must fold it (``fast`` is then None), else None and\n"
+             "``fast`` is (pairs, failed, leftover, others, opens) as _apply_fast computes them.\n"
+             "None when a row holds a value of a type the fold does not expect.");
+
+static PyObject *RunReader_fold_run(RunReader *self, PyObject *args)
+{
+    long long after, upto;
+    PyObject *sockets;
+    int retain;
+    if (!PyArg_ParseTuple(args, "LLO!p", &after, &upto, &PyDict_Type, &sockets, &retain))
+        return NULL;
+    if (self->db == NULL)
+        return PyErr_Format(sqlite_error, "the reader is closed");
+    struct run run = {0};
+    long long snapshot = 0;
+    int ended = read_run(self, &run, after, upto, sockets, &snapshot);
+    PyObject *result = NULL;
+    if (ended == -2) {
+        result = Py_NewRef(Py_None);
+    } else if (ended >= 0) {
+        long long last = ended ? snapshot : run.count ? run.rows[run.count - 1].position : after;
+        PyObject *snapshot_value = ended ? PyLong_FromLongLong(snapshot) : Py_NewRef(Py_None);
+        PyObject *rows = run.unusual ? rows_list(&run) : Py_NewRef(Py_None);
+        PyObject *fast = run.unusual ? Py_NewRef(Py_None) : run_outcome(&run, retain);
+        if (snapshot_value && rows && fast)
+            result = Py_BuildValue("(nLOOO)", run.count, last, snapshot_value, rows, fast);
+        Py_XDECREF(snapshot_value);
+        Py_XDECREF(rows);
+        Py_XDECREF(fast);
+    }
+    run_free(&run);
+    return result;
+}
+
+static PyMethodDef RunReader_methods[] = {
+    {"fold_run", (PyCFunction)RunReader_fold_run, METH_VARARGS, fold_run_doc},
+    {"close", (PyCFunction)RunReader_close, METH_NOARGS, PyDoc_STR("Close the connection.")},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject RunReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "replay._fold.RunReader",
+    .tp_doc = PyDoc_STR("RunReader(path, busy_timeout_ms): a read-only connection to a SQLite\n"
+                        "log that folds runs of events (see fold_run)."),
+    .tp_basicsize = sizeof(RunReader),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)RunReader_init,
+    .tp_dealloc = (destructor)RunReader_dealloc,
+    .tp_methods = RunReader_methods,
+};
+
+/* -- snapshot reconciliation ---------------------------------------------------------------- */
+
+/* A socket's addresses, (recording, netns, laddr, lport, raddr, rport), read from its tuple
+ * (which stays alive, unchanged, for the whole call: the bytes are not copied). */
+struct addr_key {
+    long long recording, netns, lport, rport;
+    const char *laddr, *raddr;
+    Py_ssize_t laddr_len, raddr_len;
+    uint64_t hash;
+    PyObject *tuple, *netns_value;
+};
+
+enum { IN_EVENTS = 1, IN_SNAPSHOT_SOCKETS = 2, PRESENT = 4, REPORTED = 8 };
+
+/* Keys live in one array, found through an index table of array indices + 1 (0: empty),
+ * so that a call zeroes only the small index table however many keys it holds. */
+struct addr_entry {
+    struct addr_key key;
+    int flags;
+};
+
+struct addr_table {
+    struct addr_entry *entries;
+    uint32_t *index;
+    size_t mask, count;
+};
+
+static uint64_t bytes_hash(const char *data, Py_ssize_t len, uint64_t seed)
+{
+    uint64_t h = seed ^ (uint64_t)len;
+    for (Py_ssize_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)data[i]) * 0x100000001b3ULL;
+    return mix64(h);
+}
+
+static int exact_long(PyObject *value, long long *out)
+{
+    if (!PyLong_CheckExact(value))
+        return -1;
+    int overflow;
+    *out = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow || (*out == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return -1;
+    }
+    return 0;
+}
+
+/* 0, or -1 (nothing set) if ``tuple`` is not a 6-tuple of int, int, bytes, int, bytes, int. */
+static int parse_key(PyObject *tuple, struct addr_key *key)
+{
+    if (!PyTuple_CheckExact(tuple) || PyTuple_GET_SIZE(tuple) != 6)
+        return -1;
+    PyObject *laddr = PyTuple_GET_ITEM(tuple, 2), *raddr = PyTuple_GET_ITEM(tuple, 4);
+    if (exact_long(PyTuple_GET_ITEM(tuple, 0), &key->recording) < 0 ||
+        exact_long(PyTuple_GET_ITEM(tuple, 1), &key->netns) < 0 ||
+        exact_long(PyTuple_GET_ITEM(tuple, 3), &key->lport) < 0 ||
+        exact_long(PyTuple_GET_ITEM(tuple, 5), &key->rport) < 0 || !PyBytes_CheckExact(laddr) ||
+        !PyBytes_CheckExact(raddr))
+        return -1;
+    key->laddr = PyBytes_AS_STRING(laddr);
+    key->laddr_len = PyBytes_GET_SIZE(laddr);
+    key->raddr = PyBytes_AS_STRING(raddr);
+    key->raddr_len = PyBytes_GET_SIZE(raddr);
+    key->tuple = tuple;
+    key->netns_value = PyTuple_GET_ITEM(tuple, 1);
+    uint64_t h = mix64((uint64_t)key->recording * 31 + (uint64_t)key->netns);
+    h = mix64(h ^ ((uint64_t)key->lport << 32 | (uint64_t)(key->rport & 0xffffffff)));
+    h = bytes_hash(key->laddr, key->laddr_len, h);
+    key->hash = bytes_hash(key->raddr, key->raddr_len, h);
+    return 0;
+}
+
+static int same_key(const struct addr_key *a, const struct addr_key *b)
+{
+    return a->hash == b->hash && a->recording == b->recording && a->netns == b->netns &&
+           a->lport == b->lport && a->rport == b->rport && a->laddr_len == b->laddr_len &&
+           a->raddr_len == b->raddr_len && !memcmp(a->laddr, b->laddr, (size_t)a->laddr_len) &&
+           !memcmp(a->raddr, b->raddr, (size_t)a->raddr_len);
+}
+
+static void addr_table_free(struct addr_table *table)
+{
+    PyMem_Free(table->entries);
+    PyMem_Free(table->index);
+}
+
+static int addr_table_init(struct addr_table *table, Py_ssize_t expected)
+{
+    size_t size = 1024;
+    while (size < (size_t)expected * 2 + 2)
+        size *= 2;
+    table->mask = size - 1;
+    table->count = 0;
+    table->index = expected < UINT32_MAX / 2 ? PyMem_Calloc(size, sizeof *table->index) : NULL;
+    table->entries = PyMem_Malloc(((size_t)expected + 1) * sizeof *table->entries);
+    if (table->index == NULL || table->entries == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* The entry of ``key`` (added if new); the table was sized for every key the call adds. */
+static struct addr_entry *addr_table_get(struct addr_table *table, const struct addr_key *key)
+{
+    size_t at = key->hash & table->mask;
+    uint32_t found;
+    while ((found = table->index[at]) != 0 && !same_key(&table->entries[found - 1].key, key))
+        at = (at + 1) & table->mask;
+    if (found)
+        return &table->entries[found - 1];
+    struct addr_entry *entry = &table->entries[table->count++];
+    table->index[at] = (uint32_t)table->count;
+    entry->key = *key;
+    entry->flags = 0;
+    return entry;
+}
+
+/* Whether ``netns`` was walked by the snapshot (``namespaces`` None: every one was). */
+static int walked(PyObject *namespaces, PyObject *netns)
+{
+    return namespaces == Py_None ? 1 : PySet_Contains(namespaces, netns);
+}
+
+struct open_socket {
+    PyObject *sock_key;
+    struct addr_entry *slot;
+};
+
+PyDoc_STRVAR(reconcile_sockets_doc,
+             "reconcile_sockets(opened, closing, sockets, tuples, snapshot_sockets, recording,\n"
+             "                  namespaces) -> (lost, gone, only_here) | None\n\n"
+             "The socket set algebra of Fold._apply_snapshot. ``opened`` and ``closing``: the\n"
+             "snapshot's address keys; ``sockets``: the recording's open sockets (key -> open\n"
+             "position); ``tuples``: addresses by open position (covering every one of them);\n"
+             "``snapshot_sockets``: sockets known from snapshots only; ``namespaces``: the set\n"
+             "of namespaces the snapshot walked, or None for all. ``lost``: keys of sockets whose\n"
+             "addresses the snapshot lacks (in walked namespaces); ``gone``: snapshot-only\n"
+             "sockets of this recording it lacks; ``only_here``: addresses it holds open that\n"
+             "neither knows. Unordered; None if a key is not a 6-tuple of ints and bytes.");
+
+static PyObject *reconcile_sockets(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *opened, *closing, *sockets, *tuples, *snapshot_sockets, *namespaces;
+    long long recording;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!LO", &PyList_Type, &opened, &PyList_Type, &closing,
+                          &PyDict_Type, &sockets, &PyDict_Type, &tuples, &PyDict_Type,
+                          &snapshot_sockets, &recording, &namespaces))
+        return NULL;
+    if (namespaces != Py_None && !PyAnySet_Check(namespaces))
+        return PyErr_Format(PyExc_TypeError, "namespaces must be a set or None");
+    Py_ssize_t expected = PyDict_GET_SIZE(sockets) + PyDict_GET_SIZE(snapshot_sockets) +
+                          PyList_GET_SIZE(opened) + PyList_GET_SIZE(closing);
+    struct addr_table table = {0};
+    if (addr_table_init(&table, expected) < 0) {
+        addr_table_free(&table);
+        return NULL;
+    }
+    struct open_socket *open = PyMem_Calloc((size_t)PyDict_GET_SIZE(sockets) + 1, sizeof *open);
+    PyObject *lost = PyList_New(0), *gone = PyList_New(0), *only_here = PyList_New(0);
+    PyObject *result = NULL;
+    int declined = 0;
+    if (open == NULL || lost == NULL || gone == NULL || only_here == NULL) {
+        if (open == NULL)
+            PyErr_NoMemory();
+        goto done;
+    }
+    struct addr_key key;
+    Py_ssize_t pos = 0, count = 0;
+    PyObject *sock_key, *open_position, *value;
+    while (PyDict_Next(sockets, &pos, &sock_key, &open_position)) {
+        PyObject *tuple = PyDict_GetItemWithError(tuples, open_position);
+        if (tuple == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetObject(PyExc_KeyError, open_position);
+            goto done;
+        }
+        if (parse_key(tuple, &key) < 0)
+            goto decline;
+        open[count].sock_key = sock_key;
+        open[count].slot = addr_table_get(&table, &key);
+        open[count++].slot->flags |= IN_EVENTS;
+    }
+    pos = 0;
+    while (PyDict_Next(snapshot_sockets, &pos, &sock_key, &value)) {
+        if (parse_key(sock_key, &key) < 0)
+            goto decline;
+        addr_table_get(&table, &key)->flags |= IN_SNAPSHOT_SOCKETS;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(closing); i++) {
+        if (parse_key(PyList_GET_ITEM(closing, i), &key) < 0)
+            goto decline;
+        addr_table_get(&table, &key)->flags |= PRESENT;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(opened); i++) {
+        if (parse_key(PyList_GET_ITEM(opened, i), &key) < 0)
+            goto decline;
+        struct addr_entry *slot = addr_table_get(&table, &key);
+        slot->flags |= PRESENT;
+        if (!(slot->flags & (IN_EVENTS | IN_SNAPSHOT_SOCKETS | REPORTED))) {
+            slot->flags |= REPORTED;
+            if (PyList_Append(only_here, slot->key.tuple) < 0)
+                goto done;
+        }
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (open[i].slot->flags & PRESENT)
+            continue;
+        int here = walked(namespaces, open[i].slot->key.netns_value);
+        if (here < 0 || (here && PyList_Append(lost, open[i].sock_key) < 0))
+            goto done;
+    }
+    for (size_t i = 0; i < table.count; i++) {
+        struct addr_entry *slot = &table.entries[i];
+        if ((slot->flags & (IN_SNAPSHOT_SOCKETS | PRESENT)) != IN_SNAPSHOT_SOCKETS ||
+            slot->key.recording != recording)
+            continue;
+        int here = walked(namespaces, slot->key.netns_value);
+        if (here < 0 || (here && PyList_Append(gone, slot->key.tuple) < 0))
+            goto done;
+    }
+    result = Py_BuildValue("(OOO)", lost, gone, only_here);
+    goto done;
+decline:
+    declined = 1;
+done:
+    if (declined && !PyErr_Occurred())
+        result = Py_NewRef(Py_None);
+    addr_table_free(&table);
+    PyMem_Free(open);
+    Py_XDECREF(lost);
+    Py_XDECREF(gone);
+    Py_XDECREF(only_here);
+    return result;
+}
+
+/* -- the module ----------------------------------------------------------------------------- */
+
+static PyObject *soft_heap_limit(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLongLong(sqlite3_soft_heap_limit64(-1));
+}
+
+static PyMethodDef module_methods[] = {
+    {"soft_heap_limit", soft_heap_limit, METH_NOARGS,
+     PyDoc_STR("soft_heap_limit() -> int\n\nThis module's SQLite soft heap limit (see\n"
+               "recorder.native.shares_sqlite_with_python).")},
+    {"reconcile_sockets", reconcile_sockets, METH_VARARGS, reconcile_sockets_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef fold_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "replay._fold",
+    .m_doc = PyDoc_STR("The fold's hot loops in C (see replay/_fold.c)."),
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__fold(void)
+{
+    PyObject *sqlite3_module = PyImport_ImportModule("sqlite3");
+    if (sqlite3_module == NULL)
+        return NULL;
+    sqlite_error = PyObject_GetAttrString(sqlite3_module, "OperationalError");
+    sqlite_database = PyObject_GetAttrString(sqlite3_module, "DatabaseError");
+    Py_DECREF(sqlite3_module);
+    if (sqlite_error == NULL || sqlite_database == NULL || PyType_Ready(&RunReaderType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&fold_module);
+    if (module == NULL)
+        return NULL;
+    static const struct {
+        const char *name;
+        int value;
+    } kinds[] = {
+        {"CONNECT", KIND_CONNECT},   {"ACCEPT", KIND_ACCEPT},     {"CLOSE", KIND_CLOSE},
+        {"CONNECT_FAILED", KIND_CONNECT_FAILED}, {"EXEC", KIND_EXEC}, {"EXIT", KIND_EXIT},
+        {"SNAPSHOT", KIND_SNAPSHOT}, {"CT_NEW", KIND_CT_NEW}, {"CT_UPDATE", KIND_CT_UPDATE},
+        {"CT_DESTROY", KIND_CT_DESTROY},
+    };
+    PyObject *kind_values = PyDict_New();
+    int failed = kind_values == NULL;
+    for (size_t i = 0; !failed && i < sizeof kinds / sizeof kinds[0]; i++) {
+        PyObject *value = PyLong_FromLong(kinds[i].value);
+        failed = value == NULL || PyDict_SetItemString(kind_values, kinds[i].name, value) < 0;
+        Py_XDECREF(value);
+    }
+    if (failed || PyModule_AddObjectRef(module, "KINDS", kind_values) < 0 ||
+        PyModule_AddObjectRef(module, "RunReader", (PyObject *)&RunReaderType) < 0) {
+        Py_XDECREF(kind_values);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_DECREF(kind_values);
+    return module;
+}

@@ -1,0 +1,34 @@
+from typing import Any
+
+KINDS: dict[str, int]
+
+# (pairs, failed, leftover, others, opens), as Fold._apply_fast computes them
+FastRun = tuple[
+    list[tuple[int, int]],
+    list[int],
+    list[tuple[int, int | None]],
+    list[tuple[int, int]],
+    dict[int, int],
+]
+
+# (count, last, snapshot, rows, fast): see RunReader.fold_run
+RunOutcome = tuple[int, int, int | None, list[tuple[int, int, int | None]] | None, FastRun | None]
+
+class RunReader:
+    def __init__(self, path: str, busy_timeout_ms: int) -> None: ...
+    def fold_run(
+        self, after: int, upto: int, sockets: dict[int, int], retain: bool, /
+    ) -> RunOutcome | None: ...
+    def close(self) -> None: ...
+
+def reconcile_sockets(
+    opened: list[Any],
+    closing: list[Any],
+    sockets: dict[int, int],
+    tuples: dict[int, Any],
+    snapshot_sockets: dict[Any, int],
+    recording: int,
+    namespaces: set[int] | None,
+    /,
+) -> tuple[list[int], list[Any], list[Any]] | None: ...
+def soft_heap_limit() -> int: ...

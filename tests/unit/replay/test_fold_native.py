@@ -1,0 +1,171 @@
+"""The fold's C loops (replay/_fold.c) give the states the Python fold gives.
+
+Logs are written through the real log writer into SQLite files, from event streams where the
+unusual is common: socket ids that repeat, opens without an id, closes before their opens or
+of sockets never seen, snapshots that show some sockets, miss others and add strangers, and
+batches (so runs) that end anywhere. Every state and window is folded twice, with and without
+the module, and must come out equal, byte for byte once encoded.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recorder.clock import ClockModel
+from recorder.events import Event, Kind, Snapshot, SnapshotConnection, SnapshotProcess
+from recorder.log.location import resolve
+from recorder.log.recordings import RecordingStart, begin_recording
+from recorder.log.store import Purpose, open_log
+from recorder.log.writer import LogWriter
+from recorder.procfs import TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LISTEN
+from replay import native
+from replay.engine import Replayer
+from replay.fold import Fold
+from replay.state import ReplayState
+from tests.capabilities import require
+from tests.factories import MONO_BASE_NS, ROOT_NETNS, clock_sample, make_host
+
+LO = bytes([127, 0, 0, 1])
+OTHER_NETNS = 4026532100
+
+
+@pytest.fixture(autouse=True)
+def _module_built() -> None:
+    require(native.AVAILABLE, "the C fold module (make setup builds replay/_fold.c)")
+
+
+def test_kinds_agree_with_the_log() -> None:
+    assert {kind.name: int(kind) for kind in Kind} == native.KINDS
+
+
+def test_the_module_shares_pythons_sqlite() -> None:
+    assert native.reads_sqlite()
+
+
+step = st.tuples(
+    st.sampled_from([*Kind, Kind.CLOSE, Kind.CLOSE]),  # closes of unknown sockets too
+    st.one_of(st.none(), st.integers(1, 12)),  # socket ids collide and repeat on purpose
+    st.integers(40000, 40008),  # the local port: few, so addresses are shared too
+    st.integers(1, 4),  # pid
+    st.booleans(),  # a batch ends after this event
+)
+
+
+def write_log(path: Path, steps: list[tuple[Kind, int | None, int, int, bool]]) -> int:
+    """A one-recording log of ``steps``, 1 ms apart; returns the last event's mono time."""
+    store = open_log(resolve(str(path)), Purpose.RECORD)
+    start = clock_sample()
+    recording = begin_recording(store, RecordingStart(make_host(), "ebpf", start, ROOT_NETNS))
+    writer = LogWriter(store, recording, ClockModel([start]))
+    mono = MONO_BASE_NS
+    for index, (kind, sock, port, pid, flush) in enumerate(steps):
+        mono += 1_000_000
+        if kind == Kind.SNAPSHOT:
+            writer.add_snapshot(*snapshot(mono, index, port, pid))
+        else:
+            netns = OTHER_NETNS if port == 40008 else ROOT_NETNS
+            extra = {"ct_id": pid} if kind in (Kind.CT_NEW, Kind.CT_DESTROY) else None
+            writer.add_events(
+                [Event(kind, mono, pid, "p", netns, LO, port, LO, 80, sock, extra=extra)]
+            )
+        if flush:
+            writer.flush()
+    writer.flush()
+    writer.close()
+    store.close()
+    return mono
+
+
+def snapshot(mono: int, index: int, port: int, pid: int) -> tuple[Event, Snapshot]:
+    """A snapshot showing some of the generated addresses, in several TCP states."""
+    states = (TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LISTEN)
+    connections = tuple(
+        SnapshotConnection(ROOT_NETNS, LO, p, LO, 80, states[(p + index) % 3], p, 0, pid)
+        for p in range(40000, 40008)
+        if (p * 7 + index) % 3
+    )
+    walked = [ROOT_NETNS] if index % 2 else [ROOT_NETNS, OTHER_NETNS]
+    marker = Event(Kind.SNAPSHOT, mono, extra={"namespace_list": walked})
+    processes = tuple(
+        SnapshotProcess(p, 1, "p", "p", "/", ROOT_NETNS, 0) for p in range(1, 5) if p != pid
+    )
+    return marker, Snapshot(connections=connections, processes=processes)
+
+
+def folds(path: Path, mono_moments: list[int]) -> list[bytes]:
+    """For each moment: the state then, and what the 5 ms before it retained, encoded."""
+    answers = []
+    with open_log(resolve(str(path)), Purpose.READ) as store:
+        for use_native in (True, False):
+            replayer = Replayer(store, use_checkpoints=False, use_native=use_native)
+            assert (replayer.runs is not None) == use_native
+            offset = replayer.reader.clock(1).offset_at(MONO_BASE_NS)
+            encoded = []
+            for mono in mono_moments:
+                window = replayer.window(mono + offset, 5_000_000)
+                retained = window.retained
+                encoded.append(
+                    window.state.to_bytes()
+                    + repr(
+                        (
+                            sorted(retained.pairs),
+                            sorted(retained.closed, key=repr),
+                            sorted(retained.failed),
+                            sorted(retained.exited),
+                            replayer.stats.events_folded,
+                        )
+                    ).encode()
+                )
+            answers.append(b"|".join(encoded))
+    return answers
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(step, min_size=1, max_size=70), st.lists(st.floats(0.0, 1.0), max_size=4))
+def test_the_c_fold_gives_the_python_folds_states(
+    steps: list[tuple[Kind, int | None, int, int, bool]], fractions: list[float]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fold.db"
+        last = write_log(path, steps)
+        span = last - MONO_BASE_NS
+        moments = [MONO_BASE_NS + int(span * f) for f in fractions] + [last]
+        with_module, without = folds(path, moments)
+        assert with_module == without
+
+
+def test_a_row_the_reader_does_not_expect_is_folded_in_python(tmp_path: Path) -> None:
+    """A socket id stored as a float (a foreign writer) makes the reader decline the rest of the
+    span, which the Python fold then reads: the answer does not change."""
+    path = tmp_path / "odd.db"
+    steps = [(Kind.CONNECT, 1, 40001, 1, False), (Kind.CONNECT, 2, 40002, 1, True)]
+    last = write_log(path, [*steps, (Kind.CLOSE, 1, 40001, 1, False)])
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE events SET sock_id = 2.5 WHERE sock_id = 2")
+    conn.close()
+    with_module, without = folds(path, [last])
+    assert with_module == without
+
+
+def test_reconcile_declines_keys_it_cannot_read() -> None:
+    state = ReplayState()
+    odd_key = (1, ROOT_NETNS, "127.0.0.1", 40001, LO, 80)  # text where bytes belong
+    assert native.reconcile_sockets([odd_key], [], state.sockets_of(1), {}, {}, 1, None) is None
+
+
+def test_reconcile_needs_the_addresses_of_every_open_socket() -> None:
+    state = ReplayState()
+    state.sockets_of(1)[7] = 3
+    with pytest.raises(KeyError):
+        native.reconcile_sockets([], [], state.sockets_of(1), {}, {}, 1, None)
+
+
+def test_fold_defaults_to_the_module_when_built() -> None:
+    assert Fold(ReplayState(), lookup=None).use_native is True  # type: ignore[arg-type]
