@@ -223,19 +223,33 @@ static int read_row(sqlite3_stmt *stmt, struct narrow_row *row)
 
 /* -- RunReader ------------------------------------------------------------------------------ */
 
+struct addr_cache;
+static void addr_cache_free(struct addr_cache *cache);
+
 typedef struct {
     PyObject_HEAD
     sqlite3 *db;
     sqlite3_stmt *narrow;
+    sqlite3_stmt *address; /* an event's addresses, by position */
+    /* Addresses of the events that opened the sockets seen open at snapshots, by position:
+     * a log never changes, and a socket that lives for minutes is compared at every snapshot. */
+    struct addr_cache *addresses;
 } RunReader;
 
 static const char NARROW_SQL[] = "SELECT position, kind, sock_id FROM events "
                                  "WHERE position > ?1 AND position <= ?2 ORDER BY position";
 
+static const char ADDRESS_SQL[] =
+    "SELECT e.recording_id, e.netns_id, n.inode, e.laddr, e.lport, e.raddr, e.rport "
+    "FROM events e LEFT JOIN netns n ON n.id = e.netns_id WHERE e.position = ?1";
+
 static void RunReader_close_db(RunReader *self)
 {
     sqlite3_finalize(self->narrow);
-    self->narrow = NULL;
+    sqlite3_finalize(self->address);
+    self->narrow = self->address = NULL;
+    addr_cache_free(self->addresses);
+    self->addresses = NULL;
     if (self->db != NULL) {
         sqlite3_close_v2(self->db);
         self->db = NULL;
@@ -256,8 +270,13 @@ static int RunReader_init(RunReader *self, PyObject *args, PyObject *kwargs)
         sqlite3_busy_timeout(db, busy_timeout_ms);
         rc = sqlite3_prepare_v2(db, NARROW_SQL, -1, &self->narrow, NULL);
     }
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(db, ADDRESS_SQL, -1, &self->address, NULL);
     if (rc != SQLITE_OK) {
         set_sqlite_error(db, rc);
+        sqlite3_finalize(self->narrow);
+        sqlite3_finalize(self->address);
+        self->narrow = self->address = NULL;
         sqlite3_close_v2(db);
         return -1;
     }
@@ -445,8 +464,30 @@ static PyObject *RunReader_fold_run(RunReader *self, PyObject *args)
     return result;
 }
 
+static PyObject *RunReader_reconcile_snapshot(RunReader *self, PyObject *args);
+PyDoc_STRVAR(reconcile_snapshot_doc,
+             "reconcile_snapshot(position, recording, open_states, listen_state, sockets,\n"
+             "                   snapshot_sockets, namespaces) -> tuple | None\n\n"
+             "reconcile_sockets over the connections the snapshot at ``position`` stored, read\n"
+             "from the log: rows in ``open_states`` (a set of TCP states) are open, rows in\n"
+             "``listen_state`` are left out, the others are closing. The open sockets'\n"
+             "addresses come from their open events in the log (kept between calls). None if a\n"
+             "row holds a value of a type the log does not write.");
+
+static PyObject *RunReader_reconcile_processes(RunReader *self, PyObject *args);
+PyDoc_STRVAR(reconcile_processes_doc,
+             "reconcile_processes(position, recording, processes) -> bool\n\n"
+             "What Fold._apply_snapshot does to ``processes`` ((recording, pid) -> position)\n"
+             "with the snapshot at ``position``: this recording's processes it lacks are\n"
+             "removed, every one it holds is set to ``position``. False, with nothing changed,\n"
+             "if a pid or a key is not an int.");
+
 static PyMethodDef RunReader_methods[] = {
+    {"reconcile_processes", (PyCFunction)RunReader_reconcile_processes, METH_VARARGS,
+     reconcile_processes_doc},
     {"fold_run", (PyCFunction)RunReader_fold_run, METH_VARARGS, fold_run_doc},
+    {"reconcile_snapshot", (PyCFunction)RunReader_reconcile_snapshot, METH_VARARGS,
+     reconcile_snapshot_doc},
     {"close", (PyCFunction)RunReader_close, METH_NOARGS, PyDoc_STR("Close the connection.")},
     {NULL, NULL, 0, NULL},
 };
@@ -466,11 +507,14 @@ static PyTypeObject RunReaderType = {
 
 /* -- snapshot reconciliation ---------------------------------------------------------------- */
 
-/* A socket's addresses, (recording, netns, laddr, lport, raddr, rport), read from its tuple
- * (which stays alive, unchanged, for the whole call: the bytes are not copied). */
+/* A socket's addresses, (recording, netns, laddr, lport, raddr, rport), copied from its tuple
+ * or its snapshot row. ``tuple`` and ``netns_value`` are borrowed from a tuple that stays
+ * alive for the whole call (NULL for a key read from a row). */
+enum { ADDR_MAX = 16 };
+
 struct addr_key {
     long long recording, netns, lport, rport;
-    const char *laddr, *raddr;
+    unsigned char laddr[ADDR_MAX], raddr[ADDR_MAX];
     Py_ssize_t laddr_len, raddr_len;
     uint64_t hash;
     PyObject *tuple, *netns_value;
@@ -478,8 +522,7 @@ struct addr_key {
 
 enum { IN_EVENTS = 1, IN_SNAPSHOT_SOCKETS = 2, PRESENT = 4, REPORTED = 8 };
 
-/* Keys live in one array, found through an index table of array indices + 1 (0: empty),
- * so that a call zeroes only the small index table however many keys it holds. */
+/* Keys live in one array, found through an index table of array indices + 1 (0: empty). */
 struct addr_entry {
     struct addr_key key;
     int flags;
@@ -488,15 +531,23 @@ struct addr_entry {
 struct addr_table {
     struct addr_entry *entries;
     uint32_t *index;
-    size_t mask, count;
+    size_t mask, count, capacity;
 };
 
-static uint64_t bytes_hash(const char *data, Py_ssize_t len, uint64_t seed)
+static uint64_t bytes_hash(const unsigned char *data, Py_ssize_t len, uint64_t seed)
 {
     uint64_t h = seed ^ (uint64_t)len;
     for (Py_ssize_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)data[i]) * 0x100000001b3ULL;
+        h = (h ^ data[i]) * 0x100000001b3ULL;
     return mix64(h);
+}
+
+static void key_hash(struct addr_key *key)
+{
+    uint64_t h = mix64((uint64_t)key->recording * 31 + (uint64_t)key->netns);
+    h = mix64(h ^ ((uint64_t)key->lport << 32 | (uint64_t)(key->rport & 0xffffffff)));
+    h = bytes_hash(key->laddr, key->laddr_len, h);
+    key->hash = bytes_hash(key->raddr, key->raddr_len, h);
 }
 
 static int exact_long(PyObject *value, long long *out)
@@ -512,7 +563,18 @@ static int exact_long(PyObject *value, long long *out)
     return 0;
 }
 
-/* 0, or -1 (nothing set) if ``tuple`` is not a 6-tuple of int, int, bytes, int, bytes, int. */
+static int copy_address(const void *data, Py_ssize_t len, unsigned char *out, Py_ssize_t *out_len)
+{
+    if (len < 0 || len > ADDR_MAX)
+        return -1;
+    if (len)
+        memcpy(out, data, (size_t)len);
+    *out_len = len;
+    return 0;
+}
+
+/* 0, or -1 (nothing set) if ``tuple`` is not a 6-tuple of int, int, bytes, int, bytes, int
+ * with addresses of at most ADDR_MAX bytes. */
 static int parse_key(PyObject *tuple, struct addr_key *key)
 {
     if (!PyTuple_CheckExact(tuple) || PyTuple_GET_SIZE(tuple) != 6)
@@ -522,19 +584,49 @@ static int parse_key(PyObject *tuple, struct addr_key *key)
         exact_long(PyTuple_GET_ITEM(tuple, 1), &key->netns) < 0 ||
         exact_long(PyTuple_GET_ITEM(tuple, 3), &key->lport) < 0 ||
         exact_long(PyTuple_GET_ITEM(tuple, 5), &key->rport) < 0 || !PyBytes_CheckExact(laddr) ||
-        !PyBytes_CheckExact(raddr))
+        !PyBytes_CheckExact(raddr) ||
+        copy_address(PyBytes_AS_STRING(laddr), PyBytes_GET_SIZE(laddr), key->laddr,
+                     &key->laddr_len) < 0 ||
+        copy_address(PyBytes_AS_STRING(raddr), PyBytes_GET_SIZE(raddr), key->raddr,
+                     &key->raddr_len) < 0)
         return -1;
-    key->laddr = PyBytes_AS_STRING(laddr);
-    key->laddr_len = PyBytes_GET_SIZE(laddr);
-    key->raddr = PyBytes_AS_STRING(raddr);
-    key->raddr_len = PyBytes_GET_SIZE(raddr);
     key->tuple = tuple;
     key->netns_value = PyTuple_GET_ITEM(tuple, 1);
-    uint64_t h = mix64((uint64_t)key->recording * 31 + (uint64_t)key->netns);
-    h = mix64(h ^ ((uint64_t)key->lport << 32 | (uint64_t)(key->rport & 0xffffffff)));
-    h = bytes_hash(key->laddr, key->laddr_len, h);
-    key->hash = bytes_hash(key->raddr, key->raddr_len, h);
+    key_hash(key);
     return 0;
+}
+
+/* The columns netns, laddr, lport, raddr, rport of a snapshot row; -1 if one is not of the
+ * type the log writes (NOT NULL integers and blobs). */
+static int row_key(sqlite3_stmt *stmt, long long recording, struct addr_key *key)
+{
+    static const int types[] = {SQLITE_INTEGER, SQLITE_BLOB, SQLITE_INTEGER, SQLITE_BLOB,
+                                SQLITE_INTEGER, SQLITE_INTEGER};
+    for (int column = 0; column < 6; column++)
+        if (sqlite3_column_type(stmt, column) != types[column])
+            return -1;
+    key->recording = recording;
+    key->netns = sqlite3_column_int64(stmt, 0);
+    key->lport = sqlite3_column_int64(stmt, 2);
+    key->rport = sqlite3_column_int64(stmt, 4);
+    if (copy_address(sqlite3_column_blob(stmt, 1), sqlite3_column_bytes(stmt, 1), key->laddr,
+                     &key->laddr_len) < 0 ||
+        copy_address(sqlite3_column_blob(stmt, 3), sqlite3_column_bytes(stmt, 3), key->raddr,
+                     &key->raddr_len) < 0)
+        return -1;
+    key->tuple = key->netns_value = NULL;
+    key_hash(key);
+    return 0;
+}
+
+/* The key as replay.state.TupleKey. */
+static PyObject *key_tuple(const struct addr_key *key)
+{
+    if (key->tuple != NULL)
+        return Py_NewRef(key->tuple);
+    return Py_BuildValue("(LLy#Ly#L)", key->recording, key->netns, (const char *)key->laddr,
+                         key->laddr_len, key->lport, (const char *)key->raddr, key->raddr_len,
+                         key->rport);
 }
 
 static int same_key(const struct addr_key *a, const struct addr_key *b)
@@ -551,48 +643,375 @@ static void addr_table_free(struct addr_table *table)
     PyMem_Free(table->index);
 }
 
-static int addr_table_init(struct addr_table *table, Py_ssize_t expected)
-{
-    size_t size = 1024;
-    while (size < (size_t)expected * 2 + 2)
-        size *= 2;
-    table->mask = size - 1;
-    table->count = 0;
-    table->index = expected < UINT32_MAX / 2 ? PyMem_Calloc(size, sizeof *table->index) : NULL;
-    table->entries = PyMem_Malloc(((size_t)expected + 1) * sizeof *table->entries);
-    if (table->index == NULL || table->entries == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    return 0;
-}
-
-/* The entry of ``key`` (added if new); the table was sized for every key the call adds. */
-static struct addr_entry *addr_table_get(struct addr_table *table, const struct addr_key *key)
+static size_t addr_table_find(const struct addr_table *table, const struct addr_key *key)
 {
     size_t at = key->hash & table->mask;
     uint32_t found;
     while ((found = table->index[at]) != 0 && !same_key(&table->entries[found - 1].key, key))
         at = (at + 1) & table->mask;
-    if (found)
-        return &table->entries[found - 1];
-    struct addr_entry *entry = &table->entries[table->count++];
-    table->index[at] = (uint32_t)table->count;
-    entry->key = *key;
-    entry->flags = 0;
-    return entry;
+    return at;
 }
 
-/* Whether ``netns`` was walked by the snapshot (``namespaces`` None: every one was). */
-static int walked(PyObject *namespaces, PyObject *netns)
+/* Room for ``more`` keys: the index stays at most half full. */
+static int addr_table_reserve(struct addr_table *table, size_t more)
 {
-    return namespaces == Py_None ? 1 : PySet_Contains(namespaces, netns);
+    size_t needed = table->count + more;
+    if (needed >= UINT32_MAX / 4) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (needed > table->capacity) {
+        size_t capacity = table->capacity ? table->capacity : 1024;
+        while (capacity < needed)
+            capacity *= 2;
+        struct addr_entry *entries = PyMem_Realloc(table->entries, capacity * sizeof *entries);
+        if (entries == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        table->entries = entries;
+        table->capacity = capacity;
+    }
+    if (table->index != NULL && needed * 2 <= table->mask + 1)
+        return 0;
+    size_t size = 1024;
+    while (size < needed * 2)
+        size *= 2;
+    uint32_t *index = PyMem_Calloc(size, sizeof *index);
+    if (index == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyMem_Free(table->index);
+    table->index = index;
+    table->mask = size - 1;
+    for (size_t i = 0; i < table->count; i++)
+        table->index[addr_table_find(table, &table->entries[i].key)] = (uint32_t)(i + 1);
+    return 0;
 }
 
-struct open_socket {
-    PyObject *sock_key;
-    struct addr_entry *slot;
+/* The index of the entry of ``key``, added (no flags) if new; room was reserved. */
+static size_t addr_table_get(struct addr_table *table, const struct addr_key *key)
+{
+    size_t at = addr_table_find(table, key);
+    if (table->index[at])
+        return table->index[at] - 1;
+    table->entries[table->count].key = *key;
+    table->entries[table->count].flags = 0;
+    table->index[at] = (uint32_t)++table->count;
+    return table->count - 1;
+}
+
+/* Whether the key's namespace was walked by the snapshot (``namespaces`` None: every one
+ * was); -1 on error. */
+static int walked(PyObject *namespaces, const struct addr_key *key)
+{
+    if (namespaces == Py_None)
+        return 1;
+    if (key->netns_value != NULL)
+        return PySet_Contains(namespaces, key->netns_value);
+    PyObject *netns = PyLong_FromLongLong(key->netns);
+    int found = netns ? PySet_Contains(namespaces, netns) : -1;
+    Py_XDECREF(netns);
+    return found;
+}
+
+/* One reconciliation: the state's addresses in a table, then the snapshot's keys. */
+struct reconcile {
+    struct addr_table table;
+    PyObject *sock_keys; /* list: the open sockets' keys, in the order of ``slots`` */
+    size_t *slots;       /* their entries */
+    Py_ssize_t open_count;
+    PyObject *only_here;
 };
+
+static void reconcile_free(struct reconcile *r)
+{
+    addr_table_free(&r->table);
+    PyMem_Free(r->slots);
+    Py_XDECREF(r->sock_keys);
+    Py_XDECREF(r->only_here);
+}
+
+/* Make room for the state: ``open_count`` open sockets and the snapshot-only ones. */
+static int reconcile_reserve(struct reconcile *r, Py_ssize_t open_count, Py_ssize_t known)
+{
+    r->slots = PyMem_Calloc((size_t)open_count + 1, sizeof *r->slots);
+    r->sock_keys = PyList_New(0);
+    r->only_here = PyList_New(0);
+    if (r->slots == NULL)
+        PyErr_NoMemory();
+    if (r->slots == NULL || r->sock_keys == NULL || r->only_here == NULL ||
+        addr_table_reserve(&r->table, (size_t)(open_count + known)) < 0)
+        return -1;
+    return 0;
+}
+
+/* An open socket of the state, at ``key``. */
+static int reconcile_add_open(struct reconcile *r, PyObject *sock_key, const struct addr_key *key)
+{
+    if (PyList_Append(r->sock_keys, sock_key) < 0)
+        return -1;
+    size_t entry = addr_table_get(&r->table, key);
+    r->table.entries[entry].flags |= IN_EVENTS;
+    r->slots[r->open_count++] = entry;
+    return 0;
+}
+
+/* The sockets known from snapshots only: 0, or -2 to decline (nothing set). */
+static int reconcile_add_snapshot_sockets(struct reconcile *r, PyObject *snapshot_sockets)
+{
+    struct addr_key key;
+    Py_ssize_t pos = 0;
+    PyObject *tuple, *value;
+    while (PyDict_Next(snapshot_sockets, &pos, &tuple, &value)) {
+        if (parse_key(tuple, &key) < 0)
+            return -2;
+        r->table.entries[addr_table_get(&r->table, &key)].flags |= IN_SNAPSHOT_SOCKETS;
+    }
+    return 0;
+}
+
+/* Enter the state, addresses from ``tuples``: 0, -1 on error (set), -2 to decline. */
+static int reconcile_start(struct reconcile *r, PyObject *sockets, PyObject *tuples,
+                           PyObject *snapshot_sockets)
+{
+    if (reconcile_reserve(r, PyDict_GET_SIZE(sockets), PyDict_GET_SIZE(snapshot_sockets)) < 0)
+        return -1;
+    struct addr_key key;
+    Py_ssize_t pos = 0;
+    PyObject *sock_key, *open_position;
+    while (PyDict_Next(sockets, &pos, &sock_key, &open_position)) {
+        PyObject *tuple = PyDict_GetItemWithError(tuples, open_position);
+        if (tuple == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetObject(PyExc_KeyError, open_position);
+            return -1;
+        }
+        if (parse_key(tuple, &key) < 0)
+            return -2;
+        if (reconcile_add_open(r, sock_key, &key) < 0)
+            return -1;
+    }
+    return reconcile_add_snapshot_sockets(r, snapshot_sockets);
+}
+
+/* -- the address cache ---------------------------------------------------------------------- */
+
+struct cached_addr {
+    int64_t position;
+    uint32_t seen; /* the cache's generation when last used */
+    int used;
+    struct addr_key key;
+};
+
+struct addr_cache {
+    struct cached_addr *slots;
+    size_t mask, count;
+    uint32_t generation;
+};
+
+static void addr_cache_free(struct addr_cache *cache)
+{
+    if (cache != NULL) {
+        PyMem_Free(cache->slots);
+        PyMem_Free(cache);
+    }
+}
+
+static struct cached_addr *addr_cache_probe(struct cached_addr *slots, size_t mask,
+                                            int64_t position)
+{
+    size_t at = mix64((uint64_t)position) & mask;
+    while (slots[at].used && slots[at].position != position)
+        at = (at + 1) & mask;
+    return &slots[at];
+}
+
+/* Rehash into ``size`` slots, keeping only what the current generation used if ``prune``. */
+static int addr_cache_rehash(struct addr_cache *cache, size_t size, int prune)
+{
+    struct cached_addr *slots = PyMem_Calloc(size, sizeof *slots);
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    size_t count = 0;
+    for (size_t i = 0; cache->slots && i <= cache->mask; i++) {
+        const struct cached_addr *old = &cache->slots[i];
+        if (old->used && (!prune || old->seen == cache->generation)) {
+            *addr_cache_probe(slots, size - 1, old->position) = *old;
+            count++;
+        }
+    }
+    PyMem_Free(cache->slots);
+    cache->slots = slots;
+    cache->mask = size - 1;
+    cache->count = count;
+    return 0;
+}
+
+/* Drop what the last reconciliation did not use, once that is most of the cache. */
+static int addr_cache_prune(struct addr_cache *cache, size_t live)
+{
+    if (cache->count <= live * 2 + 4096)
+        return 0;
+    size_t size = 1024;
+    while (size < live * 4)
+        size *= 2;
+    return addr_cache_rehash(cache, size, 1);
+}
+
+/* An event's addresses as tuples_at reads them (NULL addresses empty, NULL ports and
+ * namespace 0): 0, -1 on error (set), -2 to decline (no such event, or an odd value). */
+static int fetch_address(RunReader *self, int64_t position, struct addr_key *key)
+{
+    sqlite3_stmt *stmt = self->address;
+    int rc = sqlite3_bind_int64(stmt, 1, position), outcome = -2;
+    if (rc == SQLITE_OK && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        int types[7];
+        for (int column = 0; column < 7; column++)
+            types[column] = sqlite3_column_type(stmt, column);
+        int ok = types[0] == SQLITE_INTEGER &&
+                 (types[1] == SQLITE_NULL || types[2] == SQLITE_INTEGER) &&
+                 (types[3] == SQLITE_NULL || types[3] == SQLITE_BLOB) &&
+                 (types[5] == SQLITE_NULL || types[5] == SQLITE_BLOB) &&
+                 (types[4] == SQLITE_NULL || types[4] == SQLITE_INTEGER) &&
+                 (types[6] == SQLITE_NULL || types[6] == SQLITE_INTEGER);
+        if (ok) {
+            key->recording = sqlite3_column_int64(stmt, 0);
+            key->netns = types[1] == SQLITE_NULL ? 0 : sqlite3_column_int64(stmt, 2);
+            key->lport = sqlite3_column_int64(stmt, 4); /* NULL reads as 0 */
+            key->rport = sqlite3_column_int64(stmt, 6);
+            ok = copy_address(sqlite3_column_blob(stmt, 3), sqlite3_column_bytes(stmt, 3),
+                              key->laddr, &key->laddr_len) == 0 &&
+                 copy_address(sqlite3_column_blob(stmt, 5), sqlite3_column_bytes(stmt, 5),
+                              key->raddr, &key->raddr_len) == 0;
+        }
+        if (ok) {
+            key->tuple = key->netns_value = NULL;
+            key_hash(key);
+            outcome = 0;
+        }
+        rc = SQLITE_DONE;
+    }
+    if (rc != SQLITE_DONE) {
+        set_sqlite_error(self->db, rc);
+        outcome = -1;
+    }
+    sqlite3_reset(stmt);
+    return outcome;
+}
+
+/* The addresses of the event at ``position``, from the cache or the log; see fetch_address. */
+static int cached_address(RunReader *self, int64_t position, const struct addr_key **key)
+{
+    struct addr_cache *cache = self->addresses;
+    if ((cache->count + 1) * 2 > (cache->slots ? cache->mask + 1 : 0) &&
+        addr_cache_rehash(cache, cache->slots ? (cache->mask + 1) * 2 : 4096, 0) < 0)
+        return -1;
+    struct cached_addr *slot = addr_cache_probe(cache->slots, cache->mask, position);
+    if (!slot->used) {
+        int rc = fetch_address(self, position, &slot->key);
+        if (rc < 0)
+            return rc;
+        slot->used = 1;
+        slot->position = position;
+        cache->count++;
+    }
+    slot->seen = cache->generation;
+    *key = &slot->key;
+    return 0;
+}
+
+/* Enter the state, addresses from the log: 0, -1 on error (set), -2 to decline. */
+static int reconcile_start_cached(struct reconcile *r, RunReader *self, PyObject *sockets,
+                                  PyObject *snapshot_sockets)
+{
+    if (self->addresses == NULL) {
+        self->addresses = PyMem_Calloc(1, sizeof *self->addresses);
+        if (self->addresses == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    self->addresses->generation++;
+    if (reconcile_reserve(r, PyDict_GET_SIZE(sockets), PyDict_GET_SIZE(snapshot_sockets)) < 0)
+        return -1;
+    Py_ssize_t pos = 0;
+    PyObject *sock_key, *open_position;
+    while (PyDict_Next(sockets, &pos, &sock_key, &open_position)) {
+        long long position;
+        const struct addr_key *key;
+        if (exact_long(open_position, &position) < 0)
+            return -2;
+        int rc = cached_address(self, position, &key);
+        if (rc < 0)
+            return rc;
+        if (reconcile_add_open(r, sock_key, key) < 0)
+            return -1;
+    }
+    if (addr_cache_prune(self->addresses, (size_t)PyDict_GET_SIZE(sockets)) < 0)
+        return -1;
+    return reconcile_add_snapshot_sockets(r, snapshot_sockets);
+}
+
+/* A key the snapshot holds, open or closing: -1 on error. */
+static int reconcile_note(struct reconcile *r, const struct addr_key *key, int is_open)
+{
+    if (addr_table_reserve(&r->table, 1) < 0)
+        return -1;
+    struct addr_entry *entry = &r->table.entries[addr_table_get(&r->table, key)];
+    entry->flags |= PRESENT;
+    if (!is_open || (entry->flags & (IN_EVENTS | IN_SNAPSHOT_SOCKETS | REPORTED)))
+        return 0;
+    entry->flags |= REPORTED;
+    PyObject *tuple = key_tuple(key);
+    if (tuple == NULL)
+        return -1;
+    int rc = PyList_Append(r->only_here, tuple);
+    Py_DECREF(tuple);
+    return rc;
+}
+
+/* (lost, gone, only_here) once every snapshot key was noted. */
+static PyObject *reconcile_finish(struct reconcile *r, long long recording, PyObject *namespaces)
+{
+    PyObject *lost = PyList_New(0), *gone = PyList_New(0), *result = NULL;
+    if (lost == NULL || gone == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < r->open_count; i++) {
+        const struct addr_entry *entry = &r->table.entries[r->slots[i]];
+        if (entry->flags & PRESENT)
+            continue;
+        int here = walked(namespaces, &entry->key);
+        if (here < 0 || (here && PyList_Append(lost, PyList_GET_ITEM(r->sock_keys, i)) < 0))
+            goto done;
+    }
+    for (size_t i = 0; i < r->table.count; i++) {
+        const struct addr_entry *entry = &r->table.entries[i];
+        if ((entry->flags & (IN_SNAPSHOT_SOCKETS | PRESENT)) != IN_SNAPSHOT_SOCKETS ||
+            entry->key.recording != recording)
+            continue;
+        int here = walked(namespaces, &entry->key);
+        if (here < 0 || (here && PyList_Append(gone, entry->key.tuple) < 0))
+            goto done;
+    }
+    result = Py_BuildValue("(OOO)", lost, gone, r->only_here);
+done:
+    Py_XDECREF(lost);
+    Py_XDECREF(gone);
+    return result;
+}
+
+static int check_namespaces(PyObject *namespaces)
+{
+    if (namespaces != Py_None && !PyAnySet_Check(namespaces)) {
+        PyErr_SetString(PyExc_TypeError, "namespaces must be a set or None");
+        return -1;
+    }
+    return 0;
+}
 
 PyDoc_STRVAR(reconcile_sockets_doc,
              "reconcile_sockets(opened, closing, sockets, tuples, snapshot_sockets, recording,\n"
@@ -612,93 +1031,188 @@ static PyObject *reconcile_sockets(PyObject *Py_UNUSED(module), PyObject *args)
     long long recording;
     if (!PyArg_ParseTuple(args, "O!O!O!O!O!LO", &PyList_Type, &opened, &PyList_Type, &closing,
                           &PyDict_Type, &sockets, &PyDict_Type, &tuples, &PyDict_Type,
-                          &snapshot_sockets, &recording, &namespaces))
+                          &snapshot_sockets, &recording, &namespaces) ||
+        check_namespaces(namespaces) < 0)
         return NULL;
-    if (namespaces != Py_None && !PyAnySet_Check(namespaces))
-        return PyErr_Format(PyExc_TypeError, "namespaces must be a set or None");
-    Py_ssize_t expected = PyDict_GET_SIZE(sockets) + PyDict_GET_SIZE(snapshot_sockets) +
-                          PyList_GET_SIZE(opened) + PyList_GET_SIZE(closing);
-    struct addr_table table = {0};
-    if (addr_table_init(&table, expected) < 0) {
-        addr_table_free(&table);
-        return NULL;
-    }
-    struct open_socket *open = PyMem_Calloc((size_t)PyDict_GET_SIZE(sockets) + 1, sizeof *open);
-    PyObject *lost = PyList_New(0), *gone = PyList_New(0), *only_here = PyList_New(0);
+    struct reconcile r = {0};
     PyObject *result = NULL;
-    int declined = 0;
-    if (open == NULL || lost == NULL || gone == NULL || only_here == NULL) {
-        if (open == NULL)
-            PyErr_NoMemory();
-        goto done;
-    }
+    int rc = reconcile_start(&r, sockets, tuples, snapshot_sockets);
     struct addr_key key;
-    Py_ssize_t pos = 0, count = 0;
-    PyObject *sock_key, *open_position, *value;
-    while (PyDict_Next(sockets, &pos, &sock_key, &open_position)) {
-        PyObject *tuple = PyDict_GetItemWithError(tuples, open_position);
-        if (tuple == NULL) {
-            if (!PyErr_Occurred())
-                PyErr_SetObject(PyExc_KeyError, open_position);
-            goto done;
-        }
-        if (parse_key(tuple, &key) < 0)
-            goto decline;
-        open[count].sock_key = sock_key;
-        open[count].slot = addr_table_get(&table, &key);
-        open[count++].slot->flags |= IN_EVENTS;
+    for (int is_open = 0; rc == 0 && is_open < 2; is_open++) {
+        PyObject *keys = is_open ? opened : closing;
+        for (Py_ssize_t i = 0; rc == 0 && i < PyList_GET_SIZE(keys); i++)
+            rc = parse_key(PyList_GET_ITEM(keys, i), &key) < 0 ? -2
+                                                               : reconcile_note(&r, &key, is_open);
     }
-    pos = 0;
-    while (PyDict_Next(snapshot_sockets, &pos, &sock_key, &value)) {
-        if (parse_key(sock_key, &key) < 0)
-            goto decline;
-        addr_table_get(&table, &key)->flags |= IN_SNAPSHOT_SOCKETS;
-    }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(closing); i++) {
-        if (parse_key(PyList_GET_ITEM(closing, i), &key) < 0)
-            goto decline;
-        addr_table_get(&table, &key)->flags |= PRESENT;
-    }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(opened); i++) {
-        if (parse_key(PyList_GET_ITEM(opened, i), &key) < 0)
-            goto decline;
-        struct addr_entry *slot = addr_table_get(&table, &key);
-        slot->flags |= PRESENT;
-        if (!(slot->flags & (IN_EVENTS | IN_SNAPSHOT_SOCKETS | REPORTED))) {
-            slot->flags |= REPORTED;
-            if (PyList_Append(only_here, slot->key.tuple) < 0)
-                goto done;
-        }
-    }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        if (open[i].slot->flags & PRESENT)
-            continue;
-        int here = walked(namespaces, open[i].slot->key.netns_value);
-        if (here < 0 || (here && PyList_Append(lost, open[i].sock_key) < 0))
-            goto done;
-    }
-    for (size_t i = 0; i < table.count; i++) {
-        struct addr_entry *slot = &table.entries[i];
-        if ((slot->flags & (IN_SNAPSHOT_SOCKETS | PRESENT)) != IN_SNAPSHOT_SOCKETS ||
-            slot->key.recording != recording)
-            continue;
-        int here = walked(namespaces, slot->key.netns_value);
-        if (here < 0 || (here && PyList_Append(gone, slot->key.tuple) < 0))
-            goto done;
-    }
-    result = Py_BuildValue("(OOO)", lost, gone, only_here);
-    goto done;
-decline:
-    declined = 1;
-done:
-    if (declined && !PyErr_Occurred())
+    if (rc == 0)
+        result = reconcile_finish(&r, recording, namespaces);
+    else if (rc == -2)
         result = Py_NewRef(Py_None);
-    addr_table_free(&table);
-    PyMem_Free(open);
-    Py_XDECREF(lost);
-    Py_XDECREF(gone);
-    Py_XDECREF(only_here);
+    reconcile_free(&r);
     return result;
+}
+
+static const char SNAPSHOT_SQL[] = "SELECT netns, laddr, lport, raddr, rport, state "
+                                   "FROM snapshot_connections WHERE position = ?1";
+
+static PyObject *RunReader_reconcile_snapshot(RunReader *self, PyObject *args)
+{
+    long long position, recording;
+    int listen_state;
+    PyObject *open_states, *sockets, *snapshot_sockets, *namespaces;
+    if (!PyArg_ParseTuple(args, "LLOiO!O!O", &position, &recording, &open_states, &listen_state,
+                          &PyDict_Type, &sockets, &PyDict_Type, &snapshot_sockets, &namespaces) ||
+        check_namespaces(namespaces) < 0)
+        return NULL;
+    if (!PyAnySet_Check(open_states))
+        return PyErr_Format(PyExc_TypeError, "open_states must be a set");
+    if (self->db == NULL)
+        return PyErr_Format(sqlite_error, "the reader is closed");
+    uint64_t open_mask = 0; /* TCP states are 1..12 */
+    for (int state = 0; state < 64; state++) {
+        PyObject *value = PyLong_FromLong(state);
+        int member = value ? PySet_Contains(open_states, value) : -1;
+        Py_XDECREF(value);
+        if (member < 0)
+            return NULL;
+        open_mask |= (uint64_t)member << state;
+    }
+    sqlite3_stmt *stmt = NULL;
+    int rc = sqlite3_prepare_v2(self->db, SNAPSHOT_SQL, -1, &stmt, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(stmt, 1, position);
+    if (rc != SQLITE_OK) {
+        sqlite3_finalize(stmt);
+        return set_sqlite_error(self->db, rc);
+    }
+    struct reconcile r = {0};
+    PyObject *result = NULL;
+    int outcome = reconcile_start_cached(&r, self, sockets, snapshot_sockets);
+    struct addr_key key;
+    while (outcome == 0 && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        if (row_key(stmt, recording, &key) < 0) {
+            outcome = -2;
+            break;
+        }
+        sqlite3_int64 state = sqlite3_column_int64(stmt, 5);
+        if (state == listen_state)
+            continue;
+        int is_open = state >= 0 && state < 64 && ((open_mask >> state) & 1);
+        outcome = reconcile_note(&r, &key, is_open);
+    }
+    if (outcome == 0 && rc != SQLITE_DONE) {
+        set_sqlite_error(self->db, rc);
+        outcome = -1;
+    }
+    sqlite3_finalize(stmt);
+    if (outcome == 0)
+        result = reconcile_finish(&r, recording, namespaces);
+    else if (outcome == -2)
+        result = Py_NewRef(Py_None);
+    reconcile_free(&r);
+    return result;
+}
+
+/* -- processes ------------------------------------------------------------------------------ */
+
+static const char PROCESSES_SQL[] = "SELECT pid FROM snapshot_processes WHERE position = ?1";
+
+/* The pids the snapshot at ``position`` stored, into ``pids``: 1, or 0 if one is not an
+ * integer, -1 on error (set). */
+static int read_pids(RunReader *self, long long position, struct sock_map *pids)
+{
+    sqlite3_stmt *stmt = NULL;
+    int rc = sqlite3_prepare_v2(self->db, PROCESSES_SQL, -1, &stmt, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(stmt, 1, position);
+    int outcome = 1;
+    while (rc == SQLITE_OK && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        if (sqlite3_column_type(stmt, 0) != SQLITE_INTEGER) {
+            outcome = 0;
+            break;
+        }
+        if (sock_map_get(pids, sqlite3_column_int64(stmt, 0)) == NULL) {
+            outcome = -1;
+            break;
+        }
+        rc = SQLITE_OK;
+    }
+    if (outcome == 1 && rc != SQLITE_DONE) {
+        set_sqlite_error(self->db, rc);
+        outcome = -1;
+    }
+    sqlite3_finalize(stmt);
+    return outcome;
+}
+
+/* Whether ``key`` is (recording, pid) with ints; the pid into *pid. -1: not such a key. */
+static int process_key(PyObject *key, long long recording, long long *pid)
+{
+    long long key_recording;
+    if (!PyTuple_CheckExact(key) || PyTuple_GET_SIZE(key) != 2 ||
+        exact_long(PyTuple_GET_ITEM(key, 0), &key_recording) < 0 ||
+        exact_long(PyTuple_GET_ITEM(key, 1), pid) < 0)
+        return -1;
+    return key_recording == recording;
+}
+
+static PyObject *RunReader_reconcile_processes(RunReader *self, PyObject *args)
+{
+    long long position, recording;
+    PyObject *processes;
+    if (!PyArg_ParseTuple(args, "LLO!", &position, &recording, &PyDict_Type, &processes))
+        return NULL;
+    if (self->db == NULL)
+        return PyErr_Format(sqlite_error, "the reader is closed");
+    struct sock_map pids = {0};
+    PyObject *dead = PyList_New(0), *result = NULL, *key, *value, *at = NULL;
+    int outcome = dead == NULL ? -1 : read_pids(self, position, &pids);
+    Py_ssize_t pos = 0;
+    long long pid;
+    while (outcome == 1 && PyDict_Next(processes, &pos, &key, &value)) {
+        int ours = process_key(key, recording, &pid);
+        if (ours < 0)
+            outcome = 0;
+        else if (ours && !(pids.slots && sock_map_probe(pids.slots, pids.mask, pid)->used))
+            outcome = PyList_Append(dead, key) < 0 ? -1 : 1;
+    }
+    if (outcome == 1)
+        at = PyLong_FromLongLong(position);
+    outcome = outcome == 1 && at == NULL ? -1 : outcome;
+    for (Py_ssize_t i = 0; outcome == 1 && i < PyList_GET_SIZE(dead); i++)
+        outcome = PyDict_DelItem(processes, PyList_GET_ITEM(dead, i)) < 0 ? -1 : 1;
+    for (size_t i = 0; outcome == 1 && pids.slots && i <= pids.mask; i++) {
+        if (!pids.slots[i].used)
+            continue;
+        key = Py_BuildValue("(LL)", recording, (long long)pids.slots[i].sock);
+        outcome = key == NULL || PyDict_SetItem(processes, key, at) < 0 ? -1 : 1;
+        Py_XDECREF(key);
+    }
+    if (outcome >= 0)
+        result = PyBool_FromLong(outcome);
+    Py_XDECREF(at);
+    Py_XDECREF(dead);
+    sock_map_free(&pids);
+    return result;
+}
+
+PyDoc_STRVAR(uncached_doc,
+             "uncached(sockets, tuples) -> list[int]\n\n"
+             "The open positions (values of ``sockets``) that ``tuples`` has no key for.");
+
+static PyObject *uncached(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *sockets, *tuples, *key, *position;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyDict_Type, &sockets, &PyDict_Type, &tuples))
+        return NULL;
+    PyObject *missing = PyList_New(0);
+    Py_ssize_t pos = 0;
+    while (missing != NULL && PyDict_Next(sockets, &pos, &key, &position)) {
+        int known = PyDict_Contains(tuples, position);
+        if (known < 0 || (!known && PyList_Append(missing, position) < 0))
+            Py_CLEAR(missing);
+    }
+    return missing;
 }
 
 /* -- the module ----------------------------------------------------------------------------- */
@@ -713,6 +1227,7 @@ static PyMethodDef module_methods[] = {
      PyDoc_STR("soft_heap_limit() -> int\n\nThis module's SQLite soft heap limit (see\n"
                "recorder.native.shares_sqlite_with_python).")},
     {"reconcile_sockets", reconcile_sockets, METH_VARARGS, reconcile_sockets_doc},
+    {"uncached", uncached, METH_VARARGS, uncached_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -19,6 +19,20 @@ class RunReader:
     def fold_run(
         self, after: int, upto: int, sockets: dict[int, int], retain: bool, /
     ) -> RunOutcome | None: ...
+    def reconcile_snapshot(
+        self,
+        position: int,
+        recording: int,
+        open_states: frozenset[int] | set[int],
+        listen_state: int,
+        sockets: dict[int, int],
+        snapshot_sockets: dict[Any, int],
+        namespaces: set[int] | None,
+        /,
+    ) -> tuple[list[int], list[Any], list[Any]] | None: ...
+    def reconcile_processes(
+        self, position: int, recording: int, processes: dict[tuple[int, int], int], /
+    ) -> bool: ...
     def close(self) -> None: ...
 
 def reconcile_sockets(
@@ -31,4 +45,5 @@ def reconcile_sockets(
     namespaces: set[int] | None,
     /,
 ) -> tuple[list[int], list[Any], list[Any]] | None: ...
+def uncached(sockets: dict[int, int], tuples: dict[int, Any], /) -> list[int]: ...
 def soft_heap_limit() -> int: ...

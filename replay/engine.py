@@ -83,7 +83,7 @@ class Replayer:
             state = checkpoints.newest_before(self.store, at_ns, self.head)
         state = state or ReplayState()
         self.stats = SeekStats(checkpoint_position=state.position)
-        fold = Fold(state, self.reader, use_native=self.use_native)
+        fold = Fold(state, self.reader, use_native=self.use_native, runs=self.runs)
         complete = True  # every event up to state.position folded, none skipped
         since_checkpoint, wall_at_checkpoint = 0, state.max_wall_ns
         spans = self.reader.batches_where(state.position, self.head, at_ns)
@@ -146,7 +146,7 @@ class Replayer:
     def window(self, at_ns: int, window_ns: int) -> Window:
         start_ns = at_ns - window_ns
         state = self.state_at(start_ns)
-        fold = Fold(state, self.reader, retain=True, use_native=self.use_native)
+        fold = Fold(state, self.reader, retain=True, use_native=self.use_native, runs=self.runs)
         for span in self.reader.batches_where(0, self.head, at_ns, start_ns):
             self._fold_span(fold, span, (start_ns, at_ns))
         return Window(at_ns, start_ns, state, fold.retained)

@@ -26,6 +26,7 @@ from operator import gt
 from typing import NamedTuple, Protocol
 
 from recorder.events import Kind, LoggedEvent
+from recorder.procfs import OPEN_STATES, TCP_LISTEN
 from replay import native
 from replay.state import ProcessKey, ReplayState, TupleKey
 
@@ -113,11 +114,13 @@ class Fold:
         lookup: LogLookup,
         retain: bool = False,
         use_native: bool = native.AVAILABLE,
+        runs: native.RunReader | None = None,
     ) -> None:
         self.state = state
         self.lookup = lookup
         self.retain = retain
         self.use_native = use_native  # the snapshot's set algebra in C
+        self.runs = runs  # the C reader of the log behind ``lookup``, if it is a SQLite file
         self.retained = Retained()
         self._tuples: dict[int, TupleKey] = {}  # open position -> addresses (a cache)
 
@@ -317,7 +320,10 @@ class Fold:
     def _cached_tuples(self, sockets: dict[int, int]) -> dict[int, TupleKey]:
         """The address cache (open position -> addresses), covering every one of ``sockets``."""
         tuples = self._tuples
-        unknown = set(sockets.values()).difference(tuples.keys())
+        if self.use_native:
+            unknown: Collection[int] = native.uncached(sockets, tuples)
+        else:
+            unknown = set(sockets.values()).difference(tuples.keys())
         if unknown:
             tuples.update(self.lookup.tuples_at(unknown))
         return tuples
@@ -339,27 +345,28 @@ class Fold:
             conntrack.setdefault(key, position)
 
     def _compare_sockets(
-        self,
-        recording: int,
-        opened: list[TupleKey],
-        closing: list[TupleKey],
-        namespaces: set[int] | None,
+        self, recording: int, position: int, namespaces: set[int] | None
     ) -> tuple[list[int], list[TupleKey], list[TupleKey]]:
-        """What a snapshot's sockets (``opened``, ``closing``) say of the state, unordered:
-        the keys of open sockets whose addresses it lacks (lost), the snapshot-only sockets
-        it lacks (gone), and the addresses it holds open that neither knows (only here);
-        only in the namespaces it walked. In C when the module is built, else the same here.
+        """What the snapshot at ``position`` says of the state's sockets, unordered: the keys
+        of open sockets whose addresses it lacks (lost), the snapshot-only sockets it lacks
+        (gone), and the addresses it holds open that neither knows (only here); only in the
+        namespaces it walked. In C where the module is built (reading the snapshot straight
+        from a SQLite log), else the same here.
         """
+        state = self.state
+        if self.runs is not None:
+            compared = self.runs.reconcile_snapshot(
+                position, recording, OPEN_STATES, TCP_LISTEN, state.sockets_of(recording),
+                state.snapshot_sockets, namespaces,
+            )  # fmt: skip
+            if compared is not None:
+                return compared
+        opened, closing = self.lookup.snapshot_socket_keys(recording, position)
         if self.use_native:
-            sockets = self.state.sockets_of(recording)
+            sockets = state.sockets_of(recording)
+            tuples = self._cached_tuples(sockets)
             compared = native.reconcile_sockets(
-                opened,
-                closing,
-                sockets,
-                self._cached_tuples(sockets),
-                self.state.snapshot_sockets,
-                recording,
-                namespaces,
+                opened, closing, sockets, tuples, state.snapshot_sockets, recording, namespaces
             )
             if compared is not None:
                 return compared
@@ -397,8 +404,7 @@ class Fold:
         marker = self.lookup.events_at([position])[position]
         walked = (marker.extra or {}).get("namespace_list")
         namespaces = set(walked) if walked is not None else None
-        opened, closing = self.lookup.snapshot_socket_keys(recording, position)
-        lost, gone, only_here = self._compare_sockets(recording, opened, closing, namespaces)
+        lost, gone, only_here = self._compare_sockets(recording, position, namespaces)
         sockets, missing = state.sockets_of(recording), state.missing_of(recording)
         for key in sorted(lost):
             missing[key] = (sockets.pop(key), position)
@@ -417,8 +423,11 @@ class Fold:
                 self.retained.closed.append(Closed(ref, None, missing_at=missed_at))
         if (marker.extra or {}).get("conntrack"):
             self._reconcile_conntrack(recording, position, namespaces)
-        live = self.lookup.snapshot_process_keys(recording, position)
-        processes = state.processes
-        for process_key in sorted(k for k in processes.keys() - live if k[0] == recording):
-            del processes[process_key]
-        processes.update(dict.fromkeys(live, position))  # (int, int) keys: a stable order
+        if self.runs is None or not self.runs.reconcile_processes(
+            position, recording, state.processes
+        ):
+            live = self.lookup.snapshot_process_keys(recording, position)
+            processes = state.processes
+            for process_key in sorted(k for k in processes.keys() - live if k[0] == recording):
+                del processes[process_key]
+            processes.update(dict.fromkeys(live, position))

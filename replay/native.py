@@ -14,7 +14,7 @@ from recorder.log.store import LogStore, map_driver_error
 from recorder.native import shares_sqlite
 
 try:
-    from replay._fold import KINDS, RunReader, reconcile_sockets, soft_heap_limit
+    from replay._fold import KINDS, RunReader, reconcile_sockets, soft_heap_limit, uncached
 
     AVAILABLE = True
 except ImportError:
@@ -45,4 +45,5 @@ __all__ = [
     "open_run_reader",
     "reads_sqlite",
     "reconcile_sockets",
+    "uncached",
 ]

@@ -70,9 +70,10 @@ def write_log(path: Path, steps: list[tuple[Kind, int | None, int, int, bool]]) 
             writer.add_snapshot(*snapshot(mono, index, port, pid))
         else:
             netns = OTHER_NETNS if port == 40008 else ROOT_NETNS
+            laddr, lport = (None, None) if port == 40007 else (LO, port)  # no local address
             extra = {"ct_id": pid} if kind in (Kind.CT_NEW, Kind.CT_DESTROY) else None
             writer.add_events(
-                [Event(kind, mono, pid, "p", netns, LO, port, LO, 80, sock, extra=extra)]
+                [Event(kind, mono, pid, "p", netns, laddr, lport, LO, 80, sock, extra=extra)]
             )
         if flush:
             writer.flush()
@@ -151,6 +152,22 @@ def test_a_row_the_reader_does_not_expect_is_folded_in_python(tmp_path: Path) ->
         conn.execute("UPDATE events SET sock_id = 2.5 WHERE sock_id = 2")
     conn.close()
     with_module, without = folds(path, [last])
+    assert with_module == without
+
+
+def test_the_address_cache_is_pruned_without_changing_the_state(tmp_path: Path) -> None:
+    """Thousands of long-lived sockets come and go across snapshots, so that the reader's
+    cache of addresses outgrows the open sockets and is pruned, more than once."""
+    steps: list[tuple[Kind, int | None, int, int, bool]] = []
+    for wave in range(4):
+        first = 1 + wave * 6000
+        steps += [(Kind.CONNECT, sock, 40000, 1, False) for sock in range(first, first + 6000)]
+        steps.append((Kind.SNAPSHOT, None, 40000, 1, True))
+        steps += [(Kind.CLOSE, sock, 40000, 1, False) for sock in range(first, first + 5500)]
+        steps.append((Kind.SNAPSHOT, None, 40000, 1, True))
+    path = tmp_path / "many.db"
+    last = write_log(path, steps)
+    with_module, without = folds(path, [last - 3_000_000, last])
     assert with_module == without
 
 
