@@ -767,7 +767,12 @@ static int reconcile_add_snapshot_sockets(struct reconcile *r, PyObject *snapsho
     while (PyDict_Next(snapshot_sockets, &pos, &tuple, &value)) {
         if (parse_key(tuple, &key) < 0)
             return -2;
-        r->table.entries[addr_table_get(&r->table, &key)].flags |= IN_SNAPSHOT_SOCKETS;
+        struct addr_entry *entry = &r->table.entries[addr_table_get(&r->table, &key)];
+        entry->flags |= IN_SNAPSHOT_SOCKETS;
+        if (entry->key.tuple == NULL) { /* an open socket's key, read from the log */
+            entry->key.tuple = tuple;
+            entry->key.netns_value = key.netns_value;
+        }
     }
     return 0;
 }

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from recorder.clock import ClockModel
@@ -129,6 +129,13 @@ def folds(path: Path, mono_moments: list[int]) -> list[bytes]:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(step, min_size=1, max_size=70), st.lists(st.floats(0.0, 1.0), max_size=4))
+# Sockets opened (without ids) at addresses that an earlier snapshot showed alone.
+@example(
+    [(Kind.SNAPSHOT, None, 40000, 1, False)]
+    + [(Kind.CONNECT, None, 40000, 1, False)] * 3
+    + [(Kind.SNAPSHOT, None, 40000, 1, False)],
+    [],
+)
 def test_the_c_fold_gives_the_python_folds_states(
     steps: list[tuple[Kind, int | None, int, int, bool]], fractions: list[float]
 ) -> None:
