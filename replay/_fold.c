@@ -721,7 +721,7 @@ struct reconcile {
     struct addr_table table;
     PyObject *sock_keys; /* list: the open sockets' keys, in the order of ``slots`` */
     size_t *slots;       /* their entries */
-    Py_ssize_t open_count;
+    Py_ssize_t open_count, reserved_open;
     PyObject *only_here;
 };
 
@@ -737,6 +737,7 @@ static void reconcile_free(struct reconcile *r)
 static int reconcile_reserve(struct reconcile *r, Py_ssize_t open_count, Py_ssize_t known)
 {
     r->slots = PyMem_Calloc((size_t)open_count + 1, sizeof *r->slots);
+    r->reserved_open = open_count;
     r->sock_keys = PyList_New(0);
     r->only_here = PyList_New(0);
     if (r->slots == NULL)
@@ -750,6 +751,10 @@ static int reconcile_reserve(struct reconcile *r, Py_ssize_t open_count, Py_ssiz
 /* An open socket of the state, at ``key``. */
 static int reconcile_add_open(struct reconcile *r, PyObject *sock_key, const struct addr_key *key)
 {
+    if (r->open_count >= r->reserved_open) {
+        PyErr_SetString(PyExc_RuntimeError, "the open sockets changed during reconciliation");
+        return -1;
+    }
     if (PyList_Append(r->sock_keys, sock_key) < 0)
         return -1;
     size_t entry = addr_table_get(&r->table, key);
@@ -787,6 +792,9 @@ static int reconcile_start(struct reconcile *r, PyObject *sockets, PyObject *tup
     Py_ssize_t pos = 0;
     PyObject *sock_key, *open_position;
     while (PyDict_Next(sockets, &pos, &sock_key, &open_position)) {
+        long long position;
+        if (exact_long(open_position, &position) < 0)
+            return -2; /* and no lookup that could run Python code mid-walk */
         PyObject *tuple = PyDict_GetItemWithError(tuples, open_position);
         if (tuple == NULL) {
             if (!PyErr_Occurred())
@@ -813,8 +821,13 @@ struct cached_addr {
 struct addr_cache {
     struct cached_addr *slots;
     size_t mask, count;
-    uint32_t generation;
+    size_t kept;         /* what the last pruning kept */
+    uint32_t generation; /* one per reconciliation */
 };
+
+/* Addresses used by any of the last KEEP_GENERATIONS reconciliations survive a pruning, so
+ * that several recordings (each reconciled on its own) do not evict each other's. */
+enum { KEEP_GENERATIONS = 64 };
 
 static void addr_cache_free(struct addr_cache *cache)
 {
@@ -844,7 +857,7 @@ static int addr_cache_rehash(struct addr_cache *cache, size_t size, int prune)
     size_t count = 0;
     for (size_t i = 0; cache->slots && i <= cache->mask; i++) {
         const struct cached_addr *old = &cache->slots[i];
-        if (old->used && (!prune || old->seen == cache->generation)) {
+        if (old->used && (!prune || cache->generation - old->seen < KEEP_GENERATIONS)) {
             *addr_cache_probe(slots, size - 1, old->position) = *old;
             count++;
         }
@@ -856,15 +869,19 @@ static int addr_cache_rehash(struct addr_cache *cache, size_t size, int prune)
     return 0;
 }
 
-/* Drop what the last reconciliation did not use, once that is most of the cache. */
+/* Drop what recent reconciliations did not use, once that could be most of the cache. */
 static int addr_cache_prune(struct addr_cache *cache, size_t live)
 {
-    if (cache->count <= live * 2 + 4096)
+    size_t floor = live > cache->kept ? live : cache->kept;
+    if (cache->count <= floor * 2 + 4096)
         return 0;
     size_t size = 1024;
-    while (size < live * 4)
+    while (size < cache->count * 2)
         size *= 2;
-    return addr_cache_rehash(cache, size, 1);
+    if (addr_cache_rehash(cache, size, 1) < 0)
+        return -1;
+    cache->kept = cache->count;
+    return 0;
 }
 
 /* An event's addresses as tuples_at reads them (NULL addresses empty, NULL ports and
@@ -1009,11 +1026,24 @@ done:
     return result;
 }
 
+/* ``namespaces`` must be None or a set of ints: membership tests then run no Python code
+ * while the table holds borrowed keys. */
 static int check_namespaces(PyObject *namespaces)
 {
-    if (namespaces != Py_None && !PyAnySet_Check(namespaces)) {
+    if (namespaces == Py_None)
+        return 0;
+    if (!PyAnySet_Check(namespaces)) {
         PyErr_SetString(PyExc_TypeError, "namespaces must be a set or None");
         return -1;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *member;
+    Py_hash_t hash;
+    while (_PySet_NextEntry(namespaces, &pos, &member, &hash)) {
+        if (!PyLong_CheckExact(member)) {
+            PyErr_SetString(PyExc_TypeError, "namespaces must hold ints");
+            return -1;
+        }
     }
     return 0;
 }
