@@ -41,7 +41,8 @@
 #define ST_LOST_LAST_TS 2
 #define ST_SOCK_TABLE_FULL 3   /* sockets we could not remember: events unattributed */
 #define ST_EVENTS 4            /* events staged */
-#define ST_SLOTS 5
+#define ST_STALE_SOCKETS 5     /* entries of sockets whose close the programs never saw */
+#define ST_SLOTS 6
 
 struct sock_info {
     u64 sock_id;
@@ -267,6 +268,14 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     if (newstate == TCP_ESTABLISHED &&
         (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)) {
         struct sock_info *info = socks.lookup(&sk_key);
+        /* An entry is this socket's only if it is the one its connect() made. Any other is
+         * left from an earlier socket at the same address whose close never reached us (the
+         * kernel skipped the program): using it would give this socket that one's id, pid
+         * and accepted flag, so its accept would go unrecorded. */
+        if (info && (oldstate == TCP_SYN_RECV || info->role != ROLE_ACTIVE || info->open_ts_ns)) {
+            stat_add(ST_STALE_SOCKETS, 1);
+            info = NULL;
+        }
         if (info) {
             info->open_ts_ns = now;
             FILL_TUPLE(info, args, family);

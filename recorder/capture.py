@@ -54,7 +54,15 @@ TRACEPOINTS = (
 )
 
 # stats slots, as in bpf/tcp_events.c
-ST_LOST_EVENTS, ST_LOST_RECORDS, ST_LOST_LAST_TS, ST_SOCK_TABLE_FULL, ST_EVENTS = range(5)
+(
+    ST_LOST_EVENTS,
+    ST_LOST_RECORDS,
+    ST_LOST_LAST_TS,
+    ST_SOCK_TABLE_FULL,
+    ST_EVENTS,
+    ST_STALE_SOCKETS,
+    ST_SLOTS,
+) = range(7)
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CAP_PERFMON = 38
@@ -80,6 +88,9 @@ class KernelStats:
     lost_last_ts_ns: int
     sock_table_full: int
     recursion_misses: int  # program runs the kernel skipped (a BPF program already running)
+    # Sockets found with an earlier socket's entry: that one's close never reached the
+    # programs, so each is at least one close event the kernel did not hand over.
+    stale_sockets: int = 0
 
 
 def kernel_offsets(btf: Btf) -> dict[str, int]:
@@ -208,7 +219,7 @@ class EbpfCapture:
 
     def stats(self) -> KernelStats:
         table = self._bpf[b"stats"]
-        totals = [sum(table[table.Key(slot)]) for slot in range(5)]
+        totals = [sum(table[table.Key(slot)]) for slot in range(ST_SLOTS)]
         last_ts = max(table[table.Key(ST_LOST_LAST_TS)])
         return KernelStats(
             staged_events=totals[ST_EVENTS],
@@ -216,6 +227,7 @@ class EbpfCapture:
             lost_records=totals[ST_LOST_RECORDS],
             lost_last_ts_ns=last_ts,
             sock_table_full=totals[ST_SOCK_TABLE_FULL],
+            stale_sockets=totals[ST_STALE_SOCKETS],
             recursion_misses=sum(
                 prog_recursion_misses(fn.fd) for fn in list(self._bpf.funcs.values())
             ),

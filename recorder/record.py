@@ -337,7 +337,7 @@ class _Session:
         self.snapshots = _SnapshotWorker(self.options.redact_cmdline, self.conntrack)
         self.poller = ProcPoller() if capture is None else None
         self.started = started_mono_ns
-        self.kernel = KernelStats(0, 0, 0, 0, 0, 0)
+        self.kernel = KernelStats(0, 0, 0, 0, 0, 0, 0)
         self.stats_read_mono = started_mono_ns
         self.loss_warned_at: int | None = None
         self.decode_errors = 0
@@ -525,6 +525,13 @@ class _Session:
             self.writer.add_loss(
                 Loss(missed, window_start, now, "kernel skipped the programs (BPF recursion)")
             )
+        stale = current.stale_sockets - previous.stale_sockets
+        if stale > 0:
+            # The skipped close happened at some time before the socket reuse that showed it.
+            self.writer.add_loss(
+                Loss(stale, self.started, now, "socket closes the programs never saw")
+            )
+        missed += max(stale, 0)
         self.progress.lost_events += max(lost, 0) + max(missed, 0)
         self.progress.unattributed_sockets = current.sock_table_full
         self.kernel = current
@@ -579,6 +586,7 @@ class _Session:
             "kernel_staged": self.kernel.staged_events,
             "kernel_lost": self.kernel.lost_events,
             "kernel_recursion_misses": self.kernel.recursion_misses,
+            "kernel_stale_sockets": self.kernel.stale_sockets,
             "received": self.received_events,
             "committed": self.writer.committed_events,
             "late": self.reorder.late_events,

@@ -16,7 +16,7 @@ packages=(python3-bpfcc libbpfcc "linux-headers-$arch" graphviz iproute2)
 # The C modules (recorder/_native.c, replay/_fold.c) are compiled by `pip install`.
 packages+=(gcc libc6-dev python3-dev libsqlite3-dev)
 if (( want_test )); then
-    packages+=(postgresql iptables conntrack)
+    packages+=(postgresql iptables conntrack bpftool)
 fi
 if ! "${PYTHON:-python3}" -c 'import ensurepip, venv' 2>/dev/null; then
     packages+=(python3-venv)
