@@ -30,6 +30,7 @@ from recorder.errors import LogError, QueryError
 from recorder.log.batch import gc_paused
 from recorder.log.reader import LogReader
 from recorder.log.store import LogStore
+from replay import native
 from replay.connections import CLOSE_ONLY_NOTE, _Materializer, address_text
 from replay.engine import Window
 from replay.fold import Closed, Fold, Retained, SocketRef
@@ -461,9 +462,13 @@ class MirrorSync:
     # -- sockets, by replay's own fold -----------------------------------------------------
     def _fold_sockets(self, synced: int, state_blob: str | None) -> None:
         state = ReplayState.from_bytes(bytes.fromhex(state_blob)) if state_blob else ReplayState()
-        fold = Fold(state, self.reader, retain=True)
+        runs = native.open_run_reader(self.reader.store)  # the fold's C loops, on SQLite
+        fold = Fold(state, self.reader, retain=True, runs=runs)
         for recording_id, first, last in _recording_runs(self.reader.batches(synced, self.head)):
-            for rows in self.reader.narrow_pages(max(first - 1, synced), last):
+            after = max(first - 1, synced)
+            if runs is not None:
+                _, after = fold.apply_runs(recording_id, runs, after, last)
+            for rows in self.reader.narrow_pages(after, last):
                 fold.apply(recording_id, rows)
             if len(fold.retained.pairs) + len(fold.retained.closed) > 200_000:
                 self._store_closed(fold.retained)
