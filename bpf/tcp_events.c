@@ -268,19 +268,20 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     if (newstate == TCP_ESTABLISHED &&
         (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)) {
         struct sock_info *info = socks.lookup(&sk_key);
-        /* An entry is this socket's only if it is the one its connect() made. Any other is
-         * left from an earlier socket at the same address whose close never reached us (the
-         * kernel skipped the program): using it would give this socket that one's id, pid
-         * and accepted flag, so its accept would go unrecorded. */
-        if (info && (oldstate == TCP_SYN_RECV || info->role != ROLE_ACTIVE || info->open_ts_ns)) {
+        /* An entry is this socket's only if its connect() made it (active, not yet open).
+         * One already open, or passive, is left from an earlier socket at the same address
+         * whose close never reached us (the kernel skipped the program): using it would give
+         * this socket that one's id, pid and accepted flag, so its accept would go unseen. */
+        if (info && (info->role != ROLE_ACTIVE || info->open_ts_ns)) {
             stat_add(ST_STALE_SOCKETS, 1);
             info = NULL;
         }
         if (info) {
+            /* Its own connect(): an active open, also when both ends connected at once
+             * (SYN_SENT -> SYN_RECV -> ESTABLISHED, as a socket connecting to itself does). */
             info->open_ts_ns = now;
             FILL_TUPLE(info, args, family);
-            if (oldstate == TCP_SYN_SENT)
-                emit_from_info(EV_CONNECT, now, sk, now, info, 0);
+            emit_from_info(EV_CONNECT, now, sk, now, info, 0);
             return 0;
         }
         /* Not seen before: a passive open (the usual case), or an active one whose

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -317,3 +319,23 @@ def test_a_socket_at_the_address_of_one_whose_close_was_missed_is_recorded_whole
             if loss.reason == "socket closes the programs never saw"
         ]
     assert sum(loss.lost for loss in losses) == met
+
+
+def test_a_socket_connected_to_itself_is_an_active_open(location: LogLocation) -> None:
+    """A simultaneous open (SYN_SENT -> SYN_RECV -> ESTABLISHED), here a socket bound to a
+    port and connected to that same port: its connect() made it, so it is a connect, of this
+    process, and not mistaken for a stale entry."""
+    port = closed_port()
+    with recording(location, snapshot_interval_s=0) as run:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+            sock.connect(("127.0.0.1", port))
+            assert sock.getpeername() == sock.getsockname()
+        time.sleep(0.3)
+    events = run.events()
+    (connect,) = [e for e in by_kind(events, Kind.CONNECT) if e.lport == port]
+    assert (connect.pid, connect.rport) == (os.getpid(), port)
+    assert [e.pid for e in by_kind(events, Kind.CLOSE) if e.sock_id == connect.sock_id] == [
+        os.getpid()
+    ]
+    assert (run.recording().counters or {})["kernel_stale_sockets"] == 0
