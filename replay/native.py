@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from functools import cache
 
-from recorder.log.store import LogStore, map_driver_error
+from recorder.log.store import LogStore
 from recorder.native import shares_sqlite
 
 try:
@@ -29,13 +29,16 @@ def reads_sqlite() -> bool:
 
 
 def open_run_reader(store: LogStore) -> RunReader | None:
-    """A C run reader on ``store``: None for PostgreSQL, or where the module cannot be used."""
+    """A C run reader on ``store``: None for PostgreSQL, where the module cannot be used, or
+    where its read-only connection cannot open the file (say, a log in WAL mode on read-only
+    media without its -shm file): the Python fold then reads through the store, and reports
+    whatever is really wrong with the log."""
     if store.dialect != "sqlite" or store.location.path is None or not reads_sqlite():
         return None
     try:
         return RunReader(str(store.location.path), store.sqlite.busy_timeout_ms)
-    except sqlite3.Error as exc:
-        raise map_driver_error(exc, store.location) from exc
+    except sqlite3.Error:
+        return None
 
 
 __all__ = [
