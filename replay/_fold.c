@@ -826,8 +826,9 @@ struct addr_cache {
 };
 
 /* Addresses used by any of the last KEEP_GENERATIONS reconciliations survive a pruning, so
- * that several recordings (each reconciled on its own) do not evict each other's. */
-enum { KEEP_GENERATIONS = 64 };
+ * that a few recordings whose snapshots interleave (each reconciled on its own) do not evict
+ * each other's; few, so that the cache stays small enough to stay in the CPU's caches. */
+enum { KEEP_GENERATIONS = 4 };
 
 static void addr_cache_free(struct addr_cache *cache)
 {
