@@ -811,16 +811,21 @@ static int reconcile_start(struct reconcile *r, PyObject *sockets, PyObject *tup
 
 /* -- the address cache ---------------------------------------------------------------------- */
 
-struct cached_addr {
+/* Slots are small (the probe is a cache miss per open socket otherwise) and point into a
+ * dense array of keys kept in the order they were added, which is about the order in which
+ * a reconciliation walks the open sockets. */
+struct cached_slot {
     int64_t position;
     uint32_t seen; /* the cache's generation when last used */
-    int used;
-    struct addr_key key;
+    uint32_t key;  /* index + 1 into keys; 0: an empty slot */
 };
 
 struct addr_cache {
-    struct cached_addr *slots;
-    size_t mask, count;
+    struct cached_slot *slots;
+    size_t mask;
+    struct addr_key *keys;
+    int64_t *positions; /* the position of each key */
+    size_t count, capacity;
     size_t kept;         /* what the last pruning kept */
     uint32_t generation; /* one per reconciliation */
 };
@@ -834,34 +839,40 @@ static void addr_cache_free(struct addr_cache *cache)
 {
     if (cache != NULL) {
         PyMem_Free(cache->slots);
+        PyMem_Free(cache->keys);
+        PyMem_Free(cache->positions);
         PyMem_Free(cache);
     }
 }
 
-static struct cached_addr *addr_cache_probe(struct cached_addr *slots, size_t mask,
+static struct cached_slot *addr_cache_probe(struct cached_slot *slots, size_t mask,
                                             int64_t position)
 {
     size_t at = mix64((uint64_t)position) & mask;
-    while (slots[at].used && slots[at].position != position)
+    while (slots[at].key && slots[at].position != position)
         at = (at + 1) & mask;
     return &slots[at];
 }
 
-/* Rehash into ``size`` slots, keeping only what the current generation used if ``prune``. */
+/* Rebuild with ``size`` slots; if ``prune``, keep only keys used by recent reconciliations
+ * (in their order). */
 static int addr_cache_rehash(struct addr_cache *cache, size_t size, int prune)
 {
-    struct cached_addr *slots = PyMem_Calloc(size, sizeof *slots);
+    struct cached_slot *slots = PyMem_Calloc(size, sizeof *slots);
     if (slots == NULL) {
         PyErr_NoMemory();
         return -1;
     }
     size_t count = 0;
-    for (size_t i = 0; cache->slots && i <= cache->mask; i++) {
-        const struct cached_addr *old = &cache->slots[i];
-        if (old->used && (!prune || cache->generation - old->seen < KEEP_GENERATIONS)) {
-            *addr_cache_probe(slots, size - 1, old->position) = *old;
-            count++;
-        }
+    for (size_t i = 0; i < cache->count; i++) {
+        struct cached_slot *old = addr_cache_probe(cache->slots, cache->mask, cache->positions[i]);
+        if (prune && cache->generation - old->seen >= KEEP_GENERATIONS)
+            continue;
+        cache->keys[count] = cache->keys[i];
+        cache->positions[count] = cache->positions[i];
+        struct cached_slot *slot = addr_cache_probe(slots, size - 1, cache->positions[i]);
+        *slot = *old;
+        slot->key = (uint32_t)++count;
     }
     PyMem_Free(cache->slots);
     cache->slots = slots;
@@ -870,16 +881,39 @@ static int addr_cache_rehash(struct addr_cache *cache, size_t size, int prune)
     return 0;
 }
 
+/* Room for one more key: the slots at most half full. */
+static int addr_cache_reserve(struct addr_cache *cache)
+{
+    if (cache->count + 1 >= UINT32_MAX / 4) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (cache->count == cache->capacity) {
+        size_t capacity = cache->capacity ? cache->capacity * 2 : 4096;
+        struct addr_key *keys = PyMem_Realloc(cache->keys, capacity * sizeof *keys);
+        if (keys != NULL)
+            cache->keys = keys;
+        int64_t *positions = keys ? PyMem_Realloc(cache->positions, capacity * sizeof *positions)
+                                  : NULL;
+        if (positions == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        cache->positions = positions;
+        cache->capacity = capacity;
+    }
+    if (cache->slots != NULL && (cache->count + 1) * 2 <= cache->mask + 1)
+        return 0;
+    return addr_cache_rehash(cache, cache->slots ? (cache->mask + 1) * 2 : 8192, 0);
+}
+
 /* Drop what recent reconciliations did not use, once that could be most of the cache. */
 static int addr_cache_prune(struct addr_cache *cache, size_t live)
 {
     size_t floor = live > cache->kept ? live : cache->kept;
     if (cache->count <= floor * 2 + 4096)
         return 0;
-    size_t size = 1024;
-    while (size < cache->count * 2)
-        size *= 2;
-    if (addr_cache_rehash(cache, size, 1) < 0)
+    if (addr_cache_rehash(cache, cache->mask + 1, 1) < 0)
         return -1;
     cache->kept = cache->count;
     return 0;
@@ -926,24 +960,24 @@ static int fetch_address(RunReader *self, int64_t position, struct addr_key *key
     return outcome;
 }
 
-/* The addresses of the event at ``position``, from the cache or the log; see fetch_address. */
+/* The addresses of the event at ``position``, from the cache or the log; see fetch_address.
+ * ``*key`` stays valid until the next call. */
 static int cached_address(RunReader *self, int64_t position, const struct addr_key **key)
 {
     struct addr_cache *cache = self->addresses;
-    if ((cache->count + 1) * 2 > (cache->slots ? cache->mask + 1 : 0) &&
-        addr_cache_rehash(cache, cache->slots ? (cache->mask + 1) * 2 : 4096, 0) < 0)
+    if (addr_cache_reserve(cache) < 0)
         return -1;
-    struct cached_addr *slot = addr_cache_probe(cache->slots, cache->mask, position);
-    if (!slot->used) {
-        int rc = fetch_address(self, position, &slot->key);
+    struct cached_slot *slot = addr_cache_probe(cache->slots, cache->mask, position);
+    if (!slot->key) {
+        int rc = fetch_address(self, position, &cache->keys[cache->count]);
         if (rc < 0)
             return rc;
-        slot->used = 1;
+        cache->positions[cache->count] = position;
         slot->position = position;
-        cache->count++;
+        slot->key = (uint32_t)++cache->count;
     }
     slot->seen = cache->generation;
-    *key = &slot->key;
+    *key = &cache->keys[slot->key - 1];
     return 0;
 }
 

@@ -99,8 +99,8 @@ def snapshot(mono: int, index: int, port: int, pid: int) -> tuple[Event, Snapsho
     return marker, Snapshot(connections=connections, processes=processes)
 
 
-def folds(path: Path, mono_moments: list[int]) -> list[bytes]:
-    """For each moment: the state then, and what the 5 ms before it retained, encoded."""
+def folds(path: Path, mono_moments: list[int], window_ns: int = 5_000_000) -> list[bytes]:
+    """For each moment: the state then, and what the window before it retained, encoded."""
     answers = []
     with open_log(resolve(str(path)), Purpose.READ) as store:
         for use_native in (True, False):
@@ -109,7 +109,7 @@ def folds(path: Path, mono_moments: list[int]) -> list[bytes]:
             offset = replayer.reader.clock(1).offset_at(MONO_BASE_NS)
             encoded = []
             for mono in mono_moments:
-                window = replayer.window(mono + offset, 5_000_000)
+                window = replayer.window(mono + offset, window_ns)
                 retained = window.retained
                 encoded.append(
                     window.state.to_bytes()
@@ -163,18 +163,39 @@ def test_a_row_the_reader_does_not_expect_is_folded_in_python(tmp_path: Path) ->
 
 
 def test_the_address_cache_is_pruned_without_changing_the_state(tmp_path: Path) -> None:
-    """Long-lived sockets come and go across a hundred snapshots, so that the reader's cache
-    of addresses outgrows what recent snapshots used and is pruned."""
-    steps: list[tuple[Kind, int | None, int, int, bool]] = []
-    for wave in range(100):
-        socks = range(1 + wave * 200, 201 + wave * 200)
-        steps += [(Kind.CONNECT, sock, 40000 + sock % 7, 1, False) for sock in socks]
-        steps.append((Kind.SNAPSHOT, None, 40000, 1, True))
-        steps += [(Kind.CLOSE, sock, 40000 + sock % 7, 1, False) for sock in socks]
-        steps.append((Kind.SNAPSHOT, None, 40000, 1, True))
+    """Sockets with addresses of their own live across a few of 120 snapshots that show them
+    (all but every 17th), so that the reader's cache of addresses outgrows what recent
+    snapshots used and is pruned, several times, while most of what it holds stays in use."""
     path = tmp_path / "many.db"
-    last = write_log(path, steps)
-    with_module, without = folds(path, [last - 150_000_000, last])
+    store = open_log(resolve(str(path)), Purpose.RECORD)
+    start = clock_sample()
+    recording = begin_recording(store, RecordingStart(make_host(), "ebpf", start, ROOT_NETNS))
+    writer = LogWriter(store, recording, ClockModel([start]))
+    mono, open_socks = MONO_BASE_NS, set[int]()
+    for wave in range(120):
+        new = range(1 + wave * 150, 151 + wave * 150)
+        gone = sorted(sock for sock in open_socks if sock <= (wave - 3) * 150)
+        batch = [(Kind.CLOSE, sock) for sock in gone] + [(Kind.CONNECT, sock) for sock in new]
+        for kind, sock in batch:
+            mono += 10_000
+            port = 1024 + sock % 60000
+            writer.add_events([Event(kind, mono, 1, "p", ROOT_NETNS, LO, port, LO, 80, sock)])
+        open_socks.difference_update(gone)
+        open_socks.update(new)
+        mono += 10_000
+        shown = tuple(
+            SnapshotConnection(ROOT_NETNS, LO, 1024 + sock % 60000, LO, 80, TCP_ESTABLISHED,
+                               sock, 0, 1)
+            for sock in sorted(open_socks)
+            if sock % 17
+        )  # fmt: skip
+        marker = Event(Kind.SNAPSHOT, mono, extra={"namespace_list": [ROOT_NETNS]})
+        writer.add_snapshot(marker, Snapshot(connections=shown))
+        writer.flush()
+    writer.close()
+    store.close()
+    # One window over the whole log: every socket the snapshots settled is in the answer.
+    with_module, without = folds(path, [mono], window_ns=mono - MONO_BASE_NS + 10**9)
     assert with_module == without
 
 
