@@ -531,8 +531,7 @@ class _Session:
             self.writer.add_loss(
                 Loss(stale, self.started, now, "socket closes the programs never saw")
             )
-        missed += max(stale, 0)
-        self.progress.lost_events += max(lost, 0) + max(missed, 0)
+        self.progress.lost_events += max(lost, 0) + max(missed, 0) + max(stale, 0)
         self.progress.unattributed_sockets = current.sock_table_full
         self.kernel = current
         self.stats_read_mono = now

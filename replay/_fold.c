@@ -1032,6 +1032,21 @@ static int reconcile_note(struct reconcile *r, const struct addr_key *key, int i
 }
 
 /* (lost, gone, only_here) once every snapshot key was noted. */
+static PyObject *reconcile_finish(struct reconcile *r, long long recording, PyObject *namespaces);
+
+/* The answer for ``outcome`` (0: every key noted, -2: declined, -1: error set); frees ``r``. */
+static PyObject *reconcile_end(struct reconcile *r, int outcome, long long recording,
+                               PyObject *namespaces)
+{
+    PyObject *result = NULL;
+    if (outcome == 0)
+        result = reconcile_finish(r, recording, namespaces);
+    else if (outcome == -2)
+        result = Py_NewRef(Py_None);
+    reconcile_free(r);
+    return result;
+}
+
 static PyObject *reconcile_finish(struct reconcile *r, long long recording, PyObject *namespaces)
 {
     PyObject *lost = PyList_New(0), *gone = PyList_New(0), *result = NULL;
@@ -1105,7 +1120,6 @@ static PyObject *reconcile_sockets(PyObject *Py_UNUSED(module), PyObject *args)
         check_namespaces(namespaces) < 0)
         return NULL;
     struct reconcile r = {0};
-    PyObject *result = NULL;
     int rc = reconcile_start(&r, sockets, tuples, snapshot_sockets);
     struct addr_key key;
     for (int is_open = 0; rc == 0 && is_open < 2; is_open++) {
@@ -1114,12 +1128,7 @@ static PyObject *reconcile_sockets(PyObject *Py_UNUSED(module), PyObject *args)
             rc = parse_key(PyList_GET_ITEM(keys, i), &key) < 0 ? -2
                                                                : reconcile_note(&r, &key, is_open);
     }
-    if (rc == 0)
-        result = reconcile_finish(&r, recording, namespaces);
-    else if (rc == -2)
-        result = Py_NewRef(Py_None);
-    reconcile_free(&r);
-    return result;
+    return reconcile_end(&r, rc, recording, namespaces);
 }
 
 static const char SNAPSHOT_SQL[] = "SELECT netns, laddr, lport, raddr, rport, state "
@@ -1156,7 +1165,6 @@ static PyObject *RunReader_reconcile_snapshot(RunReader *self, PyObject *args)
         return set_sqlite_error(self->db, rc);
     }
     struct reconcile r = {0};
-    PyObject *result = NULL;
     int outcome = reconcile_start_cached(&r, self, sockets, snapshot_sockets);
     struct addr_key key;
     while (outcome == 0 && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
@@ -1175,12 +1183,7 @@ static PyObject *RunReader_reconcile_snapshot(RunReader *self, PyObject *args)
         outcome = -1;
     }
     sqlite3_finalize(stmt);
-    if (outcome == 0)
-        result = reconcile_finish(&r, recording, namespaces);
-    else if (outcome == -2)
-        result = Py_NewRef(Py_None);
-    reconcile_free(&r);
-    return result;
+    return reconcile_end(&r, outcome, recording, namespaces);
 }
 
 /* -- processes ------------------------------------------------------------------------------ */
@@ -1266,25 +1269,6 @@ static PyObject *RunReader_reconcile_processes(RunReader *self, PyObject *args)
     return result;
 }
 
-PyDoc_STRVAR(uncached_doc,
-             "uncached(sockets, tuples) -> list[int]\n\n"
-             "The open positions (values of ``sockets``) that ``tuples`` has no key for.");
-
-static PyObject *uncached(PyObject *Py_UNUSED(module), PyObject *args)
-{
-    PyObject *sockets, *tuples, *key, *position;
-    if (!PyArg_ParseTuple(args, "O!O!", &PyDict_Type, &sockets, &PyDict_Type, &tuples))
-        return NULL;
-    PyObject *missing = PyList_New(0);
-    Py_ssize_t pos = 0;
-    while (missing != NULL && PyDict_Next(sockets, &pos, &key, &position)) {
-        int known = PyDict_Contains(tuples, position);
-        if (known < 0 || (!known && PyList_Append(missing, position) < 0))
-            Py_CLEAR(missing);
-    }
-    return missing;
-}
-
 /* -- the module ----------------------------------------------------------------------------- */
 
 static PyObject *soft_heap_limit(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
@@ -1297,7 +1281,6 @@ static PyMethodDef module_methods[] = {
      PyDoc_STR("soft_heap_limit() -> int\n\nThis module's SQLite soft heap limit (see\n"
                "recorder.native.shares_sqlite_with_python).")},
     {"reconcile_sockets", reconcile_sockets, METH_VARARGS, reconcile_sockets_doc},
-    {"uncached", uncached, METH_VARARGS, uncached_doc},
     {NULL, NULL, 0, NULL},
 };
 

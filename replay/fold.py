@@ -320,10 +320,7 @@ class Fold:
     def _cached_tuples(self, sockets: dict[int, int]) -> dict[int, TupleKey]:
         """The address cache (open position -> addresses), covering every one of ``sockets``."""
         tuples = self._tuples
-        if self.use_native:
-            unknown: Collection[int] = native.uncached(sockets, tuples)
-        else:
-            unknown = set(sockets.values()).difference(tuples.keys())
+        unknown = set(sockets.values()).difference(tuples.keys())
         if unknown:
             tuples.update(self.lookup.tuples_at(unknown))
         return tuples

@@ -14,7 +14,7 @@ from recorder.log.store import LogStore
 from recorder.native import shares_sqlite
 
 try:
-    from replay._fold import KINDS, RunReader, reconcile_sockets, soft_heap_limit, uncached
+    from replay._fold import KINDS, RunReader, reconcile_sockets, soft_heap_limit
 
     AVAILABLE = True
 except ImportError:
@@ -48,5 +48,4 @@ __all__ = [
     "open_run_reader",
     "reads_sqlite",
     "reconcile_sockets",
-    "uncached",
 ]
