@@ -1131,6 +1131,27 @@ static PyObject *reconcile_sockets(PyObject *Py_UNUSED(module), PyObject *args)
     return reconcile_end(&r, rc, recording, namespaces);
 }
 
+/* One read transaction around many short statements: in autocommit mode each statement would
+ * take and drop the file's shared lock (and read the WAL index) itself, which costs more than
+ * a row lookup. Returns 1 if it began one, 0 if one was open already, -1 on error (set). */
+static int begin_read(RunReader *self)
+{
+    if (!sqlite3_get_autocommit(self->db))
+        return 0;
+    int rc = sqlite3_exec(self->db, "BEGIN", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        set_sqlite_error(self->db, rc);
+        return -1;
+    }
+    return 1;
+}
+
+static void end_read(RunReader *self, int began)
+{
+    if (began > 0 && !sqlite3_get_autocommit(self->db))
+        sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL); /* read only: nothing to lose */
+}
+
 static const char SNAPSHOT_SQL[] = "SELECT netns, laddr, lport, raddr, rport, state "
                                    "FROM snapshot_connections WHERE position = ?1";
 
@@ -1164,6 +1185,11 @@ static PyObject *RunReader_reconcile_snapshot(RunReader *self, PyObject *args)
         sqlite3_finalize(stmt);
         return set_sqlite_error(self->db, rc);
     }
+    int began = begin_read(self);
+    if (began < 0) {
+        sqlite3_finalize(stmt);
+        return NULL;
+    }
     struct reconcile r = {0};
     int outcome = reconcile_start_cached(&r, self, sockets, snapshot_sockets);
     struct addr_key key;
@@ -1183,6 +1209,7 @@ static PyObject *RunReader_reconcile_snapshot(RunReader *self, PyObject *args)
         outcome = -1;
     }
     sqlite3_finalize(stmt);
+    end_read(self, began);
     return reconcile_end(&r, outcome, recording, namespaces);
 }
 

@@ -23,6 +23,7 @@ from replay.fold import Closed, SocketRef
 from replay.nat import Translation, nat_index
 from replay.state import TupleKey
 
+_CONNECT = int(Kind.CONNECT)
 CLIENT = "client"
 SERVER = "server"
 CLOSE_ONLY_NOTE = "opened before anything recorded"
@@ -51,7 +52,7 @@ def is_loopback(raw: bytes | None) -> bool:
     return bool(raw) and ipaddress.ip_address(address_text(raw)).is_loopback
 
 
-@dataclass
+@dataclass(slots=True)
 class SocketView:
     """One local socket, whole, as replay saw it."""
 
@@ -83,7 +84,12 @@ class SocketView:
         if self.nat is not None:
             seen = self.nat.server_view
             return (seen[0], seen[1]), (seen[2], seen[3])
-        return self.client, self.server
+        return self.ends()
+
+    def ends(self) -> tuple[tuple[str, int], tuple[str, int]]:
+        """(client, server) as this socket saw them."""
+        local, remote = (address_text(self.laddr), self.lport), (address_text(self.raddr), self.rport)
+        return (remote, local) if self.role == SERVER else (local, remote)
 
     @property
     def client(self) -> tuple[str, int]:
@@ -169,24 +175,24 @@ class _Materializer:
         return self.hosts.get(recording_id, "?")
 
     def from_event(self, event: LoggedEvent) -> SocketView:
-        source = "proc" if (event.extra or {}).get("source") == "proc" else "events"
+        extra, wall_ns, position = event.extra, event.wall_ns, event.position
         return SocketView(
-            recording_id=event.recording_id,
-            host_id=self.host(event.recording_id),
-            role=CLIENT if event.kind == Kind.CONNECT else SERVER,
-            pid=event.pid,
-            comm=event.comm,
-            netns=event.netns,
-            laddr=event.laddr or b"",
-            lport=event.lport or 0,
-            raddr=event.raddr or b"",
-            rport=event.rport or 0,
-            opened_ns=event.wall_ns,
-            closed_ns=None,
-            source=source,
-            origin=(event.position, 0),
-            positions=[event.position],
-            known_ns=event.wall_ns,
+            event.recording_id,
+            self.hosts.get(event.recording_id, "?"),
+            CLIENT if event.kind == _CONNECT else SERVER,
+            event.pid,
+            event.comm,
+            event.netns,
+            event.laddr or b"",
+            event.lport or 0,
+            event.raddr or b"",
+            event.rport or 0,
+            wall_ns,
+            None,
+            "proc" if extra and extra.get("source") == "proc" else "events",
+            (position, 0),
+            [position],
+            known_ns=wall_ns,
         )
 
     def from_snapshot(self, position: int, key: TupleKey) -> SocketView:
@@ -250,6 +256,16 @@ class _Materializer:
             return self.from_close(close)
         return None
 
+    def closed_pair(self, opened: LoggedEvent, close: LoggedEvent) -> SocketView:
+        """``closed`` for a socket whose open and close events were both folded."""
+        view = self.from_event(opened)
+        view.closed_ns = view.close_event_ns = close.wall_ns
+        view.positions.append(close.position)
+        view.bytes_sent, view.bytes_received = close.bytes_sent, close.bytes_received
+        if close.pid is not None and view.pid is None:
+            view.pid, view.comm = close.pid, close.comm
+        return view
+
     def closed(self, item: Closed) -> SocketView | None:
         close = self.event(item.close_position) if item.close_position is not None else None
         view = self.opened(item.ref, close)
@@ -298,21 +314,19 @@ def sockets_in_window(reader: LogReader, window: Window) -> list[SocketView]:
     )
     views: list[SocketView] = [m.from_event(m.event(p)) for p in sorted(state.open_positions())]
     views.extend(m.from_snapshot(p, key) for key, p in sorted(state.snapshot_sockets.items()))
-    for item in [Closed(SocketRef(o), c) for o, c in retained.pairs] + retained.closed:
+    start_ns, at_ns = window.start_ns, window.at_ns
+    # The bulk of a busy window: sockets whose open and close were both folded in it.
+    for open_position, close_position in retained.pairs:
+        close = m.event(close_position)
+        if start_ns < close.wall_ns <= at_ns:
+            views.append(m.closed_pair(m.event(open_position), close))
+    closed = retained.closed + [
+        Closed(SocketRef(open_position), None, missing_at=missed_at)
+        for open_position, missed_at in sorted(state.missing_entries())
+    ]
+    for item in closed:
         view = m.closed(item)
-        if (
-            view is not None
-            and view.closed_ns is not None
-            and window.start_ns < view.closed_ns <= window.at_ns
-        ):
-            views.append(view)
-    for open_position, missed_at in sorted(state.missing_entries()):
-        view = m.closed(Closed(SocketRef(open_position), None, missing_at=missed_at))
-        if (
-            view is not None
-            and view.closed_ns is not None
-            and window.start_ns < view.closed_ns <= window.at_ns
-        ):
+        if view is not None and view.closed_ns is not None and start_ns < view.closed_ns <= at_ns:
             views.append(view)
     nat = nat_index(reader, state)
     if len(nat):
@@ -369,15 +383,28 @@ def _overlaps(a: SocketView, b: SocketView) -> bool:
     return a_start <= b_end and b_start <= a_end
 
 
+def _open_order(view: SocketView) -> tuple[int, tuple[int, int]]:
+    return (view.opened_ns if view.opened_ns is not None else -1, view.origin)
+
+
 def pair(views: list[SocketView]) -> list[ConnectionRow]:
-    groups: dict[tuple[object, ...], list[SocketView]] = defaultdict(list)
+    """Connections from sockets, in no particular order (``connection_table`` sorts them by a
+    key that is unique per row)."""
+    groups: dict[tuple[object, ...], list[SocketView]] = {}
     for view in views:
-        groups[_pair_key(view)].append(view)
+        key = _pair_key(view)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [view]
+        else:
+            group.append(view)
     rows: list[ConnectionRow] = []
-    for key in sorted(groups, key=repr):
-        members = sorted(
-            groups[key], key=lambda v: (v.opened_ns if v.opened_ns is not None else -1, v.origin)
-        )
+    for members in groups.values():
+        if len(members) == 1:  # the usual case on a busy host: one side of the connection is ours
+            view = members[0]
+            rows.append(_row(None, view) if view.role == SERVER else _row(view, None))
+            continue
+        members.sort(key=_open_order)
         clients = [v for v in members if v.role != SERVER]
         servers = [v for v in members if v.role == SERVER]
         # The k-th client (by open time) pairs with the k-th server if their lives overlap:
@@ -393,43 +420,84 @@ def pair(views: list[SocketView]) -> list[ConnectionRow]:
 
 
 def _row(client: SocketView | None, server: SocketView | None) -> ConnectionRow:
-    sides = [v for v in (client, server) if v is not None]
-    first = min(sides, key=lambda v: v.origin)
-    seen = client or first  # endpoints as the client used them, when its socket is ours
+    if client is not None and server is not None:
+        return _local_row(client, server)
+    side = client if client is not None else server
+    assert side is not None
+    seen_client, seen_server = side.ends()
     nat = client.nat if client is not None else None
     real = nat.real_destination if nat else None
     source_nat = nat.translated_source if nat else None
-    opened = [v.opened_ns for v in sides if v.opened_ns is not None]
-    closed = [v.closed_ns for v in sides if v.closed_ns is not None]
-    is_open = any(v.closed_ns is None for v in sides)
-    notes = sorted({v.close_note for v in sides if v.close_note})
-    direction = "local" if client and server else ("outbound" if client else "inbound")
+    is_open = side.closed_ns is None
     return ConnectionRow(
-        id=f"{first.origin[0]}.{first.origin[1]}",
+        id=f"{side.origin[0]}.{side.origin[1]}",
         state="open" if is_open else "closed",
-        direction=direction,
-        host=first.host_id,
-        client=_endpoint(*seen.client),
-        server=_endpoint(*seen.server),
-        opened_ns=min(opened) if opened else None,
-        closed_ns=None if is_open else (max(closed) if closed else None),
+        direction="outbound" if client is not None else "inbound",
+        host=side.host_id,
+        client=_endpoint(*seen_client),
+        server=_endpoint(*seen_server),
+        opened_ns=side.opened_ns,
+        closed_ns=side.closed_ns,
         client_pid=client.pid if client else None,
         client_comm=client.comm if client else None,
         client_netns=client.netns if client else None,
         server_pid=server.pid if server else None,
         server_comm=server.comm if server else None,
         server_netns=server.netns if server else None,
-        source="+".join(sorted({v.source for v in sides})),
-        positions=sorted({p for v in sides for p in v.positions}),
-        note="; ".join(notes) or None,
-        bytes_sent=client.bytes_sent if client else (server.bytes_received if server else None),
-        bytes_received=client.bytes_received if client else (server.bytes_sent if server else None),
-        client_ip=seen.client[0],
-        client_port=seen.client[1],
-        server_ip=real[0] if real else seen.server[0],
-        server_port=real[1] if real else seen.server[1],
+        source=side.source,
+        positions=sorted(set(side.positions)),
+        note=side.close_note or None,
+        bytes_sent=client.bytes_sent if client else side.bytes_received,
+        bytes_received=client.bytes_received if client else side.bytes_sent,
+        client_ip=seen_client[0],
+        client_port=seen_client[1],
+        server_ip=real[0] if real else seen_server[0],
+        server_port=real[1] if real else seen_server[1],
         client_local=client is not None,
         server_local=server is not None,
+        nat_destination=_endpoint(*real) if real else None,
+        nat_source=_endpoint(*source_nat) if source_nat else None,
+    )
+
+
+def _local_row(client: SocketView, server: SocketView) -> ConnectionRow:
+    """A connection with both ends on this host: the client's socket says how it looked."""
+    first = client if client.origin <= server.origin else server
+    seen_client, seen_server = client.ends()
+    nat = client.nat
+    real = nat.real_destination if nat else None
+    source_nat = nat.translated_source if nat else None
+    opened = [v for v in (client.opened_ns, server.opened_ns) if v is not None]
+    is_open = client.closed_ns is None or server.closed_ns is None
+    closed = [v for v in (client.closed_ns, server.closed_ns) if v is not None]
+    notes = sorted({v for v in (client.close_note, server.close_note) if v})
+    sources = sorted({client.source, server.source})
+    return ConnectionRow(
+        id=f"{first.origin[0]}.{first.origin[1]}",
+        state="open" if is_open else "closed",
+        direction="local",
+        host=first.host_id,
+        client=_endpoint(*seen_client),
+        server=_endpoint(*seen_server),
+        opened_ns=min(opened) if opened else None,
+        closed_ns=None if is_open else (max(closed) if closed else None),
+        client_pid=client.pid,
+        client_comm=client.comm,
+        client_netns=client.netns,
+        server_pid=server.pid,
+        server_comm=server.comm,
+        server_netns=server.netns,
+        source="+".join(sources),
+        positions=sorted({*client.positions, *server.positions}),
+        note="; ".join(notes) or None,
+        bytes_sent=client.bytes_sent,
+        bytes_received=client.bytes_received,
+        client_ip=seen_client[0],
+        client_port=seen_client[1],
+        server_ip=real[0] if real else seen_server[0],
+        server_port=real[1] if real else seen_server[1],
+        client_local=True,
+        server_local=True,
         nat_destination=_endpoint(*real) if real else None,
         nat_source=_endpoint(*source_nat) if source_nat else None,
     )

@@ -333,33 +333,38 @@ class LogReader:
                     yield event
 
     def _decode_page(self, page: list[Any]) -> Iterator[LoggedEvent]:
-        clocks = self._clocks
         if not all(row[5] in self._comms and row[6] in self._netns for row in page):
             self._load_dictionaries()
         comms, namespaces = self._comms, self._netns
+        # SQLite hands blobs over as bytes already; PostgreSQL's driver as memoryviews.
+        blob = _bytes if self.store.dialect == "postgresql" else _same
+        recording_id, offset_at = None, None
         for row in page:
-            recording_id = row[1]
-            clock = clocks.get(recording_id)
-            if clock is None or not len(clock):
-                clock = self.clock(recording_id)
-            mono_ns = row[3]
+            if row[1] != recording_id:
+                recording_id = row[1]
+                clock = self._clocks.get(recording_id)
+                if clock is None or not len(clock):
+                    clock = self.clock(recording_id)
+                offset_at = clock.offset_at
+            assert offset_at is not None
+            mono_ns, extra = row[3], row[14]
             yield LoggedEvent(
                 row[0],
                 recording_id,
-                mono_ns + clock.offset_at(mono_ns),
+                mono_ns + offset_at(mono_ns),
                 row[2],
                 mono_ns,
                 row[4],
                 comms[row[5]],
                 namespaces[row[6]],
-                _bytes(row[7]),
+                blob(row[7]),
                 row[8],
-                _bytes(row[9]),
+                blob(row[9]),
                 row[10],
                 row[11],
                 row[12],
                 row[13],
-                decode_extra(row[14]),
+                None if extra is None else decode_extra(extra),
             )
 
     # -- snapshots -------------------------------------------------------------------------
@@ -437,6 +442,10 @@ class LogReader:
 
 def _bytes(value: Any) -> bytes | None:
     return None if value is None else bytes(value)
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _merge_spans(spans: list[BatchSpan]) -> list[tuple[int, int]]:
