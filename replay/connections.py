@@ -10,7 +10,6 @@ overlap are the two ends of one connection.
 from __future__ import annotations
 
 import ipaddress
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -88,7 +87,8 @@ class SocketView:
 
     def ends(self) -> tuple[tuple[str, int], tuple[str, int]]:
         """(client, server) as this socket saw them."""
-        local, remote = (address_text(self.laddr), self.lport), (address_text(self.raddr), self.rport)
+        local = (address_text(self.laddr), self.lport)
+        remote = (address_text(self.raddr), self.rport)
         return (remote, local) if self.role == SERVER else (local, remote)
 
     @property
