@@ -338,10 +338,11 @@ class LogReader:
         comms, namespaces = self._comms, self._netns
         # SQLite hands blobs over as bytes already; PostgreSQL's driver as memoryviews.
         blob = _bytes if self.store.dialect == "postgresql" else _same
-        recording_id, offset_at = None, None
+        current, offset_at = None, None
         for row in page:
-            if row[1] != recording_id:
-                recording_id = row[1]
+            recording_id = row[1]
+            if recording_id != current:
+                current = recording_id
                 clock = self._clocks.get(recording_id)
                 if clock is None or not len(clock):
                     clock = self.clock(recording_id)
