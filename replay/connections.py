@@ -104,7 +104,7 @@ class SocketView:
         return address_text(self.raddr), self.rport
 
 
-@dataclass
+@dataclass(slots=True)
 class ConnectionRow:
     id: str
     state: str  # open, closed, failed
@@ -388,8 +388,8 @@ def _open_order(view: SocketView) -> tuple[int, tuple[int, int]]:
 
 
 def pair(views: list[SocketView]) -> list[ConnectionRow]:
-    """Connections from sockets, in no particular order (``connection_table`` sorts them by a
-    key that is unique per row)."""
+    """Connections from sockets, in the order their first sockets come (a stable order);
+    ``connection_table`` sorts them by open time, close time and id."""
     groups: dict[tuple[object, ...], list[SocketView]] = {}
     for view in views:
         key = _pair_key(view)
