@@ -482,7 +482,22 @@ PyDoc_STRVAR(reconcile_processes_doc,
              "removed, every one it holds is set to ``position``. False, with nothing changed,\n"
              "if a pid or a key is not an int.");
 
+static PyObject *RunReader_socket_views(RunReader *self, PyObject *args);
+PyDoc_STRVAR(socket_views_doc,
+             "socket_views(opens, pairs, start_ns, at_ns, clocks, hosts, comms, namespaces,\n"
+             "             view_type, field_names, decode_extra) -> tuple | None\n\n"
+             "The sockets replay.connections.sockets_in_window makes from events: one view per\n"
+             "open event in ``opens`` (positions), and one per (open, close) pair in ``pairs``\n"
+             "whose close's wall time is in (start_ns, at_ns], closed by it. Returns (open views,\n"
+             "pair views), each made by calling ``view_type`` positionally (``field_names`` must\n"
+             "be SocketView's fields, in order). ``clocks`` maps a recording to its clock's\n"
+             "(mono_ns, offset_ns) segments, ``hosts`` to its host id; ``comms`` and\n"
+             "``namespaces`` are the log's dictionaries, ``decode_extra`` turns an event's extra\n"
+             "column into a dict. None when an event is missing, a value has a type the loop\n"
+             "does not expect, or a dictionary or clock lacks what a row needs.");
+
 static PyMethodDef RunReader_methods[] = {
+    {"socket_views", (PyCFunction)RunReader_socket_views, METH_VARARGS, socket_views_doc},
     {"reconcile_processes", (PyCFunction)RunReader_reconcile_processes, METH_VARARGS,
      reconcile_processes_doc},
     {"fold_run", (PyCFunction)RunReader_fold_run, METH_VARARGS, fold_run_doc},
@@ -1211,6 +1226,415 @@ static PyObject *RunReader_reconcile_snapshot(RunReader *self, PyObject *args)
     sqlite3_finalize(stmt);
     end_read(self, began);
     return reconcile_end(&r, outcome, recording, namespaces);
+}
+
+/* -- the connection table's sockets --------------------------------------------------------- */
+
+static const char SOCKET_SQL[] =
+    "SELECT recording_id, kind, mono_ns, pid, comm_id, netns_id, laddr, lport, raddr, rport, "
+    "bytes_sent, bytes_received, extra FROM events WHERE position = ?1";
+
+/* SocketView's fields, in the order its constructor takes them. */
+static const char *const VIEW_FIELDS[] = {
+    "recording_id", "host_id", "role", "pid", "comm", "netns", "laddr", "lport", "raddr",
+    "rport", "opened_ns", "closed_ns", "source", "origin", "positions", "nat", "known_ns",
+    "close_event_ns", "missing_ns", "close_note", "bytes_sent", "bytes_received",
+};
+enum {
+    VIEW_RECORDING_ID, VIEW_HOST_ID, VIEW_ROLE, VIEW_PID, VIEW_COMM, VIEW_NETNS, VIEW_LADDR,
+    VIEW_LPORT, VIEW_RADDR, VIEW_RPORT, VIEW_OPENED_NS, VIEW_CLOSED_NS, VIEW_SOURCE,
+    VIEW_ORIGIN, VIEW_POSITIONS, VIEW_NAT, VIEW_KNOWN_NS, VIEW_CLOSE_EVENT_NS, VIEW_MISSING_NS,
+    VIEW_CLOSE_NOTE, VIEW_BYTES_SENT, VIEW_BYTES_RECEIVED, VIEW_FIELD_COUNT
+};
+
+/* One recording's clock: offset_ns applies from monos[i] until monos[i + 1]. */
+struct clock {
+    long long recording;
+    Py_ssize_t count;
+    long long *monos, *offsets;
+};
+
+/* What one call of socket_views reads with. */
+struct view_reader {
+    RunReader *self;
+    sqlite3_stmt *stmt;
+    PyObject *clocks, *hosts, *comms, *namespaces, *view_type, *decode_extra;
+    PyObject *client, *server, *events, *proc, *unknown_host, *source_key, *empty, *zero;
+    struct clock *clock_list;
+    Py_ssize_t clock_count;
+};
+
+/* An event row, decoded as LogReader._decode_page and _Materializer.from_event read it. */
+struct socket_event {
+    long long position, recording, kind, wall;
+    PyObject *pid, *comm, *netns, *laddr, *lport, *raddr, *rport, *bytes_sent, *bytes_received;
+    int from_proc;
+};
+
+static void socket_event_clear(struct socket_event *event)
+{
+    Py_CLEAR(event->pid);
+    Py_CLEAR(event->laddr);
+    Py_CLEAR(event->lport);
+    Py_CLEAR(event->raddr);
+    Py_CLEAR(event->rport);
+    Py_CLEAR(event->bytes_sent);
+    Py_CLEAR(event->bytes_received);
+    event->comm = event->netns = NULL; /* borrowed from the dictionaries */
+}
+
+/* The clock of ``recording``, converted from ``clocks`` on first use: NULL with an error
+ * set, or NULL without one to decline (no clock, or an odd one). */
+static const struct clock *clock_of(struct view_reader *reader, long long recording)
+{
+    for (Py_ssize_t i = 0; i < reader->clock_count; i++)
+        if (reader->clock_list[i].recording == recording)
+            return &reader->clock_list[i];
+    PyObject *key = PyLong_FromLongLong(recording);
+    if (key == NULL)
+        return NULL;
+    PyObject *segments = PyDict_GetItemWithError(reader->clocks, key);
+    Py_DECREF(key);
+    if (segments == NULL || !PyList_CheckExact(segments) || PyList_GET_SIZE(segments) == 0)
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(segments);
+    struct clock *list = PyMem_Realloc(reader->clock_list,
+                                       (size_t)(reader->clock_count + 1) * sizeof *list);
+    if (list == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    reader->clock_list = list;
+    struct clock *clock = &list[reader->clock_count];
+    clock->recording = recording;
+    clock->count = count;
+    clock->monos = PyMem_Calloc((size_t)count, sizeof *clock->monos);
+    clock->offsets = PyMem_Calloc((size_t)count, sizeof *clock->offsets);
+    if (clock->monos == NULL || clock->offsets == NULL) {
+        PyMem_Free(clock->monos);
+        PyMem_Free(clock->offsets);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    reader->clock_count++; /* freed with the others from here on */
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *segment = PyList_GET_ITEM(segments, i);
+        if (!PyTuple_CheckExact(segment) || PyTuple_GET_SIZE(segment) != 2 ||
+            exact_long(PyTuple_GET_ITEM(segment, 0), &clock->monos[i]) < 0 ||
+            exact_long(PyTuple_GET_ITEM(segment, 1), &clock->offsets[i]) < 0 ||
+            (i > 0 && clock->monos[i] <= clock->monos[i - 1])) {
+            reader->clock_count--;
+            PyMem_Free(clock->monos);
+            PyMem_Free(clock->offsets);
+            return NULL;
+        }
+    }
+    return clock;
+}
+
+/* ClockModel.wall_ns: the offset of the last segment starting at or before ``mono`` (the
+ * first segment's before it). 0, or -2 to decline (overflow). */
+static int wall_of(const struct clock *clock, long long mono, long long *wall)
+{
+    Py_ssize_t low = 0, high = clock->count; /* bisect_right */
+    while (low < high) {
+        Py_ssize_t middle = low + (high - low) / 2;
+        if (mono < clock->monos[middle])
+            high = middle;
+        else
+            low = middle + 1;
+    }
+    long long offset = clock->offsets[low > 0 ? low - 1 : 0];
+    return __builtin_add_overflow(mono, offset, wall) ? -2 : 0;
+}
+
+/* An INTEGER column as an int, NULL as ``null`` (new references); NULL on error or on a
+ * value of another type (then *odd is set). */
+static PyObject *int_column(sqlite3_stmt *stmt, int column, PyObject *null, int *odd)
+{
+    switch (sqlite3_column_type(stmt, column)) {
+    case SQLITE_INTEGER:
+        return PyLong_FromLongLong(sqlite3_column_int64(stmt, column));
+    case SQLITE_NULL:
+        return Py_NewRef(null);
+    default:
+        *odd = 1;
+        return NULL;
+    }
+}
+
+static PyObject *blob_column(sqlite3_stmt *stmt, int column, PyObject *empty, int *odd)
+{
+    switch (sqlite3_column_type(stmt, column)) {
+    case SQLITE_BLOB: {
+        int size = sqlite3_column_bytes(stmt, column);
+        return PyBytes_FromStringAndSize(sqlite3_column_blob(stmt, column), size);
+    }
+    case SQLITE_NULL:
+        return Py_NewRef(empty);
+    default:
+        *odd = 1;
+        return NULL;
+    }
+}
+
+/* A dictionary's value for an INTEGER or NULL id column (borrowed); NULL to decline (set
+ * *odd) or on error. */
+static PyObject *dictionary_value(sqlite3_stmt *stmt, int column, PyObject *dictionary, int *odd)
+{
+    PyObject *key = int_column(stmt, column, Py_None, odd);
+    if (key == NULL)
+        return NULL;
+    PyObject *value = PyDict_GetItemWithError(dictionary, key);
+    Py_DECREF(key);
+    if (value == NULL && !PyErr_Occurred())
+        *odd = 1; /* not in the dictionary the caller read: the Python path reloads it */
+    return value;
+}
+
+/* Whether the extra column says the event came from /proc: 1, 0, -1 on error, -2 to
+ * decline. */
+static int from_proc(struct view_reader *reader, int column)
+{
+    int type = sqlite3_column_type(reader->stmt, column);
+    if (type == SQLITE_NULL)
+        return 0;
+    if (type != SQLITE_TEXT)
+        return -2;
+    PyObject *text = PyUnicode_FromStringAndSize(
+        (const char *)sqlite3_column_text(reader->stmt, column),
+        sqlite3_column_bytes(reader->stmt, column));
+    PyObject *extra = text ? PyObject_CallOneArg(reader->decode_extra, text) : NULL;
+    Py_XDECREF(text);
+    if (extra == NULL)
+        return -1;
+    int outcome = 0;
+    if (PyDict_Check(extra)) {
+        PyObject *source = PyDict_GetItemWithError(extra, reader->source_key);
+        outcome = source ? PyObject_RichCompareBool(source, reader->proc, Py_EQ)
+                         : (PyErr_Occurred() ? -1 : 0);
+    } else if (extra != Py_None) {
+        outcome = -2;
+    }
+    Py_DECREF(extra);
+    return outcome;
+}
+
+/* Read the event at ``position``: 0, -1 on error (set), -2 to decline. */
+static int read_socket_event(struct view_reader *reader, long long position,
+                             struct socket_event *event)
+{
+    sqlite3_stmt *stmt = reader->stmt;
+    int rc = sqlite3_bind_int64(stmt, 1, position), outcome = -2, odd = 0;
+    if (rc == SQLITE_OK && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        rc = SQLITE_DONE;
+        const struct clock *clock = NULL;
+        if (sqlite3_column_type(stmt, 0) == SQLITE_INTEGER &&
+            sqlite3_column_type(stmt, 1) == SQLITE_INTEGER &&
+            sqlite3_column_type(stmt, 2) == SQLITE_INTEGER) {
+            event->position = position;
+            event->recording = sqlite3_column_int64(stmt, 0);
+            event->kind = sqlite3_column_int64(stmt, 1);
+            clock = clock_of(reader, event->recording);
+        }
+        if (clock == NULL) {
+            outcome = PyErr_Occurred() ? -1 : -2;
+            goto reset;
+        }
+        outcome = wall_of(clock, sqlite3_column_int64(stmt, 2), &event->wall);
+        if (outcome < 0)
+            goto reset;
+        event->pid = int_column(stmt, 3, Py_None, &odd);
+        event->comm = event->pid ? dictionary_value(stmt, 4, reader->comms, &odd) : NULL;
+        event->netns = event->comm ? dictionary_value(stmt, 5, reader->namespaces, &odd) : NULL;
+        event->laddr = event->netns ? blob_column(stmt, 6, reader->empty, &odd) : NULL;
+        event->lport = event->laddr ? int_column(stmt, 7, reader->zero, &odd) : NULL;
+        event->raddr = event->lport ? blob_column(stmt, 8, reader->empty, &odd) : NULL;
+        event->rport = event->raddr ? int_column(stmt, 9, reader->zero, &odd) : NULL;
+        event->bytes_sent = event->rport ? int_column(stmt, 10, Py_None, &odd) : NULL;
+        event->bytes_received = event->bytes_sent ? int_column(stmt, 11, Py_None, &odd) : NULL;
+        if (event->bytes_received == NULL) {
+            outcome = odd && !PyErr_Occurred() ? -2 : -1;
+            goto reset;
+        }
+        event->from_proc = from_proc(reader, 12);
+        outcome = event->from_proc < 0 ? event->from_proc : 0;
+    }
+reset:
+    if (rc != SQLITE_DONE) {
+        set_sqlite_error(reader->self->db, rc);
+        outcome = -1;
+    }
+    sqlite3_reset(stmt);
+    return outcome;
+}
+
+/* The SocketView of an open event, closed by ``close`` if given (as _Materializer.closed_pair
+ * closes it): a new reference, or NULL on error. */
+static PyObject *make_view(struct view_reader *reader, const struct socket_event *open,
+                           const struct socket_event *close)
+{
+    PyObject *args[VIEW_FIELD_COUNT] = {0};
+    PyObject *view = NULL;
+    args[VIEW_RECORDING_ID] = PyLong_FromLongLong(open->recording);
+    PyObject *host = args[VIEW_RECORDING_ID]
+                         ? PyDict_GetItemWithError(reader->hosts, args[VIEW_RECORDING_ID])
+                         : NULL;
+    if (host == NULL && PyErr_Occurred())
+        goto done;
+    args[VIEW_HOST_ID] = Py_NewRef(host ? host : reader->unknown_host);
+    args[VIEW_ROLE] = Py_NewRef(open->kind == KIND_CONNECT ? reader->client : reader->server);
+    /* A close's pid stands in for an open without one. */
+    int use_close_pid = close != NULL && close->pid != Py_None && open->pid == Py_None;
+    args[VIEW_PID] = Py_NewRef(use_close_pid ? close->pid : open->pid);
+    args[VIEW_COMM] = Py_NewRef(use_close_pid ? close->comm : open->comm);
+    args[VIEW_NETNS] = Py_NewRef(open->netns);
+    args[VIEW_LADDR] = Py_NewRef(open->laddr);
+    args[VIEW_LPORT] = Py_NewRef(open->lport);
+    args[VIEW_RADDR] = Py_NewRef(open->raddr);
+    args[VIEW_RPORT] = Py_NewRef(open->rport);
+    args[VIEW_OPENED_NS] = PyLong_FromLongLong(open->wall);
+    args[VIEW_CLOSED_NS] = close ? PyLong_FromLongLong(close->wall) : Py_NewRef(Py_None);
+    args[VIEW_SOURCE] = Py_NewRef(open->from_proc ? reader->proc : reader->events);
+    args[VIEW_ORIGIN] = Py_BuildValue("(Li)", open->position, 0);
+    args[VIEW_POSITIONS] = close ? Py_BuildValue("[LL]", open->position, close->position)
+                                 : Py_BuildValue("[L]", open->position);
+    args[VIEW_NAT] = Py_NewRef(Py_None);
+    args[VIEW_KNOWN_NS] = Py_XNewRef(args[VIEW_OPENED_NS]);
+    args[VIEW_CLOSE_EVENT_NS] = Py_XNewRef(args[VIEW_CLOSED_NS]);
+    args[VIEW_MISSING_NS] = Py_NewRef(Py_None);
+    args[VIEW_CLOSE_NOTE] = Py_NewRef(Py_None);
+    args[VIEW_BYTES_SENT] = Py_NewRef(close ? close->bytes_sent : Py_None);
+    args[VIEW_BYTES_RECEIVED] = Py_NewRef(close ? close->bytes_received : Py_None);
+    int complete = 1;
+    for (int i = 0; i < VIEW_FIELD_COUNT; i++)
+        complete &= args[i] != NULL;
+    if (complete)
+        view = PyObject_Vectorcall(reader->view_type, args, VIEW_FIELD_COUNT, NULL);
+done:
+    for (int i = 0; i < VIEW_FIELD_COUNT; i++)
+        Py_XDECREF(args[i]);
+    return view;
+}
+
+/* Views of the open events at ``positions`` into ``views``: 0, -1 on error, -2 to decline. */
+static int open_views(struct view_reader *reader, PyObject *positions, PyObject *views)
+{
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(positions); i++) {
+        long long position;
+        if (exact_long(PyList_GET_ITEM(positions, i), &position) < 0)
+            return -2;
+        struct socket_event open = {0};
+        int rc = read_socket_event(reader, position, &open);
+        if (rc == 0)
+            rc = append_new(views, make_view(reader, &open, NULL));
+        socket_event_clear(&open);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Views of the (open, close) pairs closed in (start_ns, at_ns]: as open_views. */
+static int pair_views(struct view_reader *reader, PyObject *pairs, long long start_ns,
+                      long long at_ns, PyObject *views)
+{
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pairs); i++) {
+        PyObject *pair = PyList_GET_ITEM(pairs, i);
+        long long open_position, close_position;
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            exact_long(PyTuple_GET_ITEM(pair, 0), &open_position) < 0 ||
+            exact_long(PyTuple_GET_ITEM(pair, 1), &close_position) < 0)
+            return -2;
+        struct socket_event open = {0}, close = {0};
+        int rc = read_socket_event(reader, close_position, &close);
+        if (rc == 0 && start_ns < close.wall && close.wall <= at_ns) {
+            rc = read_socket_event(reader, open_position, &open);
+            if (rc == 0)
+                rc = append_new(views, make_view(reader, &open, &close));
+        }
+        socket_event_clear(&open);
+        socket_event_clear(&close);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int check_view_fields(PyObject *field_names)
+{
+    int same = PyTuple_CheckExact(field_names) && PyTuple_GET_SIZE(field_names) == VIEW_FIELD_COUNT;
+    for (int i = 0; same && i < VIEW_FIELD_COUNT; i++) {
+        PyObject *name = PyTuple_GET_ITEM(field_names, i);
+        same = PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, VIEW_FIELDS[i]) == 0;
+    }
+    if (!same)
+        PyErr_SetString(PyExc_ValueError, "field_names are not SocketView's, in order");
+    return same ? 0 : -1;
+}
+
+static PyObject *RunReader_socket_views(RunReader *self, PyObject *args)
+{
+    PyObject *opens, *pairs, *field_names;
+    long long start_ns, at_ns;
+    struct view_reader reader = {.self = self};
+    if (!PyArg_ParseTuple(args, "O!O!LLO!O!O!O!OOO", &PyList_Type, &opens, &PyList_Type, &pairs,
+                          &start_ns, &at_ns, &PyDict_Type, &reader.clocks, &PyDict_Type,
+                          &reader.hosts, &PyDict_Type, &reader.comms, &PyDict_Type,
+                          &reader.namespaces, &reader.view_type, &field_names,
+                          &reader.decode_extra) ||
+        check_view_fields(field_names) < 0)
+        return NULL;
+    if (self->db == NULL)
+        return PyErr_Format(sqlite_error, "the reader is closed");
+    PyObject *result = NULL, *opened = PyList_New(0), *closed = PyList_New(0);
+    reader.client = PyUnicode_FromString("client");
+    reader.server = PyUnicode_FromString("server");
+    reader.events = PyUnicode_FromString("events");
+    reader.proc = PyUnicode_FromString("proc");
+    reader.unknown_host = PyUnicode_FromString("?");
+    reader.source_key = PyUnicode_FromString("source");
+    reader.empty = PyBytes_FromStringAndSize("", 0);
+    reader.zero = PyLong_FromLong(0);
+    int outcome = -1, began = 0;
+    if (!opened || !closed || !reader.client || !reader.server || !reader.events ||
+        !reader.proc || !reader.unknown_host || !reader.source_key || !reader.empty ||
+        !reader.zero)
+        goto done;
+    int rc = sqlite3_prepare_v2(self->db, SOCKET_SQL, -1, &reader.stmt, NULL);
+    if (rc != SQLITE_OK) {
+        set_sqlite_error(self->db, rc);
+        goto done;
+    }
+    began = begin_read(self);
+    if (began < 0)
+        goto done;
+    outcome = open_views(&reader, opens, opened);
+    if (outcome == 0)
+        outcome = pair_views(&reader, pairs, start_ns, at_ns, closed);
+    if (outcome == 0)
+        result = PyTuple_Pack(2, opened, closed);
+    else if (outcome == -2 && !PyErr_Occurred())
+        result = Py_NewRef(Py_None);
+done:
+    sqlite3_finalize(reader.stmt);
+    end_read(self, began);
+    for (Py_ssize_t i = 0; i < reader.clock_count; i++) {
+        PyMem_Free(reader.clock_list[i].monos);
+        PyMem_Free(reader.clock_list[i].offsets);
+    }
+    PyMem_Free(reader.clock_list);
+    Py_XDECREF(opened);
+    Py_XDECREF(closed);
+    Py_XDECREF(reader.client);
+    Py_XDECREF(reader.server);
+    Py_XDECREF(reader.events);
+    Py_XDECREF(reader.proc);
+    Py_XDECREF(reader.unknown_host);
+    Py_XDECREF(reader.source_key);
+    Py_XDECREF(reader.empty);
+    Py_XDECREF(reader.zero);
+    return result;
 }
 
 /* -- processes ------------------------------------------------------------------------------ */

@@ -33,6 +33,21 @@ class RunReader:
     def reconcile_processes(
         self, position: int, recording: int, processes: dict[tuple[int, int], int], /
     ) -> bool: ...
+    def socket_views(
+        self,
+        opens: list[int],
+        pairs: list[tuple[int, int]],
+        start_ns: int,
+        at_ns: int,
+        clocks: dict[int, list[tuple[int, int]]],
+        hosts: dict[int, str],
+        comms: dict[Any, str | None],
+        namespaces: dict[Any, int | None],
+        view_type: Any,
+        field_names: tuple[str, ...],
+        decode_extra: Any,
+        /,
+    ) -> tuple[list[Any], list[Any]] | None: ...
     def close(self) -> None: ...
 
 def reconcile_sockets(

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
 from recorder.events import Kind, LoggedEvent, Snapshot, SnapshotConnection
-from recorder.log.reader import LogReader, Recording
+from recorder.log.reader import LogReader, Recording, decode_extra
 from recorder.procfs import TCP_LISTEN
+from replay import native
 from replay.engine import Window
 from replay.fold import Closed, SocketRef
 from replay.nat import Translation, nat_index
@@ -145,6 +146,11 @@ class ConnectionRow:
         return (self.opened_ns if self.opened_ns is not None else -1, self.closed_ns or 0, self.id)
 
 
+_ROW_FIELDS = tuple(f.name for f in fields(ConnectionRow))  # the order ConnectionRow takes them
+_VIEW_FIELDS = tuple(f.name for f in fields(SocketView))
+_INT64 = range(-(1 << 63), 1 << 63)
+
+
 class _Materializer:
     """Turns references in a replay window into whole sockets, reading rows by position."""
 
@@ -256,6 +262,22 @@ class _Materializer:
             return self.from_close(close)
         return None
 
+    def views_from_events(
+        self, runs: native.RunReader, opens: list[int], pairs: list[tuple[int, int]]
+    ) -> tuple[list[SocketView], list[SocketView]] | None:
+        """What ``from_event`` makes of ``opens`` and ``closed_pair`` of the ``pairs`` closed in
+        the window, read and made in C; None where the C reader declines."""
+        start_ns, at_ns = self.window.start_ns, self.window.at_ns
+        if start_ns not in _INT64 or at_ns not in _INT64:
+            return None
+        comms, namespaces = self.reader.dictionaries()
+        clocks = {rid: self.reader.clock(rid).segments() for rid in self.recordings}
+        made: tuple[list[SocketView], list[SocketView]] | None = runs.socket_views(
+            opens, pairs, start_ns, at_ns, clocks, self.hosts, comms, namespaces, SocketView,
+            _VIEW_FIELDS, decode_extra,
+        )  # fmt: skip
+        return made
+
     def closed_pair(self, opened: LoggedEvent, close: LoggedEvent) -> SocketView:
         """``closed`` for a socket whose open and close events were both folded."""
         view = self.from_event(opened)
@@ -303,23 +325,31 @@ def _infer_role(snapshot: Snapshot, key: TupleKey) -> str:
     return SERVER if lport < rport else CLIENT
 
 
-def sockets_in_window(reader: LogReader, window: Window) -> list[SocketView]:
-    """Every socket open at the window's end or closed inside it, whole."""
+def sockets_in_window(
+    reader: LogReader, window: Window, runs: native.RunReader | None = None
+) -> list[SocketView]:
+    """Every socket open at the window's end or closed inside it, whole. ``runs``, the C
+    reader of the same log, makes the sockets known from their events (most of them)."""
     m = _Materializer(reader, window)
     state, retained = window.state, window.retained
-    m.prefetch(state.open_positions())
-    m.prefetch(p for pair in retained.pairs for p in pair)
+    start_ns, at_ns = window.start_ns, window.at_ns
+    opens = sorted(state.open_positions())
+    from_events = m.views_from_events(runs, opens, retained.pairs) if runs is not None else None
+    if from_events is None:
+        m.prefetch(opens)
+        m.prefetch(p for pair in retained.pairs for p in pair)
+        from_events = [m.from_event(m.event(p)) for p in opens], []
+        # The bulk of a busy window: sockets whose open and close were both folded in it.
+        for open_position, close_position in retained.pairs:
+            close = m.event(close_position)
+            if start_ns < close.wall_ns <= at_ns:
+                from_events[1].append(m.closed_pair(m.event(open_position), close))
     m.prefetch(
         p for item in retained.closed for p in (item.ref.open_position, item.close_position) if p
     )
-    views: list[SocketView] = [m.from_event(m.event(p)) for p in sorted(state.open_positions())]
+    views = from_events[0]
     views.extend(m.from_snapshot(p, key) for key, p in sorted(state.snapshot_sockets.items()))
-    start_ns, at_ns = window.start_ns, window.at_ns
-    # The bulk of a busy window: sockets whose open and close were both folded in it.
-    for open_position, close_position in retained.pairs:
-        close = m.event(close_position)
-        if start_ns < close.wall_ns <= at_ns:
-            views.append(m.closed_pair(m.event(open_position), close))
+    views.extend(from_events[1])
     closed = retained.closed + [
         Closed(SocketRef(open_position), None, missing_at=missed_at)
         for open_position, missed_at in sorted(state.missing_entries())
@@ -387,9 +417,14 @@ def _open_order(view: SocketView) -> tuple[int, tuple[int, int]]:
     return (view.opened_ns if view.opened_ns is not None else -1, view.origin)
 
 
-def pair(views: list[SocketView]) -> list[ConnectionRow]:
+def pair(views: list[SocketView], use_native: bool = True) -> list[ConnectionRow]:
     """Connections from sockets, in the order their first sockets come (a stable order);
-    ``connection_table`` sorts them by open time, close time and id."""
+    ``connection_table`` sorts them by open time, close time and id. In C where the module
+    is built (``replay/_table.c``; it leaves sockets behind NAT to the definition below)."""
+    if use_native and native.PAIRS_AVAILABLE:
+        made = native.pair_rows(views, ConnectionRow, _ROW_FIELDS, address_text, is_loopback)
+        if made is not None:
+            return made
     groups: dict[tuple[object, ...], list[SocketView]] = {}
     for view in views:
         key = _pair_key(view)
@@ -507,6 +542,9 @@ def _endpoint(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def connection_table(reader: LogReader, window: Window) -> list[ConnectionRow]:
-    rows = pair(sockets_in_window(reader, window)) + failed_attempts(reader, window)
+def connection_table(
+    reader: LogReader, window: Window, runs: native.RunReader | None = None
+) -> list[ConnectionRow]:
+    """The window's connections, sorted. ``runs``: the C reader of the same log, if any."""
+    rows = pair(sockets_in_window(reader, window, runs)) + failed_attempts(reader, window)
     return sorted(rows, key=ConnectionRow.sort_key)

@@ -1,8 +1,10 @@
-"""The fold's hot loops in C (``replay/_fold.c``), when this install built it.
+"""Replay's hot loops in C, when this install built them: the fold's (``replay/_fold.c``)
+and the connection table's pairing (``replay/_table.c``).
 
-The build is optional (``pyproject.toml``), as for the recorder's C path: without it the fold
-runs in Python, the same states only slower. ``tests/unit/replay/test_fold_native.py`` checks
-that both fold to the same state, and fails under CI when the module is missing.
+The builds are optional (``pyproject.toml``), as for the recorder's C path: without them
+replay runs in Python, the same answers only slower. ``tests/unit/replay/test_fold_native.py``
+and ``test_table_native.py`` check that both give the same, and fail under CI when a module
+is missing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ try:
     AVAILABLE = True
 except ImportError:
     AVAILABLE = False
+
+try:
+    from replay._table import pair_rows
+
+    PAIRS_AVAILABLE = True
+except ImportError:
+    PAIRS_AVAILABLE = False
 
 
 @cache
@@ -44,8 +53,10 @@ def open_run_reader(store: LogStore) -> RunReader | None:
 __all__ = [
     "AVAILABLE",
     "KINDS",
+    "PAIRS_AVAILABLE",
     "RunReader",
     "open_run_reader",
+    "pair_rows",
     "reads_sqlite",
     "reconcile_sockets",
 ]

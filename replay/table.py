@@ -67,7 +67,7 @@ def replay_table(
     moment = resolve_moment(replayer, at_text, window_text)
     with gc_paused():  # many short-lived, acyclic objects: collecting them as they come is waste
         window = replayer.window(moment.at_ns, moment.window_ns)
-        rows = connection_table(replayer.reader, window)
+        rows = connection_table(replayer.reader, window, replayer.runs)
     return TableResult(moment, rows, losses_overlapping(replayer, moment.start_ns, moment.at_ns))
 
 

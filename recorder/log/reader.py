@@ -183,6 +183,12 @@ class LogReader:
             self._load_dictionaries()
         return self._netns.get(netns_id)
 
+    def dictionaries(self) -> tuple[dict[Any, str | None], dict[Any, int | None]]:
+        """The comm and network namespace dictionaries (id -> value; None -> None), read
+        afresh: what the events' comm_id and netns_id columns refer to."""
+        self._load_dictionaries()
+        return self._comms, self._netns
+
     def _load_dictionaries(self) -> None:
         self._comms = {None: None, **dict(self._query("SELECT id, name FROM comms"))}
         self._netns = {None: None, **dict(self._query("SELECT id, inode FROM netns"))}

@@ -25,7 +25,7 @@ def topology_at(
     moment = resolve_moment(replayer, at_text, window_text)
     with gc_paused():
         window = replayer.window(moment.at_ns, moment.window_ns)
-        scene = build_scene(replayer.reader, window)
+        scene = build_scene(replayer.reader, window, replayer.runs)
         return build_topology(scene, view, options)
 
 

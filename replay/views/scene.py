@@ -10,6 +10,7 @@ from recorder.events import Kind
 from recorder.log.reader import LogReader
 from replay.connections import ConnectionRow, connection_table
 from replay.engine import Window
+from replay.native import RunReader
 from replay.views.containers import Container, container_of
 
 
@@ -69,8 +70,8 @@ def is_public(address: str) -> bool:
     return bool(ip and ip.is_global)
 
 
-def build_scene(reader: LogReader, window: Window) -> Scene:
-    rows = connection_table(reader, window)
+def build_scene(reader: LogReader, window: Window, runs: RunReader | None = None) -> Scene:
+    rows = connection_table(reader, window, runs)
     recordings = {r.id: r for r in reader.recordings()}
     processes: dict[tuple[str, int], ProcessInfo] = {}
     refs = sorted(window.state.processes.items())

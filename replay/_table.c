@@ -1,0 +1,589 @@
+/* replay._table: the connection table's pairing loop in C.
+ *
+ * A busy window holds tens of thousands of sockets; replay.connections.pair groups them by
+ * their endpoints, orders each group by open time and builds one ConnectionRow per connection.
+ * In Python that cost more than folding to the moment from a checkpoint. ``pair_rows`` does
+ * the same here: it reads each SocketView's attributes, groups them in a dict keyed as
+ * _pair_key keys them, and calls the row type with the fields _row and _local_row compute.
+ *
+ * replay/connections.py stays the definition: tests/unit/replay/test_table_native.py checks
+ * that both give the same rows. A view with a NAT translation, or a value of a type the loop
+ * does not expect (an origin that is not two ints, a time that is not an int), makes it
+ * decline (return None) before it builds anything, and the caller pairs in Python.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* Attribute names, row field names and constant texts, made once. */
+static PyObject *s_role, *s_opened_ns, *s_closed_ns, *s_origin, *s_laddr, *s_lport, *s_raddr,
+    *s_rport, *s_host_id, *s_netns, *s_nat, *s_pid, *s_comm, *s_source, *s_positions,
+    *s_close_note, *s_bytes_sent, *s_bytes_received;
+static PyObject *t_server, *t_open, *t_closed, *t_local, *t_outbound, *t_inbound, *t_plus,
+    *t_semicolon;
+
+enum {
+    ROW_ID, ROW_STATE, ROW_DIRECTION, ROW_HOST, ROW_CLIENT, ROW_SERVER, ROW_OPENED_NS,
+    ROW_CLOSED_NS, ROW_CLIENT_PID, ROW_CLIENT_COMM, ROW_CLIENT_NETNS, ROW_SERVER_PID,
+    ROW_SERVER_COMM, ROW_SERVER_NETNS, ROW_SOURCE, ROW_POSITIONS, ROW_NOTE, ROW_BYTES_SENT,
+    ROW_BYTES_RECEIVED, ROW_CLIENT_IP, ROW_CLIENT_PORT, ROW_SERVER_IP, ROW_SERVER_PORT,
+    ROW_CLIENT_LOCAL, ROW_SERVER_LOCAL, ROW_FIELD_COUNT
+};
+
+static const char *const ROW_FIELD_NAMES[ROW_FIELD_COUNT] = {
+    "id", "state", "direction", "host", "client", "server", "opened_ns", "closed_ns",
+    "client_pid", "client_comm", "client_netns", "server_pid", "server_comm", "server_netns",
+    "source", "positions", "note", "bytes_sent", "bytes_received", "client_ip", "client_port",
+    "server_ip", "server_port", "client_local", "server_local",
+};
+static PyObject *row_names[ROW_FIELD_COUNT]; /* the same, interned */
+
+/* How to call the row type positionally: for each of its fields in order, the ROW_* value
+ * that goes there, or -1 for None (the NAT fields, which this loop never fills). */
+struct row_layout {
+    PyObject *type;
+    Py_ssize_t count;
+    int source[64];
+};
+
+/* One socket, as pairing needs it. */
+struct side {
+    PyObject *view; /* borrowed from the caller's list */
+    int is_server;
+    int has_opened, has_closed;
+    long long opened, closed;
+    long long origin_pos, origin_ord;
+    /* The endpoints as the socket saw them: texts borrowed from the address cache, ports
+     * owned. */
+    PyObject *client_text, *server_text, *client_port, *server_port;
+    Py_ssize_t index; /* in the caller's list: ties keep it, as Python's stable sort does */
+};
+
+static void side_clear(struct side *side)
+{
+    Py_CLEAR(side->client_port);
+    Py_CLEAR(side->server_port);
+}
+
+/* -1 on error (set), 0 to decline, 1 when read. */
+static int read_time(PyObject *view, PyObject *name, int *has, long long *value)
+{
+    PyObject *attr = PyObject_GetAttr(view, name);
+    if (attr == NULL)
+        return -1;
+    int outcome = 1;
+    if (attr == Py_None) {
+        *has = 0;
+    } else if (PyLong_CheckExact(attr)) {
+        int overflow = 0;
+        *value = PyLong_AsLongLongAndOverflow(attr, &overflow);
+        *has = 1;
+        if (overflow || (*value == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            outcome = 0;
+        }
+    } else {
+        outcome = 0;
+    }
+    Py_DECREF(attr);
+    return outcome;
+}
+
+static int read_origin(PyObject *view, long long *pos, long long *ord)
+{
+    PyObject *origin = PyObject_GetAttr(view, s_origin);
+    if (origin == NULL)
+        return -1;
+    int outcome = 0;
+    if (PyTuple_CheckExact(origin) && PyTuple_GET_SIZE(origin) == 2 &&
+        PyLong_CheckExact(PyTuple_GET_ITEM(origin, 0)) &&
+        PyLong_CheckExact(PyTuple_GET_ITEM(origin, 1))) {
+        int overflow_pos = 0, overflow_ord = 0;
+        *pos = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(origin, 0), &overflow_pos);
+        *ord = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(origin, 1), &overflow_ord);
+        outcome = !overflow_pos && !overflow_ord;
+    }
+    Py_DECREF(origin);
+    return outcome;
+}
+
+/* address_text and is_loopback of ``address``, through ``cache`` (address -> (text, loopback)):
+ * a borrowed tuple, or NULL on error. */
+static PyObject *address_info(PyObject *cache, PyObject *address, PyObject *address_text,
+                              PyObject *is_loopback)
+{
+    PyObject *info = PyDict_GetItemWithError(cache, address);
+    if (info != NULL || PyErr_Occurred())
+        return info;
+    PyObject *text = PyObject_CallOneArg(address_text, address);
+    if (text != NULL && !PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "address_text must return a str");
+        Py_CLEAR(text);
+    }
+    PyObject *loopback = text ? PyObject_CallOneArg(is_loopback, address) : NULL;
+    if (loopback != NULL)
+        info = PyTuple_Pack(2, text, loopback);
+    Py_XDECREF(text);
+    Py_XDECREF(loopback);
+    if (info == NULL)
+        return NULL;
+    int rc = PyDict_SetItem(cache, address, info);
+    Py_DECREF(info); /* the cache holds it */
+    return rc < 0 ? NULL : info;
+}
+
+/* Read one view into ``side`` and return its pairing key (new), as _pair_key makes it; NULL
+ * with *declined set to decline, NULL without on error. */
+static PyObject *read_side(struct side *side, PyObject *view, PyObject *cache,
+                           PyObject *address_text, PyObject *is_loopback, int *declined)
+{
+    side->view = view;
+    PyObject *nat = PyObject_GetAttr(view, s_nat);
+    if (nat == NULL)
+        return NULL;
+    int translated = nat != Py_None;
+    Py_DECREF(nat);
+    int rc = translated ? 0 : read_time(view, s_opened_ns, &side->has_opened, &side->opened);
+    if (rc > 0)
+        rc = read_time(view, s_closed_ns, &side->has_closed, &side->closed);
+    if (rc > 0)
+        rc = read_origin(view, &side->origin_pos, &side->origin_ord);
+    if (rc <= 0) {
+        *declined = rc == 0;
+        return NULL;
+    }
+    PyObject *role = PyObject_GetAttr(view, s_role);
+    if (role == NULL)
+        return NULL;
+    side->is_server = PyObject_RichCompareBool(role, t_server, Py_EQ);
+    Py_DECREF(role);
+    if (side->is_server < 0)
+        return NULL;
+
+    PyObject *laddr = PyObject_GetAttr(view, s_laddr), *raddr = PyObject_GetAttr(view, s_raddr);
+    PyObject *lport = PyObject_GetAttr(view, s_lport), *rport = PyObject_GetAttr(view, s_rport);
+    PyObject *host = PyObject_GetAttr(view, s_host_id), *netns = PyObject_GetAttr(view, s_netns);
+    PyObject *key = NULL;
+    if (laddr && raddr && lport && rport && host && netns) {
+        PyObject *local = address_info(cache, laddr, address_text, is_loopback);
+        PyObject *remote = local ? address_info(cache, raddr, address_text, is_loopback) : NULL;
+        int loopback = remote ? PyObject_IsTrue(PyTuple_GET_ITEM(local, 1)) : -1;
+        if (loopback == 0)
+            loopback = PyObject_IsTrue(PyTuple_GET_ITEM(remote, 1));
+        if (loopback >= 0) {
+            PyObject *ours = PyTuple_GET_ITEM(local, 0), *theirs = PyTuple_GET_ITEM(remote, 0);
+            side->client_text = side->is_server ? theirs : ours;
+            side->server_text = side->is_server ? ours : theirs;
+            side->client_port = Py_NewRef(side->is_server ? rport : lport);
+            side->server_port = Py_NewRef(side->is_server ? lport : rport);
+            key = PyTuple_Pack(6, host, side->client_text, side->client_port, side->server_text,
+                               side->server_port, loopback ? netns : Py_None);
+        }
+    }
+    Py_XDECREF(laddr);
+    Py_XDECREF(raddr);
+    Py_XDECREF(lport);
+    Py_XDECREF(rport);
+    Py_XDECREF(host);
+    Py_XDECREF(netns);
+    return key;
+}
+
+/* _open_order, then the caller's order. */
+static int by_open_order(const void *a, const void *b)
+{
+    const struct side *x = *(const struct side *const *)a, *y = *(const struct side *const *)b;
+    long long x_open = x->has_opened ? x->opened : -1, y_open = y->has_opened ? y->opened : -1;
+    if (x_open != y_open)
+        return x_open < y_open ? -1 : 1;
+    if (x->origin_pos != y->origin_pos)
+        return x->origin_pos < y->origin_pos ? -1 : 1;
+    if (x->origin_ord != y->origin_ord)
+        return x->origin_ord < y->origin_ord ? -1 : 1;
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+static int overlaps(const struct side *a, const struct side *b)
+{
+    long long a_start = a->has_opened ? a->opened : -1, b_start = b->has_opened ? b->opened : -1;
+    /* A socket not closed lasts for ever. */
+    int a_before_b_ends = !b->has_closed || a_start <= b->closed;
+    int b_before_a_ends = !a->has_closed || b_start <= a->closed;
+    return a_before_b_ends && b_before_a_ends;
+}
+
+/* _endpoint: "[address]:port" for IPv6, "address:port" otherwise. */
+static PyObject *endpoint(PyObject *text, PyObject *port)
+{
+    Py_ssize_t colon = PyUnicode_FindChar(text, ':', 0, PyUnicode_GET_LENGTH(text), 1);
+    if (colon == -2)
+        return NULL;
+    return colon >= 0 ? PyUnicode_FromFormat("[%U]:%S", text, port)
+                      : PyUnicode_FromFormat("%U:%S", text, port);
+}
+
+/* sorted(set(positions of each view)) */
+static PyObject *merged_positions(PyObject *first, PyObject *second)
+{
+    PyObject *set = PySet_New(NULL);
+    if (set == NULL)
+        return NULL;
+    PyObject *views[2] = {first, second};
+    for (int i = 0; i < 2 && views[i] != NULL; i++) {
+        PyObject *positions = PyObject_GetAttr(views[i], s_positions);
+        PyObject *iterator = positions ? PyObject_GetIter(positions) : NULL;
+        PyObject *item;
+        int rc = iterator ? 0 : -1;
+        while (iterator && (item = PyIter_Next(iterator)) != NULL) {
+            rc = PySet_Add(set, item);
+            Py_DECREF(item);
+            if (rc < 0)
+                break;
+        }
+        if (rc == 0 && PyErr_Occurred())
+            rc = -1;
+        Py_XDECREF(iterator);
+        Py_XDECREF(positions);
+        if (rc < 0) {
+            Py_DECREF(set);
+            return NULL;
+        }
+    }
+    PyObject *list = PySequence_List(set);
+    Py_DECREF(set);
+    if (list != NULL && PyList_Sort(list) < 0)
+        Py_CLEAR(list);
+    return list;
+}
+
+/* separator.join(sorted({a, b} without the false ones)), or None if that is empty. */
+static PyObject *joined(PyObject *a, PyObject *b, PyObject *separator, int none_if_empty)
+{
+    PyObject *set = PySet_New(NULL);
+    if (set == NULL)
+        return NULL;
+    PyObject *values[2] = {a, b};
+    for (int i = 0; i < 2; i++) {
+        int truth = none_if_empty ? PyObject_IsTrue(values[i]) : 1;
+        if (truth < 0 || (truth && PySet_Add(set, values[i]) < 0)) {
+            Py_DECREF(set);
+            return NULL;
+        }
+    }
+    PyObject *list = PySequence_List(set);
+    Py_DECREF(set);
+    if (list == NULL || PyList_Sort(list) < 0) {
+        Py_XDECREF(list);
+        return NULL;
+    }
+    PyObject *result = PyUnicode_Join(separator, list);
+    Py_DECREF(list);
+    if (result != NULL && none_if_empty && PyUnicode_GET_LENGTH(result) == 0) {
+        Py_DECREF(result);
+        result = Py_NewRef(Py_None);
+    }
+    return result;
+}
+
+static PyObject *attr_or_none(PyObject *view, PyObject *name)
+{
+    return view != NULL ? PyObject_GetAttr(view, name) : Py_NewRef(Py_None);
+}
+
+/* The row of ``client`` and ``server`` (either may be NULL, not both): _row's fields. */
+static PyObject *make_row(const struct row_layout *layout, const struct side *client,
+                          const struct side *server)
+{
+    PyObject *values[ROW_FIELD_COUNT] = {0};
+    PyObject *row = NULL;
+    const struct side *first = client;
+    if (client == NULL ||
+        (server != NULL && (server->origin_pos < client->origin_pos ||
+                            (server->origin_pos == client->origin_pos &&
+                             server->origin_ord < client->origin_ord))))
+        first = server;
+    const struct side *seen = client != NULL ? client : first;
+    PyObject *c = client ? client->view : NULL, *s = server ? server->view : NULL;
+    int is_open = (client && !client->has_closed) || (server && !server->has_closed);
+
+    values[ROW_ID] = PyUnicode_FromFormat("%lld.%lld", first->origin_pos, first->origin_ord);
+    values[ROW_STATE] = Py_NewRef(is_open ? t_open : t_closed);
+    values[ROW_DIRECTION] = Py_NewRef(c && s ? t_local : (c ? t_outbound : t_inbound));
+    values[ROW_HOST] = PyObject_GetAttr(first->view, s_host_id);
+    values[ROW_CLIENT] = endpoint(seen->client_text, seen->client_port);
+    values[ROW_SERVER] = endpoint(seen->server_text, seen->server_port);
+    if (c && s) {
+        /* min of the opens, max of the closes: the first of equal ones, as min/max keep */
+        const struct side *opened = client->has_opened ? client : server;
+        if (client->has_opened && server->has_opened && server->opened < client->opened)
+            opened = server;
+        values[ROW_OPENED_NS] = opened->has_opened ? PyObject_GetAttr(opened->view, s_opened_ns)
+                                                   : Py_NewRef(Py_None);
+        const struct side *closed = server->closed > client->closed ? server : client;
+        values[ROW_CLOSED_NS] =
+            is_open ? Py_NewRef(Py_None) : PyObject_GetAttr(closed->view, s_closed_ns);
+    } else {
+        values[ROW_OPENED_NS] = PyObject_GetAttr(first->view, s_opened_ns);
+        values[ROW_CLOSED_NS] = PyObject_GetAttr(first->view, s_closed_ns);
+    }
+    values[ROW_CLIENT_PID] = attr_or_none(c, s_pid);
+    values[ROW_CLIENT_COMM] = attr_or_none(c, s_comm);
+    values[ROW_CLIENT_NETNS] = attr_or_none(c, s_netns);
+    values[ROW_SERVER_PID] = attr_or_none(s, s_pid);
+    values[ROW_SERVER_COMM] = attr_or_none(s, s_comm);
+    values[ROW_SERVER_NETNS] = attr_or_none(s, s_netns);
+    values[ROW_POSITIONS] = merged_positions(first->view, c && s ? (first->view == c ? s : c)
+                                                                 : NULL);
+    if (c && s) {
+        PyObject *sources[2] = {PyObject_GetAttr(c, s_source), PyObject_GetAttr(s, s_source)};
+        PyObject *notes[2] = {PyObject_GetAttr(c, s_close_note), PyObject_GetAttr(s, s_close_note)};
+        if (sources[0] && sources[1])
+            values[ROW_SOURCE] = joined(sources[0], sources[1], t_plus, 0);
+        if (notes[0] && notes[1])
+            values[ROW_NOTE] = joined(notes[0], notes[1], t_semicolon, 1);
+        for (int i = 0; i < 2; i++) {
+            Py_XDECREF(sources[i]);
+            Py_XDECREF(notes[i]);
+        }
+        values[ROW_BYTES_SENT] = PyObject_GetAttr(c, s_bytes_sent);
+        values[ROW_BYTES_RECEIVED] = PyObject_GetAttr(c, s_bytes_received);
+    } else {
+        values[ROW_SOURCE] = PyObject_GetAttr(first->view, s_source);
+        PyObject *note = PyObject_GetAttr(first->view, s_close_note);
+        int truth = note ? PyObject_IsTrue(note) : -1;
+        if (truth >= 0)
+            values[ROW_NOTE] = Py_NewRef(truth ? note : Py_None);
+        Py_XDECREF(note);
+        /* What the client sent is what the server received. */
+        values[ROW_BYTES_SENT] = PyObject_GetAttr(first->view, c ? s_bytes_sent : s_bytes_received);
+        values[ROW_BYTES_RECEIVED] =
+            PyObject_GetAttr(first->view, c ? s_bytes_received : s_bytes_sent);
+    }
+    values[ROW_CLIENT_IP] = Py_NewRef(seen->client_text);
+    values[ROW_CLIENT_PORT] = Py_NewRef(seen->client_port);
+    values[ROW_SERVER_IP] = Py_NewRef(seen->server_text);
+    values[ROW_SERVER_PORT] = Py_NewRef(seen->server_port);
+    values[ROW_CLIENT_LOCAL] = PyBool_FromLong(c != NULL);
+    values[ROW_SERVER_LOCAL] = PyBool_FromLong(s != NULL);
+
+    int complete = 1;
+    for (int i = 0; i < ROW_FIELD_COUNT; i++)
+        complete &= values[i] != NULL;
+    if (complete) {
+        PyObject *args[64];
+        for (Py_ssize_t i = 0; i < layout->count; i++)
+            args[i] = layout->source[i] >= 0 ? values[layout->source[i]] : Py_None;
+        row = PyObject_Vectorcall(layout->type, args, (size_t)layout->count, NULL);
+    }
+    for (int i = 0; i < ROW_FIELD_COUNT; i++)
+        Py_XDECREF(values[i]);
+    return row;
+}
+
+static int append_row(PyObject *rows, const struct row_layout *layout, const struct side *client,
+                      const struct side *server)
+{
+    PyObject *row = make_row(layout, client, server);
+    if (row == NULL)
+        return -1;
+    int rc = PyList_Append(rows, row);
+    Py_DECREF(row);
+    return rc;
+}
+
+/* The rows of one group of sockets with the same endpoints: the k-th client (by open time)
+ * with the k-th server, when their lives overlap. */
+static int pair_group(PyObject *rows, const struct row_layout *layout, struct side **members,
+                      Py_ssize_t count, struct side **scratch)
+{
+    if (count == 1) {
+        struct side *only = members[0];
+        return append_row(rows, layout, only->is_server ? NULL : only,
+                          only->is_server ? only : NULL);
+    }
+    qsort(members, (size_t)count, sizeof *members, by_open_order);
+    struct side **clients = scratch, **servers = scratch + count;
+    Py_ssize_t client_count = 0, server_count = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (members[i]->is_server)
+            servers[server_count++] = members[i];
+        else
+            clients[client_count++] = members[i];
+    }
+    Py_ssize_t ranks = client_count > server_count ? client_count : server_count;
+    for (Py_ssize_t rank = 0; rank < ranks; rank++) {
+        struct side *client = rank < client_count ? clients[rank] : NULL;
+        struct side *server = rank < server_count ? servers[rank] : NULL;
+        int rc;
+        if (client != NULL && server != NULL && !overlaps(client, server)) {
+            rc = append_row(rows, layout, client, NULL);
+            if (rc == 0)
+                rc = append_row(rows, layout, NULL, server);
+        } else {
+            rc = append_row(rows, layout, client, server);
+        }
+        if (rc < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The row type's fields, in the order it takes them: -1 on error (set). */
+static int read_layout(struct row_layout *layout, PyObject *field_names)
+{
+    layout->count = PyTuple_GET_SIZE(field_names);
+    if (layout->count > 64) {
+        PyErr_SetString(PyExc_ValueError, "too many row fields");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < layout->count; i++) {
+        PyObject *name = PyTuple_GET_ITEM(field_names, i);
+        layout->source[i] = -1;
+        for (int field = 0; field < ROW_FIELD_COUNT; field++) {
+            int same = PyObject_RichCompareBool(name, row_names[field], Py_EQ);
+            if (same < 0)
+                return -1;
+            if (same)
+                layout->source[i] = field;
+        }
+        if (layout->source[i] < 0 && !PyUnicode_Check(name)) {
+            PyErr_SetString(PyExc_TypeError, "row field names must be str");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(pair_rows_doc,
+             "pair_rows(views, row_type, field_names, address_text, is_loopback) -> list | None\n\n"
+             "replay.connections.pair over ``views`` (SocketView objects): the rows, grouped\n"
+             "in the order of each group's first socket, made by calling ``row_type`` with its\n"
+             "fields (``field_names``, in order) positionally; fields this loop does not fill\n"
+             "(the NAT ones) get None. None when a view has a NAT translation or a value of a\n"
+             "type the loop does not expect.");
+
+static PyObject *pair_rows(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *views, *row_type, *field_names, *address_text, *is_loopback;
+    if (!PyArg_ParseTuple(args, "O!OO!OO", &PyList_Type, &views, &row_type, &PyTuple_Type,
+                          &field_names, &address_text, &is_loopback))
+        return NULL;
+    struct row_layout layout = {.type = row_type};
+    if (read_layout(&layout, field_names) < 0)
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(views);
+    struct side *sides = PyMem_Calloc((size_t)count + 1, sizeof *sides);
+    Py_ssize_t *group_of = PyMem_Calloc((size_t)count + 1, sizeof *group_of);
+    struct side **members = PyMem_Calloc((size_t)count + 1, sizeof *members);
+    struct side **scratch = PyMem_Calloc((size_t)count * 2 + 1, sizeof *scratch);
+    Py_ssize_t *starts = NULL;
+    PyObject *groups = PyDict_New(), *cache = PyDict_New();
+    PyObject *views_held = Py_NewRef(views), *rows = NULL, *result = NULL;
+    int declined = 0;
+    if (!sides || !group_of || !members || !scratch || !groups || !cache) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* Read every view and number the groups in the order their first socket comes. */
+    for (Py_ssize_t i = 0; i < count; i++) {
+        sides[i].index = i;
+        PyObject *key = read_side(&sides[i], PyList_GET_ITEM(views, i), cache, address_text,
+                                  is_loopback, &declined);
+        if (key == NULL)
+            goto done;
+        PyObject *group = PyDict_GetItemWithError(groups, key);
+        if (group == NULL && !PyErr_Occurred()) {
+            PyObject *number = PyLong_FromSsize_t(PyDict_GET_SIZE(groups));
+            if (number != NULL && PyDict_SetItem(groups, key, number) == 0)
+                group = number;
+            Py_XDECREF(number); /* the dict holds it */
+        }
+        Py_DECREF(key);
+        if (group == NULL)
+            goto done;
+        group_of[i] = PyLong_AsSsize_t(group);
+    }
+    /* Members of each group, contiguous and in the views' order. */
+    Py_ssize_t group_count = PyDict_GET_SIZE(groups);
+    starts = PyMem_Calloc((size_t)group_count + 2, sizeof *starts);
+    if (starts == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < count; i++)
+        starts[group_of[i] + 2]++;
+    for (Py_ssize_t g = 2; g < group_count + 2; g++)
+        starts[g] += starts[g - 1];
+    for (Py_ssize_t i = 0; i < count; i++)
+        members[starts[group_of[i] + 1]++] = &sides[i];
+    rows = PyList_New(0);
+    if (rows == NULL)
+        goto done;
+    for (Py_ssize_t g = 0; g < group_count; g++) {
+        if (pair_group(rows, &layout, members + starts[g], starts[g + 1] - starts[g], scratch) < 0)
+            goto done;
+    }
+    result = Py_NewRef(rows);
+done:
+    if (result == NULL && declined && !PyErr_Occurred())
+        result = Py_NewRef(Py_None);
+    for (Py_ssize_t i = 0; sides != NULL && i < count; i++)
+        side_clear(&sides[i]);
+    PyMem_Free(sides);
+    PyMem_Free(group_of);
+    PyMem_Free(members);
+    PyMem_Free(scratch);
+    PyMem_Free(starts);
+    Py_XDECREF(groups);
+    Py_XDECREF(cache); /* after the sides: their texts are borrowed from it */
+    Py_XDECREF(rows);
+    Py_DECREF(views_held);
+    return result;
+}
+
+static PyMethodDef module_methods[] = {
+    {"pair_rows", pair_rows, METH_VARARGS, pair_rows_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef table_module = {
+    PyModuleDef_HEAD_INIT, "replay._table", "The connection table's pairing loop in C.", -1,
+    module_methods, NULL, NULL, NULL, NULL,
+};
+
+static int intern_all(void)
+{
+    struct {
+        PyObject **slot;
+        const char *text;
+    } names[] = {
+        {&s_role, "role"}, {&s_opened_ns, "opened_ns"}, {&s_closed_ns, "closed_ns"},
+        {&s_origin, "origin"}, {&s_laddr, "laddr"}, {&s_lport, "lport"}, {&s_raddr, "raddr"},
+        {&s_rport, "rport"}, {&s_host_id, "host_id"}, {&s_netns, "netns"}, {&s_nat, "nat"},
+        {&s_pid, "pid"}, {&s_comm, "comm"}, {&s_source, "source"},
+        {&s_positions, "positions"}, {&s_close_note, "close_note"},
+        {&s_bytes_sent, "bytes_sent"}, {&s_bytes_received, "bytes_received"},
+        {&t_server, "server"}, {&t_open, "open"}, {&t_closed, "closed"}, {&t_local, "local"},
+        {&t_outbound, "outbound"}, {&t_inbound, "inbound"}, {&t_plus, "+"},
+        {&t_semicolon, "; "},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        *names[i].slot = PyUnicode_InternFromString(names[i].text);
+        if (*names[i].slot == NULL)
+            return -1;
+    }
+    for (int i = 0; i < ROW_FIELD_COUNT; i++) {
+        row_names[i] = PyUnicode_InternFromString(ROW_FIELD_NAMES[i]);
+        if (row_names[i] == NULL)
+            return -1;
+    }
+    return 0;
+}
+
+PyMODINIT_FUNC PyInit__table(void)
+{
+    if (intern_all() < 0)
+        return NULL;
+    return PyModule_Create(&table_module);
+}
