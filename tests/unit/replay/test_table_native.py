@@ -1,0 +1,318 @@
+"""The connection table's C loops give the rows the Python definition gives.
+
+``pair_rows`` (replay/_table.c) is checked on generated sockets where the awkward is common:
+shared endpoints, IPv4 next to the same address v4-mapped, sockets without addresses, equal
+open times and origins, missing times. ``RunReader.socket_views`` (replay/_fold.c) is checked
+on logs written through the real writer into SQLite files, at many moments and windows.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from recorder.clock import ClockModel
+from recorder.events import ClockSample, ConntrackEntry, Event, Kind
+from recorder.log.reader import decode_extra
+from recorder.log.store import Purpose, open_log
+from replay import native
+from replay.connections import (
+    _ROW_FIELDS,
+    _VIEW_FIELDS,
+    CLIENT,
+    CLOSE_ONLY_NOTE,
+    MISSING_NOTE,
+    SERVER,
+    ConnectionRow,
+    SocketView,
+    address_text,
+    connection_table,
+    is_loopback,
+    pair,
+    sockets_in_window,
+)
+from replay.engine import Replayer
+from replay.nat import Translation
+from tests.capabilities import require
+from tests.factories import ROOT_NETNS
+from tests.logbuilder import Builder, built_log, mono, wall
+
+LO = bytes([127, 0, 0, 1])
+LO_MAPPED = bytes(10) + b"\xff\xff" + LO
+HOST = bytes([10, 0, 0, 2])
+HOST_MAPPED = bytes(10) + b"\xff\xff" + HOST
+LO6 = bytes(15) + b"\x01"
+DOC6 = bytes.fromhex("20010db8000000000000000000000001")
+
+
+@pytest.fixture(autouse=True)
+def _modules_built() -> None:
+    require(native.PAIRS_AVAILABLE, "the C table module (make setup builds replay/_table.c)")
+    require(native.AVAILABLE, "the C fold module (make setup builds replay/_fold.c)")
+
+
+def view(
+    role: str | None,
+    addresses: tuple[bytes, int, bytes, int],
+    times: tuple[int | None, int | None],
+    origin: tuple[int, int],
+    details: tuple[int, int | None, str, str | None, list[int], int | None],
+) -> SocketView:
+    laddr, lport, raddr, rport = addresses
+    recording, pid, source, note, positions, sent = details
+    return SocketView(
+        recording_id=recording,
+        host_id=f"host-{recording % 2}",  # recordings 1 and 3 share a host
+        role=role,
+        pid=pid,
+        comm=None if pid is None else f"p{pid}",
+        netns=None if pid is None else 4026531840 + pid % 2,
+        laddr=laddr,
+        lport=lport,
+        raddr=raddr,
+        rport=rport,
+        opened_ns=times[0],
+        closed_ns=times[1],
+        source=source,
+        origin=origin,
+        positions=positions,
+        close_note=note,
+        bytes_sent=sent,
+        bytes_received=None if sent is None else sent * 2,
+    )
+
+
+address = st.sampled_from([b"", LO, LO_MAPPED, HOST, HOST_MAPPED, LO6, DOC6])
+port = st.sampled_from([0, 80, 8080, 40000, 40001])
+moment = st.one_of(st.none(), st.integers(-1, 6))
+views = st.lists(
+    st.builds(
+        view,
+        st.sampled_from([CLIENT, SERVER, None]),
+        st.tuples(address, port, address, port),
+        st.tuples(moment, moment),
+        st.tuples(st.integers(1, 5), st.integers(0, 2)),  # origins repeat on purpose
+        st.tuples(
+            st.integers(1, 3),
+            st.one_of(st.none(), st.integers(1, 4)),
+            st.sampled_from(["events", "proc", "snapshot"]),
+            st.sampled_from([None, "", CLOSE_ONLY_NOTE, MISSING_NOTE]),
+            st.lists(st.integers(1, 6), max_size=3),
+            st.one_of(st.none(), st.integers(0, 9)),
+        ),
+    ),
+    max_size=24,
+)
+
+
+def _reversed_pair(
+    first: SocketView, times: tuple[int | None, int | None], origin: tuple[int, int]
+) -> SocketView:
+    """The other end of ``first``'s connection, on this host too."""
+    return view(
+        CLIENT if first.role == SERVER else SERVER,
+        (first.raddr, first.rport, first.laddr, first.lport),
+        times,
+        origin,
+        (first.recording_id, 2, "events", MISSING_NOTE, [origin[0]], None),
+    )
+
+
+partner = st.tuples(st.integers(0, 23), moment, moment, st.integers(1, 5), st.integers(0, 2))
+
+
+@settings(max_examples=400, deadline=None)
+@given(views=views, partners=st.lists(partner))
+@example(views=[], partners=[])
+def test_pairing_matches_the_definition(
+    views: list[SocketView], partners: list[tuple[int, int | None, int | None, int, int]]
+) -> None:
+    for index, opened, closed, position, ordinal in partners:  # both ends of some are here
+        if index < len(views):
+            views.append(_reversed_pair(views[index], (opened, closed), (position, ordinal)))
+    made = native.pair_rows(views, ConnectionRow, _ROW_FIELDS, address_text, is_loopback)
+    assert made is not None
+    assert made == pair(views, use_native=False)
+
+
+def test_pairing_declines_what_it_does_not_take() -> None:
+    base = view(CLIENT, (LO, 40000, LO, 80), (1, None), (1, 0), (1, 7, "events", None, [1], None))
+    translated = view(CLIENT, (LO, 40001, LO, 80), (1, 2), (2, 0), (1, 7, "events", None, [2], 1))
+    entry = ConntrackEntry(4026531840, LO, LO, 40001, 80, LO, LO, 8080, 40001, 0xA0, 3, 1, 0, 0)
+    translated.nat = Translation(("127.0.0.1", 40001, "127.0.0.1", 80),
+                                 ("127.0.0.1", 40001, "127.0.0.1", 8080), entry)  # fmt: skip
+    far_future = view(CLIENT, (LO, 40002, LO, 80), (1 << 70, None), (3, 0),
+                      (1, 7, "events", None, [3], None))  # fmt: skip
+    odd_origin = view(CLIENT, (LO, 40003, LO, 80), (1, None), (3, 0),
+                      (1, 7, "events", None, [3], None))  # fmt: skip
+    odd_origin.origin = [3, 0]  # type: ignore[assignment]
+    for odd in (translated, far_future, odd_origin):
+        views = [base, odd]
+        assert (
+            native.pair_rows(views, ConnectionRow, _ROW_FIELDS, address_text, is_loopback) is None
+        )
+        assert pair(views) == pair(views, use_native=False)  # the definition takes over
+
+
+# -- sockets from the log -----------------------------------------------------------------
+
+SERVER_ADDRESS = "127.0.0.1:8080"
+operation = st.one_of(
+    st.tuples(st.just("pair"), st.integers(0, 40)),
+    st.tuples(st.just("outbound"), st.integers(0, 40)),
+    st.tuples(st.just("outbound6"), st.integers(0, 40)),
+    st.tuples(st.just("proc"), st.integers(0, 40)),
+    st.tuples(st.just("unbound"), st.integers(0, 40)),
+    st.tuples(st.just("close"), st.integers(0, 200)),
+    st.tuples(st.just("close-unknown"), st.integers(0, 40)),
+    st.tuples(st.just("failed"), st.integers(0, 40)),
+    st.tuples(st.just("flush"), st.just(0)),
+)
+
+
+def build(builder: Builder, operations: list[tuple[str, int]]) -> float:
+    """Apply ``operations`` 50 ms apart; return the last time used."""
+    open_sockets: list[tuple[int, int | None, str, str]] = []  # sock, pid, local, remote
+    next_sock, at = 1, 0.0
+    for kind, arg in operations:
+        at += 0.05
+        if kind == "pair":
+            client = f"127.0.0.1:{40000 + next_sock}"
+            builder.connect(at, next_sock, 100 + arg % 3, f"c{arg % 3}", client, SERVER_ADDRESS)
+            builder.accept(at, next_sock + 1, 200, "srv", SERVER_ADDRESS, client)
+            open_sockets += [(next_sock, 100, client, SERVER_ADDRESS),
+                             (next_sock + 1, 200, SERVER_ADDRESS, client)]  # fmt: skip
+            next_sock += 2
+        elif kind in ("outbound", "outbound6", "proc"):
+            local, remote = f"10.0.0.2:{50000 + next_sock}", f"93.184.216.{arg}:443"
+            if kind == "outbound6":
+                local, remote = f"[::ffff:10.0.0.2]:{50000 + next_sock}", f"[2001:db8::{arg}]:443"
+            extra: dict[str, Any] = {"source": "proc"} if kind == "proc" else {}
+            pid = None if kind == "proc" and arg % 2 else 300
+            builder.socket(Kind.CONNECT, at, next_sock, pid, "out", local, remote, **extra)
+            open_sockets.append((next_sock, pid, local, remote))
+            next_sock += 1
+        elif kind == "unbound":  # a connect that names no local address (nor port)
+            event = Event(Kind.CONNECT, mono(at), 300, "out", ROOT_NETNS, None, None, HOST, 443,
+                          next_sock)  # fmt: skip
+            builder.writer.add(event)
+            open_sockets.append((next_sock, 300, "0.0.0.0:0", "10.0.0.2:443"))
+            next_sock += 1
+        elif kind == "close" and open_sockets:
+            sock, pid, local, remote = open_sockets.pop(arg % len(open_sockets))
+            closer = 400 + arg % 2 if pid is None else pid  # a close can name the owner
+            builder.close(at, sock, closer, "x", local, remote, bytes_sent=arg, bytes_received=1)
+        elif kind == "close-unknown":
+            builder.close(at, None, None, None, f"10.0.0.2:{30000 + arg}", "10.0.0.3:5432")
+        elif kind == "failed":
+            builder.failed(
+                at, next_sock, 100, "c0", f"127.0.0.1:{45000 + next_sock}", "127.0.0.1:1"
+            )
+            next_sock += 1
+        elif kind == "flush":
+            builder.flush()
+    return at + 0.05
+
+
+def windows(location: object, moments: list[float], window_s: float) -> list[tuple[object, ...]]:
+    """Sockets and rows at each moment, made with and without the C reader: must be equal."""
+    found: list[tuple[object, ...]] = []
+    with open_log(location, Purpose.READ) as store:  # type: ignore[arg-type]
+        replayer = Replayer(store, use_checkpoints=False)
+        assert replayer.runs is not None
+        for at in moments:
+            window = replayer.window(wall(at), round(window_s * 1e9))
+            found.append(
+                (
+                    sockets_in_window(replayer.reader, window, replayer.runs),
+                    sockets_in_window(replayer.reader, window),
+                    connection_table(replayer.reader, window, replayer.runs),
+                    connection_table(replayer.reader, window),
+                )
+            )
+    return found
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# An open without a pid (from /proc) whose close names the owner, in the window; a close on
+# the window's start (outside it) and one on its end (inside).
+@example(operations=[("proc", 1), ("close", 0)], moments=[0.2], window_s=0.5)
+@example(operations=[("unbound", 0), ("unbound", 1), ("close", 0)], moments=[0.2], window_s=0.5)
+@example(operations=[("pair", 0), ("close", 0), ("close", 0), ("pair", 1), ("close", 1)],
+         moments=[0.15, 0.25], window_s=0.1)  # fmt: skip
+@given(
+    operations=st.lists(operation, min_size=1, max_size=50),
+    moments=st.lists(st.floats(0.0, 3.0), min_size=1, max_size=5),
+    window_s=st.sampled_from([0.0, 0.1, 0.5, 15.0]),
+)
+def test_sockets_from_the_log_match_the_definition(
+    operations: list[tuple[str, int]], moments: list[float], window_s: float
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        with built_log(Path(tmp) / "log.db") as (location, builder):
+            build(builder, operations)
+        for views_c, views_py, rows_c, rows_py in windows(location, moments, window_s):
+            assert views_c == views_py
+            assert rows_c == rows_py
+
+
+def test_socket_views_decline_what_they_cannot_read(tmp_path: Path) -> None:
+    with built_log(tmp_path / "log.db") as (location, builder):
+        builder.connect(0.1, 1, 100, "c", "127.0.0.1:40000", SERVER_ADDRESS)
+    with open_log(location, Purpose.READ) as store:
+        replayer = Replayer(store, use_checkpoints=False)
+        assert replayer.runs is not None
+        comms, namespaces = replayer.reader.dictionaries()
+        clocks = {1: replayer.reader.clock(1).segments()}
+        hosts = {1: "h"}
+
+        def views(opens: list[int], clocks: dict[int, list[tuple[int, int]]]) -> object:
+            return replayer.runs.socket_views(  # type: ignore[union-attr]
+                opens, [], 0, wall(1), clocks, hosts, comms, namespaces, SocketView,
+                _VIEW_FIELDS, decode_extra,
+            )  # fmt: skip
+
+        position = replayer.reader.head()
+        made = views([position], clocks)
+        assert isinstance(made, tuple) and len(made[0]) == 1 and made[0][0].pid == 100
+        assert views([position + 1], clocks) is None  # no such event
+        assert views([position], {}) is None  # no clock for its recording
+        with pytest.raises(ValueError, match="SocketView"):
+            replayer.runs.socket_views(
+                [position], [], 0, wall(1), clocks, hosts, comms, namespaces, SocketView,
+                _VIEW_FIELDS[::-1], decode_extra,
+            )  # fmt: skip
+
+
+def test_socket_views_convert_with_the_clock_segment_in_force(tmp_path: Path) -> None:
+    """Wall times use the offset of the last clock segment starting at or before the event
+    (the first segment's before it), as ClockModel does."""
+    with built_log(tmp_path / "log.db") as (location, builder):
+        for second in (0.1, 0.2, 0.3):
+            builder.connect(second, round(second * 10), 100, "c", "127.0.0.1:40000", SERVER_ADDRESS)
+    with open_log(location, Purpose.READ) as store:
+        replayer = Replayer(store, use_checkpoints=False)
+        assert replayer.runs is not None
+        comms, namespaces = replayer.reader.dictionaries()
+        events = list(replayer.reader.events())
+        monos = [event.mono_ns for event in events]
+        # segments starting before, exactly at, and just after the events
+        segments = [(monos[0] - 5, 1000), (monos[1], 2000), (monos[2] + 1, 3000)]
+        model = ClockModel(ClockSample(m, o, 0) for m, o in segments)
+        made = replayer.runs.socket_views(
+            [e.position for e in events], [], 0, 1, {1: segments}, {1: "h"}, comms, namespaces,
+            SocketView, _VIEW_FIELDS, decode_extra,
+        )  # fmt: skip
+        assert made is not None
+        assert [v.opened_ns for v in made[0]] == [model.wall_ns(m) for m in monos]
+        assert [v.opened_ns - m for v, m in zip(made[0], monos, strict=True)] == [1000, 2000, 2000]
+        early = replayer.runs.socket_views(
+            [events[0].position], [], 0, 1, {1: [(monos[0] + 1, 7)]}, {1: "h"}, comms,
+            namespaces, SocketView, _VIEW_FIELDS, decode_extra,
+        )  # fmt: skip
+        assert early is not None and early[0][0].opened_ns == monos[0] + 7
