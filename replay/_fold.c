@@ -121,6 +121,69 @@ static struct sock_slot *sock_map_get(struct sock_map *map, int64_t sock)
     return slot;
 }
 
+/* One recording's clock, as recorder.clock.ClockModel holds it: offsets[i] applies from
+ * monos[i] until monos[i + 1], and before monos[0] too. */
+struct clock {
+    long long recording;
+    Py_ssize_t count;
+    long long *monos, *offsets;
+};
+
+static void clock_free(struct clock *clock)
+{
+    PyMem_Free(clock->monos);
+    PyMem_Free(clock->offsets);
+    clock->monos = clock->offsets = NULL;
+    clock->count = 0;
+}
+
+static int exact_long(PyObject *value, long long *out);
+
+/* ``segments`` (ClockModel.segments(): a list of (mono_ns, offset_ns)) into ``clock``: 0, -1
+ * on error (set), -2 to decline (no segments, or odd ones). */
+static int clock_read(struct clock *clock, PyObject *segments)
+{
+    *clock = (struct clock){0};
+    if (!PyList_CheckExact(segments) || PyList_GET_SIZE(segments) == 0)
+        return -2;
+    Py_ssize_t count = PyList_GET_SIZE(segments);
+    clock->monos = PyMem_Calloc((size_t)count, sizeof *clock->monos);
+    clock->offsets = PyMem_Calloc((size_t)count, sizeof *clock->offsets);
+    if (clock->monos == NULL || clock->offsets == NULL) {
+        clock_free(clock);
+        PyErr_NoMemory();
+        return -1;
+    }
+    clock->count = count;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *segment = PyList_GET_ITEM(segments, i);
+        if (!PyTuple_CheckExact(segment) || PyTuple_GET_SIZE(segment) != 2 ||
+            exact_long(PyTuple_GET_ITEM(segment, 0), &clock->monos[i]) < 0 ||
+            exact_long(PyTuple_GET_ITEM(segment, 1), &clock->offsets[i]) < 0 ||
+            (i > 0 && clock->monos[i] <= clock->monos[i - 1])) {
+            clock_free(clock);
+            return -2;
+        }
+    }
+    return 0;
+}
+
+/* ClockModel.wall_ns: the offset of the last segment starting at or before ``mono`` (the
+ * first segment's before it). 0, or -2 to decline (overflow). */
+static int wall_of(const struct clock *clock, long long mono, long long *wall)
+{
+    Py_ssize_t low = 0, high = clock->count; /* bisect_right */
+    while (low < high) {
+        Py_ssize_t middle = low + (high - low) / 2;
+        if (mono < clock->monos[middle])
+            high = middle;
+        else
+            low = middle + 1;
+    }
+    long long offset = clock->offsets[low > 0 ? low - 1 : 0];
+    return __builtin_add_overflow(mono, offset, wall) ? -2 : 0;
+}
+
 struct narrow_row {
     int64_t position, sock;
     int kind;
@@ -238,6 +301,27 @@ typedef struct {
 
 static const char NARROW_SQL[] = "SELECT position, kind, sock_id FROM events "
                                  "WHERE position > ?1 AND position <= ?2 ORDER BY position";
+static const char NARROW_MONO_SQL[] = "SELECT position, kind, sock_id, mono_ns FROM events "
+                                      "WHERE position > ?1 AND position <= ?2 ORDER BY position";
+
+/* Only the events whose wall time is in (low, high] (no lower bound without has_low), as
+ * the engine folds a span that is not wholly before its moment, or a window. */
+struct wall_filter {
+    sqlite3_stmt *stmt; /* NARROW_MONO_SQL */
+    struct clock clock;
+    int has_low;
+    long long low, high;
+};
+
+/* Whether the row ``stmt`` is on passes ``filter``: 1, 0, or -2 to decline. */
+static int wall_passes(const struct wall_filter *filter, sqlite3_stmt *stmt)
+{
+    long long wall;
+    if (sqlite3_column_type(stmt, 3) != SQLITE_INTEGER ||
+        wall_of(&filter->clock, sqlite3_column_int64(stmt, 3), &wall) < 0)
+        return -2;
+    return wall <= filter->high && (!filter->has_low || wall > filter->low);
+}
 
 static const char ADDRESS_SQL[] =
     "SELECT e.recording_id, e.netns_id, n.inode, e.laddr, e.lport, e.raddr, e.rport "
@@ -296,13 +380,16 @@ static PyObject *RunReader_close(RunReader *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-/* Read the run after ``after`` (up to ``upto`` or the first snapshot) into ``run``. Returns
- * 1 if it ended at a snapshot (its position in *snapshot), 0 if not, -1 on error (set), -2 if
- * a row holds a value of a type the fold does not expect (nothing set). */
+/* Read the run after ``after`` (up to ``upto`` or the first snapshot) into ``run``, only the
+ * rows that pass ``filter`` if there is one; *last_read is the last position read, passed or
+ * not. Returns 1 if it ended at a snapshot (its position in *snapshot), 0 if not, -1 on error
+ * (set), -2 if a row holds a value of a type the fold does not expect (nothing set). */
 static int read_run(RunReader *self, struct run *run, long long after, long long upto,
-                    PyObject *sockets, long long *snapshot)
+                    PyObject *sockets, const struct wall_filter *filter, long long *snapshot,
+                    long long *last_read)
 {
-    sqlite3_stmt *stmt = self->narrow;
+    sqlite3_stmt *stmt = filter != NULL ? filter->stmt : self->narrow;
+    *last_read = after;
     int rc = sqlite3_bind_int64(stmt, 1, after);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(stmt, 2, upto);
@@ -317,6 +404,14 @@ static int read_run(RunReader *self, struct run *run, long long after, long long
             outcome = -2;
             break;
         }
+        *last_read = row.position;
+        int passes = filter != NULL ? wall_passes(filter, stmt) : 1;
+        if (passes < 0) {
+            outcome = -2;
+            break;
+        }
+        if (!passes)
+            continue;
         if (row.kind == KIND_SNAPSHOT) {
             *snapshot = row.position;
             outcome = 1;
@@ -423,44 +518,75 @@ done:
 }
 
 PyDoc_STRVAR(fold_run_doc,
-             "fold_run(after, upto, sockets, retain) -> tuple | None\n\n"
+             "fold_run(after, upto, sockets, retain[, segments, low, high]) -> tuple | None\n\n"
              "Read the events after ``after`` up to ``upto`` or the first snapshot among them,\n"
              "whichever comes first, and cancel the sockets that open and close among them.\n"
              "``sockets`` is the state's open sockets (socket id -> open position), read only.\n"
-             "Returns (count, last, snapshot, rows, fast): ``count`` events read (the snapshot\n"
-             "not counted), ``last`` the last position read (the snapshot's, if one ended the\n"
-             "run), ``snapshot`` its position or None. ``rows`` is the run's (position, kind,\n"
-             "sock_id) rows when _apply_each must fold it (``fast`` is then None), else None and\n"
-             "``fast`` is (pairs, failed, leftover, others, opens) as _apply_fast computes them.\n"
-             "None when a row holds a value of a type the fold does not expect.");
+             "With ``segments`` (the recording's ClockModel.segments()), only the events whose\n"
+             "wall time is in (low, high] are folded (``low`` None: no lower bound).\n"
+             "Returns (count, last, snapshot, rows, fast, folded_last): ``count`` events folded\n"
+             "(the snapshot not counted), ``last`` the last position read (the snapshot's, if\n"
+             "one ended the run), ``snapshot`` its position or None. ``rows`` is the run's\n"
+             "(position, kind, sock_id) rows when _apply_each must fold it (``fast`` is then\n"
+             "None), else None and ``fast`` is (pairs, failed, leftover, others, opens) as\n"
+             "_apply_fast computes them. ``folded_last`` is the last position folded, or None.\n"
+             "None when a row holds a value of a type the fold does not expect, or the clock\n"
+             "has no segments.");
 
 static PyObject *RunReader_fold_run(RunReader *self, PyObject *args)
 {
     long long after, upto;
-    PyObject *sockets;
+    PyObject *sockets, *segments = Py_None, *low = Py_None, *high = Py_None;
     int retain;
-    if (!PyArg_ParseTuple(args, "LLO!p", &after, &upto, &PyDict_Type, &sockets, &retain))
+    if (!PyArg_ParseTuple(args, "LLO!p|OOO", &after, &upto, &PyDict_Type, &sockets, &retain,
+                          &segments, &low, &high))
         return NULL;
     if (self->db == NULL)
         return PyErr_Format(sqlite_error, "the reader is closed");
+    struct wall_filter filter = {0}, *filtering = NULL;
+    if (segments != Py_None) {
+        int rc = clock_read(&filter.clock, segments);
+        if (rc == 0 && ((low != Py_None && exact_long(low, &filter.low) < 0) ||
+                        exact_long(high, &filter.high) < 0))
+            rc = -2;
+        if (rc == 0) {
+            rc = sqlite3_prepare_v2(self->db, NARROW_MONO_SQL, -1, &filter.stmt, NULL);
+            if (rc == SQLITE_OK)
+                rc = 0;
+            else
+                rc = (set_sqlite_error(self->db, rc), -1);
+        }
+        if (rc < 0) {
+            clock_free(&filter.clock);
+            return rc == -2 ? Py_NewRef(Py_None) : NULL;
+        }
+        filter.has_low = low != Py_None;
+        filtering = &filter;
+    }
     struct run run = {0};
-    long long snapshot = 0;
-    int ended = read_run(self, &run, after, upto, sockets, &snapshot);
+    long long snapshot = 0, last = after;
+    int ended = read_run(self, &run, after, upto, sockets, filtering, &snapshot, &last);
     PyObject *result = NULL;
     if (ended == -2) {
         result = Py_NewRef(Py_None);
     } else if (ended >= 0) {
-        long long last = ended ? snapshot : run.count ? run.rows[run.count - 1].position : after;
         PyObject *snapshot_value = ended ? PyLong_FromLongLong(snapshot) : Py_NewRef(Py_None);
+        PyObject *folded_last = ended       ? PyLong_FromLongLong(snapshot)
+                                : run.count ? PyLong_FromLongLong(run.rows[run.count - 1].position)
+                                            : Py_NewRef(Py_None);
         PyObject *rows = run.unusual ? rows_list(&run) : Py_NewRef(Py_None);
         PyObject *fast = run.unusual ? Py_NewRef(Py_None) : run_outcome(&run, retain);
-        if (snapshot_value && rows && fast)
-            result = Py_BuildValue("(nLOOO)", run.count, last, snapshot_value, rows, fast);
+        if (snapshot_value && folded_last && rows && fast)
+            result = Py_BuildValue("(nLOOOO)", run.count, last, snapshot_value, rows, fast,
+                                   folded_last);
         Py_XDECREF(snapshot_value);
+        Py_XDECREF(folded_last);
         Py_XDECREF(rows);
         Py_XDECREF(fast);
     }
     run_free(&run);
+    sqlite3_finalize(filter.stmt);
+    clock_free(&filter.clock);
     return result;
 }
 
@@ -1247,12 +1373,6 @@ enum {
     VIEW_CLOSE_NOTE, VIEW_BYTES_SENT, VIEW_BYTES_RECEIVED, VIEW_FIELD_COUNT
 };
 
-/* One recording's clock: offset_ns applies from monos[i] until monos[i + 1]. */
-struct clock {
-    long long recording;
-    Py_ssize_t count;
-    long long *monos, *offsets;
-};
 
 /* What one call of socket_views reads with. */
 struct view_reader {
@@ -1295,9 +1415,8 @@ static const struct clock *clock_of(struct view_reader *reader, long long record
         return NULL;
     PyObject *segments = PyDict_GetItemWithError(reader->clocks, key);
     Py_DECREF(key);
-    if (segments == NULL || !PyList_CheckExact(segments) || PyList_GET_SIZE(segments) == 0)
+    if (segments == NULL)
         return NULL;
-    Py_ssize_t count = PyList_GET_SIZE(segments);
     struct clock *list = PyMem_Realloc(reader->clock_list,
                                        (size_t)(reader->clock_count + 1) * sizeof *list);
     if (list == NULL) {
@@ -1306,46 +1425,11 @@ static const struct clock *clock_of(struct view_reader *reader, long long record
     }
     reader->clock_list = list;
     struct clock *clock = &list[reader->clock_count];
-    clock->recording = recording;
-    clock->count = count;
-    clock->monos = PyMem_Calloc((size_t)count, sizeof *clock->monos);
-    clock->offsets = PyMem_Calloc((size_t)count, sizeof *clock->offsets);
-    if (clock->monos == NULL || clock->offsets == NULL) {
-        PyMem_Free(clock->monos);
-        PyMem_Free(clock->offsets);
-        PyErr_NoMemory();
+    if (clock_read(clock, segments) < 0)
         return NULL;
-    }
-    reader->clock_count++; /* freed with the others from here on */
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *segment = PyList_GET_ITEM(segments, i);
-        if (!PyTuple_CheckExact(segment) || PyTuple_GET_SIZE(segment) != 2 ||
-            exact_long(PyTuple_GET_ITEM(segment, 0), &clock->monos[i]) < 0 ||
-            exact_long(PyTuple_GET_ITEM(segment, 1), &clock->offsets[i]) < 0 ||
-            (i > 0 && clock->monos[i] <= clock->monos[i - 1])) {
-            reader->clock_count--;
-            PyMem_Free(clock->monos);
-            PyMem_Free(clock->offsets);
-            return NULL;
-        }
-    }
+    clock->recording = recording;
+    reader->clock_count++;
     return clock;
-}
-
-/* ClockModel.wall_ns: the offset of the last segment starting at or before ``mono`` (the
- * first segment's before it). 0, or -2 to decline (overflow). */
-static int wall_of(const struct clock *clock, long long mono, long long *wall)
-{
-    Py_ssize_t low = 0, high = clock->count; /* bisect_right */
-    while (low < high) {
-        Py_ssize_t middle = low + (high - low) / 2;
-        if (mono < clock->monos[middle])
-            high = middle;
-        else
-            low = middle + 1;
-    }
-    long long offset = clock->offsets[low > 0 ? low - 1 : 0];
-    return __builtin_add_overflow(mono, offset, wall) ? -2 : 0;
 }
 
 /* An INTEGER column as an int, NULL as ``null`` (new references); NULL on error or on a
@@ -1619,10 +1703,8 @@ static PyObject *RunReader_socket_views(RunReader *self, PyObject *args)
 done:
     sqlite3_finalize(reader.stmt);
     end_read(self, began);
-    for (Py_ssize_t i = 0; i < reader.clock_count; i++) {
-        PyMem_Free(reader.clock_list[i].monos);
-        PyMem_Free(reader.clock_list[i].offsets);
-    }
+    for (Py_ssize_t i = 0; i < reader.clock_count; i++)
+        clock_free(&reader.clock_list[i]);
     PyMem_Free(reader.clock_list);
     Py_XDECREF(opened);
     Py_XDECREF(closed);

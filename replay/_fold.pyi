@@ -11,13 +11,23 @@ FastRun = tuple[
     dict[int, int],
 ]
 
-# (count, last, snapshot, rows, fast): see RunReader.fold_run
-RunOutcome = tuple[int, int, int | None, list[tuple[int, int, int | None]] | None, FastRun | None]
+# (count, last, snapshot, rows, fast, folded_last): see RunReader.fold_run
+RunOutcome = tuple[
+    int, int, int | None, list[tuple[int, int, int | None]] | None, FastRun | None, int | None
+]
 
 class RunReader:
     def __init__(self, path: str, busy_timeout_ms: int) -> None: ...
     def fold_run(
-        self, after: int, upto: int, sockets: dict[int, int], retain: bool, /
+        self,
+        after: int,
+        upto: int,
+        sockets: dict[int, int],
+        retain: bool,
+        segments: list[tuple[int, int]] | None = None,
+        low: int | None = None,
+        high: int | None = None,
+        /,
     ) -> RunOutcome | None: ...
     def reconcile_snapshot(
         self,

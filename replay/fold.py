@@ -140,18 +140,30 @@ class Fold:
         self.state.position = positions[-1]
 
     def apply_runs(
-        self, recording: int, runs: native.RunReader, after: int, upto: int
+        self,
+        recording: int,
+        runs: native.RunReader,
+        after: int,
+        upto: int,
+        wall_range: tuple[int | None, int] | None = None,
+        clock: list[tuple[int, int]] | None = None,
     ) -> tuple[int, int]:
         """``apply`` for the events ``after < position <= upto`` (one recording's), read and
-        run by run cancelled in C. Returns the number of events folded and the last position
-        folded, short of ``upto`` where the reader declined a row: the caller folds the rest.
+        run by run cancelled in C; with ``wall_range`` (exclusive start, inclusive end) only
+        those whose wall time by ``clock`` (the recording's segments) falls in it. Returns the
+        number of events folded and the last position read, short of ``upto`` where the
+        reader declined a row: the caller folds the rest.
         """
         folded = 0
         while after < upto:
-            outcome = runs.fold_run(after, upto, self.state.sockets_of(recording), self.retain)
+            sockets = self.state.sockets_of(recording)
+            if wall_range is None:
+                outcome = runs.fold_run(after, upto, sockets, self.retain)
+            else:
+                outcome = runs.fold_run(after, upto, sockets, self.retain, clock, *wall_range)
             if outcome is None:
                 break
-            count, last, snapshot, rows, fast = outcome
+            count, last, snapshot, rows, fast, folded_last = outcome
             if last == after:
                 break
             if rows is not None:
@@ -161,7 +173,9 @@ class Fold:
             if snapshot is not None:
                 self._apply_snapshot(recording, snapshot)
                 count += 1
-            self.state.position = after = last
+            if folded_last is not None:
+                self.state.position = folded_last
+            after = last
             folded += count
         return folded, after
 

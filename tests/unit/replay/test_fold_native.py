@@ -136,6 +136,13 @@ def folds(path: Path, mono_moments: list[int], window_ns: int = 5_000_000) -> li
     + [(Kind.SNAPSHOT, None, 40000, 1, False)],
     [],
 )
+# A close exactly at the window's start (5 ms before the last event), in a batch that goes
+# on past it: folded before the window, not in it.
+@example(
+    [(Kind.CONNECT, 1, 40001, 1, False), (Kind.CLOSE, 1, 40001, 1, False)]
+    + [(Kind.CONNECT, sock, 40002, 1, sock == 2) for sock in range(2, 7)],
+    [],
+)
 def test_the_c_fold_gives_the_python_folds_states(
     steps: list[tuple[Kind, int | None, int, int, bool]], fractions: list[float]
 ) -> None:
