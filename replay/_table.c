@@ -13,13 +13,61 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <stdlib.h>
 
 /* Attribute names, row field names and constant texts, made once. */
-static PyObject *s_role, *s_opened_ns, *s_closed_ns, *s_origin, *s_laddr, *s_lport, *s_raddr,
-    *s_rport, *s_host_id, *s_netns, *s_nat, *s_pid, *s_comm, *s_source, *s_positions,
-    *s_close_note, *s_bytes_sent, *s_bytes_received;
+/* The SocketView attributes read, by index. */
+enum {
+    ATTR_ROLE, ATTR_OPENED_NS, ATTR_CLOSED_NS, ATTR_ORIGIN, ATTR_LADDR, ATTR_LPORT, ATTR_RADDR,
+    ATTR_RPORT, ATTR_HOST_ID, ATTR_NETNS, ATTR_NAT, ATTR_PID, ATTR_COMM, ATTR_SOURCE,
+    ATTR_POSITIONS, ATTR_CLOSE_NOTE, ATTR_BYTES_SENT, ATTR_BYTES_RECEIVED, ATTR_COUNT
+};
+static const char *const ATTR_NAMES[ATTR_COUNT] = {
+    "role", "opened_ns", "closed_ns", "origin", "laddr", "lport", "raddr", "rport", "host_id",
+    "netns", "nat", "pid", "comm", "source", "positions", "close_note", "bytes_sent",
+    "bytes_received",
+};
+static PyObject *attr_names[ATTR_COUNT]; /* the same, interned */
+
+/* A views' type whose attributes are plain slots (a dataclass with slots=True): where each
+ * one lives in the object, read directly, which costs a tenth of a generic attribute read
+ * on a loop that reads a dozen per socket. Held, so that its address stays its own. */
+static PyTypeObject *slots_type;
+static Py_ssize_t slot_offsets[ATTR_COUNT]; /* -1: read it the generic way */
+
+static void learn_slots(PyTypeObject *type)
+{
+    if (type == slots_type)
+        return;
+    Py_CLEAR(slots_type);
+    for (int i = 0; i < ATTR_COUNT; i++) {
+        PyObject *descriptor = PyObject_GetAttr((PyObject *)type, attr_names[i]);
+        if (descriptor == NULL) {
+            PyErr_Clear(); /* read generically, which raises what Python raises */
+            slot_offsets[i] = -1;
+            continue;
+        }
+        PyMemberDef *member = Py_IS_TYPE(descriptor, &PyMemberDescr_Type)
+                                  ? ((PyMemberDescrObject *)descriptor)->d_member
+                                  : NULL;
+        slot_offsets[i] = member != NULL && member->type == T_OBJECT_EX ? member->offset : -1;
+        Py_DECREF(descriptor);
+    }
+    slots_type = (PyTypeObject *)Py_NewRef((PyObject *)type);
+}
+
+/* getattr(view, ATTR_NAMES[attr]): a new reference, or NULL with the error Python raises. */
+static PyObject *view_attr(PyObject *view, int attr)
+{
+    if (Py_TYPE(view) == slots_type && slot_offsets[attr] >= 0) {
+        PyObject *value = *(PyObject **)((char *)view + slot_offsets[attr]);
+        if (value != NULL)
+            return Py_NewRef(value);
+    }
+    return PyObject_GetAttr(view, attr_names[attr]);
+}
 static PyObject *t_server, *t_open, *t_closed, *t_local, *t_outbound, *t_inbound, *t_plus,
     *t_semicolon;
 
@@ -67,9 +115,9 @@ static void side_clear(struct side *side)
 }
 
 /* -1 on error (set), 0 to decline, 1 when read. */
-static int read_time(PyObject *view, PyObject *name, int *has, long long *value)
+static int read_time(PyObject *view, int name, int *has, long long *value)
 {
-    PyObject *attr = PyObject_GetAttr(view, name);
+    PyObject *attr = view_attr(view, name);
     if (attr == NULL)
         return -1;
     int outcome = 1;
@@ -92,7 +140,7 @@ static int read_time(PyObject *view, PyObject *name, int *has, long long *value)
 
 static int read_origin(PyObject *view, long long *pos, long long *ord)
 {
-    PyObject *origin = PyObject_GetAttr(view, s_origin);
+    PyObject *origin = view_attr(view, ATTR_ORIGIN);
     if (origin == NULL)
         return -1;
     int outcome = 0;
@@ -139,21 +187,21 @@ static PyObject *read_side(struct side *side, PyObject *view, PyObject *cache,
                            PyObject *address_text, PyObject *is_loopback, int *declined)
 {
     side->view = view;
-    PyObject *nat = PyObject_GetAttr(view, s_nat);
+    PyObject *nat = view_attr(view, ATTR_NAT);
     if (nat == NULL)
         return NULL;
     int translated = nat != Py_None;
     Py_DECREF(nat);
-    int rc = translated ? 0 : read_time(view, s_opened_ns, &side->has_opened, &side->opened);
+    int rc = translated ? 0 : read_time(view, ATTR_OPENED_NS, &side->has_opened, &side->opened);
     if (rc > 0)
-        rc = read_time(view, s_closed_ns, &side->has_closed, &side->closed);
+        rc = read_time(view, ATTR_CLOSED_NS, &side->has_closed, &side->closed);
     if (rc > 0)
         rc = read_origin(view, &side->origin_pos, &side->origin_ord);
     if (rc <= 0) {
         *declined = rc == 0;
         return NULL;
     }
-    PyObject *role = PyObject_GetAttr(view, s_role);
+    PyObject *role = view_attr(view, ATTR_ROLE);
     if (role == NULL)
         return NULL;
     side->is_server = PyObject_RichCompareBool(role, t_server, Py_EQ);
@@ -161,9 +209,9 @@ static PyObject *read_side(struct side *side, PyObject *view, PyObject *cache,
     if (side->is_server < 0)
         return NULL;
 
-    PyObject *laddr = PyObject_GetAttr(view, s_laddr), *raddr = PyObject_GetAttr(view, s_raddr);
-    PyObject *lport = PyObject_GetAttr(view, s_lport), *rport = PyObject_GetAttr(view, s_rport);
-    PyObject *host = PyObject_GetAttr(view, s_host_id), *netns = PyObject_GetAttr(view, s_netns);
+    PyObject *laddr = view_attr(view, ATTR_LADDR), *raddr = view_attr(view, ATTR_RADDR);
+    PyObject *lport = view_attr(view, ATTR_LPORT), *rport = view_attr(view, ATTR_RPORT);
+    PyObject *host = view_attr(view, ATTR_HOST_ID), *netns = view_attr(view, ATTR_NETNS);
     PyObject *key = NULL;
     if (laddr && raddr && lport && rport && host && netns) {
         PyObject *local = address_info(cache, laddr, address_text, is_loopback);
@@ -231,7 +279,7 @@ static PyObject *merged_positions(PyObject *first, PyObject *second)
         return NULL;
     PyObject *views[2] = {first, second};
     for (int i = 0; i < 2 && views[i] != NULL; i++) {
-        PyObject *positions = PyObject_GetAttr(views[i], s_positions);
+        PyObject *positions = view_attr(views[i], ATTR_POSITIONS);
         PyObject *iterator = positions ? PyObject_GetIter(positions) : NULL;
         PyObject *item;
         int rc = iterator ? 0 : -1;
@@ -286,9 +334,9 @@ static PyObject *joined(PyObject *a, PyObject *b, PyObject *separator, int none_
     return result;
 }
 
-static PyObject *attr_or_none(PyObject *view, PyObject *name)
+static PyObject *attr_or_none(PyObject *view, int attr)
 {
-    return view != NULL ? PyObject_GetAttr(view, name) : Py_NewRef(Py_None);
+    return view != NULL ? view_attr(view, attr) : Py_NewRef(Py_None);
 }
 
 /* The row of ``client`` and ``server`` (either may be NULL, not both): _row's fields. */
@@ -310,7 +358,7 @@ static PyObject *make_row(const struct row_layout *layout, const struct side *cl
     values[ROW_ID] = PyUnicode_FromFormat("%lld.%lld", first->origin_pos, first->origin_ord);
     values[ROW_STATE] = Py_NewRef(is_open ? t_open : t_closed);
     values[ROW_DIRECTION] = Py_NewRef(c && s ? t_local : (c ? t_outbound : t_inbound));
-    values[ROW_HOST] = PyObject_GetAttr(first->view, s_host_id);
+    values[ROW_HOST] = view_attr(first->view, ATTR_HOST_ID);
     values[ROW_CLIENT] = endpoint(seen->client_text, seen->client_port);
     values[ROW_SERVER] = endpoint(seen->server_text, seen->server_port);
     if (c && s) {
@@ -318,26 +366,26 @@ static PyObject *make_row(const struct row_layout *layout, const struct side *cl
         const struct side *opened = client->has_opened ? client : server;
         if (client->has_opened && server->has_opened && server->opened < client->opened)
             opened = server;
-        values[ROW_OPENED_NS] = opened->has_opened ? PyObject_GetAttr(opened->view, s_opened_ns)
+        values[ROW_OPENED_NS] = opened->has_opened ? view_attr(opened->view, ATTR_OPENED_NS)
                                                    : Py_NewRef(Py_None);
         const struct side *closed = server->closed > client->closed ? server : client;
         values[ROW_CLOSED_NS] =
-            is_open ? Py_NewRef(Py_None) : PyObject_GetAttr(closed->view, s_closed_ns);
+            is_open ? Py_NewRef(Py_None) : view_attr(closed->view, ATTR_CLOSED_NS);
     } else {
-        values[ROW_OPENED_NS] = PyObject_GetAttr(first->view, s_opened_ns);
-        values[ROW_CLOSED_NS] = PyObject_GetAttr(first->view, s_closed_ns);
+        values[ROW_OPENED_NS] = view_attr(first->view, ATTR_OPENED_NS);
+        values[ROW_CLOSED_NS] = view_attr(first->view, ATTR_CLOSED_NS);
     }
-    values[ROW_CLIENT_PID] = attr_or_none(c, s_pid);
-    values[ROW_CLIENT_COMM] = attr_or_none(c, s_comm);
-    values[ROW_CLIENT_NETNS] = attr_or_none(c, s_netns);
-    values[ROW_SERVER_PID] = attr_or_none(s, s_pid);
-    values[ROW_SERVER_COMM] = attr_or_none(s, s_comm);
-    values[ROW_SERVER_NETNS] = attr_or_none(s, s_netns);
+    values[ROW_CLIENT_PID] = attr_or_none(c, ATTR_PID);
+    values[ROW_CLIENT_COMM] = attr_or_none(c, ATTR_COMM);
+    values[ROW_CLIENT_NETNS] = attr_or_none(c, ATTR_NETNS);
+    values[ROW_SERVER_PID] = attr_or_none(s, ATTR_PID);
+    values[ROW_SERVER_COMM] = attr_or_none(s, ATTR_COMM);
+    values[ROW_SERVER_NETNS] = attr_or_none(s, ATTR_NETNS);
     values[ROW_POSITIONS] = merged_positions(first->view, c && s ? (first->view == c ? s : c)
                                                                  : NULL);
     if (c && s) {
-        PyObject *sources[2] = {PyObject_GetAttr(c, s_source), PyObject_GetAttr(s, s_source)};
-        PyObject *notes[2] = {PyObject_GetAttr(c, s_close_note), PyObject_GetAttr(s, s_close_note)};
+        PyObject *sources[2] = {view_attr(c, ATTR_SOURCE), view_attr(s, ATTR_SOURCE)};
+        PyObject *notes[2] = {view_attr(c, ATTR_CLOSE_NOTE), view_attr(s, ATTR_CLOSE_NOTE)};
         if (sources[0] && sources[1])
             values[ROW_SOURCE] = joined(sources[0], sources[1], t_plus, 0);
         if (notes[0] && notes[1])
@@ -346,19 +394,19 @@ static PyObject *make_row(const struct row_layout *layout, const struct side *cl
             Py_XDECREF(sources[i]);
             Py_XDECREF(notes[i]);
         }
-        values[ROW_BYTES_SENT] = PyObject_GetAttr(c, s_bytes_sent);
-        values[ROW_BYTES_RECEIVED] = PyObject_GetAttr(c, s_bytes_received);
+        values[ROW_BYTES_SENT] = view_attr(c, ATTR_BYTES_SENT);
+        values[ROW_BYTES_RECEIVED] = view_attr(c, ATTR_BYTES_RECEIVED);
     } else {
-        values[ROW_SOURCE] = PyObject_GetAttr(first->view, s_source);
-        PyObject *note = PyObject_GetAttr(first->view, s_close_note);
+        values[ROW_SOURCE] = view_attr(first->view, ATTR_SOURCE);
+        PyObject *note = view_attr(first->view, ATTR_CLOSE_NOTE);
         int truth = note ? PyObject_IsTrue(note) : -1;
         if (truth >= 0)
             values[ROW_NOTE] = Py_NewRef(truth ? note : Py_None);
         Py_XDECREF(note);
         /* What the client sent is what the server received. */
-        values[ROW_BYTES_SENT] = PyObject_GetAttr(first->view, c ? s_bytes_sent : s_bytes_received);
+        values[ROW_BYTES_SENT] = view_attr(first->view, c ? ATTR_BYTES_SENT : ATTR_BYTES_RECEIVED);
         values[ROW_BYTES_RECEIVED] =
-            PyObject_GetAttr(first->view, c ? s_bytes_received : s_bytes_sent);
+            view_attr(first->view, c ? ATTR_BYTES_RECEIVED : ATTR_BYTES_SENT);
     }
     values[ROW_CLIENT_IP] = Py_NewRef(seen->client_text);
     values[ROW_CLIENT_PORT] = Py_NewRef(seen->client_port);
@@ -485,6 +533,8 @@ static PyObject *pair_rows(PyObject *Py_UNUSED(module), PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
+    if (count > 0)
+        learn_slots(Py_TYPE(PyList_GET_ITEM(views, 0)));
     /* Read every view and number the groups in the order their first socket comes. */
     for (Py_ssize_t i = 0; i < count; i++) {
         sides[i].index = i;
@@ -558,12 +608,6 @@ static int intern_all(void)
         PyObject **slot;
         const char *text;
     } names[] = {
-        {&s_role, "role"}, {&s_opened_ns, "opened_ns"}, {&s_closed_ns, "closed_ns"},
-        {&s_origin, "origin"}, {&s_laddr, "laddr"}, {&s_lport, "lport"}, {&s_raddr, "raddr"},
-        {&s_rport, "rport"}, {&s_host_id, "host_id"}, {&s_netns, "netns"}, {&s_nat, "nat"},
-        {&s_pid, "pid"}, {&s_comm, "comm"}, {&s_source, "source"},
-        {&s_positions, "positions"}, {&s_close_note, "close_note"},
-        {&s_bytes_sent, "bytes_sent"}, {&s_bytes_received, "bytes_received"},
         {&t_server, "server"}, {&t_open, "open"}, {&t_closed, "closed"}, {&t_local, "local"},
         {&t_outbound, "outbound"}, {&t_inbound, "inbound"}, {&t_plus, "+"},
         {&t_semicolon, "; "},
@@ -571,6 +615,11 @@ static int intern_all(void)
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].text);
         if (*names[i].slot == NULL)
+            return -1;
+    }
+    for (int i = 0; i < ATTR_COUNT; i++) {
+        attr_names[i] = PyUnicode_InternFromString(ATTR_NAMES[i]);
+        if (attr_names[i] == NULL)
             return -1;
     }
     for (int i = 0; i < ROW_FIELD_COUNT; i++) {

@@ -159,6 +159,22 @@ def test_pairing_declines_what_it_does_not_take() -> None:
         assert pair(views) == pair(views, use_native=False)  # the definition takes over
 
 
+class Subclassed(SocketView):
+    """Sockets of another type than the one whose slots the loop reads directly."""
+
+
+@settings(max_examples=50, deadline=None)
+@given(views=views)
+def test_pairing_reads_other_types_generically(views: list[SocketView]) -> None:
+    others: list[SocketView] = [
+        Subclassed(**{f: getattr(v, f) for f in _VIEW_FIELDS}) for v in views
+    ]
+    mixed = [v if i % 2 else o for i, (v, o) in enumerate(zip(views, others, strict=True))]
+    for group in (others, mixed):
+        made = native.pair_rows(group, ConnectionRow, _ROW_FIELDS, address_text, is_loopback)
+        assert made == pair(group, use_native=False)
+
+
 # -- sockets from the log -----------------------------------------------------------------
 
 SERVER_ADDRESS = "127.0.0.1:8080"
