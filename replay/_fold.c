@@ -544,6 +544,8 @@ static PyObject *RunReader_fold_run(RunReader *self, PyObject *args)
     if (self->db == NULL)
         return PyErr_Format(sqlite_error, "the reader is closed");
     struct wall_filter filter = {0}, *filtering = NULL;
+    if (segments == Py_None && (low != Py_None || high != Py_None))
+        return PyErr_Format(PyExc_TypeError, "wall bounds need the clock's segments");
     if (segments != Py_None) {
         int rc = clock_read(&filter.clock, segments);
         if (rc == 0 && ((low != Py_None && exact_long(low, &filter.low) < 0) ||
@@ -1289,8 +1291,11 @@ static int begin_read(RunReader *self)
 
 static void end_read(RunReader *self, int began)
 {
-    if (began > 0 && !sqlite3_get_autocommit(self->db))
-        sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL); /* read only: nothing to lose */
+    /* Read only: nothing to lose, but the transaction must not stay open (it would pin the
+     * log's state as of its start for every later read). */
+    if (began > 0 && !sqlite3_get_autocommit(self->db) &&
+        sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
 static const char SNAPSHOT_SQL[] = "SELECT netns, laddr, lport, raddr, rport, state "
@@ -1400,7 +1405,8 @@ static void socket_event_clear(struct socket_event *event)
     Py_CLEAR(event->rport);
     Py_CLEAR(event->bytes_sent);
     Py_CLEAR(event->bytes_received);
-    event->comm = event->netns = NULL; /* borrowed from the dictionaries */
+    Py_CLEAR(event->comm);
+    Py_CLEAR(event->netns);
 }
 
 /* The clock of ``recording``, converted from ``clocks`` on first use: NULL with an error
@@ -1462,8 +1468,8 @@ static PyObject *blob_column(sqlite3_stmt *stmt, int column, PyObject *empty, in
     }
 }
 
-/* A dictionary's value for an INTEGER or NULL id column (borrowed); NULL to decline (set
- * *odd) or on error. */
+/* A dictionary's value for an INTEGER or NULL id column (a new reference: the dictionary
+ * is the caller's); NULL to decline (set *odd) or on error. */
 static PyObject *dictionary_value(sqlite3_stmt *stmt, int column, PyObject *dictionary, int *odd)
 {
     PyObject *key = int_column(stmt, column, Py_None, odd);
@@ -1473,7 +1479,7 @@ static PyObject *dictionary_value(sqlite3_stmt *stmt, int column, PyObject *dict
     Py_DECREF(key);
     if (value == NULL && !PyErr_Occurred())
         *odd = 1; /* not in the dictionary the caller read: the Python path reloads it */
-    return value;
+    return Py_XNewRef(value);
 }
 
 /* Whether the extra column says the event came from /proc: 1, 0, -1 on error, -2 to

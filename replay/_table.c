@@ -30,46 +30,39 @@ static const char *const ATTR_NAMES[ATTR_COUNT] = {
     "bytes_received",
 };
 static PyObject *attr_names[ATTR_COUNT]; /* the same, interned */
-
-/* A views' type whose attributes are plain slots (a dataclass with slots=True): where each
- * one lives in the object, read directly, which costs a tenth of a generic attribute read
- * on a loop that reads a dozen per socket. Held, so that its address stays its own. */
-static PyTypeObject *slots_type;
-static Py_ssize_t slot_offsets[ATTR_COUNT]; /* -1: read it the generic way */
-
-static void learn_slots(PyTypeObject *type)
-{
-    if (type == slots_type)
-        return;
-    Py_CLEAR(slots_type);
-    for (int i = 0; i < ATTR_COUNT; i++) {
-        PyObject *descriptor = PyObject_GetAttr((PyObject *)type, attr_names[i]);
-        if (descriptor == NULL) {
-            PyErr_Clear(); /* read generically, which raises what Python raises */
-            slot_offsets[i] = -1;
-            continue;
-        }
-        PyMemberDef *member = Py_IS_TYPE(descriptor, &PyMemberDescr_Type)
-                                  ? ((PyMemberDescrObject *)descriptor)->d_member
-                                  : NULL;
-        slot_offsets[i] = member != NULL && member->type == T_OBJECT_EX ? member->offset : -1;
-        Py_DECREF(descriptor);
-    }
-    slots_type = (PyTypeObject *)Py_NewRef((PyObject *)type);
-}
-
-/* getattr(view, ATTR_NAMES[attr]): a new reference, or NULL with the error Python raises. */
-static PyObject *view_attr(PyObject *view, int attr)
-{
-    if (Py_TYPE(view) == slots_type && slot_offsets[attr] >= 0) {
-        PyObject *value = *(PyObject **)((char *)view + slot_offsets[attr]);
-        if (value != NULL)
-            return Py_NewRef(value);
-    }
-    return PyObject_GetAttr(view, attr_names[attr]);
-}
 static PyObject *t_server, *t_open, *t_closed, *t_local, *t_outbound, *t_inbound, *t_plus,
     *t_semicolon;
+
+/* Where a type's attributes live in its objects, when they are plain slots (a dataclass with
+ * slots=True): read directly, that costs a tenth of a generic attribute read, on a loop that
+ * reads a dozen per socket. Learnt for each call (types can change), for the first view's
+ * type; views of any other type are read the generic way. */
+struct slot_map {
+    PyTypeObject *type;
+    Py_ssize_t offsets[ATTR_COUNT]; /* -1: read it the generic way */
+};
+
+static void learn_slots(struct slot_map *map, PyTypeObject *type)
+{
+    map->type = type;
+    int generic = type->tp_getattro != PyObject_GenericGetAttr; /* __getattribute__ of its own */
+    for (int i = 0; i < ATTR_COUNT; i++) {
+        map->offsets[i] = -1;
+        PyObject *descriptor = generic ? NULL : PyObject_GetAttr((PyObject *)type, attr_names[i]);
+        if (descriptor == NULL) {
+            PyErr_Clear(); /* read generically, which raises what Python raises */
+            continue;
+        }
+        /* A member of this type or a base: an offset into objects of ``type``. */
+        if (Py_IS_TYPE(descriptor, &PyMemberDescr_Type) &&
+            PyType_IsSubtype(type, PyDescr_TYPE(descriptor))) {
+            PyMemberDef *member = ((PyMemberDescrObject *)descriptor)->d_member;
+            if (member->type == T_OBJECT_EX)
+                map->offsets[i] = member->offset;
+        }
+        Py_DECREF(descriptor);
+    }
+}
 
 enum {
     ROW_ID, ROW_STATE, ROW_DIRECTION, ROW_HOST, ROW_CLIENT, ROW_SERVER, ROW_OPENED_NS,
@@ -97,7 +90,8 @@ struct row_layout {
 
 /* One socket, as pairing needs it. */
 struct side {
-    PyObject *view; /* borrowed from the caller's list */
+    PyObject *view;                /* borrowed from the tuple of the caller's views */
+    const Py_ssize_t *slots;       /* the view type's slot offsets, or NULL */
     int is_server;
     int has_opened, has_closed;
     long long opened, closed;
@@ -108,6 +102,18 @@ struct side {
     Py_ssize_t index; /* in the caller's list: ties keep it, as Python's stable sort does */
 };
 
+/* getattr(side's view, ATTR_NAMES[attr]): a new reference, or NULL with the error Python
+ * raises. */
+static PyObject *side_attr(const struct side *side, int attr)
+{
+    if (side->slots != NULL && side->slots[attr] >= 0) {
+        PyObject *value = *(PyObject **)((char *)side->view + side->slots[attr]);
+        if (value != NULL)
+            return Py_NewRef(value);
+    }
+    return PyObject_GetAttr(side->view, attr_names[attr]);
+}
+
 static void side_clear(struct side *side)
 {
     Py_CLEAR(side->client_port);
@@ -115,9 +121,9 @@ static void side_clear(struct side *side)
 }
 
 /* -1 on error (set), 0 to decline, 1 when read. */
-static int read_time(PyObject *view, int name, int *has, long long *value)
+static int read_time(const struct side *side, int name, int *has, long long *value)
 {
-    PyObject *attr = view_attr(view, name);
+    PyObject *attr = side_attr(side, name);
     if (attr == NULL)
         return -1;
     int outcome = 1;
@@ -138,9 +144,9 @@ static int read_time(PyObject *view, int name, int *has, long long *value)
     return outcome;
 }
 
-static int read_origin(PyObject *view, long long *pos, long long *ord)
+static int read_origin(const struct side *side, long long *pos, long long *ord)
 {
-    PyObject *origin = view_attr(view, ATTR_ORIGIN);
+    PyObject *origin = side_attr(side, ATTR_ORIGIN);
     if (origin == NULL)
         return -1;
     int outcome = 0;
@@ -187,21 +193,21 @@ static PyObject *read_side(struct side *side, PyObject *view, PyObject *cache,
                            PyObject *address_text, PyObject *is_loopback, int *declined)
 {
     side->view = view;
-    PyObject *nat = view_attr(view, ATTR_NAT);
+    PyObject *nat = side_attr(side, ATTR_NAT);
     if (nat == NULL)
         return NULL;
     int translated = nat != Py_None;
     Py_DECREF(nat);
-    int rc = translated ? 0 : read_time(view, ATTR_OPENED_NS, &side->has_opened, &side->opened);
+    int rc = translated ? 0 : read_time(side, ATTR_OPENED_NS, &side->has_opened, &side->opened);
     if (rc > 0)
-        rc = read_time(view, ATTR_CLOSED_NS, &side->has_closed, &side->closed);
+        rc = read_time(side, ATTR_CLOSED_NS, &side->has_closed, &side->closed);
     if (rc > 0)
-        rc = read_origin(view, &side->origin_pos, &side->origin_ord);
+        rc = read_origin(side, &side->origin_pos, &side->origin_ord);
     if (rc <= 0) {
         *declined = rc == 0;
         return NULL;
     }
-    PyObject *role = view_attr(view, ATTR_ROLE);
+    PyObject *role = side_attr(side, ATTR_ROLE);
     if (role == NULL)
         return NULL;
     side->is_server = PyObject_RichCompareBool(role, t_server, Py_EQ);
@@ -209,11 +215,17 @@ static PyObject *read_side(struct side *side, PyObject *view, PyObject *cache,
     if (side->is_server < 0)
         return NULL;
 
-    PyObject *laddr = view_attr(view, ATTR_LADDR), *raddr = view_attr(view, ATTR_RADDR);
-    PyObject *lport = view_attr(view, ATTR_LPORT), *rport = view_attr(view, ATTR_RPORT);
-    PyObject *host = view_attr(view, ATTR_HOST_ID), *netns = view_attr(view, ATTR_NETNS);
+    /* One at a time: a read that fails stops the rest (they may run Python code). */
+    static const int wanted[6] = {ATTR_LADDR, ATTR_RADDR, ATTR_LPORT,
+                                  ATTR_RPORT, ATTR_HOST_ID, ATTR_NETNS};
+    PyObject *attrs[6] = {0};
+    int complete = 1;
+    for (int i = 0; i < 6 && complete; i++)
+        complete = (attrs[i] = side_attr(side, wanted[i])) != NULL;
+    PyObject *laddr = attrs[0], *raddr = attrs[1], *lport = attrs[2], *rport = attrs[3];
+    PyObject *host = attrs[4], *netns = attrs[5];
     PyObject *key = NULL;
-    if (laddr && raddr && lport && rport && host && netns) {
+    if (complete) {
         PyObject *local = address_info(cache, laddr, address_text, is_loopback);
         PyObject *remote = local ? address_info(cache, raddr, address_text, is_loopback) : NULL;
         int loopback = remote ? PyObject_IsTrue(PyTuple_GET_ITEM(local, 1)) : -1;
@@ -229,12 +241,8 @@ static PyObject *read_side(struct side *side, PyObject *view, PyObject *cache,
                                side->server_port, loopback ? netns : Py_None);
         }
     }
-    Py_XDECREF(laddr);
-    Py_XDECREF(raddr);
-    Py_XDECREF(lport);
-    Py_XDECREF(rport);
-    Py_XDECREF(host);
-    Py_XDECREF(netns);
+    for (int i = 0; i < 6; i++)
+        Py_XDECREF(attrs[i]);
     return key;
 }
 
@@ -272,14 +280,14 @@ static PyObject *endpoint(PyObject *text, PyObject *port)
 }
 
 /* sorted(set(positions of each view)) */
-static PyObject *merged_positions(PyObject *first, PyObject *second)
+static PyObject *merged_positions(const struct side *first, const struct side *second)
 {
     PyObject *set = PySet_New(NULL);
     if (set == NULL)
         return NULL;
-    PyObject *views[2] = {first, second};
-    for (int i = 0; i < 2 && views[i] != NULL; i++) {
-        PyObject *positions = view_attr(views[i], ATTR_POSITIONS);
+    const struct side *sides[2] = {first, second};
+    for (int i = 0; i < 2 && sides[i] != NULL; i++) {
+        PyObject *positions = side_attr(sides[i], ATTR_POSITIONS);
         PyObject *iterator = positions ? PyObject_GetIter(positions) : NULL;
         PyObject *item;
         int rc = iterator ? 0 : -1;
@@ -334,9 +342,72 @@ static PyObject *joined(PyObject *a, PyObject *b, PyObject *separator, int none_
     return result;
 }
 
-static PyObject *attr_or_none(PyObject *view, int attr)
+static PyObject *attr_or_none(const struct side *side, int attr)
 {
-    return view != NULL ? view_attr(view, attr) : Py_NewRef(Py_None);
+    return side != NULL ? side_attr(side, attr) : Py_NewRef(Py_None);
+}
+
+/* Set values[field] to ``expression`` (a new reference), or stop at the first failure: what
+ * comes after may run Python code, which must not run with an exception set. */
+#define SET(field, expression)                                                                 \
+    do {                                                                                       \
+        if ((values[field] = (expression)) == NULL)                                            \
+            goto done;                                                                         \
+    } while (0)
+
+/* The fields _local_row computes from both sides. */
+static int local_fields(PyObject **values, const struct side *client, const struct side *server,
+                        int is_open)
+{
+    PyObject *pair[2] = {NULL, NULL};
+    int rc = -1;
+    /* min of the opens, max of the closes: the first of equal ones, as min and max keep */
+    const struct side *opened = client->has_opened ? client : server;
+    if (client->has_opened && server->has_opened && server->opened < client->opened)
+        opened = server;
+    const struct side *closed = server->closed > client->closed ? server : client;
+    SET(ROW_OPENED_NS, opened->has_opened ? side_attr(opened, ATTR_OPENED_NS)
+                                          : Py_NewRef(Py_None));
+    SET(ROW_CLOSED_NS, is_open ? Py_NewRef(Py_None) : side_attr(closed, ATTR_CLOSED_NS));
+    if ((pair[0] = side_attr(client, ATTR_SOURCE)) == NULL || (pair[1] = side_attr(server, ATTR_SOURCE)) == NULL)
+        goto done;
+    SET(ROW_SOURCE, joined(pair[0], pair[1], t_plus, 0));
+    Py_CLEAR(pair[0]);
+    Py_CLEAR(pair[1]);
+    if ((pair[0] = side_attr(client, ATTR_CLOSE_NOTE)) == NULL ||
+        (pair[1] = side_attr(server, ATTR_CLOSE_NOTE)) == NULL)
+        goto done;
+    SET(ROW_NOTE, joined(pair[0], pair[1], t_semicolon, 1));
+    SET(ROW_BYTES_SENT, side_attr(client, ATTR_BYTES_SENT));
+    SET(ROW_BYTES_RECEIVED, side_attr(client, ATTR_BYTES_RECEIVED));
+    rc = 0;
+done:
+    Py_XDECREF(pair[0]);
+    Py_XDECREF(pair[1]);
+    return rc;
+}
+
+/* The fields _row computes from its one side. */
+static int single_fields(PyObject **values, const struct side *side, int is_client)
+{
+    PyObject *note = NULL;
+    int rc = -1;
+    SET(ROW_OPENED_NS, side_attr(side, ATTR_OPENED_NS));
+    SET(ROW_CLOSED_NS, side_attr(side, ATTR_CLOSED_NS));
+    SET(ROW_SOURCE, side_attr(side, ATTR_SOURCE));
+    if ((note = side_attr(side, ATTR_CLOSE_NOTE)) == NULL)
+        goto done;
+    int truth = PyObject_IsTrue(note);
+    if (truth < 0)
+        goto done;
+    SET(ROW_NOTE, Py_NewRef(truth ? note : Py_None));
+    /* What the client sent is what the server received. */
+    SET(ROW_BYTES_SENT, side_attr(side, is_client ? ATTR_BYTES_SENT : ATTR_BYTES_RECEIVED));
+    SET(ROW_BYTES_RECEIVED, side_attr(side, is_client ? ATTR_BYTES_RECEIVED : ATTR_BYTES_SENT));
+    rc = 0;
+done:
+    Py_XDECREF(note);
+    return rc;
 }
 
 /* The row of ``client`` and ``server`` (either may be NULL, not both): _row's fields. */
@@ -355,79 +426,39 @@ static PyObject *make_row(const struct row_layout *layout, const struct side *cl
     PyObject *c = client ? client->view : NULL, *s = server ? server->view : NULL;
     int is_open = (client && !client->has_closed) || (server && !server->has_closed);
 
-    values[ROW_ID] = PyUnicode_FromFormat("%lld.%lld", first->origin_pos, first->origin_ord);
-    values[ROW_STATE] = Py_NewRef(is_open ? t_open : t_closed);
-    values[ROW_DIRECTION] = Py_NewRef(c && s ? t_local : (c ? t_outbound : t_inbound));
-    values[ROW_HOST] = view_attr(first->view, ATTR_HOST_ID);
-    values[ROW_CLIENT] = endpoint(seen->client_text, seen->client_port);
-    values[ROW_SERVER] = endpoint(seen->server_text, seen->server_port);
-    if (c && s) {
-        /* min of the opens, max of the closes: the first of equal ones, as min/max keep */
-        const struct side *opened = client->has_opened ? client : server;
-        if (client->has_opened && server->has_opened && server->opened < client->opened)
-            opened = server;
-        values[ROW_OPENED_NS] = opened->has_opened ? view_attr(opened->view, ATTR_OPENED_NS)
-                                                   : Py_NewRef(Py_None);
-        const struct side *closed = server->closed > client->closed ? server : client;
-        values[ROW_CLOSED_NS] =
-            is_open ? Py_NewRef(Py_None) : view_attr(closed->view, ATTR_CLOSED_NS);
-    } else {
-        values[ROW_OPENED_NS] = view_attr(first->view, ATTR_OPENED_NS);
-        values[ROW_CLOSED_NS] = view_attr(first->view, ATTR_CLOSED_NS);
-    }
-    values[ROW_CLIENT_PID] = attr_or_none(c, ATTR_PID);
-    values[ROW_CLIENT_COMM] = attr_or_none(c, ATTR_COMM);
-    values[ROW_CLIENT_NETNS] = attr_or_none(c, ATTR_NETNS);
-    values[ROW_SERVER_PID] = attr_or_none(s, ATTR_PID);
-    values[ROW_SERVER_COMM] = attr_or_none(s, ATTR_COMM);
-    values[ROW_SERVER_NETNS] = attr_or_none(s, ATTR_NETNS);
-    values[ROW_POSITIONS] = merged_positions(first->view, c && s ? (first->view == c ? s : c)
-                                                                 : NULL);
-    if (c && s) {
-        PyObject *sources[2] = {view_attr(c, ATTR_SOURCE), view_attr(s, ATTR_SOURCE)};
-        PyObject *notes[2] = {view_attr(c, ATTR_CLOSE_NOTE), view_attr(s, ATTR_CLOSE_NOTE)};
-        if (sources[0] && sources[1])
-            values[ROW_SOURCE] = joined(sources[0], sources[1], t_plus, 0);
-        if (notes[0] && notes[1])
-            values[ROW_NOTE] = joined(notes[0], notes[1], t_semicolon, 1);
-        for (int i = 0; i < 2; i++) {
-            Py_XDECREF(sources[i]);
-            Py_XDECREF(notes[i]);
-        }
-        values[ROW_BYTES_SENT] = view_attr(c, ATTR_BYTES_SENT);
-        values[ROW_BYTES_RECEIVED] = view_attr(c, ATTR_BYTES_RECEIVED);
-    } else {
-        values[ROW_SOURCE] = view_attr(first->view, ATTR_SOURCE);
-        PyObject *note = view_attr(first->view, ATTR_CLOSE_NOTE);
-        int truth = note ? PyObject_IsTrue(note) : -1;
-        if (truth >= 0)
-            values[ROW_NOTE] = Py_NewRef(truth ? note : Py_None);
-        Py_XDECREF(note);
-        /* What the client sent is what the server received. */
-        values[ROW_BYTES_SENT] = view_attr(first->view, c ? ATTR_BYTES_SENT : ATTR_BYTES_RECEIVED);
-        values[ROW_BYTES_RECEIVED] =
-            view_attr(first->view, c ? ATTR_BYTES_RECEIVED : ATTR_BYTES_SENT);
-    }
-    values[ROW_CLIENT_IP] = Py_NewRef(seen->client_text);
-    values[ROW_CLIENT_PORT] = Py_NewRef(seen->client_port);
-    values[ROW_SERVER_IP] = Py_NewRef(seen->server_text);
-    values[ROW_SERVER_PORT] = Py_NewRef(seen->server_port);
-    values[ROW_CLIENT_LOCAL] = PyBool_FromLong(c != NULL);
-    values[ROW_SERVER_LOCAL] = PyBool_FromLong(s != NULL);
-
-    int complete = 1;
-    for (int i = 0; i < ROW_FIELD_COUNT; i++)
-        complete &= values[i] != NULL;
-    if (complete) {
-        PyObject *args[64];
-        for (Py_ssize_t i = 0; i < layout->count; i++)
-            args[i] = layout->source[i] >= 0 ? values[layout->source[i]] : Py_None;
-        row = PyObject_Vectorcall(layout->type, args, (size_t)layout->count, NULL);
-    }
+    SET(ROW_ID, PyUnicode_FromFormat("%lld.%lld", first->origin_pos, first->origin_ord));
+    SET(ROW_STATE, Py_NewRef(is_open ? t_open : t_closed));
+    SET(ROW_DIRECTION, Py_NewRef(c && s ? t_local : (c ? t_outbound : t_inbound)));
+    SET(ROW_HOST, side_attr(first, ATTR_HOST_ID));
+    SET(ROW_CLIENT, endpoint(seen->client_text, seen->client_port));
+    SET(ROW_SERVER, endpoint(seen->server_text, seen->server_port));
+    SET(ROW_CLIENT_PID, attr_or_none(client, ATTR_PID));
+    SET(ROW_CLIENT_COMM, attr_or_none(client, ATTR_COMM));
+    SET(ROW_CLIENT_NETNS, attr_or_none(client, ATTR_NETNS));
+    SET(ROW_SERVER_PID, attr_or_none(server, ATTR_PID));
+    SET(ROW_SERVER_COMM, attr_or_none(server, ATTR_COMM));
+    SET(ROW_SERVER_NETNS, attr_or_none(server, ATTR_NETNS));
+    SET(ROW_POSITIONS,
+        merged_positions(first, c && s ? (first == client ? server : client) : NULL));
+    if ((c && s ? local_fields(values, client, server, is_open)
+                : single_fields(values, first, c != NULL)) < 0)
+        goto done;
+    SET(ROW_CLIENT_IP, Py_NewRef(seen->client_text));
+    SET(ROW_CLIENT_PORT, Py_NewRef(seen->client_port));
+    SET(ROW_SERVER_IP, Py_NewRef(seen->server_text));
+    SET(ROW_SERVER_PORT, Py_NewRef(seen->server_port));
+    SET(ROW_CLIENT_LOCAL, PyBool_FromLong(c != NULL));
+    SET(ROW_SERVER_LOCAL, PyBool_FromLong(s != NULL));
+    PyObject *args[64];
+    for (Py_ssize_t i = 0; i < layout->count; i++)
+        args[i] = layout->source[i] >= 0 ? values[layout->source[i]] : Py_None;
+    row = PyObject_Vectorcall(layout->type, args, (size_t)layout->count, NULL);
+done:
     for (int i = 0; i < ROW_FIELD_COUNT; i++)
         Py_XDECREF(values[i]);
     return row;
 }
+#undef SET
 
 static int append_row(PyObject *rows, const struct row_layout *layout, const struct side *client,
                       const struct side *server)
@@ -520,26 +551,33 @@ static PyObject *pair_rows(PyObject *Py_UNUSED(module), PyObject *args)
     struct row_layout layout = {.type = row_type};
     if (read_layout(&layout, field_names) < 0)
         return NULL;
-    Py_ssize_t count = PyList_GET_SIZE(views);
+    /* A tuple of the views, so that they stay alive and in place whatever the callbacks do
+     * to the caller's list. */
+    PyObject *items = PySequence_Tuple(views);
+    if (items == NULL)
+        return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(items);
+    struct slot_map map = {0};
     struct side *sides = PyMem_Calloc((size_t)count + 1, sizeof *sides);
     Py_ssize_t *group_of = PyMem_Calloc((size_t)count + 1, sizeof *group_of);
     struct side **members = PyMem_Calloc((size_t)count + 1, sizeof *members);
     struct side **scratch = PyMem_Calloc((size_t)count * 2 + 1, sizeof *scratch);
     Py_ssize_t *starts = NULL;
     PyObject *groups = PyDict_New(), *cache = PyDict_New();
-    PyObject *views_held = Py_NewRef(views), *rows = NULL, *result = NULL;
+    PyObject *rows = NULL, *result = NULL;
     int declined = 0;
     if (!sides || !group_of || !members || !scratch || !groups || !cache) {
         PyErr_NoMemory();
         goto done;
     }
     if (count > 0)
-        learn_slots(Py_TYPE(PyList_GET_ITEM(views, 0)));
+        learn_slots(&map, Py_TYPE(PyTuple_GET_ITEM(items, 0)));
     /* Read every view and number the groups in the order their first socket comes. */
     for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *view = PyTuple_GET_ITEM(items, i);
         sides[i].index = i;
-        PyObject *key = read_side(&sides[i], PyList_GET_ITEM(views, i), cache, address_text,
-                                  is_loopback, &declined);
+        sides[i].slots = Py_TYPE(view) == map.type ? map.offsets : NULL;
+        PyObject *key = read_side(&sides[i], view, cache, address_text, is_loopback, &declined);
         if (key == NULL)
             goto done;
         PyObject *group = PyDict_GetItemWithError(groups, key);
@@ -588,7 +626,7 @@ done:
     Py_XDECREF(groups);
     Py_XDECREF(cache); /* after the sides: their texts are borrowed from it */
     Py_XDECREF(rows);
-    Py_DECREF(views_held);
+    Py_DECREF(items); /* last: the sides borrow their views from it */
     return result;
 }
 

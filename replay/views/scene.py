@@ -8,9 +8,9 @@ from functools import lru_cache
 
 from recorder.events import Kind
 from recorder.log.reader import LogReader
+from replay import native
 from replay.connections import ConnectionRow, connection_table
 from replay.engine import Window
-from replay.native import RunReader
 from replay.views.containers import Container, container_of
 
 
@@ -70,7 +70,7 @@ def is_public(address: str) -> bool:
     return bool(ip and ip.is_global)
 
 
-def build_scene(reader: LogReader, window: Window, runs: RunReader | None = None) -> Scene:
+def build_scene(reader: LogReader, window: Window, runs: native.RunReader | None = None) -> Scene:
     rows = connection_table(reader, window, runs)
     recordings = {r.id: r for r in reader.recordings()}
     processes: dict[tuple[str, int], ProcessInfo] = {}

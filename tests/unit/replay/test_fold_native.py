@@ -58,7 +58,8 @@ step = st.tuples(
 
 
 def write_log(path: Path, steps: list[tuple[Kind, int | None, int, int, bool]]) -> int:
-    """A one-recording log of ``steps``, 1 ms apart; returns the last event's mono time."""
+    """A one-recording log of ``steps``, 1 ms apart, with the wall clock stepping now and then
+    (so wall order is not log order); returns the last event's mono time."""
     store = open_log(resolve(str(path)), Purpose.RECORD)
     start = clock_sample()
     recording = begin_recording(store, RecordingStart(make_host(), "ebpf", start, ROOT_NETNS))
@@ -66,6 +67,9 @@ def write_log(path: Path, steps: list[tuple[Kind, int | None, int, int, bool]]) 
     mono = MONO_BASE_NS
     for index, (kind, sock, port, pid, flush) in enumerate(steps):
         mono += 1_000_000
+        if index >= 10 and index % 9 == 4:  # the clock steps by 8 ms, back or forth
+            jump = ((index // 9) % 3 - 1) * 8_000_000
+            writer.add_clock_sample(clock_sample(mono, start.offset_ns + jump))
         if kind == Kind.SNAPSHOT:
             writer.add_snapshot(*snapshot(mono, index, port, pid))
         else:
@@ -230,3 +234,14 @@ def test_reconcile_needs_the_addresses_of_every_open_socket() -> None:
 
 def test_fold_defaults_to_the_module_when_built() -> None:
     assert Fold(ReplayState(), lookup=None).use_native is True  # type: ignore[arg-type]
+
+
+def test_wall_bounds_need_the_clock(tmp_path: Path) -> None:
+    path = tmp_path / "bounds.db"
+    last = write_log(path, [(Kind.CONNECT, 1, 40001, 1, False)])
+    with open_log(resolve(str(path)), Purpose.READ) as store:
+        runs = Replayer(store).runs
+        assert runs is not None
+        with pytest.raises(TypeError, match="segments"):
+            runs.fold_run(0, 10, {}, False, None, None, last)
+        assert runs.fold_run(0, 10, {}, False, [], None, last) is None  # no clock: declined

@@ -163,16 +163,82 @@ class Subclassed(SocketView):
     """Sockets of another type than the one whose slots the loop reads directly."""
 
 
+class Duck:
+    """Sockets of an unrelated type, laid out nothing like SocketView."""
+
+    server_side_view = SocketView.server_side_view
+    ends = SocketView.ends
+
+    def __init__(self, **fields: object) -> None:
+        self.__dict__.update(fields)
+
+
 @settings(max_examples=50, deadline=None)
 @given(views=views)
 def test_pairing_reads_other_types_generically(views: list[SocketView]) -> None:
-    others: list[SocketView] = [
-        Subclassed(**{f: getattr(v, f) for f in _VIEW_FIELDS}) for v in views
-    ]
+    def fields(view: SocketView) -> dict[str, Any]:
+        return {f: getattr(view, f) for f in _VIEW_FIELDS}
+
+    others: list[SocketView] = [Subclassed(**fields(v)) for v in views]
     mixed = [v if i % 2 else o for i, (v, o) in enumerate(zip(views, others, strict=True))]
-    for group in (others, mixed):
+    ducks: list[Any] = [v if i % 2 == 0 else Duck(**fields(v)) for i, v in enumerate(views)]
+    lead: list[Any] = [Duck(**fields(v)) for v in views[:1]] + views[1:]  # a duck's map first
+    for group in (others, mixed, ducks, lead):
         made = native.pair_rows(group, ConnectionRow, _ROW_FIELDS, address_text, is_loopback)
         assert made == pair(group, use_native=False)
+
+
+class Transplanted(Duck):
+    """A type that borrows SocketView's slot for ``source`` without being one."""
+
+    source = SocketView.__dict__["source"]
+
+
+def test_pairing_does_not_trust_borrowed_slots() -> None:
+    sides = (CLIENT, (LO, 40000, LO, 80), (1, None), (1, 0), (1, 7, "events", None, [1], None))
+    fields = {f: getattr(view(*sides), f) for f in _VIEW_FIELDS if f != "source"}
+    views: list[Any] = [Transplanted(**fields)]
+    with pytest.raises(TypeError):
+        pair(views, use_native=False)
+    with pytest.raises(TypeError):
+        native.pair_rows(views, ConnectionRow, _ROW_FIELDS, address_text, is_loopback)
+
+
+class Failing(SocketView):
+    """A socket whose source cannot be read."""
+
+    @property
+    def source(self) -> str:
+        raise ValueError("no source")
+
+    @source.setter
+    def source(self, value: str) -> None:
+        pass
+
+
+def test_pairing_raises_what_python_raises() -> None:
+    sides = (CLIENT, (LO, 40000, LO, 80), (1, None), (1, 0), (1, 7, "events", None, [1], None))
+    good = view(*sides)
+    bad = Failing(**{f: getattr(good, f) for f in _VIEW_FIELDS})
+    lists: list[list[SocketView]] = [[bad], [good, bad]]
+    for views in lists:
+        with pytest.raises(ValueError, match="no source"):
+            native.pair_rows(views, ConnectionRow, _ROW_FIELDS, address_text, is_loopback)
+        with pytest.raises(ValueError, match="no source"):
+            pair(views, use_native=False)
+
+
+def test_pairing_survives_callbacks_that_change_the_list() -> None:
+    sides = [view(CLIENT, (LO, 40000 + n, LO, 80), (n, None), (n, 0),
+                  (1, 7, "events", None, [n], None)) for n in range(1, 6)]  # fmt: skip
+    views = list(sides)
+
+    def clearing(address: bytes | None) -> str:
+        views.clear()
+        return address_text(address)
+
+    made = native.pair_rows(views, ConnectionRow, _ROW_FIELDS, clearing, is_loopback)
+    assert made == pair(sides, use_native=False)
 
 
 # -- sockets from the log -----------------------------------------------------------------
@@ -236,19 +302,22 @@ def build(builder: Builder, operations: list[tuple[str, int]]) -> float:
 
 
 def windows(location: object, moments: list[float], window_s: float) -> list[tuple[object, ...]]:
-    """Sockets and rows at each moment, made with and without the C reader: must be equal."""
+    """Sockets and rows at each moment, from windows folded and tables made in C, and from
+    windows folded and tables made in Python: must be equal."""
     found: list[tuple[object, ...]] = []
     with open_log(location, Purpose.READ) as store:  # type: ignore[arg-type]
         replayer = Replayer(store, use_checkpoints=False)
-        assert replayer.runs is not None
+        python = Replayer(store, use_checkpoints=False, use_native=False)
+        assert replayer.runs is not None and python.runs is None
         for at in moments:
             window = replayer.window(wall(at), round(window_s * 1e9))
+            defined = python.window(wall(at), round(window_s * 1e9))
             found.append(
                 (
                     sockets_in_window(replayer.reader, window, replayer.runs),
-                    sockets_in_window(replayer.reader, window),
+                    sockets_in_window(python.reader, defined),
                     connection_table(replayer.reader, window, replayer.runs),
-                    connection_table(replayer.reader, window),
+                    connection_table(python.reader, defined),
                 )
             )
     return found
