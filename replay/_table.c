@@ -439,7 +439,7 @@ static PyObject *make_row(const struct row_layout *layout, const struct side *cl
     SET(ROW_SERVER_COMM, attr_or_none(server, ATTR_COMM));
     SET(ROW_SERVER_NETNS, attr_or_none(server, ATTR_NETNS));
     SET(ROW_POSITIONS,
-        merged_positions(first, c && s ? (first == client ? server : client) : NULL));
+        merged_positions(c && s ? client : first, c && s ? server : NULL)); /* as Python */
     if ((c && s ? local_fields(values, client, server, is_open)
                 : single_fields(values, first, c != NULL)) < 0)
         goto done;
