@@ -8,6 +8,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+# One encoder for every item (json.dumps with options builds a new one per call).
+_ITEM_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "))
+
 
 def to_json(document: Any) -> str:
     """Deterministic JSON: keys in the order built, no floats' noise, trailing newline."""
@@ -28,7 +31,7 @@ def to_json_listing(head: dict[str, Any], key: str, items: list[dict[str, Any]])
         lines.append(f"  {json.dumps(key)}: []")
     else:
         lines.append(f"  {json.dumps(key)}: [")
-        encoded = [json.dumps(item, ensure_ascii=False, separators=(", ", ": ")) for item in items]
+        encoded = list(map(_ITEM_ENCODER.encode, items))
         lines.extend(f"    {text}," for text in encoded[:-1])
         lines.append(f"    {encoded[-1]}")
         lines.append("  ]")

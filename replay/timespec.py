@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from recorder.errors import UsageError
 
@@ -124,11 +125,19 @@ def format_ns(ns: int | None) -> str:
     if ns is None:
         return ""
     seconds, nanos = divmod(ns, 1_000_000_000)
+    whole = _format_second(seconds)
+    if whole is None:  # a moment a user computed far outside any log
+        return f"{ns}ns since the epoch"
+    return f"{whole}.{nanos:09d}Z"
+
+
+@lru_cache(maxsize=4096)  # a table's times fall in few seconds: format each one once
+def _format_second(seconds: int) -> str | None:
     try:
         moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
-    except OverflowError:  # a moment a user computed far outside any log
-        return f"{ns}ns since the epoch"
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{nanos:09d}Z"
+    except OverflowError:
+        return None
+    return f"{moment:%Y-%m-%dT%H:%M:%S}"
 
 
 def format_duration(ns: int | None) -> str:
