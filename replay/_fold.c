@@ -1,4 +1,4 @@
-/* replay._fold: the fold's two hot loops in C.
+/* replay._fold: the fold's hot loops in C, and the reads behind a connection table.
  *
  * A full replay folds every event in the log; in Python each event cost about a microsecond
  * (a row tuple from the driver, then columns, sets and dicts), and every /proc snapshot cost
@@ -13,6 +13,11 @@
  *   open of a socket already open) comes back as its rows, for ``_apply_each``.
  * - ``reconcile_sockets`` is the set algebra of ``Fold._apply_snapshot`` over socket
  *   addresses, on a hash table of the key fields instead of Python tuples.
+ * - ``fold_run`` can keep only the rows whose wall time is in a range (the recording's clock
+ *   segments convert), as the engine folds a window or a span that ends after its moment.
+ * - ``RunReader.socket_views`` reads the events behind a connection table's sockets by
+ *   position and makes them SocketViews, as replay/connections.py's _Materializer does;
+ *   tests/unit/replay/test_table_native.py holds the two equal.
  *
  * replay/fold.py stays the definition: tests/unit/replay/test_fold_native.py checks that both
  * give the same state. Whatever these loops do not expect (a value of another type, a key

@@ -5,6 +5,11 @@ socket known only from /proc gets its side from the listening sockets of the sam
 else by Scope's rule that the lower local port is the server. Two sockets of this host whose
 addresses mirror each other (and, on loopback, share a network namespace) and whose lifetimes
 overlap are the two ends of one connection.
+
+This module is the definition. Where the C modules are built, the sockets known from their
+events are read and made by the run reader (``RunReader.socket_views``) and the pairing runs
+in ``replay/_table.c``; both give what the code here gives (tests/unit/replay/
+test_table_native.py), and hand back to it what they do not take (NAT, odd values).
 """
 
 from __future__ import annotations
