@@ -4,7 +4,7 @@
  * their endpoints, orders each group by open time and builds one ConnectionRow per connection.
  * In Python that cost more than folding to the moment from a checkpoint. ``pair_rows`` does
  * the same here: it reads each SocketView's attributes, groups them in a dict keyed as
- * _pair_key keys them, and calls the row type with the fields _row and _local_row compute.
+ * _pair_key keys them, and calls the row type with the fields _row computes.
  *
  * replay/connections.py stays the definition: tests/unit/replay/test_table_native.py checks
  * that both give the same rows. A view with a NAT translation, or a value of a type the loop
@@ -355,7 +355,7 @@ static PyObject *attr_or_none(const struct side *side, int attr)
             goto done;                                                                         \
     } while (0)
 
-/* The fields _local_row computes from both sides. */
+/* The fields _row computes from both sides, when both ends are sockets of this host. */
 static int local_fields(PyObject **values, const struct side *client, const struct side *server,
                         int is_open)
 {

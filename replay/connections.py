@@ -99,15 +99,11 @@ class SocketView:
 
     @property
     def client(self) -> tuple[str, int]:
-        if self.role == SERVER:
-            return address_text(self.raddr), self.rport
-        return address_text(self.laddr), self.lport
+        return self.ends()[0]
 
     @property
     def server(self) -> tuple[str, int]:
-        if self.role == SERVER:
-            return address_text(self.laddr), self.lport
-        return address_text(self.raddr), self.rport
+        return self.ends()[1]
 
 
 @dataclass(slots=True)
@@ -153,7 +149,6 @@ class ConnectionRow:
 
 _ROW_FIELDS = tuple(f.name for f in fields(ConnectionRow))  # the order ConnectionRow takes them
 _VIEW_FIELDS = tuple(f.name for f in fields(SocketView))
-_INT64 = range(-(1 << 63), 1 << 63)
 
 
 class _Materializer:
@@ -273,7 +268,7 @@ class _Materializer:
         """What ``from_event`` makes of ``opens`` and ``closed_pair`` of the ``pairs`` closed in
         the window, read and made in C; None where the C reader declines."""
         start_ns, at_ns = self.window.start_ns, self.window.at_ns
-        if start_ns not in _INT64 or at_ns not in _INT64:
+        if not native.fits_int64(start_ns, at_ns):
             return None
         comms, namespaces = self.reader.dictionaries()
         clocks = {rid: self.reader.clock(rid).segments() for rid in self.recordings}
@@ -285,13 +280,7 @@ class _Materializer:
 
     def closed_pair(self, opened: LoggedEvent, close: LoggedEvent) -> SocketView:
         """``closed`` for a socket whose open and close events were both folded."""
-        view = self.from_event(opened)
-        view.closed_ns = view.close_event_ns = close.wall_ns
-        view.positions.append(close.position)
-        view.bytes_sent, view.bytes_received = close.bytes_sent, close.bytes_received
-        if close.pid is not None and view.pid is None:
-            view.pid, view.comm = close.pid, close.comm
-        return view
+        return _closed_by(self.from_event(opened), close)
 
     def closed(self, item: Closed) -> SocketView | None:
         close = self.event(item.close_position) if item.close_position is not None else None
@@ -301,16 +290,22 @@ class _Materializer:
         if item.missing_at is not None:
             view.missing_ns = self.event(item.missing_at).wall_ns
         if close is not None:
-            view.closed_ns = view.close_event_ns = close.wall_ns
-            view.positions.append(close.position)
-            view.bytes_sent, view.bytes_received = close.bytes_sent, close.bytes_received
-            if close.pid is not None and view.pid is None:
-                view.pid, view.comm = close.pid, close.comm
+            _closed_by(view, close)
         elif item.missing_at is not None:
             view.closed_ns = self.event(item.missing_at).wall_ns
             view.positions.append(item.missing_at)
             view.close_note = MISSING_NOTE
         return view
+
+
+def _closed_by(view: SocketView, close: LoggedEvent) -> SocketView:
+    """``view`` ended by its close event, which also names the owner if the open did not."""
+    view.closed_ns = view.close_event_ns = close.wall_ns
+    view.positions.append(close.position)
+    view.bytes_sent, view.bytes_received = close.bytes_sent, close.bytes_received
+    if close.pid is not None and view.pid is None:
+        view.pid, view.comm = close.pid, close.comm
+    return view
 
 
 def _find_connection(snapshot: Snapshot, key: TupleKey) -> SnapshotConnection | None:
@@ -440,10 +435,6 @@ def pair(views: list[SocketView], use_native: bool = True) -> list[ConnectionRow
             group.append(view)
     rows: list[ConnectionRow] = []
     for members in groups.values():
-        if len(members) == 1:  # the usual case on a busy host: one side of the connection is ours
-            view = members[0]
-            rows.append(_row(None, view) if view.role == SERVER else _row(view, None))
-            continue
         members.sort(key=_open_order)
         clients = [v for v in members if v.role != SERVER]
         servers = [v for v in members if v.role == SERVER]
@@ -460,84 +451,43 @@ def pair(views: list[SocketView], use_native: bool = True) -> list[ConnectionRow
 
 
 def _row(client: SocketView | None, server: SocketView | None) -> ConnectionRow:
-    if client is not None and server is not None:
-        return _local_row(client, server)
-    side = client if client is not None else server
-    assert side is not None
-    seen_client, seen_server = side.ends()
+    sides = [v for v in (client, server) if v is not None]
+    first = min(sides, key=lambda v: v.origin)
+    seen_client, seen_server = (client or first).ends()  # as the client saw them, if ours
     nat = client.nat if client is not None else None
     real = nat.real_destination if nat else None
     source_nat = nat.translated_source if nat else None
-    is_open = side.closed_ns is None
+    opened = [v.opened_ns for v in sides if v.opened_ns is not None]
+    closed = [v.closed_ns for v in sides if v.closed_ns is not None]
+    is_open = any(v.closed_ns is None for v in sides)
+    notes = sorted({v.close_note for v in sides if v.close_note})
+    direction = "local" if client and server else ("outbound" if client else "inbound")
     return ConnectionRow(
-        id=f"{side.origin[0]}.{side.origin[1]}",
+        id=f"{first.origin[0]}.{first.origin[1]}",
         state="open" if is_open else "closed",
-        direction="outbound" if client is not None else "inbound",
-        host=side.host_id,
+        direction=direction,
+        host=first.host_id,
         client=_endpoint(*seen_client),
         server=_endpoint(*seen_server),
-        opened_ns=side.opened_ns,
-        closed_ns=side.closed_ns,
+        opened_ns=min(opened) if opened else None,
+        closed_ns=None if is_open else (max(closed) if closed else None),
         client_pid=client.pid if client else None,
         client_comm=client.comm if client else None,
         client_netns=client.netns if client else None,
         server_pid=server.pid if server else None,
         server_comm=server.comm if server else None,
         server_netns=server.netns if server else None,
-        source=side.source,
-        positions=sorted(set(side.positions)),
-        note=side.close_note or None,
-        bytes_sent=client.bytes_sent if client else side.bytes_received,
-        bytes_received=client.bytes_received if client else side.bytes_sent,
+        source="+".join(sorted({v.source for v in sides})),
+        positions=sorted({p for v in sides for p in v.positions}),
+        note="; ".join(notes) or None,
+        bytes_sent=client.bytes_sent if client else (server.bytes_received if server else None),
+        bytes_received=client.bytes_received if client else (server.bytes_sent if server else None),
         client_ip=seen_client[0],
         client_port=seen_client[1],
         server_ip=real[0] if real else seen_server[0],
         server_port=real[1] if real else seen_server[1],
         client_local=client is not None,
         server_local=server is not None,
-        nat_destination=_endpoint(*real) if real else None,
-        nat_source=_endpoint(*source_nat) if source_nat else None,
-    )
-
-
-def _local_row(client: SocketView, server: SocketView) -> ConnectionRow:
-    """A connection with both ends on this host: the client's socket says how it looked."""
-    first = client if client.origin <= server.origin else server
-    seen_client, seen_server = client.ends()
-    nat = client.nat
-    real = nat.real_destination if nat else None
-    source_nat = nat.translated_source if nat else None
-    opened = [v for v in (client.opened_ns, server.opened_ns) if v is not None]
-    is_open = client.closed_ns is None or server.closed_ns is None
-    closed = [v for v in (client.closed_ns, server.closed_ns) if v is not None]
-    notes = sorted({v for v in (client.close_note, server.close_note) if v})
-    sources = sorted({client.source, server.source})
-    return ConnectionRow(
-        id=f"{first.origin[0]}.{first.origin[1]}",
-        state="open" if is_open else "closed",
-        direction="local",
-        host=first.host_id,
-        client=_endpoint(*seen_client),
-        server=_endpoint(*seen_server),
-        opened_ns=min(opened) if opened else None,
-        closed_ns=None if is_open else (max(closed) if closed else None),
-        client_pid=client.pid,
-        client_comm=client.comm,
-        client_netns=client.netns,
-        server_pid=server.pid,
-        server_comm=server.comm,
-        server_netns=server.netns,
-        source="+".join(sources),
-        positions=sorted({*client.positions, *server.positions}),
-        note="; ".join(notes) or None,
-        bytes_sent=client.bytes_sent,
-        bytes_received=client.bytes_received,
-        client_ip=seen_client[0],
-        client_port=seen_client[1],
-        server_ip=real[0] if real else seen_server[0],
-        server_port=real[1] if real else seen_server[1],
-        client_local=True,
-        server_local=True,
         nat_destination=_endpoint(*real) if real else None,
         nat_source=_endpoint(*source_nat) if source_nat else None,
     )

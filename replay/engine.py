@@ -166,7 +166,7 @@ class Replayer:
         """Fold the events of ``span`` (only those in ``wall_range``, if given); returns how
         many were folded. They go through the C run reader where there is one."""
         after, folded = span.first_position - 1, 0
-        if self.runs is not None and _fits_int64(wall_range):
+        if self.runs is not None and native.fits_int64(*(wall_range or ())):
             clock = None if wall_range is None else self.reader.clock(span.recording_id).segments()
             folded, after = fold.apply_runs(
                 span.recording_id, self.runs, after, span.last_position, wall_range, clock
@@ -193,9 +193,3 @@ class Replayer:
                 for position, kind, sock_id, mono in page
                 if (wall := mono + offset_at(mono)) <= high and (low is None or wall > low)
             ]
-
-
-def _fits_int64(wall_range: tuple[int | None, int] | None) -> bool:
-    """Whether the C reader can take ``wall_range`` (a window can reach back past 1970)."""
-    bounds = () if wall_range is None else wall_range
-    return all(-(1 << 63) <= bound < (1 << 63) for bound in bounds if bound is not None)

@@ -30,6 +30,12 @@ except ImportError:
     PAIRS_AVAILABLE = False
 
 
+def fits_int64(*values: int | None) -> bool:
+    """Whether the C loops can take ``values`` as 64-bit integers (None is no bound): a window
+    a user asks for can reach past what they hold."""
+    return all(-(1 << 63) <= value < (1 << 63) for value in values if value is not None)
+
+
 @cache
 def reads_sqlite() -> bool:
     """Whether the module was built and shares Python's SQLite library, so that its own
@@ -55,6 +61,7 @@ __all__ = [
     "KINDS",
     "PAIRS_AVAILABLE",
     "RunReader",
+    "fits_int64",
     "open_run_reader",
     "pair_rows",
     "reads_sqlite",
