@@ -7,9 +7,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hypothesis import strategies as st
+
 from recorder.events import Event, Kind, Loss, Snapshot, SnapshotConnection, SnapshotProcess
 from recorder.log.location import LogLocation, resolve
 from recorder.log.writer import LogWriter
+from recorder.procfs import TCP_ESTABLISHED, TCP_LISTEN
 from tests.factories import MONO_BASE_NS, ROOT_NETNS, WALL_BASE_NS, ip, recording_writer
 
 SECOND = 1_000_000_000
@@ -164,3 +167,82 @@ def built_log(path: Path | LogLocation) -> Iterator[tuple[LogLocation, Builder]]
         builder = Builder(writer)
         yield location, builder
         writer.flush()
+
+
+# -- generated workloads, for property tests ----------------------------------------------
+
+WORKLOAD_SERVER = "127.0.0.1:8080"
+_ARGS = {"close": st.integers(0, 200), "snapshot": st.integers(0, 200),
+         "exec": st.integers(1, 6), "exit": st.integers(1, 6), "flush": st.just(0)}  # fmt: skip
+
+
+def workload_operation(*kinds: str) -> st.SearchStrategy[tuple[str, int]]:
+    """One step of ``build_workload`` among ``kinds`` (see there), with its argument."""
+    return st.one_of(
+        *(st.tuples(st.just(kind), _ARGS.get(kind, st.integers(0, 40))) for kind in kinds)
+    )
+
+
+def build_workload(builder: Builder, operations: list[tuple[str, int]]) -> float:
+    """Apply ``operations`` 50 ms apart, then an exec marking the end; return its time.
+
+    pair: a local connect and its accept; outbound, outbound6: a connect to a remote server
+    (IPv4; v4-mapped to IPv6); proc: one seen by /proc polling (half without a pid); unbound: a
+    connect naming no local address or port; close: of a socket still open (its close names
+    the owner when the open did not, and counts bytes); close-unknown: of a socket never
+    opened; failed: a refused connect; snapshot: /proc showing some of the open sockets, a
+    listener and a stranger; exec, exit: a process starts or ends; flush: a batch ends.
+    """
+    open_sockets: list[tuple[int, int | None, str, str]] = []  # sock, pid, local, remote
+    next_sock, at = 1, 0.0
+    for kind, arg in operations:
+        at += 0.05
+        if kind == "pair":
+            client = f"127.0.0.1:{40000 + next_sock}"
+            server = WORKLOAD_SERVER
+            builder.connect(at, next_sock, 100 + arg % 3, f"c{arg % 3}", client, server)
+            builder.accept(at, next_sock + 1, 200, "srv", server, client)
+            open_sockets += [(next_sock, 100 + arg % 3, client, server),
+                             (next_sock + 1, 200, server, client)]  # fmt: skip
+            next_sock += 2
+        elif kind in ("outbound", "outbound6", "proc"):
+            local, remote = f"10.0.0.2:{50000 + next_sock}", f"93.184.216.{arg}:443"
+            if kind == "outbound6":
+                local, remote = f"[::ffff:10.0.0.2]:{50000 + next_sock}", f"[2001:db8::{arg}]:443"
+            extra: dict[str, Any] = {"source": "proc"} if kind == "proc" else {}
+            pid = None if kind == "proc" and arg % 2 else 300
+            builder.socket(Kind.CONNECT, at, next_sock, pid, "out", local, remote, **extra)
+            open_sockets.append((next_sock, pid, local, remote))
+            next_sock += 1
+        elif kind == "unbound":
+            event = Event(Kind.CONNECT, mono(at), 300, "out", ROOT_NETNS, None, None,
+                          ip("10.0.0.2"), 443, next_sock)  # fmt: skip
+            builder.writer.add(event)
+            open_sockets.append((next_sock, 300, "0.0.0.0:0", "10.0.0.2:443"))
+            next_sock += 1
+        elif kind == "close" and open_sockets:
+            sock, pid, local, remote = open_sockets.pop(arg % len(open_sockets))
+            closer = 400 + arg % 2 if pid is None else pid
+            builder.close(at, sock, closer, "x", local, remote, bytes_sent=arg, bytes_received=1)
+        elif kind == "close-unknown":
+            builder.close(at, None, None, None, f"10.0.0.2:{30000 + arg}", "10.0.0.3:5432")
+        elif kind == "failed":
+            local = f"127.0.0.1:{45000 + next_sock}"
+            builder.failed(at, next_sock, 100, "c0", local, "127.0.0.1:1")
+            next_sock += 1
+        elif kind == "snapshot":
+            shown = [s for i, s in enumerate(open_sockets) if (i + arg) % 4]  # some go missing
+            rows: list[tuple[str, str, int, int | None]] = [
+                (local, remote, TCP_ESTABLISHED, pid) for _, pid, local, remote in shown
+            ]
+            rows += [("0.0.0.0:8080", "0.0.0.0:0", TCP_LISTEN, 200)]
+            rows += [(f"10.9.0.1:{2000 + arg}", f"10.9.0.2:{60000 + arg}", TCP_ESTABLISHED, None)]
+            builder.snapshot(at, rows, processes=[(200, "srv"), (300 + arg % 2, "p")])
+        elif kind == "exec":
+            builder.exec(at, 1000 + arg, f"proc{arg}")
+        elif kind == "exit":
+            builder.exit(at, 1000 + arg, f"proc{arg}")
+        elif kind == "flush":
+            builder.flush()
+    builder.exec(at + 0.05, 999, "end-marker")
+    return at + 0.05

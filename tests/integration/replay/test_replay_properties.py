@@ -9,76 +9,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recorder.log.store import Purpose, open_log
-from recorder.procfs import TCP_ESTABLISHED, TCP_LISTEN
 from replay import checkpoints
 from replay.checkpoints import CheckpointPolicy
 from replay.connections import connection_table
 from replay.engine import Replayer
 from replay.table import Moment, TableResult, render
-from tests.logbuilder import Builder, built_log, wall
+from tests.logbuilder import build_workload, built_log, wall, workload_operation
 
-SERVER = "127.0.0.1:8080"
-
-operation = st.one_of(
-    st.tuples(st.just("pair"), st.integers(0, 40)),
-    st.tuples(st.just("outbound"), st.integers(0, 40)),
-    st.tuples(st.just("close"), st.integers(0, 200)),
-    st.tuples(st.just("close-unknown"), st.integers(0, 40)),
-    st.tuples(st.just("failed"), st.integers(0, 40)),
-    st.tuples(st.just("snapshot"), st.integers(0, 200)),
-    st.tuples(st.just("exec"), st.integers(1, 6)),
-    st.tuples(st.just("exit"), st.integers(1, 6)),
-    st.tuples(st.just("flush"), st.just(0)),
+# Shared with tests/integration/query/test_query.py: the workload both replay and SQL answer.
+operation = workload_operation(
+    "pair", "outbound", "close", "close-unknown", "failed", "snapshot", "exec", "exit", "flush"
 )
-
-
-def build(builder: Builder, operations: list[tuple[str, int]]) -> float:
-    """Apply ``operations`` 50 ms apart; return the last time used."""
-    open_sockets: list[tuple[int, int, str, str]] = []  # sock, pid, local, remote
-    next_sock = 1
-    at = 0.0
-    for kind, arg in operations:
-        at += 0.05
-        if kind == "pair":
-            client = f"127.0.0.1:{40000 + next_sock}"
-            builder.connect(at, next_sock, 100 + arg % 3, f"c{arg % 3}", client, SERVER)
-            builder.accept(at, next_sock + 1, 200, "srv", SERVER, client)
-            open_sockets += [
-                (next_sock, 100 + arg % 3, client, SERVER),
-                (next_sock + 1, 200, SERVER, client),
-            ]
-            next_sock += 2
-        elif kind == "outbound":
-            local = f"10.0.0.2:{50000 + next_sock}"
-            builder.connect(at, next_sock, 300, "out", local, f"93.184.216.{arg}:443")
-            open_sockets.append((next_sock, 300, local, f"93.184.216.{arg}:443"))
-            next_sock += 1
-        elif kind == "close" and open_sockets:
-            sock, pid, local, remote = open_sockets.pop(arg % len(open_sockets))
-            builder.close(at, sock, pid, "x", local, remote)
-        elif kind == "close-unknown":
-            builder.close(at, None, None, None, f"10.0.0.2:{30000 + arg}", "10.0.0.3:5432")
-        elif kind == "failed":
-            builder.failed(
-                at, next_sock, 100, "c0", f"127.0.0.1:{45000 + next_sock}", "127.0.0.1:1"
-            )
-            next_sock += 1
-        elif kind == "snapshot":
-            shown = [s for i, s in enumerate(open_sockets) if (i + arg) % 4]  # some go missing
-            rows: list[tuple[str, str, int, int | None]] = [
-                (local, remote, TCP_ESTABLISHED, pid) for _, pid, local, remote in shown
-            ]
-            rows += [("0.0.0.0:8080", "0.0.0.0:0", TCP_LISTEN, 200)]
-            rows += [(f"10.9.0.1:{2000 + arg}", f"10.9.0.2:{60000 + arg}", TCP_ESTABLISHED, None)]
-            builder.snapshot(at, rows, processes=[(200, "srv"), (300 + arg % 2, "p")])
-        elif kind == "exec":
-            builder.exec(at, 1000 + arg, f"proc{arg}")
-        elif kind == "exit":
-            builder.exit(at, 1000 + arg, f"proc{arg}")
-        elif kind == "flush":
-            builder.flush()
-    builder.exec(at + 0.05, 999, "end-marker")
-    return at + 0.05
+build = build_workload
 
 
 def answer(location: object, at_ns: int, window_ns: int, use: bool, every: int) -> str:

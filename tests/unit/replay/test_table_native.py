@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from recorder.clock import ClockModel
-from recorder.events import ClockSample, ConntrackEntry, Event, Kind
+from recorder.events import ClockSample, ConntrackEntry
 from recorder.log.reader import decode_extra
 from recorder.log.store import Purpose, open_log
 from replay import native
@@ -39,8 +39,7 @@ from replay.connections import (
 from replay.engine import Replayer
 from replay.nat import Translation
 from tests.capabilities import require
-from tests.factories import ROOT_NETNS
-from tests.logbuilder import Builder, built_log, mono, wall
+from tests.logbuilder import WORKLOAD_SERVER, build_workload, built_log, wall, workload_operation
 
 LO = bytes([127, 0, 0, 1])
 LO_MAPPED = bytes(10) + b"\xff\xff" + LO
@@ -243,62 +242,19 @@ def test_pairing_survives_callbacks_that_change_the_list() -> None:
 
 # -- sockets from the log -----------------------------------------------------------------
 
-SERVER_ADDRESS = "127.0.0.1:8080"
-operation = st.one_of(
-    st.tuples(st.just("pair"), st.integers(0, 40)),
-    st.tuples(st.just("outbound"), st.integers(0, 40)),
-    st.tuples(st.just("outbound6"), st.integers(0, 40)),
-    st.tuples(st.just("proc"), st.integers(0, 40)),
-    st.tuples(st.just("unbound"), st.integers(0, 40)),
-    st.tuples(st.just("close"), st.integers(0, 200)),
-    st.tuples(st.just("close-unknown"), st.integers(0, 40)),
-    st.tuples(st.just("failed"), st.integers(0, 40)),
-    st.tuples(st.just("flush"), st.just(0)),
+SERVER_ADDRESS = WORKLOAD_SERVER
+operation = workload_operation(
+    "pair",
+    "outbound",
+    "outbound6",
+    "proc",
+    "unbound",
+    "close",
+    "close-unknown",
+    "failed",
+    "snapshot",
+    "flush",
 )
-
-
-def build(builder: Builder, operations: list[tuple[str, int]]) -> float:
-    """Apply ``operations`` 50 ms apart; return the last time used."""
-    open_sockets: list[tuple[int, int | None, str, str]] = []  # sock, pid, local, remote
-    next_sock, at = 1, 0.0
-    for kind, arg in operations:
-        at += 0.05
-        if kind == "pair":
-            client = f"127.0.0.1:{40000 + next_sock}"
-            builder.connect(at, next_sock, 100 + arg % 3, f"c{arg % 3}", client, SERVER_ADDRESS)
-            builder.accept(at, next_sock + 1, 200, "srv", SERVER_ADDRESS, client)
-            open_sockets += [(next_sock, 100, client, SERVER_ADDRESS),
-                             (next_sock + 1, 200, SERVER_ADDRESS, client)]  # fmt: skip
-            next_sock += 2
-        elif kind in ("outbound", "outbound6", "proc"):
-            local, remote = f"10.0.0.2:{50000 + next_sock}", f"93.184.216.{arg}:443"
-            if kind == "outbound6":
-                local, remote = f"[::ffff:10.0.0.2]:{50000 + next_sock}", f"[2001:db8::{arg}]:443"
-            extra: dict[str, Any] = {"source": "proc"} if kind == "proc" else {}
-            pid = None if kind == "proc" and arg % 2 else 300
-            builder.socket(Kind.CONNECT, at, next_sock, pid, "out", local, remote, **extra)
-            open_sockets.append((next_sock, pid, local, remote))
-            next_sock += 1
-        elif kind == "unbound":  # a connect that names no local address (nor port)
-            event = Event(Kind.CONNECT, mono(at), 300, "out", ROOT_NETNS, None, None, HOST, 443,
-                          next_sock)  # fmt: skip
-            builder.writer.add(event)
-            open_sockets.append((next_sock, 300, "0.0.0.0:0", "10.0.0.2:443"))
-            next_sock += 1
-        elif kind == "close" and open_sockets:
-            sock, pid, local, remote = open_sockets.pop(arg % len(open_sockets))
-            closer = 400 + arg % 2 if pid is None else pid  # a close can name the owner
-            builder.close(at, sock, closer, "x", local, remote, bytes_sent=arg, bytes_received=1)
-        elif kind == "close-unknown":
-            builder.close(at, None, None, None, f"10.0.0.2:{30000 + arg}", "10.0.0.3:5432")
-        elif kind == "failed":
-            builder.failed(
-                at, next_sock, 100, "c0", f"127.0.0.1:{45000 + next_sock}", "127.0.0.1:1"
-            )
-            next_sock += 1
-        elif kind == "flush":
-            builder.flush()
-    return at + 0.05
 
 
 def windows(location: object, moments: list[float], window_s: float) -> list[tuple[object, ...]]:
@@ -340,7 +296,7 @@ def test_sockets_from_the_log_match_the_definition(
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         with built_log(Path(tmp) / "log.db") as (location, builder):
-            build(builder, operations)
+            build_workload(builder, operations)
         for views_c, views_py, rows_c, rows_py in windows(location, moments, window_s):
             assert views_c == views_py
             assert rows_c == rows_py
