@@ -298,10 +298,11 @@ typedef struct {
     PyObject_HEAD
     sqlite3 *db;
     sqlite3_stmt *narrow;
-    sqlite3_stmt *address; /* an event's addresses, by position */
-    /* Addresses of the events that opened the sockets seen open at snapshots, by position:
-     * a log never changes, and a socket that lives for minutes is compared at every snapshot. */
-    struct addr_cache *addresses;
+    sqlite3_stmt *record; /* an open event's record, by position */
+    /* The events that opened the sockets seen open at snapshots, by position: a log never
+     * changes, a socket that lives for minutes is compared at every snapshot, and the
+     * connection table reads the same sockets again. A checkpoint can carry them (a hint). */
+    struct addr_cache *records;
 } RunReader;
 
 static const char NARROW_SQL[] = "SELECT position, kind, sock_id FROM events "
@@ -328,17 +329,18 @@ static int wall_passes(const struct wall_filter *filter, sqlite3_stmt *stmt)
     return wall <= filter->high && (!filter->has_low || wall > filter->low);
 }
 
-static const char ADDRESS_SQL[] =
-    "SELECT e.recording_id, e.netns_id, n.inode, e.laddr, e.lport, e.raddr, e.rport "
+static const char RECORD_SQL[] =
+    "SELECT e.recording_id, e.netns_id, n.inode, e.laddr, e.lport, e.raddr, e.rport, e.kind, "
+    "e.mono_ns, e.pid, e.comm_id, e.extra IS NOT NULL "
     "FROM events e LEFT JOIN netns n ON n.id = e.netns_id WHERE e.position = ?1";
 
 static void RunReader_close_db(RunReader *self)
 {
     sqlite3_finalize(self->narrow);
-    sqlite3_finalize(self->address);
-    self->narrow = self->address = NULL;
-    addr_cache_free(self->addresses);
-    self->addresses = NULL;
+    sqlite3_finalize(self->record);
+    self->narrow = self->record = NULL;
+    addr_cache_free(self->records);
+    self->records = NULL;
     if (self->db != NULL) {
         sqlite3_close_v2(self->db);
         self->db = NULL;
@@ -360,12 +362,12 @@ static int RunReader_init(RunReader *self, PyObject *args, PyObject *kwargs)
         rc = sqlite3_prepare_v2(db, NARROW_SQL, -1, &self->narrow, NULL);
     }
     if (rc == SQLITE_OK)
-        rc = sqlite3_prepare_v2(db, ADDRESS_SQL, -1, &self->address, NULL);
+        rc = sqlite3_prepare_v2(db, RECORD_SQL, -1, &self->record, NULL);
     if (rc != SQLITE_OK) {
         set_sqlite_error(db, rc);
         sqlite3_finalize(self->narrow);
-        sqlite3_finalize(self->address);
-        self->narrow = self->address = NULL;
+        sqlite3_finalize(self->record);
+        self->narrow = self->record = NULL;
         sqlite3_close_v2(db);
         return -1;
     }
@@ -616,6 +618,18 @@ PyDoc_STRVAR(reconcile_processes_doc,
              "if a pid or a key is not an int.");
 
 static PyObject *RunReader_socket_views(RunReader *self, PyObject *args);
+static PyObject *RunReader_socket_hint(RunReader *self, PyObject *args);
+PyDoc_STRVAR(socket_hint_doc,
+             "socket_hint(positions) -> bytes | None\n\n"
+             "The records of the open events at ``positions`` (from the cache, or read from the\n"
+             "log and cached), encoded for a checkpoint; None if one is not an event of the\n"
+             "types the log writes. load_hint of the bytes, on a reader of the same log, spares\n"
+             "a later seek from reading them again.");
+static PyObject *RunReader_load_hint(RunReader *self, PyObject *args);
+PyDoc_STRVAR(load_hint_doc,
+             "load_hint(data) -> int\n\n"
+             "Cache the records socket_hint encoded; returns how many. ValueError (and nothing\n"
+             "cached) if ``data`` is not such an encoding.");
 PyDoc_STRVAR(socket_views_doc,
              "socket_views(opens, pairs, start_ns, at_ns, clocks, hosts, comms, namespaces,\n"
              "             view_type, field_names, decode_extra) -> tuple | None\n\n"
@@ -631,6 +645,8 @@ PyDoc_STRVAR(socket_views_doc,
 
 static PyMethodDef RunReader_methods[] = {
     {"socket_views", (PyCFunction)RunReader_socket_views, METH_VARARGS, socket_views_doc},
+    {"socket_hint", (PyCFunction)RunReader_socket_hint, METH_VARARGS, socket_hint_doc},
+    {"load_hint", (PyCFunction)RunReader_load_hint, METH_VARARGS, load_hint_doc},
     {"reconcile_processes", (PyCFunction)RunReader_reconcile_processes, METH_VARARGS,
      reconcile_processes_doc},
     {"fold_run", (PyCFunction)RunReader_fold_run, METH_VARARGS, fold_run_doc},
@@ -957,28 +973,39 @@ static int reconcile_start(struct reconcile *r, PyObject *sockets, PyObject *tup
     return reconcile_add_snapshot_sockets(r, snapshot_sockets);
 }
 
-/* -- the address cache ---------------------------------------------------------------------- */
+/* -- the record cache ----------------------------------------------------------------------- */
+
+enum { RECORD_NO_PID = 1, RECORD_NO_COMM = 2, RECORD_NO_NETNS = 4, RECORD_EXTRA = 8 };
+
+/* An open event as a reconciliation (its addresses) and the connection table (the rest) read
+ * it. ``key.netns`` is the namespace's inode (0 if none); flags (RECORD_*) say which of pid,
+ * comm_id and netns_id are NULL, and whether the event has an extra column (the table reads
+ * such an event from the log: only the extra says whether it came from /proc). */
+struct socket_record {
+    struct addr_key key;
+    long long kind, mono, pid, comm_id, netns_id, flags;
+};
 
 /* Slots are small (the probe is a cache miss per open socket otherwise) and point into a
- * dense array of keys kept in the order they were added, which is about the order in which
- * a reconciliation walks the open sockets. */
+ * dense array of records kept in the order they were added, which is about the order in
+ * which a reconciliation walks the open sockets. */
 struct cached_slot {
     int64_t position;
-    uint32_t seen; /* the cache's generation when last used */
-    uint32_t key;  /* index + 1 into keys; 0: an empty slot */
+    uint32_t seen;   /* the cache's generation when last used */
+    uint32_t record; /* index + 1 into records; 0: an empty slot */
 };
 
 struct addr_cache {
     struct cached_slot *slots;
     size_t mask;
-    struct addr_key *keys;
-    int64_t *positions; /* the position of each key */
+    struct socket_record *records;
+    int64_t *positions; /* the position of each record */
     size_t count, capacity;
     size_t kept;         /* what the last pruning kept */
     uint32_t generation; /* one per reconciliation */
 };
 
-/* Addresses used by any of the last KEEP_GENERATIONS reconciliations survive a pruning, so
+/* Records used by any of the last KEEP_GENERATIONS reconciliations survive a pruning, so
  * that a few recordings whose snapshots interleave (each reconciled on its own) do not evict
  * each other's; few, so that the cache stays small enough to stay in the CPU's caches. */
 enum { KEEP_GENERATIONS = 4 };
@@ -987,23 +1014,40 @@ static void addr_cache_free(struct addr_cache *cache)
 {
     if (cache != NULL) {
         PyMem_Free(cache->slots);
-        PyMem_Free(cache->keys);
+        PyMem_Free(cache->records);
         PyMem_Free(cache->positions);
         PyMem_Free(cache);
     }
+}
+
+static struct addr_cache *records_of(RunReader *self)
+{
+    if (self->records == NULL && (self->records = PyMem_Calloc(1, sizeof *self->records)) == NULL)
+        PyErr_NoMemory();
+    return self->records;
 }
 
 static struct cached_slot *addr_cache_probe(struct cached_slot *slots, size_t mask,
                                             int64_t position)
 {
     size_t at = mix64((uint64_t)position) & mask;
-    while (slots[at].key && slots[at].position != position)
+    while (slots[at].record && slots[at].position != position)
         at = (at + 1) & mask;
     return &slots[at];
 }
 
-/* Rebuild with ``size`` slots; if ``prune``, keep only keys used by recent reconciliations
- * (in their order). */
+/* The record of ``position`` if the cache holds it, else NULL; valid until the next insert. */
+static const struct socket_record *addr_cache_find(const struct addr_cache *cache,
+                                                   int64_t position)
+{
+    if (cache == NULL || cache->slots == NULL)
+        return NULL;
+    const struct cached_slot *slot = addr_cache_probe(cache->slots, cache->mask, position);
+    return slot->record ? &cache->records[slot->record - 1] : NULL;
+}
+
+/* Rebuild with ``size`` slots; if ``prune``, keep only records used by recent
+ * reconciliations (in their order). */
 static int addr_cache_rehash(struct addr_cache *cache, size_t size, int prune)
 {
     struct cached_slot *slots = PyMem_Calloc(size, sizeof *slots);
@@ -1016,11 +1060,11 @@ static int addr_cache_rehash(struct addr_cache *cache, size_t size, int prune)
         struct cached_slot *old = addr_cache_probe(cache->slots, cache->mask, cache->positions[i]);
         if (prune && cache->generation - old->seen >= KEEP_GENERATIONS)
             continue;
-        cache->keys[count] = cache->keys[i];
+        cache->records[count] = cache->records[i];
         cache->positions[count] = cache->positions[i];
         struct cached_slot *slot = addr_cache_probe(slots, size - 1, cache->positions[i]);
         *slot = *old;
-        slot->key = (uint32_t)++count;
+        slot->record = (uint32_t)++count;
     }
     PyMem_Free(cache->slots);
     cache->slots = slots;
@@ -1029,7 +1073,7 @@ static int addr_cache_rehash(struct addr_cache *cache, size_t size, int prune)
     return 0;
 }
 
-/* Room for one more key: the slots at most half full. */
+/* Room for one more record: the slots at most half full. */
 static int addr_cache_reserve(struct addr_cache *cache)
 {
     if (cache->count + 1 >= UINT32_MAX / 4) {
@@ -1038,11 +1082,12 @@ static int addr_cache_reserve(struct addr_cache *cache)
     }
     if (cache->count == cache->capacity) {
         size_t capacity = cache->capacity ? cache->capacity * 2 : 4096;
-        struct addr_key *keys = PyMem_Realloc(cache->keys, capacity * sizeof *keys);
-        if (keys != NULL)
-            cache->keys = keys;
-        int64_t *positions = keys ? PyMem_Realloc(cache->positions, capacity * sizeof *positions)
-                                  : NULL;
+        struct socket_record *records =
+            PyMem_Realloc(cache->records, capacity * sizeof *records);
+        if (records != NULL)
+            cache->records = records;
+        int64_t *positions = records ? PyMem_Realloc(cache->positions, capacity * sizeof *positions)
+                                     : NULL;
         if (positions == NULL) {
             PyErr_NoMemory();
             return -1;
@@ -1053,6 +1098,25 @@ static int addr_cache_reserve(struct addr_cache *cache)
     if (cache->slots != NULL && (cache->count + 1) * 2 <= cache->mask + 1)
         return 0;
     return addr_cache_rehash(cache, cache->slots ? (cache->mask + 1) * 2 : 8192, 0);
+}
+
+/* The slot of ``position``, reserving room for it: NULL on error (set). The slot is empty
+ * (record 0) if the cache lacks it; fill it with addr_cache_fill. */
+static struct cached_slot *addr_cache_slot(struct addr_cache *cache, int64_t position)
+{
+    if (addr_cache_reserve(cache) < 0)
+        return NULL;
+    struct cached_slot *slot = addr_cache_probe(cache->slots, cache->mask, position);
+    slot->seen = cache->generation;
+    return slot;
+}
+
+/* Take the record just written at records[count] into the empty ``slot``. */
+static void addr_cache_fill(struct addr_cache *cache, struct cached_slot *slot, int64_t position)
+{
+    cache->positions[cache->count] = position;
+    slot->position = position;
+    slot->record = (uint32_t)++cache->count;
 }
 
 /* Drop what recent reconciliations did not use, once that could be most of the cache. */
@@ -1067,22 +1131,26 @@ static int addr_cache_prune(struct addr_cache *cache, size_t live)
     return 0;
 }
 
-/* An event's addresses as tuples_at reads them (NULL addresses empty, NULL ports and
- * namespace 0): 0, -1 on error (set), -2 to decline (no such event, or an odd value). */
-static int fetch_address(RunReader *self, int64_t position, struct addr_key *key)
+/* The open event at ``position`` (RECORD_SQL's row: NULL addresses read as empty, NULL ports
+ * and namespace as 0): 0, -1 on error (set), -2 to decline (no such event, or an odd value). */
+static int fetch_record(RunReader *self, int64_t position, struct socket_record *record)
 {
-    sqlite3_stmt *stmt = self->address;
+    sqlite3_stmt *stmt = self->record;
     int rc = sqlite3_bind_int64(stmt, 1, position), outcome = -2;
     if (rc == SQLITE_OK && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-        int types[7];
-        for (int column = 0; column < 7; column++)
+        int types[12];
+        for (int column = 0; column < 12; column++)
             types[column] = sqlite3_column_type(stmt, column);
         int ok = types[0] == SQLITE_INTEGER &&
                  (types[1] == SQLITE_NULL || types[2] == SQLITE_INTEGER) &&
                  (types[3] == SQLITE_NULL || types[3] == SQLITE_BLOB) &&
                  (types[5] == SQLITE_NULL || types[5] == SQLITE_BLOB) &&
                  (types[4] == SQLITE_NULL || types[4] == SQLITE_INTEGER) &&
-                 (types[6] == SQLITE_NULL || types[6] == SQLITE_INTEGER);
+                 (types[6] == SQLITE_NULL || types[6] == SQLITE_INTEGER) &&
+                 types[7] == SQLITE_INTEGER && types[8] == SQLITE_INTEGER &&
+                 (types[9] == SQLITE_NULL || types[9] == SQLITE_INTEGER) &&
+                 (types[10] == SQLITE_NULL || types[10] == SQLITE_INTEGER);
+        struct addr_key *key = &record->key;
         if (ok) {
             key->recording = sqlite3_column_int64(stmt, 0);
             key->netns = types[1] == SQLITE_NULL ? 0 : sqlite3_column_int64(stmt, 2);
@@ -1096,6 +1164,15 @@ static int fetch_address(RunReader *self, int64_t position, struct addr_key *key
         if (ok) {
             key->tuple = key->netns_value = NULL;
             key_hash(key);
+            record->netns_id = sqlite3_column_int64(stmt, 1);
+            record->kind = sqlite3_column_int64(stmt, 7);
+            record->mono = sqlite3_column_int64(stmt, 8);
+            record->pid = sqlite3_column_int64(stmt, 9);
+            record->comm_id = sqlite3_column_int64(stmt, 10);
+            record->flags = (types[9] == SQLITE_NULL ? RECORD_NO_PID : 0) |
+                            (types[10] == SQLITE_NULL ? RECORD_NO_COMM : 0) |
+                            (types[1] == SQLITE_NULL ? RECORD_NO_NETNS : 0) |
+                            (sqlite3_column_int64(stmt, 11) ? RECORD_EXTRA : 0);
             outcome = 0;
         }
         rc = SQLITE_DONE;
@@ -1108,24 +1185,21 @@ static int fetch_address(RunReader *self, int64_t position, struct addr_key *key
     return outcome;
 }
 
-/* The addresses of the event at ``position``, from the cache or the log; see fetch_address.
- * ``*key`` stays valid until the next call. */
-static int cached_address(RunReader *self, int64_t position, const struct addr_key **key)
+/* The record of the event at ``position``, from the cache or the log (then cached); see
+ * fetch_record. ``*record`` stays valid until the next call. */
+static int cached_record(RunReader *self, int64_t position, const struct socket_record **record)
 {
-    struct addr_cache *cache = self->addresses;
-    if (addr_cache_reserve(cache) < 0)
+    struct addr_cache *cache = records_of(self);
+    struct cached_slot *slot = cache ? addr_cache_slot(cache, position) : NULL;
+    if (slot == NULL)
         return -1;
-    struct cached_slot *slot = addr_cache_probe(cache->slots, cache->mask, position);
-    if (!slot->key) {
-        int rc = fetch_address(self, position, &cache->keys[cache->count]);
+    if (!slot->record) {
+        int rc = fetch_record(self, position, &cache->records[cache->count]);
         if (rc < 0)
             return rc;
-        cache->positions[cache->count] = position;
-        slot->position = position;
-        slot->key = (uint32_t)++cache->count;
+        addr_cache_fill(cache, slot, position);
     }
-    slot->seen = cache->generation;
-    *key = &cache->keys[slot->key - 1];
+    *record = &cache->records[slot->record - 1];
     return 0;
 }
 
@@ -1133,30 +1207,26 @@ static int cached_address(RunReader *self, int64_t position, const struct addr_k
 static int reconcile_start_cached(struct reconcile *r, RunReader *self, PyObject *sockets,
                                   PyObject *snapshot_sockets)
 {
-    if (self->addresses == NULL) {
-        self->addresses = PyMem_Calloc(1, sizeof *self->addresses);
-        if (self->addresses == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-    }
-    self->addresses->generation++;
+    struct addr_cache *cache = records_of(self);
+    if (cache == NULL)
+        return -1;
+    cache->generation++;
     if (reconcile_reserve(r, PyDict_GET_SIZE(sockets), PyDict_GET_SIZE(snapshot_sockets)) < 0)
         return -1;
     Py_ssize_t pos = 0;
     PyObject *sock_key, *open_position;
     while (PyDict_Next(sockets, &pos, &sock_key, &open_position)) {
         long long position;
-        const struct addr_key *key;
+        const struct socket_record *record;
         if (exact_long(open_position, &position) < 0)
             return -2;
-        int rc = cached_address(self, position, &key);
+        int rc = cached_record(self, position, &record);
         if (rc < 0)
             return rc;
-        if (reconcile_add_open(r, sock_key, key) < 0)
+        if (reconcile_add_open(r, sock_key, &record->key) < 0)
             return -1;
     }
-    if (addr_cache_prune(self->addresses, (size_t)PyDict_GET_SIZE(sockets)) < 0)
+    if (addr_cache_prune(cache, (size_t)PyDict_GET_SIZE(sockets)) < 0)
         return -1;
     return reconcile_add_snapshot_sockets(r, snapshot_sockets);
 }
@@ -1473,11 +1543,11 @@ static PyObject *blob_column(sqlite3_stmt *stmt, int column, PyObject *empty, in
     }
 }
 
-/* A dictionary's value for an INTEGER or NULL id column (a new reference: the dictionary
- * is the caller's); NULL to decline (set *odd) or on error. */
-static PyObject *dictionary_value(sqlite3_stmt *stmt, int column, PyObject *dictionary, int *odd)
+/* A dictionary's value for an id, or for None if ``is_null`` (a new reference: the
+ * dictionary is the caller's); NULL to decline (set *odd) or on error. */
+static PyObject *dictionary_get(PyObject *dictionary, long long id, int is_null, int *odd)
 {
-    PyObject *key = int_column(stmt, column, Py_None, odd);
+    PyObject *key = is_null ? Py_NewRef(Py_None) : PyLong_FromLongLong(id);
     if (key == NULL)
         return NULL;
     PyObject *value = PyDict_GetItemWithError(dictionary, key);
@@ -1485,6 +1555,20 @@ static PyObject *dictionary_value(sqlite3_stmt *stmt, int column, PyObject *dict
     if (value == NULL && !PyErr_Occurred())
         *odd = 1; /* not in the dictionary the caller read: the Python path reloads it */
     return Py_XNewRef(value);
+}
+
+/* dictionary_get for an INTEGER or NULL id column. */
+static PyObject *dictionary_value(sqlite3_stmt *stmt, int column, PyObject *dictionary, int *odd)
+{
+    switch (sqlite3_column_type(stmt, column)) {
+    case SQLITE_INTEGER:
+        return dictionary_get(dictionary, sqlite3_column_int64(stmt, column), 0, odd);
+    case SQLITE_NULL:
+        return dictionary_get(dictionary, 0, 1, odd);
+    default:
+        *odd = 1;
+        return NULL;
+    }
 }
 
 /* Whether the extra column says the event came from /proc: 1, 0, -1 on error, -2 to
@@ -1564,6 +1648,58 @@ reset:
     return outcome;
 }
 
+static PyObject *address_bytes(const unsigned char *address, Py_ssize_t len, PyObject *empty)
+{
+    return len ? PyBytes_FromStringAndSize((const char *)address, len) : Py_NewRef(empty);
+}
+
+/* The event at ``position`` from its cached record, as read_socket_event would read it (the
+ * record has no extra column, and an open's byte counts are never shown): 0, -1 on error
+ * (set), -2 to decline. */
+static int record_event(struct view_reader *reader, long long position,
+                        const struct socket_record *record, struct socket_event *event)
+{
+    const struct clock *clock = clock_of(reader, record->key.recording);
+    if (clock == NULL)
+        return PyErr_Occurred() ? -1 : -2;
+    event->position = position;
+    event->recording = record->key.recording;
+    event->kind = record->kind;
+    int outcome = wall_of(clock, record->mono, &event->wall), odd = 0;
+    if (outcome < 0)
+        return outcome;
+    const struct addr_key *key = &record->key;
+    long long flags = record->flags;
+    event->pid = flags & RECORD_NO_PID ? Py_NewRef(Py_None) : PyLong_FromLongLong(record->pid);
+    event->comm = event->pid ? dictionary_get(reader->comms, record->comm_id,
+                                              flags & RECORD_NO_COMM, &odd)
+                             : NULL;
+    event->netns = event->comm ? dictionary_get(reader->namespaces, record->netns_id,
+                                                flags & RECORD_NO_NETNS, &odd)
+                               : NULL;
+    event->laddr = event->netns ? address_bytes(key->laddr, key->laddr_len, reader->empty) : NULL;
+    event->lport = event->laddr ? PyLong_FromLongLong(key->lport) : NULL;
+    event->raddr = event->lport ? address_bytes(key->raddr, key->raddr_len, reader->empty) : NULL;
+    event->rport = event->raddr ? PyLong_FromLongLong(key->rport) : NULL;
+    if (event->rport == NULL)
+        return odd && !PyErr_Occurred() ? -2 : -1;
+    event->bytes_sent = Py_NewRef(Py_None);
+    event->bytes_received = Py_NewRef(Py_None);
+    event->from_proc = 0;
+    return 0;
+}
+
+/* The open event at ``position``: from the record cache where it holds one whose event has
+ * no extra column (only the extra says whether it came from /proc), else from the log. */
+static int read_open_event(struct view_reader *reader, long long position,
+                           struct socket_event *event)
+{
+    const struct socket_record *record = addr_cache_find(reader->self->records, position);
+    if (record != NULL && !(record->flags & RECORD_EXTRA))
+        return record_event(reader, position, record, event);
+    return read_socket_event(reader, position, event);
+}
+
 /* The SocketView of an open event, closed by ``close`` if given (as _Materializer.closed_pair
  * closes it): a new reference, or NULL on error. */
 static PyObject *make_view(struct view_reader *reader, const struct socket_event *open,
@@ -1620,7 +1756,7 @@ static int open_views(struct view_reader *reader, PyObject *positions, PyObject 
         if (exact_long(PyList_GET_ITEM(positions, i), &position) < 0)
             return -2;
         struct socket_event open = {0};
-        int rc = read_socket_event(reader, position, &open);
+        int rc = read_open_event(reader, position, &open);
         if (rc == 0)
             rc = append_new(views, make_view(reader, &open, NULL));
         socket_event_clear(&open);
@@ -1644,7 +1780,7 @@ static int pair_views(struct view_reader *reader, PyObject *pairs, long long sta
         struct socket_event open = {0}, close = {0};
         int rc = read_socket_event(reader, close_position, &close);
         if (rc == 0 && start_ns < close.wall && close.wall <= at_ns) {
-            rc = read_socket_event(reader, open_position, &open);
+            rc = read_open_event(reader, open_position, &open);
             if (rc == 0)
                 rc = append_new(views, make_view(reader, &open, &close));
         }
@@ -1727,6 +1863,288 @@ done:
     Py_XDECREF(reader.source_key);
     Py_XDECREF(reader.empty);
     Py_XDECREF(reader.zero);
+    return result;
+}
+
+/* -- hints: the records of a checkpoint's open sockets ---------------------------------------
+ *
+ * A checkpoint's open sockets opened anywhere before it, so reading their events costs one
+ * random page read each; a seek needs them twice (the window's snapshot, then the table). The
+ * checkpoint carries their records instead. Column by column, positions and monotonic times as
+ * deltas, all integers as zigzag varints: about 11 bytes a socket once compressed.
+ */
+
+enum { HINT_VERSION = 1, VARINT_MAX = 10 };
+
+struct hint_writer {
+    unsigned char *data;
+    size_t size, capacity;
+};
+
+static int hint_reserve(struct hint_writer *w, size_t more)
+{
+    if (w->size + more <= w->capacity)
+        return 0;
+    size_t capacity = w->capacity ? w->capacity : 4096;
+    while (capacity < w->size + more)
+        capacity *= 2;
+    unsigned char *data = PyMem_Realloc(w->data, capacity);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    w->data = data;
+    w->capacity = capacity;
+    return 0;
+}
+
+static uint64_t zigzag(long long value)
+{
+    return ((uint64_t)value << 1) ^ (uint64_t)(value >> 63);
+}
+
+static long long unzigzag(uint64_t value)
+{
+    return (long long)(value >> 1) ^ -(long long)(value & 1);
+}
+
+static int put_varint(struct hint_writer *w, uint64_t value)
+{
+    if (hint_reserve(w, VARINT_MAX) < 0)
+        return -1;
+    do {
+        unsigned char byte = value & 0x7f;
+        value >>= 7;
+        w->data[w->size++] = byte | (value ? 0x80 : 0);
+    } while (value);
+    return 0;
+}
+
+static int put_address(struct hint_writer *w, const unsigned char *address, Py_ssize_t len)
+{
+    if (hint_reserve(w, 1 + ADDR_MAX) < 0)
+        return -1;
+    w->data[w->size++] = (unsigned char)len;
+    memcpy(w->data + w->size, address, (size_t)len);
+    w->size += (size_t)len;
+    return 0;
+}
+
+/* One column: ``value(record, previous)`` of each record, as a zigzag varint. */
+#define PUT_COLUMN(expression)                                                                    \
+    for (size_t i = 0; rc == 0 && i < count; i++) {                                              \
+        const struct socket_record *record = &records[i];                                         \
+        const struct socket_record *previous = i ? &records[i - 1] : NULL;                        \
+        (void)previous;                                                                           \
+        rc = put_varint(w, zigzag(expression));                                                   \
+    }
+
+static int encode_hint(struct hint_writer *w, const int64_t *positions,
+                       const struct socket_record *records, size_t count)
+{
+    int rc = put_varint(w, HINT_VERSION);
+    if (rc == 0)
+        rc = put_varint(w, count);
+    for (size_t i = 0; rc == 0 && i < count; i++)
+        rc = put_varint(w, (uint64_t)(positions[i] - (i ? positions[i - 1] : 0)));
+    PUT_COLUMN(record->key.recording)
+    PUT_COLUMN(record->kind)
+    PUT_COLUMN((long long)((uint64_t)record->mono - (previous ? (uint64_t)previous->mono : 0)))
+    PUT_COLUMN(record->flags)
+    PUT_COLUMN(record->pid)
+    PUT_COLUMN(record->comm_id)
+    PUT_COLUMN(record->netns_id)
+    PUT_COLUMN(record->key.netns)
+    PUT_COLUMN(record->key.lport)
+    PUT_COLUMN(record->key.rport)
+    for (size_t i = 0; rc == 0 && i < count; i++)
+        rc = put_address(w, records[i].key.laddr, records[i].key.laddr_len);
+    for (size_t i = 0; rc == 0 && i < count; i++)
+        rc = put_address(w, records[i].key.raddr, records[i].key.raddr_len);
+    return rc;
+}
+
+#undef PUT_COLUMN
+
+static int compare_positions(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static PyObject *RunReader_socket_hint(RunReader *self, PyObject *args)
+{
+    PyObject *list;
+    if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &list))
+        return NULL;
+    if (self->db == NULL)
+        return PyErr_Format(sqlite_error, "the reader is closed");
+    size_t count = (size_t)PyList_GET_SIZE(list), unique = 0;
+    int64_t *positions = PyMem_Calloc(count + 1, sizeof *positions);
+    struct socket_record *records = PyMem_Calloc(count + 1, sizeof *records);
+    struct hint_writer w = {0};
+    PyObject *result = NULL;
+    int rc = positions && records ? 0 : -1, began = 0;
+    if (rc < 0)
+        PyErr_NoMemory();
+    for (size_t i = 0; rc == 0 && i < count; i++) {
+        long long position = 0;
+        if (exact_long(PyList_GET_ITEM(list, (Py_ssize_t)i), &position) < 0) {
+            PyErr_SetString(PyExc_TypeError, "positions must be ints");
+            rc = -1;
+        }
+        positions[i] = position;
+    }
+    if (rc == 0) {
+        qsort(positions, count, sizeof *positions, compare_positions);
+        for (size_t i = 0; i < count; i++)
+            if (!unique || positions[i] != positions[unique - 1])
+                positions[unique++] = positions[i];
+        began = begin_read(self);
+        rc = began < 0 ? -1 : 0;
+    }
+    for (size_t i = 0; rc == 0 && i < unique; i++) {
+        const struct socket_record *record;
+        rc = cached_record(self, positions[i], &record);
+        if (rc == 0)
+            records[i] = *record;
+    }
+    end_read(self, began);
+    if (rc == 0)
+        rc = encode_hint(&w, positions, records, unique);
+    if (rc == 0)
+        result = PyBytes_FromStringAndSize((const char *)w.data, (Py_ssize_t)w.size);
+    else if (rc == -2)
+        result = Py_NewRef(Py_None);
+    PyMem_Free(w.data);
+    PyMem_Free(positions);
+    PyMem_Free(records);
+    return result;
+}
+
+struct hint_reader {
+    const unsigned char *data;
+    size_t size, at;
+};
+
+static int get_varint(struct hint_reader *r, uint64_t *value)
+{
+    uint64_t result = 0;
+    for (int shift = 0; shift < 7 * VARINT_MAX && r->at < r->size; shift += 7) {
+        unsigned char byte = r->data[r->at++];
+        if (shift == 63 && byte > 1)
+            return -1; /* more than 64 bits */
+        result |= (uint64_t)(byte & 0x7f) << shift;
+        if (!(byte & 0x80)) {
+            *value = result;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int get_signed(struct hint_reader *r, long long *value)
+{
+    uint64_t raw;
+    if (get_varint(r, &raw) < 0)
+        return -1;
+    *value = unzigzag(raw);
+    return 0;
+}
+
+static int get_address(struct hint_reader *r, unsigned char *address, Py_ssize_t *len)
+{
+    if (r->at >= r->size || r->data[r->at] > ADDR_MAX || r->size - r->at - 1 < r->data[r->at])
+        return -1;
+    *len = r->data[r->at++];
+    memcpy(address, r->data + r->at, (size_t)*len);
+    r->at += (size_t)*len;
+    return 0;
+}
+
+#define GET_COLUMN(target)                                                                        \
+    for (size_t i = 0; ok && i < count; i++) {                                                    \
+        struct socket_record *record = &records[i];                                               \
+        long long value;                                                                          \
+        ok = get_signed(r, &value) == 0;                                                          \
+        target = value;                                                                           \
+    }
+
+/* The records of ``r`` into ``positions``/``records`` (room for ``count``): 0, or -1 if the
+ * data is not an encoding of that many. */
+static int decode_columns(struct hint_reader *r, int64_t *positions,
+                          struct socket_record *records, size_t count)
+{
+    int ok = 1;
+    for (size_t i = 0; ok && i < count; i++) {
+        uint64_t delta;
+        int64_t previous = i ? positions[i - 1] : 0;
+        ok = get_varint(r, &delta) == 0 && delta > 0 && delta <= (uint64_t)(INT64_MAX - previous);
+        positions[i] = previous + (int64_t)delta;
+    }
+    GET_COLUMN(record->key.recording)
+    GET_COLUMN(record->kind)
+    GET_COLUMN(record->mono)
+    for (size_t i = 1; ok && i < count; i++)
+        records[i].mono = (long long)((uint64_t)records[i].mono + (uint64_t)records[i - 1].mono);
+    GET_COLUMN(record->flags)
+    GET_COLUMN(record->pid)
+    GET_COLUMN(record->comm_id)
+    GET_COLUMN(record->netns_id)
+    GET_COLUMN(record->key.netns)
+    GET_COLUMN(record->key.lport)
+    GET_COLUMN(record->key.rport)
+    for (size_t i = 0; ok && i < count; i++)
+        ok = get_address(r, records[i].key.laddr, &records[i].key.laddr_len) == 0;
+    for (size_t i = 0; ok && i < count; i++)
+        ok = get_address(r, records[i].key.raddr, &records[i].key.raddr_len) == 0;
+    for (size_t i = 0; ok && i < count; i++) {
+        ok = records[i].flags >= 0 &&
+             records[i].flags <= (RECORD_NO_PID | RECORD_NO_COMM | RECORD_NO_NETNS | RECORD_EXTRA);
+        records[i].key.tuple = records[i].key.netns_value = NULL;
+        key_hash(&records[i].key);
+    }
+    return ok && r->at == r->size ? 0 : -1;
+}
+
+#undef GET_COLUMN
+
+static PyObject *RunReader_load_hint(RunReader *self, PyObject *args)
+{
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "y*", &data))
+        return NULL;
+    struct hint_reader r = {data.buf, (size_t)data.len, 0};
+    uint64_t version = 0, count = 0;
+    int ok = get_varint(&r, &version) == 0 && version == HINT_VERSION &&
+             get_varint(&r, &count) == 0 && count <= r.size; /* each record takes bytes */
+    int64_t *positions = ok ? PyMem_Calloc(count + 1, sizeof *positions) : NULL;
+    struct socket_record *records = ok ? PyMem_Calloc(count + 1, sizeof *records) : NULL;
+    PyObject *result = NULL;
+    if (ok && (positions == NULL || records == NULL)) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (!ok || decode_columns(&r, positions, records, count) < 0) {
+        PyErr_SetString(PyExc_ValueError, "not a socket hint of this version");
+        goto done;
+    }
+    struct addr_cache *cache = records_of(self);
+    for (size_t i = 0; cache != NULL && i < count; i++) {
+        struct cached_slot *slot = addr_cache_slot(cache, positions[i]);
+        if (slot == NULL)
+            goto done;
+        if (!slot->record) {
+            cache->records[cache->count] = records[i];
+            addr_cache_fill(cache, slot, positions[i]);
+        }
+    }
+    if (cache != NULL)
+        result = PyLong_FromSize_t(count);
+done:
+    PyMem_Free(positions);
+    PyMem_Free(records);
+    PyBuffer_Release(&data);
     return result;
 }
 

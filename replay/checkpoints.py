@@ -3,10 +3,17 @@
 Derived data: a checkpoint at position P holds the fold of exactly the events at positions
 <= P, with the newest wall time among them. Any of them can be dropped; a checkpoint of
 another state format is ignored. Saving is best effort: a read-only log replays without them.
+
+A checkpoint can also carry a hint: the events that opened its open sockets, as the C run
+reader keeps them (``RunReader.socket_hint``). Those sockets opened anywhere earlier in the
+log, one random read each; with the hint, a seek from the checkpoint reads none of them. A
+hint only saves reads: a seek without one (or ignoring a bad one) gives the same answer.
 """
 
 from __future__ import annotations
 
+import struct
+import zlib
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -15,6 +22,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from recorder.errors import LogError
 from recorder.log.store import LogStore
 from replay.state import FORMAT, ReplayState
+
+# A row's blob: the state's length, the state, the compressed hint. The state's FORMAT (the
+# row's format column) versions this layout too.
+_STATE_LENGTH = struct.Struct("<I")
 
 DEFAULT_EVERY_EVENTS = 25_000  # ~0.1 s of folding; 200 checkpoints (~18 MB) per 10M events
 DEFAULT_EVERY_NS = 600 * 1_000_000_000  # or ten minutes of log time, whichever comes first
@@ -31,7 +42,33 @@ class CheckpointPolicy:
         )
 
 
-def newest_before(store: LogStore, wall_ns: int, head: int) -> ReplayState | None:
+@dataclass(frozen=True)
+class Checkpoint:
+    state: ReplayState
+    hint: bytes  # see the module's docstring; empty if it has none
+
+
+def encode(state: ReplayState, hint: bytes | None) -> bytes:
+    encoded = state.to_bytes()
+    packed_hint = zlib.compress(hint, 1) if hint else b""
+    return _STATE_LENGTH.pack(len(encoded)) + encoded + packed_hint
+
+
+def decode(blob: bytes) -> Checkpoint:
+    """ValueError if ``blob`` holds no state; a hint that does not decompress is dropped."""
+    if len(blob) < _STATE_LENGTH.size:
+        raise ValueError("checkpoint too short")
+    (length,) = _STATE_LENGTH.unpack_from(blob)
+    end = _STATE_LENGTH.size + length
+    state = ReplayState.from_bytes(blob[_STATE_LENGTH.size : end])
+    try:
+        hint = zlib.decompress(blob[end:]) if len(blob) > end else b""
+    except zlib.error:
+        hint = b""
+    return Checkpoint(state, hint)
+
+
+def newest_before(store: LogStore, wall_ns: int, head: int) -> Checkpoint | None:
     """The newest usable checkpoint whose events all happened at or before ``wall_ns``."""
     with store.connect() as conn:
         row = conn.execute(
@@ -44,15 +81,24 @@ def newest_before(store: LogStore, wall_ns: int, head: int) -> ReplayState | Non
     if row is None:
         return None
     try:
-        return ReplayState.from_bytes(bytes(row[0]))
+        return decode(bytes(row[0]))
     except ValueError:
         return None
 
 
-def save(store: LogStore, state: ReplayState) -> bool:
-    """Store ``state`` as the checkpoint at its position; False if the log refused."""
+def save(store: LogStore, state: ReplayState, hint: bytes | None = None) -> bool:
+    """Store ``state`` (and ``hint``) as the checkpoint at its position, in place of one of
+    another format; False if the log refused."""
+    try:
+        blob = encode(state, hint)
+    except ValueError:
+        return False
     try:
         with store.engine.connect() as conn:
+            conn.execute(
+                text("DELETE FROM checkpoints WHERE position = :p AND format <> :f"),
+                {"p": state.position, "f": FORMAT},
+            )
             exists = conn.execute(
                 text("SELECT 1 FROM checkpoints WHERE position = :p"), {"p": state.position}
             ).first()
@@ -66,7 +112,7 @@ def save(store: LogStore, state: ReplayState) -> bool:
                         "p": state.position,
                         "f": FORMAT,
                         "w": state.max_wall_ns,
-                        "s": state.to_bytes(),
+                        "s": blob,
                     },
                 )
             conn.commit()

@@ -9,6 +9,7 @@ so a replay over a log that is being written sees whole batches and a stable end
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 
 from recorder.log.batch import gc_paused
@@ -36,6 +37,7 @@ class SeekStats:
     checkpoint_position: int = 0
     events_folded: int = 0
     checkpoints_saved: int = 0
+    hinted_sockets: int = 0  # open sockets' events the checkpoint's hint spared reading
 
 
 class Replayer:
@@ -78,11 +80,13 @@ class Replayer:
     # -- seeking ---------------------------------------------------------------------------
     @gc_paused()  # the fold allocates millions of short-lived, acyclic tuples
     def state_at(self, at_ns: int) -> ReplayState:
-        state = None
+        checkpoint = None
         if self.use_checkpoints:
-            state = checkpoints.newest_before(self.store, at_ns, self.head)
-        state = state or ReplayState()
+            checkpoint = checkpoints.newest_before(self.store, at_ns, self.head)
+        state = checkpoint.state if checkpoint is not None else ReplayState()
         self.stats = SeekStats(checkpoint_position=state.position)
+        if checkpoint is not None:
+            self._load_hint(checkpoint.hint)
         fold = Fold(state, self.reader, use_native=self.use_native, runs=self.runs)
         complete = True  # every event up to state.position folded, none skipped
         since_checkpoint, wall_at_checkpoint = 0, state.max_wall_ns
@@ -104,10 +108,24 @@ class Replayer:
             if self.save_checkpoints and self.policy.due(
                 since_checkpoint, state.max_wall_ns - wall_at_checkpoint
             ):
-                if checkpoints.save(self.store, state):
+                if checkpoints.save(self.store, state, self._hint(state)):
                     self.stats.checkpoints_saved += 1
                 since_checkpoint, wall_at_checkpoint = 0, state.max_wall_ns
         return state
+
+    def _hint(self, state: ReplayState) -> bytes | None:
+        """What a checkpoint of ``state`` carries so that seeks from it skip reading its open
+        sockets' events (None without the C reader)."""
+        if self.runs is None:
+            return None
+        hint: bytes | None = self.runs.socket_hint(list(state.open_positions()))
+        return hint
+
+    def _load_hint(self, hint: bytes) -> None:
+        if self.runs is None or not hint:
+            return
+        with suppress(ValueError):  # a bad hint only costs reads: the seek reads the log
+            self.stats.hinted_sockets = self.runs.load_hint(hint)
 
     def _merged(self, spans: list[BatchSpan], after: int, at_ns: int) -> Iterator[BatchSpan]:
         """Consecutive batches of one recording that are wholly at or before ``at_ns``, read as

@@ -38,7 +38,7 @@ from replay.sqlviews import VIEWS_SQL
 from replay.state import ReplayState
 from replay.views.containers import container_of
 
-FORMAT = 1  # bump when the mirror's tables or their meaning change: it is rebuilt
+FORMAT = 2  # bump when the mirror's tables or their meaning change: it is rebuilt
 CHUNK_EVENTS = 500_000  # events per bulk copy
 LOCK_WAIT_S = 60.0
 DUCKDB_SAFE_CONFIG: dict[str, Any] = {
@@ -211,6 +211,7 @@ class MirrorSync:
             meta.get("format") != str(FORMAT)
             or meta.get("log") not in (None, fingerprint)
             or synced > self.head
+            or (synced and not meta.get("fold_state"))  # the last sync could not keep its fold
         ):
             self._reset()
             synced, stats.rebuilt = 0, True
@@ -475,7 +476,11 @@ class MirrorSync:
                 fold.retained = Retained()
         self._store_closed(fold.retained)
         self._store_open(fold.state)
-        self._set_meta({"fold_state": fold.state.to_bytes().hex()})
+        try:
+            encoded = fold.state.to_bytes().hex()
+        except ValueError:
+            encoded = ""  # a foreign log's odd socket ids: the next sync folds from the start
+        self._set_meta({"fold_state": encoded})
 
     def _store_closed(self, retained: Retained) -> None:
         by_events: list[tuple[int, int | None, int | None]] = [

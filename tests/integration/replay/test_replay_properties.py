@@ -27,7 +27,7 @@ def answer(location: object, at_ns: int, window_ns: int, use: bool, every: int) 
     with open_log(location, Purpose.READ) as store:  # type: ignore[arg-type]
         replayer = Replayer(store, use_checkpoints=use, policy=CheckpointPolicy(every_events=every))
         window = replayer.window(at_ns, window_ns)
-        rows = connection_table(replayer.reader, window)
+        rows = connection_table(replayer.reader, window, replayer.runs)
     return render(TableResult(Moment(at_ns, window_ns, "t"), rows), "json")
 
 
@@ -68,3 +68,5 @@ def test_property_setup_does_save_checkpoints(tmp_path: Path) -> None:
         replayer = Replayer(store, policy=CheckpointPolicy(every_events=2))
         replayer.state_at(wall(end))
         assert replayer.stats.checkpoint_position > 0
+        # and its checkpoints carry their open sockets' records (the C reader's hint)
+        assert replayer.stats.hinted_sockets > 0

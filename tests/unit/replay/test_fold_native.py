@@ -4,7 +4,7 @@ Logs are written through the real log writer into SQLite files, from event strea
 unusual is common: socket ids that repeat, opens without an id, closes before their opens or
 of sockets never seen, snapshots that show some sockets, miss others and add strangers, and
 batches (so runs) that end anywhere. Every state and window is folded twice, with and without
-the module, and must come out equal, byte for byte once encoded.
+the module, and must come out equal, state for state.
 """
 
 from __future__ import annotations
@@ -103,31 +103,29 @@ def snapshot(mono: int, index: int, port: int, pid: int) -> tuple[Event, Snapsho
     return marker, Snapshot(connections=connections, processes=processes)
 
 
-def folds(path: Path, mono_moments: list[int], window_ns: int = 5_000_000) -> list[bytes]:
-    """For each moment: the state then, and what the window before it retained, encoded."""
+def folds(
+    path: Path, mono_moments: list[int], window_ns: int = 5_000_000
+) -> list[list[tuple[ReplayState, str]]]:
+    """For each moment: the state then, and what the window before it retained."""
     answers = []
     with open_log(resolve(str(path)), Purpose.READ) as store:
         for use_native in (True, False):
             replayer = Replayer(store, use_checkpoints=False, use_native=use_native)
             assert (replayer.runs is not None) == use_native
             offset = replayer.reader.clock(1).offset_at(MONO_BASE_NS)
-            encoded = []
+            moments = []
             for mono in mono_moments:
                 window = replayer.window(mono + offset, window_ns)
                 retained = window.retained
-                encoded.append(
-                    window.state.to_bytes()
-                    + repr(
-                        (
-                            sorted(retained.pairs),
-                            sorted(retained.closed, key=repr),
-                            sorted(retained.failed),
-                            sorted(retained.exited),
-                            replayer.stats.events_folded,
-                        )
-                    ).encode()
+                kept = (
+                    sorted(retained.pairs),
+                    sorted(retained.closed, key=repr),
+                    sorted(retained.failed),
+                    sorted(retained.exited),
+                    replayer.stats.events_folded,
                 )
-            answers.append(b"|".join(encoded))
+                moments.append((window.state, repr(kept)))
+            answers.append(moments)
     return answers
 
 

@@ -257,23 +257,44 @@ operation = workload_operation(
 )
 
 
+def every_position(replayer: Replayer) -> list[int]:
+    return [row[0] for page in replayer.reader.narrow_pages(0, replayer.head) for row in page]
+
+
+def hinted_replayer(store: Any) -> Replayer:
+    """A replayer whose reader holds the records of every event in the log, from a hint made
+    by another reader: its tables read no open event from the log."""
+    maker, hinted = Replayer(store, use_checkpoints=False), Replayer(store, use_checkpoints=False)
+    assert maker.runs is not None and hinted.runs is not None
+    positions = every_position(maker)
+    hint = maker.runs.socket_hint(positions[::-1])
+    assert hint is not None
+    assert hinted.runs.load_hint(hint) == len(positions)
+    return hinted
+
+
 def windows(location: object, moments: list[float], window_s: float) -> list[tuple[object, ...]]:
-    """Sockets and rows at each moment, from windows folded and tables made in C, and from
-    windows folded and tables made in Python: must be equal."""
+    """Sockets and rows at each moment, from windows folded and tables made in C (reading the
+    log, and from a hint holding every event), and from windows folded and tables made in
+    Python: must be equal."""
     found: list[tuple[object, ...]] = []
     with open_log(location, Purpose.READ) as store:  # type: ignore[arg-type]
         replayer = Replayer(store, use_checkpoints=False)
+        hinted = hinted_replayer(store)
         python = Replayer(store, use_checkpoints=False, use_native=False)
         assert replayer.runs is not None and python.runs is None
         for at in moments:
             window = replayer.window(wall(at), round(window_s * 1e9))
+            from_hint = hinted.window(wall(at), round(window_s * 1e9))
             defined = python.window(wall(at), round(window_s * 1e9))
             found.append(
                 (
-                    sockets_in_window(replayer.reader, window, replayer.runs),
                     sockets_in_window(python.reader, defined),
-                    connection_table(replayer.reader, window, replayer.runs),
+                    sockets_in_window(replayer.reader, window, replayer.runs),
+                    sockets_in_window(hinted.reader, from_hint, hinted.runs),
                     connection_table(python.reader, defined),
+                    connection_table(replayer.reader, window, replayer.runs),
+                    connection_table(hinted.reader, from_hint, hinted.runs),
                 )
             )
     return found
@@ -297,9 +318,33 @@ def test_sockets_from_the_log_match_the_definition(
     with tempfile.TemporaryDirectory() as tmp:
         with built_log(Path(tmp) / "log.db") as (location, builder):
             build_workload(builder, operations)
-        for views_c, views_py, rows_c, rows_py in windows(location, moments, window_s):
+        for views_py, views_c, views_hinted, rows_py, rows_c, rows_hinted in windows(
+            location, moments, window_s
+        ):
             assert views_c == views_py
+            assert views_hinted == views_py
             assert rows_c == rows_py
+            assert rows_hinted == rows_py
+
+
+def test_a_hint_is_read_back_whole_or_not_at_all(tmp_path: Path) -> None:
+    with built_log(tmp_path / "log.db") as (location, builder):
+        build_workload(builder, [("pair", 0), ("outbound6", 1), ("proc", 2), ("unbound", 3)])
+    with open_log(location, Purpose.READ) as store:
+        maker = Replayer(store, use_checkpoints=False)
+        assert maker.runs is not None
+        positions = every_position(maker)
+        hint = maker.runs.socket_hint(positions + positions[:2])  # repeats count once
+        assert hint is not None and maker.runs.socket_hint([]) is not None
+        assert maker.runs.socket_hint([maker.head + 1]) is None  # no such event
+        with pytest.raises(TypeError):
+            maker.runs.socket_hint([1.0])  # type: ignore[list-item]
+        for bad in (hint[:-1], hint + b"\x00", b"\x02" + hint[1:], b"", bytes([1, 0x80])):
+            reader = Replayer(store, use_checkpoints=False).runs
+            assert reader is not None
+            with pytest.raises(ValueError, match="hint"):
+                reader.load_hint(bad)
+            assert reader.load_hint(hint) == len(positions)  # and a good one still loads
 
 
 def test_socket_views_decline_what_they_cannot_read(tmp_path: Path) -> None:
