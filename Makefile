@@ -23,7 +23,7 @@ venv: $(INSTALLED)
 # pip's output goes to a log that is shown only when the install fails. It also compiles the
 # C modules (the append path, the fold's and the table's loops), so a change to their source
 # reinstalls.
-$(INSTALLED): pyproject.toml recorder/_native.c replay/_fold.c replay/_table.c
+$(INSTALLED): pyproject.toml recorder/_native.c replay/_fold.c replay/_table.c replay/_plain.h
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --disable-pip-version-check -e '.[dev]' > $(VENV)/install.log 2>&1 \
 		|| { tail -n 30 $(VENV)/install.log; exit 1; }

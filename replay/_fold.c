@@ -30,6 +30,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_plain.h"
+
 /* recorder.events.Kind; tests/unit/replay/test_fold_native.py checks that they agree. */
 enum {
     KIND_CONNECT = 1,
@@ -54,6 +56,12 @@ static PyObject *set_sqlite_error(sqlite3 *db, int rc)
                                                                             : sqlite_error;
     PyErr_SetString(type, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
     return NULL;
+}
+
+static int compare_positions(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
 }
 
 static uint64_t mix64(uint64_t x)
@@ -632,12 +640,15 @@ PyDoc_STRVAR(load_hint_doc,
              "cached) if ``data`` is not such an encoding.");
 PyDoc_STRVAR(socket_views_doc,
              "socket_views(opens, pairs, start_ns, at_ns, clocks, hosts, comms, namespaces,\n"
-             "             view_type, field_names, decode_extra) -> tuple | None\n\n"
+             "             view_type, field_names, decode_extra, plain=False) -> tuple | None\n\n"
              "The sockets replay.connections.sockets_in_window makes from events: one view per\n"
              "open event in ``opens`` (positions), and one per (open, close) pair in ``pairs``\n"
              "whose close's wall time is in (start_ns, at_ns], closed by it. Returns (open views,\n"
              "pair views), each made by calling ``view_type`` positionally (``field_names`` must\n"
-             "be SocketView's fields, in order). ``clocks`` maps a recording to its clock's\n"
+             "be SocketView's fields, in order), or with ``plain`` (the caller's word that it is\n"
+             "a dataclass with slots whose __init__ only sets them) by setting its slots. The\n"
+             "events are read from the log in position ranges, open events the reader has a\n"
+             "record of (a reconciliation's, or a checkpoint's hint) from there. ``clocks`` maps a recording to its clock's\n"
              "(mono_ns, offset_ns) segments, ``hosts`` to its host id; ``comms`` and\n"
              "``namespaces`` are the log's dictionaries, ``decode_extra`` turns an event's extra\n"
              "column into a dict. None when an event is missing, a value has a type the loop\n"
@@ -1436,9 +1447,16 @@ static PyObject *RunReader_reconcile_snapshot(RunReader *self, PyObject *args)
 
 /* -- the connection table's sockets --------------------------------------------------------- */
 
+/* The events at positions in [?1, ?2]: a table's events are read in ranges (a step to the next
+ * row costs a fraction of a lookup, and a window's pairs are most of its events). */
 static const char SOCKET_SQL[] =
-    "SELECT recording_id, kind, mono_ns, pid, comm_id, netns_id, laddr, lport, raddr, rport, "
-    "bytes_sent, bytes_received, extra FROM events WHERE position = ?1";
+    "SELECT position, recording_id, kind, mono_ns, pid, comm_id, netns_id, laddr, lport, "
+    "raddr, rport, bytes_sent, bytes_received, extra FROM events "
+    "WHERE position >= ?1 AND position <= ?2 ORDER BY position";
+
+/* Needed positions at most this far apart are read in one range (rows between them are
+ * stepped over); further apart, each range starts with a lookup of its own. */
+enum { RANGE_GAP = 8 };
 
 /* SocketView's fields, in the order its constructor takes them. */
 static const char *const VIEW_FIELDS[] = {
@@ -1462,6 +1480,7 @@ struct view_reader {
     PyObject *client, *server, *events, *proc, *unknown_host, *source_key, *empty, *zero;
     struct clock *clock_list;
     Py_ssize_t clock_count;
+    struct plain_type plain; /* the view type's slots, if the caller says it is plain */
 };
 
 /* An event row, decoded as LogReader._decode_page and _Materializer.from_event read it. */
@@ -1573,16 +1592,15 @@ static PyObject *dictionary_value(sqlite3_stmt *stmt, int column, PyObject *dict
 
 /* Whether the extra column says the event came from /proc: 1, 0, -1 on error, -2 to
  * decline. */
-static int from_proc(struct view_reader *reader, int column)
+static int from_proc(struct view_reader *reader, sqlite3_stmt *stmt, int column)
 {
-    int type = sqlite3_column_type(reader->stmt, column);
+    int type = sqlite3_column_type(stmt, column);
     if (type == SQLITE_NULL)
         return 0;
     if (type != SQLITE_TEXT)
         return -2;
-    PyObject *text = PyUnicode_FromStringAndSize(
-        (const char *)sqlite3_column_text(reader->stmt, column),
-        sqlite3_column_bytes(reader->stmt, column));
+    PyObject *text = PyUnicode_FromStringAndSize((const char *)sqlite3_column_text(stmt, column),
+                                                 sqlite3_column_bytes(stmt, column));
     PyObject *extra = text ? PyObject_CallOneArg(reader->decode_extra, text) : NULL;
     Py_XDECREF(text);
     if (extra == NULL)
@@ -1599,53 +1617,141 @@ static int from_proc(struct view_reader *reader, int column)
     return outcome;
 }
 
-/* Read the event at ``position``: 0, -1 on error (set), -2 to decline. */
-static int read_socket_event(struct view_reader *reader, long long position,
-                             struct socket_event *event)
+/* The event on the row ``stmt`` is on (SOCKET_SQL's): 0, -1 on error (set), -2 to decline
+ * (a value of a type the log does not write, or no clock to convert its time). */
+static int decode_socket_event(struct view_reader *reader, sqlite3_stmt *stmt,
+                               struct socket_event *event)
 {
+    int odd = 0;
+    const struct clock *clock = NULL;
+    if (sqlite3_column_type(stmt, 1) == SQLITE_INTEGER &&
+        sqlite3_column_type(stmt, 2) == SQLITE_INTEGER &&
+        sqlite3_column_type(stmt, 3) == SQLITE_INTEGER) {
+        event->position = sqlite3_column_int64(stmt, 0);
+        event->recording = sqlite3_column_int64(stmt, 1);
+        event->kind = sqlite3_column_int64(stmt, 2);
+        clock = clock_of(reader, event->recording);
+    }
+    if (clock == NULL)
+        return PyErr_Occurred() ? -1 : -2;
+    int outcome = wall_of(clock, sqlite3_column_int64(stmt, 3), &event->wall);
+    if (outcome < 0)
+        return outcome;
+    event->pid = int_column(stmt, 4, Py_None, &odd);
+    event->comm = event->pid ? dictionary_value(stmt, 5, reader->comms, &odd) : NULL;
+    event->netns = event->comm ? dictionary_value(stmt, 6, reader->namespaces, &odd) : NULL;
+    event->laddr = event->netns ? blob_column(stmt, 7, reader->empty, &odd) : NULL;
+    event->lport = event->laddr ? int_column(stmt, 8, reader->zero, &odd) : NULL;
+    event->raddr = event->lport ? blob_column(stmt, 9, reader->empty, &odd) : NULL;
+    event->rport = event->raddr ? int_column(stmt, 10, reader->zero, &odd) : NULL;
+    event->bytes_sent = event->rport ? int_column(stmt, 11, Py_None, &odd) : NULL;
+    event->bytes_received = event->bytes_sent ? int_column(stmt, 12, Py_None, &odd) : NULL;
+    if (event->bytes_received == NULL)
+        return odd && !PyErr_Occurred() ? -2 : -1;
+    event->from_proc = from_proc(reader, stmt, 13);
+    return event->from_proc < 0 ? event->from_proc : 0;
+}
+
+/* The events at some positions, read for one call. */
+struct event_batch {
+    int64_t *positions; /* sorted, unique */
+    struct socket_event *events;
+    signed char *outcomes; /* of decode_socket_event; -2 also for a position without an event */
+    size_t count, capacity;
+};
+
+static void event_batch_free(struct event_batch *batch)
+{
+    for (size_t i = 0; batch->events != NULL && i < batch->count; i++)
+        socket_event_clear(&batch->events[i]);
+    PyMem_Free(batch->positions);
+    PyMem_Free(batch->events);
+    PyMem_Free(batch->outcomes);
+}
+
+static int event_batch_add(struct event_batch *batch, int64_t position)
+{
+    if (batch->count == batch->capacity) {
+        size_t capacity = batch->capacity ? batch->capacity * 2 : 1024;
+        int64_t *positions = PyMem_Realloc(batch->positions, capacity * sizeof *positions);
+        if (positions == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        batch->positions = positions;
+        batch->capacity = capacity;
+    }
+    batch->positions[batch->count++] = position;
+    return 0;
+}
+
+/* Sort and deduplicate the positions added, then read their events in ranges: 0, -1 on
+ * error (set). An event that cannot be read is only declined (-2) where it is used. */
+static int event_batch_read(struct view_reader *reader, struct event_batch *batch)
+{
+    qsort(batch->positions, batch->count, sizeof *batch->positions, compare_positions);
+    size_t unique = 0;
+    for (size_t i = 0; i < batch->count; i++)
+        if (!unique || batch->positions[i] != batch->positions[unique - 1])
+            batch->positions[unique++] = batch->positions[i];
+    batch->count = unique;
+    batch->events = PyMem_Calloc(unique + 1, sizeof *batch->events);
+    batch->outcomes = PyMem_Malloc(unique + 1);
+    if (batch->events == NULL || batch->outcomes == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(batch->outcomes, -2, unique + 1);
     sqlite3_stmt *stmt = reader->stmt;
-    int rc = sqlite3_bind_int64(stmt, 1, position), outcome = -2, odd = 0;
-    if (rc == SQLITE_OK && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-        rc = SQLITE_DONE;
-        const struct clock *clock = NULL;
-        if (sqlite3_column_type(stmt, 0) == SQLITE_INTEGER &&
-            sqlite3_column_type(stmt, 1) == SQLITE_INTEGER &&
-            sqlite3_column_type(stmt, 2) == SQLITE_INTEGER) {
-            event->position = position;
-            event->recording = sqlite3_column_int64(stmt, 0);
-            event->kind = sqlite3_column_int64(stmt, 1);
-            clock = clock_of(reader, event->recording);
+    for (size_t first = 0; first < unique;) {
+        size_t last = first;
+        while (last + 1 < unique && batch->positions[last + 1] - batch->positions[last] <= RANGE_GAP)
+            last++;
+        int rc = sqlite3_bind_int64(stmt, 1, batch->positions[first]);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int64(stmt, 2, batch->positions[last]);
+        size_t next = first;
+        while (rc == SQLITE_OK && next <= last && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+            rc = SQLITE_OK;
+            int64_t position = sqlite3_column_int64(stmt, 0);
+            while (next <= last && batch->positions[next] < position)
+                next++; /* no such event */
+            if (next > last || batch->positions[next] != position)
+                continue;
+            int outcome = decode_socket_event(reader, stmt, &batch->events[next]);
+            if (outcome == -1) {
+                sqlite3_reset(stmt);
+                return -1;
+            }
+            batch->outcomes[next++] = (signed char)outcome;
         }
-        if (clock == NULL) {
-            outcome = PyErr_Occurred() ? -1 : -2;
-            goto reset;
+        if (rc != SQLITE_OK && rc != SQLITE_DONE && rc != SQLITE_ROW) {
+            set_sqlite_error(reader->self->db, rc);
+            sqlite3_reset(stmt);
+            return -1;
         }
-        outcome = wall_of(clock, sqlite3_column_int64(stmt, 2), &event->wall);
-        if (outcome < 0)
-            goto reset;
-        event->pid = int_column(stmt, 3, Py_None, &odd);
-        event->comm = event->pid ? dictionary_value(stmt, 4, reader->comms, &odd) : NULL;
-        event->netns = event->comm ? dictionary_value(stmt, 5, reader->namespaces, &odd) : NULL;
-        event->laddr = event->netns ? blob_column(stmt, 6, reader->empty, &odd) : NULL;
-        event->lport = event->laddr ? int_column(stmt, 7, reader->zero, &odd) : NULL;
-        event->raddr = event->lport ? blob_column(stmt, 8, reader->empty, &odd) : NULL;
-        event->rport = event->raddr ? int_column(stmt, 9, reader->zero, &odd) : NULL;
-        event->bytes_sent = event->rport ? int_column(stmt, 10, Py_None, &odd) : NULL;
-        event->bytes_received = event->bytes_sent ? int_column(stmt, 11, Py_None, &odd) : NULL;
-        if (event->bytes_received == NULL) {
-            outcome = odd && !PyErr_Occurred() ? -2 : -1;
-            goto reset;
-        }
-        event->from_proc = from_proc(reader, 12);
-        outcome = event->from_proc < 0 ? event->from_proc : 0;
+        sqlite3_reset(stmt);
+        first = last + 1;
     }
-reset:
-    if (rc != SQLITE_DONE) {
-        set_sqlite_error(reader->self->db, rc);
-        outcome = -1;
+    return 0;
+}
+
+/* The event read for ``position``: 0 (*event borrowed from the batch), or -2 to decline. */
+static int event_batch_get(const struct event_batch *batch, int64_t position,
+                           const struct socket_event **event)
+{
+    size_t low = 0, high = batch->count;
+    while (low < high) {
+        size_t middle = low + (high - low) / 2;
+        if (batch->positions[middle] < position)
+            low = middle + 1;
+        else
+            high = middle;
     }
-    sqlite3_reset(stmt);
-    return outcome;
+    if (low == batch->count || batch->positions[low] != position || batch->outcomes[low] != 0)
+        return -2;
+    *event = &batch->events[low];
+    return 0;
 }
 
 static PyObject *address_bytes(const unsigned char *address, Py_ssize_t len, PyObject *empty)
@@ -1689,15 +1795,12 @@ static int record_event(struct view_reader *reader, long long position,
     return 0;
 }
 
-/* The open event at ``position``: from the record cache where it holds one whose event has
- * no extra column (only the extra says whether it came from /proc), else from the log. */
-static int read_open_event(struct view_reader *reader, long long position,
-                           struct socket_event *event)
+/* The cached record of the open event at ``position``, if the cache holds one whose event
+ * has no extra column (only the extra says whether it came from /proc); else NULL. */
+static const struct socket_record *usable_record(struct view_reader *reader, long long position)
 {
     const struct socket_record *record = addr_cache_find(reader->self->records, position);
-    if (record != NULL && !(record->flags & RECORD_EXTRA))
-        return record_event(reader, position, record, event);
-    return read_socket_event(reader, position, event);
+    return record != NULL && !(record->flags & RECORD_EXTRA) ? record : NULL;
 }
 
 /* The SocketView of an open event, closed by ``close`` if given (as _Materializer.closed_pair
@@ -1741,25 +1844,56 @@ static PyObject *make_view(struct view_reader *reader, const struct socket_event
     for (int i = 0; i < VIEW_FIELD_COUNT; i++)
         complete &= args[i] != NULL;
     if (complete)
-        view = PyObject_Vectorcall(reader->view_type, args, VIEW_FIELD_COUNT, NULL);
+        view = reader->plain.type != NULL
+                   ? plain_make(&reader->plain, args)
+                   : PyObject_Vectorcall(reader->view_type, args, VIEW_FIELD_COUNT, NULL);
 done:
     for (int i = 0; i < VIEW_FIELD_COUNT; i++)
         Py_XDECREF(args[i]);
     return view;
 }
 
+/* The positions of ``opens`` (those without a usable record) and ``pairs`` into ``batch``:
+ * 0, -1 on error, -2 to decline (a value that is not an int, a pair that is not two). */
+static int positions_needed(struct view_reader *reader, PyObject *opens, PyObject *pairs,
+                            struct event_batch *batch)
+{
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(opens); i++) {
+        long long position;
+        if (exact_long(PyList_GET_ITEM(opens, i), &position) < 0)
+            return -2;
+        if (usable_record(reader, position) == NULL && event_batch_add(batch, position) < 0)
+            return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pairs); i++) {
+        PyObject *pair = PyList_GET_ITEM(pairs, i);
+        long long open_position, close_position;
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            exact_long(PyTuple_GET_ITEM(pair, 0), &open_position) < 0 ||
+            exact_long(PyTuple_GET_ITEM(pair, 1), &close_position) < 0)
+            return -2;
+        if (event_batch_add(batch, open_position) < 0 || event_batch_add(batch, close_position) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* Views of the open events at ``positions`` into ``views``: 0, -1 on error, -2 to decline. */
-static int open_views(struct view_reader *reader, PyObject *positions, PyObject *views)
+static int open_views(struct view_reader *reader, PyObject *positions,
+                      const struct event_batch *batch, PyObject *views)
 {
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(positions); i++) {
         long long position;
         if (exact_long(PyList_GET_ITEM(positions, i), &position) < 0)
             return -2;
-        struct socket_event open = {0};
-        int rc = read_open_event(reader, position, &open);
+        const struct socket_record *record = usable_record(reader, position);
+        struct socket_event from_record = {0};
+        const struct socket_event *open = &from_record;
+        int rc = record != NULL ? record_event(reader, position, record, &from_record)
+                                : event_batch_get(batch, position, &open);
         if (rc == 0)
-            rc = append_new(views, make_view(reader, &open, NULL));
-        socket_event_clear(&open);
+            rc = append_new(views, make_view(reader, open, NULL));
+        socket_event_clear(&from_record);
         if (rc < 0)
             return rc;
     }
@@ -1768,7 +1902,7 @@ static int open_views(struct view_reader *reader, PyObject *positions, PyObject 
 
 /* Views of the (open, close) pairs closed in (start_ns, at_ns]: as open_views. */
 static int pair_views(struct view_reader *reader, PyObject *pairs, long long start_ns,
-                      long long at_ns, PyObject *views)
+                      long long at_ns, const struct event_batch *batch, PyObject *views)
 {
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pairs); i++) {
         PyObject *pair = PyList_GET_ITEM(pairs, i);
@@ -1777,15 +1911,13 @@ static int pair_views(struct view_reader *reader, PyObject *pairs, long long sta
             exact_long(PyTuple_GET_ITEM(pair, 0), &open_position) < 0 ||
             exact_long(PyTuple_GET_ITEM(pair, 1), &close_position) < 0)
             return -2;
-        struct socket_event open = {0}, close = {0};
-        int rc = read_socket_event(reader, close_position, &close);
-        if (rc == 0 && start_ns < close.wall && close.wall <= at_ns) {
-            rc = read_open_event(reader, open_position, &open);
+        const struct socket_event *open, *close;
+        int rc = event_batch_get(batch, close_position, &close);
+        if (rc == 0 && start_ns < close->wall && close->wall <= at_ns) {
+            rc = event_batch_get(batch, open_position, &open);
             if (rc == 0)
-                rc = append_new(views, make_view(reader, &open, &close));
+                rc = append_new(views, make_view(reader, open, close));
         }
-        socket_event_clear(&open);
-        socket_event_clear(&close);
         if (rc < 0)
             return rc;
     }
@@ -1809,13 +1941,18 @@ static PyObject *RunReader_socket_views(RunReader *self, PyObject *args)
     PyObject *opens, *pairs, *field_names;
     long long start_ns, at_ns;
     struct view_reader reader = {.self = self};
-    if (!PyArg_ParseTuple(args, "O!O!LLO!O!O!O!OOO", &PyList_Type, &opens, &PyList_Type, &pairs,
-                          &start_ns, &at_ns, &PyDict_Type, &reader.clocks, &PyDict_Type,
+    struct event_batch batch = {0};
+    int plain = 0;
+    if (!PyArg_ParseTuple(args, "O!O!LLO!O!O!O!OOO|p", &PyList_Type, &opens, &PyList_Type,
+                          &pairs, &start_ns, &at_ns, &PyDict_Type, &reader.clocks, &PyDict_Type,
                           &reader.hosts, &PyDict_Type, &reader.comms, &PyDict_Type,
                           &reader.namespaces, &reader.view_type, &field_names,
-                          &reader.decode_extra) ||
+                          &reader.decode_extra, &plain) ||
         check_view_fields(field_names) < 0)
         return NULL;
+    if (plain)
+        plain_learn(&reader.plain, reader.view_type, &PyTuple_GET_ITEM(field_names, 0),
+                    VIEW_FIELD_COUNT);
     if (self->db == NULL)
         return PyErr_Format(sqlite_error, "the reader is closed");
     PyObject *result = NULL, *opened = PyList_New(0), *closed = PyList_New(0);
@@ -1840,14 +1977,21 @@ static PyObject *RunReader_socket_views(RunReader *self, PyObject *args)
     began = begin_read(self);
     if (began < 0)
         goto done;
-    outcome = open_views(&reader, opens, opened);
+    /* Every event either walk needs, read first; a position the walks then find missing from
+     * the batch (the lists changed meanwhile) declines. */
+    outcome = positions_needed(&reader, opens, pairs, &batch);
     if (outcome == 0)
-        outcome = pair_views(&reader, pairs, start_ns, at_ns, closed);
+        outcome = event_batch_read(&reader, &batch);
+    if (outcome == 0)
+        outcome = open_views(&reader, opens, &batch, opened);
+    if (outcome == 0)
+        outcome = pair_views(&reader, pairs, start_ns, at_ns, &batch, closed);
     if (outcome == 0)
         result = PyTuple_Pack(2, opened, closed);
     else if (outcome == -2 && !PyErr_Occurred())
         result = Py_NewRef(Py_None);
 done:
+    event_batch_free(&batch);
     sqlite3_finalize(reader.stmt);
     end_read(self, began);
     for (Py_ssize_t i = 0; i < reader.clock_count; i++)
@@ -1965,12 +2109,6 @@ static int encode_hint(struct hint_writer *w, const int64_t *positions,
 }
 
 #undef PUT_COLUMN
-
-static int compare_positions(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
 
 static PyObject *RunReader_socket_hint(RunReader *self, PyObject *args)
 {

@@ -56,6 +56,7 @@ class RunReader:
         view_type: Any,
         field_names: tuple[str, ...],
         decode_extra: Any,
+        plain: bool = False,
         /,
     ) -> tuple[list[Any], list[Any]] | None: ...
     def socket_hint(self, positions: list[int], /) -> bytes | None: ...

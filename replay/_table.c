@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "_plain.h"
+
 /* Attribute names, row field names and constant texts, made once. */
 /* The SocketView attributes read, by index. */
 enum {
@@ -81,11 +83,13 @@ static const char *const ROW_FIELD_NAMES[ROW_FIELD_COUNT] = {
 static PyObject *row_names[ROW_FIELD_COUNT]; /* the same, interned */
 
 /* How to call the row type positionally: for each of its fields in order, the ROW_* value
- * that goes there, or -1 for None (the NAT fields, which this loop never fills). */
+ * that goes there, or -1 for None (the NAT fields, which this loop never fills); and for a
+ * plain row type, its slots (replay/_plain.h). */
 struct row_layout {
     PyObject *type;
     Py_ssize_t count;
-    int source[64];
+    int source[PLAIN_MAX_FIELDS];
+    struct plain_type plain;
 };
 
 /* One socket, as pairing needs it. */
@@ -279,13 +283,85 @@ static PyObject *endpoint(PyObject *text, PyObject *port)
                       : PyUnicode_FromFormat("%U:%S", text, port);
 }
 
-/* sorted(set(positions of each view)) */
+/* A tuple of ints as the collector would leave it: untracked. It holds no container, so it
+ * can never be part of a cycle (CPython untracks such tuples itself, at its first pass over
+ * them); a table's rows hold one each, and each would be walked by that pass. */
+static PyObject *untracked(PyObject *tuple)
+{
+    if (tuple != NULL && PyObject_GC_IsTracked(tuple))
+        PyObject_GC_UnTrack(tuple);
+    return tuple;
+}
+
+enum { FEW_POSITIONS = 8 };
+
+/* The exact ints of ``positions`` (an exact list or tuple) into values/items after ``*count``:
+ * 0, or -1 if it is anything else or holds too many (nothing set). */
+static int few_positions(PyObject *positions, long long *values, PyObject **items, int *count)
+{
+    if (!PyList_CheckExact(positions) && !PyTuple_CheckExact(positions))
+        return -1;
+    Py_ssize_t size = PySequence_Fast_GET_SIZE(positions);
+    if (size > FEW_POSITIONS - *count)
+        return -1;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(positions, i);
+        int overflow;
+        if (!PyLong_CheckExact(item))
+            return -1;
+        values[*count] = PyLong_AsLongLongAndOverflow(item, &overflow);
+        if (overflow)
+            return -1;
+        items[(*count)++] = item;
+    }
+    return 0;
+}
+
+/* tuple(sorted(set(positions of each view))), for views holding a few ints each (all of
+ * them, but for a hand-made view): sorted in place, the ints themselves reused. */
+static PyObject *few_merged(const struct side *const *sides, int *fits)
+{
+    long long values[FEW_POSITIONS];
+    PyObject *items[FEW_POSITIONS], *held[2] = {NULL, NULL}, *tuple = NULL;
+    int count = 0;
+    *fits = 0;
+    for (int i = 0; i < 2 && sides[i] != NULL; i++) {
+        held[i] = side_attr(sides[i], ATTR_POSITIONS); /* keeps its items alive */
+        if (held[i] == NULL || few_positions(held[i], values, items, &count) < 0)
+            goto done;
+    }
+    for (int i = 1; i < count; i++) /* insertion sort: a handful */
+        for (int j = i; j > 0 && values[j - 1] > values[j]; j--) {
+            long long value = values[j];
+            PyObject *item = items[j];
+            values[j] = values[j - 1], items[j] = items[j - 1];
+            values[j - 1] = value, items[j - 1] = item;
+        }
+    int unique = 0;
+    for (int i = 0; i < count; i++)
+        if (!unique || values[i] != values[unique - 1])
+            values[unique] = values[i], items[unique++] = items[i];
+    *fits = 1;
+    tuple = PyTuple_New(unique);
+    for (int i = 0; tuple != NULL && i < unique; i++)
+        PyTuple_SET_ITEM(tuple, i, Py_NewRef(items[i]));
+done:
+    Py_XDECREF(held[0]);
+    Py_XDECREF(held[1]);
+    return untracked(tuple);
+}
+
+/* tuple(sorted(set(positions of each view))) */
 static PyObject *merged_positions(const struct side *first, const struct side *second)
 {
+    const struct side *sides[2] = {first, second};
+    int fits;
+    PyObject *few = few_merged(sides, &fits);
+    if (few != NULL || fits || PyErr_Occurred())
+        return few;
     PyObject *set = PySet_New(NULL);
     if (set == NULL)
         return NULL;
-    const struct side *sides[2] = {first, second};
     for (int i = 0; i < 2 && sides[i] != NULL; i++) {
         PyObject *positions = side_attr(sides[i], ATTR_POSITIONS);
         PyObject *iterator = positions ? PyObject_GetIter(positions) : NULL;
@@ -306,11 +382,12 @@ static PyObject *merged_positions(const struct side *first, const struct side *s
             return NULL;
         }
     }
-    PyObject *list = PySequence_List(set);
+    PyObject *list = PySequence_List(set), *tuple = NULL;
     Py_DECREF(set);
-    if (list != NULL && PyList_Sort(list) < 0)
-        Py_CLEAR(list);
-    return list;
+    if (list != NULL && PyList_Sort(list) == 0)
+        tuple = PyList_AsTuple(list);
+    Py_XDECREF(list);
+    return tuple;
 }
 
 /* separator.join(sorted({a, b} without the false ones)), or None if that is empty. */
@@ -449,10 +526,12 @@ static PyObject *make_row(const struct row_layout *layout, const struct side *cl
     SET(ROW_SERVER_PORT, Py_NewRef(seen->server_port));
     SET(ROW_CLIENT_LOCAL, PyBool_FromLong(c != NULL));
     SET(ROW_SERVER_LOCAL, PyBool_FromLong(s != NULL));
-    PyObject *args[64];
+    PyObject *args[PLAIN_MAX_FIELDS];
     for (Py_ssize_t i = 0; i < layout->count; i++)
         args[i] = layout->source[i] >= 0 ? values[layout->source[i]] : Py_None;
-    row = PyObject_Vectorcall(layout->type, args, (size_t)layout->count, NULL);
+    row = layout->plain.type != NULL
+              ? plain_make(&layout->plain, args)
+              : PyObject_Vectorcall(layout->type, args, (size_t)layout->count, NULL);
 done:
     for (int i = 0; i < ROW_FIELD_COUNT; i++)
         Py_XDECREF(values[i]);
@@ -512,7 +591,7 @@ static int pair_group(PyObject *rows, const struct row_layout *layout, struct si
 static int read_layout(struct row_layout *layout, PyObject *field_names)
 {
     layout->count = PyTuple_GET_SIZE(field_names);
-    if (layout->count > 64) {
+    if (layout->count > PLAIN_MAX_FIELDS) {
         PyErr_SetString(PyExc_ValueError, "too many row fields");
         return -1;
     }
@@ -535,22 +614,28 @@ static int read_layout(struct row_layout *layout, PyObject *field_names)
 }
 
 PyDoc_STRVAR(pair_rows_doc,
-             "pair_rows(views, row_type, field_names, address_text, is_loopback) -> list | None\n\n"
+             "pair_rows(views, row_type, field_names, address_text, is_loopback, plain=False)\n"
+             "    -> list | None\n\n"
              "replay.connections.pair over ``views`` (SocketView objects): the rows, grouped\n"
              "in the order of each group's first socket, made by calling ``row_type`` with its\n"
              "fields (``field_names``, in order) positionally; fields this loop does not fill\n"
-             "(the NAT ones) get None. None when a view has a NAT translation or a value of a\n"
-             "type the loop does not expect.");
+             "(the NAT ones) get None. ``plain``: the caller's word that ``row_type`` is a\n"
+             "dataclass with slots whose __init__ only sets them; rows are then made by setting\n"
+             "the slots (if every field is one). None when a view has a NAT translation or a\n"
+             "value of a type the loop does not expect.");
 
 static PyObject *pair_rows(PyObject *Py_UNUSED(module), PyObject *args)
 {
     PyObject *views, *row_type, *field_names, *address_text, *is_loopback;
-    if (!PyArg_ParseTuple(args, "O!OO!OO", &PyList_Type, &views, &row_type, &PyTuple_Type,
-                          &field_names, &address_text, &is_loopback))
+    int plain = 0;
+    if (!PyArg_ParseTuple(args, "O!OO!OO|p", &PyList_Type, &views, &row_type, &PyTuple_Type,
+                          &field_names, &address_text, &is_loopback, &plain))
         return NULL;
     struct row_layout layout = {.type = row_type};
     if (read_layout(&layout, field_names) < 0)
         return NULL;
+    if (plain)
+        plain_learn(&layout.plain, row_type, &PyTuple_GET_ITEM(field_names, 0), layout.count);
     /* A tuple of the views, so that they stay alive and in place whatever the callbacks do
      * to the caller's list. */
     PyObject *items = PySequence_Tuple(views);

@@ -7,5 +7,6 @@ def pair_rows(
     field_names: tuple[str, ...],
     address_text: Callable[[bytes | None], str],
     is_loopback: Callable[[bytes | None], bool],
+    plain: bool = False,
     /,
 ) -> list[Any] | None: ...

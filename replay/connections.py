@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from functools import lru_cache
 
 from recorder.events import Kind, LoggedEvent, Snapshot, SnapshotConnection
@@ -125,7 +125,7 @@ class ConnectionRow:
     nat_destination: str | None = None  # the real backend, when conntrack rewrote the destination
     nat_source: str | None = None  # the client as the server saw it, when the source was rewritten
     source: str = "events"
-    positions: list[int] = field(default_factory=list)
+    positions: tuple[int, ...] = ()  # the log positions that made it, ascending
     note: str | None = None
     bytes_sent: int | None = None  # client to server, as the client's kernel counted
     bytes_received: int | None = None
@@ -149,6 +149,16 @@ class ConnectionRow:
 
 _ROW_FIELDS = tuple(f.name for f in fields(ConnectionRow))  # the order ConnectionRow takes them
 _VIEW_FIELDS = tuple(f.name for f in fields(SocketView))
+
+
+def plain_slots(cls: type) -> bool:
+    """Whether the C loops may make ``cls`` by setting its slots instead of calling it (a
+    tenth of the cost): a dataclass with slots whose generated __init__ only sets them."""
+    return is_dataclass(cls) and "__slots__" in vars(cls) and not hasattr(cls, "__post_init__")
+
+
+_ROW_PLAIN = plain_slots(ConnectionRow)
+_VIEW_PLAIN = plain_slots(SocketView)
 
 
 class _Materializer:
@@ -274,7 +284,7 @@ class _Materializer:
         clocks = {rid: self.reader.clock(rid).segments() for rid in self.recordings}
         made: tuple[list[SocketView], list[SocketView]] | None = runs.socket_views(
             opens, pairs, start_ns, at_ns, clocks, self.hosts, comms, namespaces, SocketView,
-            _VIEW_FIELDS, decode_extra,
+            _VIEW_FIELDS, decode_extra, _VIEW_PLAIN,
         )  # fmt: skip
         return made
 
@@ -387,7 +397,7 @@ def failed_attempts(reader: LogReader, window: Window) -> list[ConnectionRow]:
                 client_pid=event.pid,
                 client_comm=event.comm,
                 client_netns=event.netns,
-                positions=[position],
+                positions=(position,),
                 note=f"connect failed: errno {error}" if error else "connect failed",
                 client_ip=address_text(event.laddr),
                 client_port=event.lport or 0,
@@ -422,7 +432,9 @@ def pair(views: list[SocketView], use_native: bool = True) -> list[ConnectionRow
     ``connection_table`` sorts them by open time, close time and id. In C where the module
     is built (``replay/_table.c``; it leaves sockets behind NAT to the definition below)."""
     if use_native and native.PAIRS_AVAILABLE:
-        made = native.pair_rows(views, ConnectionRow, _ROW_FIELDS, address_text, is_loopback)
+        made = native.pair_rows(
+            views, ConnectionRow, _ROW_FIELDS, address_text, is_loopback, _ROW_PLAIN
+        )
         if made is not None:
             return made
     groups: dict[tuple[object, ...], list[SocketView]] = {}
@@ -478,7 +490,7 @@ def _row(client: SocketView | None, server: SocketView | None) -> ConnectionRow:
         server_comm=server.comm if server else None,
         server_netns=server.netns if server else None,
         source="+".join(sorted({v.source for v in sides})),
-        positions=sorted({p for v in sides for p in v.positions}),
+        positions=tuple(sorted({p for v in sides for p in v.positions})),
         note="; ".join(notes) or None,
         bytes_sent=client.bytes_sent if client else (server.bytes_received if server else None),
         bytes_received=client.bytes_received if client else (server.bytes_sent if server else None),

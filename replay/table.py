@@ -68,6 +68,7 @@ def replay_table(
     with gc_paused():  # many short-lived, acyclic objects: collecting them as they come is waste
         window = replayer.window(moment.at_ns, moment.window_ns)
         rows = connection_table(replayer.reader, window, replayer.runs)
+        del window  # before the collector resumes, so that its first pass walks only the rows
     return TableResult(moment, rows, losses_overlapping(replayer, moment.start_ns, moment.at_ns))
 
 

@@ -9,6 +9,7 @@ on logs written through the real writer into SQLite files, at many moments and w
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from replay.connections import (
     connection_table,
     is_loopback,
     pair,
+    plain_slots,
     sockets_in_window,
 )
 from replay.engine import Replayer
@@ -101,7 +103,7 @@ views = st.lists(
             st.one_of(st.none(), st.integers(1, 4)),
             st.sampled_from(["events", "proc", "snapshot"]),
             st.sampled_from([None, "", CLOSE_ONLY_NOTE, MISSING_NOTE]),
-            st.lists(st.integers(1, 6), max_size=3),
+            st.lists(st.integers(1, 9), max_size=6),  # two sides can hold more than 8
             st.one_of(st.none(), st.integers(0, 9)),
         ),
     ),
@@ -134,9 +136,51 @@ def test_pairing_matches_the_definition(
     for index, opened, closed, position, ordinal in partners:  # both ends of some are here
         if index < len(views):
             views.append(_reversed_pair(views[index], (opened, closed), (position, ordinal)))
-    made = native.pair_rows(views, ConnectionRow, _ROW_FIELDS, address_text, is_loopback)
-    assert made is not None
-    assert made == pair(views, use_native=False)
+    defined = pair(views, use_native=False)
+    for plain in (False, True):  # rows made by calling ConnectionRow, and by setting its slots
+        made = native.pair_rows(views, ConnectionRow, _ROW_FIELDS, address_text, is_loopback, plain)
+        assert made is not None
+        assert made == defined
+        assert all(type(row) is ConnectionRow for row in made)
+
+
+def test_plain_slots_tells_which_types_c_may_fill() -> None:
+    assert plain_slots(ConnectionRow) and plain_slots(SocketView)
+
+    @dataclass
+    class NoSlots:
+        a: int
+
+    @dataclass(slots=True)
+    class Checked:
+        a: int
+
+        def __post_init__(self) -> None:
+            assert self.a > 0
+
+    assert not plain_slots(NoSlots) and not plain_slots(Checked)
+
+
+class CountedRow(ConnectionRow):
+    """A row type with an __init__ of its own: told it is plain, the loop must still call it
+    (its slots are its base's)."""
+
+    __slots__ = ()
+    made = 0
+
+    def __init__(self, *args: Any) -> None:
+        CountedRow.made += 1
+        super().__init__(*args)
+
+
+def test_a_row_type_whose_slots_are_not_its_own_is_called() -> None:
+    details = (1, 7, "events", None, [1], None)
+    views = [view(CLIENT, (LO, 40000 + i, LO, 80), (i, None), (i, 0), details) for i in range(5)]
+    CountedRow.made = 0
+    made = native.pair_rows(views, CountedRow, _ROW_FIELDS, address_text, is_loopback, True)
+    assert made is not None and len(made) == 5 and CountedRow.made == 5
+    values = [[getattr(row, name) for name in _ROW_FIELDS] for row in made]
+    assert values == [[getattr(row, name) for name in _ROW_FIELDS] for row in pair(views, False)]
 
 
 def test_pairing_declines_what_it_does_not_take() -> None:
