@@ -715,7 +715,97 @@ done:
     return result;
 }
 
+/* -- the table's order ----------------------------------------------------------------------- */
+
+/* A row's ConnectionRow.sort_key: (opened_ns or -1 when None, closed_ns or 0, id), and its
+ * index (Python's sort is stable). */
+struct row_key {
+    long long opened, closed;
+    PyObject *id; /* owned: a getattr could hand out a new str each time */
+    Py_ssize_t index;
+};
+
+static int compare_row_keys(const void *a, const void *b)
+{
+    const struct row_key *x = a, *y = b;
+    if (x->opened != y->opened)
+        return x->opened < y->opened ? -1 : 1;
+    if (x->closed != y->closed)
+        return x->closed < y->closed ? -1 : 1;
+    int order = PyUnicode_Compare(x->id, y->id); /* exact strs: cannot fail */
+    if (order != 0)
+        return order;
+    return (x->index > y->index) - (x->index < y->index);
+}
+
+/* An int or None (as ``none``) attribute: 0, -1 on error (set), -2 to decline. */
+static int time_attr(PyObject *row, PyObject *name, long long none, long long *out)
+{
+    PyObject *value = PyObject_GetAttr(row, name);
+    if (value == NULL)
+        return -1;
+    int rc = 0;
+    if (value == Py_None) {
+        *out = none;
+    } else if (PyLong_CheckExact(value)) {
+        int overflow;
+        *out = PyLong_AsLongLongAndOverflow(value, &overflow);
+        rc = overflow ? -2 : 0;
+    } else {
+        rc = -2;
+    }
+    Py_DECREF(value);
+    return rc;
+}
+
+PyDoc_STRVAR(sorted_rows_doc,
+             "sorted_rows(rows) -> list | None\n\n"
+             "sorted(rows, key=ConnectionRow.sort_key), with the keys compared in C. None if a\n"
+             "row's opened_ns or closed_ns is not an int (or None) of 64 bits, or its id not a\n"
+             "str.");
+
+static PyObject *sorted_rows(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *list;
+    if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &list))
+        return NULL;
+    PyObject *rows = PySequence_Tuple(list); /* the rows stay alive whatever getattr does */
+    if (rows == NULL)
+        return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(rows);
+    struct row_key *keys = PyMem_Calloc((size_t)count + 1, sizeof *keys);
+    PyObject *result = NULL;
+    int rc = keys ? 0 : -1;
+    if (keys == NULL)
+        PyErr_NoMemory();
+    for (Py_ssize_t i = 0; rc == 0 && i < count; i++) {
+        PyObject *row = PyTuple_GET_ITEM(rows, i);
+        keys[i].index = i;
+        rc = time_attr(row, row_names[ROW_OPENED_NS], -1, &keys[i].opened);
+        if (rc == 0)
+            rc = time_attr(row, row_names[ROW_CLOSED_NS], 0, &keys[i].closed);
+        if (rc == 0) {
+            keys[i].id = PyObject_GetAttr(row, row_names[ROW_ID]);
+            rc = keys[i].id == NULL ? -1 : (PyUnicode_CheckExact(keys[i].id) ? 0 : -2);
+        }
+    }
+    if (rc == 0) {
+        qsort(keys, (size_t)count, sizeof *keys, compare_row_keys);
+        result = PyList_New(count);
+        for (Py_ssize_t i = 0; result != NULL && i < count; i++)
+            PyList_SET_ITEM(result, i, Py_NewRef(PyTuple_GET_ITEM(rows, keys[i].index)));
+    } else if (rc == -2) {
+        result = Py_NewRef(Py_None);
+    }
+    for (Py_ssize_t i = 0; keys != NULL && i < count; i++)
+        Py_XDECREF(keys[i].id);
+    PyMem_Free(keys);
+    Py_DECREF(rows);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
+    {"sorted_rows", sorted_rows, METH_VARARGS, sorted_rows_doc},
     {"pair_rows", pair_rows, METH_VARARGS, pair_rows_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -514,4 +514,10 @@ def connection_table(
 ) -> list[ConnectionRow]:
     """The window's connections, sorted. ``runs``: the C reader of the same log, if any."""
     rows = pair(sockets_in_window(reader, window, runs)) + failed_attempts(reader, window)
-    return sorted(rows, key=ConnectionRow.sort_key)
+    return sort_rows(rows)
+
+
+def sort_rows(rows: list[ConnectionRow], use_native: bool = True) -> list[ConnectionRow]:
+    """``rows`` in the table's order (``ConnectionRow.sort_key``), compared in C if built."""
+    ordered = native.sorted_rows(rows) if use_native and native.PAIRS_AVAILABLE else None
+    return ordered if ordered is not None else sorted(rows, key=ConnectionRow.sort_key)

@@ -165,7 +165,7 @@ class Replayer:
         start_ns = at_ns - window_ns
         state = self.state_at(start_ns)
         fold = Fold(state, self.reader, retain=True, use_native=self.use_native, runs=self.runs)
-        for span in self.reader.batches_where(0, self.head, at_ns, start_ns):
+        for span in _contiguous(self.reader.batches_where(0, self.head, at_ns, start_ns)):
             self._fold_span(fold, span, (start_ns, at_ns))
         return Window(at_ns, start_ns, state, fold.retained)
 
@@ -211,3 +211,29 @@ class Replayer:
                 for position, kind, sock_id, mono in page
                 if (wall := mono + offset_at(mono)) <= high and (low is None or wall > low)
             ]
+
+
+def _contiguous(spans: list[BatchSpan]) -> Iterator[BatchSpan]:
+    """Consecutive batches of one recording as one span: a window filters every event by its
+    time anyway, and each span costs a call into the fold (and a look-up of its process
+    events' pids)."""
+    pending: BatchSpan | None = None
+    for span in spans:
+        if (
+            pending is not None
+            and span.recording_id == pending.recording_id
+            and span.first_position == pending.last_position + 1
+        ):
+            pending = BatchSpan(
+                pending.first_position,
+                span.last_position,
+                span.recording_id,
+                min(pending.min_wall_ns, span.min_wall_ns),
+                max(pending.max_wall_ns, span.max_wall_ns),
+            )
+            continue
+        if pending is not None:
+            yield pending
+        pending = span
+    if pending is not None:
+        yield pending

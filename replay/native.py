@@ -23,7 +23,7 @@ except ImportError:
     AVAILABLE = False
 
 try:
-    from replay._table import pair_rows
+    from replay._table import pair_rows, sorted_rows
 
     PAIRS_AVAILABLE = True
 except ImportError:
@@ -66,4 +66,5 @@ __all__ = [
     "pair_rows",
     "reads_sqlite",
     "reconcile_sockets",
+    "sorted_rows",
 ]

@@ -183,6 +183,32 @@ def test_a_row_type_whose_slots_are_not_its_own_is_called() -> None:
     assert values == [[getattr(row, name) for name in _ROW_FIELDS] for row in pair(views, False)]
 
 
+def table_row(opened: int | None, closed: int | None, row_id: str) -> ConnectionRow:
+    return ConnectionRow(row_id, "closed", "local", "h", "a:1", "b:2", opened, closed)
+
+
+times = st.one_of(st.none(), st.integers(-2, 3), st.integers(-(1 << 63), (1 << 63) - 1))
+
+
+@given(
+    st.lists(st.builds(table_row, times, times, st.sampled_from(["1.0", "1.1", "10.0", "é", ""])))
+)
+def test_sorting_rows_matches_the_sort_key(rows: list[ConnectionRow]) -> None:
+    """Ties (equal keys, None next to -1 and 0) keep their order, as Python's sort does."""
+    made = native.sorted_rows(rows)
+    assert made is not None
+    assert [id(row) for row in made] == [
+        id(row) for row in sorted(rows, key=ConnectionRow.sort_key)
+    ]
+
+
+def test_sorting_rows_declines_odd_values() -> None:
+    assert native.sorted_rows([table_row(1, None, "x"), table_row(1.5, None, "y")]) is None  # type: ignore[arg-type]
+    assert native.sorted_rows([table_row(1, 1 << 64, "x")]) is None
+    assert native.sorted_rows([table_row(1, None, 7)]) is None  # type: ignore[arg-type]
+    assert native.sorted_rows([]) == []
+
+
 def test_pairing_declines_what_it_does_not_take() -> None:
     base = view(CLIENT, (LO, 40000, LO, 80), (1, None), (1, 0), (1, 7, "events", None, [1], None))
     translated = view(CLIENT, (LO, 40001, LO, 80), (1, 2), (2, 0), (1, 7, "events", None, [2], 1))
