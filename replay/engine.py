@@ -129,7 +129,9 @@ class Replayer:
 
     def _merged(self, spans: list[BatchSpan], after: int, at_ns: int) -> Iterator[BatchSpan]:
         """Consecutive batches of one recording that are wholly at or before ``at_ns``, read as
-        one range (up to a checkpoint's worth of events), so that the fold works in big pages.
+        one range (until it holds a checkpoint's worth of events), so that the fold works in big
+        pages. A range ends once it reaches the policy's count, not just short of it, so that
+        checkpoints fall every ``every_events`` events rather than every other range.
         """
         pending: BatchSpan | None = None
         limit = max(1, self.policy.every_events)
@@ -142,7 +144,7 @@ class Replayer:
                 and span.first_position == pending.last_position + 1
                 and span.max_wall_ns <= at_ns
                 and pending.max_wall_ns <= at_ns
-                and span.last_position - pending.first_position < limit
+                and pending.last_position - pending.first_position + 1 < limit
             )
             if mergeable:
                 assert pending is not None

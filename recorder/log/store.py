@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 from recorder.errors import (
     LogError,
@@ -96,7 +96,7 @@ def open_log(
         if purpose is Purpose.RECORD and not sqlite.force:
             _check_safe_to_record(location)  # before the file is created, not after
         _check_sqlite_file(location, purpose)
-        engine = _sqlite_engine(location, sqlite)
+        engine = _sqlite_engine(location, sqlite, pooled=purpose is Purpose.READ)
     else:
         engine = _postgres_engine(location)
     store = LogStore(location, engine, sqlite)
@@ -283,7 +283,10 @@ def _create_private_file(path: os.PathLike[str]) -> None:
     os.close(fd)
 
 
-def _sqlite_engine(location: LogLocation, options: SqliteOptions) -> Engine:
+def _sqlite_engine(location: LogLocation, options: SqliteOptions, pooled: bool) -> Engine:
+    """``pooled``: keep connections between uses (a reader: a replay makes a dozen short
+    reads, and each new connection parses the schema again). Otherwise each use opens and
+    closes its own, so nothing stays open between a recorder's steps."""
     synchronous = options.synchronous.upper()
     if synchronous not in SQLITE_SYNC_LEVELS:
         raise LogLocationError(
@@ -292,7 +295,7 @@ def _sqlite_engine(location: LogLocation, options: SqliteOptions) -> Engine:
         )
     engine = create_engine(
         location.url,
-        poolclass=NullPool,
+        poolclass=QueuePool if pooled else NullPool,
         connect_args={"timeout": options.busy_timeout_ms / 1000, "check_same_thread": False},
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections import Counter
 
 from recorder.log.location import LogLocation
@@ -12,7 +13,8 @@ from recorder.log.store import Purpose, open_log
 from tests.append_worker import batch_size
 
 BATCHES = 400
-MAX_READS = 2000
+MAX_READS = 4000
+READ_PAUSE_S = 0.005  # a read of an empty log takes microseconds: give the writer time to start
 
 
 def test_reader_sees_whole_batches_while_another_process_appends(
@@ -46,8 +48,10 @@ def test_reader_sees_whole_batches_while_another_process_appends(
                 seen_heads.add(len(events))
                 if finished:
                     break
+                time.sleep(READ_PAUSE_S)
     finally:
         writer.wait(timeout=60)
     assert writer.returncode == 0, writer.stderr.read() if writer.stderr else ""
+    assert finished, f"the writer was still appending after {MAX_READS} reads"
     assert len(per_batch) == BATCHES
     assert len(seen_heads) > 2, "the reader never overlapped the writer"

@@ -70,3 +70,20 @@ def test_property_setup_does_save_checkpoints(tmp_path: Path) -> None:
         assert replayer.stats.checkpoint_position > 0
         # and its checkpoints carry their open sockets' records (the C reader's hint)
         assert replayer.stats.hinted_sockets > 0
+
+
+def test_checkpoints_fall_every_so_many_events(tmp_path: Path) -> None:
+    """Consecutive batches are folded as one range until it holds the policy's count: a
+    checkpoint every ``every_events`` events (give or take a batch), not every other range."""
+    with built_log(tmp_path / "s.db") as (location, builder):
+        build(builder, [op for i in range(60) for op in (("pair", i), ("close", 0), ("flush", 0))])
+    with open_log(location, Purpose.READ) as store:
+        saved = Replayer(store, policy=CheckpointPolicy(every_events=20)).rebuild_checkpoints()
+        with store.connect() as conn:
+            positions = [p for (p,) in conn.exec_driver_sql("SELECT position FROM checkpoints")]
+            (batch,) = conn.exec_driver_sql(
+                "SELECT MAX(last_position - first_position + 1) FROM batches"
+            ).one()
+    assert saved == len(positions) >= 5
+    gaps = [b - a for a, b in zip([0, *sorted(positions)], sorted(positions), strict=False)]
+    assert all(20 <= gap < 20 + batch for gap in gaps), (gaps, batch)
