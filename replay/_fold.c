@@ -15,9 +15,13 @@
  *   addresses, on a hash table of the key fields instead of Python tuples.
  * - ``fold_run`` can keep only the rows whose wall time is in a range (the recording's clock
  *   segments convert), as the engine folds a window or a span that ends after its moment.
- * - ``RunReader.socket_views`` reads the events behind a connection table's sockets by
- *   position and makes them SocketViews, as replay/connections.py's _Materializer does;
- *   tests/unit/replay/test_table_native.py holds the two equal.
+ * - The run reader keeps the records of the open events it reads for a reconciliation (a log
+ *   never changes), and ``socket_hint``/``load_hint`` carry them in a checkpoint, so that a
+ *   seek from it reads none of its open sockets' events again.
+ * - ``RunReader.socket_views`` reads the events behind a connection table's sockets (in
+ *   position ranges, or from those records) and makes them SocketViews, as
+ *   replay/connections.py's _Materializer does; tests/unit/replay/test_table_native.py holds
+ *   the two equal.
  *
  * replay/fold.py stays the definition: tests/unit/replay/test_fold_native.py checks that both
  * give the same state. Whatever these loops do not expect (a value of another type, a key

@@ -90,6 +90,7 @@ struct row_layout {
     Py_ssize_t count;
     int source[PLAIN_MAX_FIELDS];
     struct plain_type plain;
+    int frozen; /* the caller's word that rows cannot be assigned to once made */
 };
 
 /* One socket, as pairing needs it. */
@@ -387,7 +388,7 @@ static PyObject *merged_positions(const struct side *first, const struct side *s
     if (list != NULL && PyList_Sort(list) == 0)
         tuple = PyList_AsTuple(list);
     Py_XDECREF(list);
-    return tuple;
+    return untracked(tuple);
 }
 
 /* separator.join(sorted({a, b} without the false ones)), or None if that is empty. */
@@ -487,6 +488,20 @@ done:
     return rc;
 }
 
+/* Leave ``row`` out of the cyclic collector if none of its fields (``values``) is an object
+ * the collector tracks: a frozen row that holds only strs, ints, None and untracked tuples
+ * can never be part of a cycle (CPython untracks such tuples and dicts itself). A table's
+ * rows would otherwise all be walked by the first collection after they are made. */
+static void untrack_if_atomic(PyObject *row, PyObject *const *values, Py_ssize_t count)
+{
+    if (!PyObject_GC_IsTracked(row))
+        return;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (PyObject_GC_IsTracked(values[i]))
+            return;
+    PyObject_GC_UnTrack(row);
+}
+
 /* The row of ``client`` and ``server`` (either may be NULL, not both): _row's fields. */
 static PyObject *make_row(const struct row_layout *layout, const struct side *client,
                           const struct side *server)
@@ -532,6 +547,8 @@ static PyObject *make_row(const struct row_layout *layout, const struct side *cl
     row = layout->plain.type != NULL
               ? plain_make(&layout->plain, args)
               : PyObject_Vectorcall(layout->type, args, (size_t)layout->count, NULL);
+    if (row != NULL && layout->frozen)
+        untrack_if_atomic(row, args, layout->count);
 done:
     for (int i = 0; i < ROW_FIELD_COUNT; i++)
         Py_XDECREF(values[i]);
@@ -621,17 +638,19 @@ PyDoc_STRVAR(pair_rows_doc,
              "fields (``field_names``, in order) positionally; fields this loop does not fill\n"
              "(the NAT ones) get None. ``plain``: the caller's word that ``row_type`` is a\n"
              "dataclass with slots whose __init__ only sets them; rows are then made by setting\n"
-             "the slots (if every field is one). None when a view has a NAT translation or a\n"
-             "value of a type the loop does not expect.");
+             "the slots (if every field is one). ``frozen``: the caller's word that rows cannot\n"
+             "be assigned to; those whose fields hold no container are then left out of the\n"
+             "cyclic collector. None when a view has a NAT translation or a value of a type\n"
+             "the loop does not expect.");
 
 static PyObject *pair_rows(PyObject *Py_UNUSED(module), PyObject *args)
 {
     PyObject *views, *row_type, *field_names, *address_text, *is_loopback;
-    int plain = 0;
-    if (!PyArg_ParseTuple(args, "O!OO!OO|p", &PyList_Type, &views, &row_type, &PyTuple_Type,
-                          &field_names, &address_text, &is_loopback, &plain))
+    int plain = 0, frozen = 0;
+    if (!PyArg_ParseTuple(args, "O!OO!OO|pp", &PyList_Type, &views, &row_type, &PyTuple_Type,
+                          &field_names, &address_text, &is_loopback, &plain, &frozen))
         return NULL;
-    struct row_layout layout = {.type = row_type};
+    struct row_layout layout = {.type = row_type, .frozen = frozen};
     if (read_layout(&layout, field_names) < 0)
         return NULL;
     if (plain)

@@ -8,6 +8,7 @@ def pair_rows(
     address_text: Callable[[bytes | None], str],
     is_loopback: Callable[[bytes | None], bool],
     plain: bool = False,
+    frozen: bool = False,
     /,
 ) -> list[Any] | None: ...
 def sorted_rows(rows: list[Any], /) -> list[Any] | None: ...

@@ -106,8 +106,11 @@ class SocketView:
         return self.ends()[1]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class ConnectionRow:
+    """One connection in a table. Frozen: the C pairing leaves a row whose fields hold no
+    container out of the cyclic collector's walks (it cannot be part of a cycle)."""
+
     id: str
     state: str  # open, closed, failed
     direction: str  # local, outbound, inbound
@@ -157,7 +160,14 @@ def plain_slots(cls: type) -> bool:
     return is_dataclass(cls) and "__slots__" in vars(cls) and not hasattr(cls, "__post_init__")
 
 
+def frozen(cls: type) -> bool:
+    """Whether ``cls`` is a dataclass whose fields cannot be assigned after __init__."""
+    params = getattr(cls, "__dataclass_params__", None)
+    return bool(getattr(params, "frozen", False))
+
+
 _ROW_PLAIN = plain_slots(ConnectionRow)
+_ROW_FROZEN = frozen(ConnectionRow)
 _VIEW_PLAIN = plain_slots(SocketView)
 
 
@@ -433,7 +443,7 @@ def pair(views: list[SocketView], use_native: bool = True) -> list[ConnectionRow
     is built (``replay/_table.c``; it leaves sockets behind NAT to the definition below)."""
     if use_native and native.PAIRS_AVAILABLE:
         made = native.pair_rows(
-            views, ConnectionRow, _ROW_FIELDS, address_text, is_loopback, _ROW_PLAIN
+            views, ConnectionRow, _ROW_FIELDS, address_text, is_loopback, _ROW_PLAIN, _ROW_FROZEN
         )
         if made is not None:
             return made

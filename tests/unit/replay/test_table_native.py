@@ -8,8 +8,9 @@ on logs written through the real writer into SQLite files, at many moments and w
 
 from __future__ import annotations
 
+import gc
 import tempfile
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +138,11 @@ def test_pairing_matches_the_definition(
         if index < len(views):
             views.append(_reversed_pair(views[index], (opened, closed), (position, ordinal)))
     defined = pair(views, use_native=False)
-    for plain in (False, True):  # rows made by calling ConnectionRow, and by setting its slots
-        made = native.pair_rows(views, ConnectionRow, _ROW_FIELDS, address_text, is_loopback, plain)
+    # rows made by calling ConnectionRow, by setting its slots, and left out of the collector
+    for plain, frozen in ((False, False), (True, False), (True, True)):
+        made = native.pair_rows(
+            views, ConnectionRow, _ROW_FIELDS, address_text, is_loopback, plain, frozen
+        )
         assert made is not None
         assert made == defined
         assert all(type(row) is ConnectionRow for row in made)
@@ -159,6 +163,25 @@ def test_plain_slots_tells_which_types_c_may_fill() -> None:
             assert self.a > 0
 
     assert not plain_slots(NoSlots) and not plain_slots(Checked)
+
+
+def test_frozen_rows_without_containers_are_left_out_of_the_collector() -> None:
+    """A frozen row holding only strs, ints, None and tuples of ints cannot be in a cycle: the
+    collector need not walk it. One holding a container (a hand-made view's list) can be."""
+    details = (1, 8, "events", None, [1, 2], 10)  # pid 8: the same netns as its partner
+    client = view(CLIENT, (LO, 40000, LO, 80), (1, None), (1, 0), details)
+    sides = [client, _reversed_pair(client, (1, None), (2, 0))]
+    made = native.pair_rows(
+        sides, ConnectionRow, _ROW_FIELDS, address_text, is_loopback, True, True
+    )
+    assert made is not None and len(made) == 1
+    assert not gc.is_tracked(made[0]) and not gc.is_tracked(made[0].positions)
+    assert made == pair(sides, use_native=False)
+    odd = [replace(client, comm=["a", "list"]), sides[1]]  # type: ignore[arg-type]
+    kept = native.pair_rows(odd, ConnectionRow, _ROW_FIELDS, address_text, is_loopback, True, True)
+    assert kept is not None and all(gc.is_tracked(row) for row in kept)
+    with pytest.raises(FrozenInstanceError):
+        made[0].note = "changed"
 
 
 class CountedRow(ConnectionRow):
