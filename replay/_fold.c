@@ -1693,7 +1693,8 @@ static int event_batch_add(struct event_batch *batch, int64_t position)
  * error (set). An event that cannot be read is only declined (-2) where it is used. */
 static int event_batch_read(struct view_reader *reader, struct event_batch *batch)
 {
-    qsort(batch->positions, batch->count, sizeof *batch->positions, compare_positions);
+    if (batch->count > 1)
+        qsort(batch->positions, batch->count, sizeof *batch->positions, compare_positions);
     size_t unique = 0;
     for (size_t i = 0; i < batch->count; i++)
         if (!unique || batch->positions[i] != batch->positions[unique - 1])
@@ -1709,7 +1710,9 @@ static int event_batch_read(struct view_reader *reader, struct event_batch *batc
     sqlite3_stmt *stmt = reader->stmt;
     for (size_t first = 0; first < unique;) {
         size_t last = first;
-        while (last + 1 < unique && batch->positions[last + 1] - batch->positions[last] <= RANGE_GAP)
+        while (last + 1 < unique && (uint64_t)batch->positions[last + 1] -
+                                            (uint64_t)batch->positions[last] <=
+                                        RANGE_GAP) /* sorted: the exact distance */
             last++;
         int rc = sqlite3_bind_int64(stmt, 1, batch->positions[first]);
         if (rc == SQLITE_OK)
@@ -2022,7 +2025,8 @@ done:
  * deltas, all integers as zigzag varints: about 11 bytes a socket once compressed.
  */
 
-enum { HINT_VERSION = 1, VARINT_MAX = 10 };
+/* A record's least bytes: a position step, ten columns, two address lengths. */
+enum { HINT_VERSION = 1, VARINT_MAX = 10, HINT_MIN_RECORD = 13 };
 
 struct hint_writer {
     unsigned char *data;
@@ -2207,7 +2211,7 @@ static int get_address(struct hint_reader *r, unsigned char *address, Py_ssize_t
 #define GET_COLUMN(target)                                                                        \
     for (size_t i = 0; ok && i < count; i++) {                                                    \
         struct socket_record *record = &records[i];                                               \
-        long long value;                                                                          \
+        long long value = 0;                                                                      \
         ok = get_signed(r, &value) == 0;                                                          \
         target = value;                                                                           \
     }
@@ -2219,10 +2223,11 @@ static int decode_columns(struct hint_reader *r, int64_t *positions,
 {
     int ok = 1;
     for (size_t i = 0; ok && i < count; i++) {
-        uint64_t delta;
+        uint64_t delta = 0;
         int64_t previous = i ? positions[i - 1] : 0;
         ok = get_varint(r, &delta) == 0 && delta > 0 && delta <= (uint64_t)(INT64_MAX - previous);
-        positions[i] = previous + (int64_t)delta;
+        if (ok)
+            positions[i] = previous + (int64_t)delta;
     }
     GET_COLUMN(record->key.recording)
     GET_COLUMN(record->kind)
@@ -2258,8 +2263,10 @@ static PyObject *RunReader_load_hint(RunReader *self, PyObject *args)
         return NULL;
     struct hint_reader r = {data.buf, (size_t)data.len, 0};
     uint64_t version = 0, count = 0;
+    /* Each record takes at least HINT_MIN_RECORD bytes: what the data can hold bounds what
+     * is allocated for it. */
     int ok = get_varint(&r, &version) == 0 && version == HINT_VERSION &&
-             get_varint(&r, &count) == 0 && count <= r.size; /* each record takes bytes */
+             get_varint(&r, &count) == 0 && count <= (r.size - r.at) / HINT_MIN_RECORD;
     int64_t *positions = ok ? PyMem_Calloc(count + 1, sizeof *positions) : NULL;
     struct socket_record *records = ok ? PyMem_Calloc(count + 1, sizeof *records) : NULL;
     PyObject *result = NULL;

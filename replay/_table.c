@@ -284,12 +284,32 @@ static PyObject *endpoint(PyObject *text, PyObject *port)
                       : PyUnicode_FromFormat("%U:%S", text, port);
 }
 
-/* A tuple of ints as the collector would leave it: untracked. It holds no container, so it
- * can never be part of a cycle (CPython untracks such tuples itself, at its first pass over
- * them); a table's rows hold one each, and each would be walked by that pass. */
+/* An object that can never refer to another: None, or an exact str, int (bool), float or
+ * bytes. */
+static int atomic_scalar(PyObject *value)
+{
+    return value == Py_None || PyUnicode_CheckExact(value) || PyLong_CheckExact(value) ||
+           PyBool_Check(value) || PyFloat_CheckExact(value) || PyBytes_CheckExact(value);
+}
+
+/* An atomic scalar, or an exact tuple of them: immutable, and holding nothing that could lead
+ * back to what holds it. */
+static int atomic(PyObject *value)
+{
+    if (!PyTuple_CheckExact(value))
+        return atomic_scalar(value);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(value); i++)
+        if (!atomic_scalar(PyTuple_GET_ITEM(value, i)))
+            return 0;
+    return 1;
+}
+
+/* ``tuple`` as the collector would leave it: untracked if it holds only atomic scalars (it
+ * can never be part of a cycle; CPython untracks such tuples itself, at its first pass over
+ * them). A table's rows hold one each, and each would be walked by that pass. */
 static PyObject *untracked(PyObject *tuple)
 {
-    if (tuple != NULL && PyObject_GC_IsTracked(tuple))
+    if (tuple != NULL && PyObject_GC_IsTracked(tuple) && atomic(tuple))
         PyObject_GC_UnTrack(tuple);
     return tuple;
 }
@@ -488,16 +508,17 @@ done:
     return rc;
 }
 
-/* Leave ``row`` out of the cyclic collector if none of its fields (``values``) is an object
- * the collector tracks: a frozen row that holds only strs, ints, None and untracked tuples
- * can never be part of a cycle (CPython untracks such tuples and dicts itself). A table's
- * rows would otherwise all be walked by the first collection after they are made. */
+/* Leave ``row`` out of the cyclic collector if all of its fields (``values``, what it was
+ * made with: the slots were set to them) are atomic: a frozen row holding only strs, ints,
+ * None and tuples of those can never be part of a cycle, as CPython reasons for the tuples
+ * it untracks. A table's rows would otherwise all be walked by the first collection after
+ * they are made. */
 static void untrack_if_atomic(PyObject *row, PyObject *const *values, Py_ssize_t count)
 {
     if (!PyObject_GC_IsTracked(row))
         return;
     for (Py_ssize_t i = 0; i < count; i++)
-        if (PyObject_GC_IsTracked(values[i]))
+        if (!atomic(values[i]))
             return;
     PyObject_GC_UnTrack(row);
 }
@@ -547,7 +568,7 @@ static PyObject *make_row(const struct row_layout *layout, const struct side *cl
     row = layout->plain.type != NULL
               ? plain_make(&layout->plain, args)
               : PyObject_Vectorcall(layout->type, args, (size_t)layout->count, NULL);
-    if (row != NULL && layout->frozen)
+    if (row != NULL && layout->frozen && layout->plain.type != NULL) /* no __init__ of its own */
         untrack_if_atomic(row, args, layout->count);
 done:
     for (int i = 0; i < ROW_FIELD_COUNT; i++)
@@ -631,8 +652,8 @@ static int read_layout(struct row_layout *layout, PyObject *field_names)
 }
 
 PyDoc_STRVAR(pair_rows_doc,
-             "pair_rows(views, row_type, field_names, address_text, is_loopback, plain=False)\n"
-             "    -> list | None\n\n"
+             "pair_rows(views, row_type, field_names, address_text, is_loopback, plain=False,\n"
+             "          frozen=False) -> list | None\n\n"
              "replay.connections.pair over ``views`` (SocketView objects): the rows, grouped\n"
              "in the order of each group's first socket, made by calling ``row_type`` with its\n"
              "fields (``field_names``, in order) positionally; fields this loop does not fill\n"

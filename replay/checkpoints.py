@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from recorder.errors import LogError
 from recorder.log.store import LogStore
-from replay.state import FORMAT, ReplayState
+from replay.state import FORMAT, MAX_STATE_BYTES, ReplayState, inflate
 
 # A row's blob: the state's length, the state, the compressed hint. The state's FORMAT (the
 # row's format column) versions this layout too.
@@ -64,8 +64,8 @@ def decode(blob: bytes) -> Checkpoint:
     end = _STATE_LENGTH.size + length
     state = ReplayState.from_bytes(blob[_STATE_LENGTH.size : end])
     try:
-        hint = zlib.decompress(blob[end:]) if len(blob) > end else b""
-    except zlib.error:
+        hint = inflate(blob[end:], MAX_STATE_BYTES) if len(blob) > end else b""
+    except (zlib.error, ValueError):
         hint = b""
     return Checkpoint(state, hint)
 

@@ -102,7 +102,7 @@ class ReplayState:
         """
         try:
             return self._encode()
-        except (OverflowError, TypeError) as error:
+        except (OverflowError, TypeError, struct.error) as error:
             raise ValueError(f"the state cannot be encoded: {error}") from None
 
     def _encode(self) -> bytes:
@@ -123,9 +123,23 @@ class ReplayState:
     def from_bytes(cls, data: bytes) -> ReplayState:
         """The state ``to_bytes`` encoded; ValueError if ``data`` is not such an encoding."""
         try:
-            return _decode(memoryview(zlib.decompress(data)))
+            return _decode(memoryview(inflate(data, MAX_STATE_BYTES)))
         except (zlib.error, struct.error, IndexError) as error:
             raise ValueError(f"not a replay state: {error}") from None
+
+
+# Far more than a host's state (a million sockets and processes take ~60 MB): a checkpoint
+# row that inflates past it is not one this code wrote.
+MAX_STATE_BYTES = 1 << 30
+
+
+def inflate(data: bytes, limit: int) -> bytes:
+    """zlib-decompressed ``data``; ValueError (not an exhausted memory) past ``limit`` bytes."""
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, limit)
+    if inflater.unconsumed_tail or inflater.unused_data or not inflater.eof:
+        raise ValueError("compressed data too large, or truncated")
+    return out
 
 
 _HEADER = struct.Struct("<iqq")  # format, position, max_wall_ns

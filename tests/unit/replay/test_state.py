@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from recorder.log.location import resolve
 from recorder.log.store import Purpose, open_log
 from replay import checkpoints
-from replay.state import FORMAT, ReplayState
+from replay.state import FORMAT, ReplayState, inflate
 
 int64 = st.integers(-(1 << 63), (1 << 63) - 1)
 recording = st.integers(1, 4)
@@ -90,6 +90,24 @@ def test_a_state_holding_a_float_socket_id_is_not_encoded() -> None:
     with pytest.raises(ValueError, match="cannot be encoded"):
         state.to_bytes()
     assert checkpoints.encode(sample_state(), None)  # the plain state still encodes
+
+
+def test_a_state_with_a_time_that_is_not_an_int_is_not_encoded() -> None:
+    state = sample_state()
+    state.max_wall_ns = 1.5e19  # type: ignore[assignment]  # a foreign log's REAL batch time
+    with pytest.raises(ValueError, match="cannot be encoded"):
+        state.to_bytes()
+
+
+def test_inflating_stops_at_its_limit() -> None:
+    """A crafted row cannot make a seek inflate it into memory it does not have."""
+    packed = zlib.compress(bytes(10_000))
+    assert inflate(packed, 10_000) == bytes(10_000)
+    for bad in (packed[:-2], packed + b"tail"):
+        with pytest.raises((ValueError, zlib.error)):
+            inflate(bad, 10_000)
+    with pytest.raises(ValueError, match="too large"):
+        inflate(packed, 9_999)
 
 
 def test_a_checkpoint_keeps_its_hint_and_drops_a_broken_one() -> None:

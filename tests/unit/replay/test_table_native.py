@@ -9,6 +9,7 @@ on logs written through the real writer into SQLite files, at many moments and w
 from __future__ import annotations
 
 import gc
+import sqlite3
 import tempfile
 from dataclasses import FrozenInstanceError, dataclass, replace
 from pathlib import Path
@@ -165,6 +166,16 @@ def test_plain_slots_tells_which_types_c_may_fill() -> None:
     assert not plain_slots(NoSlots) and not plain_slots(Checked)
 
 
+class Marker:
+    """An object of no builtin type: it can refer back to what holds it."""
+
+    def __lt__(self, other: object) -> bool:
+        return False
+
+    def __gt__(self, other: object) -> bool:
+        return True
+
+
 def test_frozen_rows_without_containers_are_left_out_of_the_collector() -> None:
     """A frozen row holding only strs, ints, None and tuples of ints cannot be in a cycle: the
     collector need not walk it. One holding a container (a hand-made view's list) can be."""
@@ -177,9 +188,17 @@ def test_frozen_rows_without_containers_are_left_out_of_the_collector() -> None:
     assert made is not None and len(made) == 1
     assert not gc.is_tracked(made[0]) and not gc.is_tracked(made[0].positions)
     assert made == pair(sides, use_native=False)
-    odd = [replace(client, comm=["a", "list"]), sides[1]]  # type: ignore[arg-type]
-    kept = native.pair_rows(odd, ConnectionRow, _ROW_FIELDS, address_text, is_loopback, True, True)
-    assert kept is not None and all(gc.is_tracked(row) for row in kept)
+    for odd_client in (
+        replace(client, comm=["a", "list"]),  # type: ignore[arg-type]  # a container in a field
+        replace(client, pid={}),  # type: ignore[arg-type]  # a dict (untracked, for now)
+        replace(client, positions=[1, Marker()]),  # type: ignore[list-item]  # not all ints
+    ):
+        odd = [odd_client, sides[1]]
+        kept = native.pair_rows(
+            odd, ConnectionRow, _ROW_FIELDS, address_text, is_loopback, True, True
+        )
+        assert kept is not None and all(gc.is_tracked(row) for row in kept)
+        assert all(gc.is_tracked(row.positions) for row in kept if len(row.positions) > 2)  # Marker
     with pytest.raises(FrozenInstanceError):
         made[0].note = "changed"
 
@@ -438,6 +457,69 @@ def test_a_hint_is_read_back_whole_or_not_at_all(tmp_path: Path) -> None:
             with pytest.raises(ValueError, match="hint"):
                 reader.load_hint(bad)
             assert reader.load_hint(hint) == len(positions)  # and a good one still loads
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at, shift = at + 1, shift + 7
+        if not byte & 0x80:
+            return value, at
+
+
+def test_a_hint_cannot_ask_for_more_than_its_bytes_hold(tmp_path: Path) -> None:
+    with built_log(tmp_path / "log.db") as (location, builder):
+        build_workload(builder, [("pair", 0)])
+    with open_log(location, Purpose.READ) as store:
+        runs = Replayer(store, use_checkpoints=False).runs
+        assert runs is not None
+        claims_many = bytes([1, 0x80, 0xC2, 0xD7, 0x2F]) + bytes(100)  # 100,000,000 records
+        with pytest.raises(ValueError, match="hint"):
+            runs.load_hint(claims_many)
+
+
+def test_a_hint_with_a_repeated_position_is_refused(tmp_path: Path) -> None:
+    """Positions go up in a hint: a zero step (a record twice, or a corrupt one) is not one."""
+    with built_log(tmp_path / "log.db") as (location, builder):
+        build_workload(builder, [("pair", 0), ("pair", 1)])
+    with open_log(location, Purpose.READ) as store:
+        runs = Replayer(store, use_checkpoints=False).runs
+        assert runs is not None
+        hint = runs.socket_hint([1, 2])
+        assert hint is not None and runs.load_hint(hint) == 2
+        _, at = _varint(hint, 0)  # version
+        _, at = _varint(hint, at)  # count
+        _, second = _varint(hint, at)  # the first position
+        step, after = _varint(hint, second)
+        assert step == 1
+        with pytest.raises(ValueError, match="hint"):
+            runs.load_hint(hint[:second] + b"\x00" + hint[after:])
+
+
+def test_an_event_missing_from_a_range_spares_the_rest(tmp_path: Path) -> None:
+    """The table's events are read in position ranges: one missing (a foreign log's hole)
+    declines only where it is used, and the events after it in its range are still read."""
+    with built_log(tmp_path / "log.db") as (location, builder):
+        builder.connect(0.1, 1, 100, "c", "127.0.0.1:40000", SERVER_ADDRESS)
+        builder.close(0.2, 1, 100, "c", "127.0.0.1:40000", SERVER_ADDRESS)
+        builder.connect(0.3, 2, 100, "c", "127.0.0.1:40001", SERVER_ADDRESS)
+        builder.close(0.4, 2, 100, "c", "127.0.0.1:40001", SERVER_ADDRESS)
+    conn = sqlite3.connect(location.path)  # type: ignore[arg-type]
+    with conn:
+        conn.execute("DELETE FROM events WHERE position = 1")
+    conn.close()
+    with open_log(location, Purpose.READ) as store:
+        replayer = Replayer(store, use_checkpoints=False)
+        assert replayer.runs is not None
+        comms, namespaces = replayer.reader.dictionaries()
+        made = replayer.runs.socket_views(
+            [], [(1, 2), (3, 4)], wall(0.25), wall(1), {1: replayer.reader.clock(1).segments()},
+            {1: "h"}, comms, namespaces, SocketView, _VIEW_FIELDS, decode_extra, True,
+        )  # fmt: skip
+        # (1, 2) closed before the window: its open is never used, so its absence is no matter
+        assert made is not None and [view.positions for view in made[1]] == [[3, 4]]
 
 
 def test_socket_views_decline_what_they_cannot_read(tmp_path: Path) -> None:
