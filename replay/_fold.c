@@ -1860,6 +1860,16 @@ done:
     return view;
 }
 
+/* An (open, close) pair of positions: 0, or -1 (nothing set) if it is not a 2-tuple of ints. */
+static int pair_positions(PyObject *pair, long long *open_position, long long *close_position)
+{
+    return PyTuple_CheckExact(pair) && PyTuple_GET_SIZE(pair) == 2 &&
+                   exact_long(PyTuple_GET_ITEM(pair, 0), open_position) == 0 &&
+                   exact_long(PyTuple_GET_ITEM(pair, 1), close_position) == 0
+               ? 0
+               : -1;
+}
+
 /* The positions of ``opens`` (those without a usable record) and ``pairs`` into ``batch``:
  * 0, -1 on error, -2 to decline (a value that is not an int, a pair that is not two). */
 static int positions_needed(struct view_reader *reader, PyObject *opens, PyObject *pairs,
@@ -1875,9 +1885,7 @@ static int positions_needed(struct view_reader *reader, PyObject *opens, PyObjec
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pairs); i++) {
         PyObject *pair = PyList_GET_ITEM(pairs, i);
         long long open_position, close_position;
-        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
-            exact_long(PyTuple_GET_ITEM(pair, 0), &open_position) < 0 ||
-            exact_long(PyTuple_GET_ITEM(pair, 1), &close_position) < 0)
+        if (pair_positions(pair, &open_position, &close_position) < 0)
             return -2;
         if (event_batch_add(batch, open_position) < 0 || event_batch_add(batch, close_position) < 0)
             return -1;
@@ -1914,9 +1922,7 @@ static int pair_views(struct view_reader *reader, PyObject *pairs, long long sta
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pairs); i++) {
         PyObject *pair = PyList_GET_ITEM(pairs, i);
         long long open_position, close_position;
-        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
-            exact_long(PyTuple_GET_ITEM(pair, 0), &open_position) < 0 ||
-            exact_long(PyTuple_GET_ITEM(pair, 1), &close_position) < 0)
+        if (pair_positions(pair, &open_position, &close_position) < 0)
             return -2;
         const struct socket_event *open, *close;
         int rc = event_batch_get(batch, close_position, &close);

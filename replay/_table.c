@@ -125,26 +125,29 @@ static void side_clear(struct side *side)
     Py_CLEAR(side->server_port);
 }
 
+/* A time that is None (*has = 0) or an int of 64 bits (*has = 1): 1, or 0 if it is neither
+ * (nothing set). */
+static int int_or_none(PyObject *value, int *has, long long *out)
+{
+    if (value == Py_None) {
+        *has = 0;
+        return 1;
+    }
+    if (!PyLong_CheckExact(value))
+        return 0;
+    int overflow = 0;
+    *out = PyLong_AsLongLongAndOverflow(value, &overflow);
+    *has = 1;
+    return !overflow;
+}
+
 /* -1 on error (set), 0 to decline, 1 when read. */
 static int read_time(const struct side *side, int name, int *has, long long *value)
 {
     PyObject *attr = side_attr(side, name);
     if (attr == NULL)
         return -1;
-    int outcome = 1;
-    if (attr == Py_None) {
-        *has = 0;
-    } else if (PyLong_CheckExact(attr)) {
-        int overflow = 0;
-        *value = PyLong_AsLongLongAndOverflow(attr, &overflow);
-        *has = 1;
-        if (overflow || (*value == -1 && PyErr_Occurred())) {
-            PyErr_Clear();
-            outcome = 0;
-        }
-    } else {
-        outcome = 0;
-    }
+    int outcome = int_or_none(attr, has, value);
     Py_DECREF(attr);
     return outcome;
 }
@@ -784,18 +787,11 @@ static int time_attr(PyObject *row, PyObject *name, long long none, long long *o
     PyObject *value = PyObject_GetAttr(row, name);
     if (value == NULL)
         return -1;
-    int rc = 0;
-    if (value == Py_None) {
-        *out = none;
-    } else if (PyLong_CheckExact(value)) {
-        int overflow;
-        *out = PyLong_AsLongLongAndOverflow(value, &overflow);
-        rc = overflow ? -2 : 0;
-    } else {
-        rc = -2;
-    }
+    int has = 0, read = int_or_none(value, &has, out);
     Py_DECREF(value);
-    return rc;
+    if (read && !has)
+        *out = none;
+    return read ? 0 : -2;
 }
 
 PyDoc_STRVAR(sorted_rows_doc,

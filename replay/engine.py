@@ -8,7 +8,7 @@ so a replay over a log that is being written sees whole batches and a stable end
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 
@@ -133,41 +133,26 @@ class Replayer:
         pages. A range ends once it reaches the policy's count, not just short of it, so that
         checkpoints fall every ``every_events`` events rather than every other range.
         """
-        pending: BatchSpan | None = None
         limit = max(1, self.policy.every_events)
-        for span in spans:
-            if span.last_position <= after:
-                continue
-            mergeable = (
-                pending is not None
-                and span.recording_id == pending.recording_id
-                and span.first_position == pending.last_position + 1
-                and span.max_wall_ns <= at_ns
+
+        def joinable(pending: BatchSpan, span: BatchSpan) -> bool:
+            return (
+                span.max_wall_ns <= at_ns
                 and pending.max_wall_ns <= at_ns
                 and pending.last_position - pending.first_position + 1 < limit
             )
-            if mergeable:
-                assert pending is not None
-                pending = BatchSpan(
-                    pending.first_position,
-                    span.last_position,
-                    span.recording_id,
-                    min(pending.min_wall_ns, span.min_wall_ns),
-                    max(pending.max_wall_ns, span.max_wall_ns),
-                )
-                continue
-            if pending is not None:
-                yield pending
-            pending = span
-        if pending is not None:
-            yield pending
+
+        return _joined((span for span in spans if span.last_position > after), joinable)
 
     @gc_paused()
     def window(self, at_ns: int, window_ns: int) -> Window:
         start_ns = at_ns - window_ns
         state = self.state_at(start_ns)
         fold = Fold(state, self.reader, retain=True, use_native=self.use_native, runs=self.runs)
-        for span in _contiguous(self.reader.batches_where(0, self.head, at_ns, start_ns)):
+        # A window filters every event by its time anyway, and each span costs a call into the
+        # fold (and a look-up of its process events' pids): its batches are read as one.
+        spans = self.reader.batches_where(0, self.head, at_ns, start_ns)
+        for span in _joined(spans, lambda pending, span: True):
             self._fold_span(fold, span, (start_ns, at_ns))
         return Window(at_ns, start_ns, state, fold.retained)
 
@@ -215,16 +200,18 @@ class Replayer:
             ]
 
 
-def _contiguous(spans: list[BatchSpan]) -> Iterator[BatchSpan]:
-    """Consecutive batches of one recording as one span: a window filters every event by its
-    time anyway, and each span costs a call into the fold (and a look-up of its process
-    events' pids)."""
+def _joined(
+    spans: Iterable[BatchSpan], joinable: Callable[[BatchSpan, BatchSpan], bool]
+) -> Iterator[BatchSpan]:
+    """Consecutive batches of one recording as one span, for as long as ``joinable(span so
+    far, next batch)``."""
     pending: BatchSpan | None = None
     for span in spans:
         if (
             pending is not None
             and span.recording_id == pending.recording_id
             and span.first_position == pending.last_position + 1
+            and joinable(pending, span)
         ):
             pending = BatchSpan(
                 pending.first_position,
