@@ -1,9 +1,15 @@
 /* TCP connection and process lifecycle capture, on tracepoints only.
  *
- * This kernel family may lack kprobes and fentry; tracepoints are stable ABI and their
- * `args->` fields come from the running kernel's format files. Struct reads that tracepoints
- * do not provide (netns, the accept fd walk, byte counters) use offsets read from BTF at
- * start-up and passed in as OFF_* macros: installed headers may belong to another kernel.
+ * This kernel family may lack kprobes and fentry; tracepoints are stable ABI. Struct reads
+ * (the socket's addresses and namespace, the accept fd walk, byte counters) use offsets read
+ * from BTF at start-up and passed in as OFF_* macros: installed headers may belong to another
+ * kernel.
+ *
+ * Socket state changes come from the raw tracepoint of sock:inet_sock_set_state (sk, old
+ * state, new state). The classic tracepoint would copy the whole tuple into a trace record
+ * before every run, ten times per connection, where only the few transitions that open or
+ * close a connection need it: here those read it from the socket themselves. Most runs are
+ * two comparisons.
  *
  * Attribution (measured on 6.x):
  *  - active open: CLOSE -> SYN_SENT runs inside connect(), so the current task is the
@@ -11,15 +17,20 @@
  *  - passive open: SYN_RECV -> ESTABLISHED runs in softirq or in the client's context, so the
  *    current task is wrong there. The socket is remembered and attributed when accept()
  *    returns it (task -> files -> fdtable -> file -> socket -> sk).
- *  - later transitions run in any context: take the owner from the per-socket entry and the
- *    netns from the socket, never from the current task.
+ *  - later transitions run in any context: take the owner and the netns from the per-socket
+ *    entry, never from the current task.
  *
  * Events are staged per CPU and handed to user space STAGE_MAX at a time (or when older than
  * STAGE_MAX_AGE_NS), which cuts the consumer's per-event cost by an order of magnitude. A CPU
  * that goes quiet would keep its stage forever, so the recorder runs one thread pinned to each
  * CPU that calls getppid() periodically: the tick program below flushes that CPU's stage.
- * (A perf cpu-clock event was tried first: it does not fire on an idle CPU.) Every event
- * that cannot be handed over is counted.
+ * (A perf cpu-clock event was tried first: it does not fire on an idle CPU.)
+ *
+ * The raw tracepoint program can interrupt the others on their CPU (a softirq arriving while
+ * accept()'s program writes to the stage): the kernel only keeps a program from nesting in
+ * itself. So a program holds its CPU's stage while it writes to it, and a run that finds the
+ * stage held writes its event to the ring buffer as a record of its own. Every event that
+ * cannot be handed over is counted.
  */
 #include "tcp_events.h"
 
@@ -31,16 +42,17 @@
 #define PROTO_TCP 6
 #define FAMILY_INET 2
 #define FAMILY_INET6 10
+#define ERR_EXIST 17
 
 #define ROLE_ACTIVE 1
 #define ROLE_PASSIVE 2
 
 /* stats slots (per CPU) */
-#define ST_LOST_EVENTS 0       /* events in records the ring buffer refused */
+#define ST_LOST_EVENTS 0       /* events the ring buffer refused */
 #define ST_LOST_RECORDS 1
 #define ST_LOST_LAST_TS 2
 #define ST_SOCK_TABLE_FULL 3   /* sockets we could not remember: events unattributed */
-#define ST_EVENTS 4            /* events staged */
+#define ST_EVENTS 4            /* events staged or written directly */
 #define ST_STALE_SOCKETS 5     /* entries of sockets whose close the programs never saw */
 #define ST_SLOTS 6
 
@@ -48,6 +60,7 @@ struct sock_info {
     u64 sock_id;
     u64 open_ts_ns;
     u32 pid;
+    u32 netns;
     u8 role;
     u8 accepted;
     u8 family;
@@ -63,6 +76,13 @@ struct stage {
     struct stage_header hdr;
     struct event ev[STAGE_MAX];
     u32 records_since_wakeup;  /* not handed over: only hdr and ev[] are */
+    u32 held;                  /* a program is writing to this stage */
+};
+
+/* An event that could not be staged, handed over as a record of one. */
+struct lone_record {
+    struct stage_header hdr;
+    struct event ev;
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
@@ -72,11 +92,14 @@ BPF_PERCPU_ARRAY(stats, u64, ST_SLOTS);
 BPF_ARRAY(next_sock_id, u64, 1);
 BPF_ARRAY(control, u64, 1);   /* [0] = 1: flush every stage on the next tick (shutdown) */
 
+#define compiler_barrier() asm volatile("" ::: "memory")
+
+/* Atomic: a nested run on the same CPU may add to the same counter. */
 static __always_inline void stat_add(u32 slot, u64 value)
 {
     u64 *counter = stats.lookup(&slot);
     if (counter)
-        *counter += value;
+        __sync_fetch_and_add(counter, value);
 }
 
 static __always_inline void stat_set(u32 slot, u64 value)
@@ -95,11 +118,9 @@ static __always_inline u64 new_sock_id(void)
     return __sync_fetch_and_add(next, 1) + 1;
 }
 
-static __always_inline u32 sock_netns(const void *sk)
+static __always_inline u32 net_inum(const void *net)
 {
-    void *net = NULL;
     u32 inum = 0;
-    bpf_probe_read_kernel(&net, sizeof(net), (const char *)sk + OFF_SOCK_NET);
     if (net)
         bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + OFF_NET_INUM);
     return inum;
@@ -108,14 +129,11 @@ static __always_inline u32 sock_netns(const void *sk)
 static __always_inline u32 task_netns(const void *task)
 {
     void *nsproxy = NULL, *net = NULL;
-    u32 inum = 0;
     bpf_probe_read_kernel(&nsproxy, sizeof(nsproxy), (const char *)task + OFF_TASK_NSPROXY);
     if (!nsproxy)
         return 0;
     bpf_probe_read_kernel(&net, sizeof(net), (const char *)nsproxy + OFF_NSPROXY_NET_NS);
-    if (net)
-        bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + OFF_NET_INUM);
-    return inum;
+    return net_inum(net);
 }
 
 static __always_inline u32 task_ppid(const void *task)
@@ -128,8 +146,51 @@ static __always_inline u32 task_ppid(const void *task)
     return tgid;
 }
 
-/* Hand the current CPU's staged events to user space. A refused record is counted, never
- * silently dropped. */
+static __always_inline int sock_is_tcp(const void *sk)
+{
+    u16 protocol = 0;
+    bpf_probe_read_kernel(&protocol, sizeof(protocol), (const char *)sk + OFF_SOCK_PROTOCOL);
+    return protocol == PROTO_TCP;
+}
+
+/* Members that lie close together are read in one go: a span of a struct, from
+ * <GROUP>_SPAN_START (8-byte aligned) for <GROUP>_SPAN_BYTES, covering every member of the
+ * group (recorder/capture.py works the spans out from BTF). */
+#define SPAN_WORDS(group) ((group##_SPAN_BYTES + 7) / 8)
+#define SPAN_READ(buf, base, group) \
+    bpf_probe_read_kernel((buf), sizeof(buf), (const char *)(base) + group##_SPAN_START)
+#define SPAN_AT(buf, group, member) ((u8 *)(buf) + OFF_##member - group##_SPAN_START)
+#define SPAN_GET(buf, group, member, type) (*(type *)SPAN_AT(buf, group, member))
+
+/* The socket's family, ports, addresses and network namespace, into `info`, from one read of
+ * struct sock_common. Ports as the inet_sock_set_state tracepoint gives them (host order);
+ * addresses as the socket keeps them (network order), as /proc/net/tcp{,6} lists them.
+ * 0 if the family is not IP. */
+static __always_inline int read_tuple(const void *sk, struct sock_info *info)
+{
+    u64 common[SPAN_WORDS(SKC)];
+    SPAN_READ(common, sk, SKC);
+    u16 family = SPAN_GET(common, SKC, SKC_FAMILY, u16);
+    if (family != FAMILY_INET && family != FAMILY_INET6)
+        return 0;
+    info->family = family;
+    info->lport = SPAN_GET(common, SKC, SKC_NUM, u16);
+    info->rport = __builtin_bswap16(SPAN_GET(common, SKC, SKC_DPORT, u16));
+    if (family == FAMILY_INET) {
+        __builtin_memcpy(info->laddr, SPAN_AT(common, SKC, SKC_RCV_SADDR), 4);
+        __builtin_memcpy(info->raddr, SPAN_AT(common, SKC, SKC_DADDR), 4);
+    } else {
+        __builtin_memcpy(info->laddr, SPAN_AT(common, SKC, SKC_V6_RCV_SADDR), 16);
+        __builtin_memcpy(info->raddr, SPAN_AT(common, SKC, SKC_V6_DADDR), 16);
+    }
+    info->netns = net_inum(SPAN_GET(common, SKC, SOCK_NET, void *));
+    return 1;
+}
+
+/* -- handing events over --------------------------------------------------------------- */
+
+/* Hand the stage's events to user space. A refused record is counted, never silently
+ * dropped. Called with the stage held. */
 static __always_inline void stage_flush(struct stage *s, u64 now)
 {
     u32 count = s->hdr.count;
@@ -157,13 +218,29 @@ static __always_inline void stage_flush(struct stage *s, u64 now)
     s->hdr.count = 0;
 }
 
-/* A free slot in this CPU's stage, zeroed, with its timestamp set; NULL if unavailable. */
-static __always_inline struct event *stage_slot(struct stage **out, u64 now)
+/* This CPU's stage, held, or NULL when another run on this CPU holds it (this one
+ * interrupted it). Runs on one CPU only nest, never interleave, so plain stores suffice; the
+ * barriers keep the compiler from moving stage writes outside the hold. */
+static __always_inline struct stage *stage_hold(void)
 {
     u32 zero = 0;
     struct stage *s = stages.lookup(&zero);
-    if (!s)
+    if (!s || s->held || !STAGING)
         return NULL;
+    s->held = 1;
+    compiler_barrier();
+    return s;
+}
+
+static __always_inline void stage_release(struct stage *s)
+{
+    compiler_barrier();
+    s->held = 0;
+}
+
+/* The next free slot of a held stage, zeroed and stamped. */
+static __always_inline struct event *stage_slot(struct stage *s, u64 now)
+{
     if (s->hdr.count >= STAGE_MAX)
         stage_flush(s, now);
     u32 index = s->hdr.count;
@@ -174,7 +251,6 @@ static __always_inline struct event *stage_slot(struct stage **out, u64 now)
     struct event *e = &s->ev[index];
     __builtin_memset(e, 0, sizeof(*e));
     e->ts_ns = now;
-    *out = s;
     return e;
 }
 
@@ -186,41 +262,63 @@ static __always_inline void stage_commit(struct stage *s, u64 now)
         stage_flush(s, now);
 }
 
-static __always_inline void copy_addrs(u8 *dst_l, u8 *dst_r, u16 family,
-                                       const u8 *saddr, const u8 *daddr,
-                                       const u8 *saddr_v6, const u8 *daddr_v6)
+/* A record of one event, reserved in the ring buffer, for a run that found the stage held;
+ * NULL (and counted) if the ring buffer is full. */
+static __always_inline struct lone_record *lone_reserve(u64 now)
 {
-    if (family == FAMILY_INET) {
-        __builtin_memcpy(dst_l, saddr, 4);
-        __builtin_memcpy(dst_r, daddr, 4);
-    } else {
-        __builtin_memcpy(dst_l, saddr_v6, 16);
-        __builtin_memcpy(dst_r, daddr_v6, 16);
+    struct lone_record *r = events.ringbuf_reserve(sizeof(struct lone_record));
+    if (!r) {
+        stat_add(ST_LOST_EVENTS, 1);
+        stat_add(ST_LOST_RECORDS, 1);
+        stat_set(ST_LOST_LAST_TS, now);
+        return NULL;
     }
+    __builtin_memset(r, 0, sizeof(*r));
+    r->hdr.count = 1;
+    r->hdr.cpu = bpf_get_smp_processor_id();
+    r->hdr.first_ts_ns = now;
+    r->ev.ts_ns = now;
+    return r;
 }
 
-/* The tracepoint's tuple: sport/saddr are the local side for the socket changing state. */
-#define FILL_TUPLE(info, args, family)                                                    \
-    do {                                                                                  \
-        (info)->family = (family);                                                        \
-        (info)->lport = (args)->sport;                                                    \
-        (info)->rport = (args)->dport;                                                    \
-        copy_addrs((info)->laddr, (info)->raddr, (family), (args)->saddr, (args)->daddr,  \
-                   (args)->saddr_v6, (args)->daddr_v6);                                   \
+static __always_inline void lone_submit(struct lone_record *r)
+{
+    stat_add(ST_EVENTS, 1);
+    events.ringbuf_submit(r, 0);
+}
+
+/* EMIT(now, e, ...): run the statements with `e` pointing at a fresh, zeroed event stamped
+ * `now`, in this CPU's stage or, when the stage is held, in a record of its own. */
+#define EMIT(now, e, ...)                                                                  \
+    do {                                                                                   \
+        struct stage *emit_stage_ = stage_hold();                                          \
+        if (emit_stage_) {                                                                 \
+            struct event *e = stage_slot(emit_stage_, (now));                              \
+            if (e) {                                                                       \
+                __VA_ARGS__;                                                               \
+                stage_commit(emit_stage_, (now));                                          \
+            }                                                                              \
+            stage_release(emit_stage_);                                                    \
+        } else {                                                                           \
+            struct lone_record *emit_lone_ = lone_reserve(now);                            \
+            if (emit_lone_) {                                                              \
+                struct event *e = &emit_lone_->ev;                                         \
+                __VA_ARGS__;                                                               \
+                lone_submit(emit_lone_);                                                   \
+            }                                                                              \
+        }                                                                                  \
     } while (0)
 
-static __always_inline void emit_from_info(u8 kind, u64 now, const void *sk, u64 ts,
-                                           struct sock_info *info, u16 flags)
+/* -- sockets ---------------------------------------------------------------------------- */
+
+static __always_inline void fill_from_info(struct event *e, u8 kind, const void *sk, u64 ts,
+                                           const struct sock_info *info, u16 flags)
 {
-    struct stage *s = NULL;
-    struct event *e = stage_slot(&s, now);
-    if (!e || !s)
-        return;
     e->ts_ns = ts;
     e->kind = kind;
     e->sock_id = info->sock_id;
     e->pid = info->pid;
-    e->netns = sock_netns(sk);
+    e->netns = info->netns;
     e->family = info->family;
     e->lport = info->lport;
     e->rport = info->rport;
@@ -229,104 +327,144 @@ static __always_inline void emit_from_info(u8 kind, u64 now, const void *sk, u64
     __builtin_memcpy(e->laddr, info->laddr, 16);
     __builtin_memcpy(e->raddr, info->raddr, 16);
     if (kind == EV_CLOSE) {
-        bpf_probe_read_kernel(&e->bytes_sent, sizeof(u64), (const char *)sk + OFF_TCP_BYTES_ACKED);
-        bpf_probe_read_kernel(&e->bytes_received, sizeof(u64),
-                              (const char *)sk + OFF_TCP_BYTES_RECEIVED);
+        u64 counters[SPAN_WORDS(TCP_BYTES)];
+        SPAN_READ(counters, sk, TCP_BYTES);
+        e->bytes_sent = SPAN_GET(counters, TCP_BYTES, TCP_BYTES_ACKED, u64);
+        e->bytes_received = SPAN_GET(counters, TCP_BYTES, TCP_BYTES_RECEIVED, u64);
     } else if (kind == EV_CONNECT_FAILED) {
         int err = 0;
         bpf_probe_read_kernel(&err, sizeof(err), (const char *)sk + OFF_SOCK_ERR);
         e->aux = err;
     }
-    stage_commit(s, now);
 }
 
-TRACEPOINT_PROBE(sock, inet_sock_set_state)
+static __always_inline void emit_from_info(u8 kind, const void *sk, u64 now, u64 ts,
+                                           const struct sock_info *info, u16 flags)
 {
-    if (args->protocol != PROTO_TCP)
-        return 0;
-    u16 family = args->family;
-    if (family != FAMILY_INET && family != FAMILY_INET6)
-        return 0;
-    u64 sk_key = (u64)args->skaddr;
-    const void *sk = args->skaddr;
-    int oldstate = args->oldstate;
-    int newstate = args->newstate;
+    EMIT(now, e, fill_from_info(e, kind, sk, ts, info, flags));
+}
+
+/* CLOSE -> SYN_SENT, inside connect(): the current task is the connecting process. */
+static __always_inline void on_connect_start(const void *sk, u64 sk_key)
+{
+    if (!sock_is_tcp(sk))
+        return;
+    struct sock_info info = {};
+    info.sock_id = new_sock_id();
+    info.pid = bpf_get_current_pid_tgid() >> 32;
+    info.role = ROLE_ACTIVE;
+    bpf_get_current_comm(&info.comm, sizeof(info.comm));
+    if (socks.update(&sk_key, &info) != 0)
+        stat_add(ST_SOCK_TABLE_FULL, 1);
+}
+
+/* An entry is this socket's own only if its connect() made it (active, not yet open). One
+ * already open, or passive, is left from an earlier socket at the same address whose close
+ * never reached us (the kernel skipped the program): using it would give this socket that
+ * one's id, pid and accepted flag, so its accept would go unseen. Such entries are counted. */
+static __always_inline struct sock_info *own_connect(struct sock_info *info)
+{
+    if (info && (info->role != ROLE_ACTIVE || info->open_ts_ns)) {
+        stat_add(ST_STALE_SOCKETS, 1);
+        return NULL;
+    }
+    return info;
+}
+
+/* Its own connect() reached ESTABLISHED: an active open, also when both ends connected at
+ * once (SYN_SENT -> SYN_RECV -> ESTABLISHED, as a socket connecting to itself does). */
+static __always_inline void active_open(const void *sk, struct sock_info *info, u64 now)
+{
+    if (!read_tuple(sk, info))
+        return;
+    info->open_ts_ns = now;
+    emit_from_info(EV_CONNECT, sk, now, now, info, 0);
+}
+
+static __always_inline void on_established(const void *sk, u64 sk_key, int oldstate)
+{
     u64 now = bpf_ktime_get_ns();
-
-    if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
-        /* Inside connect(): the current task is the connecting process. */
-        struct sock_info info = {};
-        info.sock_id = new_sock_id();
-        info.pid = bpf_get_current_pid_tgid() >> 32;
-        info.role = ROLE_ACTIVE;
-        bpf_get_current_comm(&info.comm, sizeof(info.comm));
-        if (socks.update(&sk_key, &info) != 0)
-            stat_add(ST_SOCK_TABLE_FULL, 1);
-        return 0;
-    }
-
-    if (newstate == TCP_ESTABLISHED &&
-        (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)) {
-        struct sock_info *info = socks.lookup(&sk_key);
-        /* An entry is this socket's only if its connect() made it (active, not yet open).
-         * One already open, or passive, is left from an earlier socket at the same address
-         * whose close never reached us (the kernel skipped the program): using it would give
-         * this socket that one's id, pid and accepted flag, so its accept would go unseen. */
-        if (info && (info->role != ROLE_ACTIVE || info->open_ts_ns)) {
-            stat_add(ST_STALE_SOCKETS, 1);
-            info = NULL;
-        }
-        if (info) {
-            /* Its own connect(): an active open, also when both ends connected at once
-             * (SYN_SENT -> SYN_RECV -> ESTABLISHED, as a socket connecting to itself does). */
-            info->open_ts_ns = now;
-            FILL_TUPLE(info, args, family);
-            emit_from_info(EV_CONNECT, now, sk, now, info, 0);
-            return 0;
-        }
-        /* Not seen before: a passive open (the usual case), or an active one whose
-         * SYN_SENT we missed (started earlier, or the table was full). */
-        struct sock_info fresh = {};
-        fresh.sock_id = new_sock_id();
-        fresh.role = oldstate == TCP_SYN_SENT ? ROLE_ACTIVE : ROLE_PASSIVE;
-        fresh.open_ts_ns = now;
-        FILL_TUPLE(&fresh, args, family);
-        if (socks.update(&sk_key, &fresh) != 0)
-            stat_add(ST_SOCK_TABLE_FULL, 1);
-        if (oldstate == TCP_SYN_SENT)
-            emit_from_info(EV_CONNECT, now, sk, now, &fresh, EVF_UNATTRIBUTED);
-        /* Passive opens are emitted when accept() returns the socket. */
-        return 0;
-    }
-
-    if (newstate != TCP_CLOSE)
-        return 0;
-
-    struct sock_info *info = socks.lookup(&sk_key);
     if (oldstate == TCP_SYN_SENT) {
+        struct sock_info *info = own_connect(socks.lookup(&sk_key));
         if (info) {
-            FILL_TUPLE(info, args, family);
-            emit_from_info(EV_CONNECT_FAILED, now, sk, now, info, 0);
+            active_open(sk, info, now);
+            return;
+        }
+    }
+    if (!sock_is_tcp(sk))
+        return;
+    /* A passive open (the usual case), or an active one whose SYN_SENT we missed (started
+     * earlier, or the table was full). */
+    struct sock_info fresh = {};
+    if (!read_tuple(sk, &fresh))
+        return;
+    fresh.sock_id = new_sock_id();
+    fresh.role = oldstate == TCP_SYN_SENT ? ROLE_ACTIVE : ROLE_PASSIVE;
+    fresh.open_ts_ns = now;
+    if (oldstate == TCP_SYN_RECV) {
+        int err = socks.insert(&sk_key, &fresh);
+        if (err == 0)
+            return;  /* passive opens are emitted when accept() returns the socket */
+        if (err == -ERR_EXIST) {
+            struct sock_info *info = own_connect(socks.lookup(&sk_key));
+            if (info) {
+                active_open(sk, info, now);
+                return;
+            }
+        }
+    }
+    if (socks.update(&sk_key, &fresh) != 0)
+        stat_add(ST_SOCK_TABLE_FULL, 1);
+    if (oldstate == TCP_SYN_SENT)
+        emit_from_info(EV_CONNECT, sk, now, now, &fresh, EVF_UNATTRIBUTED);
+}
+
+static __always_inline void on_close(const void *sk, u64 sk_key, int oldstate)
+{
+    if (oldstate == TCP_LISTEN)
+        return;
+    struct sock_info *info = socks.lookup(&sk_key);
+    if (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV) {
+        /* A connect() that never reached ESTABLISHED failed (a passive socket that dies in
+         * SYN_RECV was never remembered: nothing happened). */
+        if (info && info->role == ROLE_ACTIVE && !info->open_ts_ns && read_tuple(sk, info)) {
+            u64 now = bpf_ktime_get_ns();
+            emit_from_info(EV_CONNECT_FAILED, sk, now, now, info, 0);
             socks.delete(&sk_key);
         }
-        return 0;
+        return;
     }
-    if (oldstate == TCP_LISTEN || oldstate == TCP_SYN_RECV)
-        return 0;
-
+    u64 now = bpf_ktime_get_ns();
     if (info) {
         if (info->role == ROLE_PASSIVE && !info->accepted)
             /* Never returned by accept(): the connection still happened. */
-            emit_from_info(EV_ACCEPT, now, sk, info->open_ts_ns, info, EVF_UNATTRIBUTED);
-        emit_from_info(EV_CLOSE, now, sk, now, info, info->pid ? 0 : EVF_UNATTRIBUTED);
+            emit_from_info(EV_ACCEPT, sk, now, info->open_ts_ns, info, EVF_UNATTRIBUTED);
+        emit_from_info(EV_CLOSE, sk, now, now, info, info->pid ? 0 : EVF_UNATTRIBUTED);
         socks.delete(&sk_key);
-        return 0;
+        return;
     }
-
-    /* Opened before the recording started: close it with what the tracepoint says. */
+    /* Opened before the recording started: close it with what the socket says. */
     struct sock_info unknown = {};
-    FILL_TUPLE(&unknown, args, family);
-    emit_from_info(EV_CLOSE, now, sk, now, &unknown, EVF_UNATTRIBUTED);
+    if (!sock_is_tcp(sk) || !read_tuple(sk, &unknown))
+        return;
+    emit_from_info(EV_CLOSE, sk, now, now, &unknown, EVF_UNATTRIBUTED);
+}
+
+RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+{
+    const void *sk = (const void *)ctx->args[0];
+    int oldstate = (int)ctx->args[1];
+    int newstate = (int)ctx->args[2];
+    u64 sk_key = (u64)sk;
+    if (newstate == TCP_SYN_SENT) {
+        if (oldstate == TCP_CLOSE)
+            on_connect_start(sk, sk_key);
+    } else if (newstate == TCP_ESTABLISHED) {
+        if (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)
+            on_established(sk, sk_key, oldstate);
+    } else if (newstate == TCP_CLOSE) {
+        on_close(sk, sk_key, oldstate);
+    }
     return 0;
 }
 
@@ -334,20 +472,18 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 static __always_inline u64 fd_to_sock(int fd)
 {
     const char *task = (const char *)bpf_get_current_task();
-    void *files = NULL, *fdt = NULL, **fd_array = NULL, *file = NULL, *socket = NULL;
-    void *sk = NULL;
-    unsigned int max_fds = 0;
+    void *files = NULL, *fdt = NULL, *file = NULL, *socket = NULL, *sk = NULL;
+    u64 table[SPAN_WORDS(FDT)];
     bpf_probe_read_kernel(&files, sizeof(files), task + OFF_TASK_FILES);
     if (!files)
         return 0;
     bpf_probe_read_kernel(&fdt, sizeof(fdt), (char *)files + OFF_FILES_FDT);
     if (!fdt)
         return 0;
-    bpf_probe_read_kernel(&max_fds, sizeof(max_fds), (char *)fdt + OFF_FDTABLE_MAX_FDS);
-    if ((unsigned int)fd >= max_fds)
-        return 0;
-    bpf_probe_read_kernel(&fd_array, sizeof(fd_array), (char *)fdt + OFF_FDTABLE_FD);
-    if (!fd_array)
+    SPAN_READ(table, fdt, FDT);
+    unsigned int max_fds = SPAN_GET(table, FDT, FDTABLE_MAX_FDS, unsigned int);
+    void **fd_array = SPAN_GET(table, FDT, FDTABLE_FD, void **);
+    if ((unsigned int)fd >= max_fds || !fd_array)
         return 0;
     bpf_probe_read_kernel(&file, sizeof(file), &fd_array[fd]);
     if (!file)
@@ -372,7 +508,7 @@ static __always_inline int on_accept_return(long ret)
     info->pid = bpf_get_current_pid_tgid() >> 32;
     bpf_get_current_comm(&info->comm, sizeof(info->comm));
     info->accepted = 1;
-    emit_from_info(EV_ACCEPT, bpf_ktime_get_ns(), (const void *)sk_key, info->open_ts_ns, info, 0);
+    emit_from_info(EV_ACCEPT, (const void *)sk_key, bpf_ktime_get_ns(), info->open_ts_ns, info, 0);
     return 0;
 }
 
@@ -386,48 +522,52 @@ TRACEPOINT_PROBE(syscalls, sys_exit_accept)
     return on_accept_return(args->ret);
 }
 
-TRACEPOINT_PROBE(sched, sched_process_exec)
+/* -- processes -------------------------------------------------------------------------- */
+
+static __always_inline void fill_exec(struct event *e, const void *task, u32 pid,
+                                      const void *args, u32 data_loc_filename)
 {
-    u64 now = bpf_ktime_get_ns();
-    struct stage *s = NULL;
-    struct event *e = stage_slot(&s, now);
-    if (!e || !s)
-        return 0;
-    const void *task = (const void *)bpf_get_current_task();
     e->kind = EV_EXEC;
-    e->pid = bpf_get_current_pid_tgid() >> 32;
+    e->pid = pid;
     e->aux = task_ppid(task);
     e->netns = task_netns(task);
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
-    unsigned short loc = args->data_loc_filename & 0xFFFF;
-    unsigned short len = args->data_loc_filename >> 16;
+    unsigned short loc = data_loc_filename & 0xFFFF;
+    unsigned short len = data_loc_filename >> 16;
     if (len > sizeof(e->filename))
         e->flags |= EVF_TRUNCATED;
     bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), (const char *)args + loc);
-    stage_commit(s, now);
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    u64 now = bpf_ktime_get_ns();
+    const void *task = (const void *)bpf_get_current_task();
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    EMIT(now, e, fill_exec(e, task, pid, args, args->data_loc_filename));
     return 0;
 }
 
-TRACEPOINT_PROBE(sched, sched_process_exit)
+static __always_inline void fill_exit(struct event *e, const void *task, u32 pid)
 {
-    if (!args->group_dead)
-        return 0;  /* a thread ended, not the process */
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-    u64 now = bpf_ktime_get_ns();
-    struct stage *s = NULL;
-    struct event *e = stage_slot(&s, now);
-    if (!e || !s)
-        return 0;
-    const void *task = (const void *)bpf_get_current_task();
     e->kind = EV_EXIT;
-    e->pid = pid_tgid >> 32;
+    e->pid = pid;
     e->aux = task_ppid(task);
     e->netns = task_netns(task);
     int exit_code = 0;
     bpf_probe_read_kernel(&exit_code, sizeof(exit_code), (const char *)task + OFF_TASK_EXIT_CODE);
     e->aux2 = exit_code;
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
-    stage_commit(s, now);
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    if (!args->group_dead)
+        return 0;  /* a thread ended, not the process */
+    u64 now = bpf_ktime_get_ns();
+    const void *task = (const void *)bpf_get_current_task();
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    EMIT(now, e, fill_exit(e, task, pid));
     return 0;
 }
 
@@ -437,13 +577,16 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
 {
     if ((bpf_get_current_pid_tgid() >> 32) != RECORDER_TGID)
         return 0;
-    u32 zero = 0;
-    struct stage *s = stages.lookup(&zero);
-    if (!s || s->hdr.count == 0)
+    struct stage *s = stage_hold();
+    if (!s)
         return 0;
-    u64 now = bpf_ktime_get_ns();
-    u64 *flush_all = control.lookup(&zero);
-    if ((flush_all && *flush_all) || now - s->hdr.first_ts_ns >= STAGE_MAX_AGE_NS)
-        stage_flush(s, now);
+    if (s->hdr.count) {
+        u32 zero = 0;
+        u64 now = bpf_ktime_get_ns();
+        u64 *flush_all = control.lookup(&zero);
+        if ((flush_all && *flush_all) || now - s->hdr.first_ts_ns >= STAGE_MAX_AGE_NS)
+            stage_flush(s, now);
+    }
+    stage_release(s);
     return 0;
 }

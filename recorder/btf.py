@@ -17,6 +17,7 @@ from pathlib import Path
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 BTF_MAGIC = 0xEB9F
+POINTER_SIZE = struct.calcsize("P")  # the running kernel's, as the recorder runs natively
 
 KIND_INT = 1
 KIND_PTR = 2
@@ -156,6 +157,30 @@ class Btf:
 
     def offset_of(self, struct_name: str, path: str) -> int:
         """Byte offset of ``path`` (``a.b.c``, through nested structs) in ``struct_name``."""
+        return self.member(struct_name, path)[0]
+
+    def member_size(self, struct_name: str, path: str) -> int:
+        """Size in bytes of the member ``path`` of ``struct_name``."""
+        return self.type_size(self.member(struct_name, path)[1])
+
+    def type_size(self, type_id: int, _depth: int = 0) -> int:
+        """Size in bytes of a type (typedefs and qualifiers stripped)."""
+        if _depth > 64:
+            raise BtfError("array nesting loop in BTF")
+        btf_type = self._types[self.resolve(type_id)]
+        if btf_type is None:
+            raise BtfError(f"type {type_id} has no size")
+        if btf_type.kind in (KIND_INT, KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_ENUM64):
+            return btf_type.size_or_type
+        if btf_type.kind == KIND_PTR:
+            return POINTER_SIZE
+        if btf_type.kind == KIND_ARRAY:
+            element, _index, count = struct.unpack_from("<III", self._type_data, btf_type.offset)
+            return int(count) * self.type_size(element, _depth + 1)
+        raise BtfError(f"type {type_id} (kind {btf_type.kind}) has no size")
+
+    def member(self, struct_name: str, path: str) -> tuple[int, int]:
+        """Byte offset and type id of ``path`` in ``struct_name``."""
         type_id = self.struct_id(struct_name)
         total_bits = 0
         for part in path.split("."):
@@ -169,7 +194,7 @@ class Btf:
             type_id = self.resolve(member.type_id)
         if total_bits % 8:
             raise BtfError(f"{struct_name}.{path} is not byte aligned")
-        return total_bits // 8
+        return total_bits // 8, type_id
 
     def _find_member(self, type_id: int, name: str) -> tuple[int, Member] | None:
         """Find ``name`` in a struct/union, looking inside anonymous members too."""

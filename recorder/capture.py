@@ -26,7 +26,15 @@ PROGRAM_FILE = "tcp_events.c"
 
 # Kernel struct members the programs read, as (macro, struct, member path).
 KERNEL_OFFSETS = (
+    ("OFF_SKC_DADDR", "sock", "__sk_common.skc_daddr"),
+    ("OFF_SKC_RCV_SADDR", "sock", "__sk_common.skc_rcv_saddr"),
+    ("OFF_SKC_DPORT", "sock", "__sk_common.skc_dport"),
+    ("OFF_SKC_NUM", "sock", "__sk_common.skc_num"),
+    ("OFF_SKC_FAMILY", "sock", "__sk_common.skc_family"),
     ("OFF_SOCK_NET", "sock", "__sk_common.skc_net.net"),
+    ("OFF_SKC_V6_DADDR", "sock", "__sk_common.skc_v6_daddr"),
+    ("OFF_SKC_V6_RCV_SADDR", "sock", "__sk_common.skc_v6_rcv_saddr"),
+    ("OFF_SOCK_PROTOCOL", "sock", "sk_protocol"),
     ("OFF_NET_INUM", "net", "ns.inum"),
     ("OFF_SOCK_ERR", "sock", "sk_err"),
     ("OFF_TCP_BYTES_ACKED", "tcp_sock", "bytes_acked"),
@@ -44,14 +52,35 @@ KERNEL_OFFSETS = (
     ("OFF_SOCKET_SK", "socket", "sk"),
 )
 
+# Members the programs take from one read of the struct they sit in, by group: the
+# <GROUP>_SPAN_START/_BYTES macros cover every member of the group. One probe read costs
+# about what the kernel's tracepoint spent copying the whole tuple, so fewer is faster.
+READ_SPANS = {
+    "SKC": (
+        "OFF_SKC_DADDR",
+        "OFF_SKC_RCV_SADDR",
+        "OFF_SKC_DPORT",
+        "OFF_SKC_NUM",
+        "OFF_SKC_FAMILY",
+        "OFF_SOCK_NET",
+        "OFF_SKC_V6_DADDR",
+        "OFF_SKC_V6_RCV_SADDR",
+    ),
+    "TCP_BYTES": ("OFF_TCP_BYTES_ACKED", "OFF_TCP_BYTES_RECEIVED"),
+    "FDT": ("OFF_FDTABLE_MAX_FDS", "OFF_FDTABLE_FD"),
+}
+# A span is read onto the programs' 512-byte stack.
+MAX_SPAN_BYTES = 128
+
 TRACEPOINTS = (
     "syscalls:sys_enter_getppid",
     "sched:sched_process_exec",
     "sched:sched_process_exit",
     "syscalls:sys_exit_accept",
     "syscalls:sys_exit_accept4",
-    "sock:inet_sock_set_state",
 )
+# sock:inet_sock_set_state, attached raw: see bpf/tcp_events.c.
+RAW_TRACEPOINTS = ("inet_sock_set_state",)
 
 # stats slots, as in bpf/tcp_events.c
 (
@@ -76,6 +105,9 @@ class CaptureOptions:
     sock_table_size: int = 262_144  # sockets remembered between open and close
     stage_max_age_ns: int = 20_000_000  # a staged event waits at most this (plus a tick)
     tick_hz: int = 50  # per-CPU flush checks per second (see TickThreads)
+    # False: every event is handed over as a record of its own, the path a program takes when
+    # it interrupts another one writing to its CPU's stage. Slow; tests exercise that path.
+    staging: bool = True
 
 
 @dataclass(frozen=True)
@@ -93,9 +125,30 @@ class KernelStats:
     stale_sockets: int = 0
 
 
-def kernel_offsets(btf: Btf) -> dict[str, int]:
-    """The OFF_* constants for the running kernel."""
-    return {macro: btf.offset_of(struct, path) for macro, struct, path in KERNEL_OFFSETS}
+def kernel_layout(btf: Btf) -> dict[str, int]:
+    """The OFF_* and span constants for the running kernel."""
+    members = {
+        macro: (btf.offset_of(struct, path), btf.member_size(struct, path))
+        for macro, struct, path in KERNEL_OFFSETS
+    }
+    return {macro: offset for macro, (offset, _size) in members.items()} | read_spans(members)
+
+
+def read_spans(members: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """<GROUP>_SPAN_START (8-byte aligned) and _SPAN_BYTES for each of READ_SPANS, from the
+    members' (offset, size). Pure."""
+    spans = {}
+    for group, macros in READ_SPANS.items():
+        start = min(members[macro][0] for macro in macros) // 8 * 8
+        end = max(members[macro][0] + members[macro][1] for macro in macros)
+        if end - start > MAX_SPAN_BYTES:
+            raise BtfError(
+                f"the members of {group} span {end - start} bytes in this kernel "
+                f"(the programs read at most {MAX_SPAN_BYTES} at once)"
+            )
+        spans[f"{group}_SPAN_START"] = start
+        spans[f"{group}_SPAN_BYTES"] = end - start
+    return spans
 
 
 def ringbuf_pages(ringbuf_bytes: int) -> int:
@@ -125,6 +178,7 @@ def program_cflags(offsets: dict[str, int], options: CaptureOptions) -> list[str
         "SOCK_TABLE_SIZE": options.sock_table_size,
         "STAGE_MAX_AGE_NS": f"{options.stage_max_age_ns}ULL",
         "RECORDER_TGID": os.getpid(),
+        "STAGING": int(options.staging),
     }
     return [f"-D{name}={value}" for name, value in sorted(defines.items())] + [f"-I{BPF_DIR}"]
 
@@ -176,7 +230,7 @@ class EbpfCapture:
         if tracefs_problem:
             raise EbpfUnavailableError(tracefs_problem)
         try:
-            offsets = kernel_offsets(Btf.from_file())
+            offsets = kernel_layout(Btf.from_file())
         except BtfError as exc:
             raise EbpfUnavailableError(f"cannot read struct offsets from BTF: {exc}") from exc
         # bcc reads tracefs's location at import: import it only after ensure_tracefs().
@@ -235,6 +289,9 @@ class EbpfCapture:
 
     def stop(self) -> list[bytes]:
         """Detach the event tracepoints, flush every CPU's stage, return the last records."""
+        for raw in RAW_TRACEPOINTS:
+            with contextlib.suppress(Exception):
+                self._bpf.detach_raw_tracepoint(raw.encode())
         for tracepoint in TRACEPOINTS:
             if tracepoint != TICK_TRACEPOINT:
                 with contextlib.suppress(Exception):

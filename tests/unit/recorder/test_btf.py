@@ -7,6 +7,7 @@ import struct
 import pytest
 
 from recorder.btf import (
+    KIND_ARRAY,
     KIND_CONST,
     KIND_INT,
     KIND_PTR,
@@ -49,6 +50,11 @@ class BlobBuilder:
     def pointer(self, target: int) -> int:
         return self._header("", KIND_PTR, 0, target)
 
+    def array(self, element: int, index: int, count: int) -> int:
+        type_id = self._header("", KIND_ARRAY, 0, 0)
+        self.types += struct.pack("<III", element, index, count)
+        return type_id
+
     def typedef(self, name: str, target: int) -> int:
         return self._header(name, KIND_TYPEDEF, 0, target)
 
@@ -85,11 +91,19 @@ def sample_btf() -> bytes:
     possible_net = b.composite(KIND_STRUCT, "", 8, [("net", net_ptr, 0)])
     possible_net_t = b.typedef("possible_net_t", possible_net)
     anon_union = b.composite(KIND_UNION, "", 8, [("skc_hash", u32, 0), ("skc_u16hashes", u32, 0)])
+    u8 = b.int_type("unsigned char", 1)
+    in6_addr = b.composite(KIND_STRUCT, "in6_addr", 16, [("s6_addr", b.array(u8, u32, 16), 0)])
     sock_common = b.composite(
         KIND_STRUCT,
         "sock_common",
         56,
-        [("skc_daddr", u32, 0), ("", anon_union, 64), ("skc_net", b.const(possible_net_t), 192)],
+        [
+            ("skc_daddr", u32, 0),
+            ("", anon_union, 64),
+            ("skc_net", b.const(possible_net_t), 192),
+            ("skc_v6_daddr", in6_addr, 256),
+            ("skc_cookies", b.array(b.array(u64, u32, 2), u32, 3), 384),
+        ],
     )
     b.composite(KIND_STRUCT, "sock", 128, [("__sk_common", sock_common, 0), ("sk_err", u32, 640)])
     b.composite(KIND_STRUCT, "bits", 4, [("flag", u32, (1 << 24) | 3)], bitfields=True)
@@ -104,6 +118,17 @@ def test_offsets_through_nested_typedefs_and_anonymous_members() -> None:
     assert btf.offset_of("sock", "sk_err") == 80
     assert btf.offset_of("sock_common", "skc_u16hashes") == 8
     assert btf.size_of("sock") == 128
+
+
+def test_member_sizes_of_ints_pointers_structs_and_arrays() -> None:
+    btf = Btf.parse(sample_btf())
+    assert btf.member_size("sock", "__sk_common.skc_daddr") == 4
+    assert btf.member_size("sock", "__sk_common.skc_net") == 8  # const typedef of a struct
+    assert btf.member_size("sock", "__sk_common.skc_net.net") == 8  # a pointer
+    assert btf.member_size("sock", "__sk_common.skc_v6_daddr") == 16
+    assert btf.member_size("in6_addr", "s6_addr") == 16
+    assert btf.member_size("sock_common", "skc_cookies") == 48  # u64[3][2]
+    assert btf.member_size("net", "ns") == 16
 
 
 def test_missing_struct_member_and_bitfield_are_errors() -> None:

@@ -1,14 +1,21 @@
-"""How the capture programs are specialised: wake-ups of the consumer per ring buffer size."""
+"""How the capture programs are specialised: wake-ups of the consumer per ring buffer size,
+and the spans of kernel structs read in one go."""
 
 from __future__ import annotations
 
 import os
 
+import pytest
+
+from recorder.btf import BtfError
 from recorder.capture import (
     MAX_RECORD_BYTES,
     MAX_RECORDS_PER_WAKEUP,
+    MAX_SPAN_BYTES,
+    READ_SPANS,
     CaptureOptions,
     program_cflags,
+    read_spans,
     records_per_wakeup,
     ringbuf_pages,
 )
@@ -33,3 +40,34 @@ def test_a_tiny_ring_buffer_wakes_the_consumer_for_every_record() -> None:
 def test_the_wake_up_interval_is_passed_to_the_programs() -> None:
     flags = program_cflags({}, CaptureOptions(ringbuf_bytes=32 << 10))
     assert "-DWAKEUP_EVERY_RECORDS=1" in flags
+
+
+def _members(layout: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """Every member READ_SPANS names, at (offset, size) from ``layout`` or packed at 0."""
+    return {macro: layout.get(macro, (0, 2)) for macros in READ_SPANS.values() for macro in macros}
+
+
+def test_a_span_starts_8_byte_aligned_and_covers_every_member_of_its_group() -> None:
+    layout = {
+        "OFF_TCP_BYTES_RECEIVED": (1752, 8),
+        "OFF_TCP_BYTES_ACKED": (1824, 8),
+        "OFF_FDTABLE_MAX_FDS": (4, 4),
+        "OFF_FDTABLE_FD": (13, 8),
+    }
+    spans = read_spans(_members(layout))
+    assert (spans["TCP_BYTES_SPAN_START"], spans["TCP_BYTES_SPAN_BYTES"]) == (1752, 80)
+    assert (spans["FDT_SPAN_START"], spans["FDT_SPAN_BYTES"]) == (0, 21)
+    for group, macros in READ_SPANS.items():
+        start, length = spans[f"{group}_SPAN_START"], spans[f"{group}_SPAN_BYTES"]
+        assert start % 8 == 0
+        for offset, size in (_members(layout)[macro] for macro in macros):
+            assert start <= offset and offset + size <= start + length
+
+
+def test_members_too_far_apart_to_read_at_once_are_a_btf_error() -> None:
+    layout = {
+        "OFF_TCP_BYTES_RECEIVED": (1000, 8),
+        "OFF_TCP_BYTES_ACKED": (1000 + MAX_SPAN_BYTES, 8),
+    }
+    with pytest.raises(BtfError, match="TCP_BYTES span 136 bytes"):
+        read_spans(_members(layout))
