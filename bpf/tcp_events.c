@@ -22,15 +22,15 @@
  *
  * Events are staged per CPU and handed to user space STAGE_MAX at a time (or when older than
  * STAGE_MAX_AGE_NS), which cuts the consumer's per-event cost by an order of magnitude. A CPU
- * that goes quiet would keep its stage forever, so the recorder runs one thread pinned to each
- * CPU that calls getppid() periodically: the tick program below flushes that CPU's stage.
- * (A perf cpu-clock event was tried first: it does not fire on an idle CPU.)
+ * that goes quiet would keep its stage forever, so the recorder runs flush_stage (below) on
+ * every CPU periodically. (A perf cpu-clock event does not fire on an idle CPU; threads
+ * pinned to each CPU calling a traced syscall worked, at two context switches a tick.)
  *
  * The raw tracepoint program can interrupt the others on their CPU (a softirq arriving while
- * accept()'s program writes to the stage): the kernel only keeps a program from nesting in
- * itself. So a program holds its CPU's stage while it writes to it, and a run that finds the
- * stage held writes its event to the ring buffer as a record of its own. Every event that
- * cannot be handed over is counted.
+ * accept()'s program writes to the stage), and flush_stage runs from an interrupt: the kernel
+ * only keeps a program from nesting in itself. So a program holds its CPU's stage while it
+ * writes to it, and a run that finds the stage held writes its event to the ring buffer as a
+ * record of its own. Every event that cannot be handed over is counted.
  */
 #include "tcp_events.h"
 
@@ -90,7 +90,7 @@ BPF_HASH(socks, u64, struct sock_info, SOCK_TABLE_SIZE);
 BPF_PERCPU_ARRAY(stages, struct stage, 1);
 BPF_PERCPU_ARRAY(stats, u64, ST_SLOTS);
 BPF_ARRAY(next_sock_id, u64, 1);
-BPF_ARRAY(control, u64, 1);   /* [0] = 1: flush every stage on the next tick (shutdown) */
+BPF_ARRAY(control, u64, 1);   /* [0] = 1: flush_stage hands over every event (shutdown) */
 
 #define compiler_barrier() asm volatile("" ::: "memory")
 
@@ -571,12 +571,12 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     return 0;
 }
 
-/* The recorder's pinned tick threads call getppid() on every CPU: hand over events that have
- * waited long enough, or all of them when user space asks (shutdown). */
-TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
+/* Not attached: the recorder runs this on every CPU in turn (BPF_PROG_TEST_RUN on that CPU,
+ * from an interrupt there), tick_hz times a second. It hands over the events that have
+ * waited long enough, or all of them once user space sets control[0] (shutdown). A stage
+ * held by the program this interrupted is left for the next tick. */
+int flush_stage(struct bpf_raw_tracepoint_args *ctx)
 {
-    if ((bpf_get_current_pid_tgid() >> 32) != RECORDER_TGID)
-        return 0;
     struct stage *s = stage_hold();
     if (!s)
         return 0;

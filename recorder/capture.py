@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import platform
-import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,6 @@ READ_SPANS = {
 MAX_SPAN_BYTES = 128
 
 TRACEPOINTS = (
-    "syscalls:sys_enter_getppid",
     "sched:sched_process_exec",
     "sched:sched_process_exit",
     "syscalls:sys_exit_accept",
@@ -104,7 +104,7 @@ class CaptureOptions:
     ringbuf_bytes: int = 32 << 20  # rounded up to a power-of-two number of pages
     sock_table_size: int = 262_144  # sockets remembered between open and close
     stage_max_age_ns: int = 20_000_000  # a staged event waits at most this (plus a tick)
-    tick_hz: int = 50  # per-CPU flush checks per second (see TickThreads)
+    tick_hz: int = 50  # per-CPU flush checks per second (see StageFlusher)
     # False: every event is handed over as a record of its own, the path a program takes when
     # it interrupts another one writing to its CPU's stage. Slow; tests exercise that path.
     staging: bool = True
@@ -177,7 +177,6 @@ def program_cflags(offsets: dict[str, int], options: CaptureOptions) -> list[str
         "WAKEUP_EVERY_RECORDS": records_per_wakeup(options.ringbuf_bytes),
         "SOCK_TABLE_SIZE": options.sock_table_size,
         "STAGE_MAX_AGE_NS": f"{options.stage_max_age_ns}ULL",
-        "RECORDER_TGID": os.getpid(),
         "STAGING": int(options.staging),
     }
     return [f"-D{name}={value}" for name, value in sorted(defines.items())] + [f"-I{BPF_DIR}"]
@@ -220,7 +219,7 @@ class EbpfCapture:
         self._bpf: Any = None
         self._records: list[bytes] = []
         self._callback: Callable[..., Any] | None = None
-        self._ticks: TickThreads | None = None
+        self._flusher: StageFlusher | None = None
 
     def start(self) -> None:
         reason = why_ebpf_unavailable()
@@ -250,13 +249,21 @@ class EbpfCapture:
 
         self._callback = on_record
         self._bpf[b"events"].open_ring_buffer(on_record)
-        self._ticks = TickThreads(1.0 / max(1, self.options.tick_hz))
-        self._ticks.start()
+        from bcc.utils import get_possible_cpus  # noqa: PLC0415
+
+        flush = self._bpf.load_func(FLUSH_PROGRAM, BPF.RAW_TRACEPOINT)
+        self._flusher = StageFlusher(
+            flush.fd, 1_000_000_000 // max(1, self.options.tick_hz), get_possible_cpus()
+        )
+        self._flusher.run_everywhere()  # fails here, not later, if the kernel cannot
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Raw stage records that arrived within ``timeout_ms`` (possibly none). The programs
-        wake the consumer only every few records, so the wait ends with a drain."""
+        wake the consumer only every few records, so the wait ends with a drain; quiet CPUs
+        hand over what they staged when the flusher's tick is due."""
         self._bpf.ring_buffer_poll(timeout_ms)
+        if self._flusher is not None:
+            self._flusher.tick(time.monotonic_ns())
         self._bpf.ring_buffer_consume()
         return self._take()
 
@@ -293,72 +300,90 @@ class EbpfCapture:
             with contextlib.suppress(Exception):
                 self._bpf.detach_raw_tracepoint(raw.encode())
         for tracepoint in TRACEPOINTS:
-            if tracepoint != TICK_TRACEPOINT:
-                with contextlib.suppress(Exception):
-                    self._bpf.detach_tracepoint(tracepoint.encode())
+            with contextlib.suppress(Exception):
+                self._bpf.detach_tracepoint(tracepoint.encode())
         control = self._bpf[b"control"]
         control[control.Key(0)] = control.Leaf(1)
-        if self._ticks is not None:
-            self._ticks.tick_every_cpu()
-        records = self.poll(0)
+        if self._flusher is not None:
+            self._flusher.run_everywhere()
+        records = self.drain()
         records.extend(self.drain())
         return records
 
     def close(self) -> None:
-        if self._ticks is not None:
-            self._ticks.stop()
-            self._ticks = None
+        self._flusher = None
         if self._bpf is not None:
             with contextlib.suppress(Exception):
                 self._bpf.cleanup()
             self._bpf = None
 
 
-TICK_TRACEPOINT = "syscalls:sys_enter_getppid"
+FLUSH_PROGRAM = b"flush_stage"
+_BPF_PROG_TEST_RUN = 10
+_BPF_F_TEST_RUN_ON_CPU = 1
 
 
-class TickThreads:
-    """One thread pinned to each CPU, calling getppid() every ``period_s``.
+class _TestRunAttr(ctypes.Structure):
+    """union bpf_attr's member for BPF_PROG_TEST_RUN (UAPI, stable)."""
 
-    Each call runs the tick program on that CPU, which flushes the CPU's stage if its oldest
-    event is old enough (or always, once ``control[0]`` is set at shutdown).
+    _fields_ = (
+        ("prog_fd", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("data_in", ctypes.c_uint64),
+        ("data_out", ctypes.c_uint64),
+        ("repeat", ctypes.c_uint32),
+        ("duration", ctypes.c_uint32),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_uint64),
+        ("ctx_out", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+    )
+
+
+class StageFlusher:
+    """Runs the flush_stage program on every CPU, at most once every ``period_ns``.
+
+    BPF_PROG_TEST_RUN with BPF_F_TEST_RUN_ON_CPU runs a raw tracepoint program on the CPU
+    asked for (from an interrupt there, or directly on this one), which is what flushing a
+    per-CPU stage needs: no thread per CPU, nothing attached to a syscall. CPUs that are
+    possible but offline are skipped (ENXIO); their stages are flushed once they are back.
     """
 
-    def __init__(self, period_s: float) -> None:
-        self.period_s = period_s
-        self.cpus = sorted(os.sched_getaffinity(0))
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(cpu,), name=f"scope-tick-{cpu}", daemon=True)
-            for cpu in self.cpus
-        ]
+    def __init__(self, prog_fd: int, period_ns: int, cpus: list[int]) -> None:
+        self.prog_fd = prog_fd
+        self.period_ns = period_ns
+        self.cpus = cpus
+        self._due_ns = 0
+        self._libc = ctypes.CDLL(None, use_errno=True)
 
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
+    def tick(self, now_ns: int) -> None:
+        if now_ns >= self._due_ns:
+            self._due_ns = now_ns + self.period_ns
+            self.run_everywhere()
 
-    def _run(self, cpu: int) -> None:
-        os.sched_setaffinity(0, {cpu})  # 0 = this thread
-        while not self._stop.wait(self.period_s):
-            os.getppid()
+    def run_everywhere(self) -> None:
+        for cpu in self.cpus:
+            self.run_on(cpu)
 
-    @staticmethod
-    def _tick_once(cpu: int) -> None:
-        os.sched_setaffinity(0, {cpu})
-        os.getppid()
-
-    def tick_every_cpu(self) -> None:
-        """Run the tick program once on every CPU, now, and return when it has run."""
-        once = [threading.Thread(target=self._tick_once, args=(cpu,)) for cpu in self.cpus]
-        for thread in once:
-            thread.start()
-        for thread in once:
-            thread.join()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
+    def run_on(self, cpu: int) -> None:
+        if _BPF_SYSCALL is None:
+            raise CaptureError(f"no bpf() system call number known for {platform.machine()}")
+        attr = _TestRunAttr(prog_fd=self.prog_fd, flags=_BPF_F_TEST_RUN_ON_CPU, cpu=cpu)
+        if self._libc.syscall(_BPF_SYSCALL, _BPF_PROG_TEST_RUN, ctypes.byref(attr),
+                              ctypes.sizeof(attr)) == 0:  # fmt: skip
+            return
+        error = ctypes.get_errno()
+        if error != errno.ENXIO:
+            raise CaptureError(
+                f"cannot run the stage flush on CPU {cpu}: {os.strerror(error)} "
+                "(BPF_PROG_TEST_RUN on a chosen CPU needs Linux 5.10 or later)"
+            )
 
 
 @contextlib.contextmanager

@@ -85,6 +85,26 @@ def test_every_connection_is_attributed_to_both_processes(
     assert counters["kernel_lost"] == counters["kernel_stale_sockets"] == 0
 
 
+def test_a_few_events_reach_the_log_while_the_recorder_runs(
+    location: LogLocation, tmp_path: Path
+) -> None:
+    """Too few events to fill a CPU's stage: the periodic flush on every CPU hands them over,
+    not the final one at stop."""
+    with recording(location, snapshot_interval_s=0) as run:
+        with running_server("scope-srv", workdir=tmp_path) as server:
+            client = run_client("scope-few", "127.0.0.1", server.port, count=3)
+            assert client.wait(timeout=60) == 0
+
+            def all_in_the_log() -> bool:
+                events = run.events()
+                return (
+                    len(by_kind(events, Kind.CONNECT, client.pid)) == 3
+                    and len(by_kind(events, Kind.ACCEPT, server.pid)) == 3
+                )
+
+            wait_for(all_in_the_log, timeout=20)
+
+
 def test_refused_connect_is_a_failed_connect(location: LogLocation) -> None:
     port = closed_port()
     with recording(location, snapshot_interval_s=0) as run:
