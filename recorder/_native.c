@@ -380,93 +380,124 @@ static PyObject *merge_runs(PyObject *Py_UNUSED(module), PyObject *arg)
 
 /* -- raw events as the events table's columns ------------------------------------------------ */
 
-/* Per-call caches from a raw value to its dictionary id (recorder.log.dictionary), so that a
- * process name is decoded and looked up once per batch rather than once per event. */
+/* Per-call caches from a raw value to what the log needs of it, so that a process name is
+ * decoded, looked up in its dictionary and added to a batch's summary once per call rather
+ * than once per event. */
 #define ID_CACHE_SLOTS 64
+
+struct cached_value {
+    PyObject *value; /* the decoded value (a new reference), or NULL when empty */
+    PyObject *ident; /* its dictionary id (a new reference), once looked up */
+    int summarized;  /* added to the summary's set in this call */
+};
+
+static void cached_value_clear(struct cached_value *cached)
+{
+    Py_CLEAR(cached->value);
+    Py_CLEAR(cached->ident);
+    cached->summarized = 0;
+}
+
+/* ``cached`` now holds ``value`` (a new reference, stolen). */
+static struct cached_value *cached_value_set(struct cached_value *cached, PyObject *value)
+{
+    cached_value_clear(cached);
+    cached->value = value;
+    return cached;
+}
 
 struct comm_slot {
     char raw[16];
     int used;
-    PyObject *value; /* the decoded name (a new reference), or NULL */
+    struct cached_value cached;
 };
 
-struct comm_cache {
-    struct comm_slot slots[ID_CACHE_SLOTS];
+struct netns_slot {
+    uint32_t inode;
+    struct cached_value cached;
 };
 
-static void comm_cache_clear(struct comm_cache *cache)
+struct value_caches {
+    struct comm_slot comms[ID_CACHE_SLOTS];
+    struct netns_slot netns[ID_CACHE_SLOTS];
+    struct cached_value no_comm, no_netns; /* None: unattributed, or no namespace */
+};
+
+static void value_caches_init(struct value_caches *caches)
 {
-    for (int i = 0; i < ID_CACHE_SLOTS; i++)
-        Py_CLEAR(cache->slots[i].value);
+    memset(caches, 0, sizeof *caches);
+}
+
+static void value_caches_clear(struct value_caches *caches)
+{
+    for (int i = 0; i < ID_CACHE_SLOTS; i++) {
+        cached_value_clear(&caches->comms[i].cached);
+        cached_value_clear(&caches->netns[i].cached);
+    }
+    cached_value_clear(&caches->no_comm);
+    cached_value_clear(&caches->no_netns);
+}
+
+static struct cached_value *cached_none(struct cached_value *cached)
+{
+    return cached->value ? cached : cached_value_set(cached, Py_NewRef(Py_None));
 }
 
 /* The name in a comm field as recorder.decode reads it: up to the first NUL, UTF-8 with
- * replacement; None when empty. A borrowed reference owned by ``cache``. */
-static PyObject *comm_value(struct comm_cache *cache, const char raw[16])
+ * replacement; None when empty. */
+static struct cached_value *comm_value(struct value_caches *caches, const char raw[16])
 {
     uint32_t hash = 2166136261u;
     for (int i = 0; i < 16; i++)
         hash = (hash ^ (uint8_t)raw[i]) * 16777619u;
-    struct comm_slot *slot = &cache->slots[hash % ID_CACHE_SLOTS];
+    struct comm_slot *slot = &caches->comms[hash % ID_CACHE_SLOTS];
     if (slot->used && memcmp(slot->raw, raw, 16) == 0)
-        return slot->value;
+        return &slot->cached;
     const char *end = memchr(raw, 0, 16);
     Py_ssize_t length = end ? end - raw : 16;
     PyObject *value = length ? PyUnicode_DecodeUTF8(raw, length, "replace") : Py_NewRef(Py_None);
     if (value == NULL)
         return NULL;
-    Py_XSETREF(slot->value, value);
+    cached_value_set(&slot->cached, value);
     memcpy(slot->raw, raw, 16);
     slot->used = 1;
-    return value;
+    return &slot->cached;
 }
 
-struct netns_slot {
-    uint32_t inode;
-    PyObject *value; /* the inode as an int (a new reference), or NULL */
-};
-
-struct netns_cache {
-    struct netns_slot slots[ID_CACHE_SLOTS];
-};
-
-static void netns_cache_clear(struct netns_cache *cache)
-{
-    for (int i = 0; i < ID_CACHE_SLOTS; i++)
-        Py_CLEAR(cache->slots[i].value);
-}
-
-/* A netns field as recorder.decode reads it: the inode, None when 0. Borrowed from ``cache``. */
-static PyObject *netns_value(struct netns_cache *cache, uint32_t inode)
+/* A netns field as recorder.decode reads it: the inode, None when 0. */
+static struct cached_value *netns_value(struct value_caches *caches, uint32_t inode)
 {
     if (inode == 0)
-        return Py_None;
-    struct netns_slot *slot = &cache->slots[(inode * 2654435761u) % ID_CACHE_SLOTS];
-    if (slot->value != NULL && slot->inode == inode)
-        return slot->value;
+        return cached_none(&caches->no_netns);
+    struct netns_slot *slot = &caches->netns[(inode * 2654435761u) % ID_CACHE_SLOTS];
+    if (slot->cached.value != NULL && slot->inode == inode)
+        return &slot->cached;
     PyObject *value = PyLong_FromUnsignedLong(inode);
     if (value == NULL)
         return NULL;
-    Py_XSETREF(slot->value, value);
     slot->inode = inode;
-    return value;
-}
-
-struct value_caches {
-    struct comm_cache comms;
-    struct netns_cache netns;
-};
-
-static void value_caches_clear(struct value_caches *caches)
-{
-    comm_cache_clear(&caches->comms);
-    netns_cache_clear(&caches->netns);
+    return cached_value_set(&slot->cached, value);
 }
 
 /* The comm of a connection event: recorder.decode keeps it only when a pid is known. */
-static PyObject *raw_comm(struct value_caches *caches, const struct raw_event *event)
+static struct cached_value *raw_comm(struct value_caches *caches, const struct raw_event *event)
 {
-    return event->pid ? comm_value(&caches->comms, event->comm) : Py_None;
+    return event->pid ? comm_value(caches, event->comm) : cached_none(&caches->no_comm);
+}
+
+/* The value's id in ``ids`` (recorder.log.dictionary.Dictionary.ids), looked up once. */
+static PyObject *cached_ident(struct cached_value *cached, PyObject *ids)
+{
+    if (cached->ident != NULL)
+        return cached->ident;
+    PyObject *ident = PyDict_GetItemWithError(ids, cached->value);
+    if (ident == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_KeyError, cached->value);
+        return NULL;
+    }
+    cached->ident = Py_NewRef(ident);
+    return ident;
 }
 
 /* A rare kind (failed connect, exec, exit) through recorder.decode.decode_event's rules:
@@ -830,8 +861,11 @@ static int bind_dictionary_id(sqlite3 *db, sqlite3_stmt *stmt, int index, PyObje
     return bind_value(db, stmt, index, ident);
 }
 
-static int bind_event(sqlite3 *db, sqlite3_stmt *stmt, PyObject *event, PyObject *comm_ids,
-                      PyObject *netns_ids, PyObject *encode_extra, PyObject **extra_text)
+/* Bind an Event tuple's row to the parameters after ``base``. A non-empty extra is encoded
+ * into ``*extra_text``, which must outlive the statement's step. */
+static int bind_event(sqlite3 *db, sqlite3_stmt *stmt, int base, PyObject *event,
+                      PyObject *comm_ids, PyObject *netns_ids, PyObject *encode_extra,
+                      PyObject **extra_text)
 {
     if (!PyTuple_Check(event) || PyTuple_GET_SIZE(event) != EV_FIELDS) {
         PyErr_SetString(PyExc_TypeError, "events must be recorder.events.Event tuples");
@@ -840,23 +874,23 @@ static int bind_event(sqlite3 *db, sqlite3_stmt *stmt, PyObject *event, PyObject
     PyObject **field = &PyTuple_GET_ITEM(event, 0);
     /* Statement parameters: kind, mono_ns, pid, comm_id, netns_id, laddr, lport, raddr,
      * rport, sock_id, bytes_sent, bytes_received, extra (the order of ROW_COLUMNS). */
-    if (bind_value(db, stmt, 1, field[EV_KIND]) < 0 ||
-        bind_value(db, stmt, 2, field[EV_MONO_NS]) < 0 ||
-        bind_value(db, stmt, 3, field[EV_PID]) < 0 ||
-        bind_dictionary_id(db, stmt, 4, comm_ids, field[EV_COMM]) < 0 ||
-        bind_dictionary_id(db, stmt, 5, netns_ids, field[EV_NETNS]) < 0)
+    if (bind_value(db, stmt, base + 1, field[EV_KIND]) < 0 ||
+        bind_value(db, stmt, base + 2, field[EV_MONO_NS]) < 0 ||
+        bind_value(db, stmt, base + 3, field[EV_PID]) < 0 ||
+        bind_dictionary_id(db, stmt, base + 4, comm_ids, field[EV_COMM]) < 0 ||
+        bind_dictionary_id(db, stmt, base + 5, netns_ids, field[EV_NETNS]) < 0)
         return -1;
     for (int i = EV_LADDR; i <= EV_BYTES_RECEIVED; i++) {
-        if (bind_value(db, stmt, i + 1, field[i]) < 0)
+        if (bind_value(db, stmt, base + i + 1, field[i]) < 0)
             return -1;
     }
     PyObject *extra = field[EV_EXTRA];
     if (extra == Py_None)
-        return bind_value(db, stmt, EV_EXTRA + 1, Py_None);
+        return bind_value(db, stmt, base + EV_EXTRA + 1, Py_None);
     *extra_text = PyObject_CallOneArg(encode_extra, extra);
     if (*extra_text == NULL)
         return -1;
-    return bind_value(db, stmt, EV_EXTRA + 1, *extra_text);
+    return bind_value(db, stmt, base + EV_EXTRA + 1, *extra_text);
 }
 
 static int check_bind(sqlite3 *db, int rc)
@@ -880,30 +914,33 @@ static int bind_counter(sqlite3 *db, sqlite3_stmt *stmt, int index, uint64_t val
     return check_bind(db, sqlite3_bind_int64(stmt, index, (sqlite3_int64)value));
 }
 
-/* A fast-kind raw event, bound as recorder.decode.decode_record would have built it. */
-static int bind_raw_event(sqlite3 *db, sqlite3_stmt *stmt, const struct raw_event *event,
+/* A fast-kind raw event's row, bound after ``base`` as recorder.decode.decode_record would
+ * have built it. Its addresses are bound in place: the run must outlive the step. */
+static int bind_raw_event(sqlite3 *db, sqlite3_stmt *stmt, int base, const struct raw_event *event,
                           struct value_caches *caches, PyObject *comm_ids, PyObject *netns_ids)
 {
     int width = event->family == FAMILY_INET ? 4 : 16;
     int closing = event->kind == KIND_CLOSE;
-    PyObject *comm = raw_comm(caches, event);
-    PyObject *netns = netns_value(&caches->netns, event->netns);
-    if (comm == NULL || netns == NULL)
+    struct cached_value *comm = raw_comm(caches, event);
+    struct cached_value *netns = comm ? netns_value(caches, event->netns) : NULL;
+    PyObject *comm_id = netns ? cached_ident(comm, comm_ids) : NULL;
+    PyObject *netns_id = comm_id ? cached_ident(netns, netns_ids) : NULL;
+    if (netns_id == NULL)
         return -1;
-    if (check_bind(db, sqlite3_bind_int(stmt, 1, event->kind)) < 0 ||
-        bind_counter(db, stmt, 2, event->ts_ns, 1) < 0 ||
-        bind_counter(db, stmt, 3, event->pid, event->pid != 0) < 0 ||
-        bind_dictionary_id(db, stmt, 4, comm_ids, comm) < 0 ||
-        bind_dictionary_id(db, stmt, 5, netns_ids, netns) < 0 ||
-        check_bind(db, sqlite3_bind_blob(stmt, 6, event->laddr, width, SQLITE_STATIC)) < 0 ||
-        check_bind(db, sqlite3_bind_int(stmt, 7, event->lport)) < 0 ||
-        check_bind(db, sqlite3_bind_blob(stmt, 8, event->raddr, width, SQLITE_STATIC)) < 0 ||
-        check_bind(db, sqlite3_bind_int(stmt, 9, event->rport)) < 0 ||
-        bind_counter(db, stmt, 10, event->sock_id, event->sock_id != 0) < 0 ||
-        bind_counter(db, stmt, 11, event->bytes_sent, closing) < 0 ||
-        bind_counter(db, stmt, 12, event->bytes_received, closing) < 0)
+    if (check_bind(db, sqlite3_bind_int(stmt, base + 1, event->kind)) < 0 ||
+        bind_counter(db, stmt, base + 2, event->ts_ns, 1) < 0 ||
+        bind_counter(db, stmt, base + 3, event->pid, event->pid != 0) < 0 ||
+        bind_value(db, stmt, base + 4, comm_id) < 0 ||
+        bind_value(db, stmt, base + 5, netns_id) < 0 ||
+        check_bind(db, sqlite3_bind_blob(stmt, base + 6, event->laddr, width, SQLITE_STATIC)) < 0 ||
+        check_bind(db, sqlite3_bind_int(stmt, base + 7, event->lport)) < 0 ||
+        check_bind(db, sqlite3_bind_blob(stmt, base + 8, event->raddr, width, SQLITE_STATIC)) < 0 ||
+        check_bind(db, sqlite3_bind_int(stmt, base + 9, event->rport)) < 0 ||
+        bind_counter(db, stmt, base + 10, event->sock_id, event->sock_id != 0) < 0 ||
+        bind_counter(db, stmt, base + 11, event->bytes_sent, closing) < 0 ||
+        bind_counter(db, stmt, base + 12, event->bytes_received, closing) < 0)
         return -1;
-    return check_bind(db, sqlite3_bind_null(stmt, 13));
+    return check_bind(db, sqlite3_bind_null(stmt, base + 13));
 }
 
 static int step_insert(sqlite3 *db, sqlite3_stmt *stmt, int bound)
@@ -913,24 +950,79 @@ static int step_insert(sqlite3 *db, sqlite3_stmt *stmt, int bound)
         rc = sqlite3_step(stmt);
         rc = rc == SQLITE_DONE ? 0 : (set_sqlite_error(db, rc), -1);
     }
-    sqlite3_reset(stmt); /* no clear_bindings: every row binds all 13 parameters */
+    sqlite3_reset(stmt); /* no clear_bindings: every row binds all its parameters */
+    return rc;
+}
+
+/* Rows go in groups of ``per_group`` through one statement of that many rows (each
+ * execution of a statement costs about as much as binding a row again), and one at a time
+ * only when fewer than a group are left. Objects whose memory a bound row points into are
+ * held until the group is stepped. */
+struct inserter {
+    sqlite3 *db;
+    sqlite3_stmt *one, *group;
+    int per_group;
+    int bound;           /* rows bound into ``group`` so far */
+    Py_ssize_t left;     /* rows not yet bound */
+    PyObject **held;     /* 2 * per_group slots */
+    int held_count;
+};
+
+static void inserter_release(struct inserter *ins)
+{
+    while (ins->held_count > 0)
+        Py_CLEAR(ins->held[--ins->held_count]);
+}
+
+/* The statement and parameter base for the next row. */
+static sqlite3_stmt *inserter_next(struct inserter *ins, int *base)
+{
+    if (ins->bound > 0 || ins->left >= ins->per_group) {
+        *base = ins->bound * EV_FIELDS;
+        return ins->group;
+    }
+    *base = 0;
+    return ins->one;
+}
+
+/* After a row was bound (``rc`` 0) or failed to bind into ``stmt``; ``keep`` and ``extra``
+ * (new references or NULL) are what it points into. */
+static int inserter_row_done(struct inserter *ins, sqlite3_stmt *stmt, int rc, PyObject *keep,
+                             PyObject *extra)
+{
+    ins->left--;
+    if (stmt == ins->one) {
+        rc = step_insert(ins->db, stmt, rc);
+        Py_XDECREF(keep);
+        Py_XDECREF(extra);
+        return rc;
+    }
+    if (keep != NULL)
+        ins->held[ins->held_count++] = keep;
+    if (extra != NULL)
+        ins->held[ins->held_count++] = extra;
+    if (rc == 0 && ++ins->bound < ins->per_group)
+        return 0;
+    ins->bound = 0;
+    rc = step_insert(ins->db, stmt, rc);
+    inserter_release(ins);
     return rc;
 }
 
 /* Insert one Event tuple. */
-static int insert_tuple(sqlite3 *db, sqlite3_stmt *stmt, PyObject *event, PyObject *comm_ids,
+static int insert_tuple(struct inserter *ins, PyObject *event, PyObject *comm_ids,
                         PyObject *netns_ids, PyObject *encode_extra)
 {
     PyObject *extra_text = NULL;
+    int base;
+    sqlite3_stmt *stmt = inserter_next(ins, &base);
     Py_INCREF(event); /* encode_extra may run arbitrary code */
-    int rc = bind_event(db, stmt, event, comm_ids, netns_ids, encode_extra, &extra_text);
-    rc = step_insert(db, stmt, rc);
-    Py_XDECREF(extra_text);
-    Py_DECREF(event);
-    return rc;
+    int rc = bind_event(ins->db, stmt, base, event, comm_ids, netns_ids, encode_extra,
+                        &extra_text);
+    return inserter_row_done(ins, stmt, rc, event, extra_text);
 }
 
-static int insert_run(sqlite3 *db, sqlite3_stmt *stmt, RawRun *run, struct value_caches *caches,
+static int insert_run(struct inserter *ins, RawRun *run, struct value_caches *caches,
                       PyObject *comm_ids, PyObject *netns_ids, PyObject *encode_extra,
                       PyObject *decode_one)
 {
@@ -938,11 +1030,13 @@ static int insert_run(sqlite3 *db, sqlite3_stmt *stmt, RawRun *run, struct value
         const struct raw_event *event = &run->events[i];
         int rc;
         if (is_fast_kind(event->kind)) {
-            rc = step_insert(db, stmt,
-                             bind_raw_event(db, stmt, event, caches, comm_ids, netns_ids));
+            int base;
+            sqlite3_stmt *stmt = inserter_next(ins, &base);
+            rc = bind_raw_event(ins->db, stmt, base, event, caches, comm_ids, netns_ids);
+            rc = inserter_row_done(ins, stmt, rc, NULL, NULL);
         } else {
             PyObject *decoded = decode_rare(decode_one, event);
-            rc = decoded ? insert_tuple(db, stmt, decoded, comm_ids, netns_ids, encode_extra) : -1;
+            rc = decoded ? insert_tuple(ins, decoded, comm_ids, netns_ids, encode_extra) : -1;
             Py_XDECREF(decoded);
         }
         if (rc < 0)
@@ -951,54 +1045,95 @@ static int insert_run(sqlite3 *db, sqlite3_stmt *stmt, RawRun *run, struct value
     return 0;
 }
 
+/* The number of events in ``items`` (Event tuples and RawRuns), -1 if it is not such a list. */
+static Py_ssize_t count_rows(PyObject *items)
+{
+    Py_ssize_t rows = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        rows += PyObject_TypeCheck(item, &RawRunType) ? ((RawRun *)item)->count : 1;
+    }
+    return rows;
+}
+
+static int insert_items(struct inserter *ins, PyObject *items, PyObject *comm_ids,
+                        PyObject *netns_ids, PyObject *encode_extra, PyObject *decode_one)
+{
+    struct value_caches caches;
+    value_caches_init(&caches);
+    int rc = 0;
+    for (Py_ssize_t i = 0; rc == 0 && i < PyList_GET_SIZE(items); i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        if (PyObject_TypeCheck(item, &RawRunType))
+            rc = insert_run(ins, (RawRun *)item, &caches, comm_ids, netns_ids, encode_extra,
+                            decode_one);
+        else
+            rc = insert_tuple(ins, item, comm_ids, netns_ids, encode_extra);
+    }
+    value_caches_clear(&caches);
+    return rc;
+}
+
 PyDoc_STRVAR(insert_events_doc,
-             "insert_events(sql, items, comm_ids, netns_ids, encode_extra, decode_one) -> int\n\n"
+             "insert_events(sql, group_sql, items, comm_ids, netns_ids, encode_extra, decode_one)"
+             " -> int\n\n"
              "Insert ``items`` in order: Event tuples, and RawRuns whose events are inserted as\n"
              "recorder.decode would decode them (rare kinds through ``decode_one(raw_event)``).\n"
-             "``sql`` takes the events table's 13 row columns; comm and netns are bound as their\n"
-             "ids in ``comm_ids`` and ``netns_ids``, a non-empty extra as ``encode_extra(extra)``.\n"
+             "``sql`` inserts one row of the events table's 13 row columns, ``group_sql`` the\n"
+             "same for several rows (a multiple of 13 parameters): rows go through it while a\n"
+             "group's worth is left. comm and netns are bound as their ids in ``comm_ids`` and\n"
+             "``netns_ids``, a non-empty extra as ``encode_extra(extra)``.\n"
              "Returns the number of rows inserted.");
 
 static PyObject *Connection_insert_events(NativeConnection *self, PyObject *args)
 {
-    PyObject *sql, *items, *comm_ids, *netns_ids, *encode_extra, *decode_one;
-    if (!PyArg_ParseTuple(args, "UO!O!O!OO:insert_events", &sql, &PyList_Type, &items,
-                          &PyDict_Type, &comm_ids, &PyDict_Type, &netns_ids, &encode_extra,
-                          &decode_one) ||
+    PyObject *sql, *group_sql, *items, *comm_ids, *netns_ids, *encode_extra, *decode_one;
+    if (!PyArg_ParseTuple(args, "UUO!O!O!OO:insert_events", &sql, &group_sql, &PyList_Type,
+                          &items, &PyDict_Type, &comm_ids, &PyDict_Type, &netns_ids,
+                          &encode_extra, &decode_one) ||
         claim(self) < 0)
         return NULL;
-    sqlite3_stmt *stmt = prepare(self->db, sql);
-    if (stmt == NULL)
-        return release(self, NULL);
-    if (sqlite3_bind_parameter_count(stmt) != EV_FIELDS) {
-        sqlite3_finalize(stmt);
-        PyErr_Format(PyExc_ValueError, "the statement must take %d parameters", EV_FIELDS);
+    struct inserter ins = {.db = self->db};
+    ins.one = prepare(self->db, sql);
+    ins.group = ins.one ? prepare(self->db, group_sql) : NULL;
+    if (ins.group == NULL) {
+        sqlite3_finalize(ins.one);
         return release(self, NULL);
     }
+    int group_params = sqlite3_bind_parameter_count(ins.group);
+    if (sqlite3_bind_parameter_count(ins.one) != EV_FIELDS || group_params < EV_FIELDS ||
+        group_params % EV_FIELDS) {
+        sqlite3_finalize(ins.one);
+        sqlite3_finalize(ins.group);
+        PyErr_Format(PyExc_ValueError,
+                     "the statements must take %d parameters, and a multiple of %d", EV_FIELDS,
+                     EV_FIELDS);
+        return release(self, NULL);
+    }
+    ins.per_group = group_params / EV_FIELDS;
+    ins.held = PyMem_Calloc(2 * (size_t)ins.per_group, sizeof(PyObject *));
     /* A private copy: encode_extra and decode_one may run arbitrary code. */
-    PyObject *snapshot = PyList_GetSlice(items, 0, PyList_GET_SIZE(items));
-    if (snapshot == NULL) {
-        sqlite3_finalize(stmt);
-        return release(self, NULL);
-    }
-    struct value_caches caches;
-    memset(&caches, 0, sizeof caches);
-    Py_ssize_t rows = 0;
-    int rc = 0;
-    for (Py_ssize_t i = 0; rc == 0 && i < PyList_GET_SIZE(snapshot); i++) {
-        PyObject *item = PyList_GET_ITEM(snapshot, i);
-        if (PyObject_TypeCheck(item, &RawRunType)) {
-            rc = insert_run(self->db, stmt, (RawRun *)item, &caches, comm_ids, netns_ids,
-                            encode_extra, decode_one);
-            rows += ((RawRun *)item)->count;
-        } else {
-            rc = insert_tuple(self->db, stmt, item, comm_ids, netns_ids, encode_extra);
-            rows += 1;
+    PyObject *snapshot = ins.held ? PyList_GetSlice(items, 0, PyList_GET_SIZE(items)) : NULL;
+    Py_ssize_t rows = snapshot ? count_rows(snapshot) : 0;
+    int rc = -1;
+    if (snapshot != NULL) {
+        ins.left = rows;
+        rc = insert_items(&ins, snapshot, comm_ids, netns_ids, encode_extra, decode_one);
+        if (rc == 0 && (ins.bound != 0 || ins.left != 0)) {
+            PyErr_SetString(PyExc_SystemError, "insert_events: rows left unwritten");
+            rc = -1;
         }
+    } else if (ins.held == NULL) {
+        PyErr_NoMemory();
     }
-    value_caches_clear(&caches);
-    Py_DECREF(snapshot);
-    sqlite3_finalize(stmt);
+    if (ins.bound)
+        sqlite3_reset(ins.group); /* a group cut short by an error */
+    if (ins.held != NULL)
+        inserter_release(&ins);
+    PyMem_Free(ins.held);
+    Py_XDECREF(snapshot);
+    sqlite3_finalize(ins.one);
+    sqlite3_finalize(ins.group);
     if (rc < 0)
         return release(self, NULL);
     return release(self, PyLong_FromSsize_t(rows));
@@ -1048,15 +1183,12 @@ PyDoc_STRVAR(batch_summary_doc,
              "Over a non-empty list of Event tuples and RawRuns: the time range, and the sets of\n"
              "process names and network namespaces (None included when some event has none).");
 
-/* Add one event's time, comm and netns to the summary being built. */
-static int summarize(long long ts, PyObject *comm, PyObject *netns, int first, long long *low,
-                     long long *high, PyObject *comms, PyObject *namespaces)
+static void summarize_time(long long ts, int first, long long *low, long long *high)
 {
     if (first || ts < *low)
         *low = ts;
     if (first || ts > *high)
         *high = ts;
-    return PySet_Add(comms, comm) < 0 || PySet_Add(namespaces, netns) < 0 ? -1 : 0;
 }
 
 static int summarize_tuple(PyObject *event, int first, long long *low, long long *high,
@@ -1065,8 +1197,22 @@ static int summarize_tuple(PyObject *event, int first, long long *low, long long
     long long ts = PyLong_AsLongLong(PyTuple_GET_ITEM(event, EV_MONO_NS));
     if (ts == -1 && PyErr_Occurred())
         return -1;
-    return summarize(ts, PyTuple_GET_ITEM(event, EV_COMM), PyTuple_GET_ITEM(event, EV_NETNS),
-                     first, low, high, comms, namespaces);
+    summarize_time(ts, first, low, high);
+    return PySet_Add(comms, PyTuple_GET_ITEM(event, EV_COMM)) < 0 ||
+                   PySet_Add(namespaces, PyTuple_GET_ITEM(event, EV_NETNS)) < 0
+               ? -1
+               : 0;
+}
+
+/* Add a cached value to ``set`` unless it already was in this call. */
+static int summarize_value(struct cached_value *cached, PyObject *set)
+{
+    if (cached == NULL)
+        return -1;
+    if (cached->summarized)
+        return 0;
+    cached->summarized = 1;
+    return PySet_Add(set, cached->value);
 }
 
 static int summarize_run(RawRun *run, PyObject *decode_one, struct value_caches *caches,
@@ -1077,16 +1223,16 @@ static int summarize_run(RawRun *run, PyObject *decode_one, struct value_caches 
         const struct raw_event *event = &run->events[i];
         int rc;
         if (is_fast_kind(event->kind)) {
-            PyObject *comm = raw_comm(caches, event);
-            PyObject *netns = netns_value(&caches->netns, event->netns);
             if (event->ts_ns > (uint64_t)INT64_MAX) {
                 PyErr_SetString(PyExc_OverflowError,
                                 "Python int too large to convert to SQLite INTEGER");
                 return -1;
             }
-            rc = comm && netns ? summarize((long long)event->ts_ns, comm, netns, *first, low,
-                                           high, comms, namespaces)
-                               : -1;
+            summarize_time((long long)event->ts_ns, *first, low, high);
+            rc = summarize_value(raw_comm(caches, event), comms) < 0 ||
+                         summarize_value(netns_value(caches, event->netns), namespaces) < 0
+                     ? -1
+                     : 0;
         } else {
             PyObject *decoded = decode_rare(decode_one, event);
             rc = decoded ? summarize_tuple(decoded, *first, low, high, comms, namespaces) : -1;
@@ -1109,7 +1255,7 @@ static PyObject *batch_summary(PyObject *Py_UNUSED(module), PyObject *args)
     if (snapshot == NULL || comms == NULL || namespaces == NULL)
         goto fail;
     struct value_caches caches;
-    memset(&caches, 0, sizeof caches);
+    value_caches_init(&caches);
     long long low = 0, high = 0;
     int first = 1, rc = 0;
     for (Py_ssize_t i = 0; rc == 0 && i < PyList_GET_SIZE(snapshot); i++) {

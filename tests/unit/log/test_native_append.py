@@ -26,7 +26,7 @@ from recorder.log.batch import Batch
 from recorder.log.location import resolve
 from recorder.log.recordings import RecordingStart, begin_recording
 from recorder.log.schema import metadata
-from recorder.log.sqlite import SqliteAppender, insert_events_sql
+from recorder.log.sqlite import ROWS_PER_INSERT, SqliteAppender, insert_events_sql
 from recorder.log.store import LogStore, Purpose, open_log
 from tests.capabilities import require
 from tests.factories import MONO_BASE_NS, ROOT_NETNS, clock_sample, conn_event, make_host
@@ -180,6 +180,49 @@ def test_a_bad_row_rolls_the_whole_batch_back(store_factory: Any) -> None:
     assert [row[:1] for row in dump["events"]] == [("1",), ("2",)]
     assert [row[0] for row in dump["batches"]] == ["1", "2"]
     assert [row[1] for row in dump["comms"]] == ["'client'", "'new-comm'"]
+
+
+def test_rows_in_groups_hold_what_they_were_bound_from(store_factory: Any) -> None:
+    """Rows go through a statement of ROWS_PER_INSERT rows; one bound early in a group points
+    into objects (an Event's addresses, its encoded extra, a decoded rare event) that must
+    live until the group is stepped, not only until the row is bound."""
+    items: list[Event | native.RawRun] = []
+    for index in range(3 * ROWS_PER_INSERT + 5):
+        if index % 3 == 0:
+            data = record(raw_event(4, 100 + index, pid=index + 1, comm=b"failing"))
+            items.append(raw_run(data))  # a failed connect: a rare kind, decoded to a tuple
+        else:
+            items.append(
+                conn_event(Kind.CONNECT, MONO_BASE_NS + index, comm=f"c{index}")._replace(
+                    laddr=bytes([index]) * 16, extra={"filename": "x" * (64 + index)}
+                )
+            )
+    python_items: list[Event | native.RawRun] = list(expand(items))
+    native_path = append_with([Batch(events=items)], store_factory, use_native=True)
+    python_path = append_with([Batch(events=python_items)], store_factory, use_native=False)
+    native_dump = table_dump(native_path)
+    assert len(native_dump["events"]) == len(python_items)
+    assert native_dump == table_dump(python_path)
+
+
+def test_a_bad_row_inside_a_group_rolls_the_whole_batch_back(store_factory: Any) -> None:
+    store, recording_id = store_factory("native")
+    appender = SqliteAppender(store, use_native=True)
+    clock = ClockModel([clock_sample()])
+    good: list[Event | native.RawRun] = [
+        conn_event(Kind.CONNECT, MONO_BASE_NS + i) for i in range(2 * ROWS_PER_INSERT)
+    ]
+    bad = conn_event(Kind.CLOSE, MONO_BASE_NS)._replace(lport=[80])  # type: ignore[arg-type]
+    batch = [*good[: ROWS_PER_INSERT + 3], bad, *good[ROWS_PER_INSERT + 3 :]]
+    try:
+        with pytest.raises(LogError, match="type 'list' is not supported"):
+            appender.append(recording_id, Batch(events=batch), clock)
+        later = appender.append(recording_id, Batch(events=good), clock)
+    finally:
+        appender.close()
+    assert (later.first_position, later.last_position) == (1, len(good))
+    assert store.location.path is not None
+    assert len(table_dump(store.location.path)["events"]) == len(good)
 
 
 def test_errors_are_the_drivers_exception_classes(store_factory: Any) -> None:
