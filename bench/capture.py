@@ -2,12 +2,15 @@
 
 A C load generator (bench/loadgen.c, compiled here) runs a server and several clients for a
 fixed time at their maximum connection rate: alone, then with `scope-record` writing to a
-SQLite log, alternating for ``--rounds`` rounds; medians are reported. Every connection the
-clients completed must be in the log as four events (connect, accept, two closes).
+SQLite log (the other way round every other round), for ``--rounds`` rounds. The ratio is
+the median of the rounds' side-by-side ratios; rates, the recorder's CPU and the whole
+machine's CPU time per completed connection are medians too. Every connection the clients
+completed must be in the log as four events (connect, accept, two closes).
 
 Last line:
 RESULT conns_per_s_alone=<n> conns_per_s_recorded=<n> ratio=<n> events_captured=<n>
-       events_expected=<n> lost=<n> recorder_cpu_pct=<n>
+       events_expected=<n> lost=<n> recorder_cpu_pct=<n> cpu_us_per_conn_alone=<n>
+       cpu_us_per_conn_recorded=<n>
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ class LoadResult:
     completed: int
     failed: int
     seconds: float
+    busy_ticks: int  # the whole machine's, while the clients ran
+
+    @property
+    def cpu_us_per_conn(self) -> float:
+        return self.busy_ticks * 1e6 / CLOCK_TICKS / max(1, self.completed)
 
     @property
     def rate(self) -> float:
@@ -55,7 +63,7 @@ def build_loadgen(workdir: Path) -> Path:
 def run_load(loadgen: Path, port: int, clients: int, seconds: float) -> LoadResult:
     server = subprocess.Popen([str(loadgen), "server", str(port), "1", str(seconds + 2)])
     time.sleep(0.3)
-    started = time.monotonic()
+    started, busy_before = time.monotonic(), machine_busy_ticks()
     procs = [
         subprocess.Popen(
             [str(loadgen), "client", str(port), f"127.0.0.{index + 2}", str(seconds)],
@@ -69,11 +77,18 @@ def run_load(loadgen: Path, port: int, clients: int, seconds: float) -> LoadResu
         out, _ = proc.communicate(timeout=seconds + 60)
         done, bad = (int(x) for x in out.split())
         completed, failed = completed + done, failed + bad
-    elapsed = time.monotonic() - started
+    elapsed, busy = time.monotonic() - started, machine_busy_ticks() - busy_before
     server.send_signal(signal.SIGKILL)
     server.wait()
     subprocess.run(["pkill", "-KILL", "-f", f"loadgen server {port} "], check=False)
-    return LoadResult(completed, failed, elapsed)
+    return LoadResult(completed, failed, elapsed, busy)
+
+
+def machine_busy_ticks() -> int:
+    """CPU time the whole machine spent busy (user, system, interrupts), in clock ticks."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    return user + nice + system + irq + softirq
 
 
 def cpu_seconds(pid: int) -> float:
@@ -134,42 +149,60 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/capture.py needs root (eBPF)")
-    alone, recorded, cpu = [], [], []
+    alone, recorded, ratios, cpu, cost_alone, cost_recorded = [], [], [], [], [], []
     captured_total = expected_total = lost_total = 0
     with tempfile.TemporaryDirectory(prefix="scope-bench-") as tmp:
         workdir = Path(tmp)
         loadgen = build_loadgen(workdir)
         for round_number in range(args.rounds):
             port = 20000 + round_number * 2
-            base = run_load(loadgen, port, args.clients, args.seconds)
+
+            # Alternate which goes first, so that a drift of the machine's speed within a
+            # round does not always favour the same side.
+            if round_number % 2:
+                result, captured, lost, cpu_pct = run_recorded(
+                    loadgen, port + 1, args.clients, args.seconds, workdir
+                )
+                time.sleep(1)
+                base = run_load(loadgen, port, args.clients, args.seconds)
+            else:
+                base = run_load(loadgen, port, args.clients, args.seconds)
+                time.sleep(1)
+                result, captured, lost, cpu_pct = run_recorded(
+                    loadgen, port + 1, args.clients, args.seconds, workdir
+                )
             alone.append(base.rate)
-            time.sleep(1)
-            result, captured, lost, cpu_pct = run_recorded(
-                loadgen, port + 1, args.clients, args.seconds, workdir
-            )
             recorded.append(result.rate)
+            ratios.append(result.rate / base.rate)
             cpu.append(cpu_pct)
+            cost_alone.append(base.cpu_us_per_conn)
+            cost_recorded.append(result.cpu_us_per_conn)
             captured_total += captured
             expected_total += 4 * result.completed
             lost_total += lost
             print(
                 f"round {round_number + 1}: alone {base.rate:,.0f} conn/s, "
                 f"recorded {result.rate:,.0f} conn/s ({result.failed} failed), "
-                f"events {captured:,}/{4 * result.completed:,}, "
-                f"lost {lost}, recorder CPU {cpu_pct:.0f}%",
+                f"ratio {ratios[-1]:.3f}, events {captured:,}/{4 * result.completed:,}, "
+                f"lost {lost}, recorder CPU {cpu_pct:.0f}%, machine CPU per connection "
+                f"{cost_alone[-1]:.1f} us alone, {cost_recorded[-1]:.1f} us recorded",
                 flush=True,
             )
             time.sleep(1)
-    rate_alone, rate_recorded = statistics.median(alone), statistics.median(recorded)
+    # The ratio is the median of each round's side-by-side ratio: the machine's speed drifts
+    # between rounds (alone rates move by 10-20 %), and each round's pair shares its moment.
     print(
-        f"RESULT conns_per_s_alone={rate_alone:.0f} conns_per_s_recorded={rate_recorded:.0f} "
-        f"ratio={rate_recorded / rate_alone:.3f} events_captured={captured_total} "
+        f"RESULT conns_per_s_alone={statistics.median(alone):.0f} "
+        f"conns_per_s_recorded={statistics.median(recorded):.0f} "
+        f"ratio={statistics.median(ratios):.3f} events_captured={captured_total} "
         f"events_expected={expected_total} lost={lost_total} "
-        f"recorder_cpu_pct={statistics.median(cpu):.1f}"
+        f"recorder_cpu_pct={statistics.median(cpu):.1f} "
+        f"cpu_us_per_conn_alone={statistics.median(cost_alone):.1f} "
+        f"cpu_us_per_conn_recorded={statistics.median(cost_recorded):.1f}"
     )
 
 
