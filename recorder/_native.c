@@ -447,10 +447,11 @@ static struct cached_value *cached_none(struct cached_value *cached)
  * replacement; None when empty. */
 static struct cached_value *comm_value(struct value_caches *caches, const char raw[16])
 {
-    uint32_t hash = 2166136261u;
-    for (int i = 0; i < 16; i++)
-        hash = (hash ^ (uint8_t)raw[i]) * 16777619u;
-    struct comm_slot *slot = &caches->comms[hash % ID_CACHE_SLOTS];
+    uint64_t low, high;
+    memcpy(&low, raw, 8);
+    memcpy(&high, raw + 8, 8);
+    uint64_t hash = (low * 0x9E3779B97F4A7C15u) ^ (high * 0xC2B2AE3D27D4EB4Fu);
+    struct comm_slot *slot = &caches->comms[(hash >> 32) % ID_CACHE_SLOTS];
     if (slot->used && memcmp(slot->raw, raw, 16) == 0)
         return &slot->cached;
     const char *end = memchr(raw, 0, 16);

@@ -104,7 +104,10 @@ class CaptureOptions:
     ringbuf_bytes: int = 32 << 20  # rounded up to a power-of-two number of pages
     sock_table_size: int = 262_144  # sockets remembered between open and close
     stage_max_age_ns: int = 20_000_000  # a staged event waits at most this (plus a tick)
-    tick_hz: int = 50  # per-CPU flush checks per second (see StageFlusher)
+    # Per-CPU flush checks per second (see StageFlusher). Busy CPUs hand over full stages
+    # themselves; a tick only serves a CPU that went quiet, and each costs an interrupt
+    # there that the caller waits for.
+    tick_hz: int = 20
     # False: every event is handed over as a record of its own, the path a program takes when
     # it interrupts another one writing to its CPU's stage. Slow; tests exercise that path.
     staging: bool = True
