@@ -971,8 +971,10 @@ struct inserter {
 
 static void inserter_release(struct inserter *ins)
 {
-    while (ins->held_count > 0)
-        Py_CLEAR(ins->held[--ins->held_count]);
+    while (ins->held_count > 0) {
+        ins->held_count--; /* not inside Py_CLEAR: it evaluates its argument twice */
+        Py_CLEAR(ins->held[ins->held_count]);
+    }
 }
 
 /* The statement and parameter base for the next row. */

@@ -9,6 +9,7 @@ Errors leave no partial batch behind, and come out as the driver's own exception
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,23 @@ def test_rows_in_groups_hold_what_they_were_bound_from(store_factory: Any) -> No
     native_dump = table_dump(native_path)
     assert len(native_dump["events"]) == len(python_items)
     assert native_dump == table_dump(python_path)
+
+
+def test_rows_in_groups_let_go_of_what_they_held(store_factory: Any) -> None:
+    """Every reference a group took to keep its rows' memory alive is returned after the
+    step (an object held twice or dropped once would show in its reference count)."""
+    events = [
+        conn_event(Kind.CONNECT, MONO_BASE_NS + i)._replace(extra={"n": i})
+        for i in range(3 * ROWS_PER_INSERT + 7)
+    ]
+    counts = [sys.getrefcount(event) for event in events]
+    store, recording_id = store_factory("native")
+    appender = SqliteAppender(store, use_native=True)
+    try:
+        appender.append(recording_id, Batch(events=list(events)), ClockModel([clock_sample()]))
+    finally:
+        appender.close()
+    assert [sys.getrefcount(event) for event in events] == counts
 
 
 def test_a_bad_row_inside_a_group_rolls_the_whole_batch_back(store_factory: Any) -> None:
