@@ -37,8 +37,13 @@ lint: venv
 	@$(PY) -m ruff format --check -q recorder replay migrations tests bench
 	@$(PY) -m mypy
 
+# The C modules' own tests once more under Python's debug allocator, which turns a freed,
+# overrun or mismatched block into an abort where a plain run may pass on corrupted memory.
+NATIVE_DEBUG_TESTS := tests/unit/log/test_native_append.py tests/unit/replay/test_fold_native.py
+
 test: setup-test lint
 	@$(PY) -m pytest $(PYTEST_ARGS)
+	@PYTHONMALLOC=debug $(PY) -X dev -m pytest -q -p no:cacheprovider $(NATIVE_DEBUG_TESTS)
 
 unit: venv
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
