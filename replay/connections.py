@@ -345,6 +345,15 @@ def _infer_role(snapshot: Snapshot, key: TupleKey) -> str:
     return SERVER if lport < rport else CLIENT
 
 
+def _closed_order(item: Closed) -> tuple[int, int, int, int, TupleKey | tuple[()]]:
+    """A socket that ended, ordered by where it ended in the log (then by what it was)."""
+    ref, missing_at = item.ref, item.missing_at if item.missing_at is not None else -1
+    ended = item.close_position if item.close_position is not None else missing_at
+    opened = ref.open_position if ref.open_position is not None else -1
+    seen = ref.snapshot_position if ref.snapshot_position is not None else -1
+    return (ended, missing_at, opened, seen, ref.tuple_key or ())
+
+
 def sockets_in_window(
     reader: LogReader, window: Window, runs: native.RunReader | None = None
 ) -> list[SocketView]:
@@ -354,13 +363,16 @@ def sockets_in_window(
     state, retained = window.state, window.retained
     start_ns, at_ns = window.start_ns, window.at_ns
     opens = sorted(state.open_positions())
-    from_events = m.views_from_events(runs, opens, retained.pairs) if runs is not None else None
+    # What the fold retained comes in no defined order (the C fold and Fold._apply_fast keep
+    # the same pairs in different orders): sorted here, so the sockets come in one order.
+    pairs = sorted(retained.pairs)
+    from_events = m.views_from_events(runs, opens, pairs) if runs is not None else None
     if from_events is None:
         m.prefetch(opens)
-        m.prefetch(p for pair in retained.pairs for p in pair)
+        m.prefetch(p for pair in pairs for p in pair)
         from_events = [m.from_event(m.event(p)) for p in opens], []
         # The bulk of a busy window: sockets whose open and close were both folded in it.
-        for open_position, close_position in retained.pairs:
+        for open_position, close_position in pairs:
             close = m.event(close_position)
             if start_ns < close.wall_ns <= at_ns:
                 from_events[1].append(m.closed_pair(m.event(open_position), close))
@@ -370,7 +382,7 @@ def sockets_in_window(
     views = from_events[0]
     views.extend(m.from_snapshot(p, key) for key, p in sorted(state.snapshot_sockets.items()))
     views.extend(from_events[1])
-    closed = retained.closed + [
+    closed = sorted(retained.closed, key=_closed_order) + [
         Closed(SocketRef(open_position), None, missing_at=missed_at)
         for open_position, missed_at in sorted(state.missing_entries())
     ]
