@@ -162,19 +162,23 @@ static __always_inline int sock_is_tcp(const void *sk)
 #define SPAN_AT(buf, group, member) ((u8 *)(buf) + OFF_##member - group##_SPAN_START)
 #define SPAN_GET(buf, group, member, type) (*(type *)SPAN_AT(buf, group, member))
 
-/* The socket's family, ports, addresses and network namespace, into `info`, from one read of
- * struct sock_common. Ports as the inet_sock_set_state tracepoint gives them (host order);
- * addresses as the socket keeps them (network order), as /proc/net/tcp{,6} lists them.
+/* The socket's family, ports, addresses and network namespace, into `info`, mostly from one
+ * read of struct sock_common. Ports as the inet_sock_set_state tracepoint gives them (host
+ * order); addresses as the socket keeps them (network order), as /proc/net/tcp{,6} lists
+ * them. The local port is inet_sport, as the tracepoint's: sock_common's skc_num is already
+ * 0 when the transition to CLOSE runs for a socket whose port the kernel chose.
  * 0 if the family is not IP. */
 static __always_inline int read_tuple(const void *sk, struct sock_info *info)
 {
     u64 common[SPAN_WORDS(SKC)];
+    u16 sport = 0;
     SPAN_READ(common, sk, SKC);
     u16 family = SPAN_GET(common, SKC, SKC_FAMILY, u16);
     if (family != FAMILY_INET && family != FAMILY_INET6)
         return 0;
+    bpf_probe_read_kernel(&sport, sizeof(sport), (const char *)sk + OFF_INET_SPORT);
     info->family = family;
-    info->lport = SPAN_GET(common, SKC, SKC_NUM, u16);
+    info->lport = __builtin_bswap16(sport);
     info->rport = __builtin_bswap16(SPAN_GET(common, SKC, SKC_DPORT, u16));
     if (family == FAMILY_INET) {
         __builtin_memcpy(info->laddr, SPAN_AT(common, SKC, SKC_RCV_SADDR), 4);
@@ -266,6 +270,7 @@ static __always_inline void stage_commit(struct stage *s, u64 now)
  * NULL (and counted) if the ring buffer is full. */
 static __always_inline struct lone_record *lone_reserve(u64 now)
 {
+    stat_add(ST_EVENTS, 1);  /* made, whether or not the ring buffer takes it */
     struct lone_record *r = events.ringbuf_reserve(sizeof(struct lone_record));
     if (!r) {
         stat_add(ST_LOST_EVENTS, 1);
@@ -283,7 +288,6 @@ static __always_inline struct lone_record *lone_reserve(u64 now)
 
 static __always_inline void lone_submit(struct lone_record *r)
 {
-    stat_add(ST_EVENTS, 1);
     events.ringbuf_submit(r, 0);
 }
 
@@ -327,10 +331,15 @@ static __always_inline void fill_from_info(struct event *e, u8 kind, const void 
     __builtin_memcpy(e->laddr, info->laddr, 16);
     __builtin_memcpy(e->raddr, info->raddr, 16);
     if (kind == EV_CLOSE) {
+#if TCP_BYTES_SPAN_BYTES
         u64 counters[SPAN_WORDS(TCP_BYTES)];
         SPAN_READ(counters, sk, TCP_BYTES);
         e->bytes_sent = SPAN_GET(counters, TCP_BYTES, TCP_BYTES_ACKED, u64);
         e->bytes_received = SPAN_GET(counters, TCP_BYTES, TCP_BYTES_RECEIVED, u64);
+#else  /* too far apart in this kernel to read at once */
+        bpf_probe_read_kernel(&e->bytes_sent, 8, (const char *)sk + OFF_TCP_BYTES_ACKED);
+        bpf_probe_read_kernel(&e->bytes_received, 8, (const char *)sk + OFF_TCP_BYTES_RECEIVED);
+#endif
     } else if (kind == EV_CONNECT_FAILED) {
         int err = 0;
         bpf_probe_read_kernel(&err, sizeof(err), (const char *)sk + OFF_SOCK_ERR);
@@ -436,6 +445,8 @@ static __always_inline void on_close(const void *sk, u64 sk_key, int oldstate)
     }
     u64 now = bpf_ktime_get_ns();
     if (info) {
+        if (!info->open_ts_ns)
+            read_tuple(sk, info);  /* an active open whose ESTABLISHED the programs missed */
         if (info->role == ROLE_PASSIVE && !info->accepted)
             /* Never returned by accept(): the connection still happened. */
             emit_from_info(EV_ACCEPT, sk, now, info->open_ts_ns, info, EVF_UNATTRIBUTED);
@@ -502,13 +513,26 @@ static __always_inline int on_accept_return(long ret)
     u64 sk_key = fd_to_sock((int)ret);
     if (!sk_key)
         return 0;
-    struct sock_info *info = socks.lookup(&sk_key);
-    if (!info || info->role != ROLE_PASSIVE || info->accepted)
+    struct sock_info *entry = socks.lookup(&sk_key);
+    if (!entry || entry->role != ROLE_PASSIVE || entry->accepted)
         return 0;
-    info->pid = bpf_get_current_pid_tgid() >> 32;
-    bpf_get_current_comm(&info->comm, sizeof(info->comm));
-    info->accepted = 1;
-    emit_from_info(EV_ACCEPT, (const void *)sk_key, bpf_ktime_get_ns(), info->open_ts_ns, info, 0);
+    /* The socket is not locked here: a softirq on this CPU can close it (its program runs
+     * over this one) and free or reuse the entry. So the entry is changed as a copy, put
+     * back only if its key is still there, and the accept emitted only then. */
+    struct sock_info info = *entry;
+    info.pid = bpf_get_current_pid_tgid() >> 32;
+    bpf_get_current_comm(&info.comm, sizeof(info.comm));
+    info.accepted = 1;
+    /* bcc's map.update() takes no flags and writes BPF_ANY into the call it generates,
+     * which the preprocessor then expands: BPF_EXIST here (checked by
+     * tests/integration/recorder/test_capture.py, which fails if bcc ever stops naming it). */
+    int replaced;
+#define BPF_ANY BPF_EXIST
+    replaced = socks.update(&sk_key, &info);
+#undef BPF_ANY
+    if (replaced != 0)
+        return 0;
+    emit_from_info(EV_ACCEPT, (const void *)sk_key, bpf_ktime_get_ns(), info.open_ts_ns, &info, 0);
     return 0;
 }
 
@@ -574,14 +598,17 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 /* Not attached: the recorder runs this on every CPU in turn (BPF_PROG_TEST_RUN on that CPU,
  * from an interrupt there), tick_hz times a second. It hands over the events that have
  * waited long enough, or all of them once user space sets control[0] (shutdown). A stage
- * held by the program this interrupted is left for the next tick. */
+ * held by the program this interrupted is left for the next tick, and returns 1. */
 int flush_stage(struct bpf_raw_tracepoint_args *ctx)
 {
-    struct stage *s = stage_hold();
+    u32 zero = 0;
+    struct stage *s = stages.lookup(&zero);
     if (!s)
         return 0;
+    s = stage_hold();
+    if (!s)
+        return STAGING;  /* 1 (tried again at shutdown): the program this interrupted holds it */
     if (s->hdr.count) {
-        u32 zero = 0;
         u64 now = bpf_ktime_get_ns();
         u64 *flush_all = control.lookup(&zero);
         if ((flush_all && *flush_all) || now - s->hdr.first_ts_ns >= STAGE_MAX_AGE_NS)

@@ -1048,7 +1048,8 @@ static int insert_run(struct inserter *ins, RawRun *run, struct value_caches *ca
     return 0;
 }
 
-/* The number of events in ``items`` (Event tuples and RawRuns), -1 if it is not such a list. */
+/* The number of rows ``items`` (Event tuples and RawRuns) will insert; anything else counts
+ * as one row, and insert_tuple refuses it. */
 static Py_ssize_t count_rows(PyObject *items)
 {
     Py_ssize_t rows = 0;

@@ -30,12 +30,12 @@ KERNEL_OFFSETS = (
     ("OFF_SKC_DADDR", "sock", "__sk_common.skc_daddr"),
     ("OFF_SKC_RCV_SADDR", "sock", "__sk_common.skc_rcv_saddr"),
     ("OFF_SKC_DPORT", "sock", "__sk_common.skc_dport"),
-    ("OFF_SKC_NUM", "sock", "__sk_common.skc_num"),
     ("OFF_SKC_FAMILY", "sock", "__sk_common.skc_family"),
     ("OFF_SOCK_NET", "sock", "__sk_common.skc_net.net"),
     ("OFF_SKC_V6_DADDR", "sock", "__sk_common.skc_v6_daddr"),
     ("OFF_SKC_V6_RCV_SADDR", "sock", "__sk_common.skc_v6_rcv_saddr"),
     ("OFF_SOCK_PROTOCOL", "sock", "sk_protocol"),
+    ("OFF_INET_SPORT", "inet_sock", "inet_sport"),
     ("OFF_NET_INUM", "net", "ns.inum"),
     ("OFF_SOCK_ERR", "sock", "sk_err"),
     ("OFF_TCP_BYTES_ACKED", "tcp_sock", "bytes_acked"),
@@ -61,7 +61,6 @@ READ_SPANS = {
         "OFF_SKC_DADDR",
         "OFF_SKC_RCV_SADDR",
         "OFF_SKC_DPORT",
-        "OFF_SKC_NUM",
         "OFF_SKC_FAMILY",
         "OFF_SOCK_NET",
         "OFF_SKC_V6_DADDR",
@@ -70,6 +69,9 @@ READ_SPANS = {
     "TCP_BYTES": ("OFF_TCP_BYTES_ACKED", "OFF_TCP_BYTES_RECEIVED"),
     "FDT": ("OFF_FDTABLE_MAX_FDS", "OFF_FDTABLE_FD"),
 }
+# Groups the programs can also read member by member, where a kernel spreads them too far
+# apart (<GROUP>_SPAN_BYTES is 0 then); the others are small structs by nature.
+SEPARABLE_SPANS = frozenset({"TCP_BYTES"})
 # A span is read onto the programs' 512-byte stack.
 MAX_SPAN_BYTES = 128
 
@@ -139,19 +141,31 @@ def kernel_layout(btf: Btf) -> dict[str, int]:
 
 def read_spans(members: dict[str, tuple[int, int]]) -> dict[str, int]:
     """<GROUP>_SPAN_START (8-byte aligned) and _SPAN_BYTES for each of READ_SPANS, from the
-    members' (offset, size). Pure."""
+    members' (offset, size); _SPAN_BYTES 0 where a separable group cannot be read at once.
+    Pure."""
     spans = {}
     for group, macros in READ_SPANS.items():
         start = min(members[macro][0] for macro in macros) // 8 * 8
         end = max(members[macro][0] + members[macro][1] for macro in macros)
-        if end - start > MAX_SPAN_BYTES:
-            raise BtfError(
-                f"the members of {group} span {end - start} bytes in this kernel "
-                f"(the programs read at most {MAX_SPAN_BYTES} at once)"
-            )
+        problem = _span_problem(group, [members[macro] for macro in macros], start, end)
+        if problem and group not in SEPARABLE_SPANS:
+            raise BtfError(problem)
         spans[f"{group}_SPAN_START"] = start
-        spans[f"{group}_SPAN_BYTES"] = end - start
+        spans[f"{group}_SPAN_BYTES"] = 0 if problem else end - start
     return spans
+
+
+def _span_problem(group: str, members: list[tuple[int, int]], start: int, end: int) -> str:
+    """Why a group cannot be read as one span onto the stack, or ''."""
+    if end - start > MAX_SPAN_BYTES:
+        return (
+            f"the members of {group} span {end - start} bytes in this kernel "
+            f"(the programs read at most {MAX_SPAN_BYTES} at once)"
+        )
+    # The verifier wants stack reads aligned to their size.
+    if any((offset - start) % min(size, 8) for offset, size in members):
+        return f"a member of {group} is not aligned to its size in this kernel"
+    return ""
 
 
 def ringbuf_pages(ringbuf_bytes: int) -> int:
@@ -167,7 +181,7 @@ MAX_RECORDS_PER_WAKEUP = 16
 def records_per_wakeup(ringbuf_bytes: int) -> int:
     """How many records each CPU hands over between wake-ups of the consumer: few enough that
     all CPUs together fill at most an eighth of the ring buffer meanwhile."""
-    cpus = max(1, len(os.sched_getaffinity(0)))
+    cpus = max(1, os.cpu_count() or 1)  # every CPU stages, not only the recorder's
     fit = ringbuf_pages(ringbuf_bytes) * PAGE_SIZE // (8 * cpus * MAX_RECORD_BYTES)
     return max(1, min(MAX_RECORDS_PER_WAKEUP, fit))
 
@@ -244,6 +258,14 @@ class EbpfCapture:
                 self._bpf = BPF(text=source.encode(), cflags=program_cflags(offsets, self.options))
         except Exception as exc:
             raise CaptureError(f"the capture programs did not load: {exc}") from exc
+        try:
+            self._open(BPF)
+        except BaseException:
+            self.close()  # the programs are attached already: nothing may stay behind
+            raise
+
+    def _open(self, bpf_class: Any) -> None:
+        """The ring buffer's consumer and the stage flusher, once the programs are loaded."""
         records = self._records
 
         def on_record(_ctx: Any, data: Any, size: int) -> int:
@@ -254,11 +276,14 @@ class EbpfCapture:
         self._bpf[b"events"].open_ring_buffer(on_record)
         from bcc.utils import get_possible_cpus  # noqa: PLC0415
 
-        flush = self._bpf.load_func(FLUSH_PROGRAM, BPF.RAW_TRACEPOINT)
+        flush = self._bpf.load_func(FLUSH_PROGRAM, bpf_class.RAW_TRACEPOINT)
         self._flusher = StageFlusher(
             flush.fd, 1_000_000_000 // max(1, self.options.tick_hz), get_possible_cpus()
         )
-        self._flusher.run_everywhere()  # fails here, not later, if the kernel cannot
+        try:
+            self._flusher.run_everywhere()  # fails here, not later, if the kernel cannot
+        except CaptureError as exc:
+            raise EbpfUnavailableError(str(exc)) from exc
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Raw stage records that arrived within ``timeout_ms`` (possibly none). The programs
@@ -307,9 +332,11 @@ class EbpfCapture:
                 self._bpf.detach_tracepoint(tracepoint.encode())
         control = self._bpf[b"control"]
         control[control.Key(0)] = control.Leaf(1)
-        if self._flusher is not None:
-            self._flusher.run_everywhere()
-        records = self.drain()
+        try:
+            if self._flusher is not None:
+                self._flusher.flush_all()
+        finally:
+            records = self.drain()
         records.extend(self.drain())
         return records
 
@@ -322,6 +349,7 @@ class EbpfCapture:
 
 
 FLUSH_PROGRAM = b"flush_stage"
+STAGE_WAS_HELD = 1  # flush_stage's return value when a program it interrupted held the stage
 _BPF_PROG_TEST_RUN = 10
 _BPF_F_TEST_RUN_ON_CPU = 1
 
@@ -370,23 +398,35 @@ class StageFlusher:
             self._due_ns = now_ns + self.period_ns
             self.run_everywhere()
 
-    def run_everywhere(self) -> None:
-        for cpu in self.cpus:
-            self.run_on(cpu)
+    def run_everywhere(self) -> list[int]:
+        """Run the flush on every CPU; the CPUs whose stage a program was holding."""
+        return [cpu for cpu in self.cpus if self.run_on(cpu) == STAGE_WAS_HELD]
 
-    def run_on(self, cpu: int) -> None:
+    def flush_all(self, attempts: int = 10) -> None:
+        """At shutdown (every stage is to be handed over): run the flush everywhere, and again
+        where a program held the stage, which it does only for a few microseconds."""
+        pending = self.run_everywhere()
+        for _ in range(attempts):
+            if not pending:
+                return
+            time.sleep(0.001)
+            pending = [cpu for cpu in pending if self.run_on(cpu) == STAGE_WAS_HELD]
+
+    def run_on(self, cpu: int) -> int | None:
+        """flush_stage's return value on ``cpu``; None if the CPU is offline."""
         if _BPF_SYSCALL is None:
             raise CaptureError(f"no bpf() system call number known for {platform.machine()}")
         attr = _TestRunAttr(prog_fd=self.prog_fd, flags=_BPF_F_TEST_RUN_ON_CPU, cpu=cpu)
         if self._libc.syscall(_BPF_SYSCALL, _BPF_PROG_TEST_RUN, ctypes.byref(attr),
                               ctypes.sizeof(attr)) == 0:  # fmt: skip
-            return
+            return int(attr.retval)
         error = ctypes.get_errno()
-        if error != errno.ENXIO:
-            raise CaptureError(
-                f"cannot run the stage flush on CPU {cpu}: {os.strerror(error)} "
-                "(BPF_PROG_TEST_RUN on a chosen CPU needs Linux 5.10 or later)"
-            )
+        if error == errno.ENXIO:
+            return None
+        raise CaptureError(
+            f"cannot run the stage flush on CPU {cpu}: {os.strerror(error)} "
+            "(BPF_PROG_TEST_RUN on a chosen CPU needs Linux 5.10 or later)"
+        )
 
 
 @contextlib.contextmanager
@@ -405,7 +445,16 @@ def _quiet_stderr() -> Any:
 
 
 # -- bpf(BPF_OBJ_GET_INFO_BY_FD) for the recursion-miss counter ----------------------------
-_BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
+_BPF_SYSCALL = {
+    "x86_64": 321,
+    "aarch64": 280,
+    "riscv64": 280,
+    "ppc64le": 361,
+    "ppc64": 361,
+    "s390x": 351,
+    "i686": 357,
+    "armv7l": 386,
+}.get(platform.machine())
 _BPF_OBJ_GET_INFO_BY_FD = 15
 _PROG_INFO_SIZE = 256
 _RECURSION_MISSES_OFFSET = 208  # struct bpf_prog_info.recursion_misses (UAPI, stable)

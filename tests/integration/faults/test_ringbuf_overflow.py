@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from recorder.capture import CaptureOptions
+from recorder.log.location import resolve
+from recorder.log.reader import LogReader
+from recorder.log.store import Purpose, open_log
 from tests.cli import BIN, run_cli
 from tests.ebpf import require_ebpf
 from tests.load import loopback_load
+from tests.recording import recording
 
 pytestmark = pytest.mark.ebpf
 
@@ -60,3 +66,25 @@ def test_overflow_is_in_the_log_reported_and_warned_about(tmp_path: Path) -> Non
     warnings = [line for line in replay.stderr.splitlines() if "were lost between" in line]
     assert len(warnings) == len(losses)
     assert all(line.startswith("scope-replay: warning:") for line in warnings)
+
+
+def test_events_handed_over_one_by_one_are_counted_when_the_ring_buffer_refuses_them(
+    tmp_path: Path,
+) -> None:
+    """The other way into the ring buffer (a record of its own, as a program that interrupted
+    another one on its CPU writes): what it refuses is lost and counted, and still counted
+    among the events the programs made, so that the accounting at stop holds."""
+    require_ebpf()
+    location = resolve(str(tmp_path / "scope.db"))
+    capture = CaptureOptions(ringbuf_bytes=4096, staging=False)
+    with (
+        loopback_load("rb1", tmp_path),
+        recording(location, snapshot_interval_s=0, conntrack=False, capture=capture) as run,
+    ):
+        time.sleep(3)
+    counters = run.recording().counters or {}
+    assert counters["kernel_lost"] > 0, counters
+    assert counters["kernel_staged"] == counters["received"] + counters["kernel_lost"]
+    with open_log(location, Purpose.READ) as store:
+        losses = list(LogReader(store).losses())
+    assert sum(loss.lost for loss in losses) == counters["kernel_lost"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
@@ -11,11 +13,14 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from recorder.capture import CaptureOptions
+from recorder.capture import CaptureOptions, StageFlusher
+from recorder.errors import CaptureError
 from recorder.events import Kind
+from recorder.hostenv import ensure_tracefs
 from recorder.log.location import LogLocation, resolve
 from recorder.log.reader import LogReader
 from recorder.log.store import Purpose, open_log
@@ -113,6 +118,10 @@ def test_refused_connect_is_a_failed_connect(location: LogLocation) -> None:
         time.sleep(0.3)
     (failed,) = [e for e in by_kind(run.events(), Kind.CONNECT_FAILED) if e.rport == port]
     assert (failed.pid, failed.comm, failed.extra) == (attempt.pid, "scope-refused", {"error": 111})
+    # The port the kernel chose for the attempt (it has already let go of it by then).
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    assert failed.lport is not None and low <= failed.lport <= high
+    assert (failed.laddr, failed.raddr) == (b"\x7f\0\0\x01", b"\x7f\0\0\x01")
     assert not [e for e in by_kind(run.events(), Kind.CONNECT) if e.rport == port]
 
 
@@ -187,6 +196,32 @@ def test_initial_snapshot_holds_connections_open_before_recording(
     assert len(client_side) == 1
     assert len(server_side) >= 2  # the listener and the accepted connection
     assert any(p.pid == holder.pid and p.comm == "scope-holder" for p in snapshot.processes)
+
+
+def test_a_connection_open_before_recording_closes_with_its_tuple(
+    location: LogLocation, tmp_path: Path
+) -> None:
+    """Its closes are the only events of it: they must name both ends (the kernel has given
+    back the client's port by the time the socket reaches CLOSE) and the namespace, or
+    replay cannot end the socket the initial snapshot found."""
+    with running_server("scope-old-srv", workdir=tmp_path) as server:
+        holder = run_client("scope-holder", "127.0.0.1", server.port, count=1, hold_ms=60000)
+        wait_for(lambda: _has_connection(holder.pid, server.port), timeout=20)
+        with recording(location, snapshot_interval_s=0) as run:
+            holder.kill()
+            holder.wait()
+            time.sleep(0.5)
+    with open_log(location, Purpose.READ) as store:
+        (snapshot_event,) = [
+            e for e in by_kind(run.events(), Kind.SNAPSHOT) if e.extra and e.extra["initial"]
+        ]
+        snapshot = LogReader(store).snapshot(snapshot_event.position)
+    (held,) = [c for c in snapshot.connections if c.rport == server.port and c.pid == holder.pid]
+    closes = [e for e in by_kind(run.events(), Kind.CLOSE) if server.port in (e.lport, e.rport)]
+    ends = {(e.lport, e.rport) for e in closes}
+    assert ends == {(held.lport, server.port), (server.port, held.lport)}
+    assert {e.netns for e in closes} == {held.netns}
+    assert {(e.laddr, e.raddr) for e in closes} == {(held.laddr, held.raddr)}
 
 
 def _has_connection(pid: int, port: int) -> bool:
@@ -372,3 +407,58 @@ def test_a_socket_connected_to_itself_is_an_active_open(location: LogLocation) -
         os.getpid()
     ]
     assert (run.recording().counters or {})["kernel_stale_sockets"] == 0
+
+
+def _load_raw_tracepoint_program(text: str) -> tuple[Any, int]:
+    """A small program of the raw tracepoint type, loaded (not attached): (bcc's BPF, fd)."""
+    require_ebpf()
+    assert ensure_tracefs() is None
+    from bcc import BPF  # after ensure_tracefs, as the capture does
+
+    bpf = BPF(text=text.encode())
+    return bpf, bpf.load_func(b"program", BPF.RAW_TRACEPOINT).fd
+
+
+def test_the_stage_flush_runs_on_the_cpu_asked_for_and_skips_one_that_is_not_there() -> None:
+    bpf, fd = _load_raw_tracepoint_program(
+        "int program(struct bpf_raw_tracepoint_args *ctx) "
+        "{ return bpf_get_smp_processor_id() + 1; }"
+    )
+    try:
+        online = sorted(os.sched_getaffinity(0))
+        flusher = StageFlusher(fd, 1, online)
+        assert [flusher.run_on(cpu) for cpu in online] == [cpu + 1 for cpu in online]
+        assert flusher.run_on(1 << 20) is None  # no such CPU: ENXIO, skipped
+        with pytest.raises(CaptureError, match="cannot run the stage flush on CPU 0"):
+            StageFlusher(os.open("/dev/null", os.O_RDONLY), 1, [0]).run_on(0)
+    finally:
+        bpf.cleanup()
+
+
+def test_the_accept_programs_replace_an_entry_only_while_its_key_is_there() -> None:
+    """bcc's map.update() has no flags argument; bpf/tcp_events.c gets BPF_EXIST by naming
+    it for the BPF_ANY that bcc writes into the call. If bcc stops writing that name, an
+    accept would bring back the entry of a socket that closed meanwhile: this fails first."""
+    bpf, fd = _load_raw_tracepoint_program(
+        """
+        BPF_HASH(entries, u64, u64, 4);
+        int program(struct bpf_raw_tracepoint_args *ctx)
+        {
+            u64 key = 1, value = 2;
+            int replaced;
+        #define BPF_ANY BPF_EXIST
+            replaced = entries.update(&key, &value);
+        #undef BPF_ANY
+            return -replaced;
+        }
+        """
+    )
+    try:
+        flusher = StageFlusher(fd, 1, [0])
+        assert flusher.run_on(0) == errno.ENOENT  # absent: not created
+        assert len(bpf[b"entries"]) == 0
+        bpf[b"entries"][ctypes.c_uint64(1)] = ctypes.c_uint64(7)
+        assert flusher.run_on(0) == 0  # present: replaced
+        assert bpf[b"entries"][ctypes.c_uint64(1)].value == 2
+    finally:
+        bpf.cleanup()
