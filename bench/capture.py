@@ -4,8 +4,8 @@ A C load generator (bench/loadgen.c, compiled here) runs a server and several cl
 fixed time at their maximum connection rate: alone, then with `scope-record` writing to a
 SQLite log (the other way round every other round), for ``--rounds`` rounds. The ratio is
 the median of the rounds' side-by-side ratios; rates, the recorder's CPU and the whole
-machine's CPU time per completed connection are medians too (11 rounds by default: a round's ratio moves by
-+-0.05 on this kind of machine). Every connection the clients
+machine's CPU time per completed connection are medians too (11 rounds by default: a
+round's ratio moves by +-0.05 on this kind of machine). Every connection the clients
 completed must be in the log as four events (connect, accept, two closes).
 
 Last line:
