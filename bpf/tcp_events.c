@@ -193,6 +193,14 @@ static __always_inline int read_tuple(const void *sk, struct sock_info *info)
 
 /* -- handing events over --------------------------------------------------------------- */
 
+/* Events the ring buffer refused (one record's): counted, never silently dropped. */
+static __always_inline void count_lost(u64 events_lost, u64 now)
+{
+    stat_add(ST_LOST_EVENTS, events_lost);
+    stat_add(ST_LOST_RECORDS, 1);
+    stat_set(ST_LOST_LAST_TS, now);
+}
+
 /* Hand the stage's events to user space. A refused record is counted, never silently
  * dropped. Called with the stage held. */
 static __always_inline void stage_flush(struct stage *s, u64 now)
@@ -214,11 +222,8 @@ static __always_inline void stage_flush(struct stage *s, u64 now)
         flags = BPF_RB_FORCE_WAKEUP;
         s->records_since_wakeup = 0;
     }
-    if (events.ringbuf_output(s, size, flags) != 0) {
-        stat_add(ST_LOST_EVENTS, count);
-        stat_add(ST_LOST_RECORDS, 1);
-        stat_set(ST_LOST_LAST_TS, now);
-    }
+    if (events.ringbuf_output(s, size, flags) != 0)
+        count_lost(count, now);
     s->hdr.count = 0;
 }
 
@@ -273,9 +278,7 @@ static __always_inline struct lone_record *lone_reserve(u64 now)
     stat_add(ST_EVENTS, 1);  /* made, whether or not the ring buffer takes it */
     struct lone_record *r = events.ringbuf_reserve(sizeof(struct lone_record));
     if (!r) {
-        stat_add(ST_LOST_EVENTS, 1);
-        stat_add(ST_LOST_RECORDS, 1);
-        stat_set(ST_LOST_LAST_TS, now);
+        count_lost(1, now);
         return NULL;
     }
     __builtin_memset(r, 0, sizeof(*r));
@@ -367,13 +370,19 @@ static __always_inline void on_connect_start(const void *sk, u64 sk_key)
         stat_add(ST_SOCK_TABLE_FULL, 1);
 }
 
+/* An entry its connect() made, of a socket that has not reached ESTABLISHED. */
+static __always_inline int connect_pending(const struct sock_info *info)
+{
+    return info->role == ROLE_ACTIVE && !info->open_ts_ns;
+}
+
 /* An entry is this socket's own only if its connect() made it (active, not yet open). One
  * already open, or passive, is left from an earlier socket at the same address whose close
  * never reached us (the kernel skipped the program): using it would give this socket that
  * one's id, pid and accepted flag, so its accept would go unseen. Such entries are counted. */
 static __always_inline struct sock_info *own_connect(struct sock_info *info)
 {
-    if (info && (info->role != ROLE_ACTIVE || info->open_ts_ns)) {
+    if (info && !connect_pending(info)) {
         stat_add(ST_STALE_SOCKETS, 1);
         return NULL;
     }
@@ -436,7 +445,7 @@ static __always_inline void on_close(const void *sk, u64 sk_key, int oldstate)
     if (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV) {
         /* A connect() that never reached ESTABLISHED failed (a passive socket that dies in
          * SYN_RECV was never remembered: nothing happened). */
-        if (info && info->role == ROLE_ACTIVE && !info->open_ts_ns && read_tuple(sk, info)) {
+        if (info && connect_pending(info) && read_tuple(sk, info)) {
             u64 now = bpf_ktime_get_ns();
             emit_from_info(EV_CONNECT_FAILED, sk, now, now, info, 0);
             socks.delete(&sk_key);
@@ -601,14 +610,13 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
  * held by the program this interrupted is left for the next tick, and returns 1. */
 int flush_stage(struct bpf_raw_tracepoint_args *ctx)
 {
-    u32 zero = 0;
-    struct stage *s = stages.lookup(&zero);
-    if (!s)
+    if (!STAGING)
         return 0;
-    s = stage_hold();
+    struct stage *s = stage_hold();
     if (!s)
-        return STAGING;  /* 1 (tried again at shutdown): the program this interrupted holds it */
+        return 1;  /* tried again at shutdown: the program this interrupted holds it */
     if (s->hdr.count) {
+        u32 zero = 0;
         u64 now = bpf_ktime_get_ns();
         u64 *flush_all = control.lookup(&zero);
         if ((flush_all && *flush_all) || now - s->hdr.first_ts_ns >= STAGE_MAX_AGE_NS)

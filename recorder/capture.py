@@ -391,7 +391,6 @@ class StageFlusher:
         self.period_ns = period_ns
         self.cpus = cpus
         self._due_ns = 0
-        self._libc = ctypes.CDLL(None, use_errno=True)
 
     def tick(self, now_ns: int) -> None:
         if now_ns >= self._due_ns:
@@ -417,10 +416,9 @@ class StageFlusher:
         if _BPF_SYSCALL is None:
             raise CaptureError(f"no bpf() system call number known for {platform.machine()}")
         attr = _TestRunAttr(prog_fd=self.prog_fd, flags=_BPF_F_TEST_RUN_ON_CPU, cpu=cpu)
-        if self._libc.syscall(_BPF_SYSCALL, _BPF_PROG_TEST_RUN, ctypes.byref(attr),
-                              ctypes.sizeof(attr)) == 0:  # fmt: skip
+        error = bpf_syscall(_BPF_PROG_TEST_RUN, attr)
+        if error == 0:
             return int(attr.retval)
-        error = ctypes.get_errno()
         if error == errno.ENXIO:
             return None
         raise CaptureError(
@@ -468,20 +466,27 @@ class _InfoAttr(ctypes.Structure):
     )
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def bpf_syscall(command: int, attr: ctypes.Structure) -> int:
+    """bpf(command, &attr): 0, or the errno it failed with (ENOSYS where its number is not
+    known for this machine)."""
+    if _BPF_SYSCALL is None:
+        return errno.ENOSYS
+    if _LIBC.syscall(_BPF_SYSCALL, command, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
 def prog_recursion_misses(prog_fd: int) -> int:
     """How often the kernel skipped this program because another one was running on the CPU.
 
     Those are events the kernel never handed over; they are reported as losses.
     """
-    if _BPF_SYSCALL is None:
-        return 0
     info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
     attr = _InfoAttr(prog_fd, _PROG_INFO_SIZE, ctypes.addressof(info))
-    libc = ctypes.CDLL(None, use_errno=True)
-    if (
-        libc.syscall(_BPF_SYSCALL, _BPF_OBJ_GET_INFO_BY_FD, ctypes.byref(attr), ctypes.sizeof(attr))
-        != 0
-    ):
+    if bpf_syscall(_BPF_OBJ_GET_INFO_BY_FD, attr) != 0:
         return 0
     if attr.info_len < _RECURSION_MISSES_OFFSET + 8:
         return 0
