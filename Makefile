@@ -23,7 +23,7 @@ venv: $(INSTALLED)
 # pip's output goes to a log that is shown only when the install fails. It also compiles the
 # C modules (the append path, the fold's and the table's loops), so a change to their source
 # reinstalls.
-$(INSTALLED): pyproject.toml recorder/_native.c replay/_fold.c replay/_table.c replay/_plain.h
+$(INSTALLED): pyproject.toml eventlog/_native.c replay/_fold.c replay/_table.c replay/_plain.h
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --disable-pip-version-check -e '.[dev]' > $(VENV)/install.log 2>&1 \
 		|| { tail -n 30 $(VENV)/install.log; exit 1; }
@@ -33,8 +33,8 @@ demo: setup
 	@$(PY) -m recorder.demo --db $(DEMO_DB) --svg scope-demo-processes.svg
 
 lint: venv
-	@$(PY) -m ruff check recorder replay migrations tests bench
-	@$(PY) -m ruff format --check -q recorder replay migrations tests bench
+	@$(PY) -m ruff check eventlog recorder replay migrations tests bench
+	@$(PY) -m ruff format --check -q eventlog recorder replay migrations tests bench
 	@$(PY) -m mypy
 
 # The C modules' own tests once more under Python's debug allocator, which turns a freed,

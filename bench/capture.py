@@ -28,10 +28,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from recorder.events import Kind
-from recorder.log.location import resolve
-from recorder.log.reader import LogReader
-from recorder.log.store import Purpose, open_log
+from eventlog.events import Kind
+from eventlog.location import resolve
+from eventlog.reader import LogReader
+from eventlog.store import Purpose, open_log
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent

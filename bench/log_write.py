@@ -23,15 +23,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.workload import UPTIME_NS, connection_events
-from recorder.clock import ClockModel
-from recorder.events import ClockSample, Event
+from eventlog.batch import encode_extra
+from eventlog.clock import ClockModel
+from eventlog.events import ClockSample, Event
+from eventlog.location import resolve
+from eventlog.recordings import RecordingStart, begin_recording
+from eventlog.sqlite import insert_events_sql
+from eventlog.store import Purpose, open_log
+from eventlog.writer import LogWriter
 from recorder.host import host_identity
-from recorder.log.batch import encode_extra
-from recorder.log.location import resolve
-from recorder.log.recordings import RecordingStart, begin_recording
-from recorder.log.sqlite import insert_events_sql
-from recorder.log.store import Purpose, open_log
-from recorder.log.writer import LogWriter
 
 START = ClockSample(mono_ns=UPTIME_NS, offset_ns=1_764_000_000 * 10**9, uncertainty_ns=50)
 CHUNK = 1024  # events per hand-over, as the capture drains its ring buffer

@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 from bench.synthetic import ensure_log
-from recorder.log.location import resolve
-from recorder.log.store import Purpose, open_log
+from eventlog.location import resolve
+from eventlog.store import Purpose, open_log
 from replay import sql as query
 
 BIN = Path(sys.executable).parent

@@ -18,8 +18,8 @@ import statistics
 import time
 
 from bench.synthetic import ensure_log
-from recorder.log.location import resolve
-from recorder.log.store import Purpose, open_log
+from eventlog.location import resolve
+from eventlog.store import Purpose, open_log
 from replay import checkpoints
 from replay.engine import Replayer
 from replay.table import replay_table

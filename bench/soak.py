@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recorder.events import Kind
+from eventlog.events import Kind
 from recorder.workload import run_client, running_server
 
 BIN = Path(sys.executable).parent

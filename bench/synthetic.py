@@ -21,13 +21,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from recorder.clock import ClockModel
-from recorder.events import ClockSample, Event, Kind, Snapshot, SnapshotConnection, SnapshotProcess
-from recorder.host import HostIdentity
-from recorder.log.location import resolve
-from recorder.log.recordings import STOP_DURATION, RecordingStart, begin_recording, end_recording
-from recorder.log.store import Purpose, SqliteOptions, open_log
-from recorder.log.writer import LogWriter
+from eventlog.clock import ClockModel
+from eventlog.events import ClockSample, Event, Kind, Snapshot, SnapshotConnection, SnapshotProcess
+from eventlog.location import resolve
+from eventlog.recordings import (
+    STOP_DURATION,
+    HostIdentity,
+    RecordingStart,
+    begin_recording,
+    end_recording,
+)
+from eventlog.store import Purpose, SqliteOptions, open_log
+from eventlog.writer import LogWriter
 
 VERSION = 3  # bump when the generated content changes
 ROOT_NETNS = 4026531833

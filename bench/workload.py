@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from recorder.events import Event, Kind
+from eventlog.events import Event, Kind
 
 ROOT_NETNS = 4026531833
 COMMS = (

@@ -1,16 +1,16 @@
-"""Alembic environment: runs on the connection that recorder.log.migrate hands over."""
+"""Alembic environment: runs on the connection that eventlog.migrate hands over."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from recorder.log.schema import metadata
+from eventlog.schema import metadata
 
 
 def run_migrations() -> None:
     connection = context.config.attributes.get("connection")
     if connection is None:
-        raise RuntimeError("migrations run through recorder.log.migrate, which passes a connection")
+        raise RuntimeError("migrations run through eventlog.migrate, which passes a connection")
     context.configure(
         connection=connection,
         target_metadata=metadata,

@@ -1,3 +1,5 @@
-"""scope-recorder: record every TCP connection event on a Linux host into a durable log."""
+"""scope-record: capture every TCP connection event on a Linux host into the event log."""
 
-__version__ = "0.1.0"
+from eventlog import __version__
+
+__all__ = ["__version__"]

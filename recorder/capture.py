@@ -1,7 +1,7 @@
 """Load the tracepoint programs with bcc and drain the ring buffer.
 
 ``EbpfCapture`` is the kernel side's handle: start, poll raw records, read the in-kernel
-counters, and stop without losing what is staged. It does no decoding (``recorder.decode``)
+counters, and stop without losing what is staged. It does no decoding (``eventlog.kernel_records``)
 and no writing (``recorder.record``).
 """
 
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eventlog.errors import CaptureError, EbpfUnavailableError
 from recorder.btf import VMLINUX_BTF, Btf, BtfError
-from recorder.errors import CaptureError, EbpfUnavailableError
 from recorder.hostenv import ensure_tracefs
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"

@@ -12,12 +12,12 @@ from typing import Annotated
 
 import typer
 
+from eventlog.cliutil import DbOption, run
+from eventlog.errors import UsageError
+from eventlog.location import resolve
+from eventlog.recordings import STOP_SIGNAL
+from eventlog.store import SQLITE_SYNC_LEVELS, SqliteOptions
 from recorder.capture import CaptureOptions
-from recorder.cliutil import DbOption, run
-from recorder.errors import UsageError
-from recorder.log.location import resolve
-from recorder.log.recordings import STOP_SIGNAL
-from recorder.log.store import SQLITE_SYNC_LEVELS, SqliteOptions
 from recorder.record import (
     MODE_EBPF,
     MODE_PROC,

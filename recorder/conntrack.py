@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from recorder.events import ConntrackEntry, Event, Kind
+from eventlog.events import ConntrackEntry, Event, Kind, conntrack_event
 from recorder.procfs import ParseStats
 
 IPPROTO_TCP = 6
@@ -33,9 +33,6 @@ NFNLGRP_CONNTRACK_DESTROY = 3
 IPCTNL_MSG_CT_NEW = 0
 IPCTNL_MSG_CT_DELETE = 2
 NLM_F_CREATE = 0x400
-IPS_SRC_NAT = 0x10
-IPS_DST_NAT = 0x20
-IPS_NAT_MASK = IPS_SRC_NAT | IPS_DST_NAT
 DUMP_TIMEOUT_S = 10.0
 STARTUP_TIMEOUT_S = 15.0
 DISCOVERY_PERIOD_S = 1.0  # how soon a new network namespace is followed
@@ -105,51 +102,6 @@ def _tcp_entry(msg: Any, netns: int) -> ConntrackEntry | None:
         ct_id=int(msg.get_attr("CTA_ID") or 0),
         zone=int(msg.get_attr("CTA_ZONE") or 0),
         mark=int(msg.get_attr("CTA_MARK") or 0),
-    )
-
-
-def event_of(kind: Kind, mono_ns: int, entry: ConntrackEntry) -> Event:
-    """A conntrack change as a log event: the original tuple where sockets keep theirs."""
-    return Event(
-        kind=int(kind),
-        mono_ns=mono_ns,
-        netns=entry.netns,
-        laddr=entry.orig_src,
-        lport=entry.orig_sport,
-        raddr=entry.orig_dst,
-        rport=entry.orig_dport,
-        extra={
-            "ct_id": entry.ct_id,
-            "status": entry.status,
-            "tcp_state": entry.tcp_state,
-            "zone": entry.zone,
-            "mark": entry.mark,
-            "reply_src": str(ipaddress.ip_address(entry.reply_src)),
-            "reply_dst": str(ipaddress.ip_address(entry.reply_dst)),
-            "reply_sport": entry.reply_sport,
-            "reply_dport": entry.reply_dport,
-        },
-    )
-
-
-def entry_from_event(event: Any) -> ConntrackEntry:
-    """The entry a CT_* event describes (the inverse of ``event_of``)."""
-    extra = event.extra or {}
-    return ConntrackEntry(
-        netns=event.netns or 0,
-        orig_src=event.laddr or b"",
-        orig_dst=event.raddr or b"",
-        orig_sport=event.lport or 0,
-        orig_dport=event.rport or 0,
-        reply_src=ipaddress.ip_address(extra.get("reply_src", "0.0.0.0")).packed,
-        reply_dst=ipaddress.ip_address(extra.get("reply_dst", "0.0.0.0")).packed,
-        reply_sport=int(extra.get("reply_sport", 0)),
-        reply_dport=int(extra.get("reply_dport", 0)),
-        status=int(extra.get("status", 0)),
-        tcp_state=int(extra.get("tcp_state", 0)),
-        ct_id=int(extra.get("ct_id", 0)),
-        zone=int(extra.get("zone", 0)),
-        mark=int(extra.get("mark", 0)),
     )
 
 
@@ -268,7 +220,7 @@ class ConntrackWatcher:
             return  # a TCP state change only
         if kind != Kind.CT_DESTROY:
             self._statuses[key] = entry.status
-        event = event_of(kind, self._clock(), entry)
+        event = conntrack_event(kind, self._clock(), entry)
         with self._lock:
             self._events.append(event)
 

@@ -14,12 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-from recorder.cliutil import error_line
-from recorder.errors import ScopeError
-from recorder.events import Kind
-from recorder.log.location import resolve
-from recorder.log.reader import LogReader
-from recorder.log.store import Purpose, open_log
+from eventlog.cliutil import error_line
+from eventlog.errors import ScopeError
+from eventlog.events import Kind
+from eventlog.location import resolve
+from eventlog.reader import LogReader
+from eventlog.store import Purpose, open_log
 from recorder.workload import closed_port, run_client, running_server, spawn
 
 BIN = Path(sys.executable).parent

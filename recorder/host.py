@@ -5,16 +5,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class HostIdentity:
-    host_id: str  # the host name: Scope's host node id
-    machine_id: str | None
-    boot_id: str | None
-    kernel_release: str
+from eventlog.recordings import HostIdentity
 
 
 def _read_first_line(path: str) -> str | None:

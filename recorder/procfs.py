@@ -15,17 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recorder.events import ConntrackEntry, SnapshotConnection, SnapshotProcess
+from eventlog.events import KEPT_STATES, ConntrackEntry, SnapshotConnection, SnapshotProcess
 
 # Kernel TCP states kept from /proc/net/tcp: open connections as Scope kept them, and
 # listeners, which tell replay which side of a pre-existing connection is the server.
-TCP_ESTABLISHED = 1
-TCP_FIN_WAIT1 = 4
-TCP_FIN_WAIT2 = 5
-TCP_CLOSE_WAIT = 8
-TCP_LISTEN = 10
-KEPT_STATES = frozenset({TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_CLOSE_WAIT, TCP_LISTEN})
-OPEN_STATES = KEPT_STATES - {TCP_LISTEN}
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recorder.events import Event, Kind, SnapshotConnection, SnapshotProcess
-from recorder.procfs import OPEN_STATES, TCP_LISTEN, ProcWalk
+from eventlog.events import (
+    OPEN_STATES,
+    TCP_LISTEN,
+    Event,
+    Kind,
+    SnapshotConnection,
+    SnapshotProcess,
+)
+from recorder.procfs import ProcWalk
 
 ConnKey = tuple[int, bytes, int, bytes, int]  # netns, laddr, lport, raddr, rport
 

@@ -19,16 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recorder import __version__, native
-from recorder.capture import CaptureOptions, EbpfCapture, KernelStats, why_ebpf_unavailable
-from recorder.clock import ClockModel, monotonic_ns, sample_clock
-from recorder.conntrack import ConntrackWatcher
-from recorder.decode import DecodeError, decode_record, raw_run
-from recorder.errors import EbpfUnavailableError, LogError, LogWriteError, ScopeError
-from recorder.events import Event, Kind, Loss, Snapshot
-from recorder.host import host_identity, local_addresses, netns_inode
-from recorder.log.location import LogLocation
-from recorder.log.recordings import (
+from eventlog import __version__, native
+from eventlog.clock import ClockModel, monotonic_ns
+from eventlog.errors import EbpfUnavailableError, LogError, LogWriteError, ScopeError
+from eventlog.events import Event, Kind, Loss, Snapshot
+from eventlog.kernel_records import DecodeError, decode_record, raw_run
+from eventlog.location import LogLocation
+from eventlog.recordings import (
     STOP_DURATION,
     STOP_ERROR,
     STOP_SIGNAL,
@@ -38,8 +35,12 @@ from recorder.log.recordings import (
     end_recording,
     set_recording_field,
 )
-from recorder.log.store import LogStore, Purpose, SqliteOptions, open_log
-from recorder.log.writer import LogWriter
+from eventlog.store import LogStore, Purpose, SqliteOptions, open_log
+from eventlog.writer import LogWriter
+from recorder.capture import CaptureOptions, EbpfCapture, KernelStats, why_ebpf_unavailable
+from recorder.clock import sample_clock
+from recorder.conntrack import ConntrackWatcher
+from recorder.host import host_identity, local_addresses, netns_inode
 from recorder.procfs import ProcWalk, network_namespaces, walk
 from recorder.procmode import ProcPoller
 from recorder.reorder import ReorderBuffer

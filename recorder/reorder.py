@@ -6,7 +6,7 @@ while to walk /proc. The buffer holds events until they are ``horizon_ns`` old a
 releases them sorted by timestamp, so positions follow time. An event that arrives after its
 time was released ("late") is released at once; replay does not depend on the order.
 
-Ring-buffer events may come as ``RawRun``s (recorder/_native.c) rather than lists of Event
+Ring-buffer events may come as ``RawRun``s (eventlog/_native.c) rather than lists of Event
 tuples: a release made only of runs is merged in C and handed on as one run; one that mixes
 them with other events (conntrack, snapshots, /proc) is decoded and merged here, in the same
 order either way: by time, equal times in the order they arrived.
@@ -19,9 +19,9 @@ from bisect import bisect_right
 from operator import itemgetter
 from typing import Protocol, TypeAlias
 
-from recorder import native
-from recorder.decode import decode_record
-from recorder.events import Event, Snapshot
+from eventlog import native
+from eventlog.events import Event, Snapshot
+from eventlog.kernel_records import decode_record
 
 _MONO = itemgetter(1)
 
@@ -182,7 +182,7 @@ def _count_upto(chunk: Chunk, mono_ns: int) -> int:
 
 
 def _events_of(chunks: list[Chunk]) -> list[Event]:
-    """The events of ``chunks`` as tuples, in order (runs decoded as recorder.decode does)."""
+    """The events of ``chunks`` as tuples, in order (runs decoded as kernel_records does)."""
     events: list[Event] = []
     for chunk in chunks:
         events.extend(chunk if isinstance(chunk, list) else decode_record(chunk.record()))

@@ -36,7 +36,7 @@
 
 #include "_plain.h"
 
-/* recorder.events.Kind; tests/unit/replay/test_fold_native.py checks that they agree. */
+/* eventlog.events.Kind; tests/unit/replay/test_fold_native.py checks that they agree. */
 enum {
     KIND_CONNECT = 1,
     KIND_ACCEPT = 2,
@@ -2396,7 +2396,7 @@ static PyObject *soft_heap_limit(PyObject *Py_UNUSED(module), PyObject *Py_UNUSE
 static PyMethodDef module_methods[] = {
     {"soft_heap_limit", soft_heap_limit, METH_NOARGS,
      PyDoc_STR("soft_heap_limit() -> int\n\nThis module's SQLite soft heap limit (see\n"
-               "recorder.native.shares_sqlite_with_python).")},
+               "eventlog.native.shares_sqlite_with_python).")},
     {"reconcile_sockets", reconcile_sockets, METH_VARARGS, reconcile_sockets_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from recorder.errors import LogError
-from recorder.log.store import LogStore
+from eventlog.errors import LogError
+from eventlog.store import LogStore
 from replay.state import FORMAT, MAX_STATE_BYTES, ReplayState, inflate
 
 # A row's blob: the state's length, the state, the compressed hint. The state's FORMAT (the

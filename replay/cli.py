@@ -12,11 +12,11 @@ from typing import Annotated
 
 import typer
 
-from recorder.cliutil import DbOption, OutputFormat, check_output_path, run
-from recorder.errors import UsageError
-from recorder.log.admin import schema_status, upgrade_schema
-from recorder.log.location import resolve
-from recorder.log.store import Purpose, open_log
+from eventlog.admin import schema_status, upgrade_schema
+from eventlog.cliutil import DbOption, OutputFormat, check_output_path, run
+from eventlog.errors import UsageError
+from eventlog.location import resolve
+from eventlog.store import Purpose, open_log
 from replay import checkpoints, info, table
 from replay.engine import Replayer
 from replay.views import render as view_render

@@ -19,9 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, is_dataclass
 from functools import lru_cache
 
-from recorder.events import Kind, LoggedEvent, Snapshot, SnapshotConnection
-from recorder.log.reader import LogReader, Recording, decode_extra
-from recorder.procfs import TCP_LISTEN
+from eventlog.events import TCP_LISTEN, Kind, LoggedEvent, Snapshot, SnapshotConnection
+from eventlog.reader import LogReader, Recording, decode_extra
 from replay import native
 from replay.engine import Window
 from replay.fold import Closed, SocketRef

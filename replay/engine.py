@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 
-from recorder.log.batch import gc_paused
-from recorder.log.reader import BatchSpan, LogReader
-from recorder.log.store import LogStore
+from eventlog.batch import gc_paused
+from eventlog.reader import BatchSpan, LogReader
+from eventlog.store import LogStore
 from replay import checkpoints, native
 from replay.checkpoints import CheckpointPolicy
 from replay.fold import Fold, NarrowRow, Retained

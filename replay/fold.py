@@ -25,8 +25,7 @@ from itertools import compress
 from operator import gt
 from typing import NamedTuple, Protocol
 
-from recorder.events import Kind, LoggedEvent
-from recorder.procfs import OPEN_STATES, TCP_LISTEN
+from eventlog.events import OPEN_STATES, TCP_LISTEN, Kind, LoggedEvent
 from replay import native
 from replay.state import ProcessKey, ReplayState, TupleKey
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from recorder.events import Kind
-from recorder.log.reader import LogReader, LossRecord, Recording
-from recorder.log.store import LogStore
+from eventlog.events import Kind
+from eventlog.reader import LogReader, LossRecord, Recording
+from eventlog.store import LogStore
 from replay import checkpoints
 from replay.output import to_json, to_table
 from replay.timespec import format_duration, format_ns

@@ -26,10 +26,10 @@ from typing import Any
 
 import duckdb
 
-from recorder.errors import LogError, QueryError
-from recorder.log.batch import gc_paused
-from recorder.log.reader import LogReader
-from recorder.log.store import LogStore
+from eventlog.batch import gc_paused
+from eventlog.errors import LogError, QueryError
+from eventlog.reader import LogReader
+from eventlog.store import LogStore
 from replay import native
 from replay.connections import CLOSE_ONLY_NOTE, _Materializer, address_text
 from replay.engine import Window

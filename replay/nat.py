@@ -11,9 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recorder.conntrack import IPS_DST_NAT, IPS_NAT_MASK, IPS_SRC_NAT, entry_from_event
-from recorder.events import ConntrackEntry, Kind
-from recorder.log.reader import LogReader
+from eventlog.events import (
+    IPS_DST_NAT,
+    IPS_NAT_MASK,
+    IPS_SRC_NAT,
+    ConntrackEntry,
+    Kind,
+    conntrack_entry,
+)
+from eventlog.reader import LogReader
 from replay.state import ReplayState
 
 Tuple = tuple[str, int, str, int]  # source address, port, destination address, port
@@ -95,7 +101,7 @@ def nat_index(reader: LogReader, state: ReplayState) -> NatIndex:
                 }
             entry = snapshot_entries[position].get((netns, ct_id))
         else:
-            entry = entry_from_event(event)
+            entry = conntrack_entry(event)
         if entry is not None:
             index.add(recording_id, entry)
     return index

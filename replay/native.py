@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlite3
 from functools import cache
 
-from recorder.log.store import LogStore
-from recorder.native import shares_sqlite
+from eventlog.native import shares_sqlite
+from eventlog.store import LogStore
 
 try:
     from replay._fold import KINDS, RunReader, reconcile_sockets, soft_heap_limit

@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
-from recorder.cliutil import DbOption, check_output_path, run
-from recorder.errors import UsageError
-from recorder.log.location import resolve
-from recorder.log.store import Purpose, open_log
+from eventlog.cliutil import DbOption, check_output_path, run
+from eventlog.errors import UsageError
+from eventlog.location import resolve
+from eventlog.store import Purpose, open_log
 from replay import sql as query
 from replay.output import to_table
 

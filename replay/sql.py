@@ -21,8 +21,8 @@ from typing import IO, Any
 
 import duckdb
 
-from recorder.errors import QueryError, UsageError
-from recorder.log.store import LogStore
+from eventlog.errors import QueryError, UsageError
+from eventlog.store import LogStore
 from replay import mirror
 from replay.output import to_table
 from replay.sqlviews import MACROS, PUBLIC_VIEWS

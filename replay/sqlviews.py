@@ -8,8 +8,7 @@ known by T and had not ended by T - W; the k-th client and k-th server of one ad
 
 from __future__ import annotations
 
-from recorder.conntrack import IPS_DST_NAT, IPS_NAT_MASK, IPS_SRC_NAT
-from recorder.events import Kind
+from eventlog.events import IPS_DST_NAT, IPS_NAT_MASK, IPS_SRC_NAT, Kind
 from replay.connections import MISSING_NOTE
 
 _KIND_NAME = (

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from recorder.log.batch import gc_paused
-from recorder.log.reader import LossRecord
-from recorder.log.store import LogStore
+from eventlog.batch import gc_paused
+from eventlog.reader import LossRecord
+from eventlog.store import LogStore
 from replay.connections import ConnectionRow, connection_table
 from replay.engine import Replayer
 from replay.output import to_csv, to_json_listing, to_table

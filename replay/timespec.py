@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
-from recorder.errors import UsageError
+from eventlog.errors import UsageError
 
 _UNITS_NS = {
     "ns": 1,

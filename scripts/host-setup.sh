@@ -13,7 +13,7 @@ want_test=0
 
 arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
 packages=(python3-bpfcc libbpfcc "linux-headers-$arch" graphviz iproute2)
-# The C modules (recorder/_native.c, replay/_fold.c) are compiled by `pip install`.
+# The C modules (eventlog/_native.c, replay/_fold.c) are compiled by `pip install`.
 packages+=(gcc libc6-dev python3-dev libsqlite3-dev)
 if (( want_test )); then
     packages+=(postgresql iptables conntrack bpftool)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from recorder.log.location import resolve
+from eventlog.location import resolve
 from tests.factories import MONO_BASE_NS, conn_event, recording_writer
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from recorder.log.location import LogLocation, resolve
+from eventlog.location import LogLocation, resolve
 from tests.capabilities import SKIP_PREFIX, in_ci, postgres_bindir, require
 from tests.postgres import PostgresServer, postgres_server
 

@@ -35,7 +35,7 @@ FRACTIONS = (0.0, 0.02, 0.1, 0.2, 0.3, 0.37, 0.45, 0.5, 0.61, 0.7, 0.8, 0.88, 0.
 
 def run_replay(argv: list[str]) -> tuple[int, str, str]:
     """``scope-replay argv`` in this process: exit code, stdout, stderr."""
-    from recorder.cliutil import run
+    from eventlog.cliutil import run
     from replay.cli import app
 
     out, err = io.StringIO(), io.StringIO()
@@ -81,8 +81,8 @@ def span_and_events(db: Path) -> tuple[tuple[int, int], list[int]]:
     """The log's extent as replay reports it, and the wall times of its events."""
     import sqlite3
 
-    from recorder.clock import ClockModel
-    from recorder.events import ClockSample
+    from eventlog.clock import ClockModel
+    from eventlog.events import ClockSample
 
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         clocks: dict[int, ClockModel] = {}

@@ -7,13 +7,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from recorder.clock import ClockModel
-from recorder.events import ClockSample, Event, Kind
-from recorder.host import HostIdentity
-from recorder.log.location import LogLocation
-from recorder.log.recordings import RecordingStart, begin_recording
-from recorder.log.store import LogStore, Purpose, open_log
-from recorder.log.writer import LogWriter
+from eventlog.clock import ClockModel
+from eventlog.events import ClockSample, Event, Kind
+from eventlog.location import LogLocation
+from eventlog.recordings import HostIdentity, RecordingStart, begin_recording
+from eventlog.store import LogStore, Purpose, open_log
+from eventlog.writer import LogWriter
 
 ROOT_NETNS = 4026531833
 WALL_BASE_NS = 1_764_072_000_000_000_000  # 2025-11-25T12:00:00Z

@@ -9,10 +9,18 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from recorder.events import Event, Kind, Loss, Snapshot, SnapshotConnection, SnapshotProcess
-from recorder.log.location import LogLocation, resolve
-from recorder.log.writer import LogWriter
-from recorder.procfs import TCP_ESTABLISHED, TCP_LISTEN
+from eventlog.events import (
+    TCP_ESTABLISHED,
+    TCP_LISTEN,
+    Event,
+    Kind,
+    Loss,
+    Snapshot,
+    SnapshotConnection,
+    SnapshotProcess,
+)
+from eventlog.location import LogLocation, resolve
+from eventlog.writer import LogWriter
 from tests.factories import MONO_BASE_NS, ROOT_NETNS, WALL_BASE_NS, ip, recording_writer
 
 SECOND = 1_000_000_000

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from recorder.log.location import resolve
+from eventlog.location import resolve
 from recorder.workload import closed_port, refused, run_client, running_server
 from tests.netns import in_netns, veth_pair
 from tests.recording import recording

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from recorder.decode import EVENT, HEADER
+from eventlog.kernel_records import EVENT, HEADER
 
 ROOT_NETNS = 4026531833
 

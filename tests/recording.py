@@ -9,10 +9,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from recorder.events import Kind, LoggedEvent
-from recorder.log.location import LogLocation
-from recorder.log.reader import LogReader, Recording
-from recorder.log.store import Purpose, open_log
+from eventlog.events import Kind, LoggedEvent
+from eventlog.location import LogLocation
+from eventlog.reader import LogReader, Recording
+from eventlog.store import Purpose, open_log
 from recorder.record import Progress, Recorder, RecordOptions
 
 

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recorder.clock import ClockModel
-from recorder.conntrack import event_of
-from recorder.events import (
+from eventlog.clock import ClockModel
+from eventlog.events import (
+    TCP_CLOSE_WAIT,
+    TCP_ESTABLISHED,
+    TCP_LISTEN,
     ClockSample,
     ConntrackEntry,
     Event,
@@ -26,19 +28,19 @@ from recorder.events import (
     Snapshot,
     SnapshotConnection,
     SnapshotProcess,
+    conntrack_event,
 )
-from recorder.host import HostIdentity
-from recorder.log.location import resolve
-from recorder.log.recordings import (
+from eventlog.location import resolve
+from eventlog.recordings import (
     STOP_DURATION,
+    HostIdentity,
     RecordingStart,
     begin_recording,
     close_abandoned_recordings,
     end_recording,
 )
-from recorder.log.store import LogStore, Purpose, open_log
-from recorder.log.writer import LogWriter
-from recorder.procfs import TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN
+from eventlog.store import LogStore, Purpose, open_log
+from eventlog.writer import LogWriter
 from tests.factories import MONO_BASE_NS, ROOT_NETNS, WALL_BASE_NS, ip
 
 SECOND = 1_000_000_000
@@ -119,7 +121,7 @@ class Writer:
         )  # fmt: skip
 
     def conntrack(self, kind: Kind, at: float, entry: ConntrackEntry) -> None:
-        self.host.writer.add(event_of(kind, self.mono(at), entry))
+        self.host.writer.add(conntrack_event(kind, self.mono(at), entry))
 
     def process(self, kind: Kind, at: float, pid: int, comm: str, ppid: int = 1) -> None:
         extra = (

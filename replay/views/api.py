@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from recorder.log.batch import gc_paused
-from recorder.log.store import LogStore
+from eventlog.batch import gc_paused
+from eventlog.store import LogStore
 from replay.engine import Replayer
 from replay.table import resolve_moment
 from replay.views.diff import topology_diff

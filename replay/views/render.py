@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from recorder.errors import UsageError
+from eventlog.errors import UsageError
 from replay.output import to_json, to_table
 from replay.timespec import format_duration, format_ns
 from replay.views.topology import Node, Topology

@@ -6,8 +6,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from recorder.events import Kind
-from recorder.log.reader import LogReader
+from eventlog.events import Kind
+from eventlog.reader import LogReader
 from replay import native
 from replay.connections import ConnectionRow, connection_table
 from replay.engine import Window

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from recorder.log.location import resolve
+from eventlog.location import resolve
 from tests.cli import assert_one_line_error, run_cli
 from tests.factories import conn_event, recording_writer
 from tests.load import tmpfs

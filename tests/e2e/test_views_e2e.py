@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from recorder.log.location import resolve
+from eventlog.location import resolve
 from recorder.workload import closed_port, run_client, running_server, spawn
 from tests.cli import run_cli
 from tests.ebpf import require_ebpf

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from recorder.errors import LogError
-from recorder.log.location import LogLocation
-from recorder.log.store import Purpose, open_log
+from eventlog.errors import LogError
+from eventlog.location import LogLocation
+from eventlog.store import Purpose, open_log
 from recorder.workload import run_client, running_server
 from tests.cli import BIN, run_cli
 from tests.ebpf import require_ebpf

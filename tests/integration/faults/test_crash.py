@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from recorder.events import Kind
+from eventlog.events import Kind
 from recorder.record import REORDER_HORIZON_NS
 from recorder.workload import run_client, running_server
 from tests.cli import BIN, run_cli

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from eventlog.location import resolve
+from eventlog.reader import LogReader
+from eventlog.store import Purpose, open_log
 from recorder.capture import CaptureOptions
-from recorder.log.location import resolve
-from recorder.log.reader import LogReader
-from recorder.log.store import Purpose, open_log
 from tests.cli import BIN, run_cli
 from tests.ebpf import require_ebpf
 from tests.load import loopback_load

@@ -7,9 +7,9 @@ import sys
 import time
 from collections import Counter
 
-from recorder.log.location import LogLocation
-from recorder.log.reader import LogReader
-from recorder.log.store import Purpose, open_log
+from eventlog.location import LogLocation
+from eventlog.reader import LogReader
+from eventlog.store import Purpose, open_log
 from tests.append_worker import batch_size
 
 BATCHES = 400

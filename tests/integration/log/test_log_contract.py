@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from recorder.events import (
+from eventlog.batch import Batch
+from eventlog.events import (
     ConntrackEntry,
     Event,
     Kind,
@@ -19,16 +20,15 @@ from recorder.events import (
     SnapshotConnection,
     SnapshotProcess,
 )
-from recorder.log.batch import Batch
-from recorder.log.location import LogLocation
-from recorder.log.reader import LogReader
-from recorder.log.recordings import (
+from eventlog.location import LogLocation
+from eventlog.reader import LogReader
+from eventlog.recordings import (
     STOP_CRASHED,
     STOP_SIGNAL,
     close_abandoned_recordings,
     end_recording,
 )
-from recorder.log.store import Purpose, open_log
+from eventlog.store import Purpose, open_log
 from tests.factories import (
     MONO_BASE_NS,
     ROOT_NETNS,
@@ -66,7 +66,7 @@ def _varied_events(count: int, start_ns: int = MONO_BASE_NS) -> list[Event]:
 
 
 def _as_appended(event_row: object) -> Event:
-    from recorder.events import LoggedEvent
+    from eventlog.events import LoggedEvent
 
     assert isinstance(event_row, LoggedEvent)
     return Event(
@@ -230,7 +230,7 @@ def test_recordings_open_close_and_abandoned(log_location: LogLocation) -> None:
     with recording_writer(log_location) as (store, writer):
         writer.add(conn_event(mono_ns=MONO_BASE_NS + 700))
         writer.flush()
-        from recorder.log.recordings import set_recording_field
+        from eventlog.recordings import set_recording_field
 
         set_recording_field(store, writer.recording_id, recorder_pid=2**22 + 1)
         assert close_abandoned_recordings(store, make_host()) == [writer.recording_id]

@@ -6,11 +6,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from recorder.log import migrate
-from recorder.log.location import LogLocation
-from recorder.log.reader import LogReader
-from recorder.log.schema import metadata
-from recorder.log.store import Purpose, SchemaState, open_log, schema_state
+from eventlog import migrate
+from eventlog.location import LogLocation
+from eventlog.reader import LogReader
+from eventlog.schema import metadata
+from eventlog.store import Purpose, SchemaState, open_log, schema_state
 from tests.factories import conn_event, recording_writer
 
 

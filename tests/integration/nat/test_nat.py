@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from recorder.events import Kind
-from recorder.log.location import LogLocation, resolve
+from eventlog.events import Kind
+from eventlog.location import LogLocation, resolve
 from recorder.workload import run_client, running_server
 from tests.capabilities import require
 from tests.cli import BIN, run_cli

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recorder.log.location import LogLocation, resolve
-from recorder.log.store import Purpose, open_log
-from recorder.procfs import TCP_ESTABLISHED, TCP_LISTEN
+from eventlog.events import TCP_ESTABLISHED, TCP_LISTEN
+from eventlog.location import LogLocation, resolve
+from eventlog.store import Purpose, open_log
 from replay import sql as query
 from replay.table import replay_table
 from tests.cli import assert_one_line_error, run_cli

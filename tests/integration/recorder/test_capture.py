@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
+from eventlog.errors import CaptureError
+from eventlog.events import Kind
+from eventlog.location import LogLocation, resolve
+from eventlog.reader import LogReader
+from eventlog.store import Purpose, open_log
 from recorder.capture import CaptureOptions, StageFlusher
-from recorder.errors import CaptureError
-from recorder.events import Kind
 from recorder.hostenv import ensure_tracefs
-from recorder.log.location import LogLocation, resolve
-from recorder.log.reader import LogReader
-from recorder.log.store import Purpose, open_log
 from recorder.workload import closed_port, run_client, running_server, spawn
 from tests.capabilities import require
 from tests.cli import BIN

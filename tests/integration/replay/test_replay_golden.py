@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from recorder.log.store import Purpose, open_log
-from recorder.procfs import TCP_ESTABLISHED, TCP_LISTEN
+from eventlog.events import TCP_ESTABLISHED, TCP_LISTEN
+from eventlog.store import Purpose, open_log
 from replay.table import render, replay_table
 from tests.golden import check_golden
 from tests.logbuilder import Builder, built_log

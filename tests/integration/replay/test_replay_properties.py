@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recorder.log.store import Purpose, open_log
+from eventlog.store import Purpose, open_log
 from replay import checkpoints
 from replay.checkpoints import CheckpointPolicy
 from replay.connections import connection_table

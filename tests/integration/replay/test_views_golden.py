@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from recorder.log.location import LogLocation
-from recorder.log.store import Purpose, open_log
-from recorder.procfs import TCP_LISTEN
+from eventlog.events import TCP_LISTEN
+from eventlog.location import LogLocation
+from eventlog.store import Purpose, open_log
 from replay.views.api import topology_at
 from replay.views.render import render_dot, render_json
 from replay.views.topology import Options, View

@@ -1,4 +1,4 @@
-"""The C path (recorder._native) writes exactly what recorder.decode and Python's sqlite3 write.
+"""The C path (eventlog._native) writes exactly what eventlog.kernel_records and Python's sqlite3 write.
 
 Both appenders get the same batches (every event kind, IPv4 and IPv6, missing fields,
 extremes of every integer column, new process names mid-recording, snapshots, losses,
@@ -18,17 +18,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recorder import native
-from recorder.clock import ClockModel
-from recorder.decode import DecodeError, decode_one, decode_record, expand, raw_run
-from recorder.errors import LogError
-from recorder.events import Event, Kind, Loss, Snapshot, SnapshotConnection, SnapshotProcess
-from recorder.log.batch import Batch
-from recorder.log.location import resolve
-from recorder.log.recordings import RecordingStart, begin_recording
-from recorder.log.schema import metadata
-from recorder.log.sqlite import ROWS_PER_INSERT, SqliteAppender, insert_events_sql
-from recorder.log.store import LogStore, Purpose, open_log
+from eventlog import native
+from eventlog.batch import Batch
+from eventlog.clock import ClockModel
+from eventlog.errors import LogError
+from eventlog.events import Event, Kind, Loss, Snapshot, SnapshotConnection, SnapshotProcess
+from eventlog.kernel_records import DecodeError, decode_one, decode_record, expand, raw_run
+from eventlog.location import resolve
+from eventlog.recordings import RecordingStart, begin_recording
+from eventlog.schema import metadata
+from eventlog.sqlite import ROWS_PER_INSERT, SqliteAppender, insert_events_sql
+from eventlog.store import LogStore, Purpose, open_log
 from tests.capabilities import require
 from tests.factories import MONO_BASE_NS, ROOT_NETNS, clock_sample, conn_event, make_host
 from tests.rawevents import raw_event, record
@@ -38,7 +38,7 @@ INT64_MAX = (1 << 63) - 1
 
 @pytest.fixture(autouse=True)
 def _native_built() -> None:
-    require(native.AVAILABLE, "the C append module (make setup builds recorder/_native.c)")
+    require(native.AVAILABLE, "the C append module (make setup builds eventlog/_native.c)")
 
 
 @pytest.fixture
@@ -383,7 +383,7 @@ def test_runs_are_written_as_their_decoded_events(
     batches: list[list[bytes | Event]], store_factory: Any
 ) -> None:
     """Batches of raw runs and tuples through the C path; the same records decoded by
-    recorder.decode through Python's sqlite3: the same rows."""
+    eventlog.kernel_records through Python's sqlite3: the same rows."""
     native_batches, python_batches = [], []
     for items in batches:
         native_items: list[Event | native.RawRun] = []

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from recorder.events import Kind, SnapshotConnection, SnapshotProcess
-from recorder.procfs import TCP_ESTABLISHED, TCP_LISTEN, ProcWalk
+from eventlog.events import TCP_ESTABLISHED, TCP_LISTEN, Kind, SnapshotConnection, SnapshotProcess
+from recorder.procfs import ProcWalk
 from recorder.procmode import ProcPoller
 
 NS = 4026531833

@@ -7,9 +7,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recorder import native
-from recorder.decode import expand, raw_run
-from recorder.events import Event, Kind, Snapshot
+from eventlog import native
+from eventlog.events import Event, Kind, Snapshot
+from eventlog.kernel_records import expand, raw_run
 from recorder.reorder import Released, ReorderBuffer
 from tests.rawevents import raw_event, record
 

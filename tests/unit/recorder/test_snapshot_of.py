@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from recorder.events import Event, Kind, SnapshotConnection
+from eventlog.events import Event, Kind, SnapshotConnection
 from recorder.procfs import ParseStats, ProcWalk
 from recorder.record import snapshot_of
 

@@ -8,8 +8,7 @@ from collections.abc import Collection
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recorder.events import Kind, LoggedEvent, Snapshot, SnapshotConnection
-from recorder.procfs import OPEN_STATES, TCP_LISTEN
+from eventlog.events import OPEN_STATES, TCP_LISTEN, Kind, LoggedEvent, Snapshot, SnapshotConnection
 from replay.fold import Fold
 from replay.state import ReplayState, TupleKey
 

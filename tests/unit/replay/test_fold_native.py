@@ -17,13 +17,21 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from recorder.clock import ClockModel
-from recorder.events import Event, Kind, Snapshot, SnapshotConnection, SnapshotProcess
-from recorder.log.location import resolve
-from recorder.log.recordings import RecordingStart, begin_recording
-from recorder.log.store import Purpose, open_log
-from recorder.log.writer import LogWriter
-from recorder.procfs import TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LISTEN
+from eventlog.clock import ClockModel
+from eventlog.events import (
+    TCP_ESTABLISHED,
+    TCP_FIN_WAIT1,
+    TCP_LISTEN,
+    Event,
+    Kind,
+    Snapshot,
+    SnapshotConnection,
+    SnapshotProcess,
+)
+from eventlog.location import resolve
+from eventlog.recordings import RecordingStart, begin_recording
+from eventlog.store import Purpose, open_log
+from eventlog.writer import LogWriter
 from replay import native
 from replay.engine import Replayer
 from replay.fold import Fold

@@ -16,8 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recorder.events import Kind, LoggedEvent
-from recorder.procfs import OPEN_STATES, TCP_LISTEN
+from eventlog.events import OPEN_STATES, TCP_LISTEN, Kind, LoggedEvent
 from replay import native
 from replay.fold import Closed, Fold, SocketRef
 from replay.state import ProcessKey, ReplayState, TupleKey

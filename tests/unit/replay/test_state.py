@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recorder.log.location import resolve
-from recorder.log.store import Purpose, open_log
+from eventlog.location import resolve
+from eventlog.store import Purpose, open_log
 from replay import checkpoints
 from replay.state import FORMAT, ReplayState, inflate
 

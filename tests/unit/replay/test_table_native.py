@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from recorder.clock import ClockModel
-from recorder.events import ClockSample, ConntrackEntry
-from recorder.log.reader import decode_extra
-from recorder.log.store import Purpose, open_log
+from eventlog.clock import ClockModel
+from eventlog.events import ClockSample, ConntrackEntry
+from eventlog.reader import decode_extra
+from eventlog.store import Purpose, open_log
 from replay import native
 from replay.connections import (
     _ROW_FIELDS,

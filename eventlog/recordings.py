@@ -8,16 +8,22 @@ from typing import Any
 
 from sqlalchemy import and_, insert, select, update
 
-from recorder import __version__
-from recorder.events import ClockSample
-from recorder.host import HostIdentity
-from recorder.log import schema
-from recorder.log.store import LogStore
+from eventlog import __version__, schema
+from eventlog.events import ClockSample
+from eventlog.store import LogStore
 
 STOP_DURATION = "duration"  # --duration elapsed
 STOP_SIGNAL = "signal"  # SIGINT / SIGTERM
 STOP_ERROR = "error"  # the recorder stopped itself on an error (detail says which)
 STOP_CRASHED = "crashed"  # found dead without having closed (kill -9, power loss)
+
+
+@dataclass(frozen=True)
+class HostIdentity:
+    host_id: str  # the host name: Scope's host node id
+    machine_id: str | None
+    boot_id: str | None
+    kernel_release: str
 
 
 @dataclass(frozen=True)

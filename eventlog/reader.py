@@ -17,8 +17,10 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from recorder.clock import ClockModel
-from recorder.events import (
+from eventlog.clock import ClockModel
+from eventlog.events import (
+    OPEN_STATES,
+    TCP_LISTEN,
     ClockSample,
     ConntrackEntry,
     LoggedEvent,
@@ -26,9 +28,8 @@ from recorder.events import (
     SnapshotConnection,
     SnapshotProcess,
 )
-from recorder.log.schema import EVENT_COLUMNS, metadata
-from recorder.log.store import LogStore, map_driver_error
-from recorder.procfs import OPEN_STATES, TCP_LISTEN
+from eventlog.schema import EVENT_COLUMNS, metadata
+from eventlog.store import LogStore, map_driver_error
 
 DEFAULT_PAGE_SIZE = 20_000
 

@@ -3,7 +3,7 @@
 The events table's ``position`` is SQLite's rowid. Rows are never deleted, so each insert
 gets ``max(rowid) + 1``: positions are gap-free and in commit order without being sent.
 
-Event rows go through ``recorder._native`` (C) when it was built, through Python's
+Event rows go through ``eventlog._native`` (C) when it was built, through Python's
 sqlite3 otherwise: both give byte-identical logs (tests/unit/log/test_native_append.py).
 """
 
@@ -13,12 +13,8 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeAlias
 
-from recorder import native
-from recorder.clock import ClockModel, wall_bounds
-from recorder.decode import decode_one, expand
-from recorder.errors import LogError
-from recorder.events import Event
-from recorder.log.batch import (
+from eventlog import native
+from eventlog.batch import (
     AppendResult,
     Batch,
     BatchSummary,
@@ -27,9 +23,13 @@ from recorder.log.batch import (
     gc_paused,
     snapshot_rows,
 )
-from recorder.log.dictionary import Dictionary
-from recorder.log.schema import EVENT_COLUMNS, metadata
-from recorder.log.store import LogStore, map_driver_error
+from eventlog.clock import ClockModel, wall_bounds
+from eventlog.dictionary import Dictionary
+from eventlog.errors import LogError
+from eventlog.events import Event
+from eventlog.kernel_records import decode_one, expand
+from eventlog.schema import EVENT_COLUMNS, metadata
+from eventlog.store import LogStore, map_driver_error
 
 _ROW_COLUMNS = EVENT_COLUMNS[2:]  # what event_rows() gives: no position, no recording id
 
@@ -110,7 +110,7 @@ def open_append_connection(store: LogStore, use_native: bool | None = None) -> A
         return PysqliteConnection(store)
     if not native.shares_sqlite_with_python():
         raise LogError(
-            "the C append module (recorder._native) is not built, or uses another SQLite "
+            "the C append module (eventlog._native) is not built, or uses another SQLite "
             "library than Python's sqlite3"
         )
     assert store.location.path is not None

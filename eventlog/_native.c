@@ -1,4 +1,4 @@
-/* recorder._native: the recorder's per-event hot path in C.
+/* eventlog._native: the recorder's per-event hot path in C.
  *
  * Under load the recorder handles tens of thousands of events a second; done in Python, each
  * cost about 5 us of CPU (a tuple and its fields per event, a sort key, generic parameter
@@ -7,11 +7,11 @@
  * ``struct event`` from bpf/tcp_events.h) from the ring buffer to the INSERT, and binds them
  * straight into a prepared statement.
  *
- * recorder.decode and Python's sqlite3 stay the reference: tests/unit/log/test_native_append.py
+ * eventlog.kernel_records and Python's sqlite3 stay the reference: tests/unit/log/test_native_append.py
  * checks that both paths write the same rows, byte for byte.
  *
  * The SQLite connection is one of this module's own (nothing reaches into the sqlite3
- * module's objects) and offers only what recorder.log.sqlite.SqliteAppender uses. SQLite
+ * module's objects) and offers only what eventlog.sqlite.SqliteAppender uses. SQLite
  * errors are raised as the sqlite3 module's exception classes with SQLite's message, so the
  * callers map them exactly as they map the Python driver's.
  */
@@ -26,7 +26,7 @@
 #error "struct event is read in the host's byte order, which the decoder takes to be little-endian"
 #endif
 
-/* Fields of recorder.events.Event, in order. */
+/* Fields of eventlog.events.Event, in order. */
 enum {
     EV_KIND, EV_MONO_NS, EV_PID, EV_COMM, EV_NETNS, EV_LADDR, EV_LPORT, EV_RADDR, EV_RPORT,
     EV_SOCK_ID, EV_BYTES_SENT, EV_BYTES_RECEIVED, EV_EXTRA, EV_FIELDS
@@ -48,7 +48,7 @@ typedef struct {
 
 /* -- raw events ------------------------------------------------------------------------------ */
 
-/* bpf/tcp_events.h's struct event and stage_header; recorder/decode.py reads the same layout. */
+/* bpf/tcp_events.h's struct event and stage_header; eventlog/kernel_records.py reads the same layout. */
 struct raw_event {
     uint64_t ts_ns;
     uint64_t sock_id;
@@ -221,7 +221,7 @@ static PyMethodDef RawRun_methods[] = {
     {"count_upto", (PyCFunction)RawRun_count_upto, METH_O,
      "count_upto(mono_ns) -> how many events are at or before mono_ns"},
     {"record", (PyCFunction)RawRun_record, METH_NOARGS,
-     "record() -> the run as one stage record (what recorder.decode.decode_record reads)"},
+     "record() -> the run as one stage record (what eventlog.kernel_records.decode_record reads)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -237,7 +237,7 @@ static PySequenceMethods RawRun_as_sequence = {
 
 static PyTypeObject RawRunType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "recorder._native.RawRun",
+    .tp_name = "eventlog._native.RawRun",
     .tp_doc = PyDoc_STR("Ring-buffer events in time order, as the kernel wrote them."),
     .tp_basicsize = sizeof(RawRun),
     .tp_flags = Py_TPFLAGS_DEFAULT,
@@ -443,7 +443,7 @@ static struct cached_value *cached_none(struct cached_value *cached)
     return cached->value ? cached : cached_value_set(cached, Py_NewRef(Py_None));
 }
 
-/* The name in a comm field as recorder.decode reads it: up to the first NUL, UTF-8 with
+/* The name in a comm field as eventlog.kernel_records reads it: up to the first NUL, UTF-8 with
  * replacement; None when empty. */
 static struct cached_value *comm_value(struct value_caches *caches, const char raw[16])
 {
@@ -465,7 +465,7 @@ static struct cached_value *comm_value(struct value_caches *caches, const char r
     return &slot->cached;
 }
 
-/* A netns field as recorder.decode reads it: the inode, None when 0. */
+/* A netns field as eventlog.kernel_records reads it: the inode, None when 0. */
 static struct cached_value *netns_value(struct value_caches *caches, uint32_t inode)
 {
     if (inode == 0)
@@ -480,13 +480,13 @@ static struct cached_value *netns_value(struct value_caches *caches, uint32_t in
     return cached_value_set(&slot->cached, value);
 }
 
-/* The comm of a connection event: recorder.decode keeps it only when a pid is known. */
+/* The comm of a connection event: eventlog.kernel_records keeps it only when a pid is known. */
 static struct cached_value *raw_comm(struct value_caches *caches, const struct raw_event *event)
 {
     return event->pid ? comm_value(caches, event->comm) : cached_none(&caches->no_comm);
 }
 
-/* The value's id in ``ids`` (recorder.log.dictionary.Dictionary.ids), looked up once. */
+/* The value's id in ``ids`` (eventlog.dictionary.Dictionary.ids), looked up once. */
 static PyObject *cached_ident(struct cached_value *cached, PyObject *ids)
 {
     if (cached->ident != NULL)
@@ -501,7 +501,7 @@ static PyObject *cached_ident(struct cached_value *cached, PyObject *ids)
     return ident;
 }
 
-/* A rare kind (failed connect, exec, exit) through recorder.decode.decode_event's rules:
+/* A rare kind (failed connect, exec, exit) through eventlog.kernel_records.decode_event's rules:
  * ``decode_one(bytes)`` returns its Event. */
 static PyObject *decode_rare(PyObject *decode_one, const struct raw_event *event)
 {
@@ -512,7 +512,7 @@ static PyObject *decode_rare(PyObject *decode_one, const struct raw_event *event
     Py_DECREF(raw);
     if (decoded != NULL && (!PyTuple_Check(decoded) || PyTuple_GET_SIZE(decoded) != EV_FIELDS)) {
         Py_DECREF(decoded);
-        PyErr_SetString(PyExc_TypeError, "decode_one must return a recorder.events.Event");
+        PyErr_SetString(PyExc_TypeError, "decode_one must return a eventlog.events.Event");
         return NULL;
     }
     return decoded;
@@ -849,7 +849,7 @@ static PyObject *Connection_executemany(NativeConnection *self, PyObject *args)
     return release(self, Py_NewRef(Py_None));
 }
 
-/* The id of ``value`` in a dictionary cache (recorder.log.dictionary.Dictionary.ids). */
+/* The id of ``value`` in a dictionary cache (eventlog.dictionary.Dictionary.ids). */
 static int bind_dictionary_id(sqlite3 *db, sqlite3_stmt *stmt, int index, PyObject *ids,
                               PyObject *value)
 {
@@ -869,7 +869,7 @@ static int bind_event(sqlite3 *db, sqlite3_stmt *stmt, int base, PyObject *event
                       PyObject **extra_text)
 {
     if (!PyTuple_Check(event) || PyTuple_GET_SIZE(event) != EV_FIELDS) {
-        PyErr_SetString(PyExc_TypeError, "events must be recorder.events.Event tuples");
+        PyErr_SetString(PyExc_TypeError, "events must be eventlog.events.Event tuples");
         return -1;
     }
     PyObject **field = &PyTuple_GET_ITEM(event, 0);
@@ -915,7 +915,7 @@ static int bind_counter(sqlite3 *db, sqlite3_stmt *stmt, int index, uint64_t val
     return check_bind(db, sqlite3_bind_int64(stmt, index, (sqlite3_int64)value));
 }
 
-/* A fast-kind raw event's row, bound after ``base`` as recorder.decode.decode_record would
+/* A fast-kind raw event's row, bound after ``base`` as eventlog.kernel_records.decode_record would
  * have built it. Its addresses are bound in place: the run must outlive the step. */
 static int bind_raw_event(sqlite3 *db, sqlite3_stmt *stmt, int base, const struct raw_event *event,
                           struct value_caches *caches, PyObject *comm_ids, PyObject *netns_ids)
@@ -1082,7 +1082,7 @@ PyDoc_STRVAR(insert_events_doc,
              "insert_events(sql, group_sql, items, comm_ids, netns_ids, encode_extra, decode_one)"
              " -> int\n\n"
              "Insert ``items`` in order: Event tuples, and RawRuns whose events are inserted as\n"
-             "recorder.decode would decode them (rare kinds through ``decode_one(raw_event)``).\n"
+             "eventlog.kernel_records would decode them (rare kinds through ``decode_one(raw_event)``).\n"
              "``sql`` inserts one row of the events table's 13 row columns, ``group_sql`` the\n"
              "same for several rows (a multiple of 13 parameters): rows go through it while a\n"
              "group's worth is left. comm and netns are bound as their ids in ``comm_ids`` and\n"
@@ -1168,7 +1168,7 @@ static PyGetSetDef Connection_getset[] = {
 
 static PyTypeObject ConnectionType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "recorder._native.Connection",
+    .tp_name = "eventlog._native.Connection",
     .tp_doc = PyDoc_STR("Connection(path, busy_timeout_ms, synchronous): a SQLite connection "
                         "for appending to an existing log."),
     .tp_basicsize = sizeof(NativeConnection),
@@ -1312,8 +1312,8 @@ static PyMethodDef module_methods[] = {
 
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "recorder._native",
-    .m_doc = PyDoc_STR("The recorder's per-event hot path in C (see recorder/_native.c)."),
+    .m_name = "eventlog._native",
+    .m_doc = PyDoc_STR("The recorder's per-event hot path in C (see eventlog/_native.c)."),
     .m_size = -1,
     .m_methods = module_methods,
 };

@@ -1,7 +1,7 @@
-"""The recorder's per-event hot path in C (``recorder/_native.c``), when this install built it.
+"""The recorder's per-event hot path in C (``eventlog/_native.c``), when this install built it.
 
 The build is optional (``pyproject.toml``): without a C compiler the recorder decodes ring
-buffer records with ``recorder.decode`` and writes rows with Python's sqlite3, the same rows
+buffer records with ``eventlog.kernel_records`` and writes rows with Python's sqlite3, the same rows
 only slower. ``tests/unit/log/test_native_append.py`` checks that both paths write the same
 bytes, and fails under CI when the module is missing.
 """
@@ -14,7 +14,7 @@ from functools import cache
 from typing import TypeGuard
 
 try:
-    from recorder._native import (
+    from eventlog._native import (
         Connection,
         RawRun,
         batch_summary,

@@ -9,6 +9,7 @@ implied by the length. All timestamps are CLOCK_MONOTONIC nanoseconds (the clock
 
 from __future__ import annotations
 
+import ipaddress
 from enum import IntEnum
 from typing import Any, NamedTuple
 
@@ -140,3 +141,65 @@ class ClockSample(NamedTuple):
     mono_ns: int
     offset_ns: int
     uncertainty_ns: int
+
+
+# -- what snapshot rows and conntrack records hold -----------------------------------------
+
+# Kernel TCP states, as /proc/net/tcp and snapshot_connections.state give them.
+TCP_ESTABLISHED = 1
+TCP_FIN_WAIT1 = 4
+TCP_FIN_WAIT2 = 5
+TCP_CLOSE_WAIT = 8
+TCP_LISTEN = 10
+KEPT_STATES = frozenset({TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_CLOSE_WAIT, TCP_LISTEN})
+OPEN_STATES = KEPT_STATES - {TCP_LISTEN}  # a connection is open in these
+
+# Conntrack status bits (IPS_*) that say an entry was translated.
+IPS_SRC_NAT = 0x10
+IPS_DST_NAT = 0x20
+IPS_NAT_MASK = IPS_SRC_NAT | IPS_DST_NAT
+
+
+def conntrack_event(kind: Kind, mono_ns: int, entry: ConntrackEntry) -> Event:
+    """A conntrack change as a log event: the original tuple where sockets keep theirs."""
+    return Event(
+        kind=int(kind),
+        mono_ns=mono_ns,
+        netns=entry.netns,
+        laddr=entry.orig_src,
+        lport=entry.orig_sport,
+        raddr=entry.orig_dst,
+        rport=entry.orig_dport,
+        extra={
+            "ct_id": entry.ct_id,
+            "status": entry.status,
+            "tcp_state": entry.tcp_state,
+            "zone": entry.zone,
+            "mark": entry.mark,
+            "reply_src": str(ipaddress.ip_address(entry.reply_src)),
+            "reply_dst": str(ipaddress.ip_address(entry.reply_dst)),
+            "reply_sport": entry.reply_sport,
+            "reply_dport": entry.reply_dport,
+        },
+    )
+
+
+def conntrack_entry(event: Any) -> ConntrackEntry:
+    """The entry a CT_* event describes (the inverse of ``conntrack_event``)."""
+    extra = event.extra or {}
+    return ConntrackEntry(
+        netns=event.netns or 0,
+        orig_src=event.laddr or b"",
+        orig_dst=event.raddr or b"",
+        orig_sport=event.lport or 0,
+        orig_dport=event.rport or 0,
+        reply_src=ipaddress.ip_address(extra.get("reply_src", "0.0.0.0")).packed,
+        reply_dst=ipaddress.ip_address(extra.get("reply_dst", "0.0.0.0")).packed,
+        reply_sport=int(extra.get("reply_sport", 0)),
+        reply_dport=int(extra.get("reply_dport", 0)),
+        status=int(extra.get("status", 0)),
+        tcp_state=int(extra.get("tcp_state", 0)),
+        ct_id=int(extra.get("ct_id", 0)),
+        zone=int(extra.get("zone", 0)),
+        mark=int(extra.get("mark", 0)),
+    )

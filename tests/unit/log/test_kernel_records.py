@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from eventlog.events import Event, Kind
+from eventlog.kernel_records import EVENT, HEADER, DecodeError, decode_record
 from recorder.capture import BPF_DIR
-from recorder.decode import EVENT, HEADER, DecodeError, decode_record
-from recorder.events import Event, Kind
 from tests.rawevents import ROOT_NETNS, raw_event, record
 
 

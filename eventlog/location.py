@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from recorder.errors import LogLocationError
+from eventlog.errors import LogLocationError
 
 DEFAULT_LOG = "scope.db"
 ENV_VAR = "SCOPE_DB"

@@ -12,8 +12,8 @@ from __future__ import annotations
 import struct
 from typing import Any, cast
 
-from recorder import native
-from recorder.events import Event, Kind
+from eventlog import native
+from eventlog.events import Event, Kind
 
 HEADER = struct.Struct("<IIQ")
 EVENT = struct.Struct("<QQQQIIIHHBBHI16s56s")

@@ -13,11 +13,7 @@ from typing import Any
 
 import psycopg
 
-from recorder.clock import ClockModel, wall_bounds
-from recorder.decode import expand
-from recorder.errors import LogError
-from recorder.events import Event
-from recorder.log.batch import (
+from eventlog.batch import (
     AppendResult,
     Batch,
     distinct_comms,
@@ -26,9 +22,13 @@ from recorder.log.batch import (
     gc_paused,
     snapshot_rows,
 )
-from recorder.log.dictionary import Dictionary
-from recorder.log.schema import EVENT_COLUMNS, metadata
-from recorder.log.store import LogStore, map_driver_error
+from eventlog.clock import ClockModel, wall_bounds
+from eventlog.dictionary import Dictionary
+from eventlog.errors import LogError
+from eventlog.events import Event
+from eventlog.kernel_records import expand
+from eventlog.schema import EVENT_COLUMNS, metadata
+from eventlog.store import LogStore, map_driver_error
 
 APPEND_LOCK_KEY = 0x73636F70  # "scop": one lock for all writers of a store
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recorder.errors import LogOpenError, SchemaTooNewError
-from recorder.log import migrate
-from recorder.log.location import LogLocation
-from recorder.log.store import Purpose, SchemaState, open_log, schema_state
+from eventlog import migrate
+from eventlog.errors import LogOpenError, SchemaTooNewError
+from eventlog.location import LogLocation
+from eventlog.store import Purpose, SchemaState, open_log, schema_state
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from recorder import native
-from recorder.clock import ClockModel, monotonic_ns
-from recorder.events import ClockSample, Event, Loss, Snapshot
-from recorder.log.batch import AppendResult, Batch
-from recorder.log.postgres import PostgresAppender
-from recorder.log.sqlite import SqliteAppender
-from recorder.log.store import LogStore
+from eventlog import native
+from eventlog.batch import AppendResult, Batch
+from eventlog.clock import ClockModel, monotonic_ns
+from eventlog.events import ClockSample, Event, Loss, Snapshot
+from eventlog.postgres import PostgresAppender
+from eventlog.sqlite import SqliteAppender
+from eventlog.store import LogStore
 
 DEFAULT_MAX_BATCH_EVENTS = 50_000
 DEFAULT_MAX_AGE_NS = 200_000_000

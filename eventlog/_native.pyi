@@ -1,7 +1,7 @@
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from recorder.events import Event
+from eventlog.events import Event
 
 sqlite_version: str
 

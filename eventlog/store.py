@@ -23,7 +23,8 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool, QueuePool
 
-from recorder.errors import (
+from eventlog import migrate, schema
+from eventlog.errors import (
     LogError,
     LogLocationError,
     LogOpenError,
@@ -31,8 +32,7 @@ from recorder.errors import (
     SchemaMissingError,
     SchemaTooNewError,
 )
-from recorder.log import migrate, schema
-from recorder.log.location import LogLocation
+from eventlog.location import LogLocation
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SQLITE_SYNC_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")

@@ -1,7 +1,7 @@
 """What the three CLIs share: running a Typer app with one error policy, and shared options.
 
 Errors reach the user as one line, ``<prog>: error: <message>``, and an exit code:
-``ScopeError.exit_code`` for library errors (see ``recorder.errors``), 2 for bad usage, 130
+``ScopeError.exit_code`` for library errors (see ``eventlog.errors``), 2 for bad usage, 130
 for an interrupt, 70 for an internal error (a bug: ``SCOPE_DEBUG=1`` shows its traceback).
 """
 
@@ -15,7 +15,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from recorder.errors import ScopeError, UsageError
+from eventlog.errors import ScopeError, UsageError
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from recorder import native
-from recorder.decode import decode_one
-from recorder.events import ClockSample, Event, Loss, Snapshot
+from eventlog import native
+from eventlog.events import ClockSample, Event, Loss, Snapshot
+from eventlog.kernel_records import decode_one
 
 _MONO = itemgetter(1)
 
@@ -22,7 +22,7 @@ class Batch:
     """Events in log order, the snapshots hung on some of them, losses and clock samples.
 
     ``events`` holds Event tuples and RawRuns (ring-buffer events kept as the kernel wrote
-    them, recorder/_native.c); a run takes one position per event it holds.
+    them, eventlog/_native.c); a run takes one position per event it holds.
     """
 
     events: list[Event | native.RawRun] = field(default_factory=list)
