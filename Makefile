@@ -23,7 +23,7 @@ venv: $(INSTALLED)
 # pip's output goes to a log that is shown only when the install fails. It also compiles the
 # C modules (the append path, the fold's and the table's loops), so a change to their source
 # reinstalls.
-$(INSTALLED): pyproject.toml eventlog/_native.c replay/_fold.c replay/_table.c replay/_plain.h
+$(INSTALLED): pyproject.toml eventlog/_native.c eventlog/_scan.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --disable-pip-version-check -e '.[dev]' > $(VENV)/install.log 2>&1 \
 		|| { tail -n 30 $(VENV)/install.log; exit 1; }
@@ -39,7 +39,7 @@ lint: venv
 
 # The C modules' own tests once more under Python's debug allocator, which turns a freed,
 # overrun or mismatched block into an abort where a plain run may pass on corrupted memory.
-NATIVE_DEBUG_TESTS := tests/unit/log/test_native_append.py tests/unit/replay/test_fold_native.py
+NATIVE_DEBUG_TESTS := tests/unit/log/test_native_append.py tests/unit/log/test_scan.py
 
 test: setup-test lint
 	@$(PY) -m pytest $(PYTEST_ARGS)

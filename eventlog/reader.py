@@ -147,6 +147,22 @@ class LogReader:
         rows = self._query("SELECT COALESCE(MAX(last_position), 0) FROM batches")
         return int(rows[0][0])
 
+    def log_id(self) -> str | None:
+        """The log's identity, given when it was created (None for a log from before that)."""
+        rows = self._query("SELECT value FROM log_meta WHERE key = 'log_id'")
+        return str(rows[0][0]) if rows else None
+
+    def clock_sample_count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM clock_samples")[0][0])
+
+    def event_identity(self, position: int) -> tuple[Any, ...] | None:
+        """What tells the event at ``position`` from another (None: there is none)."""
+        rows = self._fetch(
+            "SELECT position, recording_id, kind, mono_ns, sock_id FROM events WHERE position = ?",
+            (position,),
+        )
+        return tuple(rows[0]) if rows else None
+
     def recordings(self) -> list[Recording]:
         columns = ", ".join(Recording.__dataclass_fields__)
         rows = self._query(f"SELECT {columns} FROM recordings ORDER BY id")

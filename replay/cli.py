@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import enum
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -17,11 +19,11 @@ from eventlog.cliutil import DbOption, OutputFormat, check_output_path, run
 from eventlog.errors import UsageError
 from eventlog.location import resolve
 from eventlog.store import Purpose, open_log
-from replay import checkpoints, info, table
-from replay.engine import Replayer
+from replay import info, table
+from replay.derived.store import Derived, open_derived
 from replay.views import render as view_render
-from replay.views.api import diff_between, topology_at
-from replay.views.diff import render_diff
+from replay.views.api import topology_in
+from replay.views.diff import render_diff, topology_diff
 from replay.views.topology import Options, View
 
 app = typer.Typer(
@@ -30,11 +32,7 @@ app = typer.Typer(
     "Example: scope-replay --at 2026-11-25T12:00:00Z --window 15s --view processes",
 )
 db_app = typer.Typer(add_completion=False, help="Inspect and migrate the log's schema.")
-checkpoints_app = typer.Typer(
-    add_completion=False, help="Manage replay checkpoints (derived data)."
-)
 app.add_typer(db_app, name="db")
-app.add_typer(checkpoints_app, name="checkpoints")
 
 
 class ViewName(enum.StrEnum):
@@ -93,6 +91,14 @@ def _warn(lines: list[str]) -> None:
         print(f"scope-replay: warning: {line}", file=sys.stderr, flush=True)
 
 
+@contextmanager
+def _derived(db: str | None) -> Iterator[Derived]:
+    """The derived store of the log ``db``, current, its notices said."""
+    with open_log(resolve(db), Purpose.READ) as log, open_derived(log) as derived:
+        _warn(derived.notices)
+        yield derived
+
+
 def _view_options(unconnected: ShowHide, pseudo: ShowHide, show_unknown_lan: bool) -> Options:
     return Options(
         show_unconnected=unconnected is ShowHide.show,
@@ -137,9 +143,6 @@ def replay_main(
     unconnected: UnconnectedOption = ShowHide.hide,
     pseudo: PseudoOption = ShowHide.hide,
     show_unknown_lan: UnknownLanOption = False,
-    no_checkpoints: Annotated[
-        bool, typer.Option("--no-checkpoints", help="Fold from the start of the log.")
-    ] = False,
     db: DbOption = None,
 ) -> None:
     """Print the connection table, or a map, at --at T (open then, or closed in the window).
@@ -160,8 +163,8 @@ def replay_main(
     if view is ViewName.connections:
         if fmt not in ("table", "json", "csv"):
             raise UsageError(f"--format {fmt} draws maps: pick a --view, or use table, json or csv")
-        with open_log(resolve(db), Purpose.READ) as store:
-            result = table.replay_table(store, at, window, use_checkpoints=not no_checkpoints)
+        with _derived(db) as derived:
+            result = table.table_at(derived, at, window)
         _warn(result.warnings)
         _emit(table.render(result, fmt), output)
         return
@@ -170,8 +173,8 @@ def replay_main(
             "--format csv is for the connection table; maps print table, json, dot, svg, png"
         )
     options = _view_options(unconnected, pseudo, show_unknown_lan)
-    with open_log(resolve(db), Purpose.READ) as store:
-        topology = topology_at(store, at, window, View(view.value), options, not no_checkpoints)
+    with _derived(db) as derived:
+        topology = topology_in(derived, at, window, View(view.value), options)
     rendered: str | bytes
     if fmt == "json":
         rendered = view_render.render_json(topology)
@@ -206,9 +209,10 @@ def diff_command(
     if format is OutputFormat.csv:
         raise UsageError("diff prints table or json")
     options = _view_options(unconnected, pseudo, show_unknown_lan)
-    with open_log(resolve(db), Purpose.READ) as store:
-        document = diff_between(store, before, after, window, View(view.value), options)
-    sys.stdout.write(render_diff(document, format.value))
+    with _derived(db) as derived:
+        first = topology_in(derived, before, window, View(view.value), options)
+        second = topology_in(derived, after, window, View(view.value), options)
+    sys.stdout.write(render_diff(topology_diff(first, second), format.value))
 
 
 @app.command("info")
@@ -219,30 +223,9 @@ def info_command(db: DbOption = None, format: FormatOption = OutputFormat.table)
     """
     if format is OutputFormat.csv:
         raise UsageError("info prints table or json")
-    with open_log(resolve(db), Purpose.READ) as store:
-        sys.stdout.write(info.render(info.log_info(store), format.value))
-
-
-@checkpoints_app.command("rebuild")
-def checkpoints_rebuild(db: DbOption = None) -> None:
-    """Drop every checkpoint and fold the whole log again, saving new ones.
-
-    Example: scope-replay checkpoints rebuild --db scope.db
-    """
-    with open_log(resolve(db), Purpose.READ) as store:
-        dropped = checkpoints.drop(store)
-        saved = Replayer(store).rebuild_checkpoints()
-    typer.echo(f"dropped {dropped} checkpoints, saved {saved}")
-
-
-@checkpoints_app.command("drop")
-def checkpoints_drop(db: DbOption = None) -> None:
-    """Delete every checkpoint (they are rebuilt on demand).
-
-    Example: scope-replay checkpoints drop --db scope.db
-    """
-    with open_log(resolve(db), Purpose.READ) as store:
-        typer.echo(f"dropped {checkpoints.drop(store)} checkpoints")
+    location = resolve(db)
+    with _derived(db) as derived:
+        sys.stdout.write(info.render(info.log_info(derived, location.display()), format.value))
 
 
 @db_app.command("current")

@@ -1,443 +1,297 @@
-"""The fold: ``(state, event) -> state``, over the log in position order.
+"""The fold: the log's events, in position order, become intervals.
 
-The fold reads a narrow projection of each event, ``(position, kind, sock_id)``, a span of
-one recording at a time, and looks whole rows up by position only where it must: snapshots,
-process and conntrack events, and closes of sockets it knows only by their addresses. It
-reads no clock and no environment: the same log gives the same state.
+This is the definition of what replay knows at any moment. It reads no clock and no
+environment, only events (in position order) and the snapshots they point at, and it keeps
+what is open in a ``FoldState``:
 
-``_apply_each`` is the definition: one event at a time. ``_apply_fast`` computes the same
-state for a run of events between two snapshots with set operations (most sockets open and
-close within a run and cancel out), and falls back to ``_apply_each`` on anything unusual
-(a socket id twice, a close before its open). A property test holds the two equal.
-``apply_runs`` does what ``apply`` does with ``_apply_fast``'s passes and the snapshot's set
-algebra in C (``replay/_fold.c``), reading the runs straight from a SQLite log.
+- sockets: open from their open event (CONNECT, ACCEPT) until their CLOSE; keyed per
+  recording by socket id (an open without one by minus its position). A /proc snapshot that
+  no longer shows an open socket puts it aside as *missing*: if its close still comes before
+  the recording's next snapshot, that close ends it; otherwise it ended at the snapshot that
+  missed it (and a close that comes later is a close of a socket nothing knows).
+- sockets only /proc knows: a snapshot showing an open socket that no event opened; it lasts
+  until a close of the same addresses, or a later snapshot of its namespace without it.
+- a close that matches nothing: a socket whose only trace is its close.
+- processes: from an EXEC or a snapshot showing them, until their EXIT or a snapshot without
+  them; every EXEC and snapshot that shows a process again starts a new segment, whose
+  details come from that event or snapshot row.
+- conntrack entries: from a CT_NEW or CT_UPDATE event (each starts a new segment) or a
+  snapshot's dump (only if not already known), until CT_DESTROY or a dump of their
+  namespace without them.
 
-With ``retain=True`` the fold also keeps what ended while it folded (closed sockets, failed
-connects, exited processes): that is how a window (T - window, T] is replayed. The order of
-what is retained is not part of the result (whoever reads it sorts).
+Whatever ends is handed to ``Ended``; what is still open at the end of a fold is the state.
+Each is a set of log positions (where it started, what ended it): the derived store joins
+them with the events to make whole rows (replay.derived.derive). Rows are compared by small
+integer ids that the derived store gives to socket addresses (``tuple_id``): two sockets
+have the same id exactly when their network namespace, addresses (as raw bytes) and ports
+are the same.
+
+Nothing here depends on the order of a set or dict: whatever is ended is ended in sorted
+order, and the order of ``Ended``'s lists is not part of the result either way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from itertools import compress
-from operator import gt
 from typing import NamedTuple, Protocol
 
-from eventlog.events import OPEN_STATES, TCP_LISTEN, Kind, LoggedEvent
-from replay import native
-from replay.state import ProcessKey, ReplayState, TupleKey
-
-NarrowRow = tuple[int, int, int | None]  # position, kind, sock_id
-# The same rows as columns: positions, kinds, socket ids.
-Columns = tuple[tuple[int, ...], tuple[int, ...], tuple[int | None, ...]]
+from eventlog.events import Kind
 
 _CONNECT = int(Kind.CONNECT)
 _ACCEPT = int(Kind.ACCEPT)
 _CLOSE = int(Kind.CLOSE)
-_FAILED = int(Kind.CONNECT_FAILED)
 _EXEC = int(Kind.EXEC)
 _EXIT = int(Kind.EXIT)
 _SNAPSHOT = int(Kind.SNAPSHOT)
-_CONNTRACK = frozenset({int(Kind.CT_NEW), int(Kind.CT_UPDATE), int(Kind.CT_DESTROY)})
-_OPEN_KINDS = frozenset({_CONNECT, _ACCEPT})
-_LOOKED_UP = frozenset({_EXEC, _EXIT, _SNAPSHOT}) | _CONNTRACK
-_FETCHED = _LOOKED_UP - {_SNAPSHOT}
-_PROCESS_KINDS = frozenset({_EXEC, _EXIT})
+_CT_DESTROY = int(Kind.CT_DESTROY)
+_CT_CHANGES = frozenset({int(Kind.CT_NEW), int(Kind.CT_UPDATE)})
+OPEN_KINDS = frozenset({_CONNECT, _ACCEPT})
+# What the fold reads; the rest (CONNECT_FAILED) is not state.
+FOLDED_KINDS = frozenset({_CONNECT, _ACCEPT, _CLOSE, _EXEC, _EXIT, _SNAPSHOT, _CT_DESTROY})
+FOLDED_KINDS |= _CT_CHANGES
+
+SocketKey = tuple[int, int]  # (recording, socket id, or minus the open's position)
+TupleKey = tuple[int, int]  # (recording, tuple id): a socket as /proc shows it
+ProcessKey = tuple[int, int]  # (recording, pid)
+ConntrackKey = tuple[int, int, int]  # (recording, netns, conntrack id)
 
 
-def _is_unkeyed_close(row: NarrowRow) -> bool:
-    return row[1] == _CLOSE and row[2] is None
+class FoldRow(NamedTuple):
+    """What the fold reads of one event."""
+
+    position: int
+    recording: int
+    kind: int
+    sock_id: int | None
+    tuple_id: int  # socket events: the id of (netns, laddr, lport, raddr, rport); else 0
+    pid: int  # process events (0 if the event has none)
+    netns: int  # conntrack events
+    ct_id: int  # conntrack events
 
 
-class LogLookup(Protocol):
-    """Whole rows by position, for the few events the narrow projection does not cover."""
+@dataclass(frozen=True)
+class SnapshotContent:
+    """What the fold needs of one /proc snapshot."""
 
-    def events_at(self, positions: Collection[int]) -> dict[int, LoggedEvent]: ...
-
-    def tuples_at(self, positions: Collection[int]) -> dict[int, TupleKey]: ...
-
-    def pids_at(self, positions: Collection[int]) -> dict[int, int | None]: ...
-
-    def snapshot_socket_keys(
-        self, recording: int, position: int
-    ) -> tuple[list[TupleKey], list[TupleKey]]: ...
-
-    def snapshot_process_keys(self, recording: int, position: int) -> set[ProcessKey]: ...
-
-    def snapshot_conntrack_keys(self, position: int) -> list[tuple[int, int]]: ...
+    namespaces: frozenset[int] | None  # the network namespaces it walked (None: all)
+    open_tuples: frozenset[int]  # tuple ids of sockets in an open state
+    closing_tuples: frozenset[int]  # of the others that are not listening
+    pids: frozenset[int]  # processes it saw
+    conntrack: frozenset[tuple[int, int]] | None  # (netns, ct id) it dumped; None: no dump
 
 
-class SocketRef(NamedTuple):
-    """Where a socket's opening is in the log: its open event, or the snapshot that showed it."""
+class FoldSource(Protocol):
+    """What the fold looks up beyond the rows it is given."""
 
-    open_position: int | None
-    snapshot_position: int | None = None
-    tuple_key: TupleKey | None = None
+    def snapshot(self, recording: int, position: int) -> SnapshotContent: ...
+
+    def tuples_of(self, positions: Collection[int]) -> dict[int, int]:
+        """The tuple id of each socket event at ``positions``."""
+        ...
+
+    def netns_of(self, tuple_ids: Collection[int]) -> dict[int, int]:
+        """The network namespace of each tuple id."""
+        ...
 
 
-class Closed(NamedTuple):
-    """A socket that ended during a retaining fold."""
+class SocketEnd(NamedTuple):
+    """A socket's interval, ended (or, in the state, still open)."""
 
-    ref: SocketRef
-    close_position: int | None  # its CLOSE event; None if it was closed by a snapshot's absence
-    missing_at: int | None = None  # the snapshot that no longer showed it
+    open_pos: int | None  # its open event, if an event opened it
+    snapshot_pos: int | None  # else the snapshot that first showed it ...
+    tuple_id: int | None  # ... and its tuple there
+    close_pos: int | None  # the close that ended it
+    missing_pos: int | None  # the snapshot that no longer showed it
+
+
+class Segment(NamedTuple):
+    """A process or conntrack entry as one event or snapshot row described it, and until
+    where (None: still so)."""
+
+    key: tuple[int, ...]  # ProcessKey or ConntrackKey
+    source_pos: int
+    end_pos: int | None
 
 
 @dataclass
-class Retained:
-    # The usual case, kept lean: (open position, close position) of sockets whose open and
-    # close events were both folded. Everything else ended is in ``closed``.
-    pairs: list[tuple[int, int]] = field(default_factory=list)
-    closed: list[Closed] = field(default_factory=list)
-    failed: list[int] = field(default_factory=list)  # CONNECT_FAILED positions
-    exited: list[int] = field(default_factory=list)  # EXIT positions
+class Ended:
+    sockets: list[SocketEnd] = field(default_factory=list)
+    processes: list[Segment] = field(default_factory=list)
+    conntrack: list[Segment] = field(default_factory=list)
 
 
-def tuple_key(event: LoggedEvent) -> TupleKey:
-    return (
-        event.recording_id,
-        event.netns or 0,
-        event.laddr or b"",
-        event.lport or 0,
-        event.raddr or b"",
-        event.rport or 0,
-    )
+@dataclass
+class FoldState:
+    """Everything open after folding the log up to ``position``."""
+
+    position: int = 0
+    sockets: dict[int, dict[int, int]] = field(default_factory=dict)  # recording -> key -> open
+    # Open by their events but absent from a later snapshot: key -> (open, snapshot position).
+    missing: dict[int, dict[int, tuple[int, int]]] = field(default_factory=dict)
+    snapshot_sockets: dict[TupleKey, int] = field(default_factory=dict)  # -> snapshot position
+    processes: dict[ProcessKey, int] = field(default_factory=dict)  # -> exec or snapshot pos
+    conntrack: dict[ConntrackKey, int] = field(default_factory=dict)  # -> event or snapshot pos
+
+    def sockets_of(self, recording: int) -> dict[int, int]:
+        return self.sockets.setdefault(recording, {})
+
+    def missing_of(self, recording: int) -> dict[int, tuple[int, int]]:
+        return self.missing.setdefault(recording, {})
+
+    def open_intervals(self) -> Ended:
+        """What is open now, as intervals without an end."""
+        open_ = Ended()
+        for sockets in self.sockets.values():
+            open_.sockets.extend(SocketEnd(p, None, None, None, None) for p in sockets.values())
+        for entries in self.missing.values():
+            open_.sockets.extend(SocketEnd(p, None, None, None, m) for p, m in entries.values())
+        open_.sockets.extend(
+            SocketEnd(None, p, tuple_id, None, None)
+            for (_, tuple_id), p in self.snapshot_sockets.items()
+        )
+        open_.processes = [Segment(k, p, None) for k, p in self.processes.items()]
+        open_.conntrack = [Segment(k, p, None) for k, p in self.conntrack.items()]
+        return open_
 
 
 class Fold:
-    def __init__(
-        self,
-        state: ReplayState,
-        lookup: LogLookup,
-        retain: bool = False,
-        use_native: bool = native.AVAILABLE,
-        runs: native.RunReader | None = None,
-    ) -> None:
+    """Folds rows into ``state``, handing what ends to ``ended``."""
+
+    def __init__(self, state: FoldState, source: FoldSource) -> None:
         self.state = state
-        self.lookup = lookup
-        self.retain = retain
-        self.use_native = use_native  # the snapshot's set algebra in C
-        self.runs = runs  # the C reader of the log behind ``lookup``, if it is a SQLite file
-        self.retained = Retained()
-        self._tuples: dict[int, TupleKey] = {}  # open position -> addresses (a cache)
+        self.source = source
+        self.ended = Ended()
+        self._tuples: dict[int, int] = {}  # open position -> tuple id (a cache)
+        self._netns: dict[int, int] = {}  # tuple id -> netns (a cache)
 
-    def apply(self, recording: int, rows: list[NarrowRow]) -> None:
-        """Fold ``rows`` (one recording's, in position order) into the state."""
-        if not rows:
-            return
-        columns: Columns = tuple(zip(*rows, strict=True))  # type: ignore[assignment]
-        positions, kinds, socks = columns
-        start = 0
-        for index in compress(range(len(rows)), map(_SNAPSHOT.__eq__, kinds)):
-            run = (positions[start:index], kinds[start:index], socks[start:index])
-            self._apply_fast(recording, rows[start:index], run)
-            self._apply_snapshot(recording, positions[index])
-            start = index + 1
-        self._apply_fast(recording, rows[start:], (positions[start:], kinds[start:], socks[start:]))
-        self.state.position = positions[-1]
-
-    def apply_runs(
-        self,
-        recording: int,
-        runs: native.RunReader,
-        after: int,
-        upto: int,
-        wall_range: tuple[int | None, int] | None = None,
-        clock: list[tuple[int, int]] | None = None,
-    ) -> tuple[int, int]:
-        """``apply`` for the events ``after < position <= upto`` (one recording's), read and
-        run by run cancelled in C; with ``wall_range`` (exclusive start, inclusive end) only
-        those whose wall time by ``clock`` (the recording's segments) falls in it. Returns the
-        number of events folded and the last position read, short of ``upto`` where the
-        reader declined a row: the caller folds the rest.
-        """
-        folded = 0
-        while after < upto:
-            sockets = self.state.sockets_of(recording)
-            if wall_range is None:
-                outcome = runs.fold_run(after, upto, sockets, self.retain)
-            else:
-                outcome = runs.fold_run(after, upto, sockets, self.retain, clock, *wall_range)
-            if outcome is None:
-                break
-            count, last, snapshot, rows, fast, folded_last = outcome
-            if last == after:
-                break
-            if rows is not None:
-                self._apply_each(recording, rows)
-            elif fast is not None:
-                self._apply_outcome(recording, *fast)
-            if snapshot is not None:
-                self._apply_snapshot(recording, snapshot)
-                count += 1
-            if folded_last is not None:
-                self.state.position = folded_last
-            after = last
-            folded += count
-        return folded, after
-
-    # -- the definition --------------------------------------------------------------------
-    def _apply_each(self, recording: int, rows: list[NarrowRow]) -> None:
-        sockets = self.state.sockets_of(recording)
-        details = self._details([(p, kind) for p, kind, _ in rows if kind in _FETCHED])
-        for position, kind, sock_id in rows:
-            if kind == _CLOSE:
-                self._close(recording, position, sock_id)
-            elif kind in _OPEN_KINDS:
-                key = sock_id if sock_id is not None else -position
+    def apply(self, rows: Iterable[FoldRow]) -> None:
+        """Fold ``rows``, in position order."""
+        state = self.state
+        for row in rows:
+            kind = row.kind
+            if kind in OPEN_KINDS:
+                key = row.sock_id if row.sock_id is not None else -row.position
+                sockets = state.sockets_of(row.recording)
                 if key not in sockets:
-                    sockets[key] = position
-            elif kind == _FAILED:
-                if self.retain:
-                    self.retained.failed.append(position)
+                    sockets[key] = row.position
+                    self._tuples[row.position] = row.tuple_id
+            elif kind == _CLOSE:
+                self._close(row)
+            elif kind == _EXEC:
+                self._source((row.recording, row.pid), row.position, state.processes, True)
+            elif kind == _EXIT:
+                self._end((row.recording, row.pid), row.position, state.processes, True)
+            elif kind in _CT_CHANGES:
+                key = (row.recording, row.netns, row.ct_id)
+                self._source(key, row.position, state.conntrack, False)
+            elif kind == _CT_DESTROY:
+                self._end((row.recording, row.netns, row.ct_id), row.position, state.conntrack, False)
             elif kind == _SNAPSHOT:
-                self._apply_snapshot(recording, position)
-            elif kind in _LOOKED_UP:
-                self._apply_looked_up(recording, position, kind, details[position])
+                self._apply_snapshot(row.recording, row.position)
+            state.position = row.position
 
-    def _details(self, wanted: list[tuple[int, int]]) -> dict[int, LoggedEvent | int | None]:
-        """What process and conntrack events need: the pid, or the whole event."""
-        pids = [p for p, kind in wanted if kind in _PROCESS_KINDS]
-        found: dict[int, LoggedEvent | int | None] = dict(self.lookup.pids_at(pids)) if pids else {}
-        whole = [p for p, kind in wanted if kind not in _PROCESS_KINDS]
-        if whole:
-            found.update(self.lookup.events_at(whole))
-        return found
-
-    def _close(self, recording: int, position: int, sock_id: int | None) -> None:
-        if sock_id is not None:
+    # -- sockets -------------------------------------------------------------------------
+    def _close(self, row: FoldRow) -> None:
+        recording, position = row.recording, row.position
+        if row.sock_id is not None:
             missed_at = None
-            opened = self.state.sockets_of(recording).pop(sock_id, None)
+            opened = self.state.sockets_of(recording).pop(row.sock_id, None)
             if opened is None:
-                missed = self.state.missing_of(recording).pop(sock_id, None)
+                missed = self.state.missing_of(recording).pop(row.sock_id, None)
                 if missed is not None:
                     opened, missed_at = missed
             if opened is not None:
                 self._tuples.pop(opened, None)
-                if self.retain:
-                    if missed_at is None:
-                        self.retained.pairs.append((opened, position))
-                    else:
-                        self.retained.closed.append(Closed(SocketRef(opened), position, missed_at))
+                self.ended.sockets.append(SocketEnd(opened, None, None, position, missed_at))
                 return
-        self._close_by_tuple(position)
+        # Known only by its addresses: a socket /proc showed, or nothing at all.
+        key = (recording, row.tuple_id)
+        seen_at = self.state.snapshot_sockets.pop(key, None)
+        tuple_id = row.tuple_id if seen_at is not None else None
+        self.ended.sockets.append(SocketEnd(None, seen_at, tuple_id, position, None))
 
-    def _apply_looked_up(
-        self, recording: int, position: int, kind: int, detail: LoggedEvent | int | None
-    ) -> None:
-        state = self.state
-        if kind == _EXEC:
-            state.processes[(recording, detail or 0)] = position  # type: ignore[index]
-        elif kind == _EXIT:
-            gone = state.processes.pop((recording, detail or 0), None)  # type: ignore[arg-type]
-            if gone is not None and self.retain:
-                self.retained.exited.append(position)
-        elif kind in _CONNTRACK and isinstance(detail, LoggedEvent):
-            extra = detail.extra or {}
-            key = (recording, detail.netns or 0, int(extra.get("ct_id", 0)))
-            if kind == Kind.CT_DESTROY:
-                state.conntrack.pop(key, None)
-            else:
-                state.conntrack[key] = position
-
-    # -- the same, faster ------------------------------------------------------------------
-    def _apply_fast(self, recording: int, rows: list[NarrowRow], columns: Columns) -> None:
-        """``_apply_each`` for a run without snapshots, by set operations on columns.
-
-        Every pass below runs in C (map, compress, zip, dict, set); Python only touches the
-        few sockets that outlive the run.
-        """
-        if not rows:
-            return
-        positions, kinds, socks = columns
-        is_open = list(map(_OPEN_KINDS.__contains__, kinds))
-        is_close = list(map(_CLOSE.__eq__, kinds))
-        open_ids = list(compress(socks, is_open))
-        close_ids = list(compress(socks, is_close))
-        opens: dict[int | None, int] = dict(
-            zip(open_ids, compress(positions, is_open), strict=True)
-        )
-        closes: dict[int | None, int] = dict(
-            zip(close_ids, compress(positions, is_close), strict=True)
-        )
+    def _open_tuples(self, recording: int) -> dict[int, int]:
+        """The tuple id of every socket this recording has open by its events, by key."""
         sockets = self.state.sockets_of(recording)
-        unusual = (
-            len(opens) != len(open_ids)  # a socket id twice
-            or len(closes) != len(close_ids)
-            or None in opens  # an open without a socket id
-            or not sockets.keys().isdisjoint(opens)  # an open of a socket already open
-        )
-        closes.pop(None, None)
-        cancelled = opens.keys() & closes.keys()
-        cancelled_ids = list(cancelled)
-        opened_at = list(map(opens.__getitem__, cancelled_ids))
-        closed_at = list(map(closes.__getitem__, cancelled_ids))
-        if unusual or any(map(gt, opened_at, closed_at)):  # or a close before its open
-            self._apply_each(recording, rows)
-            return
-        # The closes left over may fall back to their addresses, where two can compete for
-        # the same snapshot socket: they go in log order, as one at a time would take them.
-        leftover = [(closes[sock_id], sock_id) for sock_id in closes.keys() - cancelled]
-        if None in close_ids:
-            leftover.extend((p, None) for p in compress(positions, map(_is_unkeyed_close, rows)))
-        fetched = list(map(_FETCHED.__contains__, kinds))
-        self._apply_outcome(
-            recording,
-            list(zip(opened_at, closed_at, strict=True)) if self.retain else [],
-            list(compress(positions, map(_FAILED.__eq__, kinds))) if self.retain else [],
-            sorted(leftover),
-            list(zip(compress(positions, fetched), compress(kinds, fetched), strict=True)),
-            {sock_id: opens[sock_id] for sock_id in opens.keys() - cancelled},  # type: ignore[misc]
-        )
-
-    def _apply_outcome(
-        self,
-        recording: int,
-        pairs: list[tuple[int, int]],
-        failed: list[int],
-        leftover: list[tuple[int, int | None]],
-        others: list[tuple[int, int]],
-        opens: dict[int, int],
-    ) -> None:
-        """What a run leaves once its sockets that opened and closed in it cancel out: those
-        pairs and its failed connects (kept when retaining), the closes of older sockets (in
-        log order), its process and conntrack events, and the sockets it leaves open."""
-        if self.retain:
-            self.retained.pairs.extend(pairs)
-            self.retained.failed.extend(failed)
-        for position, sock_id in leftover:
-            self._close(recording, position, sock_id)
-        self.state.sockets_of(recording).update(opens)
-        if others:
-            details = self._details(others)
-            for position, kind in others:
-                self._apply_looked_up(recording, position, kind, details[position])
-
-    # -- the rarer paths -------------------------------------------------------------------
-    def _close_by_tuple(self, position: int) -> None:
-        """A close for a socket known only by its addresses (opened before the recording)."""
-        key = self.lookup.tuples_at([position])[position]
-        snapshot_position = self.state.snapshot_sockets.pop(key, None)
-        if self.retain:
-            ref = SocketRef(None, snapshot_position, key if snapshot_position else None)
-            self.retained.closed.append(Closed(ref, position))
-
-    def _open_tuples(self, recording: int) -> dict[int, TupleKey]:
-        """The addresses of every socket this recording has open by its events, by key."""
-        ours = self.state.sockets_of(recording)
-        tuples = self._cached_tuples(ours)
-        return dict(zip(ours.keys(), map(tuples.__getitem__, ours.values()), strict=True))
-
-    def _cached_tuples(self, sockets: dict[int, int]) -> dict[int, TupleKey]:
-        """The address cache (open position -> addresses), covering every one of ``sockets``."""
-        tuples = self._tuples
-        unknown = set(sockets.values()).difference(tuples.keys())
+        unknown = [p for p in sockets.values() if p not in self._tuples]
         if unknown:
-            tuples.update(self.lookup.tuples_at(unknown))
-        return tuples
+            self._tuples.update(self.source.tuples_of(unknown))
+        return {key: self._tuples[p] for key, p in sockets.items()}
 
-    def _reconcile_conntrack(
-        self, recording: int, position: int, namespaces: set[int] | None
-    ) -> None:
-        """The dump is the truth for the namespaces it covered: entries it lacks are gone."""
-        conntrack = self.state.conntrack
-        dumped = {
-            (recording, netns, ct_id)
-            for netns, ct_id in self.lookup.snapshot_conntrack_keys(position)
-        }
-        covered = [key for key in conntrack if namespaces is None or key[1] in namespaces]
-        gone = [key for key in covered if key[0] == recording and key not in dumped]
-        for key in gone:
-            del conntrack[key]
-        for key in dumped:
-            conntrack.setdefault(key, position)
-
-    def _compare_sockets(
-        self, recording: int, position: int, namespaces: set[int] | None
-    ) -> tuple[list[int], list[TupleKey], list[TupleKey]]:
-        """What the snapshot at ``position`` says of the state's sockets, unordered: the keys
-        of open sockets whose addresses it lacks (lost), the snapshot-only sockets it lacks
-        (gone), and the addresses it holds open that neither knows (only here); only in the
-        namespaces it walked. In C where the module is built (reading the snapshot straight
-        from a SQLite log), else the same here.
-        """
-        state = self.state
-        if self.runs is not None:
-            compared = self.runs.reconcile_snapshot(
-                position, recording, OPEN_STATES, TCP_LISTEN, state.sockets_of(recording),
-                state.snapshot_sockets, namespaces,
-            )  # fmt: skip
-            if compared is not None:
-                return compared
-        opened, closing = self.lookup.snapshot_socket_keys(recording, position)
-        if self.use_native:
-            sockets = state.sockets_of(recording)
-            tuples = self._cached_tuples(sockets)
-            compared = native.reconcile_sockets(
-                opened, closing, sockets, tuples, state.snapshot_sockets, recording, namespaces
-            )
-            if compared is not None:
-                return compared
-        present = set(opened)
-        present.update(closing)
-        # Keys are tuples, whose hashes Python does not cache: the set operations below take
-        # sets and dicts as operands (never key views) so that stored hashes are reused.
-
-        def walked_here(netns: int) -> bool:
-            return namespaces is None or netns in namespaces
-
-        addresses = self._open_tuples(recording)
-        by_tuple = dict(zip(addresses.values(), addresses.keys(), strict=True))
-        absent = {t for t in set(by_tuple).difference(present) if walked_here(t[1])}
-        lost = [by_tuple[t] for t in absent]
-        if len(by_tuple) < len(addresses):  # open sockets that share addresses with a later one
-            shadowed = addresses.keys() - set(by_tuple.values())
-            lost.extend(key for key in shadowed if addresses[key] in absent)
-        gone = [
-            tkey
-            for tkey in set(self.state.snapshot_sockets).difference(present)
-            if tkey[0] == recording and walked_here(tkey[1])
-        ]
-        only_here = set(opened).difference(by_tuple).difference(self.state.snapshot_sockets)
-        return lost, gone, list(only_here)
+    def _walked(self, tuple_ids: Iterable[int], namespaces: frozenset[int] | None) -> set[int]:
+        """The tuple ids among ``tuple_ids`` whose namespace the snapshot walked."""
+        ids = set(tuple_ids)
+        if namespaces is None:
+            return ids
+        unknown = [t for t in ids if t not in self._netns]
+        if unknown:
+            self._netns.update(self.source.netns_of(unknown))
+        return {t for t in ids if self._netns[t] in namespaces}
 
     def _apply_snapshot(self, recording: int, position: int) -> None:
-        """Reconcile with what /proc showed: add what only it knows, close what it lost.
-
-        Runs once per snapshot over every open socket, so the comparisons are set operations
-        (in C); Python only visits what changed. Keys holding addresses go into the state
-        sorted, so its order never depends on the (per-process) hash of bytes.
-        """
-        state = self.state
-        marker = self.lookup.events_at([position])[position]
-        walked = (marker.extra or {}).get("namespace_list")
-        namespaces = set(walked) if walked is not None else None
-        lost, gone, only_here = self._compare_sockets(recording, position, namespaces)
+        """Reconcile with what /proc showed: add what only it knows, close what it lost."""
+        state, content = self.state, self.source.snapshot(recording, position)
+        present = content.open_tuples | content.closing_tuples
+        open_tuples = self._open_tuples(recording)
+        absent = self._walked(set(open_tuples.values()) - present, content.namespaces)
         sockets, missing = state.sockets_of(recording), state.missing_of(recording)
-        for key in sorted(lost):
-            missing[key] = (sockets.pop(key), position)
-        for tkey in sorted(gone):
-            seen_at = state.snapshot_sockets.pop(tkey)
-            if self.retain:
-                ref = SocketRef(None, seen_at, tkey)
-                self.retained.closed.append(Closed(ref, None, missing_at=position))
-        state.snapshot_sockets.update(dict.fromkeys(sorted(only_here), position))
-        # Sockets missed by an earlier snapshot whose close never came are settled now.
-        settled = sorted(key for key, (_, missed_at) in missing.items() if missed_at != position)
-        for socket_key in settled:
-            open_position, missed_at = missing.pop(socket_key)
-            if self.retain:
-                ref = SocketRef(open_position)
-                self.retained.closed.append(Closed(ref, None, missing_at=missed_at))
-        if (marker.extra or {}).get("conntrack"):
-            self._reconcile_conntrack(recording, position, namespaces)
-        if self.runs is None or not self.runs.reconcile_processes(
-            position, recording, state.processes
-        ):
-            live = self.lookup.snapshot_process_keys(recording, position)
-            processes = state.processes
-            for process_key in sorted(k for k in processes.keys() - live if k[0] == recording):
-                del processes[process_key]
-            processes.update(dict.fromkeys(live, position))
+        for key in sorted(k for k, t in open_tuples.items() if t in absent):
+            opened = sockets.pop(key)
+            self._tuples.pop(opened, None)
+            missing[key] = (opened, position)
+        known = {t for (r, t) in state.snapshot_sockets if r == recording}
+        for tuple_id in sorted(self._walked(known - present, content.namespaces)):
+            seen_at = state.snapshot_sockets.pop((recording, tuple_id))
+            self.ended.sockets.append(SocketEnd(None, seen_at, tuple_id, None, position))
+        only_here = content.open_tuples - set(open_tuples.values()) - known
+        state.snapshot_sockets.update({(recording, t): position for t in sorted(only_here)})
+        # Sockets missed by an earlier snapshot whose close never came end where they went.
+        for key in sorted(k for k, (_, missed_at) in missing.items() if missed_at != position):
+            opened, missed_at = missing.pop(key)
+            self.ended.sockets.append(SocketEnd(opened, None, None, None, missed_at))
+        if content.conntrack is not None:
+            self._reconcile_conntrack(recording, position, content)
+        self._reconcile_processes(recording, position, content.pids)
+
+    # -- processes and conntrack entries ---------------------------------------------------
+    def _source(self, key: tuple[int, ...], position: int, table: dict, processes: bool) -> None:  # type: ignore[type-arg]
+        """``key`` is now as described at ``position``."""
+        previous = table.get(key)
+        if previous is not None:
+            self._segment(processes, Segment(key, previous, position))
+        table[key] = position
+
+    def _end(self, key: tuple[int, ...], position: int, table: dict, processes: bool) -> None:  # type: ignore[type-arg]
+        previous = table.pop(key, None)
+        if previous is not None:
+            self._segment(processes, Segment(key, previous, position))
+
+    def _segment(self, processes: bool, segment: Segment) -> None:
+        (self.ended.processes if processes else self.ended.conntrack).append(segment)
+
+    def _reconcile_processes(self, recording: int, position: int, pids: frozenset[int]) -> None:
+        processes = self.state.processes
+        gone = sorted(k for k in processes if k[0] == recording and k[1] not in pids)
+        for key in gone:
+            self._end(key, position, processes, True)
+        for pid in sorted(pids):
+            self._source((recording, pid), position, processes, True)
+
+    def _reconcile_conntrack(
+        self, recording: int, position: int, content: SnapshotContent
+    ) -> None:
+        """A dump holds every entry of the namespaces it covers: the others are gone."""
+        conntrack, dumped = self.state.conntrack, content.conntrack or frozenset()
+        namespaces = content.namespaces
+        gone = sorted(
+            key
+            for key in conntrack
+            if key[0] == recording
+            and (namespaces is None or key[1] in namespaces)
+            and (key[1], key[2]) not in dumped
+        )
+        for key in gone:
+            self._end(key, position, conntrack, False)
+        for netns, ct_id in sorted(dumped):
+            conntrack.setdefault((recording, netns, ct_id), position)

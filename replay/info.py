@@ -1,69 +1,103 @@
-"""`scope-replay info`: what a log holds."""
+"""`scope-replay info`: what a log holds, from its derived store."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from eventlog.events import Kind
-from eventlog.reader import LogReader, LossRecord, Recording
-from eventlog.store import LogStore
-from replay import checkpoints
+from replay.derived.store import Derived
 from replay.output import to_json, to_table
+from replay.table import Loss
 from replay.timespec import format_duration, format_ns
+
+
+@dataclass(frozen=True)
+class RecordingInfo:
+    id: int
+    host: str
+    mode: str
+    kernel: str | None
+    version: str
+    started_ns: int
+    ended_ns: int  # its stop, else its last committed batch, else its start
+    stop_reason: str | None
+    stop_detail: str | None
+    conntrack: str | None
+    counters: dict[str, Any] | None
 
 
 @dataclass
 class LogInfo:
     location: str
     head: int
-    recordings: list[Recording]
-    end_ns: dict[int, int]  # recording -> wall time of its last event (or its stop)
-    counts: dict[tuple[int, int], int]
-    losses: list[LossRecord]
+    recordings: list[RecordingInfo]
+    counts: dict[tuple[int, int], int]  # (recording, kind) -> events
+    losses: list[tuple[int, Loss, int]]  # (recording, loss, after position)
     snapshots: dict[int, list[int]]  # recording -> wall times
-    checkpoints: int
 
 
-def log_info(store: LogStore) -> LogInfo:
-    reader = LogReader(store)
-    recordings = reader.recordings()
-    end_ns = {}
-    for recording in recordings:
-        clock = reader.clock(recording.id)
-        last = recording.stopped_mono_ns or recording.last_mono_ns or recording.started_mono_ns
-        end_ns[recording.id] = clock.wall_ns(last) if len(clock) else recording.started_wall_ns
+def log_info(derived: Derived, location: str) -> LogInfo:
+    con = derived.con
+    recordings = [
+        RecordingInfo(
+            row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9],
+            json.loads(row[10]) if row[10] else None,
+        )
+        for row in con.execute(
+            """
+            SELECT r.id, r.host, r.mode, r.kernel, r.version, r.started_wall_ns,
+                CASE WHEN k.offset_ns IS NULL AND f.offset_ns IS NULL THEN r.started_wall_ns
+                     ELSE coalesce(r.stopped_mono_ns, r.last_mono_ns, r.started_mono_ns)
+                          + coalesce(k.offset_ns, f.offset_ns) END,
+                r.stop_reason, r.stop_detail, r.conntrack, r.counters
+            FROM recordings_raw r
+            ASOF LEFT JOIN clock k ON k.recording_id = r.id
+                AND coalesce(r.stopped_mono_ns, r.last_mono_ns, r.started_mono_ns) >= k.mono_ns
+            LEFT JOIN (SELECT recording_id, arg_min(offset_ns, mono_ns) AS offset_ns FROM clock
+                       GROUP BY recording_id) f ON f.recording_id = r.id
+            ORDER BY r.id
+            """
+        ).fetchall()
+    ]  # fmt: skip
+    counts = {
+        (int(r), int(k)): int(n)
+        for r, k, n in con.execute(
+            "SELECT recording_id, kind, count(*) FROM ev GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+    }
+    losses = [
+        (int(r), Loss(lost, first, last, reason), int(after))
+        for r, lost, first, last, reason, after in con.execute(
+            "SELECT recording_id, lost, first_wall_ns, last_wall_ns, reason, after_position "
+            "FROM losses_raw ORDER BY id"
+        ).fetchall()
+    ]
     snapshots: dict[int, list[int]] = {}
-    for event in reader.events_of_kind(Kind.SNAPSHOT):
-        snapshots.setdefault(event.recording_id, []).append(event.wall_ns)
-    return LogInfo(
-        location=store.location.display(),
-        head=reader.head(),
-        recordings=recordings,
-        end_ns=end_ns,
-        counts=reader.event_counts(),
-        losses=reader.losses(),
-        snapshots=snapshots,
-        checkpoints=checkpoints.count(store),
-    )
+    for recording, wall in con.execute(
+        f"SELECT recording_id, wall_ns FROM ev WHERE kind = {int(Kind.SNAPSHOT)} ORDER BY position"
+    ).fetchall():
+        snapshots.setdefault(int(recording), []).append(int(wall))
+    return LogInfo(location, derived.head, recordings, counts, losses, snapshots)
 
 
-def _stop(recording: Recording) -> str:
+def _stop(recording: RecordingInfo) -> str:
     if recording.stop_reason is None:
         return "running (or ended without closing)"
-    return recording.stop_reason + (f": {recording.stop_detail}" if recording.stop_detail else "")
+    detail = f": {recording.stop_detail}" if recording.stop_detail else ""
+    return recording.stop_reason + detail
 
 
 def render(info: LogInfo, fmt: str) -> str:
     if fmt == "json":
         return to_json(_document(info))
-    parts = [f"log {info.location}: {info.head} events, {info.checkpoints} checkpoints\n"]
-    rows = []
-    for r in info.recordings:
-        rows.append(
-            [r.id, r.host_id, r.mode, format_ns(r.started_wall_ns), format_ns(info.end_ns[r.id]),
-             format_duration(info.end_ns[r.id] - r.started_wall_ns), _stop(r)]
-        )  # fmt: skip
+    parts = [f"log {info.location}: {info.head} events\n"]
+    rows = [
+        [r.id, r.host, r.mode, format_ns(r.started_ns), format_ns(r.ended_ns),
+         format_duration(r.ended_ns - r.started_ns), _stop(r)]
+        for r in info.recordings
+    ]  # fmt: skip
     parts.append(to_table(["recording", "host", "mode", "started", "ended", "span", "stop"], rows))
     count_rows = [
         [recording, Kind(kind).name.lower(), count]
@@ -71,15 +105,10 @@ def render(info: LogInfo, fmt: str) -> str:
     ]
     parts.append("\n" + to_table(["recording", "kind", "events"], count_rows))
     loss_rows = [
-        [
-            loss.recording_id,
-            loss.lost,
-            format_ns(loss.first_wall_ns),
-            format_ns(loss.last_wall_ns),
-            loss.reason,
-        ]
-        for loss in info.losses
-    ]
+        [recording, loss.lost, format_ns(loss.first_wall_ns), format_ns(loss.last_wall_ns),
+         loss.reason]
+        for recording, loss, _ in info.losses
+    ]  # fmt: skip
     parts.append(
         "\n" + to_table(["recording", "lost", "from", "to", "reason"], loss_rows, "(no losses)")
     )
@@ -95,16 +124,15 @@ def _document(info: LogInfo) -> dict[str, Any]:
     return {
         "log": info.location,
         "events": info.head,
-        "checkpoints": info.checkpoints,
         "recordings": [
             {
                 "id": r.id,
-                "host": r.host_id,
+                "host": r.host,
                 "mode": r.mode,
-                "kernel": r.kernel_release,
-                "version": r.tool_version,
-                "started": format_ns(r.started_wall_ns),
-                "ended": format_ns(info.end_ns[r.id]),
+                "kernel": r.kernel,
+                "version": r.version,
+                "started": format_ns(r.started_ns),
+                "ended": format_ns(r.ended_ns),
                 "stop_reason": r.stop_reason,
                 "stop_detail": r.stop_detail,
                 "conntrack": r.conntrack,
@@ -120,13 +148,13 @@ def _document(info: LogInfo) -> dict[str, Any]:
         ],
         "losses": [
             {
-                "recording": loss.recording_id,
+                "recording": recording,
                 "lost": loss.lost,
                 "from": format_ns(loss.first_wall_ns),
                 "to": format_ns(loss.last_wall_ns),
                 "reason": loss.reason,
-                "after_position": loss.after_position,
+                "after_position": after,
             }
-            for loss in info.losses
+            for recording, loss, after in info.losses
         ],
     }

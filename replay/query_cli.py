@@ -13,7 +13,8 @@ from eventlog.cliutil import DbOption, check_output_path, run
 from eventlog.errors import UsageError
 from eventlog.location import resolve
 from eventlog.store import Purpose, open_log
-from replay import sql as query
+from replay import query
+from replay.derived.store import open_derived
 from replay.output import to_table
 
 app = typer.Typer(
@@ -50,7 +51,11 @@ def main_command(
     ] = False,
     mirror: Annotated[
         Path | None,
-        typer.Option("--mirror", help="Where to keep the DuckDB copy (default: a cache)."),
+        typer.Option(
+            "--mirror",
+            metavar="FILE",
+            help="Where to keep the derived store (default: one per log in the cache directory).",
+        ),
     ] = None,
     db: DbOption = None,
 ) -> None:
@@ -59,18 +64,30 @@ def main_command(
     Example: scope-query "SELECT comm, count(*) FROM events WHERE kind = 'connect' GROUP BY 1"
     """
     check_output_path(output)
-    with open_log(resolve(db), Purpose.READ) as store:
+    check_output_path(mirror)
+    with open_log(resolve(db), Purpose.READ) as log:
         if schema:
-            rows = query.describe(store, mirror)
-            sys.stdout.write(to_table(["view", "column", "type"], rows))
+            with open_derived(log, mirror) as derived:
+                _notices(derived.notices)
+                sys.stdout.write(to_table(["view", "column", "type"], query.describe(derived)))
             return
         text = _sql_text(sql, file)
-        outcome = query.run_query(store, text, format.value, output, mirror)
+        if format is QueryFormat.parquet and output is None:
+            raise UsageError("--format parquet needs --output FILE")
+        query.refuse_log_as_output(log, output)
+        with open_derived(log, mirror) as derived:
+            _notices(derived.notices)
+            outcome = query.query_derived(derived, text, format.value, output)
     if outcome.truncated:
         print(
             f"scope-query: showing the first {outcome.rows} rows; use --format csv/json for all",
             file=sys.stderr,
         )
+
+
+def _notices(lines: list[str]) -> None:
+    for line in lines:
+        print(f"scope-query: warning: {line}", file=sys.stderr, flush=True)
 
 
 def _sql_text(sql: str | None, file: Path | None) -> str:

@@ -1,39 +1,103 @@
-"""`scope-replay --at T`: the connection table at a moment, with its window and warnings."""
+"""`scope-replay --at T`: the connection table at a moment, with its window and warnings.
+
+The rows come from the derived store's ``connections_at_ns`` (replay.derived.views defines
+what a connection is); here they become ``ConnectionRow``s and are printed.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from eventlog.batch import gc_paused
-from eventlog.reader import LossRecord
 from eventlog.store import LogStore
-from replay.connections import ConnectionRow, connection_table
-from replay.engine import Replayer
+from replay.derived.store import Derived, open_derived
+from replay.moment import DEFAULT_WINDOW, Moment, resolve_moment
 from replay.output import to_csv, to_json_listing, to_table
-from replay.timespec import check_inside, format_duration, format_ns, parse_duration, parse_moment
+from replay.timespec import format_duration, format_ns
 
-DEFAULT_WINDOW = "15s"
+__all__ = ["DEFAULT_WINDOW", "ConnectionRow", "Loss", "TableResult", "connection_table"]
 
 
-@dataclass
-class Moment:
-    """A resolved ``--at``/``--window`` pair."""
+@dataclass(slots=True, frozen=True)
+class ConnectionRow:
+    """One connection in a table."""
 
-    at_ns: int
-    window_ns: int
-    text: str
+    id: str  # "<position>.<ordinal>" of the socket (or snapshot row) that made it known first
+    state: str  # open, closed, failed
+    direction: str  # local, outbound, inbound
+    host: str
+    client: str
+    server: str
+    opened_ns: int | None
+    closed_ns: int | None
+    client_pid: int | None = None
+    client_comm: str | None = None
+    client_netns: int | None = None
+    server_pid: int | None = None
+    server_comm: str | None = None
+    server_netns: int | None = None
+    nat_destination: str | None = None  # the real backend, when conntrack rewrote the destination
+    nat_source: str | None = None  # the client as the server saw it, when the source was rewritten
+    source: str = "events"
+    positions: tuple[int, ...] = ()  # the log positions that made it, ascending
+    note: str | None = None
+    bytes_sent: int | None = None  # client to server, as the client's kernel counted
+    bytes_received: int | None = None
+    # For the topology views: the endpoints apart, and which sides are sockets of this host.
+    client_ip: str = ""
+    client_port: int = 0
+    server_ip: str = ""
+    server_port: int = 0
+    client_local: bool = False
+    server_local: bool = False
 
     @property
-    def start_ns(self) -> int:
-        return self.at_ns - self.window_ns
+    def duration_ns(self) -> int | None:
+        if self.opened_ns is None or self.closed_ns is None or self.state == "failed":
+            return None
+        return self.closed_ns - self.opened_ns
+
+
+_ROW_FIELDS = tuple(f.name for f in fields(ConnectionRow))
+_SELECT = ", ".join(_ROW_FIELDS)
+
+
+def connection_table(derived: Derived, at_ns: int, window_ns: int) -> list[ConnectionRow]:
+    """Every connection open at ``at_ns`` or closed in the ``window_ns`` before it, sorted by
+    open time, close time and id."""
+    rows = derived.con.execute(
+        f"SELECT {_SELECT} FROM connections_at_ns(?, ?)", [at_ns, window_ns]
+    ).fetchall()
+    positions = _ROW_FIELDS.index("positions")
+    return [
+        ConnectionRow(*row[:positions], tuple(row[positions]), *row[positions + 1 :])
+        for row in rows
+    ]
+
+
+@dataclass(frozen=True)
+class Loss:
+    lost: int
+    first_wall_ns: int
+    last_wall_ns: int
+    reason: str
+
+
+def losses_between(derived: Derived, start_ns: int, end_ns: int) -> list[Loss]:
+    """Losses whose span overlaps (start_ns, end_ns]."""
+    rows = derived.con.execute(
+        "SELECT lost, first_wall_ns, last_wall_ns, reason FROM losses_raw "
+        "WHERE last_wall_ns > ? AND first_wall_ns <= ? ORDER BY id",
+        [start_ns, end_ns],
+    ).fetchall()
+    return [Loss(*row) for row in rows]
 
 
 @dataclass
 class TableResult:
     moment: Moment
     rows: list[ConnectionRow]
-    losses: list[LossRecord] = field(default_factory=list)
+    losses: list[Loss] = field(default_factory=list)
 
     @property
     def warnings(self) -> list[str]:
@@ -44,32 +108,16 @@ class TableResult:
         ]
 
 
-def resolve_moment(replayer: Replayer, at_text: str, window_text: str) -> Moment:
-    span = replayer.log_span()
-    at_ns = parse_moment(at_text, span)
-    check_inside(at_ns, span, at_text)
-    window_ns = parse_duration(window_text, "window")
-    return Moment(at_ns, window_ns, at_text)
+def table_at(derived: Derived, at_text: str, window_text: str = DEFAULT_WINDOW) -> TableResult:
+    moment = resolve_moment(derived, at_text, window_text)
+    rows = connection_table(derived, moment.at_ns, moment.window_ns)
+    return TableResult(moment, rows, losses_between(derived, moment.start_ns, moment.at_ns))
 
 
-def losses_overlapping(replayer: Replayer, start_ns: int, end_ns: int) -> list[LossRecord]:
-    return [
-        loss
-        for loss in replayer.reader.losses()
-        if loss.last_wall_ns > start_ns and loss.first_wall_ns <= end_ns
-    ]
-
-
-def replay_table(
-    store: LogStore, at_text: str, window_text: str = DEFAULT_WINDOW, use_checkpoints: bool = True
-) -> TableResult:
-    replayer = Replayer(store, use_checkpoints=use_checkpoints)
-    moment = resolve_moment(replayer, at_text, window_text)
-    with gc_paused():  # many short-lived, acyclic objects: collecting them as they come is waste
-        window = replayer.window(moment.at_ns, moment.window_ns)
-        rows = connection_table(replayer.reader, window, replayer.runs)
-        del window  # before the collector resumes, so that its first pass walks only the rows
-    return TableResult(moment, rows, losses_overlapping(replayer, moment.start_ns, moment.at_ns))
+def replay_table(log: LogStore, at_text: str, window_text: str = DEFAULT_WINDOW) -> TableResult:
+    """The table at ``at_text``, from the derived store of ``log`` (brought up to date)."""
+    with open_derived(log) as derived:
+        return table_at(derived, at_text, window_text)
 
 
 COLUMNS = (

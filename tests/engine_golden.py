@@ -148,13 +148,31 @@ def write_golden(name: str, lines: list[dict[str, Any]]) -> None:
             gz.write((json.dumps(line, sort_keys=True) + "\n").encode())
 
 
+def difference(expected: dict[str, Any], found: dict[str, Any]) -> str:
+    """What differs between two answers to one command, as a unified diff."""
+    import difflib
+
+    lines = [f"== {' '.join(expected['args'])}"]
+    for key in ("code", "stdout", "stderr"):
+        if expected[key] != found[key]:
+            lines += difflib.unified_diff(
+                str(expected[key]).splitlines(), str(found[key]).splitlines(),
+                f"expected {key}", f"found {key}", lineterm="", n=1,
+            )  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Compute or check replay's golden answers.")
     parser.add_argument("--write", action="store_true", help="rewrite the golden files")
+    parser.add_argument("--show", type=int, default=0, help="print the first N differences")
+    parser.add_argument("--only", help="only this log")
     args = parser.parse_args()
     failures = 0
     with golden_logs() as logs:
         for name, db in logs.items():
+            if args.only and name != args.only:
+                continue
             if args.write:
                 found = answers(db, commands(*span_and_events(db)))
                 write_golden(name, found)
@@ -162,7 +180,9 @@ def main() -> None:
                 continue
             expected = read_golden(name)
             found = answers(db, [e["args"] for e in expected])
-            wrong = [e["args"] for e, f in zip(expected, found, strict=True) if e != f]
+            wrong = [(e, f) for e, f in zip(expected, found, strict=True) if e != f]
+            for e, f in wrong[: args.show]:
+                print(difference(e, f))
             failures += len(wrong)
             print(f"{name}: {len(found)} answers, {len(wrong)} differ")
     sys.exit(1 if failures else 0)

@@ -4,39 +4,37 @@ from __future__ import annotations
 
 from typing import Any
 
-from eventlog.batch import gc_paused
 from eventlog.store import LogStore
-from replay.engine import Replayer
-from replay.table import resolve_moment
+from replay.derived.store import Derived, open_derived
+from replay.moment import resolve_moment
 from replay.views.diff import topology_diff
 from replay.views.scene import build_scene
 from replay.views.topology import Options, Topology, View, build_topology
 
 
-def topology_at(
-    store: LogStore,
-    at_text: str,
-    window_text: str,
-    view: View,
-    options: Options | None = None,
-    use_checkpoints: bool = True,
+def topology_in(
+    derived: Derived, at_text: str, window_text: str, view: View, options: Options | None = None
 ) -> Topology:
-    replayer = Replayer(store, use_checkpoints=use_checkpoints)
-    moment = resolve_moment(replayer, at_text, window_text)
-    with gc_paused():
-        window = replayer.window(moment.at_ns, moment.window_ns)
-        scene = build_scene(replayer.reader, window, replayer.runs)
-        return build_topology(scene, view, options)
+    moment = resolve_moment(derived, at_text, window_text)
+    return build_topology(build_scene(derived, moment), view, options)
+
+
+def topology_at(
+    log: LogStore, at_text: str, window_text: str, view: View, options: Options | None = None
+) -> Topology:
+    with open_derived(log) as derived:
+        return topology_in(derived, at_text, window_text, view, options)
 
 
 def diff_between(
-    store: LogStore,
+    log: LogStore,
     before_text: str,
     after_text: str,
     window_text: str,
     view: View,
     options: Options | None = None,
 ) -> dict[str, Any]:
-    before = topology_at(store, before_text, window_text, view, options)
-    after = topology_at(store, after_text, window_text, view, options)
+    with open_derived(log) as derived:
+        before = topology_in(derived, before_text, window_text, view, options)
+        after = topology_in(derived, after_text, window_text, view, options)
     return topology_diff(before, after)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass, field
-from functools import lru_cache
 
-from eventlog.events import Kind
-from eventlog.reader import LogReader
-from replay import native
-from replay.connections import ConnectionRow, connection_table
-from replay.engine import Window
+from eventlog import addresses
+from replay.derived.store import Derived
+from replay.moment import Moment
+from replay.table import ConnectionRow, connection_table
 from replay.views.containers import Container, container_of
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -37,78 +38,43 @@ class Scene:
     processes: dict[tuple[str, int], ProcessInfo]  # (host, pid) -> alive at T
     hosts: list[str]
     local_addresses: dict[str, set[str]] = field(default_factory=dict)  # host -> addresses
-    local_networks: dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = field(
-        default_factory=dict
-    )
+    local_networks: dict[str, list[Network]] = field(default_factory=dict)
 
     def is_local_address(self, host: str, address: str) -> bool:
-        return address in self.local_addresses.get(host, set()) or _is_loopback(address)
+        return address in self.local_addresses.get(host, set()) or addresses.is_loopback(address)
 
     def in_local_network(self, host: str, address: str) -> bool:
-        ip = _ip(address)
+        ip = addresses.parse(address)
         if ip is None:
             return False
         return any(ip in network for network in self.local_networks.get(host, []))
 
 
-@lru_cache(maxsize=1 << 14)
-def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(address)
-    except ValueError:
-        return None
+def processes_at(derived: Derived, at_ns: int) -> dict[tuple[str, int], ProcessInfo]:
+    """The processes alive at ``at_ns`` by (host, pid); where two recordings of one host
+    know a pid, the later recording's."""
+    rows = derived.con.execute(
+        "SELECT host, pid, comm, ppid, cmdline, cgroup, netns FROM processes_at_ns(?)", [at_ns]
+    ).fetchall()
+    return {
+        (host, pid): ProcessInfo(host, pid, comm, ppid, cmdline or "", cgroup or "", netns)
+        for host, pid, comm, ppid, cmdline, cgroup, netns in rows
+    }
 
 
-def _is_loopback(address: str) -> bool:
-    ip = _ip(address)
-    return bool(ip and ip.is_loopback)
-
-
-def is_public(address: str) -> bool:
-    """A globally routable address: what Scope calls the Internet."""
-    ip = _ip(address)
-    return bool(ip and ip.is_global)
-
-
-def build_scene(reader: LogReader, window: Window, runs: native.RunReader | None = None) -> Scene:
-    rows = connection_table(reader, window, runs)
-    recordings = {r.id: r for r in reader.recordings()}
-    processes: dict[tuple[str, int], ProcessInfo] = {}
-    refs = sorted(window.state.processes.items())
-    events = reader.events_at([p for _, p in refs])
-    snapshot_rows: dict[int, dict[int, ProcessInfo]] = {}
-    for (recording_id, pid), position in refs:
-        host = recordings[recording_id].host_id if recording_id in recordings else "?"
-        event = events.get(position)
-        if event is not None and event.kind == Kind.SNAPSHOT:
-            if position not in snapshot_rows:
-                snapshot = reader.snapshot(position)
-                snapshot_rows[position] = {
-                    p.pid: ProcessInfo(host, p.pid, p.comm, p.ppid, p.cmdline, p.cgroup, p.netns)
-                    for p in snapshot.processes
-                }
-            info = snapshot_rows[position].get(pid)
-            if info is not None:
-                processes[(host, pid)] = info
-        elif event is not None:
-            extra = event.extra or {}
-            processes[(host, pid)] = ProcessInfo(
-                host,
-                pid,
-                event.comm or "?",
-                extra.get("ppid"),
-                extra.get("filename", ""),
-                "",
-                event.netns,
-            )
+def build_scene(derived: Derived, moment: Moment) -> Scene:
+    rows = connection_table(derived, moment.at_ns, moment.window_ns)
+    recordings = derived.con.execute(
+        "SELECT host, options FROM recordings_raw ORDER BY id"
+    ).fetchall()
     local_addresses: dict[str, set[str]] = {}
-    local_networks: dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {}
-    for recording in recordings.values():
-        local = (recording.options or {}).get("local") or {}
-        local_addresses.setdefault(recording.host_id, set()).update(local.get("addresses", []))
+    local_networks: dict[str, list[Network]] = {}
+    for host, options in recordings:
+        local = (json.loads(options) if options else {}).get("local") or {}
+        local_addresses.setdefault(host, set()).update(local.get("addresses", []))
         for text in local.get("networks", []):
             try:
-                local_networks.setdefault(recording.host_id, []).append(ipaddress.ip_network(text))
+                local_networks.setdefault(host, []).append(ipaddress.ip_network(text))
             except ValueError:
                 continue
     for row in rows:
@@ -116,13 +82,12 @@ def build_scene(reader: LogReader, window: Window, runs: native.RunReader | None
             local_addresses.setdefault(row.host, set()).add(row.client_ip)
         if row.server_local:
             local_addresses.setdefault(row.host, set()).add(row.server_ip)
-    hosts = sorted({r.host_id for r in recordings.values()})
     return Scene(
-        window.at_ns,
-        window.at_ns - window.start_ns,
+        moment.at_ns,
+        moment.window_ns,
         rows,
-        processes,
-        hosts,
+        processes_at(derived, moment.at_ns),
+        sorted({host for host, _ in recordings}),
         local_addresses,
         local_networks,
     )

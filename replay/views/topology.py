@@ -17,8 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from replay.connections import ConnectionRow
-from replay.views.scene import ProcessInfo, Scene, is_public
+from eventlog.addresses import is_loopback, is_public
+from replay.table import ConnectionRow
+from replay.views.scene import ProcessInfo, Scene
 
 INTERNET_IN = "in-theinternet"
 INTERNET_OUT = "out-theinternet"
@@ -127,6 +128,7 @@ class _Side:
     local: bool
     ip: str
     port: int
+    label: str  # the endpoint as the table writes it
     pid: int | None
     comm: str | None
     netns: int | None
@@ -137,6 +139,7 @@ def _sides(row: ConnectionRow) -> tuple[_Side, _Side]:
         row.client_local,
         row.client_ip,
         row.client_port,
+        row.client,
         row.client_pid,
         row.client_comm,
         row.client_netns,
@@ -145,6 +148,7 @@ def _sides(row: ConnectionRow) -> tuple[_Side, _Side]:
         row.server_local,
         row.server_ip,
         row.server_port,
+        row.nat_destination or row.server,  # the real backend's, when DNAT sent it there
         row.server_pid,
         row.server_comm,
         row.server_netns,
@@ -219,7 +223,7 @@ class _Builder:
 
     def endpoint(self, host: str, side: _Side) -> str:
         """Scope's endpoint id: the address scoped by host if private, by netns if loopback."""
-        if self.scene.is_local_address(host, side.ip) and side.ip.startswith(("127.", "::1")):
+        if self.scene.is_local_address(host, side.ip) and is_loopback(side.ip):
             scope = f"{host}-{side.netns or 0}"
         elif not is_public(side.ip):
             scope = host
@@ -230,11 +234,10 @@ class _Builder:
             minor = f"{side.comm} ({side.pid})" if side.pid is not None else host
         else:
             minor = "remote"
-        label = f"[{side.ip}]:{side.port}" if ":" in side.ip else f"{side.ip}:{side.port}"
         self.add(
             Node(
                 node_id,
-                label,
+                side.label,
                 minor,
                 side.ip,
                 "circle",

@@ -1,9 +1,10 @@
-"""scope-query's work: SQL over the log's mirror, read-only, results streamed in a format.
+"""scope-query's work: SQL over the derived store, read-only, results streamed in a format.
 
-Each query first brings the mirror up to the log's committed head (so a query made while
-scope-record writes sees what is committed), then runs in a DuckDB connection that is
+Each query first brings the derived store up to the log's committed head (so a query made
+while scope-record writes sees what is committed), then runs in a DuckDB connection that is
 read-only, cannot reach files or the network, and cannot change that configuration. Only one
 SELECT (or EXPLAIN) statement runs per call; anything else is refused before it runs.
+Parquet is written from the query's Arrow batches by pyarrow, never by DuckDB itself.
 """
 
 from __future__ import annotations
@@ -20,18 +21,24 @@ from pathlib import Path
 from typing import IO, Any
 
 import duckdb
+import pyarrow.parquet as pq
 
 from eventlog.errors import QueryError, UsageError
 from eventlog.store import LogStore
-from replay import mirror
+from replay.derived.store import Derived, open_derived
+from replay.derived.views import MACROS, PUBLIC_VIEWS
 from replay.output import to_table
-from replay.sqlviews import MACROS, PUBLIC_VIEWS
 
 FORMATS = ("table", "csv", "json", "ndjson", "parquet")
 FETCH_ROWS = 10_000
 TABLE_ROW_LIMIT = 10_000  # the table format is for people; machines use csv/json/parquet
-_SANDBOX: dict[str, Any] = {"enable_external_access": False, "lock_configuration": True}
 _ALLOWED = {"SELECT", "EXPLAIN"}
+
+
+def sandbox(con: duckdb.DuckDBPyConnection) -> None:
+    """No files, no network, no extensions, and no way to change that on ``con``."""
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
 
 
 @dataclass
@@ -39,8 +46,6 @@ class QueryRun:
     columns: list[str]
     rows: int
     truncated: bool = False
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return " ".join(text.splitlines()[:1]) if text else type(exc).__name__
@@ -146,79 +151,74 @@ def _table_cell(value: Any) -> str:
     return str(value)
 
 
-def prepare(store: LogStore, mirror_path: Path | None = None) -> Path:
-    """Bring the mirror of ``store`` up to date; return where it is."""
-    path = mirror_path or mirror.default_mirror_path(store)
-    mirror.sync_mirror(store, path)
-    return path
-
-
 def run_query(
-    store: LogStore,
+    log: LogStore,
     sql: str,
     fmt: str,
     output: Path | None = None,
-    mirror_path: Path | None = None,
+    store_path: Path | None = None,
     out: IO[str] | None = None,
 ) -> QueryRun:
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     if fmt == "parquet" and output is None:
         raise UsageError("--format parquet needs --output FILE")
-    _refuse_log_as_output(store, output)
-    path = mirror_path or mirror.default_mirror_path(store)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if fmt == "parquet":
-        mirror.sync_mirror(store, path)
-        assert output is not None
-        return _export_parquet(path, sql, output)
-    with mirror.current_mirror(store, path, config=_SANDBOX) as con:
-        check_statement(con, sql)
-        try:
-            result = con.execute(sql)
-            columns = [d[0] for d in result.description or []]
-            if output is not None:
-                with output.open("w", newline="") as handle:
-                    return _write(result, columns, fmt, handle)
-            return _write(result, columns, fmt, out or sys.stdout)
-        except duckdb.Error as exc:
-            raise QueryError(_first_line(exc)) from exc
-        except OSError as exc:
-            raise UsageError(f"cannot write {output}: {exc.strerror}") from exc
+    refuse_log_as_output(log, output)
+    with open_derived(log, store_path) as derived:
+        return query_derived(derived, sql, fmt, output, out)
 
 
-def _refuse_log_as_output(store: LogStore, output: Path | None) -> None:
-    if output is None or store.location.path is None:
+def query_derived(
+    derived: Derived,
+    sql: str,
+    fmt: str,
+    output: Path | None = None,
+    out: IO[str] | None = None,
+) -> QueryRun:
+    con = derived.con
+    sandbox(con)
+    check_statement(con, sql)
+    try:
+        result = con.execute(sql)
+        columns = [d[0] for d in result.description or []]
+        if fmt == "parquet":
+            assert output is not None
+            return _write_parquet(result, columns, output)
+        if output is not None:
+            with output.open("w", newline="") as handle:
+                return _write(result, columns, fmt, handle)
+        return _write(result, columns, fmt, out or sys.stdout)
+    except duckdb.Error as exc:
+        raise QueryError(_first_line(exc)) from exc
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror}") from exc
+
+
+def _write_parquet(result: duckdb.DuckDBPyConnection, columns: list[str], output: Path) -> QueryRun:
+    reader = result.to_arrow_reader(FETCH_ROWS)
+    rows = 0
+    with pq.ParquetWriter(str(output), reader.schema) as writer:
+        for batch in reader:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return QueryRun(columns, rows)
+
+
+def refuse_log_as_output(log: LogStore, output: Path | None) -> None:
+    if output is None or log.location.path is None:
         return
     target = output.expanduser().absolute()
-    log = store.location.path
-    if target == log or (target.name.startswith(log.name + "-") and target.parent == log.parent):
+    path = log.location.path
+    if target == path or (target.name.startswith(path.name + "-") and target.parent == path.parent):
         raise UsageError(f"--output {output} would overwrite the log")
 
 
-def _export_parquet(path: Path, sql: str, output: Path) -> QueryRun:
-    """Parquet is written by DuckDB itself (streaming), from the mirror attached read-only."""
-    with duckdb.connect(config=mirror.DUCKDB_SAFE_CONFIG) as con:
-        check_statement(con, sql)
-        try:
-            con.execute(f"ATTACH '{path}' AS m (READ_ONLY)")
-            con.execute("USE m")
-            columns = [d[0] for d in con.execute(f"DESCRIBE {sql}").fetchall()]
-            target = str(output.expanduser().absolute()).replace("'", "''")
-            count = con.execute(f"COPY ({sql}) TO '{target}' (FORMAT parquet)").fetchone()
-        except duckdb.Error as exc:
-            raise QueryError(_first_line(exc)) from exc
-    return QueryRun(columns, int(count[0]) if count else 0)
-
-
-def describe(store: LogStore, mirror_path: Path | None = None) -> list[tuple[str, str, str]]:
+def describe(derived: Derived) -> list[tuple[str, str, str]]:
     """(view, column, type) of every view and macro scope-query offers."""
-    path = prepare(store, mirror_path)
     rows: list[tuple[str, str, str]] = []
-    with mirror.connect(path, read_only=True, config=_SANDBOX) as con:
-        for view in PUBLIC_VIEWS:
-            for name, kind, *_ in con.execute(f"DESCRIBE {view}").fetchall():
-                rows.append((view, name, kind))
-        for name, text in MACROS.items():
-            rows.append((name, "(table macro)", text))
+    for view in PUBLIC_VIEWS:
+        for name, kind, *_ in derived.con.execute(f"DESCRIBE {view}").fetchall():
+            rows.append((view, name, kind))
+    for name, text in MACROS.items():
+        rows.append((name, "(table macro)", text))
     return rows

@@ -1,0 +1,316 @@
+"""The derived store: where it lives, when it is current, and bringing it up to date.
+
+One DuckDB file per log, in the cache directory (``$SCOPE_CACHE_DIR``, else
+``$XDG_CACHE_HOME/scope-recorder``, else ``~/.cache/scope-recorder``), named after where the
+log is. It holds the log's content decoded and the intervals folded from it
+(replay.derived.tables); every reading command (scope-replay, scope-query) answers from it.
+Deleting it loses nothing: it is derived from the log alone, and the log is never written.
+
+Before a command reads, the store is brought up to the log's committed head: only the new
+events are copied and folded (replay.derived.derive). It is rebuilt from nothing when it is
+of another format, when the log is another log than the one it was derived from (another
+``log_id``, or the event it had folded last is not the same any more: a file replaced at the
+same path), or when the log is shorter than what it had folded. A sync is one DuckDB
+transaction: a command killed half way leaves the store as it was.
+
+If the file cannot be written (a read-only cache, another user's store, no space), the
+command derives into memory instead and says so once (``Derived.notices``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from eventlog.errors import LogError, QueryError, UsageError
+from eventlog.reader import LogReader
+from eventlog.store import LogStore
+from replay.derived import copy, derive
+from replay.derived.tables import FORMAT, SCHEMA, TABLES
+from replay.derived.views import VIEWS_SQL
+
+LOCK_WAIT_S = 60.0
+SAFE_CONFIG: dict[str, Any] = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+}
+# What may change in the views without the tables changing: a new version re-creates them.
+VIEWS_VERSION = hashlib.sha256(VIEWS_SQL.encode()).hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    configured = os.environ.get("SCOPE_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "scope-recorder"
+
+
+def default_path(log: LogStore) -> Path:
+    """One store per log, named after where the log is (a URL's password left out)."""
+    where = str(log.location.path) if log.location.path is not None else log.location.display()
+    digest = hashlib.sha256(where.encode()).hexdigest()[:20]
+    return cache_dir() / f"derived-{digest}.duckdb"
+
+
+@dataclass
+class SyncStats:
+    events: int = 0  # events copied and folded
+    seconds: float = 0.0
+    rebuilt: bool = False
+    set_aside: int = 0
+    folded: int = 0
+
+
+@dataclass
+class Derived:
+    """An open derived store, current as of ``head`` (the log's last committed position)."""
+
+    con: duckdb.DuckDBPyConnection
+    path: Path | None  # None: in memory
+    head: int
+    stats: SyncStats
+    notices: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Derived:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class LogState:
+    """What a store must match to be current: read from the log in a few small queries."""
+
+    log_id: str
+    head: int
+    signature: str
+    head_digest: str  # the event at the head position, to recognise the same log later
+
+
+def log_state(reader: LogReader) -> LogState:
+    head = reader.head()
+    recordings = [
+        (r.id, r.host_id, r.started_wall_ns, r.last_mono_ns, r.stopped_mono_ns, r.stop_reason)
+        for r in reader.recordings()
+    ]
+    first = recordings[0][:3] if recordings else ()
+    log_id = reader.log_id() or hashlib.sha256(repr(first).encode()).hexdigest()[:32]
+    losses = len(reader.losses())
+    clocks = reader.clock_sample_count()
+    payload = f"{FORMAT}|{VIEWS_VERSION}|{log_id}|{head}|{recordings}|{losses}|{clocks}"
+    return LogState(
+        log_id, head, hashlib.sha256(payload.encode()).hexdigest(), event_digest(reader, head)
+    )
+
+
+def event_digest(reader: LogReader, position: int) -> str:
+    row = reader.event_identity(position)
+    return hashlib.sha256(repr(row).encode()).hexdigest()[:32]
+
+
+def open_derived(log: LogStore, path: Path | None = None) -> Derived:
+    """The derived store of ``log``, brought up to its head, open for reading."""
+    target = path or default_path(log)
+    reader = LogReader(log)
+    try:
+        state = log_state(reader)
+        try:
+            return _open_file(log, reader, state, target)
+        except _Unwritable as exc:
+            derived = _in_memory(log, reader, state)
+            derived.notices.append(
+                f"cannot keep derived state in {target} ({exc}): derived it in memory for "
+                "this command only"
+            )
+            return derived
+    finally:
+        reader.close()
+
+
+class _Unwritable(Exception):
+    """The store's file cannot be created or written."""
+
+
+def _open_file(log: LogStore, reader: LogReader, state: LogState, target: Path) -> Derived:
+    stats = SyncStats()
+    current = target.exists() and _stored_signature(target) == state.signature
+    if not current:
+        _ensure_directory(target.parent)
+        with _connect(target, read_only=False) as con:
+            stats = _sync(con, log, reader, state)
+    con = _connect_raw(target, read_only=True)
+    return Derived(con, target, state.head, stats)
+
+
+def _in_memory(log: LogStore, reader: LogReader, state: LogState) -> Derived:
+    con = duckdb.connect(":memory:", config=SAFE_CONFIG)
+    try:
+        stats = _sync(con, log, reader, state)
+    except BaseException:
+        con.close()
+        raise
+    return Derived(con, None, state.head, stats)
+
+
+def _ensure_directory(directory: Path) -> None:
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _Unwritable(exc.strerror or str(exc)) from exc
+    if not os.access(directory, os.W_OK):
+        raise _Unwritable("not writable")
+
+
+def _stored_signature(path: Path) -> str | None:
+    try:
+        with _connect(path, read_only=True) as con:
+            rows = con.execute("SELECT value FROM meta WHERE key = 'signature'").fetchall()
+    except (duckdb.Error, QueryError):
+        return None
+    return str(rows[0][0]) if rows else None
+
+
+@contextlib.contextmanager
+def _connect(path: Path, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = _connect_raw(path, read_only)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def _connect_raw(
+    path: Path, read_only: bool, config: dict[str, Any] | None = None
+) -> duckdb.DuckDBPyConnection:
+    """Open the store's file, waiting while another process holds its lock (a sync)."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        previous_umask = os.umask(0o077)  # it holds what the log holds: owner only
+        try:
+            return duckdb.connect(
+                str(path), read_only=read_only, config={**SAFE_CONFIG, **(config or {})}
+            )
+        except duckdb.IOException as exc:
+            message = str(exc).lower()
+            if "lock" in message and time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            if not read_only and ("permission" in message or "read-only" in message):
+                raise _Unwritable(_first_line(exc)) from exc
+            if path.exists() and not read_only and "lock" not in message:
+                # Not a store this version can open (damaged, or from another DuckDB):
+                # it is only derived data.
+                path.unlink()
+                continue
+            raise QueryError(f"cannot open the derived store {path}: {_first_line(exc)}") from exc
+        except duckdb.Error as exc:
+            if path.exists() and not read_only:
+                path.unlink()
+                continue
+            raise QueryError(f"cannot open the derived store {path}: {_first_line(exc)}") from exc
+        finally:
+            os.umask(previous_umask)
+
+
+def connect_for_queries(path: Path, config: dict[str, Any]) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to a current store with ``config`` (scope-query's sandbox)."""
+    return _connect_raw(path, read_only=True, config=config)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# -- syncing ---------------------------------------------------------------------------------
+def _sync(
+    con: duckdb.DuckDBPyConnection, log: LogStore, reader: LogReader, state: LogState
+) -> SyncStats:
+    started = time.monotonic()
+    stats = SyncStats()
+    try:
+        con.execute(SCHEMA)
+        meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+        synced = int(meta.get("synced_position") or 0)
+        if _must_rebuild(meta, reader, state, synced):
+            _reset(con)
+            synced, stats.rebuilt = 0, True
+        con.execute("BEGIN")
+        try:
+            copy.copy_small_tables(con, reader, synced, state.head)
+            stats.events = copy.copy_range(con, log, synced, state.head)
+            stats.set_aside = derive.set_aside(con, synced)
+            fold_state, ended, stats.folded = derive.fold(con, synced, state.head)
+            derive.store_intervals(con, ended, fold_state.open_intervals(), with_set_aside=True)
+            derive.save_state(con, fold_state)
+            if meta.get("views") != VIEWS_VERSION or stats.rebuilt:
+                con.execute(VIEWS_SQL)
+            _set_meta(con, {
+                "format": str(FORMAT), "views": VIEWS_VERSION, "log_id": state.log_id,
+                "log": log.location.display(), "synced_position": str(state.head),
+                "synced_digest": state.head_digest, "signature": state.signature,
+            })  # fmt: skip
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    except duckdb.Error as exc:
+        if os.environ.get("SCOPE_DEBUG"):
+            raise
+        if "space" in str(exc).lower() or "disk" in str(exc).lower():
+            raise _Unwritable(_first_line(exc)) from exc
+        raise QueryError(f"could not bring the derived store up to date: {_first_line(exc)}") from exc
+    except LogError:
+        raise
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+def _must_rebuild(meta: dict[str, str], reader: LogReader, state: LogState, synced: int) -> bool:
+    if not meta.get("synced_position"):
+        return bool(meta)  # a store without a sync: start afresh
+    if meta.get("format") != str(FORMAT) or meta.get("log_id") != state.log_id:
+        return True
+    if synced > state.head:
+        return True  # the log is shorter than what was folded: another log
+    return meta.get("synced_digest") != event_digest(reader, synced)
+
+
+def _reset(con: duckdb.DuckDBPyConnection) -> None:
+    for name in con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE NOT internal AND database_name = current_database()"
+    ).fetchall():
+        con.execute(f"DROP VIEW IF EXISTS {name[0]}")
+    for macro in con.execute(
+        "SELECT DISTINCT function_name FROM duckdb_functions() WHERE function_type LIKE '%macro' "
+        "AND NOT internal AND database_name = current_database()"
+    ).fetchall():
+        with contextlib.suppress(duckdb.Error):
+            con.execute(f"DROP MACRO TABLE IF EXISTS {macro[0]}")
+        with contextlib.suppress(duckdb.Error):
+            con.execute(f"DROP MACRO IF EXISTS {macro[0]}")
+    for table in TABLES:
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    con.execute(SCHEMA)
+
+
+def _set_meta(con: duckdb.DuckDBPyConnection, values: dict[str, str]) -> None:
+    for key, value in values.items():
+        con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+
+
+def describe_error(exc: BaseException) -> UsageError:
+    return UsageError(_first_line(exc))

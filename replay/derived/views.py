@@ -1,0 +1,334 @@
+"""What is read from the derived store: the connection table at a moment, processes and NAT at
+a moment, and the views scope-query offers. Defined here once, in SQL, for every reader.
+
+A socket's interval (replay.fold, made whole in replay.derived.derive) says when it became
+known, and what ended it: its close event, or the snapshot that no longer showed it (unless
+its close came before the next snapshot). At a moment T with a window W, the sockets shown
+are those known by T that had not ended by T - W; one ended by T is shown as ended then.
+
+Pairing: each socket is one side of a connection. The side that connected is the client; a
+socket known only from /proc gets its side from the listening sockets of its snapshot, else
+by Scope's rule that the lower local port is the server. Sockets of one host whose
+addresses mirror each other (and, on loopback, share a network namespace) are grouped; in a
+group the k-th client and the k-th server by open time are one connection when their
+lifetimes overlap, and two one-sided rows otherwise. A client socket whose connection
+conntrack rewrote (a NAT entry alive at T with the socket's tuple as its original) is
+grouped by the tuple as the server saw it: it pairs with the real backend's socket, and the
+row says where DNAT sent it and how SNAT showed its source.
+"""
+
+from __future__ import annotations
+
+from eventlog.events import IPS_DST_NAT, IPS_SRC_NAT, Kind
+
+CLOSE_ONLY_NOTE = "opened before anything recorded"
+MISSING_NOTE = "gone by the next /proc snapshot (its close was not captured)"
+_MAX_NS = 9223372036854775807
+
+_KIND_NAME = (
+    "CASE e.kind " + " ".join(f"WHEN {int(k)} THEN '{k.name.lower()}'" for k in Kind) + " END"
+)
+
+
+def _pairing(shown: str, nat_alive: str) -> str:
+    """CTEs pairing the sockets of CTE ``shown`` into ``connections_rows``; ``nat_alive`` says
+    which NAT intervals (``n``) apply to a socket (``sh``)."""
+    return f"""
+nat_matches AS (
+    SELECT sh.origin_pos, sh.origin_ord, n.reply_src AS n_reply_src,
+        n.reply_sport AS n_reply_sport, n.reply_dst AS n_reply_dst,
+        n.reply_dport AS n_reply_dport, n.status AS n_status,
+        row_number() OVER (
+            PARTITION BY sh.origin_pos, sh.origin_ord
+            ORDER BY n.netns IS NOT DISTINCT FROM sh.netns DESC, n.netns, n.ct_id, n.source_pos DESC
+        ) AS n_rank
+    FROM {shown} sh JOIN nat_all n
+      ON sh.role <> 'server' AND n.recording_id = sh.recording_id
+     AND n.orig_src = sh.local_ip AND n.orig_sport = sh.local_port
+     AND n.orig_dst = sh.remote_ip AND n.orig_dport = sh.remote_port AND {nat_alive}
+),
+keyed AS (
+    SELECT sh.*, m.n_reply_src, m.n_reply_sport, m.n_reply_dst, m.n_reply_dport, m.n_status,
+        sh.role = 'server' AS is_server,
+        -- the endpoints as this socket saw them
+        CASE WHEN sh.role = 'server' THEN sh.remote_ip ELSE sh.local_ip END AS v_c_ip,
+        CASE WHEN sh.role = 'server' THEN sh.remote_port ELSE sh.local_port END AS v_c_port,
+        CASE WHEN sh.role = 'server' THEN sh.local_ip ELSE sh.remote_ip END AS v_s_ip,
+        CASE WHEN sh.role = 'server' THEN sh.local_port ELSE sh.remote_port END AS v_s_port,
+        -- and as the server's socket sees them (after any NAT): what pairs
+        CASE WHEN m.n_status IS NOT NULL THEN m.n_reply_dst
+             WHEN sh.role = 'server' THEN sh.remote_ip ELSE sh.local_ip END AS c_ip,
+        CASE WHEN m.n_status IS NOT NULL THEN m.n_reply_dport
+             WHEN sh.role = 'server' THEN sh.remote_port ELSE sh.local_port END AS c_port,
+        CASE WHEN m.n_status IS NOT NULL THEN m.n_reply_src
+             WHEN sh.role = 'server' THEN sh.local_ip ELSE sh.remote_ip END AS s_ip,
+        CASE WHEN m.n_status IS NOT NULL THEN m.n_reply_sport
+             WHEN sh.role = 'server' THEN sh.local_port ELSE sh.remote_port END AS s_port,
+        CASE WHEN sh.loopback THEN sh.netns END AS loop_ns
+    FROM {shown} sh LEFT JOIN (SELECT * FROM nat_matches WHERE n_rank = 1) m
+      ON m.origin_pos = sh.origin_pos AND m.origin_ord = sh.origin_ord
+),
+ranked AS (
+    SELECT *, row_number() OVER (
+        PARTITION BY host, c_ip, c_port, s_ip, s_port, loop_ns, is_server
+        ORDER BY coalesce(opened_ns, -1), origin_pos, origin_ord) AS rk
+    FROM keyed
+),
+paired AS (
+    SELECT c.origin_pos AS c_pos, c.origin_ord AS c_ord, s.origin_pos AS s_pos,
+        s.origin_ord AS s_ord, c.host AS c_host, s.host AS s_host,
+        c.origin_pos IS NOT NULL AS has_client, s.origin_pos IS NOT NULL AS has_server,
+        c.v_c_ip AS c_v_c_ip, c.v_c_port AS c_v_c_port, c.v_s_ip AS c_v_s_ip,
+        c.v_s_port AS c_v_s_port, s.v_c_ip AS s_v_c_ip, s.v_c_port AS s_v_c_port,
+        s.v_s_ip AS s_v_s_ip, s.v_s_port AS s_v_s_port,
+        CASE WHEN c.n_status & {IPS_DST_NAT} <> 0 THEN c.n_reply_src END AS real_ip,
+        CASE WHEN c.n_status & {IPS_DST_NAT} <> 0 THEN c.n_reply_sport END AS real_port,
+        CASE WHEN c.n_status & {IPS_SRC_NAT} <> 0 THEN c.n_reply_dst END AS snat_ip,
+        CASE WHEN c.n_status & {IPS_SRC_NAT} <> 0 THEN c.n_reply_dport END AS snat_port,
+        c.opened_ns AS c_opened, s.opened_ns AS s_opened, c.end_ns AS c_end, s.end_ns AS s_end,
+        c.at_pid AS client_pid, c.at_comm AS client_comm, c.netns AS client_netns,
+        s.at_pid AS server_pid, s.at_comm AS server_comm, s.netns AS server_netns,
+        c.source AS c_source, s.source AS s_source, c.note AS c_note, s.note AS s_note,
+        c.positions AS c_positions, s.positions AS s_positions,
+        c.at_sent AS c_sent, c.at_received AS c_received, s.at_sent AS s_sent,
+        s.at_received AS s_received, c.recording_id AS c_recording, s.recording_id AS s_recording
+    FROM (SELECT * FROM ranked WHERE NOT is_server) c
+    FULL OUTER JOIN (SELECT * FROM ranked WHERE is_server) s
+      ON c.host = s.host AND c.c_ip = s.c_ip AND c.c_port = s.c_port AND c.s_ip = s.s_ip
+     AND c.s_port = s.s_port AND c.loop_ns IS NOT DISTINCT FROM s.loop_ns AND c.rk = s.rk
+     AND coalesce(c.opened_ns, -1) <= coalesce(s.end_ns, {_MAX_NS})
+     AND coalesce(s.opened_ns, -1) <= coalesce(c.end_ns, {_MAX_NS})
+),
+sided AS (
+    SELECT *,
+        -- the row's first side (by origin) names it and its host
+        NOT has_server OR (has_client AND (c_pos < s_pos OR (c_pos = s_pos AND c_ord < s_ord)))
+            AS client_first,
+        CASE WHEN has_client THEN c_v_c_ip ELSE s_v_c_ip END AS seen_c_ip,
+        CASE WHEN has_client THEN c_v_c_port ELSE s_v_c_port END AS seen_c_port,
+        CASE WHEN has_client THEN c_v_s_ip ELSE s_v_s_ip END AS seen_s_ip,
+        CASE WHEN has_client THEN c_v_s_port ELSE s_v_s_port END AS seen_s_port,
+        (has_client AND c_end IS NULL) OR (has_server AND s_end IS NULL) AS is_open
+    FROM paired
+),
+connections_rows AS (
+    SELECT
+        CASE WHEN client_first THEN c_pos || '.' || c_ord ELSE s_pos || '.' || s_ord END AS id,
+        CASE WHEN is_open THEN 'open' ELSE 'closed' END AS state,
+        CASE WHEN has_client AND has_server THEN 'local' WHEN has_client THEN 'outbound'
+             ELSE 'inbound' END AS direction,
+        CASE WHEN client_first THEN c_host ELSE s_host END AS host,
+        endpoint(seen_c_ip, seen_c_port) AS client,
+        endpoint(seen_s_ip, seen_s_port) AS server,
+        least(c_opened, s_opened) AS opened_ns,
+        CASE WHEN is_open THEN NULL ELSE greatest(c_end, s_end) END AS closed_ns,
+        client_pid, client_comm, client_netns, server_pid, server_comm, server_netns,
+        CASE WHEN real_ip IS NOT NULL THEN endpoint(real_ip, real_port) END AS nat_destination,
+        CASE WHEN snat_ip IS NOT NULL THEN endpoint(snat_ip, snat_port) END AS nat_source,
+        array_to_string(list_sort(list_distinct(
+            list_filter([c_source, s_source], lambda x: x IS NOT NULL))), '+') AS source,
+        list_sort(list_distinct(flatten([coalesce(c_positions, []), coalesce(s_positions, [])])))
+            AS positions,
+        nullif(array_to_string(list_sort(list_distinct(
+            list_filter([c_note, s_note], lambda x: x IS NOT NULL))), '; '), '') AS note,
+        CASE WHEN has_client THEN c_sent ELSE s_received END AS bytes_sent,
+        CASE WHEN has_client THEN c_received ELSE s_sent END AS bytes_received,
+        CASE WHEN client_first THEN c_recording ELSE s_recording END AS recording_id,
+        false AS failed,
+        seen_c_ip AS client_ip, seen_c_port AS client_port,
+        coalesce(real_ip, seen_s_ip) AS server_ip, coalesce(real_port, seen_s_port) AS server_port,
+        has_client AS client_local, has_server AS server_local
+    FROM sided
+)"""
+
+
+def _failed(where: str) -> str:
+    """Failed connects, as rows of the table."""
+    return f"""
+    SELECT e.position || '.0' AS id, 'failed' AS state, 'outbound' AS direction,
+        coalesce(r.host, '?') AS host,
+        endpoint(coalesce(e.laddr, '?'), e.lport) AS client,
+        endpoint(coalesce(e.raddr, '?'), e.rport) AS server,
+        e.wall_ns AS opened_ns, e.wall_ns AS closed_ns,
+        e.pid AS client_pid, e.comm AS client_comm, e.netns AS client_netns,
+        CAST(NULL AS INTEGER) AS server_pid, CAST(NULL AS VARCHAR) AS server_comm,
+        CAST(NULL AS BIGINT) AS server_netns, CAST(NULL AS VARCHAR) AS nat_destination,
+        CAST(NULL AS VARCHAR) AS nat_source, 'events' AS source, [e.position] AS positions,
+        CASE WHEN coalesce(json_extract_string(e.extra, '$.error'), '') NOT IN ('', '0', 'false')
+             THEN 'connect failed: errno ' || json_extract_string(e.extra, '$.error')
+             ELSE 'connect failed' END AS note,
+        CAST(NULL AS BIGINT) AS bytes_sent, CAST(NULL AS BIGINT) AS bytes_received,
+        e.recording_id, true AS failed,
+        coalesce(e.laddr, '?') AS client_ip, coalesce(e.lport, 0) AS client_port,
+        coalesce(e.raddr, '?') AS server_ip, coalesce(e.rport, 0) AS server_port,
+        true AS client_local, false AS server_local
+    FROM ev e LEFT JOIN recordings_raw r ON r.id = e.recording_id
+    WHERE e.kind = {int(Kind.CONNECT_FAILED)} AND {where}"""
+
+
+# A socket as shown at T (``t_ns``), from a row of ``sockets`` that had ended by T by
+# ``ended_by``: its end, owner, bytes, note and positions as of T.
+_AT_T = f"""
+    CASE ended_by WHEN 'close' THEN close_ns WHEN 'missing' THEN missing_ns END AS end_ns,
+    CASE WHEN ended_by = 'close' AND pid IS NULL AND close_pid IS NOT NULL THEN close_pid
+         ELSE pid END AS at_pid,
+    CASE WHEN ended_by = 'close' AND pid IS NULL AND close_pid IS NOT NULL THEN close_comm
+         ELSE comm END AS at_comm,
+    CASE WHEN ended_by = 'close' THEN bytes_sent END AS at_sent,
+    CASE WHEN ended_by = 'close' THEN bytes_received END AS at_received,
+    CASE WHEN close_only THEN '{CLOSE_ONLY_NOTE}'
+         WHEN ended_by = 'missing' THEN '{MISSING_NOTE}' END AS note,
+    CASE ended_by WHEN 'close' THEN [known_pos, close_pos] WHEN 'missing' THEN [known_pos, missing_pos]
+         ELSE [known_pos] END AS positions
+"""
+
+_NAT_AT_T = "n.start_ns <= t_ns AND (n.end_ns IS NULL OR n.end_ns > t_ns)"
+# Over a socket's whole life: the NAT intervals that overlap it.
+_NAT_DURING_SOCKET = (
+    f"n.start_ns <= coalesce(sh.end_ns, {_MAX_NS}) "
+    "AND (n.end_ns IS NULL OR n.end_ns > sh.known_ns)"
+)
+
+_OUTPUT = """
+    SELECT id, state, direction, host, client, server,
+        make_timestamp_ns(opened_ns) AS opened_at, make_timestamp_ns(closed_ns) AS closed_at,
+        CASE WHEN state <> 'failed' THEN closed_ns - opened_ns END AS duration_ns,
+        client_pid, client_comm, client_netns, server_pid, server_comm, server_netns,
+        nat_destination, nat_source, source, note, bytes_sent, bytes_received, opened_ns,
+        closed_ns, recording_id, failed, positions, client_ip, client_port, server_ip,
+        server_port, client_local, server_local
+    FROM ({rows}) u
+    ORDER BY coalesce(opened_ns, -1), coalesce(closed_ns, 0), id
+"""
+
+VIEWS_SQL = f"""
+CREATE OR REPLACE MACRO endpoint(ip, port) AS
+    CASE WHEN contains(ip, ':') THEN '[' || ip || ']:' || port ELSE ip || ':' || port END;
+
+CREATE OR REPLACE VIEW sockets AS
+    SELECT * FROM socket_iv UNION ALL SELECT * FROM socket_iv_open;
+CREATE OR REPLACE VIEW nat_all AS
+    SELECT * FROM nat_iv UNION ALL SELECT * FROM nat_iv_open;
+CREATE OR REPLACE VIEW process_all AS
+    SELECT * FROM process_iv UNION ALL SELECT * FROM process_iv_open;
+
+-- The connection table at t_ns with a window of w_ns (as scope-replay --at --window).
+CREATE OR REPLACE MACRO connections_at_ns(t_ns, w_ns) AS TABLE
+WITH live AS (
+    SELECT *, CASE WHEN close_ns <= t_ns THEN 'close' WHEN missing_ns <= t_ns THEN 'missing'
+                   END AS ended_by
+    FROM sockets WHERE known_ns <= t_ns
+),
+at_t AS (SELECT *, {_AT_T} FROM live),
+shown AS (SELECT * FROM at_t WHERE end_ns IS NULL OR end_ns > t_ns - w_ns),
+{_pairing("shown", _NAT_AT_T)}
+{_OUTPUT.format(rows="SELECT * FROM connections_rows UNION ALL "
+                + _failed("e.wall_ns > t_ns - w_ns AND e.wall_ns <= t_ns"))};
+
+CREATE OR REPLACE MACRO connections_at(t, w) AS TABLE
+    SELECT * FROM connections_at_ns(
+        epoch_ns(CAST(t AS TIMESTAMP_NS)),
+        CAST(round(epoch(CAST(w AS INTERVAL)) * 1000000) AS BIGINT) * 1000);
+
+-- Every connection over the whole log: each socket as it ended (or is now).
+CREATE OR REPLACE VIEW connections AS
+WITH live AS (
+    SELECT *, CASE WHEN close_ns IS NOT NULL THEN 'close'
+                   WHEN missing_ns IS NOT NULL THEN 'missing' END AS ended_by
+    FROM sockets
+),
+shown AS (SELECT *, {_AT_T} FROM live),
+{_pairing("shown", _NAT_DURING_SOCKET)}
+{_OUTPUT.format(rows="SELECT * FROM connections_rows UNION ALL " + _failed("true"))};
+
+-- The processes alive at t_ns, as their last EXEC or snapshot row described them.
+CREATE OR REPLACE MACRO processes_at_ns(t_ns) AS TABLE
+    SELECT recording_id, host, pid, comm, ppid, cmdline, cgroup, netns
+    FROM process_all WHERE start_ns <= t_ns AND (end_ns IS NULL OR end_ns > t_ns)
+    ORDER BY recording_id, pid;
+
+CREATE OR REPLACE VIEW conntrack AS
+SELECT position, recording_id, make_timestamp_ns(wall_ns) AS ts, change, netns, orig_src,
+    orig_sport, orig_dst, orig_dport, reply_src, reply_sport, reply_dst, reply_dport, status,
+    tcp_state, ct_id, zone, mark
+FROM conntrack_raw;
+
+CREATE OR REPLACE VIEW events AS
+SELECT e.position, e.recording_id, r.host, {_KIND_NAME} AS kind, e.kind AS kind_code,
+    make_timestamp_ns(e.wall_ns) AS ts, e.wall_ns, e.mono_ns, e.pid, e.comm, e.netns, e.family,
+    e.laddr, e.lport, e.raddr, e.rport, e.sock_id, e.bytes_sent, e.bytes_received, e.extra
+FROM ev e LEFT JOIN recordings_raw r ON r.id = e.recording_id;
+
+CREATE OR REPLACE VIEW recordings AS
+SELECT r.id, r.host, r.machine_id, r.boot_id, r.kernel, r.version, r.mode,
+    make_timestamp_ns(r.started_wall_ns) AS started_at,
+    make_timestamp_ns(r.started_wall_ns
+        + (coalesce(r.stopped_mono_ns, r.last_mono_ns) - r.started_mono_ns)) AS ended_at,
+    r.stop_reason, r.stop_detail, r.conntrack
+FROM recordings_raw r;
+
+CREATE OR REPLACE VIEW losses AS
+SELECT l.id, l.recording_id, l.lost, make_timestamp_ns(l.first_wall_ns) AS first_at,
+    make_timestamp_ns(l.last_wall_ns) AS last_at, l.after_position, l.reason
+FROM losses_raw l;
+
+CREATE OR REPLACE VIEW snapshots AS
+WITH counted AS (
+    SELECT position, count(*) AS n FROM snap_conn GROUP BY position
+), procs AS (
+    SELECT position, count(*) AS n FROM snap_proc GROUP BY position
+), cts AS (
+    SELECT position, count(*) AS n FROM conntrack_raw WHERE change = 'snapshot' GROUP BY position
+)
+SELECT e.position, e.recording_id, r.host, make_timestamp_ns(e.wall_ns) AS ts,
+    CAST(json_extract(e.extra, '$.initial') AS BOOLEAN) AS initial,
+    CAST(json_extract(e.extra, '$.walk_ns') AS BIGINT) AS walk_ns,
+    coalesce(c.n, 0) AS connections, coalesce(p.n, 0) AS processes,
+    coalesce(t.n, 0) AS conntrack_entries
+FROM ev e LEFT JOIN recordings_raw r ON r.id = e.recording_id
+LEFT JOIN counted c ON c.position = e.position LEFT JOIN procs p ON p.position = e.position
+LEFT JOIN cts t ON t.position = e.position
+WHERE e.kind = {int(Kind.SNAPSHOT)};
+
+-- Process lives: from a start (EXEC, or the first snapshot showing it) to its EXIT, by pid.
+CREATE OR REPLACE VIEW processes AS
+WITH sightings AS (
+    SELECT e.recording_id, e.pid, e.wall_ns AS at_ns, e.kind, e.wall_ns AS start_ns, e.comm,
+        CAST(json_extract(e.extra, '$.ppid') AS INTEGER) AS ppid,
+        json_extract_string(e.extra, '$.filename') AS cmdline, CAST(NULL AS VARCHAR) AS cgroup
+    FROM ev e WHERE e.kind IN ({int(Kind.EXEC)}, {int(Kind.EXIT)})
+    UNION ALL
+    SELECT e.recording_id, p.pid, e.wall_ns, {int(Kind.SNAPSHOT)},
+        p.start_mono_ns + (e.wall_ns - e.mono_ns), p.comm, p.ppid, p.cmdline, p.cgroup
+    FROM snap_proc p JOIN ev e ON e.position = p.position
+),
+numbered AS (
+    SELECT *, coalesce(sum(CASE WHEN kind = {int(Kind.EXIT)} THEN 1 ELSE 0 END) OVER (
+        PARTITION BY recording_id, pid ORDER BY at_ns, kind
+        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS generation
+    FROM sightings
+),
+lives AS (
+    SELECT recording_id, pid, generation,
+        min(start_ns) FILTER (WHERE kind <> {int(Kind.EXIT)}) AS started_ns,
+        max(at_ns) FILTER (WHERE kind = {int(Kind.EXIT)}) AS exited_ns,
+        arg_max(comm, at_ns) AS comm,
+        arg_max(ppid, at_ns) FILTER (WHERE ppid IS NOT NULL) AS ppid,
+        arg_max(cmdline, at_ns) FILTER (WHERE cmdline IS NOT NULL) AS cmdline,
+        arg_max(cgroup, at_ns) FILTER (WHERE cgroup IS NOT NULL) AS cgroup
+    FROM numbered GROUP BY recording_id, pid, generation
+)
+SELECT l.recording_id, r.host, l.pid, l.ppid, l.comm, l.cmdline, l.cgroup,
+    make_timestamp_ns(l.started_ns) AS started_at, make_timestamp_ns(l.exited_ns) AS exited_at
+FROM lives l LEFT JOIN recordings_raw r ON r.id = l.recording_id;
+"""
+
+PUBLIC_VIEWS = (
+    "events", "connections", "sockets", "processes", "conntrack", "recordings", "losses",
+    "snapshots",
+)  # fmt: skip
+MACROS = {
+    "connections_at(t TIMESTAMP, w INTERVAL)": "the connection table at t, as scope-replay --at t --window w",
+    "connections_at_ns(t_ns BIGINT, w_ns BIGINT)": "the same with nanosecond integers",
+    "processes_at_ns(t_ns BIGINT)": "the processes alive at t_ns",
+}
