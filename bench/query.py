@@ -1,4 +1,5 @@
-"""Benchmark: scope-query (DuckDB over the mirror) versus the same SQL on the SQLite log.
+"""Benchmark: scope-query (DuckDB over the derived store) versus the same SQL on the SQLite
+log.
 
 On the synthetic log of bench/replay.py (10,000,000 events), three questions:
 
@@ -6,16 +7,15 @@ On the synthetic log of bench/replay.py (10,000,000 events), three questions:
 2. top talkers: processes by number of connections opened;
 3. failed connects by destination.
 
-Each runs through scope-query's library entry point (``replay.sql.run_query``: the mirror's
-up-to-date check, the DuckDB query, JSON output), and, in the same process and run, as the
-equivalent SQL on the SQLite log with Python's sqlite3: the same work on both sides. The first
-call builds the mirror from nothing (first_query_s includes that). Medians over ``--rounds``
-runs of each query are reported, the answers are compared, and the wall time of the
-`scope-query` command itself (a new Python process: about half a second to start) is printed
-for reference.
+Each runs through scope-query's library entry point (``replay.query.run_query``: the
+derived store's currency check, the DuckDB query, JSON output), and, in the same process and
+run, as the equivalent SQL on the SQLite log with Python's sqlite3: the same work on both
+sides. The first call builds the derived store from nothing (first_query_s includes that).
+Medians over ``--rounds`` runs of each query are printed, the answers are compared, and the
+wall time of the `scope-query` command itself (a new Python process) is printed for
+reference. Then the reading engine's figures (bench/replay.py) are measured and printed.
 
-Last line:
-RESULT events=<n> duckdb_median_s=<n> sqlite_median_s=<n> speedup=<n> first_query_s=<n>
+Last line: the RESULT line of bench/replay.py.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.replay import measure
 from bench.synthetic import ensure_log
 from eventlog.location import resolve
 from eventlog.store import Purpose, open_log
-from replay import sql as query
+from replay import query
 
 BIN = Path(sys.executable).parent
 TEN_MS = 10_000_000
@@ -88,7 +89,7 @@ def run_library(db: str, sql: str, mirror: Path) -> tuple[float, list[list[objec
     started = time.perf_counter()
     out = io.StringIO()
     with open_log(resolve(db), Purpose.READ) as store:
-        query.run_query(store, sql, "json", mirror_path=mirror, out=out)
+        query.run_query(store, sql, "json", store_path=mirror, out=out)
     elapsed = time.perf_counter() - started
     return elapsed, [list(row.values()) for row in json.loads(out.getvalue())]
 
@@ -129,7 +130,7 @@ def main() -> None:
         cache = Path(tmp)
         mirror = cache / "mirror.duckdb"
         first_query_s, _ = run_library(db, duck_sql[1], mirror)
-        print(f"first query (mirror built from nothing): {first_query_s:.2f} s", flush=True)
+        print(f"first query (derived store built from nothing): {first_query_s:.2f} s", flush=True)
         command_s, _ = run_scope_query(db, duck_sql[1], cache)  # builds the CLI's own mirror
         command_s, _ = run_scope_query(db, duck_sql[1], cache)
         print(f"the scope-query command, start to end: {command_s:.2f} s", flush=True)
@@ -156,10 +157,11 @@ def main() -> None:
             )
     duck_median, lite_median = statistics.median(duck_times), statistics.median(lite_times)
     print(
-        f"RESULT events={args.events} duckdb_median_s={duck_median:.3f} "
-        f"sqlite_median_s={lite_median:.3f} speedup={lite_median / duck_median:.1f} "
-        f"first_query_s={first_query_s:.2f}"
+        f"scope-query median {duck_median:.3f} s, sqlite median {lite_median:.3f} s "
+        f"({lite_median / duck_median:.1f}x), first query {first_query_s:.2f} s",
+        flush=True,
     )
+    print(measure(args.events, rounds=args.rounds).line())
 
 
 if __name__ == "__main__":

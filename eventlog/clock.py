@@ -12,6 +12,9 @@ import bisect
 import time
 from collections.abc import Iterable
 
+import numpy as np
+import numpy.typing as npt
+
 from eventlog.events import ClockSample
 
 
@@ -57,6 +60,15 @@ class ClockModel:
 
     def wall_ns(self, mono_ns: int) -> int:
         return mono_ns + self.offset_at(mono_ns)
+
+    def wall_ns_array(self, monos: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """``wall_ns`` of every element of ``monos``, at once (the same rule as
+        ``offset_at``: the last sample at or before each time, else the first)."""
+        if not self._monos:
+            raise ValueError("no clock samples")
+        index = np.searchsorted(np.asarray(self._monos, dtype=np.int64), monos, side="right") - 1
+        offsets = np.asarray(self._offsets, dtype=np.int64)
+        return monos + offsets[np.maximum(index, 0)]  # type: ignore[no-any-return]
 
     def mono_ns(self, wall_ns: int) -> int:
         """The monotonic time that converts to ``wall_ns`` (the earliest, if offsets jump)."""

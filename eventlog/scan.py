@@ -85,26 +85,27 @@ def split(after: int, upto: int, parts: int) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
-def scan(store: LogStore, select: Select, after: int, upto: int) -> pa.Table:
+def scan(store: LogStore, select: Select, after: int, upto: int, threads: int = THREADS) -> pa.Table:
     """The rows of ``select`` for positions ``after < p <= upto``, in the order each range's
-    statement gives them (ranges in position order)."""
+    statement gives them (ranges in position order), read by ``threads`` threads."""
     if upto <= after:
         return select.schema().empty_table()
     if store.dialect == "postgresql":
         return _scan_postgres(store, select, after, upto)
     assert store.location.path is not None
     path = str(store.location.path)
-    ranges = split(after, upto, THREADS)
+    ranges = split(after, upto, threads)
     if AVAILABLE:
-        return scan_sqlite_native(path, select, ranges, store.sqlite.busy_timeout_ms)
+        return scan_sqlite_native(path, select, ranges, store.sqlite.busy_timeout_ms, threads)
     return scan_sqlite_python(path, select, ranges)
 
 
 def scan_sqlite_native(
-    path: str, select: Select, ranges: Sequence[tuple[int, int]], busy_timeout_ms: int = 10_000
-) -> pa.Table:
+    path: str, select: Select, ranges: Sequence[tuple[int, int]], busy_timeout_ms: int = 10_000,
+    threads: int = THREADS,
+) -> pa.Table:  # fmt: skip
     try:
-        results = _scan.scan(path, select.sql, select.types, list(ranges), THREADS, busy_timeout_ms)
+        results = _scan.scan(path, select.sql, select.types, list(ranges), threads, busy_timeout_ms)
     except _scan.ScanError as exc:
         raise LogOpenError(f"{path}: cannot read the log: {exc}") from exc
     batches = [

@@ -46,19 +46,8 @@ def log_info(derived: Derived, location: str) -> LogInfo:
             json.loads(row[10]) if row[10] else None,
         )
         for row in con.execute(
-            """
-            SELECT r.id, r.host, r.mode, r.kernel, r.version, r.started_wall_ns,
-                CASE WHEN k.offset_ns IS NULL AND f.offset_ns IS NULL THEN r.started_wall_ns
-                     ELSE coalesce(r.stopped_mono_ns, r.last_mono_ns, r.started_mono_ns)
-                          + coalesce(k.offset_ns, f.offset_ns) END,
-                r.stop_reason, r.stop_detail, r.conntrack, r.counters
-            FROM recordings_raw r
-            ASOF LEFT JOIN clock k ON k.recording_id = r.id
-                AND coalesce(r.stopped_mono_ns, r.last_mono_ns, r.started_mono_ns) >= k.mono_ns
-            LEFT JOIN (SELECT recording_id, arg_min(offset_ns, mono_ns) AS offset_ns FROM clock
-                       GROUP BY recording_id) f ON f.recording_id = r.id
-            ORDER BY r.id
-            """
+            "SELECT id, host, mode, kernel, version, started_wall_ns, ended_wall_ns, stop_reason, "
+            "stop_detail, conntrack, counters FROM recordings_raw ORDER BY id"
         ).fetchall()
     ]  # fmt: skip
     counts = {

@@ -26,19 +26,9 @@ class Moment:
 def log_span(derived: Derived) -> LogSpan | None:
     """From the first recording's start (or first event) to the last stop (or last event)."""
     row = derived.con.execute(
-        """
-        WITH stops AS (
-            SELECT r.stopped_mono_ns + coalesce(k.offset_ns, f.offset_ns) AS wall_ns
-            FROM recordings_raw r
-            ASOF LEFT JOIN clock k ON k.recording_id = r.id AND r.stopped_mono_ns >= k.mono_ns
-            LEFT JOIN (SELECT recording_id, arg_min(offset_ns, mono_ns) AS offset_ns FROM clock
-                       GROUP BY recording_id) f ON f.recording_id = r.id
-            WHERE r.stopped_mono_ns IS NOT NULL
-              AND EXISTS (SELECT 1 FROM clock c WHERE c.recording_id = r.id)
-        )
-        SELECT (SELECT min(min_wall_ns) FROM batches), (SELECT max(max_wall_ns) FROM batches),
-               (SELECT min(started_wall_ns) FROM recordings_raw), (SELECT max(wall_ns) FROM stops)
-        """
+        "SELECT (SELECT min(min_wall_ns) FROM batches), (SELECT max(max_wall_ns) FROM batches), "
+        "(SELECT min(started_wall_ns) FROM recordings_raw), "
+        "(SELECT max(stopped_wall_ns) FROM recordings_raw)"
     ).fetchall()[0]
     first_event, last_event, first_start, last_stop = row
     if first_event is None:

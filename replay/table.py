@@ -6,8 +6,9 @@ what a connection is); here they become ``ConnectionRow``s and are printed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from eventlog.store import LogStore
 from replay.derived.store import Derived, open_derived
@@ -18,9 +19,8 @@ from replay.timespec import format_duration, format_ns
 __all__ = ["DEFAULT_WINDOW", "ConnectionRow", "Loss", "TableResult", "connection_table"]
 
 
-@dataclass(slots=True, frozen=True)
-class ConnectionRow:
-    """One connection in a table."""
+class ConnectionRow(NamedTuple):
+    """One connection in a table (a tuple: a table holds tens of thousands)."""
 
     id: str  # "<position>.<ordinal>" of the socket (or snapshot row) that made it known first
     state: str  # open, closed, failed
@@ -39,7 +39,7 @@ class ConnectionRow:
     nat_destination: str | None = None  # the real backend, when conntrack rewrote the destination
     nat_source: str | None = None  # the client as the server saw it, when the source was rewritten
     source: str = "events"
-    positions: tuple[int, ...] = ()  # the log positions that made it, ascending
+    positions: Sequence[int] = ()  # the log positions that made it, ascending
     note: str | None = None
     bytes_sent: int | None = None  # client to server, as the client's kernel counted
     bytes_received: int | None = None
@@ -58,21 +58,17 @@ class ConnectionRow:
         return self.closed_ns - self.opened_ns
 
 
-_ROW_FIELDS = tuple(f.name for f in fields(ConnectionRow))
-_SELECT = ", ".join(_ROW_FIELDS)
+_SELECT = ", ".join(ConnectionRow._fields)
 
 
 def connection_table(derived: Derived, at_ns: int, window_ns: int) -> list[ConnectionRow]:
     """Every connection open at ``at_ns`` or closed in the ``window_ns`` before it, sorted by
     open time, close time and id."""
-    rows = derived.con.execute(
-        f"SELECT {_SELECT} FROM connections_at_ns(?, ?)", [at_ns, window_ns]
-    ).fetchall()
-    positions = _ROW_FIELDS.index("positions")
-    return [
-        ConnectionRow(*row[:positions], tuple(row[positions]), *row[positions + 1 :])
-        for row in rows
-    ]
+    table = derived.con.sql(
+        f"SELECT {_SELECT} FROM connections_at_ns({int(at_ns)}, {int(window_ns)})"
+    ).to_arrow_table()
+    columns = [column.to_pylist() for column in table.columns]
+    return list(map(ConnectionRow._make, zip(*columns, strict=True)))
 
 
 @dataclass(frozen=True)

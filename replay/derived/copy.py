@@ -1,28 +1,38 @@
-"""Copying the log into the derived store: decoded, with wall times and address ids.
+"""Copying the log into the derived store, a range of positions at a time.
 
-Events and snapshot rows are read in position ranges as Arrow columns (eventlog.scan) and
-inserted by DuckDB, which also does the per-row work: dictionary ids resolved, wall time
-from the recording's clock segments (as ``eventlog.clock.ClockModel``: a sample applies from
-its monotonic time on, the first one before it too), addresses and socket tuples given ids.
-Python touches only what is new to the store: addresses (their text is
-``eventlog.addresses``'), cgroups. The small tables (recordings, losses, clock samples,
-dictionaries) are copied whole at every sync; batches are appended.
+Events and snapshot rows are read as Arrow columns (eventlog.scan) and inserted by DuckDB,
+which also does the per-row work: addresses given ids, dictionaries resolved. Wall times are
+computed per column with the recordings' clocks (``eventlog.clock.ClockModel``). Python
+touches only what is new to the store: addresses (their text and kind are
+``eventlog.addresses``') and cgroups (their container, ``replay.views.containers``). The
+small tables (recordings, losses, clock samples, dictionaries) are copied whole at every
+sync; batches are appended.
+
+Snapshot connections are not kept: ``Chunk.snapshot_sockets`` gives their tuples and states
+to the fold as numpy columns.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
 from eventlog import addresses
-from eventlog.events import Kind
+from eventlog.clock import ClockModel
+from eventlog.errors import LogOpenError
+from eventlog.events import OPEN_STATES, TCP_LISTEN, Kind
 from eventlog.reader import LogReader
-from eventlog.scan import BLOB, INT, TEXT, Select, scan
+from eventlog.scan import BLOB, INT, TEXT, THREADS, Select, scan
 from eventlog.store import LogStore
+from replay.views.containers import container_of
 
-CHUNK_POSITIONS = 1_000_000  # events read and inserted at a time (~150 MB of columns)
+CHUNK_POSITIONS = 1_000_000  # events read, folded and committed at a time (~150 MB of columns)
 
 EVENTS = Select(
     "events",
@@ -34,7 +44,7 @@ EVENTS = Select(
 SNAPSHOT_CONNECTIONS = Select(
     "snapshot_connections",
     (("position", INT), ("netns", INT), ("laddr", BLOB), ("lport", INT), ("raddr", BLOB),
-     ("rport", INT), ("state", INT), ("inode", INT), ("uid", INT), ("pid", INT)),
+     ("rport", INT), ("state", INT)),
 )  # fmt: skip
 SNAPSHOT_PROCESSES = Select(
     "snapshot_processes",
@@ -49,41 +59,40 @@ SNAPSHOT_CONNTRACK = Select(
      ("ct_id", INT), ("zone", INT), ("mark", INT)),
 )  # fmt: skip
 
-_SOCKET_KINDS = f"({int(Kind.CONNECT)}, {int(Kind.ACCEPT)}, {int(Kind.CLOSE)})"
+SOCKET_KINDS = f"({int(Kind.CONNECT)}, {int(Kind.ACCEPT)}, {int(Kind.CLOSE)})"
 _CT_KINDS = f"({int(Kind.CT_NEW)}, {int(Kind.CT_UPDATE)}, {int(Kind.CT_DESTROY)})"
-
-# The wall time of the rows of ``c`` (with recording_id, mono_ns), by the recording's clock.
-_WALL_JOIN = """
-    ASOF LEFT JOIN clock k ON k.recording_id = c.recording_id AND c.mono_ns >= k.mono_ns
-    LEFT JOIN (SELECT recording_id, arg_min(offset_ns, mono_ns) AS offset_ns FROM clock
-               GROUP BY recording_id) f ON f.recording_id = c.recording_id
-"""
-_WALL = "c.mono_ns + coalesce(k.offset_ns, f.offset_ns)"
+Clocks = dict[int, ClockModel]  # recording -> its clock
 
 
+# -- the small tables ------------------------------------------------------------------------
 def copy_small_tables(
-    con: duckdb.DuckDBPyConnection, reader: LogReader, after: int, upto: int
+    con: duckdb.DuckDBPyConnection, reader: LogReader, clocks: Clocks, after: int, upto: int
 ) -> None:
-    """Recordings, losses, clock segments and dictionaries, whole; batches in (after, upto]."""
+    """Recordings, losses, clock segments, whole; batches in (after, upto]."""
     recordings = reader.recordings()
-    _replace(con, "recordings_raw", [
-        (r.id, r.host_id, r.machine_id, r.boot_id, r.kernel_release, r.tool_version, r.mode,
-         r.recorder_pid, r.root_netns, r.started_mono_ns, r.started_wall_ns, r.last_mono_ns,
-         r.stopped_mono_ns, r.stop_reason, r.stop_detail, r.conntrack, _json(r.options),
-         _json(r.counters))
-        for r in recordings
-    ])  # fmt: skip
+    rows = []
+    for r in recordings:
+        clock = clocks.get(r.id) or ClockModel()
+        has_clock = len(clock) > 0
+        stopped = clock.wall_ns(r.stopped_mono_ns) if has_clock and r.stopped_mono_ns else None
+        last = r.stopped_mono_ns or r.last_mono_ns or r.started_mono_ns
+        ended = clock.wall_ns(last) if has_clock else r.started_wall_ns
+        rows.append(
+            (r.id, r.host_id, r.machine_id, r.boot_id, r.kernel_release, r.tool_version, r.mode,
+             r.recorder_pid, r.root_netns, r.started_mono_ns, r.started_wall_ns, r.last_mono_ns,
+             r.stopped_mono_ns, r.stop_reason, r.stop_detail, r.conntrack, _json(r.options),
+             _json(r.counters), stopped, ended)
+        )  # fmt: skip
+    _replace(con, "recordings_raw", rows)
     _replace(con, "losses_raw", [
         (x.id, x.recording_id, x.lost, x.first_mono_ns, x.last_mono_ns, x.first_wall_ns,
          x.last_wall_ns, x.after_position, x.reason)
         for x in reader.losses()
     ])  # fmt: skip
     _replace(con, "clock", [
-        (r.id, mono, offset) for r in recordings for mono, offset in reader.clock(r.id).segments()
+        (r.id, mono, offset) for r in recordings
+        for mono, offset in (clocks.get(r.id) or ClockModel()).segments()
     ])  # fmt: skip
-    comms, namespaces = reader.dictionaries()
-    _replace(con, "dict_comms", [(k, v) for k, v in comms.items() if k is not None])
-    _replace(con, "dict_netns", [(k, v) for k, v in namespaces.items() if k is not None])
     con.execute("DELETE FROM batches WHERE last_position > ?", [after])
     _insert(con, "batches", [
         (b.first_position, b.last_position, b.recording_id, b.min_wall_ns, b.max_wall_ns)
@@ -91,9 +100,14 @@ def copy_small_tables(
     ])  # fmt: skip
 
 
-def _json(value: Any) -> str | None:
-    import json  # noqa: PLC0415 - only the small tables need it
+def copy_dictionaries(con: duckdb.DuckDBPyConnection, reader: LogReader) -> None:
+    """The process names and network namespaces that events refer to by id, whole."""
+    comms, namespaces = reader.dictionaries()
+    _replace(con, "dict_comms", [(k, v) for k, v in comms.items() if k is not None])
+    _replace(con, "dict_netns", [(k, v) for k, v in namespaces.items() if k is not None])
 
+
+def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
@@ -115,19 +129,8 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[tuple[Any, ..
         con.unregister("_small_rows")
 
 
-def copy_range(con: duckdb.DuckDBPyConnection, store: LogStore, after: int, upto: int) -> int:
-    """Events and snapshot rows with positions in ``(after, upto]``; returns events copied."""
-    copied = 0
-    for low in range(after, upto, CHUNK_POSITIONS):
-        high = min(low + CHUNK_POSITIONS, upto)
-        copied += _copy_events(con, scan(store, EVENTS, low, high))
-        _copy_snapshot_connections(con, scan(store, SNAPSHOT_CONNECTIONS, low, high))
-        _copy_snapshot_processes(con, scan(store, SNAPSHOT_PROCESSES, low, high))
-        _copy_conntrack(con, scan(store, SNAPSHOT_CONNTRACK, low, high), low, high)
-    return copied
-
-
-def _learn_addresses(con: duckdb.DuckDBPyConnection, raw_sql: str) -> None:
+# -- ids for addresses ---------------------------------------------------------------------------
+def learn_addresses(con: duckdb.DuckDBPyConnection, raw_sql: str) -> None:
     """Give every address in ``raw_sql`` (one BLOB column) that the store lacks an id."""
     new = con.execute(
         f"SELECT DISTINCT r FROM ({raw_sql}) t(r) WHERE r IS NOT NULL AND octet_length(r) > 0 "
@@ -138,10 +141,9 @@ def _learn_addresses(con: duckdb.DuckDBPyConnection, raw_sql: str) -> None:
     first = con.execute("SELECT coalesce(max(id), 0) + 1 FROM addr").fetchall()[0][0]
     rows = []
     for offset, (raw,) in enumerate(new):
-        raw = bytes(raw)
-        rows.append((first + offset, raw, addresses.address_text(raw), addresses.family(raw),
-                     addresses.is_loopback(addresses.address_text(raw)),
-                     addresses.is_unspecified(raw)))  # fmt: skip
+        text = addresses.address_text(bytes(raw))
+        rows.append((first + offset, bytes(raw), text, addresses.family(bytes(raw)),
+                     addresses.is_loopback(text), addresses.is_unspecified(bytes(raw))))  # fmt: skip
     arrow = pa.table(
         list(zip(*rows, strict=True)),
         names=["id", "raw", "text", "family", "loopback", "unspecified"],
@@ -153,141 +155,161 @@ def _learn_addresses(con: duckdb.DuckDBPyConnection, raw_sql: str) -> None:
         con.unregister("_new_addr")
 
 
-def _learn_tuples(con: duckdb.DuckDBPyConnection, keyed_sql: str) -> None:
-    """Give every (netns, laddr id, lport, raddr id, rport) in ``keyed_sql`` that the store
-    lacks an id."""
-    con.execute(
-        f"""
-        INSERT INTO tuples
-        SELECT (SELECT coalesce(max(id), 0) FROM tuples)
-                   + row_number() OVER (ORDER BY netns, laddr, lport, raddr, rport),
-               netns, laddr, lport, raddr, rport
-        FROM (SELECT DISTINCT * FROM ({keyed_sql})) k
-        WHERE NOT EXISTS (SELECT 1 FROM tuples t WHERE t.netns = k.netns AND t.laddr = k.laddr
-                          AND t.lport = k.lport AND t.raddr = k.raddr AND t.rport = k.rport)
-        """
+# -- one range of events ---------------------------------------------------------------------
+@dataclass
+class Chunk:
+    """One range of positions as copied."""
+
+    after: int
+    upto: int
+    events: int
+    # The snapshots' sockets that are not listening, ordered by position, as columns:
+    # position, netns, laddr id, lport, raddr id, rport, open (1) or closing (0).
+    snapshot_sockets: tuple[npt.NDArray[np.int64], ...]
+
+
+@dataclass
+class Scanned:
+    """A range's rows as read from the log, before they are copied."""
+
+    after: int
+    upto: int
+    events: pa.Table
+    connections: pa.Table
+    processes: pa.Table
+    conntrack: pa.Table
+
+
+def scan_range(
+    store: LogStore, clocks: Clocks, after: int, upto: int, threads: int = THREADS
+) -> Scanned:
+    """Read the events (with their wall times) and snapshot rows of ``(after, upto]``.
+
+    Only the log and numpy are touched here (no DuckDB), so a range can be read on another
+    thread while the one before is copied and folded."""
+    return Scanned(
+        after,
+        upto,
+        with_wall_time(scan(store, EVENTS, after, upto, threads), clocks),
+        scan(store, SNAPSHOT_CONNECTIONS, after, upto, threads),
+        scan(store, SNAPSHOT_PROCESSES, after, upto, threads),
+        scan(store, SNAPSHOT_CONNTRACK, after, upto, threads),
     )
 
 
-def _copy_events(con: duckdb.DuckDBPyConnection, chunk: pa.Table) -> int:
-    if chunk.num_rows == 0:
-        return 0
-    con.register("_events", chunk)
+def copy_chunk(con: duckdb.DuckDBPyConnection, scanned: Scanned) -> Chunk:
+    """Copy a range read by ``scan_range``."""
+    con.register("_raw_events", scanned.events)
     try:
-        _learn_addresses(con, "SELECT laddr FROM _events UNION ALL SELECT raddr FROM _events")
+        learn_addresses(con, "SELECT laddr FROM _raw_events UNION ALL SELECT raddr FROM _raw_events")
         con.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE _ev_keyed AS
-            SELECT c.*, coalesce(n.inode, 0) AS netns_key, coalesce(a1.id, 0) AS laddr_key,
-                   coalesce(a2.id, 0) AS raddr_key, a1.text AS laddr_text, a2.text AS raddr_text,
-                   a1.family AS family, n.inode AS netns, d.name AS comm
-            FROM _events c
+            """
+            INSERT INTO ev
+            SELECT c.position, c.recording_id, c.kind, c.mono_ns, c.wall_ns, c.pid, c.comm_id,
+                   c.netns_id, a1.id, c.lport, a2.id, c.rport, c.sock_id, c.bytes_sent,
+                   c.bytes_received, CAST(decode(c.extra) AS JSON)
+            FROM _raw_events c
             LEFT JOIN addr a1 ON a1.raw = c.laddr
             LEFT JOIN addr a2 ON a2.raw = c.raddr
-            LEFT JOIN dict_netns n ON n.id = c.netns_id
-            LEFT JOIN dict_comms d ON d.id = c.comm_id
             """
         )
-        _learn_tuples(
-            con,
-            "SELECT netns_key AS netns, laddr_key AS laddr, coalesce(lport, 0) AS lport, "
-            "raddr_key AS raddr, coalesce(rport, 0) AS rport "
-            f"FROM _ev_keyed WHERE kind IN {_SOCKET_KINDS}",
-        )
-        con.execute(
-            f"""
-            INSERT INTO ev
-            SELECT c.position, c.recording_id, c.kind, c.mono_ns, {_WALL}, c.pid, c.comm,
-                   c.netns, c.laddr_text, c.lport, c.raddr_text, c.rport, c.sock_id,
-                   c.bytes_sent, c.bytes_received, CAST(decode(c.extra) AS JSON), c.family,
-                   CASE WHEN c.kind IN {_SOCKET_KINDS} THEN t.id END
-            FROM _ev_keyed c
-            {_WALL_JOIN}
-            LEFT JOIN tuples t ON t.netns = c.netns_key AND t.laddr = c.laddr_key
-                AND t.lport = coalesce(c.lport, 0) AND t.raddr = c.raddr_key
-                AND t.rport = coalesce(c.rport, 0)
-            ORDER BY c.position
-            """
-        )
-        con.execute("DROP TABLE _ev_keyed")
     finally:
-        con.unregister("_events")
-    return int(chunk.num_rows)
+        con.unregister("_raw_events")
+    where = f"e.position > {int(scanned.after)} AND e.position <= {int(scanned.upto)}"
+    sockets = _snapshot_sockets(con, scanned.connections)
+    _copy_snapshot_processes(con, scanned.processes)
+    _copy_conntrack(con, scanned.conntrack, where)
+    _mark_snapshots(con, where)
+    return Chunk(scanned.after, scanned.upto, scanned.events.num_rows, sockets)
 
 
-def _copy_snapshot_connections(con: duckdb.DuckDBPyConnection, chunk: pa.Table) -> None:
-    if chunk.num_rows == 0:
-        return
-    con.register("_snap", chunk)
+def with_wall_time(events: pa.Table, clocks: Clocks) -> pa.Table:
+    """``events`` (with recording_id and mono_ns) and a wall_ns column, by each recording's
+    clock."""
+    recordings = events.column("recording_id").to_numpy()
+    monos = events.column("mono_ns").to_numpy()
+    wall = np.empty_like(monos)
+    for recording in np.unique(recordings).tolist():
+        clock = clocks.get(recording)
+        if clock is None or not len(clock):
+            raise LogOpenError(f"recording {recording} has events but no clock samples")
+        rows = recordings == recording
+        wall[rows] = clock.wall_ns_array(monos[rows])
+    return events.append_column("wall_ns", pa.array(wall, type=pa.int64()))
+
+
+def _snapshot_sockets(
+    con: duckdb.DuckDBPyConnection, rows: pa.Table
+) -> tuple[npt.NDArray[np.int64], ...]:
+    """The snapshots' sockets that are not listening (``Chunk.snapshot_sockets``)."""
+    con.register("_snap", rows)
     try:
-        _learn_addresses(con, "SELECT laddr FROM _snap UNION ALL SELECT raddr FROM _snap")
-        con.execute(
+        learn_addresses(con, "SELECT laddr FROM _snap UNION ALL SELECT raddr FROM _snap")
+        table = con.sql(
+            f"""
+            SELECT s.position, s.netns, coalesce(a1.id, 0), s.lport, coalesce(a2.id, 0), s.rport,
+                   s.state IN ({", ".join(map(str, sorted(OPEN_STATES)))})
+            FROM _snap s LEFT JOIN addr a1 ON a1.raw = s.laddr LEFT JOIN addr a2 ON a2.raw = s.raddr
+            WHERE s.state <> {TCP_LISTEN}
+            ORDER BY s.position
             """
-            CREATE OR REPLACE TEMP TABLE _snap_keyed AS
-            SELECT s.*, a1.id AS laddr_key, a2.id AS raddr_key, a1.text AS laddr_text,
-                   a2.text AS raddr_text,
-                   -- as the snapshot's rows are read back in order (netns, ports, inode)
-                   row_number() OVER (PARTITION BY s.position
-                       ORDER BY s.netns, s.lport, s.rport, s.inode, s.laddr, s.raddr, s.state,
-                                s.uid, s.pid) AS ordinal
-            FROM _snap s
-            LEFT JOIN addr a1 ON a1.raw = s.laddr
-            LEFT JOIN addr a2 ON a2.raw = s.raddr
-            """
-        )
-        _learn_tuples(
-            con,
-            "SELECT netns, coalesce(laddr_key, 0) AS laddr, lport, coalesce(raddr_key, 0) AS raddr,"
-            " rport FROM _snap_keyed",
-        )
-        con.execute(
-            """
-            INSERT INTO snap_conn
-            SELECT s.position, s.ordinal, s.netns, s.laddr_text, s.lport, s.raddr_text, s.rport,
-                   s.state, s.inode, s.uid, s.pid, t.id
-            FROM _snap_keyed s
-            LEFT JOIN tuples t ON t.netns = s.netns AND t.laddr = coalesce(s.laddr_key, 0)
-                AND t.lport = s.lport AND t.raddr = coalesce(s.raddr_key, 0) AND t.rport = s.rport
-            ORDER BY s.position, s.ordinal
-            """
-        )
-        con.execute("DROP TABLE _snap_keyed")
+        ).to_arrow_table()
+        _count_rows(con, "_snap_counts", "_snap")
     finally:
         con.unregister("_snap")
+    return tuple(column.to_numpy().astype(np.int64) for column in table.columns)
 
 
-def _copy_snapshot_processes(con: duckdb.DuckDBPyConnection, chunk: pa.Table) -> None:
-    if chunk.num_rows == 0:
-        return
-    con.register("_procs", chunk)
+def _count_rows(con: duckdb.DuckDBPyConnection, name: str, rows: str) -> None:
+    """``name``: how many rows of ``rows`` each snapshot position holds."""
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {name} AS "
+        f"SELECT position, count(*) AS n FROM {rows} GROUP BY position"
+    )
+
+
+def _copy_snapshot_processes(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> None:
+    con.register("_procs", rows)
     try:
         con.execute(
             """
             INSERT INTO snap_proc
             SELECT position, pid, ppid, decode(comm), decode(cmdline), decode(cgroup), netns,
                    start_mono_ns
-            FROM _procs ORDER BY position, pid
+            FROM _procs
             """
         )
+        _count_rows(con, "_proc_counts", "_procs")
+        new = con.execute(
+            "SELECT DISTINCT decode(cgroup) AS g FROM _procs "
+            "WHERE decode(cgroup) NOT IN (SELECT cgroup FROM cgroups) ORDER BY g"
+        ).fetchall()
     finally:
         con.unregister("_procs")
+    _insert(con, "cgroups", [(cgroup, *_container(cgroup)) for (cgroup,) in new])
 
 
-def _copy_conntrack(
-    con: duckdb.DuckDBPyConnection, chunk: pa.Table, after: int, upto: int
-) -> None:
+def _container(cgroup: str) -> tuple[str | None, str | None]:
+    container = container_of(cgroup)
+    return (container.runtime, container.id) if container else (None, None)
+
+
+def _copy_conntrack(con: duckdb.DuckDBPyConnection, rows: pa.Table, where: str) -> None:
     """Every sighting of a conntrack entry in the range: the dumps of its snapshots and its
     CT_* events (whose reply tuple and the rest are in the event's extra)."""
-    if chunk.num_rows:
-        con.register("_ct", chunk)
+    con.register("_ct", rows)
+    _count_rows(con, "_ct_counts", "_ct")
+    con.unregister("_ct")
+    if rows.num_rows:
+        con.register("_ct", rows)
         try:
-            _learn_addresses(
+            learn_addresses(
                 con,
                 "SELECT orig_src FROM _ct UNION ALL SELECT orig_dst FROM _ct "
                 "UNION ALL SELECT reply_src FROM _ct UNION ALL SELECT reply_dst FROM _ct",
             )
             con.execute(
-                """
+                f"""
                 INSERT INTO conntrack_raw
                 SELECT t.position, e.recording_id, e.wall_ns, 'snapshot', t.netns,
                     (SELECT text FROM addr WHERE raw = t.orig_src), t.orig_sport,
@@ -295,7 +317,7 @@ def _copy_conntrack(
                     (SELECT text FROM addr WHERE raw = t.reply_src), t.reply_sport,
                     (SELECT text FROM addr WHERE raw = t.reply_dst), t.reply_dport,
                     t.status, t.tcp_state, t.ct_id, t.zone, t.mark
-                FROM _ct t JOIN ev e ON e.position = t.position
+                FROM _ct t JOIN ev e ON e.position = t.position AND {where}
                 ORDER BY t.position, t.netns, t.ct_id
                 """
             )
@@ -307,8 +329,8 @@ def _copy_conntrack(
         SELECT e.position, e.recording_id, e.wall_ns,
             CASE e.kind WHEN {int(Kind.CT_NEW)} THEN 'new' WHEN {int(Kind.CT_UPDATE)} THEN 'update'
                  ELSE 'destroy' END,
-            coalesce(e.netns, 0), coalesce(e.laddr, '?'), coalesce(e.lport, 0),
-            coalesce(e.raddr, '?'), coalesce(e.rport, 0),
+            coalesce(n.inode, 0), coalesce(a1.text, '?'), coalesce(e.lport, 0),
+            coalesce(a2.text, '?'), coalesce(e.rport, 0),
             coalesce(json_extract_string(e.extra, '$.reply_src'), '0.0.0.0'),
             coalesce(CAST(json_extract(e.extra, '$.reply_sport') AS INTEGER), 0),
             coalesce(json_extract_string(e.extra, '$.reply_dst'), '0.0.0.0'),
@@ -319,7 +341,28 @@ def _copy_conntrack(
             coalesce(CAST(json_extract(e.extra, '$.zone') AS INTEGER), 0),
             coalesce(CAST(json_extract(e.extra, '$.mark') AS BIGINT), 0)
         FROM ev e
-        WHERE e.position > {int(after)} AND e.position <= {int(upto)} AND e.kind IN {_CT_KINDS}
+        LEFT JOIN addr a1 ON a1.id = e.laddr LEFT JOIN addr a2 ON a2.id = e.raddr
+        LEFT JOIN dict_netns n ON n.id = e.netns_id
+        WHERE {where} AND e.kind IN {_CT_KINDS}
         ORDER BY e.position
         """
     )
+
+
+def _mark_snapshots(con: duckdb.DuckDBPyConnection, where: str) -> None:
+    """The range's snapshot events, with how many rows each holds."""
+    con.execute(
+        f"""
+        INSERT INTO snap_marks
+        SELECT e.position, e.recording_id, e.wall_ns, e.mono_ns, e.extra,
+            coalesce(c.n, 0), coalesce(p.n, 0), coalesce(t.n, 0)
+        FROM ev e
+        LEFT JOIN _snap_counts c ON c.position = e.position
+        LEFT JOIN _proc_counts p ON p.position = e.position
+        LEFT JOIN _ct_counts t ON t.position = e.position
+        WHERE {where} AND e.kind = {int(Kind.SNAPSHOT)}
+        ORDER BY e.position
+        """
+    )
+    for name in ("_snap_counts", "_proc_counts", "_ct_counts"):
+        con.execute(f"DROP TABLE {name}")

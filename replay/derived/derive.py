@@ -1,108 +1,166 @@
-"""Deriving: the log's new events copied, folded into intervals, and the intervals made whole.
+"""Deriving a copied range: the fold's intervals, made whole.
 
-One sync takes the derived store from the position it had folded to the log's head:
+For each range of positions (replay.derived.copy.copy_chunk copied it):
 
-1. copy the small tables and the new events and snapshot rows (replay.derived.copy);
-2. set aside the sockets that need no fold (below);
-3. fold the rest from the stored state (replay.fold) and store what ended, the new state,
-   and what is open at the head;
-4. join those positions with the events to make interval rows (sockets, processes, NAT).
+1. set aside the sockets that need no fold (below), and store them as intervals;
+2. fold the range's other events from the state (replay.fold);
+3. store what ended, joined with the events (and, for sockets only /proc knew, the snapshot
+   rows in the log) to make whole interval rows.
 
-The set-aside (step 2) is the one shortcut, and it changes no answer. Most sockets open and
-close between two snapshots of their recording, and nothing else in that stretch concerns
-them: if a socket id occurs exactly twice among the new events, first in an open and then in
-a close, no snapshot of its recording falls between the two, and the id was not open at the
-previous head, then folding the two events one at a time would set ``sockets[id]`` at the
-open, leave it untouched (no other event names the id; snapshots of other recordings and
-closes without an id do not look at this recording's sockets), and end it at the close with
-nothing else changed. So the pair is an interval (open, close) and both events are left out
-of the fold. tests/unit/replay/test_derive.py derives generated logs with and without it and
-compares every interval.
+At the end of a sync, what is open (the state) is stored as intervals without an end, and
+the state itself is kept for the next sync.
+
+The set-aside (step 1) is the one shortcut, and it changes no answer. Most sockets open and
+close between two snapshots of their recording, and nothing else concerns them: if a socket
+id occurs exactly twice among the range's events, first in an open and then in a close, no
+snapshot of its recording falls between the two, and the id is not open in the state at the
+start of the range, then folding the two events one at a time would set ``sockets[id]`` at
+the open, leave it untouched (no other event of the range names the id; snapshots of other
+recordings and closes without an id do not look at this recording's sockets), and end it at
+the close with nothing else changed. So the pair is an interval (open, close), and both
+events are left out of the fold. tests/unit/replay/test_derive.py derives generated logs
+with and without it, and in ranges of every size, and compares every interval.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
+from itertools import compress
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
-from eventlog.events import OPEN_STATES, TCP_LISTEN, IPS_NAT_MASK, Kind
+from eventlog.errors import LogOpenError
+from eventlog.events import IPS_NAT_MASK, TCP_LISTEN, Kind, Snapshot
+from eventlog.reader import LogReader
+from replay.derived.copy import Chunk
+from replay.derived.tables import SHORT_NS, SOCKET_COLUMNS
 from replay.fold import (
     FOLDED_KINDS,
     Ended,
     Fold,
-    FoldRow,
     FoldState,
     Segment,
     SnapshotContent,
     SocketEnd,
+    Tuple,
+    tuple_fields,
+    tuple_key,
 )
 
 _SNAPSHOT = int(Kind.SNAPSHOT)
 _CONNECT = int(Kind.CONNECT)
 _EXEC = int(Kind.EXEC)
-_OPEN_STATES = ", ".join(map(str, sorted(OPEN_STATES)))
-FOLD_PAGE = 200_000
+_OPENING = f"({int(Kind.CONNECT)}, {int(Kind.ACCEPT)})"
 
 
-@dataclass
-class DeriveStats:
-    events: int = 0  # events copied
-    set_aside: int = 0  # sockets that needed no fold
-    folded: int = 0  # events the fold read
+class ChunkSource:
+    """The fold's look-ups for one range: its snapshots from the copy's columns, the rest
+    from the store."""
 
-
-class StoreSource:
-    """The fold's look-ups, answered from the derived store's copies."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, chunk: Chunk) -> None:
         self.con = con
+        where = f"position > {int(chunk.after)} AND position <= {int(chunk.upto)}"
+        self.marks = {
+            int(position): json.loads(extra) if extra else {}
+            for position, extra in con.execute(
+                f"SELECT position, extra FROM snap_marks WHERE {where}"
+            ).fetchall()
+        }
+        self._sockets = _Grouped(chunk.snapshot_sockets)
+        netns, laddr, lport, raddr, rport, opened = self._sockets.columns
+        self._tuples = tuple_keys(netns, laddr, lport, raddr, rport)
+        self._opened = opened.tolist()
+        self._pids = _Grouped(_columns(con, f"SELECT position, pid FROM snap_proc WHERE {where}"))
+        self._conntrack = _Grouped(_columns(con, f"""
+            SELECT position, netns, ct_id FROM conntrack_raw
+            WHERE {where} AND change = 'snapshot'"""))  # fmt: skip
 
-    def snapshot(self, recording: int, position: int) -> SnapshotContent:
-        con = self.con
-        rows = con.execute("SELECT extra FROM ev WHERE position = ?", [position]).fetchall()
-        extra = json.loads(rows[0][0]) if rows and rows[0][0] else {}
+    def snapshot(self, position: int) -> SnapshotContent:
+        extra = self.marks.get(position, {})
         walked = extra.get("namespace_list")
-        sockets = con.execute(
-            "SELECT tuple_id, state IN (" + _OPEN_STATES + ") FROM snap_conn "
-            f"WHERE position = ? AND state <> {TCP_LISTEN}",
-            [position],
-        ).fetchall()
-        pids = con.execute("SELECT pid FROM snap_proc WHERE position = ?", [position]).fetchall()
+        low, high = self._sockets.bounds(position)
+        tuples, opened = self._tuples[low:high], self._opened[low:high]
+        (pids,) = self._pids.rows(position)
         conntrack = None
         if extra.get("conntrack"):
-            dumped = con.execute(
-                "SELECT netns, ct_id FROM conntrack_raw WHERE position = ? AND change = 'snapshot'",
-                [position],
-            ).fetchall()
-            conntrack = frozenset((int(n), int(c)) for n, c in dumped)
+            netns, ct_ids = self._conntrack.rows(position)
+            conntrack = frozenset(zip(netns.tolist(), ct_ids.tolist(), strict=True))
         return SnapshotContent(
             namespaces=None if walked is None else frozenset(int(n) for n in walked),
-            open_tuples=frozenset(t for t, is_open in sockets if is_open),
-            closing_tuples=frozenset(t for t, is_open in sockets if not is_open),
-            pids=frozenset(pid for (pid,) in pids),
+            open_tuples=frozenset(compress(tuples, opened)),
+            closing_tuples=frozenset(compress(tuples, [not o for o in opened])),
+            pids=frozenset(pids.tolist()),
             conntrack=conntrack,
         )
 
-    def tuples_of(self, positions: Collection[int]) -> dict[int, int]:
-        return dict(self._lookup("SELECT position, coalesce(tuple_id, 0) FROM ev", "position", positions))
+    def tuples_of(self, positions: Collection[int]) -> dict[int, Tuple]:
+        rows = _lookup(self.con, f"SELECT e.position AS k, {_TUPLE} FROM ev e {_TUPLE_JOIN}",
+                       positions)  # fmt: skip
+        return {row[0]: tuple_key(*row[1:]) for row in rows}
 
-    def netns_of(self, tuple_ids: Collection[int]) -> dict[int, int]:
-        return dict(self._lookup("SELECT id, netns FROM tuples", "id", tuple_ids))
 
-    def _lookup(self, select: str, column: str, keys: Collection[int]) -> list[tuple[int, int]]:
-        table = pa.table({"k": pa.array(sorted(set(keys)), type=pa.int64())})
-        self.con.register("_keys", table)
-        try:
-            return self.con.execute(
-                f"SELECT * FROM ({select}) s WHERE {column} IN (SELECT k FROM _keys)"
-            ).fetchall()
-        finally:
-            self.con.unregister("_keys")
+# The fields of an event's (``e``, joined with ``_TUPLE_JOIN``) tuple, as tuple_key takes them.
+_TUPLE = (
+    "coalesce(n.inode, 0), coalesce(e.laddr, 0), coalesce(e.lport, 0), "
+    "coalesce(e.raddr, 0), coalesce(e.rport, 0)"
+)
+_TUPLE_JOIN = "LEFT JOIN dict_netns n ON n.id = e.netns_id"
+
+
+_TUPLE_ROW = np.dtype([("netns", ">u4"), ("laddr", ">u4"), ("lport", ">u2"), ("raddr", ">u4"),
+                       ("rport", ">u2")])  # fmt: skip
+
+
+def tuple_keys(*fields: npt.NDArray[np.int64]) -> list[Tuple]:
+    """``tuple_key`` of each row of the five columns ``fields``, packed by numpy: the same
+    bytes as ``replay.fold.TUPLE``. A field out of its range (a log edited by hand) is an
+    error, not a key shared with another socket."""
+    rows = np.empty(len(fields[0]), dtype=_TUPLE_ROW)
+    for name, column in zip(_TUPLE_ROW.names or (), fields, strict=True):
+        limit = np.iinfo(_TUPLE_ROW[name]).max
+        if len(column) and (column.min() < 0 or column.max() > limit):
+            raise LogOpenError(f"the log holds a socket whose {name} is out of range")
+        rows[name] = column
+    keys: list[Tuple] = rows.view("V16").tolist()
+    return keys
+
+
+def _columns(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[npt.NDArray[np.int64], ...]:
+    table = con.sql(f"SELECT * FROM ({sql}) ORDER BY 1").to_arrow_table()
+    return tuple(column.to_numpy().astype(np.int64) for column in table.columns)
+
+
+class _Grouped:
+    """Columns ordered by their first (a position), and the rows of one position by slicing."""
+
+    def __init__(self, columns: tuple[npt.NDArray[np.int64], ...]) -> None:
+        self.positions, self.columns = columns[0], columns[1:]
+
+    def bounds(self, position: int) -> tuple[int, int]:
+        low = int(np.searchsorted(self.positions, position, side="left"))
+        return low, int(np.searchsorted(self.positions, position, side="right"))
+
+    def rows(self, position: int) -> list[npt.NDArray[np.int64]]:
+        low, high = self.bounds(position)
+        return [column[low:high] for column in self.columns]
+
+
+def _lookup(
+    con: duckdb.DuckDBPyConnection, select: str, keys: Collection[int]
+) -> list[tuple[Any, ...]]:
+    """The rows of ``select`` (whose first column is ``k``) whose ``k`` is one of ``keys``."""
+    table = pa.table({"k": pa.array(sorted(set(keys)), type=pa.int64())})
+    con.register("_keys", table)
+    try:
+        return con.execute(f"SELECT * FROM ({select}) s SEMI JOIN _keys w ON w.k = s.k").fetchall()
+    finally:
+        con.unregister("_keys")
 
 
 # -- the fold's state, kept in the store ----------------------------------------------------
@@ -112,10 +170,10 @@ def load_state(con: duckdb.DuckDBPyConnection, position: int) -> FoldState:
         state.sockets_of(recording)[key] = opened
     for recording, key, opened, missed in con.execute("SELECT * FROM state_missing").fetchall():
         state.missing_of(recording)[key] = (opened, missed)
-    for recording, tuple_id, seen in con.execute("SELECT * FROM state_snapshot_sockets").fetchall():
-        state.snapshot_sockets[(recording, tuple_id)] = seen
+    for recording, *fields, seen in con.execute("SELECT * FROM state_snapshot_sockets").fetchall():
+        state.snapshot_sockets[(recording, tuple_key(*fields))] = seen
     for recording, pid, source in con.execute("SELECT * FROM state_processes").fetchall():
-        state.processes[(recording, pid)] = source
+        state.processes_of(recording)[pid] = source
     for recording, netns, ct_id, source in con.execute("SELECT * FROM state_conntrack").fetchall():
         state.conntrack[(recording, netns, ct_id)] = source
     return state
@@ -128,11 +186,11 @@ def save_state(con: duckdb.DuckDBPyConnection, state: FoldState) -> None:
     _replace(con, "state_missing", ["recording_id", "key", "open_pos", "missed_pos"], [
         (r, k, p, m) for r, entries in state.missing.items() for k, (p, m) in entries.items()
     ])  # fmt: skip
-    _replace(con, "state_snapshot_sockets", ["recording_id", "tuple_id", "snapshot_pos"], [
-        (r, t, p) for (r, t), p in state.snapshot_sockets.items()
-    ])  # fmt: skip
+    _replace(con, "state_snapshot_sockets",
+             ["recording_id", "netns", "laddr", "lport", "raddr", "rport", "snapshot_pos"],
+             [(r, *tuple_fields(t), p) for (r, t), p in state.snapshot_sockets.items()])  # fmt: skip
     _replace(con, "state_processes", ["recording_id", "pid", "source_pos"], [
-        (r, pid, p) for (r, pid), p in state.processes.items()
+        (r, pid, p) for r, processes in state.processes.items() for pid, p in processes.items()
     ])  # fmt: skip
     _replace(con, "state_conntrack", ["recording_id", "netns", "ct_id", "source_pos"], [
         (r, n, c, p) for (r, n, c), p in state.conntrack.items()
@@ -140,242 +198,282 @@ def save_state(con: duckdb.DuckDBPyConnection, state: FoldState) -> None:
 
 
 def _replace(
-    con: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: list[tuple[int, ...]]
-) -> None:
-    con.execute(f"DELETE FROM {table}")
-    _append(con, table, columns, rows)
-
-
-def _append(
     con: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: list[tuple[Any, ...]]
 ) -> None:
-    if not rows:
-        return
-    arrow = pa.table(
-        [pa.array(values, type=pa.int64()) for values in zip(*rows, strict=True)], names=columns
-    )
-    con.register("_rows", arrow)
-    try:
-        con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM _rows")
-    finally:
-        con.unregister("_rows")
+    con.execute(f"DELETE FROM {table}")
+    _stage(con, "_rows", columns, rows)
+    con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM _rows")
 
 
-# -- step 2: sockets that need no fold -----------------------------------------------------
-def set_aside(con: duckdb.DuckDBPyConnection, after: int) -> int:
-    """Make ``_set_aside(open_pos, close_pos)``: the new sockets the module docstring
-    describes. Returns how many."""
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE _set_aside AS
-        WITH snaps AS (
-            SELECT recording_id, position, row_number() OVER (
-                PARTITION BY recording_id ORDER BY position) AS run
-            FROM ev WHERE position > {int(after)} AND kind = {_SNAPSHOT}
-        ),
-        once AS (
-            SELECT recording_id, sock_id, min(position) AS open_pos, max(position) AS close_pos,
-                   arg_min(kind, position) AS first_kind, arg_max(kind, position) AS last_kind
-            FROM ev
-            WHERE position > {int(after)} AND sock_id IS NOT NULL
-              AND kind IN ({int(Kind.CONNECT)}, {int(Kind.ACCEPT)}, {int(Kind.CLOSE)})
-            GROUP BY recording_id, sock_id HAVING count(*) = 2
-        ),
-        pairs AS (
-            SELECT * FROM once o
-            WHERE first_kind IN ({int(Kind.CONNECT)}, {int(Kind.ACCEPT)})
-              AND last_kind = {int(Kind.CLOSE)}
-              AND NOT EXISTS (SELECT 1 FROM state_sockets s
-                              WHERE s.recording_id = o.recording_id AND s.key = o.sock_id)
-        ),
-        runs AS (  -- how many of its recording's snapshots came before the open
-            SELECT p.recording_id, p.open_pos, p.close_pos, coalesce(a.run, 0) AS open_run
-            FROM pairs p ASOF LEFT JOIN snaps a
-              ON a.recording_id = p.recording_id AND p.open_pos > a.position
-        )
-        SELECT r.open_pos, r.close_pos
-        FROM runs r ASOF LEFT JOIN snaps b
-          ON b.recording_id = r.recording_id AND r.close_pos > b.position
-        WHERE coalesce(b.run, 0) = r.open_run
-        """
-    )
-    return int(con.execute("SELECT count(*) FROM _set_aside").fetchall()[0][0])
-
-
-# -- step 3: the fold ----------------------------------------------------------------------
-def fold_rows(
-    con: duckdb.DuckDBPyConnection, after: int, upto: int, skip_set_aside: bool
-) -> Iterator[list[FoldRow]]:
-    """The rows the fold reads, in position order, a page at a time."""
-    kinds = ", ".join(map(str, sorted(FOLDED_KINDS)))
-    skip = (
-        "AND e.position NOT IN (SELECT open_pos FROM _set_aside UNION ALL "
-        "SELECT close_pos FROM _set_aside)"
-        if skip_set_aside
-        else ""
-    )
-    # Fetched whole before folding: the fold's look-ups run on the same connection (the
-    # sync's transaction), which cannot interleave them with a pending result.
-    table = con.sql(
-        f"""
-        SELECT e.position, e.recording_id, e.kind, e.sock_id, coalesce(e.tuple_id, 0),
-               coalesce(e.pid, 0), coalesce(c.netns, 0), coalesce(c.ct_id, 0)
-        FROM ev e LEFT JOIN conntrack_raw c ON c.position = e.position AND c.change <> 'snapshot'
-        WHERE e.position > {int(after)} AND e.position <= {int(upto)} AND e.kind IN ({kinds}) {skip}
-        ORDER BY e.position
-        """
-    ).to_arrow_table()
-    for batch in table.to_batches(FOLD_PAGE):
-        columns = [column.to_pylist() for column in batch.columns]
-        yield list(map(FoldRow._make, zip(*columns, strict=True)))
-
-
-def fold(
-    con: duckdb.DuckDBPyConnection, after: int, upto: int, skip_set_aside: bool = True
-) -> tuple[FoldState, Ended, int]:
-    """Fold the new events from the stored state; returns the new state, what ended, and how
-    many events were read."""
-    state = load_state(con, after)
-    folder = Fold(state, StoreSource(con))
-    read = 0
-    for page in fold_rows(con, after, upto, skip_set_aside):
-        folder.apply(page)
-        read += len(page)
-    state.position = upto
-    return state, folder.ended, read
-
-
-# -- step 4: whole intervals -----------------------------------------------------------------
-def store_intervals(
-    con: duckdb.DuckDBPyConnection, ended: Ended, open_: Ended, with_set_aside: bool
+def _stage(
+    con: duckdb.DuckDBPyConnection, name: str, columns: list[str], rows: list[tuple[Any, ...]]
 ) -> None:
-    """Append what ended to the interval tables (with the set-aside sockets), and replace
-    what is open."""
-    _stage_sockets(con, ended.sockets, with_set_aside)
-    con.execute(f"INSERT INTO socket_iv {SOCKETS_SQL}")
-    _stage_sockets(con, open_.sockets, False)
-    con.execute("DELETE FROM socket_iv_open")
-    con.execute(f"INSERT INTO socket_iv_open {SOCKETS_SQL}")
-    _stage_segments(con, "_process_segments", ["recording_id", "pid"], ended.processes)
-    con.execute(f"INSERT INTO process_iv {PROCESSES_SQL}")
-    _stage_segments(con, "_process_segments", ["recording_id", "pid"], open_.processes)
-    con.execute("DELETE FROM process_iv_open")
-    con.execute(f"INSERT INTO process_iv_open {PROCESSES_SQL}")
-    _stage_segments(con, "_nat_segments", ["recording_id", "netns", "ct_id"], ended.conntrack)
-    con.execute(f"INSERT INTO nat_iv {NAT_SQL}")
-    _stage_segments(con, "_nat_segments", ["recording_id", "netns", "ct_id"], open_.conntrack)
-    con.execute("DELETE FROM nat_iv_open")
-    con.execute(f"INSERT INTO nat_iv_open {NAT_SQL}")
-
-
-def _stage_sockets(
-    con: duckdb.DuckDBPyConnection, ends: list[SocketEnd], with_set_aside: bool
-) -> None:
-    columns = ["open_pos", "snapshot_pos", "tuple_id", "close_pos", "missing_pos"]
-    arrow = pa.table(
-        [pa.array([end[i] for end in ends], type=pa.int64()) for i in range(len(columns))],
-        names=columns,
-    )
-    con.register("_ends", arrow)
-    try:
-        con.execute("CREATE OR REPLACE TEMP TABLE _socket_ends AS SELECT * FROM _ends")
-    finally:
-        con.unregister("_ends")
-    if with_set_aside:
-        con.execute(
-            "INSERT INTO _socket_ends SELECT open_pos, NULL, NULL, close_pos, NULL FROM _set_aside"
-        )
-
-
-def _stage_segments(
-    con: duckdb.DuckDBPyConnection, name: str, key: list[str], segments: list[Segment]
-) -> None:
-    columns = [*key, "source_pos", "end_pos"]
-    rows = [(*segment.key, segment.source_pos, segment.end_pos) for segment in segments]
+    """``rows`` (of integers or None) as the temporary table ``name``."""
     arrow = pa.table(
         [pa.array([row[i] for row in rows], type=pa.int64()) for i in range(len(columns))],
         names=columns,
     )
-    con.register("_segments", arrow)
+    con.register("_staged", arrow)
     try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM _segments")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM _staged")
     finally:
-        con.unregister("_segments")
+        con.unregister("_staged")
 
 
+# -- step 1: sockets that need no fold -----------------------------------------------------
+def set_aside(con: duckdb.DuckDBPyConnection, chunk: Chunk, state: FoldState) -> int:
+    """Make ``_set_aside`` (recording, socket id) of the range's sockets that the module
+    docstring describes, and store them; returns how many."""
+    where = f"position > {int(chunk.after)} AND position <= {int(chunk.upto)}"
+    _stage(con, "_open_keys", ["recording_id", "key"], [
+        (r, k) for r, sockets in state.sockets.items() for k in sockets
+    ])  # fmt: skip
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _set_aside AS
+        WITH twice AS (
+            SELECT recording_id, sock_id, min(position) AS open_pos, max(position) AS close_pos,
+                arg_min(kind, position) AS first_kind, arg_max(kind, position) AS last_kind,
+                min(wall_ns) FILTER (WHERE kind IN {_OPENING}) AS known_ns,
+                max(wall_ns) FILTER (WHERE kind = {int(Kind.CLOSE)}) AS close_ns
+            FROM ev
+            WHERE {where} AND sock_id IS NOT NULL
+              AND kind IN ({int(Kind.CONNECT)}, {int(Kind.ACCEPT)}, {int(Kind.CLOSE)})
+            GROUP BY recording_id, sock_id HAVING count(*) = 2
+        ),
+        snaps AS (SELECT recording_id, position FROM snap_marks WHERE {where})
+        SELECT w.recording_id, w.sock_id, w.open_pos, w.close_pos, w.known_ns, w.close_ns
+        FROM twice w
+        ASOF LEFT JOIN snaps s ON s.recording_id = w.recording_id AND s.position > w.open_pos
+        ANTI JOIN _open_keys k ON k.recording_id = w.recording_id AND k.key = w.sock_id
+        WHERE w.first_kind IN {_OPENING} AND w.last_kind = {int(Kind.CLOSE)}
+          AND (s.position IS NULL OR s.position > w.close_pos)
+        """
+    )
+    pair = "open_pos, close_pos, known_ns, close_ns"
+    short = f"close_ns - known_ns <= {SHORT_NS}"
+    con.execute(f"INSERT INTO pairs_short SELECT {pair} FROM _set_aside WHERE {short} ORDER BY open_pos")
+    con.execute(f"INSERT INTO pairs_long SELECT {pair} FROM _set_aside WHERE NOT ({short}) ORDER BY open_pos")
+    return int(con.execute("SELECT count(*) FROM _set_aside").fetchall()[0][0])
+
+
+def _store_sockets(con: duckdb.DuckDBPyConnection, rows: str) -> None:
+    """Ended sockets (``rows``), by how long they lived, in the order they became known."""
+    lifetime = "greatest(coalesce(close_ns, missing_ns), coalesce(missing_ns, close_ns)) - known_ns"
+    con.execute(f"INSERT INTO socket_short SELECT * FROM {rows} WHERE {lifetime} <= {SHORT_NS}")
+    con.execute(f"INSERT INTO socket_long SELECT * FROM {rows} WHERE NOT ({lifetime} <= {SHORT_NS})")
+
+
+# -- step 2: the fold ----------------------------------------------------------------------
+def fold_rows(
+    con: duckdb.DuckDBPyConnection, chunk: Chunk, skip_set_aside: bool
+) -> list[tuple[Any, ...]]:
+    """The range's rows the fold reads, in position order."""
+    kinds = ", ".join(map(str, sorted(FOLDED_KINDS)))
+    skip = (
+        "ANTI JOIN _set_aside a ON a.recording_id = e.recording_id AND a.sock_id = e.sock_id"
+        if skip_set_aside
+        else ""
+    )
+    table = con.sql(
+        f"""
+        SELECT e.position, e.recording_id, e.kind, e.sock_id, {_TUPLE}, coalesce(e.pid, 0),
+               coalesce(CAST(json_extract(e.extra, '$.ct_id') AS BIGINT), 0)
+        FROM ev e {_TUPLE_JOIN} {skip}
+        WHERE e.position > {int(chunk.after)} AND e.position <= {int(chunk.upto)}
+          AND e.kind IN ({kinds})
+        ORDER BY e.position
+        """
+    ).to_arrow_table()
+    columns = [column.to_numpy(zero_copy_only=False) for column in table.columns]
+    netns = columns[4].astype(np.int64)
+    tuples = tuple_keys(netns, *(c.astype(np.int64) for c in columns[5:9]))
+    position, recording, kind, _, pid, ct_id = (
+        columns[i].tolist() for i in (0, 1, 2, 3, 9, 10)
+    )
+    sock_id = table.column(3).to_pylist()  # None where the event has no socket id
+    return list(zip(position, recording, kind, sock_id, tuples, pid, netns.tolist(), ct_id,
+                    strict=True))  # fmt: skip
+
+
+@dataclass
+class ChunkStats:
+    set_aside: int = 0
+    folded: int = 0
+
+
+def derive_chunk(
+    con: duckdb.DuckDBPyConnection, reader: LogReader, chunk: Chunk, fold: Fold,
+    use_set_aside: bool = True,
+) -> ChunkStats:  # fmt: skip
+    """Steps 1 to 3 for the range ``chunk`` copied; ``fold`` holds the state before it."""
+    stats = ChunkStats()
+    if use_set_aside:
+        stats.set_aside = set_aside(con, chunk, fold.state)
+    fold.source = ChunkSource(con, chunk)
+    rows = fold_rows(con, chunk, use_set_aside)
+    fold.apply(rows)
+    fold.state.position = chunk.upto
+    stats.folded = len(rows)
+    store_ended(con, reader, fold.ended)
+    fold.ended = Ended()
+    return stats
+
+
+# -- step 3: whole intervals -----------------------------------------------------------------
+def store_ended(con: duckdb.DuckDBPyConnection, reader: LogReader, ended: Ended) -> None:
+    """What ended, as interval rows."""
+    _socket_rows(con, reader, ended.sockets)
+    _store_sockets(con, "_socket_rows")
+    _segments(con, "_process_segments", ["recording_id", "pid"], ended.processes)
+    con.execute(f"INSERT INTO process_iv {PROCESSES_SQL}")
+    _segments(con, "_nat_segments", ["recording_id", "netns", "ct_id"], ended.conntrack)
+    con.execute(f"INSERT INTO nat_iv {NAT_SQL}")
+
+
+def store_open(con: duckdb.DuckDBPyConnection, reader: LogReader, state: FoldState) -> None:
+    """What is open at the head, as interval rows without an end (replacing the last)."""
+    open_ = state.open_intervals()
+    _socket_rows(con, reader, open_.sockets)
+    con.execute("DELETE FROM socket_open")
+    con.execute("INSERT INTO socket_open SELECT * FROM _socket_rows ORDER BY known_ns")
+    _segments(con, "_process_segments", ["recording_id", "pid"], open_.processes)
+    con.execute("DELETE FROM process_open")
+    con.execute(f"INSERT INTO process_open {PROCESSES_SQL}")
+    _segments(con, "_nat_segments", ["recording_id", "netns", "ct_id"], open_.conntrack)
+    con.execute("DELETE FROM nat_open")
+    con.execute(f"INSERT INTO nat_open {NAT_SQL}")
+
+
+def _segments(
+    con: duckdb.DuckDBPyConnection, name: str, key: list[str], segments: list[Segment]
+) -> None:
+    rows = [(*segment.key, segment.source_pos, segment.end_pos) for segment in segments]
+    _stage(con, name, [*key, "source_pos", "end_pos"], rows)
+
+
+def _socket_rows(con: duckdb.DuckDBPyConnection, reader: LogReader, ends: list[SocketEnd]) -> None:
+    """``_socket_rows``: the sockets ``ends`` describes, whole."""
+    _stage(con, "_socket_ends",
+           ["open_pos", "snapshot_pos", "netns", "laddr", "lport", "raddr", "rport", "close_pos",
+            "missing_pos"],
+           [(e.open_pos, e.snapshot_pos,
+             *(tuple_fields(e.tuple) if e.tuple is not None else (None,) * 5),
+             e.close_pos, e.missing_pos)
+            for e in ends])  # fmt: skip
+    _stage_snapshot_sockets(con, reader, [e for e in ends if e.snapshot_pos is not None])
+    _socket_table(con, "_socket_rows", SOCKETS_SQL)
+
+
+def _socket_table(con: duckdb.DuckDBPyConnection, name: str, sql: str) -> None:
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} ({SOCKET_COLUMNS})")
+    con.execute(f"INSERT INTO {name} {sql}")
+
+
+# -- sockets only /proc knew -----------------------------------------------------------------
+def _stage_snapshot_sockets(
+    con: duckdb.DuckDBPyConnection, reader: LogReader, ends: list[SocketEnd]
+) -> None:
+    """``_snapshot_sockets``: what the snapshot that showed each of ``ends`` says of it, read
+    back from the log as replay has always read a snapshot's rows."""
+    wanted: dict[int, set[Tuple]] = {}
+    for end in ends:
+        assert end.snapshot_pos is not None and end.tuple is not None
+        wanted.setdefault(end.snapshot_pos, set()).add(end.tuple)
+    ids = dict(
+        (bytes(raw), id_) for id_, raw in con.execute("SELECT id, raw FROM addr").fetchall()
+    ) if wanted else {}  # fmt: skip
+    rows = []
+    for position in sorted(wanted):
+        snapshot = reader.snapshot(position)
+        comms = {p.pid: p.comm for p in snapshot.processes}
+        seen: set[Tuple] = set()
+        for ordinal, row in enumerate(snapshot.connections, start=1):
+            fields = (row.netns, ids.get(bytes(row.laddr), 0), row.lport,
+                      ids.get(bytes(row.raddr), 0), row.rport)  # fmt: skip
+            key = tuple_key(*fields)
+            if key not in wanted[position] or key in seen:
+                continue
+            seen.add(key)  # the first row with these addresses
+            rows.append((position, *fields, ordinal, _is_server(snapshot, row), row.pid,
+                         comms.get(row.pid) if row.pid is not None else None))  # fmt: skip
+    arrow = pa.table(
+        list(zip(*rows, strict=True)) if rows else [[] for _ in range(10)],
+        schema=pa.schema([("snapshot_pos", pa.int64()), ("netns", pa.int64()),
+                          ("laddr", pa.int64()), ("lport", pa.int64()), ("raddr", pa.int64()),
+                          ("rport", pa.int64()), ("ordinal", pa.int64()),
+                          ("is_server", pa.bool_()), ("pid", pa.int64()),
+                          ("comm", pa.string())]),
+    )  # fmt: skip
+    con.register("_staged", arrow)
+    try:
+        con.execute("CREATE OR REPLACE TEMP TABLE _snapshot_sockets AS SELECT * FROM _staged")
+    finally:
+        con.unregister("_staged")
+
+
+def _is_server(snapshot: Snapshot, row: Any) -> bool:
+    """A socket /proc showed is the server's if its port listens in its namespace (on its
+    address or on all), else by Scope's rule: the lower local port is the server's."""
+    for other in snapshot.connections:
+        listening = other.state == TCP_LISTEN and other.netns == row.netns and other.lport == row.lport
+        if listening and (other.laddr == row.laddr or not any(other.laddr)):
+            return True
+    return bool(row.lport < row.rport)
+
+
+# -- the interval rows, in SQL ----------------------------------------------------------------
 # Sockets from ``_socket_ends``: opened by an event, seen in a snapshot, or only closed.
 SOCKETS_SQL = f"""
-SELECT o.position, 0, o.recording_id, coalesce(r.host, '?'),
-    CASE WHEN o.kind = {_CONNECT} THEN 'client' ELSE 'server' END,
-    o.pid, o.comm, o.netns, coalesce(o.laddr, '?'), coalesce(o.lport, 0),
-    coalesce(o.raddr, '?'), coalesce(o.rport, 0),
-    coalesce(la.loopback, false) OR coalesce(ra.loopback, false),
-    o.wall_ns, o.wall_ns, o.position,
-    c.wall_ns, c.position, c.pid, c.comm, c.bytes_sent, c.bytes_received, m.wall_ns, m.position,
+SELECT o.position, 0, o.recording_id, o.kind <> {_CONNECT}, o.pid, d1.name, n1.inode,
+    o.laddr, coalesce(o.lport, 0), o.raddr, coalesce(o.rport, 0),
+    o.wall_ns, o.wall_ns, c.wall_ns, c.position, c.pid, d2.name, c.bytes_sent, c.bytes_received,
+    m.wall_ns, m.position,
     CASE WHEN json_extract_string(o.extra, '$.source') = 'proc' THEN 'proc' ELSE 'events' END,
     false
 FROM _socket_ends x JOIN ev o ON o.position = x.open_pos
 LEFT JOIN ev c ON c.position = x.close_pos
 LEFT JOIN ev m ON m.position = x.missing_pos
-LEFT JOIN recordings_raw r ON r.id = o.recording_id
-LEFT JOIN tuples t ON t.id = o.tuple_id
-LEFT JOIN addr la ON la.id = t.laddr
-LEFT JOIN addr ra ON ra.id = t.raddr
+LEFT JOIN dict_comms d1 ON d1.id = o.comm_id
+LEFT JOIN dict_netns n1 ON n1.id = o.netns_id
+LEFT JOIN dict_comms d2 ON d2.id = c.comm_id
 UNION ALL
-SELECT x.snapshot_pos, s.ordinal, e.recording_id, coalesce(r.host, '?'),
-    CASE WHEN EXISTS (
-            SELECT 1 FROM snap_conn l JOIN tuples lt ON lt.id = l.tuple_id
-            JOIN addr lad ON lad.id = lt.laddr
-            WHERE l.position = s.position AND l.state = {TCP_LISTEN} AND l.netns = s.netns
-              AND l.lport = s.lport AND (lt.laddr = t.laddr OR lad.unspecified))
-         OR s.lport < s.rport THEN 'server' ELSE 'client' END,
-    s.pid, (SELECT min(p.comm) FROM snap_proc p WHERE p.position = s.position AND p.pid = s.pid),
-    s.netns, s.laddr, s.lport, s.raddr, s.rport,
-    coalesce(la.loopback, false) OR coalesce(ra.loopback, false),
-    e.wall_ns, NULL, e.position,
-    c.wall_ns, c.position, c.pid, c.comm, c.bytes_sent, c.bytes_received, m.wall_ns, m.position,
-    'snapshot', false
-FROM _socket_ends x JOIN ev e ON e.position = x.snapshot_pos
-JOIN (SELECT position, tuple_id, min(ordinal) AS ordinal FROM snap_conn
-      WHERE position IN (SELECT snapshot_pos FROM _socket_ends) GROUP BY position, tuple_id) f
-  ON f.position = x.snapshot_pos AND f.tuple_id = x.tuple_id
-JOIN snap_conn s ON s.position = f.position AND s.ordinal = f.ordinal
+SELECT x.snapshot_pos, s.ordinal, e.recording_id, s.is_server, s.pid, s.comm, x.netns,
+    nullif(x.laddr, 0), x.lport, nullif(x.raddr, 0), x.rport,
+    e.wall_ns, NULL, c.wall_ns, c.position, c.pid, d2.name, c.bytes_sent, c.bytes_received,
+    m.wall_ns, m.position, 'snapshot', false
+FROM _socket_ends x JOIN snap_marks e ON e.position = x.snapshot_pos
+JOIN _snapshot_sockets s ON s.snapshot_pos = x.snapshot_pos AND s.netns = x.netns
+ AND s.laddr = x.laddr AND s.lport = x.lport AND s.raddr = x.raddr AND s.rport = x.rport
 LEFT JOIN ev c ON c.position = x.close_pos
 LEFT JOIN ev m ON m.position = x.missing_pos
-LEFT JOIN recordings_raw r ON r.id = e.recording_id
-LEFT JOIN tuples t ON t.id = s.tuple_id
-LEFT JOIN addr la ON la.id = t.laddr
-LEFT JOIN addr ra ON ra.id = t.raddr
+LEFT JOIN dict_comms d2 ON d2.id = c.comm_id
 UNION ALL
-SELECT c.position, 0, c.recording_id, coalesce(r.host, '?'),
-    CASE WHEN coalesce(c.lport, 0) < coalesce(c.rport, 0) THEN 'server' ELSE 'client' END,
-    c.pid, c.comm, c.netns, coalesce(c.laddr, '?'), coalesce(c.lport, 0),
-    coalesce(c.raddr, '?'), coalesce(c.rport, 0),
-    coalesce(la.loopback, false) OR coalesce(ra.loopback, false),
-    c.wall_ns, NULL, c.position,
-    c.wall_ns, c.position, c.pid, c.comm, c.bytes_sent, c.bytes_received, NULL, NULL,
-    'events', true
+SELECT c.position, 0, c.recording_id, coalesce(c.lport, 0) < coalesce(c.rport, 0), c.pid,
+    d2.name, n2.inode, c.laddr, coalesce(c.lport, 0), c.raddr, coalesce(c.rport, 0),
+    c.wall_ns, NULL, c.wall_ns, c.position, c.pid, d2.name, c.bytes_sent, c.bytes_received,
+    NULL, NULL, 'events', true
 FROM _socket_ends x JOIN ev c ON c.position = x.close_pos
-LEFT JOIN recordings_raw r ON r.id = c.recording_id
-LEFT JOIN tuples t ON t.id = c.tuple_id
-LEFT JOIN addr la ON la.id = t.laddr
-LEFT JOIN addr ra ON ra.id = t.raddr
+LEFT JOIN dict_comms d2 ON d2.id = c.comm_id
+LEFT JOIN dict_netns n2 ON n2.id = c.netns_id
 WHERE x.open_pos IS NULL AND x.snapshot_pos IS NULL
 """
 
 # Processes from ``_process_segments``: as their EXEC or snapshot row described them.
 PROCESSES_SQL = f"""
-SELECT x.recording_id, coalesce(r.host, '?'), x.pid, x.source_pos, e.wall_ns, z.wall_ns,
-    CASE WHEN e.kind = {_EXEC} THEN coalesce(e.comm, '?') ELSE p.comm END,
-    CASE WHEN e.kind = {_EXEC} THEN CAST(json_extract(e.extra, '$.ppid') AS INTEGER) ELSE p.ppid END,
+SELECT x.recording_id, x.pid, x.source_pos, e.wall_ns, z.wall_ns,
+    CASE WHEN e.kind = {_EXEC} THEN coalesce(d.name, '?') ELSE p.comm END,
+    CASE WHEN e.kind = {_EXEC} THEN CAST(json_extract(e.extra, '$.ppid') AS INTEGER)
+         ELSE p.ppid END,
     CASE WHEN e.kind = {_EXEC} THEN coalesce(json_extract_string(e.extra, '$.filename'), '')
          ELSE p.cmdline END,
     CASE WHEN e.kind = {_EXEC} THEN '' ELSE p.cgroup END,
-    CASE WHEN e.kind = {_EXEC} THEN e.netns ELSE p.netns END
+    CASE WHEN e.kind = {_EXEC} THEN n.inode ELSE p.netns END
 FROM _process_segments x JOIN ev e ON e.position = x.source_pos
 LEFT JOIN ev z ON z.position = x.end_pos
+LEFT JOIN dict_comms d ON d.id = e.comm_id
+LEFT JOIN dict_netns n ON n.id = e.netns_id
 LEFT JOIN snap_proc p ON p.position = x.source_pos AND p.pid = x.pid
-LEFT JOIN recordings_raw r ON r.id = x.recording_id
 WHERE e.kind = {_EXEC} OR p.pid IS NOT NULL
 """
 

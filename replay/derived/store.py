@@ -24,6 +24,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from eventlog.errors import LogError, QueryError, UsageError
 from eventlog.reader import LogReader
 from eventlog.store import LogStore
 from replay.derived import copy, derive
+from replay.fold import Fold
 from replay.derived.tables import FORMAT, SCHEMA, TABLES
 from replay.derived.views import VIEWS_SQL
 
@@ -145,14 +147,30 @@ class _Unwritable(Exception):
 
 
 def _open_file(log: LogStore, reader: LogReader, state: LogState, target: Path) -> Derived:
-    stats = SyncStats()
-    current = target.exists() and _stored_signature(target) == state.signature
-    if not current:
-        _ensure_directory(target.parent)
-        with _connect(target, read_only=False) as con:
-            stats = _sync(con, log, reader, state)
-    con = _connect_raw(target, read_only=True)
-    return Derived(con, target, state.head, stats)
+    if target.exists():
+        con = _current(target, state)
+        if con is not None:
+            return Derived(con, target, state.head, SyncStats())
+    _ensure_directory(target.parent)
+    with _connect(target, read_only=False) as writable:
+        stats = _sync(writable, log, reader, state)
+    return Derived(_connect_raw(target, read_only=True), target, state.head, stats)
+
+
+def _current(path: Path, state: LogState) -> duckdb.DuckDBPyConnection | None:
+    """A read-only connection to the store at ``path`` if it is current for ``state``."""
+    try:
+        con = _connect_raw(path, read_only=True)
+    except QueryError:
+        return None
+    try:
+        rows = con.execute("SELECT value FROM meta WHERE key = 'signature'").fetchall()
+    except duckdb.Error:
+        rows = []
+    if rows and rows[0][0] == state.signature:
+        return con
+    con.close()
+    return None
 
 
 def _in_memory(log: LogStore, reader: LogReader, state: LogState) -> Derived:
@@ -172,15 +190,6 @@ def _ensure_directory(directory: Path) -> None:
         raise _Unwritable(exc.strerror or str(exc)) from exc
     if not os.access(directory, os.W_OK):
         raise _Unwritable("not writable")
-
-
-def _stored_signature(path: Path) -> str | None:
-    try:
-        with _connect(path, read_only=True) as con:
-            rows = con.execute("SELECT value FROM meta WHERE key = 'signature'").fetchall()
-    except (duckdb.Error, QueryError):
-        return None
-    return str(rows[0][0]) if rows else None
 
 
 @contextlib.contextmanager
@@ -239,54 +248,103 @@ def _first_line(exc: BaseException) -> str:
 def _sync(
     con: duckdb.DuckDBPyConnection, log: LogStore, reader: LogReader, state: LogState
 ) -> SyncStats:
+    """Copy and derive the new events a range per transaction (a long sync interrupted
+    resumes where it was), then store what is open at the head."""
     started = time.monotonic()
     stats = SyncStats()
-    try:
+    with _store_errors():
+        # One thread for DuckDB: the log is read on another, beside it (see _ranges).
+        con.execute("SET threads = 1")
         con.execute(SCHEMA)
         meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
-        synced = int(meta.get("synced_position") or 0)
-        if _must_rebuild(meta, reader, state, synced):
+        if meta and _must_rebuild(meta, reader, state):
             _reset(con)
-            synced, stats.rebuilt = 0, True
-        con.execute("BEGIN")
-        try:
-            copy.copy_small_tables(con, reader, synced, state.head)
-            stats.events = copy.copy_range(con, log, synced, state.head)
-            stats.set_aside = derive.set_aside(con, synced)
-            fold_state, ended, stats.folded = derive.fold(con, synced, state.head)
-            derive.store_intervals(con, ended, fold_state.open_intervals(), with_set_aside=True)
-            derive.save_state(con, fold_state)
-            if meta.get("views") != VIEWS_VERSION or stats.rebuilt:
+            meta, stats.rebuilt = {}, True
+        identity = {"format": str(FORMAT), "log_id": state.log_id, "log": log.location.display()}
+        _set_meta(con, identity)
+        synced = int(meta.get("synced_position") or 0)
+        clocks = {r.id: reader.clock(r.id) for r in reader.recordings()}
+        with _transaction(con):
+            copy.copy_dictionaries(con, reader)
+        fold = Fold(derive.load_state(con, synced), source=None)  # type: ignore[arg-type]
+        for scanned in _ranges(log, clocks, synced, state.head):
+            with _transaction(con):
+                chunk = copy.copy_chunk(con, scanned)
+                derived = derive.derive_chunk(con, reader, chunk, fold)
+                derive.save_state(con, fold.state)
+                _set_meta(con, {"synced_position": str(chunk.upto),
+                                "synced_digest": event_digest(reader, chunk.upto)})  # fmt: skip
+            stats.events += chunk.events
+            stats.set_aside += derived.set_aside
+            stats.folded += derived.folded
+        with _transaction(con):
+            copy.copy_small_tables(con, reader, clocks, synced, state.head)
+            derive.store_open(con, reader, fold.state)
+            if meta.get("views") != VIEWS_VERSION:
                 con.execute(VIEWS_SQL)
-            _set_meta(con, {
-                "format": str(FORMAT), "views": VIEWS_VERSION, "log_id": state.log_id,
-                "log": log.location.display(), "synced_position": str(state.head),
-                "synced_digest": state.head_digest, "signature": state.signature,
-            })  # fmt: skip
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    except duckdb.Error as exc:
-        if os.environ.get("SCOPE_DEBUG"):
-            raise
-        if "space" in str(exc).lower() or "disk" in str(exc).lower():
-            raise _Unwritable(_first_line(exc)) from exc
-        raise QueryError(f"could not bring the derived store up to date: {_first_line(exc)}") from exc
-    except LogError:
-        raise
+            _set_meta(con, {"views": VIEWS_VERSION, "signature": state.signature})
+        con.execute("RESET threads")
     stats.seconds = time.monotonic() - started
     return stats
 
 
-def _must_rebuild(meta: dict[str, str], reader: LogReader, state: LogState, synced: int) -> bool:
-    if not meta.get("synced_position"):
-        return bool(meta)  # a store without a sync: start afresh
+def _ranges(
+    log: LogStore, clocks: copy.Clocks, after: int, upto: int
+) -> Iterator[copy.Scanned]:
+    """The ranges of ``(after, upto]`` read from the log, each read while the one before it
+    is copied and folded (the read is in C and numpy, which run without the GIL). The first
+    is read by all the scan threads; the others by one, beside the work on the one before
+    (more would only take turns with it on a machine of few cores)."""
+    bounds = [
+        (low, min(low + copy.CHUNK_POSITIONS, upto))
+        for low in range(after, upto, copy.CHUNK_POSITIONS)
+    ]
+    if not bounds:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scope-scan") as pool:
+        pending = pool.submit(copy.scan_range, log, clocks, *bounds[0])
+        for following in [*bounds[1:], None]:
+            scanned = pending.result()
+            if following is not None:
+                pending = pool.submit(copy.scan_range, log, clocks, *following, 1)
+            yield scanned
+
+
+@contextlib.contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    con.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    """DuckDB's errors while syncing, as the store's: no room is an unwritable store."""
+    try:
+        yield
+    except duckdb.Error as exc:
+        if os.environ.get("SCOPE_DEBUG"):
+            raise
+        message = str(exc).lower()
+        if "space" in message or "disk" in message:
+            raise _Unwritable(_first_line(exc)) from exc
+        raise QueryError(
+            f"could not bring the derived store up to date: {_first_line(exc)}"
+        ) from exc
+
+
+def _must_rebuild(meta: dict[str, str], reader: LogReader, state: LogState) -> bool:
+    """Whether ``meta`` describes a store of another format, or of another log."""
     if meta.get("format") != str(FORMAT) or meta.get("log_id") != state.log_id:
         return True
+    synced = int(meta.get("synced_position") or 0)
     if synced > state.head:
-        return True  # the log is shorter than what was folded: another log
-    return meta.get("synced_digest") != event_digest(reader, synced)
+        return True  # the log is shorter than what was read of it: another log
+    return bool(synced) and meta.get("synced_digest") != event_digest(reader, synced)
 
 
 def _reset(con: duckdb.DuckDBPyConnection) -> None:

@@ -20,14 +20,13 @@ row says where DNAT sent it and how SNAT showed its source.
 from __future__ import annotations
 
 from eventlog.events import IPS_DST_NAT, IPS_SRC_NAT, Kind
+from replay.derived.tables import SHORT_NS
 
 CLOSE_ONLY_NOTE = "opened before anything recorded"
 MISSING_NOTE = "gone by the next /proc snapshot (its close was not captured)"
 _MAX_NS = 9223372036854775807
 
-_KIND_NAME = (
-    "CASE e.kind " + " ".join(f"WHEN {int(k)} THEN '{k.name.lower()}'" for k in Kind) + " END"
-)
+_KINDS = ", ".join(f"({int(k)}, '{k.name.lower()}')" for k in Kind)
 
 
 def _pairing(shown: str, nat_alive: str) -> str:
@@ -68,11 +67,22 @@ keyed AS (
     FROM {shown} sh LEFT JOIN (SELECT * FROM nat_matches WHERE n_rank = 1) m
       ON m.origin_pos = sh.origin_pos AND m.origin_ord = sh.origin_ord
 ),
+crowded AS (  -- the groups with more than one socket on a side (few): the rest rank 1
+    SELECT host, c_ip, c_port, s_ip, s_port, loop_ns, is_server FROM keyed
+    GROUP BY ALL HAVING count(*) > 1
+),
+ranks AS (
+    SELECT k.origin_pos, k.origin_ord, row_number() OVER (
+        PARTITION BY k.host, k.c_ip, k.c_port, k.s_ip, k.s_port, k.loop_ns, k.is_server
+        ORDER BY coalesce(k.opened_ns, -1), k.origin_pos, k.origin_ord) AS rk
+    FROM keyed k SEMI JOIN crowded g
+      ON g.host = k.host AND g.c_ip = k.c_ip AND g.c_port = k.c_port AND g.s_ip = k.s_ip
+     AND g.s_port = k.s_port AND g.loop_ns IS NOT DISTINCT FROM k.loop_ns
+     AND g.is_server = k.is_server
+),
 ranked AS (
-    SELECT *, row_number() OVER (
-        PARTITION BY host, c_ip, c_port, s_ip, s_port, loop_ns, is_server
-        ORDER BY coalesce(opened_ns, -1), origin_pos, origin_ord) AS rk
-    FROM keyed
+    SELECT k.*, coalesce(r.rk, 1) AS rk FROM keyed k
+    LEFT JOIN ranks r ON r.origin_pos = k.origin_pos AND r.origin_ord = k.origin_ord
 ),
 paired AS (
     SELECT c.origin_pos AS c_pos, c.origin_ord AS c_ord, s.origin_pos AS s_pos,
@@ -125,12 +135,11 @@ connections_rows AS (
         client_pid, client_comm, client_netns, server_pid, server_comm, server_netns,
         CASE WHEN real_ip IS NOT NULL THEN endpoint(real_ip, real_port) END AS nat_destination,
         CASE WHEN snat_ip IS NOT NULL THEN endpoint(snat_ip, snat_port) END AS nat_source,
-        array_to_string(list_sort(list_distinct(
-            list_filter([c_source, s_source], lambda x: x IS NOT NULL))), '+') AS source,
-        list_sort(list_distinct(flatten([coalesce(c_positions, []), coalesce(s_positions, [])])))
+        joined(c_source, s_source, '+') AS source,
+        CASE WHEN s_positions IS NULL THEN c_positions WHEN c_positions IS NULL THEN s_positions
+             ELSE list_sort(list_distinct(list_concat(c_positions, s_positions))) END
             AS positions,
-        nullif(array_to_string(list_sort(list_distinct(
-            list_filter([c_note, s_note], lambda x: x IS NOT NULL))), '; '), '') AS note,
+        joined(c_note, s_note, '; ') AS note,
         CASE WHEN has_client THEN c_sent ELSE s_received END AS bytes_sent,
         CASE WHEN has_client THEN c_received ELSE s_sent END AS bytes_received,
         CASE WHEN client_first THEN c_recording ELSE s_recording END AS recording_id,
@@ -147,10 +156,10 @@ def _failed(where: str) -> str:
     return f"""
     SELECT e.position || '.0' AS id, 'failed' AS state, 'outbound' AS direction,
         coalesce(r.host, '?') AS host,
-        endpoint(coalesce(e.laddr, '?'), e.lport) AS client,
-        endpoint(coalesce(e.raddr, '?'), e.rport) AS server,
+        endpoint(coalesce(a1.text, '?'), e.lport) AS client,
+        endpoint(coalesce(a2.text, '?'), e.rport) AS server,
         e.wall_ns AS opened_ns, e.wall_ns AS closed_ns,
-        e.pid AS client_pid, e.comm AS client_comm, e.netns AS client_netns,
+        e.pid AS client_pid, d.name AS client_comm, n.inode AS client_netns,
         CAST(NULL AS INTEGER) AS server_pid, CAST(NULL AS VARCHAR) AS server_comm,
         CAST(NULL AS BIGINT) AS server_netns, CAST(NULL AS VARCHAR) AS nat_destination,
         CAST(NULL AS VARCHAR) AS nat_source, 'events' AS source, [e.position] AS positions,
@@ -159,10 +168,12 @@ def _failed(where: str) -> str:
              ELSE 'connect failed' END AS note,
         CAST(NULL AS BIGINT) AS bytes_sent, CAST(NULL AS BIGINT) AS bytes_received,
         e.recording_id, true AS failed,
-        coalesce(e.laddr, '?') AS client_ip, coalesce(e.lport, 0) AS client_port,
-        coalesce(e.raddr, '?') AS server_ip, coalesce(e.rport, 0) AS server_port,
+        coalesce(a1.text, '?') AS client_ip, coalesce(e.lport, 0) AS client_port,
+        coalesce(a2.text, '?') AS server_ip, coalesce(e.rport, 0) AS server_port,
         true AS client_local, false AS server_local
     FROM ev e LEFT JOIN recordings_raw r ON r.id = e.recording_id
+    LEFT JOIN addr a1 ON a1.id = e.laddr LEFT JOIN addr a2 ON a2.id = e.raddr
+    LEFT JOIN dict_comms d ON d.id = e.comm_id LEFT JOIN dict_netns n ON n.id = e.netns_id
     WHERE e.kind = {int(Kind.CONNECT_FAILED)} AND {where}"""
 
 
@@ -178,8 +189,42 @@ _AT_T = f"""
     CASE WHEN ended_by = 'close' THEN bytes_received END AS at_received,
     CASE WHEN close_only THEN '{CLOSE_ONLY_NOTE}'
          WHEN ended_by = 'missing' THEN '{MISSING_NOTE}' END AS note,
-    CASE ended_by WHEN 'close' THEN [known_pos, close_pos] WHEN 'missing' THEN [known_pos, missing_pos]
-         ELSE [known_pos] END AS positions
+    CASE WHEN close_only THEN [origin_pos] WHEN ended_by = 'close' THEN [origin_pos, close_pos]
+         WHEN ended_by = 'missing' THEN [origin_pos, missing_pos] ELSE [origin_pos] END
+        AS positions
+"""
+
+# The sockets of the pairs in ``pairs`` (replay.derived.tables), as rows of the socket tables:
+# all but their times is in their two events.
+_PAIR_ROWS = """
+    SELECT o.position AS origin_pos, 0 AS origin_ord, o.recording_id,
+        o.kind <> {connect} AS is_server, o.pid, d1.name AS comm, n.inode AS netns, o.laddr,
+        coalesce(o.lport, 0) AS lport, o.raddr, coalesce(o.rport, 0) AS rport, p.known_ns,
+        p.known_ns AS opened_ns, p.close_ns, p.close_pos, c.pid AS close_pid,
+        d2.name AS close_comm, c.bytes_sent, c.bytes_received, CAST(NULL AS BIGINT) AS missing_ns,
+        CAST(NULL AS BIGINT) AS missing_pos,
+        CASE WHEN json_extract_string(o.extra, '$.source') = 'proc' THEN 'proc'
+             ELSE 'events' END AS source,
+        false AS close_only
+    FROM {pairs} p JOIN ev o ON o.position = p.open_pos JOIN ev c ON c.position = p.close_pos
+    LEFT JOIN dict_comms d1 ON d1.id = o.comm_id LEFT JOIN dict_comms d2 ON d2.id = c.comm_id
+    LEFT JOIN dict_netns n ON n.id = o.netns_id
+"""
+
+
+def _pair_rows(pairs: str) -> str:
+    return _PAIR_ROWS.format(pairs=pairs, connect=int(Kind.CONNECT))
+
+
+# The sockets of CTE ``rows`` with their host, side and addresses in words.
+_NAMED = """
+    SELECT k.*, coalesce(r.host, '?') AS host,
+        CASE WHEN k.is_server THEN 'server' ELSE 'client' END AS role,
+        coalesce(a1.text, '?') AS local_ip, k.lport AS local_port,
+        coalesce(a2.text, '?') AS remote_ip, k.rport AS remote_port,
+        coalesce(a1.loopback, false) OR coalesce(a2.loopback, false) AS loopback
+    FROM {rows} k LEFT JOIN recordings_raw r ON r.id = k.recording_id
+    LEFT JOIN addr a1 ON a1.id = k.laddr LEFT JOIN addr a2 ON a2.id = k.raddr
 """
 
 _NAT_AT_T = "n.start_ns <= t_ns AND (n.end_ns IS NULL OR n.end_ns > t_ns)"
@@ -204,23 +249,54 @@ _OUTPUT = """
 VIEWS_SQL = f"""
 CREATE OR REPLACE MACRO endpoint(ip, port) AS
     CASE WHEN contains(ip, ':') THEN '[' || ip || ']:' || port ELSE ip || ':' || port END;
+-- Two texts (either may be missing) as one, in order, once each, with a separator between.
+CREATE OR REPLACE MACRO joined(a, b, separator) AS
+    CASE WHEN a IS NULL THEN b WHEN b IS NULL OR a = b THEN a
+         WHEN a < b THEN a || separator || b ELSE b || separator || a END;
 
-CREATE OR REPLACE VIEW sockets AS
-    SELECT * FROM socket_iv UNION ALL SELECT * FROM socket_iv_open;
+CREATE OR REPLACE VIEW socket_all AS
+    SELECT * FROM socket_short UNION ALL SELECT * FROM socket_long
+    UNION ALL SELECT * FROM socket_open
+    UNION ALL {_pair_rows("(SELECT * FROM pairs_short UNION ALL SELECT * FROM pairs_long)")};
 CREATE OR REPLACE VIEW nat_all AS
-    SELECT * FROM nat_iv UNION ALL SELECT * FROM nat_iv_open;
+    SELECT * FROM nat_iv UNION ALL SELECT * FROM nat_open;
 CREATE OR REPLACE VIEW process_all AS
-    SELECT * FROM process_iv UNION ALL SELECT * FROM process_iv_open;
+    SELECT * FROM process_iv UNION ALL SELECT * FROM process_open;
 
--- The connection table at t_ns with a window of w_ns (as scope-replay --at --window).
+-- Every socket's interval, in words: when it became known and what ended it.
+CREATE OR REPLACE VIEW sockets AS
+SELECT origin_pos, origin_ord, recording_id, host, role, pid, comm, netns, local_ip,
+    local_port, remote_ip, remote_port, make_timestamp_ns(known_ns) AS known_at,
+    make_timestamp_ns(opened_ns) AS opened_at, make_timestamp_ns(close_ns) AS closed_at,
+    make_timestamp_ns(missing_ns) AS missing_at, close_pos, missing_pos, source,
+    bytes_sent, bytes_received
+FROM ({_NAMED.format(rows="socket_all")});
+
+-- The connection table at t_ns with a window of w_ns (as scope-replay --at --window). A
+-- short-lived socket shown at t_ns became known within SHORT_NS of its end, so only those
+-- known since t_ns - w_ns - SHORT_NS are looked at (socket_short is in known_ns order).
 CREATE OR REPLACE MACRO connections_at_ns(t_ns, w_ns) AS TABLE
-WITH live AS (
+WITH pairs AS (
+    SELECT * FROM pairs_short
+    WHERE known_ns >= t_ns - w_ns - {SHORT_NS} AND known_ns <= t_ns AND close_ns > t_ns - w_ns
+    UNION ALL
+    SELECT * FROM pairs_long WHERE known_ns <= t_ns AND close_ns > t_ns - w_ns
+),
+candidates AS (
+    SELECT * FROM socket_short
+    WHERE known_ns >= t_ns - w_ns - {SHORT_NS} AND known_ns <= t_ns
+    UNION ALL SELECT * FROM socket_long WHERE known_ns <= t_ns
+    UNION ALL SELECT * FROM socket_open WHERE known_ns <= t_ns
+    UNION ALL {_pair_rows("pairs")}
+),
+live AS (
     SELECT *, CASE WHEN close_ns <= t_ns THEN 'close' WHEN missing_ns <= t_ns THEN 'missing'
                    END AS ended_by
-    FROM sockets WHERE known_ns <= t_ns
+    FROM candidates
 ),
 at_t AS (SELECT *, {_AT_T} FROM live),
-shown AS (SELECT * FROM at_t WHERE end_ns IS NULL OR end_ns > t_ns - w_ns),
+kept AS (SELECT * FROM at_t WHERE end_ns IS NULL OR end_ns > t_ns - w_ns),
+shown AS ({_NAMED.format(rows="kept")}),
 {_pairing("shown", _NAT_AT_T)}
 {_OUTPUT.format(rows="SELECT * FROM connections_rows UNION ALL "
                 + _failed("e.wall_ns > t_ns - w_ns AND e.wall_ns <= t_ns"))};
@@ -235,17 +311,34 @@ CREATE OR REPLACE VIEW connections AS
 WITH live AS (
     SELECT *, CASE WHEN close_ns IS NOT NULL THEN 'close'
                    WHEN missing_ns IS NOT NULL THEN 'missing' END AS ended_by
-    FROM sockets
+    FROM socket_all
 ),
-shown AS (SELECT *, {_AT_T} FROM live),
+ended AS (SELECT *, {_AT_T} FROM live),
+shown AS ({_NAMED.format(rows="ended")}),
 {_pairing("shown", _NAT_DURING_SOCKET)}
 {_OUTPUT.format(rows="SELECT * FROM connections_rows UNION ALL " + _failed("true"))};
 
--- The processes alive at t_ns, as their last EXEC or snapshot row described them.
+-- The processes alive at t_ns, as their latest sighting by then describes them: the EXEC or
+-- snapshot row that began their segment, or their recording's last snapshot before t_ns.
 CREATE OR REPLACE MACRO processes_at_ns(t_ns) AS TABLE
-    SELECT recording_id, host, pid, comm, ppid, cmdline, cgroup, netns
-    FROM process_all WHERE start_ns <= t_ns AND (end_ns IS NULL OR end_ns > t_ns)
-    ORDER BY recording_id, pid;
+WITH alive AS (
+    SELECT * FROM process_all WHERE start_ns <= t_ns AND (end_ns IS NULL OR end_ns > t_ns)
+),
+last_snapshot AS (
+    SELECT recording_id, max(position) AS position FROM snap_marks WHERE wall_ns <= t_ns
+    GROUP BY recording_id
+)
+SELECT a.recording_id, coalesce(r.host, '?') AS host, a.pid,
+    CASE WHEN p.pid IS NULL THEN a.comm ELSE p.comm END AS comm,
+    CASE WHEN p.pid IS NULL THEN a.ppid ELSE p.ppid END AS ppid,
+    CASE WHEN p.pid IS NULL THEN a.cmdline ELSE p.cmdline END AS cmdline,
+    CASE WHEN p.pid IS NULL THEN a.cgroup ELSE p.cgroup END AS cgroup,
+    CASE WHEN p.pid IS NULL THEN a.netns ELSE p.netns END AS netns
+FROM alive a
+LEFT JOIN last_snapshot s ON s.recording_id = a.recording_id AND s.position > a.source_pos
+LEFT JOIN snap_proc p ON p.position = s.position AND p.pid = a.pid
+LEFT JOIN recordings_raw r ON r.id = a.recording_id
+ORDER BY a.recording_id, a.pid;
 
 CREATE OR REPLACE VIEW conntrack AS
 SELECT position, recording_id, make_timestamp_ns(wall_ns) AS ts, change, netns, orig_src,
@@ -253,11 +346,17 @@ SELECT position, recording_id, make_timestamp_ns(wall_ns) AS ts, change, netns, 
     tcp_state, ct_id, zone, mark
 FROM conntrack_raw;
 
+-- The event kinds by name: a table, so that a filter on a name reaches the events' scan.
+CREATE OR REPLACE TABLE kinds AS SELECT * FROM (VALUES {_KINDS}) t(code, name);
+
 CREATE OR REPLACE VIEW events AS
-SELECT e.position, e.recording_id, r.host, {_KIND_NAME} AS kind, e.kind AS kind_code,
-    make_timestamp_ns(e.wall_ns) AS ts, e.wall_ns, e.mono_ns, e.pid, e.comm, e.netns, e.family,
-    e.laddr, e.lport, e.raddr, e.rport, e.sock_id, e.bytes_sent, e.bytes_received, e.extra
-FROM ev e LEFT JOIN recordings_raw r ON r.id = e.recording_id;
+SELECT e.position, e.recording_id, r.host, k.name AS kind, e.kind AS kind_code,
+    make_timestamp_ns(e.wall_ns) AS ts, e.wall_ns, e.mono_ns, e.pid, d.name AS comm,
+    n.inode AS netns, a1.family, a1.text AS laddr, e.lport, a2.text AS raddr, e.rport,
+    e.sock_id, e.bytes_sent, e.bytes_received, e.extra
+FROM ev e LEFT JOIN kinds k ON k.code = e.kind LEFT JOIN recordings_raw r ON r.id = e.recording_id
+LEFT JOIN dict_comms d ON d.id = e.comm_id LEFT JOIN dict_netns n ON n.id = e.netns_id
+LEFT JOIN addr a1 ON a1.id = e.laddr LEFT JOIN addr a2 ON a2.id = e.raddr;
 
 CREATE OR REPLACE VIEW recordings AS
 SELECT r.id, r.host, r.machine_id, r.boot_id, r.kernel, r.version, r.mode,
@@ -273,34 +372,24 @@ SELECT l.id, l.recording_id, l.lost, make_timestamp_ns(l.first_wall_ns) AS first
 FROM losses_raw l;
 
 CREATE OR REPLACE VIEW snapshots AS
-WITH counted AS (
-    SELECT position, count(*) AS n FROM snap_conn GROUP BY position
-), procs AS (
-    SELECT position, count(*) AS n FROM snap_proc GROUP BY position
-), cts AS (
-    SELECT position, count(*) AS n FROM conntrack_raw WHERE change = 'snapshot' GROUP BY position
-)
-SELECT e.position, e.recording_id, r.host, make_timestamp_ns(e.wall_ns) AS ts,
-    CAST(json_extract(e.extra, '$.initial') AS BOOLEAN) AS initial,
-    CAST(json_extract(e.extra, '$.walk_ns') AS BIGINT) AS walk_ns,
-    coalesce(c.n, 0) AS connections, coalesce(p.n, 0) AS processes,
-    coalesce(t.n, 0) AS conntrack_entries
-FROM ev e LEFT JOIN recordings_raw r ON r.id = e.recording_id
-LEFT JOIN counted c ON c.position = e.position LEFT JOIN procs p ON p.position = e.position
-LEFT JOIN cts t ON t.position = e.position
-WHERE e.kind = {int(Kind.SNAPSHOT)};
+SELECT m.position, m.recording_id, r.host, make_timestamp_ns(m.wall_ns) AS ts,
+    CAST(json_extract(m.extra, '$.initial') AS BOOLEAN) AS initial,
+    CAST(json_extract(m.extra, '$.walk_ns') AS BIGINT) AS walk_ns,
+    m.connections, m.processes, m.conntrack_entries
+FROM snap_marks m LEFT JOIN recordings_raw r ON r.id = m.recording_id;
 
 -- Process lives: from a start (EXEC, or the first snapshot showing it) to its EXIT, by pid.
 CREATE OR REPLACE VIEW processes AS
 WITH sightings AS (
-    SELECT e.recording_id, e.pid, e.wall_ns AS at_ns, e.kind, e.wall_ns AS start_ns, e.comm,
-        CAST(json_extract(e.extra, '$.ppid') AS INTEGER) AS ppid,
+    SELECT e.recording_id, e.pid, e.wall_ns AS at_ns, e.kind, e.wall_ns AS start_ns,
+        d.name AS comm, CAST(json_extract(e.extra, '$.ppid') AS INTEGER) AS ppid,
         json_extract_string(e.extra, '$.filename') AS cmdline, CAST(NULL AS VARCHAR) AS cgroup
-    FROM ev e WHERE e.kind IN ({int(Kind.EXEC)}, {int(Kind.EXIT)})
+    FROM ev e LEFT JOIN dict_comms d ON d.id = e.comm_id
+    WHERE e.kind IN ({int(Kind.EXEC)}, {int(Kind.EXIT)})
     UNION ALL
-    SELECT e.recording_id, p.pid, e.wall_ns, {int(Kind.SNAPSHOT)},
-        p.start_mono_ns + (e.wall_ns - e.mono_ns), p.comm, p.ppid, p.cmdline, p.cgroup
-    FROM snap_proc p JOIN ev e ON e.position = p.position
+    SELECT m.recording_id, p.pid, m.wall_ns, {int(Kind.SNAPSHOT)},
+        p.start_mono_ns + (m.wall_ns - m.mono_ns), p.comm, p.ppid, p.cmdline, p.cgroup
+    FROM snap_proc p JOIN snap_marks m ON m.position = p.position
 ),
 numbered AS (
     SELECT *, coalesce(sum(CASE WHEN kind = {int(Kind.EXIT)} THEN 1 ELSE 0 END) OVER (
@@ -318,9 +407,11 @@ lives AS (
         arg_max(cgroup, at_ns) FILTER (WHERE cgroup IS NOT NULL) AS cgroup
     FROM numbered GROUP BY recording_id, pid, generation
 )
-SELECT l.recording_id, r.host, l.pid, l.ppid, l.comm, l.cmdline, l.cgroup,
-    make_timestamp_ns(l.started_ns) AS started_at, make_timestamp_ns(l.exited_ns) AS exited_at
-FROM lives l LEFT JOIN recordings_raw r ON r.id = l.recording_id;
+SELECT l.recording_id, r.host, l.pid, l.ppid, l.comm, l.cmdline, g.container_id, g.runtime,
+    l.cgroup, make_timestamp_ns(l.started_ns) AS started_at,
+    make_timestamp_ns(l.exited_ns) AS exited_at
+FROM lives l LEFT JOIN recordings_raw r ON r.id = l.recording_id
+LEFT JOIN cgroups g ON g.cgroup = l.cgroup;
 """
 
 PUBLIC_VIEWS = (
