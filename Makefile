@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DEMO_DB ?= scope.db
 
-.PHONY: setup setup-test host host-test venv demo test lint unit bench clean
+.PHONY: setup setup-test host host-test venv demo test lint unit bench clean sanitize
 
 setup: host venv
 setup-test: host-test venv
@@ -23,7 +23,7 @@ venv: $(INSTALLED)
 # pip's output goes to a log that is shown only when the install fails. It also compiles the
 # C modules (the append path, the fold's and the table's loops), so a change to their source
 # reinstalls.
-$(INSTALLED): pyproject.toml eventlog/_native.c eventlog/_scan.c
+$(INSTALLED): pyproject.toml eventlog/_native.c eventlog/_scan.c bpf/tcp_events.h
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --disable-pip-version-check -e '.[dev]' > $(VENV)/install.log 2>&1 \
 		|| { tail -n 30 $(VENV)/install.log; exit 1; }
@@ -33,8 +33,8 @@ demo: setup
 	@$(PY) -m recorder.demo --db $(DEMO_DB) --svg scope-demo-processes.svg
 
 lint: venv
-	@$(PY) -m ruff check eventlog recorder replay migrations tests bench
-	@$(PY) -m ruff format --check -q eventlog recorder replay migrations tests bench
+	@$(PY) -m ruff check bpf eventlog recorder replay migrations tests bench
+	@$(PY) -m ruff format --check -q bpf eventlog recorder replay migrations tests bench
 	@$(PY) -m mypy
 
 # The C modules' own tests once more under Python's debug allocator, which turns a freed,
@@ -44,6 +44,11 @@ NATIVE_DEBUG_TESTS := tests/unit/log/test_native_append.py tests/unit/log/test_s
 test: setup-test lint
 	@$(PY) -m pytest $(PYTEST_ARGS)
 	@PYTHONMALLOC=debug $(PY) -X dev -m pytest -q -p no:cacheprovider $(NATIVE_DEBUG_TESTS)
+	@PY=$(PY) scripts/sanitize.sh
+
+# The C modules built with ASan and UBSan, and their tests run against them.
+sanitize: venv
+	@PY=$(PY) scripts/sanitize.sh
 
 unit: venv
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -55,4 +60,4 @@ bench: setup
 	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm

@@ -149,7 +149,7 @@ def incremental_sync(db: Path) -> float:
 
 def query_medians(db: Path, rounds: int) -> float:
     """The median time of scope-query's benchmark questions (bench/query.py)."""
-    from bench.query import duckdb_queries  # noqa: PLC0415 - the two benchmarks share them
+    from bench.query import duckdb_queries
 
     with open_log(resolve(str(db)), Purpose.READ) as log, open_derived(log) as derived:
         span = log_span(derived)

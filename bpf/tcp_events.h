@@ -1,8 +1,20 @@
-/* Records shared by the BPF programs and recorder/decode.py. Keep both in step: the decoder's
- * struct format string and its byte-fixture tests pin this layout. All fields little-endian
- * (the host's order), addresses in network order as the kernel keeps them. */
+/* The records the BPF programs hand to user space: the one definition of their layout.
+ *
+ * Included by the programs (bpf/tcp_events.c, compiled by bcc, which defines u8..u64) and by
+ * the C append path (eventlog/_native.c, which defines SCOPE_USER_SPACE first). The Python
+ * decoder (eventlog/kernel_records.py) reads the same bytes with a struct format string that
+ * tests/unit/log/test_kernel_records.py checks against this header, compiled. All fields
+ * little-endian (the host's order), addresses in network order as the kernel keeps them. */
 #ifndef SCOPE_TCP_EVENTS_H
 #define SCOPE_TCP_EVENTS_H
+
+#ifdef SCOPE_USER_SPACE
+#include <stdint.h>
+typedef uint8_t u8;
+typedef uint16_t u16;
+typedef uint32_t u32;
+typedef uint64_t u64;
+#endif
 
 #define EV_CONNECT 1
 #define EV_ACCEPT 2
@@ -47,5 +59,10 @@ struct stage_header {         /* 16 bytes, then `count` events */
     u32 cpu;
     u64 first_ts_ns;
 };
+
+#ifdef SCOPE_USER_SPACE
+_Static_assert(sizeof(struct event) == 128, "struct event is 128 bytes");
+_Static_assert(sizeof(struct stage_header) == 16, "struct stage_header is 16 bytes");
+#endif
 
 #endif

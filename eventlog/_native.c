@@ -48,33 +48,15 @@ typedef struct {
 
 /* -- raw events ------------------------------------------------------------------------------ */
 
-/* bpf/tcp_events.h's struct event and stage_header; eventlog/kernel_records.py reads the same layout. */
-struct raw_event {
-    uint64_t ts_ns;
-    uint64_t sock_id;
-    uint64_t bytes_sent;
-    uint64_t bytes_received;
-    uint32_t pid;
-    uint32_t netns;
-    uint32_t aux;
-    uint16_t lport;
-    uint16_t rport;
-    uint8_t kind;
-    uint8_t family;
-    uint16_t flags;
-    uint32_t aux2;
-    char comm[16];
-    uint8_t laddr[16];
-    uint8_t raddr[16];
-    uint8_t tail[24];
-};
-_Static_assert(sizeof(struct raw_event) == 128, "struct event is 128 bytes");
+/* The ring buffer's records: bpf/tcp_events.h, the header the BPF programs include too. */
+#define SCOPE_USER_SPACE
+#include "tcp_events.h"
 
-#define STAGE_HEADER_SIZE 16
-#define KIND_CONNECT 1
-#define KIND_ACCEPT 2
-#define KIND_CLOSE 3
-#define KIND_LAST_CAPTURED 6 /* EXIT */
+#define STAGE_HEADER_SIZE ((Py_ssize_t)sizeof(struct stage_header))
+#define KIND_CONNECT EV_CONNECT
+#define KIND_ACCEPT EV_ACCEPT
+#define KIND_CLOSE EV_CLOSE
+#define KIND_LAST_CAPTURED EV_EXIT
 #define FAMILY_INET 2
 
 static int is_fast_kind(uint8_t kind)
@@ -86,7 +68,7 @@ static int is_fast_kind(uint8_t kind)
 typedef struct {
     PyObject_HEAD
     Py_ssize_t count;
-    struct raw_event *events;
+    struct event *events;
 } RawRun;
 
 static PyTypeObject RawRunType;
@@ -97,7 +79,7 @@ static RawRun *raw_run_new(Py_ssize_t count)
     if (run == NULL)
         return NULL;
     run->count = count;
-    run->events = PyMem_Malloc(count > 0 ? (size_t)count * sizeof(struct raw_event) : 1);
+    run->events = PyMem_Malloc(count > 0 ? (size_t)count * sizeof(struct event) : 1);
     if (run->events == NULL) {
         Py_DECREF(run);
         return (RawRun *)PyErr_NoMemory();
@@ -134,7 +116,7 @@ static RawRun *raw_run_slice(const RawRun *run, Py_ssize_t start, Py_ssize_t sto
 {
     RawRun *part = raw_run_new(stop - start);
     if (part != NULL && stop > start)
-        memcpy(part->events, run->events + start, (size_t)(stop - start) * sizeof(struct raw_event));
+        memcpy(part->events, run->events + start, (size_t)(stop - start) * sizeof(struct event));
     return part;
 }
 
@@ -176,7 +158,7 @@ static PyObject *RawRun_record(RawRun *self, PyObject *Py_UNUSED(ignored))
         PyErr_SetString(PyExc_OverflowError, "a stage record holds at most 2**32 - 1 events");
         return NULL;
     }
-    size_t body = (size_t)self->count * sizeof(struct raw_event);
+    size_t body = (size_t)self->count * sizeof(struct event);
     PyObject *record = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(STAGE_HEADER_SIZE + body));
     if (record == NULL)
         return NULL;
@@ -189,11 +171,6 @@ static PyObject *RawRun_record(RawRun *self, PyObject *Py_UNUSED(ignored))
     if (body)
         memcpy(out + STAGE_HEADER_SIZE, self->events, body);
     return record;
-}
-
-static PyObject *RawRun_event_bytes(const struct raw_event *event)
-{
-    return PyBytes_FromStringAndSize((const char *)event, sizeof *event);
 }
 
 static PyObject *RawRun_time(RawRun *self, Py_ssize_t index)
@@ -265,7 +242,7 @@ static PyObject *raw_run(PyObject *Py_UNUSED(module), PyObject *arg)
         goto done;
     }
     memcpy(&count, view.buf, 4);
-    if ((Py_ssize_t)((view.len - STAGE_HEADER_SIZE) / sizeof(struct raw_event)) < (Py_ssize_t)count) {
+    if ((Py_ssize_t)((view.len - STAGE_HEADER_SIZE) / sizeof(struct event)) < (Py_ssize_t)count) {
         PyErr_Format(PyExc_ValueError, "record says %u events but holds %zd bytes", count,
                      view.len);
         goto done;
@@ -274,7 +251,7 @@ static PyObject *raw_run(PyObject *Py_UNUSED(module), PyObject *arg)
     if (run == NULL)
         goto done;
     memcpy(run->events, (const char *)view.buf + STAGE_HEADER_SIZE,
-           (size_t)count * sizeof(struct raw_event));
+           (size_t)count * sizeof(struct event));
     for (uint32_t i = 0; i < count; i++) {
         uint8_t kind = run->events[i].kind;
         if (kind < KIND_CONNECT || kind > KIND_LAST_CAPTURED) {
@@ -285,7 +262,7 @@ static PyObject *raw_run(PyObject *Py_UNUSED(module), PyObject *arg)
     }
     /* Stable insertion sort: a stage holds at most STAGE_MAX (64) events, nearly in order. */
     for (uint32_t i = 1; i < count; i++) {
-        struct raw_event moving = run->events[i];
+        struct event moving = run->events[i];
         uint32_t j = i;
         while (j > 0 && run->events[j - 1].ts_ns > moving.ts_ns) {
             run->events[j] = run->events[j - 1];
@@ -481,7 +458,7 @@ static struct cached_value *netns_value(struct value_caches *caches, uint32_t in
 }
 
 /* The comm of a connection event: eventlog.kernel_records keeps it only when a pid is known. */
-static struct cached_value *raw_comm(struct value_caches *caches, const struct raw_event *event)
+static struct cached_value *raw_comm(struct value_caches *caches, const struct event *event)
 {
     return event->pid ? comm_value(caches, event->comm) : cached_none(&caches->no_comm);
 }
@@ -503,7 +480,7 @@ static PyObject *cached_ident(struct cached_value *cached, PyObject *ids)
 
 /* A rare kind (failed connect, exec, exit) through eventlog.kernel_records.decode_event's rules:
  * ``decode_one(bytes)`` returns its Event. */
-static PyObject *decode_rare(PyObject *decode_one, const struct raw_event *event)
+static PyObject *decode_rare(PyObject *decode_one, const struct event *event)
 {
     PyObject *raw = PyBytes_FromStringAndSize((const char *)event, sizeof *event);
     if (raw == NULL)
@@ -917,7 +894,7 @@ static int bind_counter(sqlite3 *db, sqlite3_stmt *stmt, int index, uint64_t val
 
 /* A fast-kind raw event's row, bound after ``base`` as eventlog.kernel_records.decode_record would
  * have built it. Its addresses are bound in place: the run must outlive the step. */
-static int bind_raw_event(sqlite3 *db, sqlite3_stmt *stmt, int base, const struct raw_event *event,
+static int bind_raw_event(sqlite3 *db, sqlite3_stmt *stmt, int base, const struct event *event,
                           struct value_caches *caches, PyObject *comm_ids, PyObject *netns_ids)
 {
     int width = event->family == FAMILY_INET ? 4 : 16;
@@ -1030,7 +1007,7 @@ static int insert_run(struct inserter *ins, RawRun *run, struct value_caches *ca
                       PyObject *decode_one)
 {
     for (Py_ssize_t i = 0; i < run->count; i++) {
-        const struct raw_event *event = &run->events[i];
+        const struct event *event = &run->events[i];
         int rc;
         if (is_fast_kind(event->kind)) {
             int base;
@@ -1224,7 +1201,7 @@ static int summarize_run(RawRun *run, PyObject *decode_one, struct value_caches 
                          PyObject *namespaces)
 {
     for (Py_ssize_t i = 0; i < run->count; i++) {
-        const struct raw_event *event = &run->events[i];
+        const struct event *event = &run->events[i];
         int rc;
         if (is_fast_kind(event->kind)) {
             if (event->ts_ns > (uint64_t)INT64_MAX) {

@@ -68,7 +68,8 @@ class ClockModel:
             raise ValueError("no clock samples")
         index = np.searchsorted(np.asarray(self._monos, dtype=np.int64), monos, side="right") - 1
         offsets = np.asarray(self._offsets, dtype=np.int64)
-        return monos + offsets[np.maximum(index, 0)]  # type: ignore[no-any-return]
+        walls: npt.NDArray[np.int64] = monos + offsets[np.maximum(index, 0)]
+        return walls
 
     def mono_ns(self, wall_ns: int) -> int:
         """The monotonic time that converts to ``wall_ns`` (the earliest, if offsets jump)."""

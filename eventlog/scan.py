@@ -62,10 +62,11 @@ class Select:
         expressions = []
         for name, kind in self.columns:
             if kind == BLOB:
-                name = f"encode({name}, 'hex')"
+                expressions.append(f"encode({name}, 'hex')")
             elif kind == TEXT:
-                name = f"encode(convert_to({name}, 'UTF8'), 'hex')"
-            expressions.append(name)
+                expressions.append(f"encode(convert_to({name}, 'UTF8'), 'hex')")
+            else:
+                expressions.append(name)
         return (
             f"SELECT {', '.join(expressions)} FROM {self.table} "
             f"WHERE position > {int(after)} AND position <= {int(upto)} ORDER BY position"
@@ -85,7 +86,9 @@ def split(after: int, upto: int, parts: int) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
-def scan(store: LogStore, select: Select, after: int, upto: int, threads: int = THREADS) -> pa.Table:
+def scan(
+    store: LogStore, select: Select, after: int, upto: int, threads: int = THREADS
+) -> pa.Table:
     """The rows of ``select`` for positions ``after < p <= upto``, in the order each range's
     statement gives them (ranges in position order), read by ``threads`` threads."""
     if upto <= after:
@@ -110,7 +113,10 @@ def scan_sqlite_native(
         raise LogOpenError(f"{path}: cannot read the log: {exc}") from exc
     batches = [
         pa.RecordBatch.from_arrays(
-            [_array(kind, rows, column) for (_, kind), column in zip(select.columns, columns, strict=True)],
+            [
+                _array(kind, rows, column)
+                for (_, kind), column in zip(select.columns, columns, strict=True)
+            ],
             schema=select.schema(),
         )
         for rows, columns in results
@@ -171,9 +177,10 @@ def _scan_postgres(store: LogStore, select: Select, after: int, upto: int) -> pa
         raw = store.engine.raw_connection()
         try:
             driver: Any = raw.driver_connection
-            with driver.cursor() as cursor, cursor.copy(
-                f"COPY ({sql}) TO STDOUT (FORMAT csv)"
-            ) as copy:
+            with (
+                driver.cursor() as cursor,
+                cursor.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv)") as copy,
+            ):
                 chunks.extend(bytes(data) for data in copy)
             driver.rollback()
         finally:

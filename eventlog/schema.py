@@ -187,14 +187,4 @@ losses = Table(
     Column("reason", Text, nullable=False),
 )
 
-# Derived data: a cache of folded replay state. Dropping it loses nothing.
-checkpoints = Table(
-    "checkpoints",
-    metadata,
-    Column("position", Position, primary_key=True, autoincrement=False),
-    Column("format", Integer, nullable=False),
-    Column("max_wall_ns", BigInteger, nullable=False),
-    Column("state", LargeBinary, nullable=False),
-)
-
 SCHEMA_TABLES = tuple(metadata.tables)

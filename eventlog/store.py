@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -96,7 +97,7 @@ def open_log(
         if purpose is Purpose.RECORD and not sqlite.force:
             _check_safe_to_record(location)  # before the file is created, not after
         _check_sqlite_file(location, purpose)
-        engine = _sqlite_engine(location, sqlite, pooled=purpose is Purpose.READ)
+        engine = _sqlite_engine(location, sqlite, read_only=purpose is Purpose.READ)
     else:
         engine = _postgres_engine(location)
     store = LogStore(location, engine, sqlite)
@@ -283,19 +284,24 @@ def _create_private_file(path: os.PathLike[str]) -> None:
     os.close(fd)
 
 
-def _sqlite_engine(location: LogLocation, options: SqliteOptions, pooled: bool) -> Engine:
-    """``pooled``: keep connections between uses (a reader: a replay makes a dozen short
-    reads, and each new connection parses the schema again). Otherwise each use opens and
-    closes its own, so nothing stays open between a recorder's steps."""
+def _sqlite_engine(location: LogLocation, options: SqliteOptions, read_only: bool) -> Engine:
+    """A reader's connections are read-only (SQLite's ``mode=ro``: they never write the
+    file, not even to checkpoint a write-ahead log a stopped recorder left) and kept between
+    uses (each new one parses the schema again). Otherwise each use opens and closes its own,
+    so nothing stays open between a recorder's steps."""
     synchronous = options.synchronous.upper()
     if synchronous not in SQLITE_SYNC_LEVELS:
         raise LogLocationError(
             f"unknown SQLite synchronous level {options.synchronous!r} "
             f"(one of {', '.join(SQLITE_SYNC_LEVELS)})"
         )
+    url = location.url
+    if read_only:
+        assert location.path is not None
+        url = url.set(database=f"file:{quote(str(location.path))}?mode=ro", query={"uri": "true"})
     engine = create_engine(
-        location.url,
-        poolclass=QueuePool if pooled else NullPool,
+        url,
+        poolclass=QueuePool if read_only else NullPool,
         connect_args={"timeout": options.busy_timeout_ms / 1000, "check_same_thread": False},
     )
 
@@ -306,9 +312,10 @@ def _sqlite_engine(location: LogLocation, options: SqliteOptions, pooled: bool) 
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(options.busy_timeout_ms)}")
-        if _journal_mode(cursor) != "wal" and os.access(str(location.path), os.W_OK):
-            cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute(f"PRAGMA synchronous = {synchronous}")
+        if not read_only:
+            if _journal_mode(cursor) != "wal" and os.access(str(location.path), os.W_OK):
+                cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute(f"PRAGMA synchronous = {synchronous}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

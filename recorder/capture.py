@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import bpf
 from eventlog.errors import CaptureError, EbpfUnavailableError
 from recorder.btf import VMLINUX_BTF, Btf, BtfError
-from recorder.hostenv import ensure_tracefs
+from recorder.hostenv import ensure_tracefs, import_bcc
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
-PROGRAM_FILE = "tcp_events.c"
+BPF_DIR = bpf.directory()
 
 # Kernel struct members the programs read, as (macro, struct, member path).
 KERNEL_OFFSETS = (
@@ -221,10 +221,8 @@ def why_ebpf_unavailable() -> str | None:
         )
     if not VMLINUX_BTF.exists():
         return f"the kernel has no BTF ({VMLINUX_BTF} missing), so struct offsets are unknown"
-    try:
-        import bcc  # noqa: F401, PLC0415 - optional: only hosts that capture need it
-    except ImportError:
-        return "bcc is not installed (apt-get install python3-bpfcc, then make setup)"
+    if not import_bcc():  # optional: only hosts that capture need it
+        return "bcc is not installed (apt-get install python3-bpfcc)"
     return None
 
 
@@ -252,7 +250,7 @@ class EbpfCapture:
         # bcc reads tracefs's location at import: import it only after ensure_tracefs().
         from bcc import BPF  # noqa: PLC0415
 
-        source = (BPF_DIR / PROGRAM_FILE).read_text()
+        source = bpf.program_text()
         try:
             with _quiet_stderr():
                 self._bpf = BPF(text=source.encode(), cflags=program_cflags(offsets, self.options))

@@ -1,12 +1,16 @@
 """Making this host able to run the eBPF capture: bcc importable, tracefs mounted.
 
-``python -m recorder.hostenv link-bcc`` (run by `make`) makes Debian's bcc module importable
-in the project's virtual environment. bcc is Debian's ``python3-bpfcc``: pure Python over
-``libbcc.so``, so any CPython 3 can import it; PyPI's package named ``bcc`` is unrelated.
+bcc is Debian's ``python3-bpfcc``: pure Python over ``libbcc.so``, so any CPython 3 can
+import it; PyPI's package named ``bcc`` is unrelated. ``import_bcc`` imports it from
+Debian's directory when the interpreter does not find it (an installed wheel in a virtual
+environment); ``python -m recorder.hostenv link-bcc`` (run by `make`) links it into the
+project's virtual environment, so that tools other than the recorder find it too.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -33,6 +37,30 @@ def link_bcc() -> str | None:
         target.unlink()
     target.symlink_to(DEBIAN_BCC)
     return None
+
+
+def import_bcc() -> bool:
+    """Whether bcc can be imported: as this interpreter finds it, else Debian's package
+    alone (not the rest of Debian's Python packages)."""
+    try:
+        importlib.import_module("bcc")
+        return True
+    except ImportError:
+        pass
+    init = DEBIAN_BCC / "__init__.py"
+    spec = importlib.util.spec_from_file_location(
+        "bcc", init, submodule_search_locations=[str(DEBIAN_BCC)]
+    )
+    if not init.is_file() or spec is None or spec.loader is None:
+        return False
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bcc"] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        del sys.modules["bcc"]
+        return False
+    return True
 
 
 def ensure_tracefs() -> str | None:

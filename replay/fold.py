@@ -73,11 +73,14 @@ def tuple_key(netns: int, laddr: int, lport: int, raddr: int, rport: int) -> Tup
 
 def tuple_fields(key: Tuple) -> tuple[int, int, int, int, int]:
     """The five fields ``tuple_key`` packed."""
-    return TUPLE.unpack(key)  # type: ignore[return-value]
+    netns, laddr, lport, raddr, rport = TUPLE.unpack(key)
+    return netns, laddr, lport, raddr, rport
 
 
 def tuple_netns(key: Tuple) -> int:
     return int.from_bytes(key[:4], "big")
+
+
 ProcessKey = tuple[int, int]  # (recording, pid)
 ConntrackKey = tuple[int, int, int]  # (recording, netns, conntrack id)
 
@@ -223,7 +226,9 @@ class Fold:
         state.position = position
 
     # -- sockets -------------------------------------------------------------------------
-    def _close(self, position: int, recording: int, sock_id: int | None, tuple_: Tuple) -> SocketEnd:
+    def _close(
+        self, position: int, recording: int, sock_id: int | None, tuple_: Tuple
+    ) -> SocketEnd:
         state = self.state
         if sock_id is not None:
             missed_at = None
@@ -310,9 +315,7 @@ class Fold:
         for pid in sorted(pids - processes.keys()):
             processes[pid] = position
 
-    def _reconcile_conntrack(
-        self, recording: int, position: int, content: SnapshotContent
-    ) -> None:
+    def _reconcile_conntrack(self, recording: int, position: int, content: SnapshotContent) -> None:
         """A dump holds every entry of the namespaces it covers: the others are gone."""
         conntrack, dumped = self.state.conntrack, content.conntrack or frozenset()
         namespaces = content.namespaces

@@ -46,6 +46,8 @@ class QueryRun:
     columns: list[str]
     rows: int
     truncated: bool = False
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return " ".join(text.splitlines()[:1]) if text else type(exc).__name__
@@ -195,7 +197,7 @@ def query_derived(
 
 
 def _write_parquet(result: duckdb.DuckDBPyConnection, columns: list[str], output: Path) -> QueryRun:
-    reader = result.to_arrow_reader(FETCH_ROWS)
+    reader: Any = result.to_arrow_reader(FETCH_ROWS)
     rows = 0
     with pq.ParquetWriter(str(output), reader.schema) as writer:
         for batch in reader:

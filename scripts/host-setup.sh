@@ -13,8 +13,10 @@ want_test=0
 
 arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
 packages=(python3-bpfcc libbpfcc "linux-headers-$arch" graphviz iproute2)
-# The C modules (eventlog/_native.c, replay/_fold.c) are compiled by `pip install`.
+# The C modules (eventlog/_native.c, eventlog/_scan.c) are compiled by `pip install`.
 packages+=(gcc libc6-dev python3-dev libsqlite3-dev)
+# Sanitizer runtimes: make test runs the C modules built with ASan and UBSan too.
+if (( want_test )); then packages+=(libasan8 libubsan1); fi
 if (( want_test )); then
     packages+=(postgresql iptables conntrack bpftool)
 fi

@@ -201,7 +201,9 @@ def copy_chunk(con: duckdb.DuckDBPyConnection, scanned: Scanned) -> Chunk:
     """Copy a range read by ``scan_range``."""
     con.register("_raw_events", scanned.events)
     try:
-        learn_addresses(con, "SELECT laddr FROM _raw_events UNION ALL SELECT raddr FROM _raw_events")
+        learn_addresses(
+            con, "SELECT laddr FROM _raw_events UNION ALL SELECT raddr FROM _raw_events"
+        )
         con.execute(
             """
             INSERT INTO ev

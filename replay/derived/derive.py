@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
-from itertools import compress
 from dataclasses import dataclass
+from itertools import compress
 from typing import Any
 
 import duckdb
@@ -252,8 +252,12 @@ def set_aside(con: duckdb.DuckDBPyConnection, chunk: Chunk, state: FoldState) ->
     )
     pair = "open_pos, close_pos, known_ns, close_ns"
     short = f"close_ns - known_ns <= {SHORT_NS}"
-    con.execute(f"INSERT INTO pairs_short SELECT {pair} FROM _set_aside WHERE {short} ORDER BY open_pos")
-    con.execute(f"INSERT INTO pairs_long SELECT {pair} FROM _set_aside WHERE NOT ({short}) ORDER BY open_pos")
+    con.execute(
+        f"INSERT INTO pairs_short SELECT {pair} FROM _set_aside WHERE {short} ORDER BY open_pos"
+    )
+    con.execute(
+        f"INSERT INTO pairs_long SELECT {pair} FROM _set_aside WHERE NOT ({short}) ORDER BY open_pos"
+    )
     return int(con.execute("SELECT count(*) FROM _set_aside").fetchall()[0][0])
 
 
@@ -261,7 +265,9 @@ def _store_sockets(con: duckdb.DuckDBPyConnection, rows: str) -> None:
     """Ended sockets (``rows``), by how long they lived, in the order they became known."""
     lifetime = "greatest(coalesce(close_ns, missing_ns), coalesce(missing_ns, close_ns)) - known_ns"
     con.execute(f"INSERT INTO socket_short SELECT * FROM {rows} WHERE {lifetime} <= {SHORT_NS}")
-    con.execute(f"INSERT INTO socket_long SELECT * FROM {rows} WHERE NOT ({lifetime} <= {SHORT_NS})")
+    con.execute(
+        f"INSERT INTO socket_long SELECT * FROM {rows} WHERE NOT ({lifetime} <= {SHORT_NS})"
+    )
 
 
 # -- step 2: the fold ----------------------------------------------------------------------
@@ -288,9 +294,7 @@ def fold_rows(
     columns = [column.to_numpy(zero_copy_only=False) for column in table.columns]
     netns = columns[4].astype(np.int64)
     tuples = tuple_keys(netns, *(c.astype(np.int64) for c in columns[5:9]))
-    position, recording, kind, _, pid, ct_id = (
-        columns[i].tolist() for i in (0, 1, 2, 3, 9, 10)
-    )
+    position, recording, kind, _, pid, ct_id = (columns[i].tolist() for i in (0, 1, 2, 3, 9, 10))
     sock_id = table.column(3).to_pylist()  # None where the event has no socket id
     return list(zip(position, recording, kind, sock_id, tuples, pid, netns.tolist(), ct_id,
                     strict=True))  # fmt: skip
@@ -398,7 +402,7 @@ def _stage_snapshot_sockets(
             rows.append((position, *fields, ordinal, _is_server(snapshot, row), row.pid,
                          comms.get(row.pid) if row.pid is not None else None))  # fmt: skip
     arrow = pa.table(
-        list(zip(*rows, strict=True)) if rows else [[] for _ in range(10)],
+        list(zip(*rows, strict=True)) if rows else [() for _ in range(10)],
         schema=pa.schema([("snapshot_pos", pa.int64()), ("netns", pa.int64()),
                           ("laddr", pa.int64()), ("lport", pa.int64()), ("raddr", pa.int64()),
                           ("rport", pa.int64()), ("ordinal", pa.int64()),
@@ -416,7 +420,9 @@ def _is_server(snapshot: Snapshot, row: Any) -> bool:
     """A socket /proc showed is the server's if its port listens in its namespace (on its
     address or on all), else by Scope's rule: the lower local port is the server's."""
     for other in snapshot.connections:
-        listening = other.state == TCP_LISTEN and other.netns == row.netns and other.lport == row.lport
+        listening = (
+            other.state == TCP_LISTEN and other.netns == row.netns and other.lport == row.lport
+        )
         if listening and (other.laddr == row.laddr or not any(other.laddr)):
             return True
     return bool(row.lport < row.rport)

@@ -31,13 +31,13 @@ from typing import Any
 
 import duckdb
 
-from eventlog.errors import LogError, QueryError, UsageError
+from eventlog.errors import QueryError, UsageError
 from eventlog.reader import LogReader
 from eventlog.store import LogStore
 from replay.derived import copy, derive
-from replay.fold import Fold
 from replay.derived.tables import FORMAT, SCHEMA, TABLES
 from replay.derived.views import VIEWS_SQL
+from replay.fold import Fold
 
 LOCK_WAIT_S = 60.0
 SAFE_CONFIG: dict[str, Any] = {
@@ -131,7 +131,7 @@ def open_derived(log: LogStore, path: Path | None = None) -> Derived:
         state = log_state(reader)
         try:
             return _open_file(log, reader, state, target)
-        except _Unwritable as exc:
+        except _UnwritableError as exc:
             derived = _in_memory(log, reader, state)
             derived.notices.append(
                 f"cannot keep derived state in {target} ({exc}): derived it in memory for "
@@ -142,7 +142,7 @@ def open_derived(log: LogStore, path: Path | None = None) -> Derived:
         reader.close()
 
 
-class _Unwritable(Exception):
+class _UnwritableError(Exception):
     """The store's file cannot be created or written."""
 
 
@@ -187,9 +187,9 @@ def _ensure_directory(directory: Path) -> None:
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        raise _Unwritable(exc.strerror or str(exc)) from exc
+        raise _UnwritableError(exc.strerror or str(exc)) from exc
     if not os.access(directory, os.W_OK):
-        raise _Unwritable("not writable")
+        raise _UnwritableError("not writable")
 
 
 @contextlib.contextmanager
@@ -218,7 +218,7 @@ def _connect_raw(
                 time.sleep(0.1)
                 continue
             if not read_only and ("permission" in message or "read-only" in message):
-                raise _Unwritable(_first_line(exc)) from exc
+                raise _UnwritableError(_first_line(exc)) from exc
             if path.exists() and not read_only and "lock" not in message:
                 # Not a store this version can open (damaged, or from another DuckDB):
                 # it is only derived data.
@@ -288,9 +288,7 @@ def _sync(
     return stats
 
 
-def _ranges(
-    log: LogStore, clocks: copy.Clocks, after: int, upto: int
-) -> Iterator[copy.Scanned]:
+def _ranges(log: LogStore, clocks: copy.Clocks, after: int, upto: int) -> Iterator[copy.Scanned]:
     """The ranges of ``(after, upto]`` read from the log, each read while the one before it
     is copied and folded (the read is in C and numpy, which run without the GIL). The first
     is read by all the scan threads; the others by one, beside the work on the one before
@@ -331,7 +329,7 @@ def _store_errors() -> Iterator[None]:
             raise
         message = str(exc).lower()
         if "space" in message or "disk" in message:
-            raise _Unwritable(_first_line(exc)) from exc
+            raise _UnwritableError(_first_line(exc)) from exc
         raise QueryError(
             f"could not bring the derived store up to date: {_first_line(exc)}"
         ) from exc

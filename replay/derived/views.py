@@ -230,8 +230,7 @@ _NAMED = """
 _NAT_AT_T = "n.start_ns <= t_ns AND (n.end_ns IS NULL OR n.end_ns > t_ns)"
 # Over a socket's whole life: the NAT intervals that overlap it.
 _NAT_DURING_SOCKET = (
-    f"n.start_ns <= coalesce(sh.end_ns, {_MAX_NS}) "
-    "AND (n.end_ns IS NULL OR n.end_ns > sh.known_ns)"
+    f"n.start_ns <= coalesce(sh.end_ns, {_MAX_NS}) AND (n.end_ns IS NULL OR n.end_ns > sh.known_ns)"
 )
 
 _OUTPUT = """
@@ -298,8 +297,12 @@ at_t AS (SELECT *, {_AT_T} FROM live),
 kept AS (SELECT * FROM at_t WHERE end_ns IS NULL OR end_ns > t_ns - w_ns),
 shown AS ({_NAMED.format(rows="kept")}),
 {_pairing("shown", _NAT_AT_T)}
-{_OUTPUT.format(rows="SELECT * FROM connections_rows UNION ALL "
-                + _failed("e.wall_ns > t_ns - w_ns AND e.wall_ns <= t_ns"))};
+{
+    _OUTPUT.format(
+        rows="SELECT * FROM connections_rows UNION ALL "
+        + _failed("e.wall_ns > t_ns - w_ns AND e.wall_ns <= t_ns")
+    )
+};
 
 CREATE OR REPLACE MACRO connections_at(t, w) AS TABLE
     SELECT * FROM connections_at_ns(

@@ -17,17 +17,15 @@ from tests.logbuilder import Builder, built_log
 CLIENT, SERVER = "127.0.0.1:40000", "127.0.0.1:8080"
 
 
-def table(location: Any, at: str, window: str = "15s", checkpoints: bool = False) -> dict[str, Any]:
+def table(location: Any, at: str, window: str = "15s") -> dict[str, Any]:
     with open_log(location, Purpose.READ) as store:
-        document: dict[str, Any] = json.loads(
-            render(replay_table(store, at, window, use_checkpoints=checkpoints), "json")
-        )
+        document: dict[str, Any] = json.loads(render(replay_table(store, at, window), "json"))
     return document
 
 
 def golden(location: Any, name: str, at: str, window: str = "15s") -> list[dict[str, Any]]:
     with open_log(location, Purpose.READ) as store:
-        text = render(replay_table(store, at, window, use_checkpoints=False), "json")
+        text = render(replay_table(store, at, window), "json")
     check_golden(f"replay-{name}.json", text)
     return json.loads(text)["connections"]  # type: ignore[no-any-return]
 
@@ -169,7 +167,8 @@ def test_failed_connect_appears_in_the_window(tmp_path: Path) -> None:
 
 
 def test_pid_reuse_keeps_processes_apart(tmp_path: Path) -> None:
-    from replay.engine import Replayer
+    from replay.derived.store import open_derived
+    from replay.views.scene import processes_at
     from tests.logbuilder import wall
 
     with built_log(tmp_path / "h.db") as (location, b):
@@ -181,11 +180,11 @@ def test_pid_reuse_keeps_processes_apart(tmp_path: Path) -> None:
         b.exec(9.0, 999, "end-marker")
     rows = table(location, "+4s")["connections"]
     assert [(r["client_pid"], r["client_comm"]) for r in rows] == [(100, "first"), (100, "second")]
-    with open_log(location, Purpose.READ) as store:
-        replayer = Replayer(store, use_checkpoints=False)
-        early, late = replayer.state_at(wall(1.6)), replayer.state_at(wall(3.6))
-        events = replayer.reader.events_at([early.processes[(1, 100)], late.processes[(1, 100)]])
-    assert [event.comm for event in events.values()] == ["first", "second"]
+    with open_log(location, Purpose.READ) as store, open_derived(store) as derived:
+        early, late = processes_at(derived, wall(1.6)), processes_at(derived, wall(3.6))
+        gone = processes_at(derived, wall(2.5))
+    assert (early[("testhost", 100)].comm, late[("testhost", 100)].comm) == ("first", "second")
+    assert ("testhost", 100) not in gone
 
 
 def test_window_overlapping_a_loss_warns(tmp_path: Path) -> None:
@@ -207,7 +206,9 @@ def test_window_overlapping_a_loss_warns(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["table", "csv", "json"])
-def test_output_is_byte_identical_across_runs_and_checkpoints(tmp_path: Path, fmt: str) -> None:
+def test_output_is_byte_identical_across_runs_and_stores(
+    tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with built_log(tmp_path / "j.db") as (location, b):
         for i in range(30):
             local_pair(b, 1.0 + i * 0.1, 10 + 2 * i, client_port=41000 + i)
@@ -216,7 +217,8 @@ def test_output_is_byte_identical_across_runs_and_checkpoints(tmp_path: Path, fm
             b.flush()
         b.exec(9.0, 999, "end-marker")
     outputs = set()
-    for checkpoints in (False, True, True):
+    for cache in ("a", "a", "b"):  # built, then current, then built again elsewhere
+        monkeypatch.setenv("SCOPE_CACHE_DIR", str(tmp_path / cache))
         with open_log(location, Purpose.READ) as store:
-            outputs.add(render(replay_table(store, "+4s", "15s", use_checkpoints=checkpoints), fmt))
+            outputs.add(render(replay_table(store, "+4s", "15s"), fmt))
     assert len(outputs) == 1

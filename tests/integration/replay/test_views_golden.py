@@ -25,7 +25,7 @@ def topology(
     location: LogLocation, view: View, options: Options | None = None, name: str | None = None
 ) -> dict[str, Any]:
     with open_log(location, Purpose.READ) as store:
-        result = topology_at(store, "+5s", "15s", view, options, use_checkpoints=False)
+        result = topology_at(store, "+5s", "15s", view, options)
     text = render_json(result)
     if name:
         check_golden(f"view-{name}.json", text)
@@ -212,6 +212,6 @@ def test_views_are_byte_identical_across_runs(tmp_path: Path) -> None:
         scenario(b)
     for view in View:
         with open_log(location, Purpose.READ) as store:
-            first = render_json(topology_at(store, "+5s", "15s", view, use_checkpoints=True))
-            second = render_json(topology_at(store, "+5s", "15s", view, use_checkpoints=False))
+            first = render_json(topology_at(store, "+5s", "15s", view))
+            second = render_json(topology_at(store, "+5s", "15s", view))
         assert first == second
