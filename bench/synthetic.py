@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from eventlog.admin import upgrade_schema
 from eventlog.clock import ClockModel
 from eventlog.events import ClockSample, Event, Kind, Snapshot, SnapshotConnection, SnapshotProcess
 from eventlog.location import resolve
@@ -269,12 +270,14 @@ def generate(path: Path, events: int, seed: int) -> None:
 
 
 def ensure_log(events: int, seed: int = 1) -> Path:
+    """The cached log (made if missing), at the schema of this version."""
     path = log_path(events, seed)
     if not path.exists():
         started = time.monotonic()
         print(f"generating {events:,} events into {path} ...", flush=True)
         generate(path, events, seed)
         print(f"generated in {time.monotonic() - started:.0f} s", flush=True)
+    upgrade_schema(resolve(str(path)))  # a log cached by an earlier version
     return path
 
 

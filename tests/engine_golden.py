@@ -118,10 +118,20 @@ def golden_logs() -> Iterator[dict[str, Path]]:
             logs[name] = Path(tmp) / f"{name}.db"
             build(logs[name])
         logs["real"] = Path(tmp) / "real.db"
-        with gzip.open(REAL_LOG, "rb") as packed, logs["real"].open("wb") as out:
-            shutil.copyfileobj(packed, out)
-        logs["real"].chmod(0o600)
+        unpack_real_log(logs["real"])
         yield logs
+
+
+def unpack_real_log(db: Path) -> None:
+    """The real recording, unpacked and brought to the current schema (it was recorded with
+    schema 0001, so this also exercises the upgrade path)."""
+    from eventlog.admin import upgrade_schema
+    from eventlog.location import resolve
+
+    with gzip.open(REAL_LOG, "rb") as packed, db.open("wb") as out:
+        shutil.copyfileobj(packed, out)
+    db.chmod(0o600)
+    upgrade_schema(resolve(str(db)))
 
 
 def answers(db: Path, argvs: list[list[str]]) -> list[dict[str, Any]]:

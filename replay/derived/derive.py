@@ -336,17 +336,61 @@ def store_ended(con: duckdb.DuckDBPyConnection, reader: LogReader, ended: Ended)
 
 
 def store_open(con: duckdb.DuckDBPyConnection, reader: LogReader, state: FoldState) -> None:
-    """What is open at the head, as interval rows without an end (replacing the last)."""
+    """What is open at the head, as interval rows without an end. Most of it was open at
+    the last sync too: only the rows that changed are removed and made."""
     open_ = state.open_intervals()
-    _socket_rows(con, reader, open_.sockets)
-    con.execute("DELETE FROM socket_open")
+    kept = set(con.execute(f"SELECT {_SOCKET_IDENTITY} FROM socket_open").fetchall())
+    wanted = {_end_identity(end): end for end in open_.sockets}
+    _drop_rows(con, "socket_open", _SOCKET_IDENTITY, kept - wanted.keys())
+    _socket_rows(con, reader, [end for key, end in wanted.items() if key not in kept])
     con.execute("INSERT INTO socket_open SELECT * FROM _socket_rows ORDER BY known_ns")
-    _segments(con, "_process_segments", ["recording_id", "pid"], open_.processes)
-    con.execute("DELETE FROM process_open")
-    con.execute(f"INSERT INTO process_open {PROCESSES_SQL}")
-    _segments(con, "_nat_segments", ["recording_id", "netns", "ct_id"], open_.conntrack)
-    con.execute("DELETE FROM nat_open")
-    con.execute(f"INSERT INTO nat_open {NAT_SQL}")
+    for table, staged, key, segments, sql in (
+        ("process_open", "_process_segments", ["recording_id", "pid"], open_.processes,
+         PROCESSES_SQL),
+        ("nat_open", "_nat_segments", ["recording_id", "netns", "ct_id"], open_.conntrack,
+         NAT_SQL),
+    ):  # fmt: skip
+        identity = ", ".join([*key, "source_pos"])
+        had = set(con.execute(f"SELECT {identity} FROM {table}").fetchall())
+        now = {(*segment.key, segment.source_pos): segment for segment in segments}
+        _drop_rows(con, table, identity, had - now.keys())
+        _segments(con, staged, key, [segment for k, segment in now.items() if k not in had])
+        con.execute(f"INSERT INTO {table} {sql}")
+
+
+# What tells one open socket row from another, as ``_end_identity`` tells a SocketEnd: where
+# it became known, where a snapshot missed it, and (for a socket /proc showed) its tuple.
+_SOCKET_IDENTITY = ", ".join(
+    [
+        "origin_pos",
+        "coalesce(missing_pos, -1)",
+        *(
+            f"CASE WHEN source = 'snapshot' THEN coalesce({column}, 0)::BIGINT ELSE 0 END"
+            for column in ("netns", "laddr", "lport", "raddr", "rport")
+        ),
+    ]
+)
+
+
+def _end_identity(end: SocketEnd) -> tuple[int, ...]:
+    if end.open_pos is not None:
+        return (end.open_pos, -1 if end.missing_pos is None else end.missing_pos, 0, 0, 0, 0, 0)
+    assert end.snapshot_pos is not None and end.tuple is not None
+    missing = -1 if end.missing_pos is None else end.missing_pos
+    return (end.snapshot_pos, missing, *tuple_fields(end.tuple))
+
+
+def _drop_rows(
+    con: duckdb.DuckDBPyConnection, table: str, identity: str, keys: set[tuple[int, ...]]
+) -> None:
+    """Delete the rows of ``table`` whose ``identity`` (columns) is one of ``keys``."""
+    if not keys:
+        return
+    names = [f"k{i}" for i in range(len(next(iter(keys))))]
+    _stage(con, "_gone", names, sorted(keys))
+    con.execute(
+        f"DELETE FROM {table} WHERE ({identity}) IN (SELECT ({', '.join(names)}) FROM _gone)"
+    )
 
 
 def _segments(

@@ -7,11 +7,13 @@ log is. It holds the log's content decoded and the intervals folded from it
 Deleting it loses nothing: it is derived from the log alone, and the log is never written.
 
 Before a command reads, the store is brought up to the log's committed head: only the new
-events are copied and folded (replay.derived.derive). It is rebuilt from nothing when it is
-of another format, when the log is another log than the one it was derived from (another
-``log_id``, or the event it had folded last is not the same any more: a file replaced at the
-same path), or when the log is shorter than what it had folded. A sync is one DuckDB
-transaction: a command killed half way leaves the store as it was.
+events are copied and folded (replay.derived.derive), a range of positions per DuckDB
+transaction (a sync killed half way leaves the store at the end of a range, and the next one
+goes on from there). A reader sees a store only once it is current: its signature (the
+log's head, recordings, losses and clock samples) is written last. It is rebuilt from
+nothing when it is of another format, when the log is another log than the one it was
+derived from (another ``log_id``, or the event it had folded last is not the same any more:
+a file replaced at the same path), or when the log is shorter than what it had folded.
 
 If the file cannot be written (a read-only cache, another user's store, no space), the
 command derives into memory instead and says so once (``Derived.notices``).
@@ -31,7 +33,7 @@ from typing import Any
 
 import duckdb
 
-from eventlog.errors import QueryError, UsageError
+from eventlog.errors import QueryError
 from eventlog.reader import LogReader
 from eventlog.store import LogStore
 from replay.derived import copy, derive
@@ -366,7 +368,3 @@ def _reset(con: duckdb.DuckDBPyConnection) -> None:
 def _set_meta(con: duckdb.DuckDBPyConnection, values: dict[str, str]) -> None:
     for key, value in values.items():
         con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
-
-
-def describe_error(exc: BaseException) -> UsageError:
-    return UsageError(_first_line(exc))

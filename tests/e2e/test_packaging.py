@@ -60,5 +60,6 @@ def test_a_wheel_in_a_fresh_environment_records_and_replays(tmp_path: Path) -> N
                   "csv", "SELECT count(*) AS n FROM events", cwd=work)  # fmt: skip
     assert int(counted.splitlines()[1]) > 0
     imported = run(venv / "bin" / "python", "-c",
-                   "import bpf, eventlog; print(bpf.directory(), eventlog.__file__)")  # fmt: skip
+                   "import bpf, eventlog; print(bpf.directory(), eventlog.__file__)",
+                   cwd=work)  # fmt: skip
     assert str(ROOT) not in imported and str(venv) in imported

@@ -4,15 +4,11 @@ NAT, losses, clock steps, several recordings and hosts) and of a real recording.
 
 from __future__ import annotations
 
-import gzip
-import shutil
 from pathlib import Path
 
 import pytest
 
-from eventlog.admin import upgrade_schema
-from eventlog.location import resolve
-from tests.engine_golden import REAL_LOG, difference, read_golden, run_replay
+from tests.engine_golden import difference, read_golden, run_replay, unpack_real_log
 from tests.scenarios import SCENARIOS
 
 LOGS = [*SCENARIOS, "real"]
@@ -29,10 +25,7 @@ def test_every_answer_is_the_old_engines(
 ) -> None:
     db = tmp_path / f"{name}.db"
     if name == "real":
-        with gzip.open(REAL_LOG, "rb") as packed, db.open("wb") as out:
-            shutil.copyfileobj(packed, out)
-        db.chmod(0o600)
-        upgrade_schema(resolve(str(db)))  # recorded by an earlier version of the schema
+        unpack_real_log(db)
     else:
         SCENARIOS[name](db)
     monkeypatch.setenv("SCOPE_CACHE_DIR", str(cache))
