@@ -49,10 +49,11 @@ def main_command(
     schema: Annotated[
         bool, typer.Option("--schema", help="List the views and their columns.")
     ] = False,
-    mirror: Annotated[
+    store: Annotated[
         Path | None,
         typer.Option(
-            "--mirror",
+            "--store",
+            "--mirror",  # its name while the store was a mirror of the log
             metavar="FILE",
             help="Where to keep the derived store (default: one per log in the cache directory).",
         ),
@@ -64,10 +65,10 @@ def main_command(
     Example: scope-query "SELECT comm, count(*) FROM events WHERE kind = 'connect' GROUP BY 1"
     """
     check_output_path(output)
-    check_output_path(mirror)
+    check_output_path(store)
     with open_log(resolve(db), Purpose.READ) as log:
         if schema:
-            with open_derived(log, mirror) as derived:
+            with open_derived(log, store) as derived:
                 _notices(derived.notices)
                 sys.stdout.write(to_table(["view", "column", "type"], query.describe(derived)))
             return
@@ -75,7 +76,7 @@ def main_command(
         if format is QueryFormat.parquet and output is None:
             raise UsageError("--format parquet needs --output FILE")
         query.refuse_log_as_output(log, output)
-        with open_derived(log, mirror) as derived:
+        with open_derived(log, store) as derived:
             _notices(derived.notices)
             outcome = query.query_derived(derived, text, format.value, output)
     if outcome.truncated:

@@ -18,7 +18,7 @@ start of the range, then folding the two events one at a time would set ``socket
 the open, leave it untouched (no other event of the range names the id; snapshots of other
 recordings and closes without an id do not look at this recording's sockets), and end it at
 the close with nothing else changed. So the pair is an interval (open, close), and both
-events are left out of the fold. tests/unit/replay/test_derive.py derives generated logs
+events are left out of the fold. tests/integration/replay/test_derive.py derives generated logs
 with and without it, and in ranges of every size, and compares every interval.
 """
 

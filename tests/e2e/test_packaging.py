@@ -56,9 +56,9 @@ def test_a_wheel_in_a_fresh_environment_records_and_replays(tmp_path: Path) -> N
     table = run(*env_cache, venv / "bin" / "scope-replay", "--db", "fresh.db", "--at", "-0s",
                 "--format", "json", cwd=work)  # fmt: skip
     assert "connections" in json.loads(table)
-    counted = run(*env_cache, venv / "bin" / "scope-query", "--db", "fresh.db", "--format",
-                  "csv", "SELECT count(*) AS n FROM events", cwd=work)  # fmt: skip
-    assert int(counted.splitlines()[1]) > 0
+    counted = run(venv / "bin" / "scope-query", "--db", "fresh.db", "--store", "derived.duckdb",
+                  "--format", "csv", "SELECT count(*) AS n FROM events", cwd=work)  # fmt: skip
+    assert int(counted.splitlines()[1]) > 0 and (work / "derived.duckdb").is_file()
     imported = run(venv / "bin" / "python", "-c",
                    "import bpf, eventlog; print(bpf.directory(), eventlog.__file__)",
                    cwd=work)  # fmt: skip
