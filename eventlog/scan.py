@@ -64,7 +64,7 @@ class Select:
             if kind == BLOB:
                 expressions.append(f"encode({name}, 'hex')")
             elif kind == TEXT:
-                expressions.append(f"encode(convert_to({name}, 'UTF8'), 'hex')")
+                expressions.append(f"encode(convert_to({name}::text, 'UTF8'), 'hex')")
             else:
                 expressions.append(name)
         return (
@@ -187,6 +187,8 @@ def _scan_postgres(store: LogStore, select: Select, after: int, upto: int) -> pa
             raw.close()
     except Exception as exc:
         raise map_driver_error(exc, store.location) from exc
+    if not any(chunks):  # no rows (Arrow reads no table from an empty CSV)
+        return select.schema().empty_table()
     text_types = {name: pa.int64() if kind == INT else pa.string() for name, kind in select.columns}
     table = pacsv.read_csv(
         pa.BufferReader(b"".join(chunks)),

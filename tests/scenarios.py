@@ -353,7 +353,7 @@ def _initial_snapshot(w: Writer, with_nat: bool, at: float = 0.5) -> None:
     w.snapshot(at, w.host.rng, with_conntrack=with_nat)
 
 
-def build_workload_log(path: Path, seed: int, with_nat: bool, operations: int = 160) -> None:
+def build_workload_log(path: Path | str, seed: int, with_nat: bool, operations: int = 160) -> None:
     """One host, one recording: random traffic, snapshots, NAT if asked."""
     with open_log(resolve(str(path)), Purpose.RECORD) as store:
         with host_recording(store, "alpha", 0, ["10.0.0.2", "10.214.0.1"], seed) as (host, w):
@@ -363,7 +363,7 @@ def build_workload_log(path: Path, seed: int, with_nat: bool, operations: int = 
         end_recording(store, host.writer.recording_id, w.mono(end + 1), STOP_DURATION)
 
 
-def build_fleet_log(path: Path, seed: int) -> None:
+def build_fleet_log(path: Path | str, seed: int) -> None:
     """Two hosts recording into one log at once, a crash, a second recording, losses, and
     clock steps forward and back."""
     with open_log(resolve(str(path)), Purpose.RECORD) as store, ExitStack() as stack:
@@ -397,7 +397,7 @@ def build_fleet_log(path: Path, seed: int) -> None:
         end_recording(store, again.writer.recording_id, wc.mono(end_c + 1), STOP_DURATION)
 
 
-SCENARIOS: dict[str, Callable[[Path], None]] = {
+SCENARIOS: dict[str, Callable[[Path | str], None]] = {  # a SQLite path or a URL
     "workload-1": lambda p: build_workload_log(p, 1, with_nat=False),
     "workload-2": lambda p: build_workload_log(p, 2, with_nat=False, operations=240),
     "nat-1": lambda p: build_workload_log(p, 11, with_nat=True),

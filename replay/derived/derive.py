@@ -25,7 +25,7 @@ with and without it, and in ranges of every size, and compares every interval.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from itertools import compress
 from typing import Any
@@ -330,9 +330,9 @@ def store_ended(con: duckdb.DuckDBPyConnection, reader: LogReader, ended: Ended)
     _socket_rows(con, reader, ended.sockets)
     _store_sockets(con, "_socket_rows")
     _segments(con, "_process_segments", ["recording_id", "pid"], ended.processes)
-    con.execute(f"INSERT INTO process_iv {PROCESSES_SQL}")
+    con.execute(f"INSERT INTO process_iv {processes_sql(ended.processes)}")
     _segments(con, "_nat_segments", ["recording_id", "netns", "ct_id"], ended.conntrack)
-    con.execute(f"INSERT INTO nat_iv {NAT_SQL}")
+    con.execute(f"INSERT INTO nat_iv {nat_sql(ended.conntrack)}")
 
 
 def store_open(con: duckdb.DuckDBPyConnection, reader: LogReader, state: FoldState) -> None:
@@ -346,16 +346,17 @@ def store_open(con: duckdb.DuckDBPyConnection, reader: LogReader, state: FoldSta
     con.execute("INSERT INTO socket_open SELECT * FROM _socket_rows ORDER BY known_ns")
     for table, staged, key, segments, sql in (
         ("process_open", "_process_segments", ["recording_id", "pid"], open_.processes,
-         PROCESSES_SQL),
+         processes_sql),
         ("nat_open", "_nat_segments", ["recording_id", "netns", "ct_id"], open_.conntrack,
-         NAT_SQL),
+         nat_sql),
     ):  # fmt: skip
         identity = ", ".join([*key, "source_pos"])
         had = set(con.execute(f"SELECT {identity} FROM {table}").fetchall())
         now = {(*segment.key, segment.source_pos): segment for segment in segments}
         _drop_rows(con, table, identity, had - now.keys())
-        _segments(con, staged, key, [segment for k, segment in now.items() if k not in had])
-        con.execute(f"INSERT INTO {table} {sql}")
+        new = [segment for k, segment in now.items() if k not in had]
+        _segments(con, staged, key, new)
+        con.execute(f"INSERT INTO {table} {sql(new)}")
 
 
 # What tells one open socket row from another, as ``_end_identity`` tells a SocketEnd: where
@@ -410,7 +411,7 @@ def _socket_rows(con: duckdb.DuckDBPyConnection, reader: LogReader, ends: list[S
              e.close_pos, e.missing_pos)
             for e in ends])  # fmt: skip
     _stage_snapshot_sockets(con, reader, [e for e in ends if e.snapshot_pos is not None])
-    _socket_table(con, "_socket_rows", SOCKETS_SQL)
+    _socket_table(con, "_socket_rows", sockets_sql(ends))
 
 
 def _socket_table(con: duckdb.DuckDBPyConnection, name: str, sql: str) -> None:
@@ -474,16 +475,16 @@ def _is_server(snapshot: Snapshot, row: Any) -> bool:
 
 # -- the interval rows, in SQL ----------------------------------------------------------------
 # Sockets from ``_socket_ends``: opened by an event, seen in a snapshot, or only closed.
-SOCKETS_SQL = f"""
+_SOCKETS_SQL = f"""
 SELECT o.position, 0, o.recording_id, o.kind <> {_CONNECT}, o.pid, d1.name, n1.inode,
     o.laddr, coalesce(o.lport, 0), o.raddr, coalesce(o.rport, 0),
     o.wall_ns, o.wall_ns, c.wall_ns, c.position, c.pid, d2.name, c.bytes_sent, c.bytes_received,
     m.wall_ns, m.position,
     CASE WHEN json_extract_string(o.extra, '$.source') = 'proc' THEN 'proc' ELSE 'events' END,
     false
-FROM _socket_ends x JOIN ev o ON o.position = x.open_pos
-LEFT JOIN ev c ON c.position = x.close_pos
-LEFT JOIN ev m ON m.position = x.missing_pos
+FROM _socket_ends x JOIN {{opens}} o ON o.position = x.open_pos
+LEFT JOIN {{closes}} c ON c.position = x.close_pos
+LEFT JOIN {{misses}} m ON m.position = x.missing_pos
 LEFT JOIN dict_comms d1 ON d1.id = o.comm_id
 LEFT JOIN dict_netns n1 ON n1.id = o.netns_id
 LEFT JOIN dict_comms d2 ON d2.id = c.comm_id
@@ -495,22 +496,22 @@ SELECT x.snapshot_pos, s.ordinal, e.recording_id, s.is_server, s.pid, s.comm, x.
 FROM _socket_ends x JOIN snap_marks e ON e.position = x.snapshot_pos
 JOIN _snapshot_sockets s ON s.snapshot_pos = x.snapshot_pos AND s.netns = x.netns
  AND s.laddr = x.laddr AND s.lport = x.lport AND s.raddr = x.raddr AND s.rport = x.rport
-LEFT JOIN ev c ON c.position = x.close_pos
-LEFT JOIN ev m ON m.position = x.missing_pos
+LEFT JOIN {{closes}} c ON c.position = x.close_pos
+LEFT JOIN {{misses}} m ON m.position = x.missing_pos
 LEFT JOIN dict_comms d2 ON d2.id = c.comm_id
 UNION ALL
 SELECT c.position, 0, c.recording_id, coalesce(c.lport, 0) < coalesce(c.rport, 0), c.pid,
     d2.name, n2.inode, c.laddr, coalesce(c.lport, 0), c.raddr, coalesce(c.rport, 0),
     c.wall_ns, NULL, c.wall_ns, c.position, c.pid, d2.name, c.bytes_sent, c.bytes_received,
     NULL, NULL, 'events', true
-FROM _socket_ends x JOIN ev c ON c.position = x.close_pos
+FROM _socket_ends x JOIN {{closes}} c ON c.position = x.close_pos
 LEFT JOIN dict_comms d2 ON d2.id = c.comm_id
 LEFT JOIN dict_netns n2 ON n2.id = c.netns_id
 WHERE x.open_pos IS NULL AND x.snapshot_pos IS NULL
 """
 
 # Processes from ``_process_segments``: as their EXEC or snapshot row described them.
-PROCESSES_SQL = f"""
+_PROCESSES_SQL = f"""
 SELECT x.recording_id, x.pid, x.source_pos, e.wall_ns, z.wall_ns,
     CASE WHEN e.kind = {_EXEC} THEN coalesce(d.name, '?') ELSE p.comm END,
     CASE WHEN e.kind = {_EXEC} THEN CAST(json_extract(e.extra, '$.ppid') AS INTEGER)
@@ -519,22 +520,56 @@ SELECT x.recording_id, x.pid, x.source_pos, e.wall_ns, z.wall_ns,
          ELSE p.cmdline END,
     CASE WHEN e.kind = {_EXEC} THEN '' ELSE p.cgroup END,
     CASE WHEN e.kind = {_EXEC} THEN n.inode ELSE p.netns END
-FROM _process_segments x JOIN ev e ON e.position = x.source_pos
-LEFT JOIN ev z ON z.position = x.end_pos
+FROM _process_segments x JOIN {{sources}} e ON e.position = x.source_pos
+LEFT JOIN {{ends}} z ON z.position = x.end_pos
 LEFT JOIN dict_comms d ON d.id = e.comm_id
 LEFT JOIN dict_netns n ON n.id = e.netns_id
-LEFT JOIN snap_proc p ON p.position = x.source_pos AND p.pid = x.pid
+LEFT JOIN {{source_processes}} p ON p.position = x.source_pos AND p.pid = x.pid
 WHERE e.kind = {_EXEC} OR p.pid IS NOT NULL
 """
 
 # NAT entries from ``_nat_segments`` (entries conntrack did not translate are left out).
-NAT_SQL = f"""
+_NAT_SQL = f"""
 SELECT x.recording_id, x.netns, x.ct_id, x.source_pos, t.wall_ns, z.wall_ns,
     t.orig_src, t.orig_sport, t.orig_dst, t.orig_dport, t.reply_src, t.reply_sport, t.reply_dst,
     t.reply_dport, t.status
 FROM _nat_segments x
-JOIN conntrack_raw t ON t.position = x.source_pos
+JOIN {{source_sightings}} t ON t.position = x.source_pos
  AND (t.change <> 'snapshot' OR (t.netns = x.netns AND t.ct_id = x.ct_id))
-LEFT JOIN ev z ON z.position = x.end_pos
+LEFT JOIN {{ends}} z ON z.position = x.end_pos
 WHERE t.status & {IPS_NAT_MASK} <> 0
 """
+
+
+# The rows of the events (and snapshot processes, conntrack sightings) an interval is made
+# of are joined by position. DuckDB skips a table's row groups for a join only when it can
+# bound the keys, and a column of NULLs (the ends of what is still open) it cannot: so each
+# join reads its table through the literal range of the positions wanted.
+def sockets_sql(ends: Collection[SocketEnd]) -> str:
+    return _SOCKETS_SQL.format(
+        opens=_within("ev", (e.open_pos for e in ends)),
+        closes=_within("ev", (e.close_pos for e in ends)),
+        misses=_within("ev", (e.missing_pos for e in ends)),
+    )
+
+
+def processes_sql(segments: Collection[Segment]) -> str:
+    return _PROCESSES_SQL.format(
+        sources=_within("ev", (s.source_pos for s in segments)),
+        ends=_within("ev", (s.end_pos for s in segments)),
+        source_processes=_within("snap_proc", (s.source_pos for s in segments)),
+    )
+
+
+def nat_sql(segments: Collection[Segment]) -> str:
+    return _NAT_SQL.format(
+        source_sightings=_within("conntrack_raw", (s.source_pos for s in segments)),
+        ends=_within("ev", (s.end_pos for s in segments)),
+    )
+
+
+def _within(table: str, positions: Iterable[int | None]) -> str:
+    """``table``'s rows between the least and the greatest of ``positions``."""
+    present = [p for p in positions if p is not None]
+    low, high = (min(present), max(present)) if present else (0, -1)
+    return f"(SELECT * FROM {table} WHERE position BETWEEN {int(low)} AND {int(high)})"
