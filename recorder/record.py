@@ -35,6 +35,7 @@ from eventlog.recordings import (
     end_recording,
     set_recording_field,
 )
+from eventlog.reserve import SpaceReserve
 from eventlog.store import LogStore, Purpose, SqliteOptions, open_log
 from eventlog.writer import LogWriter
 from recorder.capture import CaptureOptions, EbpfCapture, KernelStats, why_ebpf_unavailable
@@ -199,6 +200,7 @@ class Recorder:
         self.progress = Progress()
         self._stop_reason: str | None = None
         self._stop_event = threading.Event()
+        self._reserve: SpaceReserve | None = None  # held while a SQLite log is recorded
 
     def request_stop(self, reason: str = STOP_SIGNAL) -> None:
         if self._stop_reason is None:
@@ -244,12 +246,18 @@ class Recorder:
             if capture is not None:
                 capture.close()
             raise
+        reserve = SpaceReserve(store.location.path) if store.location.path else None
+        if reserve is not None:
+            reserve.hold()
+        self._reserve = reserve
         try:
             with _collector_tuned_for_streaming():
                 return self._record(store, mode, capture)
         finally:
             if capture is not None:
                 capture.close()
+            if reserve is not None:
+                reserve.release()
             store.close()
 
     def _recording_options(self) -> dict[str, Any]:
@@ -311,7 +319,10 @@ class Recorder:
         return self.progress
 
     def _close_after_error(self, store: LogStore, recording_id: int, detail: str) -> None:
-        # If the log itself failed, the next recorder marks this recording crashed.
+        # A full disk still has the reserve's room for this one update; if the log failed
+        # otherwise, the next recorder marks this recording crashed.
+        if self._reserve is not None:
+            self._reserve.release()
         with contextlib.suppress(ScopeError):
             end_recording(store, recording_id, monotonic_ns(), STOP_ERROR, detail)
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from eventlog.batch import gc_paused
 from eventlog.store import LogStore
 from replay.derived.store import Derived, open_derived
 from replay.moment import DEFAULT_WINDOW, Moment, resolve_moment
@@ -67,8 +68,9 @@ def connection_table(derived: Derived, at_ns: int, window_ns: int) -> list[Conne
     table = derived.con.sql(
         f"SELECT {_SELECT} FROM connections_at_ns({int(at_ns)}, {int(window_ns)})"
     ).to_arrow_table()
-    columns = [column.to_pylist() for column in table.columns]
-    return list(map(ConnectionRow._make, zip(*columns, strict=True)))
+    with gc_paused():  # tens of thousands of acyclic tuples: collecting while making them is waste
+        columns = [column.to_pylist() for column in table.columns]
+        return list(map(ConnectionRow._make, zip(*columns, strict=True)))
 
 
 @dataclass(frozen=True)
