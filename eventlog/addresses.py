@@ -45,8 +45,11 @@ def is_public(text: str) -> bool:
     return bool(address and address.is_global)
 
 
+FAMILIES = ("inet", "inet6")
+
+
 def family(raw: bytes) -> str:
-    return "inet" if len(raw) == 4 else "inet6"
+    return FAMILIES[0] if len(raw) == 4 else FAMILIES[1]
 
 
 def is_unspecified(raw: bytes) -> bool:

@@ -207,12 +207,14 @@ def copy_chunk(con: duckdb.DuckDBPyConnection, scanned: Scanned) -> Chunk:
         con.execute(
             """
             INSERT INTO ev
-            SELECT c.position, c.recording_id, c.kind, c.mono_ns, c.wall_ns, c.pid, c.comm_id,
-                   c.netns_id, a1.id, c.lport, a2.id, c.rport, c.sock_id, c.bytes_sent,
-                   c.bytes_received, CAST(decode(c.extra) AS JSON)
+            SELECT c.position, c.recording_id, c.kind, c.mono_ns, c.wall_ns, c.pid, d.name,
+                   n.inode, a1.id, c.lport, a2.id, c.rport, c.sock_id, c.bytes_sent,
+                   c.bytes_received, CAST(decode(c.extra) AS JSON), a1.family, a1.text, a2.text
             FROM _raw_events c
             LEFT JOIN addr a1 ON a1.raw = c.laddr
             LEFT JOIN addr a2 ON a2.raw = c.raddr
+            LEFT JOIN dict_comms d ON d.id = c.comm_id
+            LEFT JOIN dict_netns n ON n.id = c.netns_id
             """
         )
     finally:
@@ -331,8 +333,8 @@ def _copy_conntrack(con: duckdb.DuckDBPyConnection, rows: pa.Table, where: str) 
         SELECT e.position, e.recording_id, e.wall_ns,
             CASE e.kind WHEN {int(Kind.CT_NEW)} THEN 'new' WHEN {int(Kind.CT_UPDATE)} THEN 'update'
                  ELSE 'destroy' END,
-            coalesce(n.inode, 0), coalesce(a1.text, '?'), coalesce(e.lport, 0),
-            coalesce(a2.text, '?'), coalesce(e.rport, 0),
+            coalesce(e.netns, 0), coalesce(e.laddr_text, '?'), coalesce(e.lport, 0),
+            coalesce(e.raddr_text, '?'), coalesce(e.rport, 0),
             coalesce(json_extract_string(e.extra, '$.reply_src'), '0.0.0.0'),
             coalesce(CAST(json_extract(e.extra, '$.reply_sport') AS INTEGER), 0),
             coalesce(json_extract_string(e.extra, '$.reply_dst'), '0.0.0.0'),
@@ -343,8 +345,6 @@ def _copy_conntrack(con: duckdb.DuckDBPyConnection, rows: pa.Table, where: str) 
             coalesce(CAST(json_extract(e.extra, '$.zone') AS INTEGER), 0),
             coalesce(CAST(json_extract(e.extra, '$.mark') AS BIGINT), 0)
         FROM ev e
-        LEFT JOIN addr a1 ON a1.id = e.laddr LEFT JOIN addr a2 ON a2.id = e.raddr
-        LEFT JOIN dict_netns n ON n.id = e.netns_id
         WHERE {where} AND e.kind IN {_CT_KINDS}
         ORDER BY e.position
         """

@@ -100,17 +100,16 @@ class ChunkSource:
         )
 
     def tuples_of(self, positions: Collection[int]) -> dict[int, Tuple]:
-        rows = _lookup(self.con, f"SELECT e.position AS k, {_TUPLE} FROM ev e {_TUPLE_JOIN}",
+        rows = _lookup(self.con, f"SELECT e.position AS k, {_TUPLE} FROM ev e",
                        positions)  # fmt: skip
         return {row[0]: tuple_key(*row[1:]) for row in rows}
 
 
-# The fields of an event's (``e``, joined with ``_TUPLE_JOIN``) tuple, as tuple_key takes them.
+# The fields of an event's (``e``) tuple, as tuple_key takes them.
 _TUPLE = (
-    "coalesce(n.inode, 0), coalesce(e.laddr, 0), coalesce(e.lport, 0), "
+    "coalesce(e.netns, 0), coalesce(e.laddr, 0), coalesce(e.lport, 0), "
     "coalesce(e.raddr, 0), coalesce(e.rport, 0)"
 )
-_TUPLE_JOIN = "LEFT JOIN dict_netns n ON n.id = e.netns_id"
 
 
 _TUPLE_ROW = np.dtype([("netns", ">u4"), ("laddr", ">u4"), ("lport", ">u2"), ("raddr", ">u4"),
@@ -225,15 +224,19 @@ def set_aside(con: duckdb.DuckDBPyConnection, chunk: Chunk, state: FoldState) ->
     """Make ``_set_aside`` (recording, socket id) of the range's sockets that the module
     docstring describes, and store them; returns how many."""
     where = f"position > {int(chunk.after)} AND position <= {int(chunk.upto)}"
+    # A socket's first and last event by position, and their kinds, as min and max of
+    # position * slots + kind: one plain integer aggregate each, where arg_min and arg_max
+    # took twice the time (the kinds looked at, 1 to 3, are below the slots).
+    slots = 16
     _stage(con, "_open_keys", ["recording_id", "key"], [
         (r, k) for r, sockets in state.sockets.items() for k in sockets
     ])  # fmt: skip
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _set_aside AS
-        WITH twice AS (
-            SELECT recording_id, sock_id, min(position) AS open_pos, max(position) AS close_pos,
-                arg_min(kind, position) AS first_kind, arg_max(kind, position) AS last_kind,
+        WITH twice AS (  -- first and last are position and kind in one number (see above)
+            SELECT recording_id, sock_id, min(position * {slots} + kind) AS first,
+                max(position * {slots} + kind) AS last,
                 min(wall_ns) FILTER (WHERE kind IN {_OPENING}) AS known_ns,
                 max(wall_ns) FILTER (WHERE kind = {int(Kind.CLOSE)}) AS close_ns
             FROM ev
@@ -241,13 +244,18 @@ def set_aside(con: duckdb.DuckDBPyConnection, chunk: Chunk, state: FoldState) ->
               AND kind IN ({int(Kind.CONNECT)}, {int(Kind.ACCEPT)}, {int(Kind.CLOSE)})
             GROUP BY recording_id, sock_id HAVING count(*) = 2
         ),
+        ends AS (
+            SELECT recording_id, sock_id, first // {slots} AS open_pos, last // {slots} AS close_pos,
+                known_ns, close_ns
+            FROM twice
+            WHERE first % {slots} IN {_OPENING} AND last % {slots} = {int(Kind.CLOSE)}
+        ),
         snaps AS (SELECT recording_id, position FROM snap_marks WHERE {where})
         SELECT w.recording_id, w.sock_id, w.open_pos, w.close_pos, w.known_ns, w.close_ns
-        FROM twice w
+        FROM ends w
         ASOF LEFT JOIN snaps s ON s.recording_id = w.recording_id AND s.position > w.open_pos
         ANTI JOIN _open_keys k ON k.recording_id = w.recording_id AND k.key = w.sock_id
-        WHERE w.first_kind IN {_OPENING} AND w.last_kind = {int(Kind.CLOSE)}
-          AND (s.position IS NULL OR s.position > w.close_pos)
+        WHERE s.position IS NULL OR s.position > w.close_pos
         """
     )
     pair = "open_pos, close_pos, known_ns, close_ns"
@@ -285,7 +293,7 @@ def fold_rows(
         f"""
         SELECT e.position, e.recording_id, e.kind, e.sock_id, {_TUPLE}, coalesce(e.pid, 0),
                coalesce(CAST(json_extract(e.extra, '$.ct_id') AS BIGINT), 0)
-        FROM ev e {_TUPLE_JOIN} {skip}
+        FROM ev e {skip}
         WHERE e.position > {int(chunk.after)} AND e.position <= {int(chunk.upto)}
           AND e.kind IN ({kinds})
         ORDER BY e.position
@@ -476,54 +484,46 @@ def _is_server(snapshot: Snapshot, row: Any) -> bool:
 # -- the interval rows, in SQL ----------------------------------------------------------------
 # Sockets from ``_socket_ends``: opened by an event, seen in a snapshot, or only closed.
 _SOCKETS_SQL = f"""
-SELECT o.position, 0, o.recording_id, o.kind <> {_CONNECT}, o.pid, d1.name, n1.inode,
+SELECT o.position, 0, o.recording_id, o.kind <> {_CONNECT}, o.pid, o.comm, o.netns,
     o.laddr, coalesce(o.lport, 0), o.raddr, coalesce(o.rport, 0),
-    o.wall_ns, o.wall_ns, c.wall_ns, c.position, c.pid, d2.name, c.bytes_sent, c.bytes_received,
+    o.wall_ns, o.wall_ns, c.wall_ns, c.position, c.pid, c.comm, c.bytes_sent, c.bytes_received,
     m.wall_ns, m.position,
     CASE WHEN json_extract_string(o.extra, '$.source') = 'proc' THEN 'proc' ELSE 'events' END,
     false
 FROM _socket_ends x JOIN {{opens}} o ON o.position = x.open_pos
 LEFT JOIN {{closes}} c ON c.position = x.close_pos
 LEFT JOIN {{misses}} m ON m.position = x.missing_pos
-LEFT JOIN dict_comms d1 ON d1.id = o.comm_id
-LEFT JOIN dict_netns n1 ON n1.id = o.netns_id
-LEFT JOIN dict_comms d2 ON d2.id = c.comm_id
 UNION ALL
 SELECT x.snapshot_pos, s.ordinal, e.recording_id, s.is_server, s.pid, s.comm, x.netns,
     nullif(x.laddr, 0), x.lport, nullif(x.raddr, 0), x.rport,
-    e.wall_ns, NULL, c.wall_ns, c.position, c.pid, d2.name, c.bytes_sent, c.bytes_received,
+    e.wall_ns, NULL, c.wall_ns, c.position, c.pid, c.comm, c.bytes_sent, c.bytes_received,
     m.wall_ns, m.position, 'snapshot', false
 FROM _socket_ends x JOIN snap_marks e ON e.position = x.snapshot_pos
 JOIN _snapshot_sockets s ON s.snapshot_pos = x.snapshot_pos AND s.netns = x.netns
  AND s.laddr = x.laddr AND s.lport = x.lport AND s.raddr = x.raddr AND s.rport = x.rport
 LEFT JOIN {{closes}} c ON c.position = x.close_pos
 LEFT JOIN {{misses}} m ON m.position = x.missing_pos
-LEFT JOIN dict_comms d2 ON d2.id = c.comm_id
 UNION ALL
 SELECT c.position, 0, c.recording_id, coalesce(c.lport, 0) < coalesce(c.rport, 0), c.pid,
-    d2.name, n2.inode, c.laddr, coalesce(c.lport, 0), c.raddr, coalesce(c.rport, 0),
-    c.wall_ns, NULL, c.wall_ns, c.position, c.pid, d2.name, c.bytes_sent, c.bytes_received,
+    c.comm, c.netns, c.laddr, coalesce(c.lport, 0), c.raddr, coalesce(c.rport, 0),
+    c.wall_ns, NULL, c.wall_ns, c.position, c.pid, c.comm, c.bytes_sent, c.bytes_received,
     NULL, NULL, 'events', true
 FROM _socket_ends x JOIN {{closes}} c ON c.position = x.close_pos
-LEFT JOIN dict_comms d2 ON d2.id = c.comm_id
-LEFT JOIN dict_netns n2 ON n2.id = c.netns_id
 WHERE x.open_pos IS NULL AND x.snapshot_pos IS NULL
 """
 
 # Processes from ``_process_segments``: as their EXEC or snapshot row described them.
 _PROCESSES_SQL = f"""
 SELECT x.recording_id, x.pid, x.source_pos, e.wall_ns, z.wall_ns,
-    CASE WHEN e.kind = {_EXEC} THEN coalesce(d.name, '?') ELSE p.comm END,
+    CASE WHEN e.kind = {_EXEC} THEN coalesce(e.comm, '?') ELSE p.comm END,
     CASE WHEN e.kind = {_EXEC} THEN CAST(json_extract(e.extra, '$.ppid') AS INTEGER)
          ELSE p.ppid END,
     CASE WHEN e.kind = {_EXEC} THEN coalesce(json_extract_string(e.extra, '$.filename'), '')
          ELSE p.cmdline END,
     CASE WHEN e.kind = {_EXEC} THEN '' ELSE p.cgroup END,
-    CASE WHEN e.kind = {_EXEC} THEN n.inode ELSE p.netns END
+    CASE WHEN e.kind = {_EXEC} THEN e.netns ELSE p.netns END
 FROM _process_segments x JOIN {{sources}} e ON e.position = x.source_pos
 LEFT JOIN {{ends}} z ON z.position = x.end_pos
-LEFT JOIN dict_comms d ON d.id = e.comm_id
-LEFT JOIN dict_netns n ON n.id = e.netns_id
 LEFT JOIN {{source_processes}} p ON p.position = x.source_pos AND p.pid = x.pid
 WHERE e.kind = {_EXEC} OR p.pid IS NOT NULL
 """

@@ -37,7 +37,7 @@ from eventlog.errors import QueryError
 from eventlog.reader import LogReader
 from eventlog.store import LogStore
 from replay.derived import copy, derive
-from replay.derived.tables import FORMAT, SCHEMA, TABLES
+from replay.derived.tables import FORMAT, SCHEMA, TABLES, TYPES
 from replay.derived.views import VIEWS_SQL
 from replay.fold import Fold
 
@@ -255,8 +255,6 @@ def _sync(
     started = time.monotonic()
     stats = SyncStats()
     with _store_errors():
-        # One thread for DuckDB: the log is read on another, beside it (see _ranges).
-        con.execute("SET threads = 1")
         con.execute(SCHEMA)
         meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
         if meta and _must_rebuild(meta, reader, state):
@@ -285,7 +283,6 @@ def _sync(
             if meta.get("views") != VIEWS_VERSION:
                 con.execute(VIEWS_SQL)
             _set_meta(con, {"views": VIEWS_VERSION, "signature": state.signature})
-        con.execute("RESET threads")
     stats.seconds = time.monotonic() - started
     return stats
 
@@ -362,6 +359,8 @@ def _reset(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f"DROP MACRO IF EXISTS {macro[0]}")
     for table in TABLES:
         con.execute(f"DROP TABLE IF EXISTS {table}")
+    for type_name in TYPES:
+        con.execute(f"DROP TYPE IF EXISTS {type_name}")
     con.execute(SCHEMA)
 
 

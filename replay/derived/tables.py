@@ -6,7 +6,9 @@ Three groups, all rebuilt from the log alone:
 - copies of the log: events (``ev``) with their wall time, snapshot processes and
   conntrack sightings (a CT_* event or a row of a snapshot's dump); recordings, losses,
   clock segments, batches and the log's name and namespace dictionaries. Addresses get
-  small ids (``addr``, with their text and kind), so that the fold compares integers.
+  small ids (``addr``, with their text and kind), so that the fold compares integers. An
+  event carries its names in words too (its process name, namespace inode, addresses as
+  text): a query over ``events`` then joins no dictionary for every row it reads.
   Snapshot connections are not copied: the fold reads them as they pass, and the few a
   socket is known by are read back from the log.
 - intervals (replay.fold's output): sockets, processes and NAT entries, each from the
@@ -24,8 +26,12 @@ Three groups, all rebuilt from the log alone:
 
 from __future__ import annotations
 
-FORMAT = 1
+from eventlog.addresses import FAMILIES
+
+FORMAT = 2
 SHORT_NS = 60 * 1_000_000_000
+
+_FAMILIES = ", ".join(f"'{name}'" for name in FAMILIES)
 
 SOCKET_COLUMNS = """
     origin_pos BIGINT, origin_ord INTEGER, recording_id INTEGER, is_server BOOLEAN,
@@ -68,15 +74,17 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE TABLE IF NOT EXISTS dict_comms (id INTEGER, name VARCHAR);
 CREATE TABLE IF NOT EXISTS dict_netns (id INTEGER, inode BIGINT);
 
+-- A family is one of two words: kept as a byte, shown as the word.
+CREATE TYPE IF NOT EXISTS family AS ENUM ({_FAMILIES});
 CREATE TABLE IF NOT EXISTS addr (
-    id INTEGER PRIMARY KEY, raw BLOB, text VARCHAR, family VARCHAR, loopback BOOLEAN,
+    id INTEGER PRIMARY KEY, raw BLOB, text VARCHAR, family family, loopback BOOLEAN,
     unspecified BOOLEAN);
 
 CREATE TABLE IF NOT EXISTS ev (
     position BIGINT, recording_id INTEGER, kind SMALLINT, mono_ns BIGINT, wall_ns BIGINT,
-    pid INTEGER, comm_id INTEGER, netns_id INTEGER, laddr INTEGER, lport INTEGER,
+    pid INTEGER, comm VARCHAR, netns BIGINT, laddr INTEGER, lport INTEGER,
     raddr INTEGER, rport INTEGER, sock_id BIGINT, bytes_sent BIGINT, bytes_received BIGINT,
-    extra JSON);
+    extra JSON, family family, laddr_text VARCHAR, raddr_text VARCHAR);
 CREATE TABLE IF NOT EXISTS snap_marks (
     position BIGINT, recording_id INTEGER, wall_ns BIGINT, mono_ns BIGINT, extra JSON,
     connections BIGINT, processes BIGINT, conntrack_entries BIGINT);
@@ -111,6 +119,7 @@ CREATE TABLE IF NOT EXISTS state_conntrack (
     recording_id INTEGER, netns BIGINT, ct_id BIGINT, source_pos BIGINT);
 """
 
+TYPES = ("family",)  # dropped after the tables that use them
 TABLES = (
     "meta", "kinds", "recordings_raw", "losses_raw", "clock", "batches", "dict_comms", "dict_netns",
     "addr", "ev", "snap_marks", "snap_proc", "conntrack_raw", "cgroups",

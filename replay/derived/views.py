@@ -156,10 +156,10 @@ def _failed(where: str) -> str:
     return f"""
     SELECT e.position || '.0' AS id, 'failed' AS state, 'outbound' AS direction,
         coalesce(r.host, '?') AS host,
-        endpoint(coalesce(a1.text, '?'), e.lport) AS client,
-        endpoint(coalesce(a2.text, '?'), e.rport) AS server,
+        endpoint(coalesce(e.laddr_text, '?'), e.lport) AS client,
+        endpoint(coalesce(e.raddr_text, '?'), e.rport) AS server,
         e.wall_ns AS opened_ns, e.wall_ns AS closed_ns,
-        e.pid AS client_pid, d.name AS client_comm, n.inode AS client_netns,
+        e.pid AS client_pid, e.comm AS client_comm, e.netns AS client_netns,
         CAST(NULL AS INTEGER) AS server_pid, CAST(NULL AS VARCHAR) AS server_comm,
         CAST(NULL AS BIGINT) AS server_netns, CAST(NULL AS VARCHAR) AS nat_destination,
         CAST(NULL AS VARCHAR) AS nat_source, 'events' AS source, [e.position] AS positions,
@@ -168,12 +168,10 @@ def _failed(where: str) -> str:
              ELSE 'connect failed' END AS note,
         CAST(NULL AS BIGINT) AS bytes_sent, CAST(NULL AS BIGINT) AS bytes_received,
         e.recording_id, true AS failed,
-        coalesce(a1.text, '?') AS client_ip, coalesce(e.lport, 0) AS client_port,
-        coalesce(a2.text, '?') AS server_ip, coalesce(e.rport, 0) AS server_port,
+        coalesce(e.laddr_text, '?') AS client_ip, coalesce(e.lport, 0) AS client_port,
+        coalesce(e.raddr_text, '?') AS server_ip, coalesce(e.rport, 0) AS server_port,
         true AS client_local, false AS server_local
     FROM ev e LEFT JOIN recordings_raw r ON r.id = e.recording_id
-    LEFT JOIN addr a1 ON a1.id = e.laddr LEFT JOIN addr a2 ON a2.id = e.raddr
-    LEFT JOIN dict_comms d ON d.id = e.comm_id LEFT JOIN dict_netns n ON n.id = e.netns_id
     WHERE e.kind = {int(Kind.CONNECT_FAILED)} AND {where}"""
 
 
@@ -198,17 +196,15 @@ _AT_T = f"""
 # all but their times is in their two events.
 _PAIR_ROWS = """
     SELECT o.position AS origin_pos, 0 AS origin_ord, o.recording_id,
-        o.kind <> {connect} AS is_server, o.pid, d1.name AS comm, n.inode AS netns, o.laddr,
+        o.kind <> {connect} AS is_server, o.pid, o.comm, o.netns, o.laddr,
         coalesce(o.lport, 0) AS lport, o.raddr, coalesce(o.rport, 0) AS rport, p.known_ns,
         p.known_ns AS opened_ns, p.close_ns, p.close_pos, c.pid AS close_pid,
-        d2.name AS close_comm, c.bytes_sent, c.bytes_received, CAST(NULL AS BIGINT) AS missing_ns,
+        c.comm AS close_comm, c.bytes_sent, c.bytes_received, CAST(NULL AS BIGINT) AS missing_ns,
         CAST(NULL AS BIGINT) AS missing_pos,
         CASE WHEN json_extract_string(o.extra, '$.source') = 'proc' THEN 'proc'
              ELSE 'events' END AS source,
         false AS close_only
     FROM {pairs} p JOIN ev o ON o.position = p.open_pos JOIN ev c ON c.position = p.close_pos
-    LEFT JOIN dict_comms d1 ON d1.id = o.comm_id LEFT JOIN dict_comms d2 ON d2.id = c.comm_id
-    LEFT JOIN dict_netns n ON n.id = o.netns_id
 """
 
 
@@ -354,12 +350,11 @@ CREATE OR REPLACE TABLE kinds AS SELECT * FROM (VALUES {_KINDS}) t(code, name);
 
 CREATE OR REPLACE VIEW events AS
 SELECT e.position, e.recording_id, r.host, k.name AS kind, e.kind AS kind_code,
-    make_timestamp_ns(e.wall_ns) AS ts, e.wall_ns, e.mono_ns, e.pid, d.name AS comm,
-    n.inode AS netns, a1.family, a1.text AS laddr, e.lport, a2.text AS raddr, e.rport,
+    make_timestamp_ns(e.wall_ns) AS ts, e.wall_ns, e.mono_ns, e.pid, e.comm, e.netns,
+    CAST(e.family AS VARCHAR) AS family, e.laddr_text AS laddr, e.lport, e.raddr_text AS raddr,
+    e.rport,
     e.sock_id, e.bytes_sent, e.bytes_received, e.extra
-FROM ev e LEFT JOIN kinds k ON k.code = e.kind LEFT JOIN recordings_raw r ON r.id = e.recording_id
-LEFT JOIN dict_comms d ON d.id = e.comm_id LEFT JOIN dict_netns n ON n.id = e.netns_id
-LEFT JOIN addr a1 ON a1.id = e.laddr LEFT JOIN addr a2 ON a2.id = e.raddr;
+FROM ev e LEFT JOIN kinds k ON k.code = e.kind LEFT JOIN recordings_raw r ON r.id = e.recording_id;
 
 CREATE OR REPLACE VIEW recordings AS
 SELECT r.id, r.host, r.machine_id, r.boot_id, r.kernel, r.version, r.mode,
@@ -385,9 +380,9 @@ FROM snap_marks m LEFT JOIN recordings_raw r ON r.id = m.recording_id;
 CREATE OR REPLACE VIEW processes AS
 WITH sightings AS (
     SELECT e.recording_id, e.pid, e.wall_ns AS at_ns, e.kind, e.wall_ns AS start_ns,
-        d.name AS comm, CAST(json_extract(e.extra, '$.ppid') AS INTEGER) AS ppid,
+        e.comm, CAST(json_extract(e.extra, '$.ppid') AS INTEGER) AS ppid,
         json_extract_string(e.extra, '$.filename') AS cmdline, CAST(NULL AS VARCHAR) AS cgroup
-    FROM ev e LEFT JOIN dict_comms d ON d.id = e.comm_id
+    FROM ev e
     WHERE e.kind IN ({int(Kind.EXEC)}, {int(Kind.EXIT)})
     UNION ALL
     SELECT m.recording_id, p.pid, m.wall_ns, {int(Kind.SNAPSHOT)},
