@@ -25,7 +25,7 @@ with and without it, and in ranges of every size, and compares every interval.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import compress
 from typing import Any
@@ -208,9 +208,15 @@ def _stage(
     con: duckdb.DuckDBPyConnection, name: str, columns: list[str], rows: list[tuple[Any, ...]]
 ) -> None:
     """``rows`` (of integers or None) as the temporary table ``name``."""
+    _stage_columns(con, name, {c: [row[i] for row in rows] for i, c in enumerate(columns)})
+
+
+def _stage_columns(
+    con: duckdb.DuckDBPyConnection, name: str, columns: Mapping[str, Sequence[int | None]]
+) -> None:
+    """``columns`` (of integers or None) as the temporary table ``name``."""
     arrow = pa.table(
-        [pa.array([row[i] for row in rows], type=pa.int64()) for i in range(len(columns))],
-        names=columns,
+        [pa.array(values, type=pa.int64()) for values in columns.values()], names=list(columns)
     )
     con.register("_staged", arrow)
     try:
@@ -345,30 +351,81 @@ def store_ended(con: duckdb.DuckDBPyConnection, reader: LogReader, ended: Ended)
 
 def store_open(con: duckdb.DuckDBPyConnection, reader: LogReader, state: FoldState) -> None:
     """What is open at the head, as interval rows without an end. Most of it was open at
-    the last sync too: only the rows that changed are removed and made."""
-    open_ = state.open_intervals()
-    kept = set(con.execute(f"SELECT {_SOCKET_IDENTITY} FROM socket_open").fetchall())
-    wanted = {_end_identity(end): end for end in open_.sockets}
-    _drop_rows(con, "socket_open", _SOCKET_IDENTITY, kept - wanted.keys())
-    _socket_rows(con, reader, [end for key, end in wanted.items() if key not in kept])
+    the last sync too: the open rows are told apart by identity in SQL, and only the rows
+    that changed are removed and made."""
+    new_sockets = _replace_open(con, "socket_open", _SOCKET_IDENTITY, _END_IDENTITY,
+                                _open_socket_columns(state))  # fmt: skip
+    _socket_rows(con, reader, [
+        SocketEnd(open_pos, snapshot_pos,
+                  tuple_key(*fields) if snapshot_pos is not None else None, None, missing_pos)
+        for open_pos, snapshot_pos, *fields, missing_pos in new_sockets
+    ])  # fmt: skip
     con.execute("INSERT INTO socket_open SELECT * FROM _socket_rows ORDER BY known_ns")
-    for table, staged, key, segments, sql in (
-        ("process_open", "_process_segments", ["recording_id", "pid"], open_.processes,
-         processes_sql),
-        ("nat_open", "_nat_segments", ["recording_id", "netns", "ct_id"], open_.conntrack,
-         nat_sql),
-    ):  # fmt: skip
-        identity = ", ".join([*key, "source_pos"])
-        had = set(con.execute(f"SELECT {identity} FROM {table}").fetchall())
-        now = {(*segment.key, segment.source_pos): segment for segment in segments}
-        _drop_rows(con, table, identity, had - now.keys())
-        new = [segment for k, segment in now.items() if k not in had]
+    processes = {
+        "recording_id": [r for r, ps in state.processes.items() for _ in ps],
+        "pid": [pid for ps in state.processes.values() for pid in ps],
+        "source_pos": [p for ps in state.processes.values() for p in ps.values()],
+    }
+    conntrack = {
+        "recording_id": [r for r, _, _ in state.conntrack],
+        "netns": [n for _, n, _ in state.conntrack],
+        "ct_id": [c for _, _, c in state.conntrack],
+        "source_pos": list(state.conntrack.values()),
+    }
+    for table, staged, columns, sql in (
+        ("process_open", "_process_segments", processes, processes_sql),
+        ("nat_open", "_nat_segments", conntrack, nat_sql),
+    ):
+        identity = ", ".join(columns)
+        new = [Segment(tuple(key), source, None)
+               for *key, source in _replace_open(con, table, identity, identity, columns)]  # fmt: skip
+        key = [name for name in columns if name != "source_pos"]
         _segments(con, staged, key, new)
         con.execute(f"INSERT INTO {table} {sql(new)}")
 
 
-# What tells one open socket row from another, as ``_end_identity`` tells a SocketEnd: where
-# it became known, where a snapshot missed it, and (for a socket /proc showed) its tuple.
+def _replace_open(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    row_identity: str,
+    staged_identity: str,
+    columns: Mapping[str, Sequence[int | None]],
+) -> list[tuple[int, ...]]:
+    """Delete the rows of ``table`` that are not among ``columns`` (what is open now), and
+    return the ones it lacks. Rows and what is open are matched by their identities, the
+    expressions ``row_identity`` over a row and ``staged_identity`` over ``columns``."""
+    _stage_columns(con, "_open_now", columns)
+    con.execute(
+        f"DELETE FROM {table} WHERE ({row_identity}) NOT IN "
+        f"(SELECT ({staged_identity}) FROM _open_now)"
+    )
+    return con.execute(
+        f"SELECT * FROM _open_now WHERE ({staged_identity}) NOT IN "
+        f"(SELECT ({row_identity}) FROM {table})"
+    ).fetchall()
+
+
+def _open_socket_columns(state: FoldState) -> dict[str, list[int | None]]:
+    """The sockets open in ``state`` as the columns of a SocketEnd (without its close)."""
+    opened = [p for sockets in state.sockets.values() for p in sockets.values()]
+    missed = [entry for entries in state.missing.values() for entry in entries.values()]
+    shown = list(state.snapshot_sockets.items())
+    events = len(opened) + len(missed)
+    fields = [tuple_fields(t) for (_, t), _ in shown]
+    columns: dict[str, list[int | None]] = {
+        "open_pos": [*opened, *(p for p, _ in missed), *([None] * len(shown))],
+        "snapshot_pos": [*([None] * events), *(p for _, p in shown)],
+    }
+    for i, name in enumerate(("netns", "laddr", "lport", "raddr", "rport")):
+        columns[name] = [*([None] * events), *(f[i] for f in fields)]
+    columns["missing_pos"] = [*([None] * len(opened)), *(m for _, m in missed),
+                              *([None] * len(shown))]  # fmt: skip
+    return columns
+
+
+# What tells one open socket row from another: where it became known, where a snapshot
+# missed it, and (for a socket /proc showed) its tuple. ``_SOCKET_IDENTITY`` says it of a
+# row of the socket tables, ``_END_IDENTITY`` of the columns of ``_open_socket_columns``.
 _SOCKET_IDENTITY = ", ".join(
     [
         "origin_pos",
@@ -379,14 +436,16 @@ _SOCKET_IDENTITY = ", ".join(
         ),
     ]
 )
-
-
-def _end_identity(end: SocketEnd) -> tuple[int, ...]:
-    if end.open_pos is not None:
-        return (end.open_pos, -1 if end.missing_pos is None else end.missing_pos, 0, 0, 0, 0, 0)
-    assert end.snapshot_pos is not None and end.tuple is not None
-    missing = -1 if end.missing_pos is None else end.missing_pos
-    return (end.snapshot_pos, missing, *tuple_fields(end.tuple))
+_END_IDENTITY = ", ".join(
+    [
+        "coalesce(open_pos, snapshot_pos)",
+        "coalesce(missing_pos, -1)",
+        *(
+            f"CASE WHEN open_pos IS NULL THEN coalesce({column}, 0)::BIGINT ELSE 0 END"
+            for column in ("netns", "laddr", "lport", "raddr", "rport")
+        ),
+    ]
+)
 
 
 def _drop_rows(

@@ -264,19 +264,20 @@ def _sync(
         _set_meta(con, identity)
         synced = int(meta.get("synced_position") or 0)
         clocks = {r.id: reader.clock(r.id) for r in reader.recordings()}
-        with _transaction(con):
-            copy.copy_dictionaries(con, reader)
-        fold = Fold(derive.load_state(con, synced), source=None)  # type: ignore[arg-type]
-        for scanned in _ranges(log, clocks, synced, state.head):
+        with _ranges(log, clocks, synced, state.head) as ranges:
             with _transaction(con):
-                chunk = copy.copy_chunk(con, scanned)
-                derived = derive.derive_chunk(con, reader, chunk, fold)
-                derive.save_state(con, fold.state)
-                _set_meta(con, {"synced_position": str(chunk.upto),
-                                "synced_digest": event_digest(reader, chunk.upto)})  # fmt: skip
-            stats.events += chunk.events
-            stats.set_aside += derived.set_aside
-            stats.folded += derived.folded
+                copy.copy_dictionaries(con, reader)
+            fold = Fold(derive.load_state(con, synced), source=None)  # type: ignore[arg-type]
+            for scanned in ranges:
+                with _transaction(con):
+                    chunk = copy.copy_chunk(con, scanned)
+                    derived = derive.derive_chunk(con, reader, chunk, fold)
+                    derive.save_state(con, fold.state)
+                    _set_meta(con, {"synced_position": str(chunk.upto),
+                                    "synced_digest": event_digest(reader, chunk.upto)})  # fmt: skip
+                stats.events += chunk.events
+                stats.set_aside += derived.set_aside
+                stats.folded += derived.folded
         with _transaction(con):
             copy.copy_small_tables(con, reader, clocks, synced, state.head)
             derive.store_open(con, reader, fold.state)
@@ -287,24 +288,32 @@ def _sync(
     return stats
 
 
-def _ranges(log: LogStore, clocks: copy.Clocks, after: int, upto: int) -> Iterator[copy.Scanned]:
+@contextlib.contextmanager
+def _ranges(
+    log: LogStore, clocks: copy.Clocks, after: int, upto: int
+) -> Iterator[Iterator[copy.Scanned]]:
     """The ranges of ``(after, upto]`` read from the log, each read while the one before it
     is copied and folded (the read is in C and numpy, which run without the GIL). The first
-    is read by all the scan threads; the others by one, beside the work on the one before
-    (more would only take turns with it on a machine of few cores)."""
+    read starts on entry, beside what the sync does before it needs events, and is done by
+    all the scan threads; the others by one, beside the work on the one before (more would
+    only take turns with it on a machine of few cores)."""
     bounds = [
         (low, min(low + copy.CHUNK_POSITIONS, upto))
         for low in range(after, upto, copy.CHUNK_POSITIONS)
     ]
-    if not bounds:
-        return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scope-scan") as pool:
-        pending = pool.submit(copy.scan_range, log, clocks, *bounds[0])
-        for following in [*bounds[1:], None]:
-            scanned = pending.result()
-            if following is not None:
-                pending = pool.submit(copy.scan_range, log, clocks, *following, 1)
-            yield scanned
+        first = pool.submit(copy.scan_range, log, clocks, *bounds[0]) if bounds else None
+
+        def read() -> Iterator[copy.Scanned]:
+            pending = first
+            for following in [*bounds[1:], None]:
+                assert pending is not None
+                scanned = pending.result()
+                if following is not None:
+                    pending = pool.submit(copy.scan_range, log, clocks, *following, 1)
+                yield scanned
+
+        yield read() if bounds else iter(())
 
 
 @contextlib.contextmanager
