@@ -25,7 +25,7 @@ with and without it, and in ranges of every size, and compares every interval.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import compress
 from typing import Any
@@ -165,42 +165,76 @@ def _lookup(
 # -- the fold's state, kept in the store ----------------------------------------------------
 def load_state(con: duckdb.DuckDBPyConnection, position: int) -> FoldState:
     state = FoldState(position=position)
-    for recording, key, opened in con.execute("SELECT * FROM state_sockets").fetchall():
-        state.sockets_of(recording)[key] = opened
-    for recording, key, opened, missed in con.execute("SELECT * FROM state_missing").fetchall():
-        state.missing_of(recording)[key] = (opened, missed)
-    for recording, *fields, seen in con.execute("SELECT * FROM state_snapshot_sockets").fetchall():
-        state.snapshot_sockets[(recording, tuple_key(*fields))] = seen
-    for recording, pid, source in con.execute("SELECT * FROM state_processes").fetchall():
-        state.processes_of(recording)[pid] = source
-    for recording, netns, ct_id, source in con.execute("SELECT * FROM state_conntrack").fetchall():
-        state.conntrack[(recording, netns, ct_id)] = source
+    for recording, (key, opened) in _by_recording(con, "state_sockets", "key, open_pos"):
+        state.sockets[recording] = dict(zip(key, opened, strict=True))
+    for recording, (key, opened, missed) in _by_recording(
+        con, "state_missing", "key, open_pos, missed_pos"
+    ):
+        state.missing[recording] = dict(zip(key, zip(opened, missed, strict=True), strict=True))
+    for recording, (*fields, seen) in _by_recording(
+        con, "state_snapshot_sockets", "netns, laddr, lport, raddr, rport, snapshot_pos"
+    ):
+        tuples = tuple_keys(*(np.asarray(f, dtype=np.int64) for f in fields))
+        state.snapshot_sockets.update(zip(((recording, t) for t in tuples), seen, strict=True))
+    for recording, (pid, source) in _by_recording(con, "state_processes", "pid, source_pos"):
+        state.processes[recording] = dict(zip(pid, source, strict=True))
+    for recording, (netns, ct_id, source) in _by_recording(
+        con, "state_conntrack", "netns, ct_id, source_pos"
+    ):
+        entries = ((recording, n, c) for n, c in zip(netns, ct_id, strict=True))
+        state.conntrack.update(zip(entries, source, strict=True))
     return state
 
 
+def _by_recording(
+    con: duckdb.DuckDBPyConnection, table: str, columns: str
+) -> Iterator[tuple[int, list[list[int]]]]:
+    """The rows of a state table, a recording at a time, as lists of ``columns``' values
+    (read as columns: the state is read at every sync, and is tens of thousands of rows)."""
+    for (recording,) in con.execute(
+        f"SELECT DISTINCT recording_id FROM {table} ORDER BY recording_id"
+    ).fetchall():
+        read = con.sql(f"SELECT {columns} FROM {table} WHERE recording_id = {int(recording)}")
+        yield int(recording), [column.to_pylist() for column in read.to_arrow_table().columns]
+
+
 def save_state(con: duckdb.DuckDBPyConnection, state: FoldState) -> None:
-    _replace(con, "state_sockets", ["recording_id", "key", "open_pos"], [
-        (r, k, p) for r, sockets in state.sockets.items() for k, p in sockets.items()
-    ])  # fmt: skip
-    _replace(con, "state_missing", ["recording_id", "key", "open_pos", "missed_pos"], [
-        (r, k, p, m) for r, entries in state.missing.items() for k, (p, m) in entries.items()
-    ])  # fmt: skip
-    _replace(con, "state_snapshot_sockets",
-             ["recording_id", "netns", "laddr", "lport", "raddr", "rport", "snapshot_pos"],
-             [(r, *tuple_fields(t), p) for (r, t), p in state.snapshot_sockets.items()])  # fmt: skip
-    _replace(con, "state_processes", ["recording_id", "pid", "source_pos"], [
-        (r, pid, p) for r, processes in state.processes.items() for pid, p in processes.items()
-    ])  # fmt: skip
-    _replace(con, "state_conntrack", ["recording_id", "netns", "ct_id", "source_pos"], [
-        (r, n, c, p) for (r, n, c), p in state.conntrack.items()
-    ])  # fmt: skip
+    sockets, missing, processes = state.sockets, state.missing, state.processes
+    _replace_columns(con, "state_sockets", {
+        "recording_id": [r for r, s in sockets.items() for _ in s],
+        "key": [k for s in sockets.values() for k in s],
+        "open_pos": [p for s in sockets.values() for p in s.values()],
+    })  # fmt: skip
+    _replace_columns(con, "state_missing", {
+        "recording_id": [r for r, m in missing.items() for _ in m],
+        "key": [k for m in missing.values() for k in m],
+        "open_pos": [p for m in missing.values() for p, _ in m.values()],
+        "missed_pos": [q for m in missing.values() for _, q in m.values()],
+    })  # fmt: skip
+    shown = [(r, *tuple_fields(t), p) for (r, t), p in state.snapshot_sockets.items()]
+    _replace_columns(con, "state_snapshot_sockets", {
+        name: [row[i] for row in shown]
+        for i, name in enumerate(["recording_id", "netns", "laddr", "lport", "raddr", "rport",
+                                  "snapshot_pos"])
+    })  # fmt: skip
+    _replace_columns(con, "state_processes", {
+        "recording_id": [r for r, ps in processes.items() for _ in ps],
+        "pid": [pid for ps in processes.values() for pid in ps],
+        "source_pos": [p for ps in processes.values() for p in ps.values()],
+    })  # fmt: skip
+    _replace_columns(con, "state_conntrack", {
+        "recording_id": [r for r, _, _ in state.conntrack],
+        "netns": [n for _, n, _ in state.conntrack],
+        "ct_id": [c for _, _, c in state.conntrack],
+        "source_pos": list(state.conntrack.values()),
+    })  # fmt: skip
 
 
-def _replace(
-    con: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: list[tuple[Any, ...]]
+def _replace_columns(
+    con: duckdb.DuckDBPyConnection, table: str, columns: Mapping[str, Sequence[int | None]]
 ) -> None:
     con.execute(f"DELETE FROM {table}")
-    _stage(con, "_rows", columns, rows)
+    _stage_columns(con, "_rows", columns)
     con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM _rows")
 
 
