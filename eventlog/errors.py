@@ -12,6 +12,7 @@ The CLIs turn a ``ScopeError`` into one line on stderr and ``exit_code``.
     │   ├── SchemaTooNewError written by a newer scope-recorder                      (2)
     │   ├── SchemaMissingError not initialised yet (read-only commands)              (2)
     │   ├── EmptyLogError     initialised but holds no events                        (2)
+    │   ├── LogBusyError      another recorder of this host is appending to it       (2)
     │   └── LogWriteError     an append failed: disk full, server gone               (3)
     ├── CaptureError          eBPF capture cannot start or broke                     (4)
     │   └── EbpfUnavailableError   this host cannot run the programs (why in the message)
@@ -54,6 +55,10 @@ class SchemaMissingError(LogError):
 
 class EmptyLogError(LogError):
     pass
+
+
+class LogBusyError(LogError):
+    """Another recorder of the same host is appending: a second would record it all twice."""
 
 
 class LogWriteError(LogError):

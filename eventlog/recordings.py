@@ -6,9 +6,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import Connection, and_, func, insert, select, update
 
 from eventlog import __version__, schema
+from eventlog.errors import LogBusyError
 from eventlog.events import ClockSample
 from eventlog.store import LogStore
 
@@ -37,8 +38,17 @@ class RecordingStart:
 
 
 def begin_recording(store: LogStore, start: RecordingStart) -> int:
-    """Insert the recording row and its first clock sample; return the recording id."""
+    """Insert the recording row and its first clock sample; return the recording id.
+
+    Refused (LogBusyError) while a recorder in another process records the same host into
+    this log: both would append every event, and replay would show every connection twice.
+    The row is inserted before the others are looked for, in one transaction: of two
+    recorders starting at once, the second waits for the first's commit and sees it (SQLite
+    takes its write lock at the insert; on PostgreSQL a lock on the host orders them)."""
     with store.connect() as conn:
+        if store.dialect == "postgresql":
+            lock = func.hashtext("scope-record " + start.host.host_id)
+            conn.execute(select(func.pg_advisory_xact_lock(lock)))
         recording_id = conn.execute(
             insert(schema.recordings)
             .values(
@@ -57,6 +67,15 @@ def begin_recording(store: LogStore, start: RecordingStart) -> int:
             )
             .returning(schema.recordings.c.id)
         ).scalar_one()
+        busy = _other_live_recorder(conn, start.host, recording_id)
+        if busy is not None:
+            conn.rollback()
+            other_id, other_pid = busy
+            raise LogBusyError(
+                f"another recorder of host {start.host.host_id} (pid {other_pid}) is appending "
+                f"to {store.location.display()} as recording {other_id}: stop it first (two "
+                "would record every connection twice)"
+            )
         conn.execute(
             insert(schema.clock_samples).values(
                 recording_id=recording_id,
@@ -130,6 +149,28 @@ def close_abandoned_recordings(store: LogStore, host: HostIdentity) -> list[int]
             abandoned.append(int(recording_id))
         conn.commit()
     return abandoned
+
+
+def _other_live_recorder(
+    conn: Connection, host: HostIdentity, recording_id: int
+) -> tuple[int, int] | None:
+    """(recording, pid) of an open recording of ``host`` made by a live recorder in another
+    process of this boot, if there is one."""
+    recordings = schema.recordings
+    rows = conn.execute(
+        select(recordings.c.id, recordings.c.recorder_pid).where(
+            and_(
+                recordings.c.host_id == host.host_id,
+                recordings.c.boot_id == host.boot_id,
+                recordings.c.stop_reason.is_(None),
+                recordings.c.id != recording_id,
+            )
+        )
+    ).all()
+    for other_id, pid in rows:
+        if pid is not None and pid != os.getpid() and _process_alive(pid):
+            return int(other_id), int(pid)
+    return None
 
 
 def _process_alive(pid: int) -> bool:

@@ -1,0 +1,64 @@
+"""A second scope-record of the same host into the same log is refused: two would append every
+event, and every connection would replay twice. Once the first has stopped, a new one starts."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from eventlog.location import LogLocation
+from eventlog.store import Purpose, open_log
+from tests.cli import BIN, assert_one_line_error, run_cli
+from tests.ebpf import require_ebpf
+from tests.load import committed
+from tests.recording import wait_for
+
+pytestmark = pytest.mark.ebpf
+
+
+def _db_argument(location: LogLocation) -> str:
+    return str(location.path) if location.path is not None else location.text
+
+
+def _recordings(location: LogLocation) -> list[tuple[int, int, str | None]]:
+    with open_log(location, Purpose.READ) as store, store.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT id, recorder_pid, stop_reason FROM recordings ORDER BY id")
+        ).all()
+    return [(int(i), int(pid), reason) for i, pid, reason in rows]
+
+
+def test_a_second_recorder_of_the_host_is_refused_while_the_first_runs(
+    log_location: LogLocation, tmp_path: Path
+) -> None:
+    require_ebpf()
+    db = _db_argument(log_location)
+    progress = tmp_path / "progress"
+    first = subprocess.Popen(
+        [str(BIN / "scope-record"), "--db", db, "--quiet", "--no-conntrack", "--duration", "60",
+         "--progress-file", str(progress)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: committed(progress) > 0 or first.poll() is not None, timeout=60)
+        assert first.poll() is None, first.stderr.read() if first.stderr else ""
+
+        second = run_cli("scope-record", "--db", db, "--quiet", "--no-conntrack",
+                         "--duration", "2")  # fmt: skip
+        assert_one_line_error(second, 2, "another recorder", f"pid {first.pid}")
+        assert first.poll() is None  # the first goes on, undisturbed
+        assert [pid for _, pid, _ in _recordings(log_location)] == [first.pid]
+    finally:
+        first.send_signal(signal.SIGINT)
+        _, stderr = first.communicate(timeout=60)
+    assert first.returncode in (0, 130), stderr
+
+    after = run_cli("scope-record", "--db", db, "--quiet", "--no-conntrack", "--duration", "1")
+    assert after.returncode == 0, after.stderr
+    recordings = _recordings(log_location)
+    assert len(recordings) == 2 and all(reason is not None for _, _, reason in recordings)
