@@ -22,7 +22,7 @@ from eventlog.store import Purpose, open_log
 from replay import info, table
 from replay.derived.store import Derived, open_derived
 from replay.views import render as view_render
-from replay.views.api import topology_in
+from replay.views.api import topology_and_warnings, topology_in
 from replay.views.diff import render_diff, topology_diff
 from replay.views.topology import Options, View
 
@@ -156,8 +156,10 @@ def replay_main(
             )
         return
     if at is None:
-        typer.echo(ctx.get_help())
-        return
+        raise UsageError(
+            "--at is required: the moment to replay (e.g. --at -30s, --at 2026-12-06T10:00:00Z); "
+            "scope-replay --help lists the rest"
+        )
     check_output_path(output)
     fmt = format.value
     if view is ViewName.connections:
@@ -174,7 +176,8 @@ def replay_main(
         )
     options = _view_options(unconnected, pseudo, show_unknown_lan)
     with _derived(db) as derived:
-        topology = topology_in(derived, at, window, View(view.value), options)
+        topology, warnings = topology_and_warnings(derived, at, window, View(view.value), options)
+    _warn(warnings)
     rendered: str | bytes
     if fmt == "json":
         rendered = view_render.render_json(topology)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from eventlog.recordings import STOP_CRASHED, STOP_DURATION, STOP_ERROR, STOP_SIGNAL
 from replay.derived.store import Derived
-from replay.timespec import LogSpan, check_inside, parse_duration, parse_moment
+from replay.timespec import LogSpan, check_inside, format_ns, parse_duration, parse_moment
 
 DEFAULT_WINDOW = "15s"
 
@@ -43,3 +44,42 @@ def resolve_moment(derived: Derived, at_text: str, window_text: str) -> Moment:
     at_ns = parse_moment(at_text, span)
     check_inside(at_ns, span, at_text)
     return Moment(at_ns, parse_duration(window_text, "window"), at_text)
+
+
+_STOPS = {  # a recording's stop reason, as said of a gap after it
+    STOP_CRASHED: "its recorder crashed",
+    STOP_ERROR: "stopped on an error",
+    STOP_SIGNAL: "stopped by a signal",
+    STOP_DURATION: "its duration was over",
+}
+
+
+def uncovered(derived: Derived, at_ns: int) -> list[str]:
+    """For each host that has recordings but none running at ``at_ns``, what the log knows
+    around that moment: it holds nothing of the host then, which is not a quiet moment."""
+    rows = derived.con.execute(
+        "SELECT id, host, started_wall_ns, ended_wall_ns, stop_reason FROM recordings_raw "
+        "ORDER BY host, started_wall_ns, id"
+    ).fetchall()
+    hosts: dict[str, list[tuple[int, int, int, str | None]]] = {}
+    for recording, host, started, ended, reason in rows:
+        hosts.setdefault(host, []).append((recording, started, ended, reason))
+    notes = []
+    for host, recordings in hosts.items():
+        if any(started <= at_ns <= ended for _, started, ended, _ in recordings):
+            continue
+        before = [r for r in recordings if r[2] < at_ns]
+        after = [r for r in recordings if r[1] > at_ns]
+        around = []
+        if before:
+            recording, _, ended, reason = max(before, key=lambda r: (r[2], r[0]))
+            how = f" ({_STOPS.get(reason, reason)})" if reason else ""
+            around.append(f"recording {recording} ended at {format_ns(ended)}{how}")
+        if after:
+            recording, started, _, _ = min(after, key=lambda r: (r[1], r[0]))
+            around.append(f"recording {recording} began at {format_ns(started)}")
+        notes.append(
+            f"no recording of host {host} covers {format_ns(at_ns)} ({' and '.join(around)}): "
+            "the log holds nothing of that host then"
+        )
+    return notes

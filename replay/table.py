@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from eventlog.batch import gc_paused
 from eventlog.store import LogStore
 from replay.derived.store import Derived, open_derived
-from replay.moment import DEFAULT_WINDOW, Moment, resolve_moment
+from replay.moment import DEFAULT_WINDOW, Moment, resolve_moment, uncovered
 from replay.output import to_csv, to_json_listing, to_table
 from replay.timespec import format_duration, format_ns
 
@@ -96,20 +96,36 @@ class TableResult:
     moment: Moment
     rows: list[ConnectionRow]
     losses: list[Loss] = field(default_factory=list)
+    uncovered: list[str] = field(default_factory=list)  # hosts no recording covers then
 
     @property
     def warnings(self) -> list[str]:
-        return [
-            f"{loss.lost} events were lost between {format_ns(loss.first_wall_ns)} and "
-            f"{format_ns(loss.last_wall_ns)} ({loss.reason}): this window may be incomplete"
-            for loss in self.losses
-        ]
+        return [*self.uncovered, *loss_warnings(self.losses)]
+
+
+def loss_warnings(losses: list[Loss]) -> list[str]:
+    return [
+        f"{loss.lost} events were lost between {format_ns(loss.first_wall_ns)} and "
+        f"{format_ns(loss.last_wall_ns)} ({loss.reason}): this window may be incomplete"
+        for loss in losses
+    ]
+
+
+def moment_warnings(derived: Derived, moment: Moment) -> list[str]:
+    """What a reader of ``moment`` must know: hosts the log holds nothing of then, losses."""
+    losses = losses_between(derived, moment.start_ns, moment.at_ns)
+    return [*uncovered(derived, moment.at_ns), *loss_warnings(losses)]
 
 
 def table_at(derived: Derived, at_text: str, window_text: str = DEFAULT_WINDOW) -> TableResult:
     moment = resolve_moment(derived, at_text, window_text)
     rows = connection_table(derived, moment.at_ns, moment.window_ns)
-    return TableResult(moment, rows, losses_between(derived, moment.start_ns, moment.at_ns))
+    return TableResult(
+        moment,
+        rows,
+        losses_between(derived, moment.start_ns, moment.at_ns),
+        uncovered(derived, moment.at_ns),
+    )
 
 
 def replay_table(log: LogStore, at_text: str, window_text: str = DEFAULT_WINDOW) -> TableResult:

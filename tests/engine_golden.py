@@ -7,6 +7,10 @@ checks it. Each line is one command: its arguments (without ``--db``), exit code
 stderr. The logs are the scenarios of tests/scenarios.py, plus a real recording
 (tests/golden/engine/real.db.gz, recorded by tests/make_real_log.py).
 
+Changed since, on purpose (each checked to be the only difference before rewriting):
+- a moment no recording of a host covers is said to be one (the table's JSON ``warnings``
+  and stderr), and the maps warn on stderr as the table does (losses too): fleet.
+
 Regenerate (only when an answer is meant to change, and say why in the commit):
     python -m tests.engine_golden --write
 """

@@ -53,6 +53,7 @@ REPLAY_CASES = {
     ),
     "--db before a subcommand": (["info"], "--db goes after the subcommand"),
     "unknown option": (["--at", "-0s", "--colour"], "No such option"),
+    "no moment": (["--window", "5s"], "--at is required"),
 }
 
 
