@@ -18,6 +18,7 @@ ENV_VAR = "SCOPE_DB"
 # The PostgreSQL driver this project installs. A bare postgresql:// URL would otherwise make
 # SQLAlchemy look for psycopg2, which is not a dependency.
 _POSTGRES_DRIVER = "postgresql+psycopg"
+_POSTGRES_DRIVERS_READ_AS_PSYCOPG = ("", "psycopg", "psycopg2")
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,25 @@ def resolve(text: str | None) -> LogLocation:
         if not url.database or url.database == ":memory:":
             raise LogLocationError("a SQLite log must be a file, not an in-memory database")
         return _sqlite_location(Path(url.database))
-    if backend == "postgresql":
-        if url.drivername == "postgresql":
-            url = url.set(drivername=_POSTGRES_DRIVER)
-        return LogLocation(url=url, path=None, text=text)
+    if backend in ("postgresql", "postgres"):
+        return LogLocation(url=_postgres_url(url), path=None, text=text)
     raise LogLocationError(
         f"unsupported database URL scheme {url.drivername!r}: use a file path, "
         "sqlite:///path or postgresql://user@host/db"
     )
+
+
+def _postgres_url(url: URL) -> URL:
+    """``url`` for the PostgreSQL driver scope-recorder uses (psycopg 3). The forms users
+    paste name the same server and database: postgres://, postgresql://, and the URLs of
+    SQLAlchemy applications that use psycopg 2. Another driver is refused by name."""
+    driver = url.get_driver_name() if "+" in url.drivername else ""
+    if driver not in _POSTGRES_DRIVERS_READ_AS_PSYCOPG:
+        raise LogLocationError(
+            f"unsupported PostgreSQL driver {driver!r}: scope-recorder connects through "
+            "psycopg 3; write postgresql://user@host/db"
+        )
+    return url.set(drivername=_POSTGRES_DRIVER)
 
 
 def _sqlite_location(path: Path) -> LogLocation:
