@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from eventlog.admin import schema_status, upgrade_schema
-from eventlog.cliutil import DbOption, OutputFormat, check_output_path, run
+from eventlog.cliutil import DbOption, check_output_path, run
 from eventlog.errors import UsageError
 from eventlog.location import resolve
 from eventlog.store import Purpose, open_log
@@ -42,6 +42,23 @@ class ViewName(enum.StrEnum):
     processes_by_name = "processes-by-name"
     containers = "containers"
     hosts = "hosts"
+
+
+class MapName(enum.StrEnum):
+    """The maps (``diff`` compares maps, not tables)."""
+
+    endpoints = "endpoints"
+    processes = "processes"
+    processes_by_name = "processes-by-name"
+    containers = "containers"
+    hosts = "hosts"
+
+
+class DocumentFormat(enum.StrEnum):
+    """What ``info`` and ``diff`` print: one document, not rows."""
+
+    table = "table"
+    json = "json"
 
 
 class ReplayFormat(enum.StrEnum):
@@ -73,7 +90,7 @@ WindowOption = Annotated[
         "--window", metavar="DURATION", help="Also show connections closed this long before T."
     ),
 ]
-FormatOption = Annotated[OutputFormat, typer.Option("--format", help="Output format.")]
+FormatOption = Annotated[DocumentFormat, typer.Option("--format", help="Output format.")]
 UnconnectedOption = Annotated[
     ShowHide, typer.Option("--unconnected", help="Processes without connections (process maps).")
 ]
@@ -89,6 +106,14 @@ UnknownLanOption = Annotated[
 def _warn(lines: list[str]) -> None:
     for line in lines:
         print(f"scope-replay: warning: {line}", file=sys.stderr, flush=True)
+
+
+def _log_argument(ctx: typer.Context, db: str | None) -> str | None:
+    """A subcommand's ``--db``, given after it or before it (``scope-replay --db x info``)."""
+    before = ctx.find_root().obj
+    if db is not None and before is not None and db != before:
+        raise UsageError(f"--db is given twice: {before} before the subcommand, {db} after it")
+    return db if db is not None else before
 
 
 @contextmanager
@@ -150,10 +175,7 @@ def replay_main(
     Example: scope-replay --at -30s --view processes --format svg --output map.svg
     """
     if ctx.invoked_subcommand is not None:
-        if db is not None:
-            raise UsageError(
-                f"--db goes after the subcommand: scope-replay {ctx.invoked_subcommand} --db ..."
-            )
+        ctx.obj = db  # --db before the subcommand, as git and kubectl take it: see _log_argument
         return
     if at is None:
         raise UsageError(
@@ -193,11 +215,12 @@ def replay_main(
 # Offsets from the log's end (-60s) look like options; let them through as the two moments.
 @app.command("diff", context_settings={"ignore_unknown_options": True})
 def diff_command(
+    ctx: typer.Context,
     before: Annotated[str, typer.Argument(metavar="T1", help="The earlier moment.")],
     after: Annotated[str, typer.Argument(metavar="T2", help="The later moment.")],
-    view: Annotated[ViewName, typer.Option("--view", help="Which map.")] = ViewName.processes,
+    view: Annotated[MapName, typer.Option("--view", help="Which map.")] = MapName.processes,
     window: WindowOption = table.DEFAULT_WINDOW,
-    format: FormatOption = OutputFormat.table,
+    format: FormatOption = DocumentFormat.table,
     unconnected: UnconnectedOption = ShowHide.hide,
     pseudo: PseudoOption = ShowHide.hide,
     show_unknown_lan: UnknownLanOption = False,
@@ -207,37 +230,34 @@ def diff_command(
 
     Example: scope-replay diff -60s -5s --view processes --format json
     """
-    if view is ViewName.connections:
-        raise UsageError("diff compares maps: pick --view endpoints, processes, ...")
-    if format is OutputFormat.csv:
-        raise UsageError("diff prints table or json")
     options = _view_options(unconnected, pseudo, show_unknown_lan)
-    with _derived(db) as derived:
+    with _derived(_log_argument(ctx, db)) as derived:
         first = topology_in(derived, before, window, View(view.value), options)
         second = topology_in(derived, after, window, View(view.value), options)
     sys.stdout.write(render_diff(topology_diff(first, second), format.value))
 
 
 @app.command("info")
-def info_command(db: DbOption = None, format: FormatOption = OutputFormat.table) -> None:
+def info_command(
+    ctx: typer.Context, db: DbOption = None, format: FormatOption = DocumentFormat.table
+) -> None:
     """List recordings, event counts by kind, losses and snapshot times.
 
     Example: scope-replay info --db scope.db
     """
-    if format is OutputFormat.csv:
-        raise UsageError("info prints table or json")
+    db = _log_argument(ctx, db)
     location = resolve(db)
     with _derived(db) as derived:
         sys.stdout.write(info.render(info.log_info(derived, location.display()), format.value))
 
 
 @db_app.command("current")
-def db_current(db: DbOption = None) -> None:
+def db_current(ctx: typer.Context, db: DbOption = None) -> None:
     """Show the log's schema revision and whether it is up to date.
 
     Example: scope-replay db current --db scope.db
     """
-    status = schema_status(resolve(db))
+    status = schema_status(resolve(_log_argument(ctx, db)))
     typer.echo(
         f"{status.location}: schema {status.revision or '(none)'} "
         f"({status.state.value}; newest known {status.head})"
@@ -245,12 +265,12 @@ def db_current(db: DbOption = None) -> None:
 
 
 @db_app.command("upgrade")
-def db_upgrade(db: DbOption = None) -> None:
+def db_upgrade(ctx: typer.Context, db: DbOption = None) -> None:
     """Apply pending schema migrations (creates the log if it does not exist).
 
     Example: scope-replay db upgrade --db postgresql://scope@db.example/scope
     """
-    before, after = upgrade_schema(resolve(db))
+    before, after = upgrade_schema(resolve(_log_argument(ctx, db)))
     was = before.revision if before and before.revision else "(none)"
     if before is not None and before.revision == after.revision:
         typer.echo(f"{after.location}: already at schema {after.revision}")

@@ -51,7 +51,10 @@ REPLAY_CASES = {
         ["--at", "-0s", "--view", "hosts", "--format", "csv"],
         "is for the connection table",
     ),
-    "--db before a subcommand": (["info"], "--db goes after the subcommand"),
+    "--db twice": (["info", "--db", "/elsewhere.db"], "--db is given twice"),
+    "csv for info": (["info", "--format", "csv"], "'csv' is not one of 'table', 'json'"),
+    "csv for diff": (["diff", "-1s", "-0s", "--format", "csv"], "'csv' is not one of"),
+    "a table for diff": (["diff", "-1s", "-0s", "--view", "connections"], "is not one of"),
     "unknown option": (["--at", "-0s", "--colour"], "No such option"),
     "no moment": (["--window", "5s"], "--at is required"),
 }
@@ -70,6 +73,14 @@ def test_replay_diff_bad_times(log: Path) -> None:
     assert_one_line_error(result, EXIT_USAGE, "'pods' is not one of")
     # Offsets from the end look like options, and are taken as the two moments.
     assert run_cli("scope-replay", "diff", "--db", str(log), "-0.1s", "-0s").returncode == 0
+
+
+@pytest.mark.parametrize("command", [["info"], ["diff", "-0.1s", "-0s"], ["db", "current"]])
+def test_db_before_or_after_a_subcommand(log: Path, command: list[str]) -> None:
+    before = run_cli("scope-replay", "--db", str(log), *command)
+    after = run_cli("scope-replay", *command, "--db", str(log))
+    assert before.returncode == 0, before.stderr
+    assert (before.stdout, before.returncode) == (after.stdout, after.returncode)
 
 
 RECORD_CASES = {
