@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from eventlog.cliutil import DbOption, run
+from eventlog.cliutil import EXIT_INTERRUPTED, DbOption, run
 from eventlog.errors import UsageError
 from eventlog.location import resolve
 from eventlog.recordings import STOP_SIGNAL
@@ -134,8 +134,8 @@ def record(
     )
     recorder = Recorder(options, notify=_notify_quiet if quiet else _notify)
 
-    def on_signal(_signum: int, _frame: object) -> None:
-        recorder.request_stop(STOP_SIGNAL)
+    def on_signal(signum: int, _frame: object) -> None:
+        recorder.request_stop(STOP_SIGNAL, signal.Signals(signum).name)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -149,6 +149,9 @@ def record(
             status.stop()
     if not quiet:
         _summary(progress, options)
+    if recorder.stop_signal == "SIGINT":
+        # Interrupted, as a shell reports it; SIGTERM is a service manager's stop: 0.
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _notify(message: str) -> None:

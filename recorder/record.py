@@ -201,10 +201,14 @@ class Recorder:
         self._stop_reason: str | None = None
         self._stop_event = threading.Event()
         self._reserve: SpaceReserve | None = None  # held while a SQLite log is recorded
+        self.stop_signal: str | None = None  # the signal that stopped it, if one did
 
-    def request_stop(self, reason: str = STOP_SIGNAL) -> None:
+    def request_stop(self, reason: str = STOP_SIGNAL, signal_name: str | None = None) -> None:
+        """Stop at the next turn of the loop; ``signal_name`` (SIGINT, ...) is kept in the
+        recording's stop detail."""
         if self._stop_reason is None:
             self._stop_reason = reason
+            self.stop_signal = signal_name
         self._stop_event.set()
 
     # -- set-up ----------------------------------------------------------------------------
@@ -611,6 +615,8 @@ class _Session:
 
     def stop_detail(self) -> str | None:
         parts = []
+        if self.recorder.stop_signal:
+            parts.append(f"stopped by {self.recorder.stop_signal}")
         if self.progress.lost_events:
             parts.append(f"{self.progress.lost_events} events lost")
         if self.progress.unattributed_sockets:
