@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, select, update
+from sqlalchemy import Connection, and_, case, func, insert, select, update
 
 from eventlog import __version__, schema
 from eventlog.errors import LogBusyError
@@ -107,6 +107,20 @@ def end_recording(
                 counters=counters,
             )
         )
+        conn.commit()
+
+
+def mark_alive(store: LogStore, recording_id: int, mono_ns: int) -> None:
+    """The recording was running at ``mono_ns``: a recording found crashed later ended no
+    earlier than that (its last batch alone may be long before, on an idle host)."""
+    last = schema.recordings.c.last_mono_ns
+    with store.connect() as conn:
+        conn.execute(
+            update(schema.recordings)
+            .where(schema.recordings.c.id == recording_id)
+            .values(last_mono_ns=case((last.is_(None), mono_ns), (last < mono_ns, mono_ns),
+                                      else_=last))
+        )  # fmt: skip
         conn.commit()
 
 

@@ -33,6 +33,7 @@ from eventlog.recordings import (
     begin_recording,
     close_abandoned_recordings,
     end_recording,
+    mark_alive,
     set_recording_field,
 )
 from eventlog.reserve import SpaceReserve
@@ -51,6 +52,8 @@ MODE_PROC = "proc"
 
 CLOCK_SAMPLE_INTERVAL_NS = 10_000_000_000
 STATS_INTERVAL_NS = 200_000_000
+# How often an idle recording says it is alive (see eventlog.recordings.mark_alive).
+ALIVE_INTERVAL_NS = 1_000_000_000
 # Longest an event can wait before reaching user space: a CPU's stage age, one tick of the
 # per-CPU flush timer, one drain; plus room for accept() returning late.
 REORDER_HORIZON_NS = 300_000_000
@@ -393,6 +396,7 @@ class _Session:
         next_snapshot = self.started + snapshot_every if snapshot_every > 0 else None
         next_clock = self.started + CLOCK_SAMPLE_INTERVAL_NS
         next_stats = self.started + STATS_INTERVAL_NS
+        next_alive = self.started + ALIVE_INTERVAL_NS
         next_poll = self.started + int(options.proc_poll_interval_s * 1e9)
         while True:
             now = monotonic_ns()
@@ -426,6 +430,9 @@ class _Session:
             self.reorder.release(now, self.writer)
             if self.writer.due(now) and now >= self.retry_at:
                 self._flush()
+            if now >= next_alive:
+                next_alive = now + ALIVE_INTERVAL_NS
+                self._mark_alive(now)
 
     def _drain(self, records: list[bytes]) -> None:
         for record in records:
@@ -442,6 +449,12 @@ class _Session:
                 self.decode_errors += 1
                 now = monotonic_ns()
                 self.writer.add_loss(Loss(1, now, now, f"undecodable record: {exc}"))
+
+    def _mark_alive(self, now: int) -> None:
+        if self.outage_since is not None:
+            return  # the store is away: the next batch, once it is back, says it instead
+        with contextlib.suppress(LogError):  # a store that fails here fails the next flush
+            mark_alive(self.store, self.progress.recording_id, now)
 
     def _flush(self, final: bool = False) -> None:
         try:

@@ -79,7 +79,7 @@ def uncovered(derived: Derived, at_ns: int) -> list[str]:
             recording, started, _, _ = min(after, key=lambda r: (r[1], r[0]))
             around.append(f"recording {recording} began at {format_ns(started)}")
         notes.append(
-            f"no recording of host {host} covers {format_ns(at_ns)} ({' and '.join(around)}): "
+            f"no recording of host {host} covers {format_ns(at_ns)}: {' and '.join(around)}; "
             "the log holds nothing of that host then"
         )
     return notes

@@ -10,6 +10,9 @@ stderr. The logs are the scenarios of tests/scenarios.py, plus a real recording
 Changed since, on purpose (each checked to be the only difference before rewriting):
 - a moment no recording of a host covers is said to be one (the table's JSON ``warnings``
   and stderr), and the maps warn on stderr as the table does (losses too): fleet.
+- a socket still open when its recording ended is not open after that end: ``unknown``
+  (with "unknown since ...") until a later recording of its host begins, then ended with
+  its recording (so it no longer pairs with a socket of that later recording): fleet.
 
 Regenerate (only when an answer is meant to change, and say why in the commit):
     python -m tests.engine_golden --write

@@ -99,6 +99,7 @@ paired AS (
         c.at_pid AS client_pid, c.at_comm AS client_comm, c.netns AS client_netns,
         s.at_pid AS server_pid, s.at_comm AS server_comm, s.netns AS server_netns,
         c.source AS c_source, s.source AS s_source, c.note AS c_note, s.note AS s_note,
+        c.unknown AS c_unknown, s.unknown AS s_unknown,
         c.positions AS c_positions, s.positions AS s_positions,
         c.at_sent AS c_sent, c.at_received AS c_received, s.at_sent AS s_sent,
         s.at_received AS s_received, c.recording_id AS c_recording, s.recording_id AS s_recording
@@ -118,20 +119,24 @@ sided AS (
         CASE WHEN has_client THEN c_v_c_port ELSE s_v_c_port END AS seen_c_port,
         CASE WHEN has_client THEN c_v_s_ip ELSE s_v_s_ip END AS seen_s_ip,
         CASE WHEN has_client THEN c_v_s_port ELSE s_v_s_port END AS seen_s_port,
-        (has_client AND c_end IS NULL) OR (has_server AND s_end IS NULL) AS is_open
+        (has_client AND c_end IS NULL AND NOT c_unknown)
+            OR (has_server AND s_end IS NULL AND NOT s_unknown) AS is_open,
+        -- no side known to be open or closed: one was open when its recording ended
+        coalesce(c_end, s_end) IS NULL
+            AND ((has_client AND c_unknown) OR (has_server AND s_unknown)) AS is_unknown
     FROM paired
 ),
 connections_rows AS (
     SELECT
         CASE WHEN client_first THEN c_pos || '.' || c_ord ELSE s_pos || '.' || s_ord END AS id,
-        CASE WHEN is_open THEN 'open' ELSE 'closed' END AS state,
+        CASE WHEN is_open THEN 'open' WHEN is_unknown THEN 'unknown' ELSE 'closed' END AS state,
         CASE WHEN has_client AND has_server THEN 'local' WHEN has_client THEN 'outbound'
              ELSE 'inbound' END AS direction,
         CASE WHEN client_first THEN c_host ELSE s_host END AS host,
         endpoint(seen_c_ip, seen_c_port) AS client,
         endpoint(seen_s_ip, seen_s_port) AS server,
         least(c_opened, s_opened) AS opened_ns,
-        CASE WHEN is_open THEN NULL ELSE greatest(c_end, s_end) END AS closed_ns,
+        CASE WHEN is_open OR is_unknown THEN NULL ELSE greatest(c_end, s_end) END AS closed_ns,
         client_pid, client_comm, client_netns, server_pid, server_comm, server_netns,
         CASE WHEN real_ip IS NOT NULL THEN endpoint(real_ip, real_port) END AS nat_destination,
         CASE WHEN snat_ip IS NOT NULL THEN endpoint(snat_ip, snat_port) END AS nat_source,
@@ -176,9 +181,13 @@ def _failed(where: str) -> str:
 
 
 # A socket as shown at T (``t_ns``), from a row of ``sockets`` that had ended by T by
-# ``ended_by``: its end, owner, bytes, note and positions as of T.
+# ``ended_by``: its end, owner, bytes, note and positions as of T. A socket still open when
+# its recording ended (stopped or crashed) is not open after that: once a later recording of
+# its host has begun it ended with its recording ('recording'); before, it is 'unknown'.
 _AT_T = f"""
-    CASE ended_by WHEN 'close' THEN close_ns WHEN 'missing' THEN missing_ns END AS end_ns,
+    CASE ended_by WHEN 'close' THEN close_ns WHEN 'missing' THEN missing_ns
+                  WHEN 'recording' THEN rec_end_ns END AS end_ns,
+    ended_by IS NOT DISTINCT FROM 'unknown' AS unknown,
     CASE WHEN ended_by = 'close' AND pid IS NULL AND close_pid IS NOT NULL THEN close_pid
          ELSE pid END AS at_pid,
     CASE WHEN ended_by = 'close' AND pid IS NULL AND close_pid IS NOT NULL THEN close_comm
@@ -186,7 +195,12 @@ _AT_T = f"""
     CASE WHEN ended_by = 'close' THEN bytes_sent END AS at_sent,
     CASE WHEN ended_by = 'close' THEN bytes_received END AS at_received,
     CASE WHEN close_only THEN '{CLOSE_ONLY_NOTE}'
-         WHEN ended_by = 'missing' THEN '{MISSING_NOTE}' END AS note,
+         WHEN ended_by = 'missing' THEN '{MISSING_NOTE}'
+         WHEN ended_by = 'recording' THEN 'open when recording ' || recording_id || ' ended at '
+             || rfc3339(rec_end_ns) || '; recording ' || next_id || ' began at '
+             || rfc3339(next_ns) || ' (what became of it between is not known)'
+         WHEN ended_by = 'unknown' THEN 'unknown since ' || rfc3339(rec_end_ns) || ', when '
+             || 'recording ' || recording_id || ' ended with it open' END AS note,
     CASE WHEN close_only THEN [origin_pos] WHEN ended_by = 'close' THEN [origin_pos, close_pos]
          WHEN ended_by = 'missing' THEN [origin_pos, missing_pos] ELSE [origin_pos] END
         AS positions
@@ -249,6 +263,18 @@ CREATE OR REPLACE MACRO joined(a, b, separator) AS
     CASE WHEN a IS NULL THEN b WHEN b IS NULL OR a = b THEN a
          WHEN a < b THEN a || separator || b ELSE b || separator || a END;
 
+CREATE OR REPLACE MACRO rfc3339(ns) AS strftime(make_timestamp_ns(ns), '%Y-%m-%dT%H:%M:%S.%nZ');
+-- Recordings that have ended (stopped or crashed), and the next recording of their host.
+CREATE OR REPLACE VIEW recording_ends AS
+WITH ordered AS (
+    SELECT id, ended_wall_ns, stop_reason,
+        lead(id) OVER (PARTITION BY host ORDER BY started_wall_ns, id) AS next_id,
+        lead(started_wall_ns) OVER (PARTITION BY host ORDER BY started_wall_ns, id) AS next_ns
+    FROM recordings_raw
+)
+SELECT id AS recording_id, ended_wall_ns AS end_ns, next_id, next_ns
+FROM ordered WHERE stop_reason IS NOT NULL;
+
 CREATE OR REPLACE VIEW socket_all AS
     SELECT * FROM socket_short UNION ALL SELECT * FROM socket_long
     UNION ALL SELECT * FROM socket_open
@@ -285,9 +311,11 @@ candidates AS (
     UNION ALL {_pair_rows("pairs")}
 ),
 live AS (
-    SELECT *, CASE WHEN close_ns <= t_ns THEN 'close' WHEN missing_ns <= t_ns THEN 'missing'
-                   END AS ended_by
-    FROM candidates
+    SELECT c.*, x.end_ns AS rec_end_ns, x.next_id, x.next_ns,
+        CASE WHEN close_ns <= t_ns THEN 'close' WHEN missing_ns <= t_ns THEN 'missing'
+             WHEN x.end_ns < t_ns AND x.next_ns <= t_ns THEN 'recording'
+             WHEN x.end_ns < t_ns THEN 'unknown' END AS ended_by
+    FROM candidates c LEFT JOIN recording_ends x ON x.recording_id = c.recording_id
 ),
 at_t AS (SELECT *, {_AT_T} FROM live),
 kept AS (SELECT * FROM at_t WHERE end_ns IS NULL OR end_ns > t_ns - w_ns),
@@ -308,9 +336,11 @@ CREATE OR REPLACE MACRO connections_at(t, w) AS TABLE
 -- Every connection over the whole log: each socket as it ended (or is now).
 CREATE OR REPLACE VIEW connections AS
 WITH live AS (
-    SELECT *, CASE WHEN close_ns IS NOT NULL THEN 'close'
-                   WHEN missing_ns IS NOT NULL THEN 'missing' END AS ended_by
-    FROM socket_all
+    SELECT s.*, x.end_ns AS rec_end_ns, x.next_id, x.next_ns,
+        CASE WHEN close_ns IS NOT NULL THEN 'close' WHEN missing_ns IS NOT NULL THEN 'missing'
+             WHEN x.next_ns IS NOT NULL THEN 'recording'
+             WHEN x.end_ns IS NOT NULL THEN 'unknown' END AS ended_by
+    FROM socket_all s LEFT JOIN recording_ends x ON x.recording_id = s.recording_id
 ),
 ended AS (SELECT *, {_AT_T} FROM live),
 shown AS ({_NAMED.format(rows="ended")}),
