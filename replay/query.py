@@ -215,12 +215,24 @@ def refuse_log_as_output(log: LogStore, output: Path | None) -> None:
         raise UsageError(f"--output {output} would overwrite the log")
 
 
-def describe(derived: Derived) -> list[tuple[str, str, str]]:
-    """(view, column, type) of every view and macro scope-query offers."""
-    rows: list[tuple[str, str, str]] = []
-    for view in PUBLIC_VIEWS:
-        for name, kind, *_ in derived.con.execute(f"DESCRIBE {view}").fetchall():
-            rows.append((view, name, kind))
-    for name, text in MACROS.items():
-        rows.append((name, "(table macro)", text))
-    return rows
+def schema_sql() -> str:
+    """A query listing (view, column, type) of every view scope-query offers, then its table
+    macros: ``--schema`` runs it as any query, so it prints in every format."""
+    views = ", ".join(f"('{view}', {rank})" for rank, view in enumerate(PUBLIC_VIEWS))
+    macros = ", ".join(
+        f"({_literal(name)}, '(table macro)', {_literal(text)}, {rank})"
+        for rank, (name, text) in enumerate(MACROS.items(), start=len(PUBLIC_VIEWS))
+    )
+    return f"""
+        SELECT "view", "column", "type" FROM (
+            SELECT c.table_name AS "view", c.column_name AS "column", c.data_type AS "type",
+                o.rank, c.column_index AS place
+            FROM duckdb_columns() c JOIN (VALUES {views}) o(name, rank) ON o.name = c.table_name
+            WHERE c.database_name = current_database() AND c.schema_name = 'main'
+            UNION ALL
+            SELECT name, what, text, rank, 0 FROM (VALUES {macros}) m(name, what, text, rank)
+        ) ORDER BY rank, place"""
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

@@ -15,7 +15,6 @@ from eventlog.location import resolve
 from eventlog.store import Purpose, open_log
 from replay import query
 from replay.derived.store import open_derived
-from replay.output import to_table
 
 app = typer.Typer(
     add_completion=False,
@@ -66,13 +65,10 @@ def main_command(
     """
     check_output_path(output)
     check_output_path(store)
+    if schema and (sql is not None or file is not None):
+        raise UsageError("--schema lists the views and their columns: it runs no other query")
     with open_log(resolve(db), Purpose.READ) as log:
-        if schema:
-            with open_derived(log, store) as derived:
-                _notices(derived.notices)
-                sys.stdout.write(to_table(["view", "column", "type"], query.describe(derived)))
-            return
-        text = _sql_text(sql, file)
+        text = query.schema_sql() if schema else _sql_text(sql, file)
         if format is QueryFormat.parquet and output is None:
             raise UsageError("--format parquet needs --output FILE")
         query.refuse_log_as_output(log, output)

@@ -249,6 +249,12 @@ def test_formats_and_parquet(tmp_path: Path) -> None:
     )
     schema = run_cli("scope-query", "--db", db, "--schema", env=env)
     assert "connections_at" in schema.stdout and "client_pid" in schema.stdout
+    listed = json.loads(run_cli("scope-query", "--db", db, "--schema", "--format", "json",
+                                env=env).stdout)  # fmt: skip
+    assert {"view": "connections", "column": "client_pid", "type": "INTEGER"} in listed
+    assert listed[0]["view"] == "events" and listed[-1]["column"] == "(table macro)"
+    refused = run_cli("scope-query", "--db", db, "--schema", "SELECT 1", env=env)
+    assert_one_line_error(refused, 2, "--schema lists the views")
 
 
 def _checksum(path: Path) -> str:
