@@ -65,8 +65,13 @@ def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     kind = statements[0].type.name
     if kind not in _ALLOWED:
         raise QueryError(
-            f"scope-query only reads: a {kind} statement is refused (the log is never changed)"
+            f"scope-query only reads: {_article(kind)} {kind} statement is refused "
+            "(the log is never changed)"
         )
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].upper() in "AEIOU" else "a"
 
 
 def _jsonable(value: Any) -> Any:

@@ -200,11 +200,12 @@ def render(result: TableResult, fmt: str) -> str:
         return to_json_listing(head, "connections", [row_document(row) for row in result.rows])
     if fmt == "csv":
         return to_csv(COLUMNS, [row_values(row) for row in result.rows])
-    header = (
-        f"connections at {format_ns(moment.at_ns)} "
-        f"(open then, or closed in the {format_duration(moment.window_ns)} before): "
-        f"{len(result.rows)}\n"
+    window = (
+        f"open then, or closed in the {format_duration(moment.window_ns)} before"
+        if moment.window_ns
+        else "open then"
     )
+    header = f"connections at {format_ns(moment.at_ns)} ({window}): {len(result.rows)}\n"
     table_rows = [
         [row.state, row.direction, row.client, row.server, _nat(row),
          format_ns(row.opened_ns) or "(before)",

@@ -143,6 +143,8 @@ def _format_second(seconds: int) -> str | None:
 def format_duration(ns: int | None) -> str:
     if ns is None:
         return ""
+    if ns == 0:
+        return "0s"
     if ns < 1_000_000:
         return f"{ns / 1_000:.1f}us"
     if ns < 1_000_000_000:

@@ -13,6 +13,7 @@ Changed since, on purpose (each checked to be the only difference before rewriti
 - a socket still open when its recording ended is not open after that end: ``unknown``
   (with "unknown since ...") until a later recording of its host begins, then ended with
   its recording (so it no longer pairs with a socket of that later recording): fleet.
+- a window of 0 is "0s" (was "0.0us"), and the table's heading says "open then" alone: all.
 
 Regenerate (only when an answer is meant to change, and say why in the commit):
     python -m tests.engine_golden --write

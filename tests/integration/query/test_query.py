@@ -266,8 +266,8 @@ def _checksum(path: Path) -> str:
     [
         ("SELEC 1", "syntax"),
         ("SELECT nope FROM events", "nope"),
-        ("DELETE FROM ev", "refused"),
-        ("INSERT INTO ev SELECT * FROM ev", "refused"),
+        ("DELETE FROM ev", "a DELETE statement is refused"),
+        ("INSERT INTO ev SELECT * FROM ev", "an INSERT statement is refused"),
         ("CREATE TABLE x AS SELECT 1", "refused"),
         ("DROP VIEW events", "refused"),
         ("ATTACH '{log}' AS victim", "refused"),
