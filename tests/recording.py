@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from eventlog.events import Kind, LoggedEvent
@@ -14,6 +16,8 @@ from eventlog.location import LogLocation
 from eventlog.reader import LogReader, Recording
 from eventlog.store import Purpose, open_log
 from recorder.record import Progress, Recorder, RecordOptions
+from tests.cli import BIN
+from tests.load import committed
 
 
 @dataclass
@@ -47,6 +51,29 @@ def wait_for(condition: Any, timeout: float = 30.0, interval: float = 0.05) -> N
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         time.sleep(interval)
+
+
+def db_argument(location: LogLocation) -> str:
+    """``--db`` for ``location``: the file's path, or the URL as it was written."""
+    return str(location.path) if location.path is not None else location.text
+
+
+def start_recorder(db: str, progress: Path, *options: str) -> subprocess.Popen[str]:
+    """``scope-record --db db --progress-file progress *options`` in a process of its own,
+    returned once it has committed its first batch (stderr is a pipe, as text)."""
+    recorder = subprocess.Popen(
+        [str(BIN / "scope-record"), "--db", db, "--progress-file", str(progress), *options],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: committed(progress) > 0 or recorder.poll() is not None, timeout=60)
+        assert recorder.poll() is None, recorder.stderr.read() if recorder.stderr else ""
+    except BaseException:
+        recorder.kill()
+        recorder.wait()
+        raise
+    return recorder
 
 
 @contextmanager

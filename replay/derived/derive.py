@@ -199,7 +199,7 @@ def _by_recording(
 
 
 def save_state(con: duckdb.DuckDBPyConnection, state: FoldState) -> None:
-    sockets, missing, processes = state.sockets, state.missing, state.processes
+    sockets, missing = state.sockets, state.missing
     _replace_columns(con, "state_sockets", {
         "recording_id": [r for r, s in sockets.items() for _ in s],
         "key": [k for s in sockets.values() for k in s],
@@ -217,17 +217,28 @@ def save_state(con: duckdb.DuckDBPyConnection, state: FoldState) -> None:
         for i, name in enumerate(["recording_id", "netns", "laddr", "lport", "raddr", "rport",
                                   "snapshot_pos"])
     })  # fmt: skip
-    _replace_columns(con, "state_processes", {
+    _replace_columns(con, "state_processes", _process_columns(state))
+    _replace_columns(con, "state_conntrack", _conntrack_columns(state))
+
+
+def _process_columns(state: FoldState) -> dict[str, list[int]]:
+    """The open processes of ``state`` (recording, pid, where their segment began)."""
+    processes = state.processes
+    return {
         "recording_id": [r for r, ps in processes.items() for _ in ps],
         "pid": [pid for ps in processes.values() for pid in ps],
         "source_pos": [p for ps in processes.values() for p in ps.values()],
-    })  # fmt: skip
-    _replace_columns(con, "state_conntrack", {
+    }
+
+
+def _conntrack_columns(state: FoldState) -> dict[str, list[int]]:
+    """The open conntrack entries of ``state`` (recording, netns, id, where they began)."""
+    return {
         "recording_id": [r for r, _, _ in state.conntrack],
         "netns": [n for _, n, _ in state.conntrack],
         "ct_id": [c for _, _, c in state.conntrack],
         "source_pos": list(state.conntrack.values()),
-    })  # fmt: skip
+    }
 
 
 def _replace_columns(
@@ -395,20 +406,9 @@ def store_open(con: duckdb.DuckDBPyConnection, reader: LogReader, state: FoldSta
         for open_pos, snapshot_pos, *fields, missing_pos in new_sockets
     ])  # fmt: skip
     con.execute("INSERT INTO socket_open SELECT * FROM _socket_rows ORDER BY known_ns")
-    processes = {
-        "recording_id": [r for r, ps in state.processes.items() for _ in ps],
-        "pid": [pid for ps in state.processes.values() for pid in ps],
-        "source_pos": [p for ps in state.processes.values() for p in ps.values()],
-    }
-    conntrack = {
-        "recording_id": [r for r, _, _ in state.conntrack],
-        "netns": [n for _, n, _ in state.conntrack],
-        "ct_id": [c for _, _, c in state.conntrack],
-        "source_pos": list(state.conntrack.values()),
-    }
     for table, staged, columns, sql in (
-        ("process_open", "_process_segments", processes, processes_sql),
-        ("nat_open", "_nat_segments", conntrack, nat_sql),
+        ("process_open", "_process_segments", _process_columns(state), processes_sql),
+        ("nat_open", "_nat_segments", _conntrack_columns(state), nat_sql),
     ):
         identity = ", ".join(columns)
         new = [Segment(tuple(key), source, None)

@@ -6,7 +6,7 @@ from typing import Any
 
 from eventlog.store import LogStore
 from replay.derived.store import Derived, open_derived
-from replay.moment import resolve_moment
+from replay.moment import Moment, resolve_moment
 from replay.table import moment_warnings
 from replay.views.diff import topology_diff
 from replay.views.scene import build_scene
@@ -16,8 +16,7 @@ from replay.views.topology import Options, Topology, View, build_topology
 def topology_in(
     derived: Derived, at_text: str, window_text: str, view: View, options: Options | None = None
 ) -> Topology:
-    moment = resolve_moment(derived, at_text, window_text)
-    return build_topology(build_scene(derived, moment), view, options)
+    return _topology(derived, resolve_moment(derived, at_text, window_text), view, options)
 
 
 def topology_and_warnings(
@@ -25,8 +24,11 @@ def topology_and_warnings(
 ) -> tuple[Topology, list[str]]:
     """The map at a moment, and what its reader must know of that moment (replay.table)."""
     moment = resolve_moment(derived, at_text, window_text)
-    topology = build_topology(build_scene(derived, moment), view, options)
-    return topology, moment_warnings(derived, moment)
+    return _topology(derived, moment, view, options), moment_warnings(derived, moment)
+
+
+def _topology(derived: Derived, moment: Moment, view: View, options: Options | None) -> Topology:
+    return build_topology(build_scene(derived, moment), view, options)
 
 
 def topology_at(

@@ -18,17 +18,13 @@ from eventlog.store import Purpose, open_log
 from recorder.workload import run_client, running_server
 from tests.cli import BIN, run_cli
 from tests.ebpf import require_ebpf
-from tests.recording import wait_for
+from tests.recording import db_argument, wait_for
 
 pytestmark = pytest.mark.ebpf
 
 READ_SECONDS = 12
 MAX_ROUNDS = 40
 SETTLED_S = 3  # the replayed moment is this far behind the log's end before it is compared
-
-
-def _db_argument(location: LogLocation) -> str:
-    return str(location.path) if location.path is not None else location.text
 
 
 def _whole_batches(location: LogLocation) -> tuple[int, int]:
@@ -60,7 +56,7 @@ def test_readers_in_a_loop_while_recording_at_full_rate(
     log_location: LogLocation, tmp_path: Path
 ) -> None:
     require_ebpf()
-    db = _db_argument(log_location)
+    db = db_argument(log_location)
     with running_server("rd-srv", workdir=tmp_path) as server:
         clients = [run_client("rd-cli", "127.0.0.1", server.port, count=300_000) for _ in range(2)]
         recorder = subprocess.Popen(

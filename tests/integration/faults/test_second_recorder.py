@@ -4,7 +4,6 @@ event, and every connection would replay twice. Once the first has stopped, a ne
 from __future__ import annotations
 
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,11 @@ from sqlalchemy import text
 
 from eventlog.location import LogLocation
 from eventlog.store import Purpose, open_log
-from tests.cli import BIN, assert_one_line_error, run_cli
+from tests.cli import assert_one_line_error, run_cli
 from tests.ebpf import require_ebpf
-from tests.load import committed
-from tests.recording import wait_for
+from tests.recording import db_argument, start_recorder
 
 pytestmark = pytest.mark.ebpf
-
-
-def _db_argument(location: LogLocation) -> str:
-    return str(location.path) if location.path is not None else location.text
 
 
 def _recordings(location: LogLocation) -> list[tuple[int, int, str | None]]:
@@ -36,18 +30,10 @@ def test_a_second_recorder_of_the_host_is_refused_while_the_first_runs(
     log_location: LogLocation, tmp_path: Path
 ) -> None:
     require_ebpf()
-    db = _db_argument(log_location)
-    progress = tmp_path / "progress"
-    first = subprocess.Popen(
-        [str(BIN / "scope-record"), "--db", db, "--quiet", "--no-conntrack", "--duration", "60",
-         "--progress-file", str(progress)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    db = db_argument(log_location)
+    first = start_recorder(db, tmp_path / "progress", "--quiet", "--no-conntrack",
+                           "--duration", "60")  # fmt: skip
     try:
-        wait_for(lambda: committed(progress) > 0 or first.poll() is not None, timeout=60)
-        assert first.poll() is None, first.stderr.read() if first.stderr else ""
-
         second = run_cli("scope-record", "--db", db, "--quiet", "--no-conntrack",
                          "--duration", "2")  # fmt: skip
         assert_one_line_error(second, 2, "another recorder", f"pid {first.pid}")

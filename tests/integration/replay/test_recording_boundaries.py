@@ -5,7 +5,6 @@ recording has begun it ended with the first one; scope-query's connections say t
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -14,16 +13,11 @@ import pytest
 
 from eventlog.location import LogLocation
 from recorder.workload import run_client, running_server
-from tests.cli import BIN, run_cli
+from tests.cli import run_cli
 from tests.ebpf import require_ebpf
-from tests.load import committed
-from tests.recording import wait_for
+from tests.recording import db_argument, start_recorder
 
 pytestmark = pytest.mark.ebpf
-
-
-def _db_argument(location: LogLocation) -> str:
-    return str(location.path) if location.path is not None else location.text
 
 
 def _rows_to(db: str, at: str, port: int) -> list[dict[str, Any]]:
@@ -37,16 +31,11 @@ def test_a_connection_open_when_its_recorder_died_is_not_open_after(
     log_location: LogLocation, tmp_path: Path
 ) -> None:
     require_ebpf()
-    db, progress = _db_argument(log_location), tmp_path / "progress"
+    db = db_argument(log_location)
     with running_server("bnd-srv", workdir=tmp_path) as server:
-        first = subprocess.Popen(
-            [str(BIN / "scope-record"), "--db", db, "--quiet", "--no-conntrack",
-             "--flush-interval", "50", "--progress-file", str(progress)],
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
+        first = start_recorder(db, tmp_path / "progress", "--quiet", "--no-conntrack",
+                               "--flush-interval", "50")  # fmt: skip
         try:
-            wait_for(lambda: committed(progress) > 0 or first.poll() is not None, timeout=60)
-            assert first.poll() is None, first.stderr.read() if first.stderr else b""
             client = run_client("bnd-hold", "127.0.0.1", server.port, count=1, hold_ms=6000)
             time.sleep(1.0)  # connected, and committed by the recorder
             during = time.time_ns()

@@ -4,46 +4,32 @@ the table, its JSON and the maps; a moment a recording covers is not."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from eventlog.location import LogLocation
-from tests.cli import BIN, run_cli
+from tests.cli import run_cli
 from tests.ebpf import require_ebpf
-from tests.load import committed
-from tests.recording import wait_for
+from tests.recording import db_argument, start_recorder
 
 pytestmark = pytest.mark.ebpf
 
 UNCOVERED = "no recording of host"
 
 
-def _db_argument(location: LogLocation) -> str:
-    return str(location.path) if location.path is not None else location.text
-
-
 def _killed_recording(db: str, progress: Path) -> None:
-    recorder = subprocess.Popen(
-        [str(BIN / "scope-record"), "--db", db, "--quiet", "--no-conntrack",
-         "--progress-file", str(progress)],
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        wait_for(lambda: committed(progress) > 0 or recorder.poll() is not None, timeout=60)
-        assert recorder.poll() is None, recorder.stderr.read() if recorder.stderr else b""
-    finally:
-        recorder.kill()
-        recorder.wait(timeout=30)
+    recorder = start_recorder(db, progress, "--quiet", "--no-conntrack")
+    recorder.kill()
+    recorder.wait(timeout=30)
 
 
 def test_a_moment_between_recordings_is_said_to_be_uncovered(
     log_location: LogLocation, tmp_path: Path
 ) -> None:
     require_ebpf()
-    db = _db_argument(log_location)
+    db = db_argument(log_location)
     _killed_recording(db, tmp_path / "progress")
     time.sleep(1.0)
     in_gap = time.time_ns()
