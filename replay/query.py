@@ -182,7 +182,7 @@ def query_derived(
     output: Path | None = None,
     out: IO[str] | None = None,
 ) -> QueryRun:
-    con = derived.con
+    con = derived.read_only()
     sandbox(con)
     check_statement(con, sql)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple
 
 from eventlog.batch import gc_paused
@@ -60,6 +61,8 @@ class ConnectionRow(NamedTuple):
 
 
 _SELECT = ", ".join(ConnectionRow._fields)
+# ConnectionRow._make without its length check: the query selects exactly its fields
+_connection_row = partial(tuple.__new__, ConnectionRow)
 
 
 def connection_table(derived: Derived, at_ns: int, window_ns: int) -> list[ConnectionRow]:
@@ -70,7 +73,7 @@ def connection_table(derived: Derived, at_ns: int, window_ns: int) -> list[Conne
     ).to_arrow_table()
     with gc_paused():  # tens of thousands of acyclic tuples: collecting while making them is waste
         columns = [column.to_pylist() for column in table.columns]
-        return list(map(ConnectionRow._make, zip(*columns, strict=True)))
+        return list(map(_connection_row, zip(*columns, strict=True)))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,10 @@ Before a command reads, the store is brought up to the log's committed head: onl
 events are copied and folded (replay.derived.derive), a range of positions per DuckDB
 transaction (a sync killed half way leaves the store at the end of a range, and the next one
 goes on from there). A reader sees a store only once it is current: its signature (the
-log's head, recordings, losses and clock samples) is written last. It is rebuilt from
+log's head, recordings, losses and clock samples) is written last. A small file beside the
+store (``<store>.synced``) repeats the signature and position after each sync: a command that
+finds it stale opens the store for writing at once, reads the new events from the log
+meanwhile, and reads its answers on through the same connection. A store is rebuilt from
 nothing when it is of another format, when the log is another log than the one it was
 derived from (another ``log_id``, or the event it had folded last is not the same any more:
 a file replaced at the same path), or when the log is shorter than what it had folded.
@@ -26,7 +29,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ import duckdb
 
 from eventlog.errors import QueryError
 from eventlog.reader import LogReader
+from eventlog.scan import THREADS as SCAN_THREADS
 from eventlog.store import LogStore
 from replay.derived import copy, derive
 from replay.derived.tables import FORMAT, SCHEMA, TABLES, TYPES
@@ -83,9 +87,18 @@ class Derived:
     head: int
     stats: SyncStats
     notices: list[str] = field(default_factory=list)
+    writable: bool = False  # the connection that synced the store's file
 
     def close(self) -> None:
         self.con.close()
+
+    def read_only(self) -> duckdb.DuckDBPyConnection:
+        """The store's connection, opened read-only if it was not (for SQL from a user)."""
+        if self.writable and self.path is not None:
+            self.con.close()
+            self.con = _connect_raw(self.path, read_only=True)
+            self.writable = False
+        return self.con
 
     def __enter__(self) -> Derived:
         return self
@@ -149,36 +162,88 @@ class _UnwritableError(Exception):
 
 
 def _open_file(log: LogStore, reader: LogReader, state: LogState, target: Path) -> Derived:
-    if target.exists():
-        con = _current(target, state)
+    hint = _Hint.read(target) if target.exists() else None
+    guess = hint.synced if hint is not None else 0
+    if target.exists() and (hint is None or hint.signature == state.signature):
+        con, guess = _current(target, state)
         if con is not None:
             return Derived(con, target, state.head, SyncStats())
-    _ensure_directory(target.parent)
-    with _connect(target, read_only=False) as writable:
-        stats = _sync(writable, log, reader, state)
-    return Derived(_connect_raw(target, read_only=True), target, state.head, stats)
+    clocks = _clocks(reader)
+    # The new events are read from the log while the store is opened for writing.
+    with _Scans(log, clocks, guess, state.head) as scans:
+        _ensure_directory(target.parent)
+        writable = _connect_raw(target, read_only=False)
+        try:
+            stats = _sync(writable, reader, state, scans)
+        except BaseException:
+            writable.close()
+            raise
+    _Hint(state.signature, state.head).write(target)
+    # Read on with the connection that synced: another open would cost as much as a seek's
+    # query (other readers wait for this command, as they waited for its sync).
+    return Derived(writable, target, state.head, stats, writable=True)
 
 
-def _current(path: Path, state: LogState) -> duckdb.DuckDBPyConnection | None:
-    """A read-only connection to the store at ``path`` if it is current for ``state``."""
+@dataclass(frozen=True)
+class _Hint:
+    """What a store was last synced to, in a small file beside it, written after the sync
+    committed: a stale store is then opened for writing straight away, and the new events
+    are read from the log meanwhile. Only a hint: the store's own meta decides."""
+
+    signature: str
+    synced: int
+
+    @staticmethod
+    def path(store: Path) -> Path:
+        return store.with_name(store.name + ".synced")
+
+    @classmethod
+    def read(cls, store: Path) -> _Hint | None:
+        try:
+            signature, synced = cls.path(store).read_text().split()
+            return cls(signature, int(synced))
+        except (OSError, ValueError):
+            return None
+
+    def write(self, store: Path) -> None:
+        target = self.path(store)
+        partial = target.with_name(target.name + ".partial")
+        previous_umask = os.umask(0o077)
+        try:
+            partial.write_text(f"{self.signature} {self.synced}\n")
+            partial.replace(target)
+        except OSError:
+            pass  # without it, the next command looks in the store first
+        finally:
+            os.umask(previous_umask)
+
+
+def _current(path: Path, state: LogState) -> tuple[duckdb.DuckDBPyConnection | None, int]:
+    """A read-only connection to the store at ``path`` if it is current for ``state``; else
+    the position it says it has synced to (where a sync will likely start)."""
     try:
         con = _connect_raw(path, read_only=True)
     except QueryError:
-        return None
+        return None, 0
     try:
-        rows = con.execute("SELECT value FROM meta WHERE key = 'signature'").fetchall()
+        meta = dict(
+            con.execute(
+                "SELECT key, value FROM meta WHERE key IN ('signature', 'synced_position')"
+            ).fetchall()
+        )
     except duckdb.Error:
-        rows = []
-    if rows and rows[0][0] == state.signature:
-        return con
+        meta = {}
+    if meta.get("signature") == state.signature:
+        return con, 0
     con.close()
-    return None
+    return None, int(meta.get("synced_position") or 0)
 
 
 def _in_memory(log: LogStore, reader: LogReader, state: LogState) -> Derived:
     con = duckdb.connect(":memory:", config=SAFE_CONFIG)
     try:
-        stats = _sync(con, log, reader, state)
+        with _Scans(log, _clocks(reader), 0, state.head) as scans:
+            stats = _sync(con, reader, state, scans)
     except BaseException:
         con.close()
         raise
@@ -192,15 +257,6 @@ def _ensure_directory(directory: Path) -> None:
         raise _UnwritableError(exc.strerror or str(exc)) from exc
     if not os.access(directory, os.W_OK):
         raise _UnwritableError("not writable")
-
-
-@contextlib.contextmanager
-def _connect(path: Path, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
-    con = _connect_raw(path, read_only)
-    try:
-        yield con
-    finally:
-        con.close()
 
 
 def _connect_raw(
@@ -247,73 +303,118 @@ def _first_line(exc: BaseException) -> str:
 
 
 # -- syncing ---------------------------------------------------------------------------------
+def _clocks(reader: LogReader) -> copy.Clocks:
+    return {r.id: reader.clock(r.id) for r in reader.recordings()}
+
+
 def _sync(
-    con: duckdb.DuckDBPyConnection, log: LogStore, reader: LogReader, state: LogState
+    con: duckdb.DuckDBPyConnection, reader: LogReader, state: LogState, scans: _Scans
 ) -> SyncStats:
     """Copy and derive the new events a range per transaction (a long sync interrupted
-    resumes where it was), then store what is open at the head."""
+    resumes where it was); what is open at the head and the signature go with the last."""
     started = time.monotonic()
     stats = SyncStats()
     with _store_errors():
-        con.execute(SCHEMA)
-        meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
-        if meta and _must_rebuild(meta, reader, state):
-            _reset(con)
-            meta, stats.rebuilt = {}, True
-        identity = {"format": str(FORMAT), "log_id": state.log_id, "log": log.location.display()}
-        _set_meta(con, identity)
-        synced = int(meta.get("synced_position") or 0)
-        clocks = {r.id: reader.clock(r.id) for r in reader.recordings()}
-        with _ranges(log, clocks, synced, state.head) as ranges:
-            with _transaction(con):
-                copy.copy_dictionaries(con, reader)
-            fold = Fold(derive.load_state(con, synced), source=None)  # type: ignore[arg-type]
-            for scanned in ranges:
-                with _transaction(con):
-                    chunk = copy.copy_chunk(con, scanned)
-                    derived = derive.derive_chunk(con, reader, chunk, fold)
-                    derive.save_state(con, fold.state)
-                    _set_meta(con, {"synced_position": str(chunk.upto),
-                                    "synced_digest": event_digest(reader, chunk.upto)})  # fmt: skip
-                stats.events += chunk.events
-                stats.set_aside += derived.set_aside
-                stats.folded += derived.folded
         with _transaction(con):
-            copy.copy_small_tables(con, reader, clocks, synced, state.head)
-            derive.store_open(con, reader, fold.state)
-            if meta.get("views") != VIEWS_VERSION:
-                con.execute(VIEWS_SQL)
-            _set_meta(con, {"views": VIEWS_VERSION, "signature": state.signature})
+            con.execute(SCHEMA)
+            meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+            if meta and _must_rebuild(meta, reader, state):
+                _reset(con)
+                meta, stats.rebuilt = {}, True
+            identity = {
+                "format": str(FORMAT), "log_id": state.log_id, "log": scans.log.location.display()
+            }  # fmt: skip
+            _set_meta(con, identity)
+            copy.copy_dictionaries(con, reader)
+        synced = int(meta.get("synced_position") or 0)
+        fold = Fold(derive.load_state(con, synced), source=None)  # type: ignore[arg-type]
+        finished = False
+        for scanned in scans.ranges(synced):
+            with _transaction(con):
+                chunk = copy.copy_chunk(con, scanned)
+                derived = derive.derive_chunk(con, reader, chunk, fold)
+                derive.save_state(con, fold.state)
+                _set_meta(con, {"synced_position": str(chunk.upto),
+                                "synced_digest": event_digest(reader, chunk.upto)})  # fmt: skip
+                if chunk.upto == state.head:
+                    _finish(con, reader, state, scans.clocks, synced, fold, meta)
+                    finished = True
+            stats.events += chunk.events
+            stats.set_aside += derived.set_aside
+            stats.folded += derived.folded
+        if not finished:
+            with _transaction(con):
+                _finish(con, reader, state, scans.clocks, synced, fold, meta)
     stats.seconds = time.monotonic() - started
     return stats
 
 
-@contextlib.contextmanager
-def _ranges(
-    log: LogStore, clocks: copy.Clocks, after: int, upto: int
-) -> Iterator[Iterator[copy.Scanned]]:
-    """The ranges of ``(after, upto]`` read from the log, each read while the one before it
-    is copied and folded (the read is in C and numpy, which run without the GIL). The first
-    read starts on entry, beside what the sync does before it needs events, and is done by
-    all the scan threads; the others by one, beside the work on the one before (more would
-    only take turns with it on a machine of few cores)."""
-    bounds = [
-        (low, min(low + copy.CHUNK_POSITIONS, upto))
-        for low in range(after, upto, copy.CHUNK_POSITIONS)
-    ]
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scope-scan") as pool:
-        first = pool.submit(copy.scan_range, log, clocks, *bounds[0]) if bounds else None
+def _finish(
+    con: duckdb.DuckDBPyConnection,
+    reader: LogReader,
+    state: LogState,
+    clocks: copy.Clocks,
+    synced: int,
+    fold: Fold,
+    meta: dict[str, str],
+) -> None:
+    """The store made current at the log's head: the small tables, what is open, the
+    views, and last the signature a reader checks."""
+    copy.copy_small_tables(con, reader, clocks, synced, state.head)
+    derive.store_open(con, reader, fold.state)
+    if meta.get("views") != VIEWS_VERSION:
+        con.execute(VIEWS_SQL)
+    _set_meta(con, {"views": VIEWS_VERSION, "signature": state.signature})
 
-        def read() -> Iterator[copy.Scanned]:
-            pending = first
-            for following in [*bounds[1:], None]:
-                assert pending is not None
-                scanned = pending.result()
-                if following is not None:
-                    pending = pool.submit(copy.scan_range, log, clocks, *following, 1)
-                yield scanned
 
-        yield read() if bounds else iter(())
+class _Scans:
+    """The log's events after a position, read a range at a time on another thread, ahead
+    of their use (the read is in C and numpy, which run without the GIL).
+
+    The first range is read from the moment the sync can guess where it will start (the
+    position the store said it had synced to), beside opening the store for writing, and
+    by all the scan threads; the others by one, each beside the work on the one before
+    (more would only take turns with it on a machine of few cores)."""
+
+    def __init__(self, log: LogStore, clocks: copy.Clocks, guess: int, upto: int) -> None:
+        self.log = log
+        self.clocks = clocks
+        self._upto = upto
+        self._guess = guess
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scope-scan")
+        self._first = self._submit(guess, self._bounds(guess), SCAN_THREADS)
+
+    def __enter__(self) -> _Scans:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _bounds(self, after: int) -> list[tuple[int, int]]:
+        step = copy.CHUNK_POSITIONS
+        return [(low, min(low + step, self._upto)) for low in range(after, self._upto, step)]
+
+    def _submit(
+        self, after: int, bounds: list[tuple[int, int]], threads: int
+    ) -> Future[copy.Scanned] | None:
+        if not bounds:
+            return None
+        return self._pool.submit(copy.scan_range, self.log, self.clocks, *bounds[0], threads)
+
+    def ranges(self, after: int) -> Iterator[copy.Scanned]:
+        """The ranges of ``(after, upto]`` in order (the guess was right, or they are read
+        now: a store rebuilt, or changed by another sync since it was looked at)."""
+        bounds = self._bounds(after)
+        pending = self._first if after == self._guess else self._submit(after, bounds, SCAN_THREADS)
+        self._first = None
+        if pending is None:
+            return  # nothing after ``after``
+        for following in [*bounds[1:], None]:
+            assert pending is not None
+            scanned = pending.result()
+            if following is not None:
+                pending = self._pool.submit(copy.scan_range, self.log, self.clocks, *following, 1)
+            yield scanned
 
 
 @contextlib.contextmanager
@@ -374,5 +475,7 @@ def _reset(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _set_meta(con: duckdb.DuckDBPyConnection, values: dict[str, str]) -> None:
-    for key, value in values.items():
-        con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+    keys = list(values)
+    con.execute(f"DELETE FROM meta WHERE key IN ({', '.join('?' for _ in keys)})", keys)
+    rows = ", ".join("(?, ?)" for _ in values)
+    con.execute(f"INSERT INTO meta VALUES {rows}", [x for kv in values.items() for x in kv])

@@ -306,7 +306,9 @@ WITH pairs AS (
 candidates AS (
     SELECT * FROM socket_short
     WHERE known_ns >= t_ns - w_ns - {SHORT_NS} AND known_ns <= t_ns
-    UNION ALL SELECT * FROM socket_long WHERE known_ns <= t_ns
+    -- (one closed by the window's start ended then: it is not shown, whatever else it has)
+    UNION ALL SELECT * FROM socket_long
+    WHERE known_ns <= t_ns AND (close_ns IS NULL OR close_ns > t_ns - w_ns)
     UNION ALL SELECT * FROM socket_open WHERE known_ns <= t_ns
     UNION ALL {_pair_rows("pairs")}
 ),

@@ -129,6 +129,50 @@ def test_a_store_synced_after_every_batch_equals_one_built_at_the_end(tmp_path: 
     assert dump(location, store) == dump(location, tmp_path / "once.duckdb")
 
 
+def test_what_the_file_beside_a_store_says_changes_nothing(tmp_path: Path) -> None:
+    """The small file beside a store (the signature and position it was last synced to) only
+    lets a stale store be opened for writing at once, and its new events be read meanwhile:
+    stale, wrong or unreadable, the sync still reaches the store built at the end."""
+    middle = tmp_path / "middle.duckdb"
+    operations = [(kind, i) for i in range(12) for kind in ("pair", "outbound", "close", "flush")]
+    with built_log(tmp_path / "h.db") as (location, builder):
+        build_workload(builder, operations)
+        builder.flush()
+        dump(location, middle)  # synced to here; the file beside it says so
+        build_workload(builder, operations)
+    reference = dump(location, tmp_path / "end.duckdb")
+    hint = middle.with_name(middle.name + ".synced")
+    signature, synced = hint.read_text().split()
+    for text in (
+        f"stale {synced}", "stale 0", "stale 3", f"stale {10**9}", f"{signature} 3",
+        "one-word", "", "stale not-a-number",
+    ):  # fmt: skip
+        store = tmp_path / f"case-{len(list(tmp_path.iterdir()))}.duckdb"
+        shutil.copyfile(middle, store)
+        store.with_name(store.name + ".synced").write_text(text)
+        assert dump(location, store) == reference, text
+        assert store.with_name(store.name + ".synced").read_text().split()[1] != synced
+    # A current store said to be stale (as after a new version's views): nothing to read.
+    end = tmp_path / "end.duckdb"
+    head = end.with_name(end.name + ".synced").read_text().split()[1]
+    end.with_name(end.name + ".synced").write_text(f"stale {head}")
+    assert dump(location, end) == reference
+
+
+def test_sql_from_a_user_runs_read_only_after_a_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "q.db"
+    SCENARIOS["workload-1"](db)
+    with cache(tmp_path, monkeypatch), open_log(resolve(str(db)), Purpose.READ) as log:
+        with open_derived(log) as derived:
+            assert derived.writable and derived.stats.events > 0  # reads on where it synced
+            con = derived.read_only()
+            assert not derived.writable and derived.con is con
+            with pytest.raises(duckdb.Error, match="read-only"):
+                con.execute("INSERT INTO meta VALUES ('k', 'v')")
+
+
 def test_answers_repeat_byte_for_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "r.db"
     SCENARIOS["nat-2"](db)
