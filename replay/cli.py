@@ -20,7 +20,8 @@ from eventlog.errors import UsageError
 from eventlog.location import resolve
 from eventlog.store import Purpose, open_log
 from replay import info, table
-from replay.derived.store import Derived, open_derived
+from replay.derived.cache import LogState, cached_stores, remove_store, render_list, render_pruned
+from replay.derived.store import Derived, cache_dir, open_derived
 from replay.views import render as view_render
 from replay.views.api import topology_and_warnings, topology_in
 from replay.views.diff import render_diff, topology_diff
@@ -33,6 +34,11 @@ app = typer.Typer(
 )
 db_app = typer.Typer(add_completion=False, help="Inspect and migrate the log's schema.")
 app.add_typer(db_app, name="db")
+cache_app = typer.Typer(
+    add_completion=False,
+    help="The derived stores kept in the cache directory: list them, remove those of gone logs.",
+)
+app.add_typer(cache_app, name="cache")
 
 
 class ViewName(enum.StrEnum):
@@ -276,6 +282,32 @@ def db_upgrade(ctx: typer.Context, db: DbOption = None) -> None:
         typer.echo(f"{after.location}: already at schema {after.revision}")
     else:
         typer.echo(f"{after.location}: upgraded schema {was} -> {after.revision}")
+
+
+@cache_app.command("list")
+def cache_list(format: FormatOption = DocumentFormat.table) -> None:
+    """List the derived stores: their size, last use, and the log each was derived from.
+
+    Example: scope-replay cache list
+    """
+    sys.stdout.write(render_list(cache_dir(), cached_stores(), format.value))
+
+
+@cache_app.command("prune")
+def cache_prune(
+    everything: Annotated[
+        bool, typer.Option("--all", help="Remove every store not in use, not only gone logs'.")
+    ] = False,
+) -> None:
+    """Remove the stores whose log is gone (or that cannot be read); they are rebuilt on use.
+
+    Example: scope-replay cache prune
+    """
+    stores = cached_stores()
+    chosen = [s for s in stores if s.removable or (everything and s.log_state is not LogState.busy)]
+    for store in chosen:
+        remove_store(store)
+    sys.stdout.write(render_pruned(chosen, len(stores)))
 
 
 def main() -> None:

@@ -46,6 +46,8 @@ from replay.derived.views import VIEWS_SQL
 from replay.fold import Fold
 
 LOCK_WAIT_S = 60.0
+# The files a store has beside it: DuckDB's write-ahead log, and where it was synced to.
+SIDE_FILES = (".wal", ".synced", ".synced.partial")
 SAFE_CONFIG: dict[str, Any] = {
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
@@ -260,16 +262,14 @@ def _ensure_directory(directory: Path) -> None:
 
 
 def _connect_raw(
-    path: Path, read_only: bool, config: dict[str, Any] | None = None
+    path: Path, read_only: bool, lock_wait_s: float = LOCK_WAIT_S
 ) -> duckdb.DuckDBPyConnection:
     """Open the store's file, waiting while another process holds its lock (a sync)."""
-    deadline = time.monotonic() + LOCK_WAIT_S
+    deadline = time.monotonic() + lock_wait_s
     while True:
         previous_umask = os.umask(0o077)  # it holds what the log holds: owner only
         try:
-            return duckdb.connect(
-                str(path), read_only=read_only, config={**SAFE_CONFIG, **(config or {})}
-            )
+            return duckdb.connect(str(path), read_only=read_only, config=SAFE_CONFIG)
         except duckdb.IOException as exc:
             message = str(exc).lower()
             if "lock" in message and time.monotonic() < deadline:
@@ -292,9 +292,9 @@ def _connect_raw(
             os.umask(previous_umask)
 
 
-def connect_for_queries(path: Path, config: dict[str, Any]) -> duckdb.DuckDBPyConnection:
-    """A read-only connection to a current store with ``config`` (scope-query's sandbox)."""
-    return _connect_raw(path, read_only=True, config=config)
+def connect_read_only(path: Path, lock_wait_s: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the store at ``path``, whatever its state."""
+    return _connect_raw(path, read_only=True, lock_wait_s=lock_wait_s)
 
 
 def _first_line(exc: BaseException) -> str:
