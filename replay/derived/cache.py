@@ -15,7 +15,7 @@ import duckdb
 
 from eventlog.errors import QueryError, ScopeError
 from eventlog.location import resolve
-from replay.derived.store import SIDE_FILES, cache_dir, connect_read_only
+from replay.derived.store import SIDE_FILES, cache_dir, connect_read_only, remove_files
 from replay.output import to_json_listing, to_table
 from replay.timespec import format_ns
 
@@ -54,8 +54,7 @@ def cached_stores(directory: Path | None = None) -> list[CachedStore]:
 
 
 def remove_store(store: CachedStore) -> None:
-    for path in (store.path, *_side_files(store.path)):
-        path.unlink(missing_ok=True)
+    remove_files(store.path)
 
 
 def _side_files(path: Path) -> list[Path]:

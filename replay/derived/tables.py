@@ -118,11 +118,3 @@ CREATE TABLE IF NOT EXISTS state_processes (recording_id INTEGER, pid BIGINT, so
 CREATE TABLE IF NOT EXISTS state_conntrack (
     recording_id INTEGER, netns BIGINT, ct_id BIGINT, source_pos BIGINT);
 """
-
-TYPES = ("family",)  # dropped after the tables that use them
-TABLES = (
-    "meta", "kinds", "recordings_raw", "losses_raw", "clock", "batches", "dict_comms", "dict_netns",
-    "addr", "ev", "snap_marks", "snap_proc", "conntrack_raw", "cgroups",
-    "pairs_short", "pairs_long", *SOCKET_TABLES, "process_iv", "process_open", "nat_iv", "nat_open", "state_sockets",
-    "state_missing", "state_snapshot_sockets", "state_processes", "state_conntrack",
-)  # fmt: skip
