@@ -46,23 +46,17 @@ nat_matches AS (
      AND n.orig_src = sh.local_ip AND n.orig_sport = sh.local_port
      AND n.orig_dst = sh.remote_ip AND n.orig_dport = sh.remote_port AND {nat_alive}
 ),
-keyed AS (
-    SELECT sh.*, m.n_reply_src, m.n_reply_sport, m.n_reply_dst, m.n_reply_dport, m.n_status,
-        sh.role = 'server' AS is_server,
-        -- the endpoints as this socket saw them
-        CASE WHEN sh.role = 'server' THEN sh.remote_ip ELSE sh.local_ip END AS v_c_ip,
-        CASE WHEN sh.role = 'server' THEN sh.remote_port ELSE sh.local_port END AS v_c_port,
-        CASE WHEN sh.role = 'server' THEN sh.local_ip ELSE sh.remote_ip END AS v_s_ip,
-        CASE WHEN sh.role = 'server' THEN sh.local_port ELSE sh.remote_port END AS v_s_port,
-        -- and as the server's socket sees them (after any NAT): what pairs
+keyed AS (  -- what pairs a socket: its side, times, and key as the server's socket sees it
+    SELECT sh.origin_pos, sh.origin_ord, sh.host, sh.is_server, sh.opened_ns, sh.end_ns,
+        m.n_reply_src, m.n_reply_sport, m.n_reply_dst, m.n_reply_dport, m.n_status,
         CASE WHEN m.n_status IS NOT NULL THEN m.n_reply_dst
-             WHEN sh.role = 'server' THEN sh.remote_ip ELSE sh.local_ip END AS c_ip,
+             WHEN sh.is_server THEN sh.remote_ip ELSE sh.local_ip END AS c_ip,
         CASE WHEN m.n_status IS NOT NULL THEN m.n_reply_dport
-             WHEN sh.role = 'server' THEN sh.remote_port ELSE sh.local_port END AS c_port,
+             WHEN sh.is_server THEN sh.remote_port ELSE sh.local_port END AS c_port,
         CASE WHEN m.n_status IS NOT NULL THEN m.n_reply_src
-             WHEN sh.role = 'server' THEN sh.local_ip ELSE sh.remote_ip END AS s_ip,
+             WHEN sh.is_server THEN sh.local_ip ELSE sh.remote_ip END AS s_ip,
         CASE WHEN m.n_status IS NOT NULL THEN m.n_reply_sport
-             WHEN sh.role = 'server' THEN sh.local_port ELSE sh.remote_port END AS s_port,
+             WHEN sh.is_server THEN sh.local_port ELSE sh.remote_port END AS s_port,
         CASE WHEN sh.loopback THEN sh.netns END AS loop_ns
     FROM {shown} sh LEFT JOIN (SELECT * FROM nat_matches WHERE n_rank = 1) m
       ON m.origin_pos = sh.origin_pos AND m.origin_ord = sh.origin_ord
@@ -84,17 +78,27 @@ ranked AS (
     SELECT k.*, coalesce(r.rk, 1) AS rk FROM keyed k
     LEFT JOIN ranks r ON r.origin_pos = k.origin_pos AND r.origin_ord = k.origin_ord
 ),
-paired AS (
+matched AS (  -- which client socket is one connection with which server socket
     SELECT c.origin_pos AS c_pos, c.origin_ord AS c_ord, s.origin_pos AS s_pos,
-        s.origin_ord AS s_ord, c.host AS c_host, s.host AS s_host,
-        c.origin_pos IS NOT NULL AS has_client, s.origin_pos IS NOT NULL AS has_server,
-        c.v_c_ip AS c_v_c_ip, c.v_c_port AS c_v_c_port, c.v_s_ip AS c_v_s_ip,
-        c.v_s_port AS c_v_s_port, s.v_c_ip AS s_v_c_ip, s.v_c_port AS s_v_c_port,
-        s.v_s_ip AS s_v_s_ip, s.v_s_port AS s_v_s_port,
-        CASE WHEN c.n_status & {IPS_DST_NAT} <> 0 THEN c.n_reply_src END AS real_ip,
-        CASE WHEN c.n_status & {IPS_DST_NAT} <> 0 THEN c.n_reply_sport END AS real_port,
-        CASE WHEN c.n_status & {IPS_SRC_NAT} <> 0 THEN c.n_reply_dst END AS snat_ip,
-        CASE WHEN c.n_status & {IPS_SRC_NAT} <> 0 THEN c.n_reply_dport END AS snat_port,
+        s.origin_ord AS s_ord, c.n_status, c.n_reply_src, c.n_reply_sport, c.n_reply_dst,
+        c.n_reply_dport
+    FROM (SELECT * FROM ranked WHERE NOT is_server) c
+    FULL OUTER JOIN (SELECT * FROM ranked WHERE is_server) s
+      ON c.host = s.host AND c.c_ip = s.c_ip AND c.c_port = s.c_port AND c.s_ip = s.s_ip
+     AND c.s_port = s.s_port AND c.loop_ns IS NOT DISTINCT FROM s.loop_ns AND c.rk = s.rk
+     AND coalesce(c.opened_ns, -1) <= coalesce(s.end_ns, {_MAX_NS})
+     AND coalesce(s.opened_ns, -1) <= coalesce(c.end_ns, {_MAX_NS})
+),
+paired AS (  -- and the two sockets whole (the endpoints as each side saw them)
+    SELECT m.c_pos, m.c_ord, m.s_pos, m.s_ord, c.host AS c_host, s.host AS s_host,
+        m.c_pos IS NOT NULL AS has_client, m.s_pos IS NOT NULL AS has_server,
+        c.local_ip AS c_v_c_ip, c.local_port AS c_v_c_port, c.remote_ip AS c_v_s_ip,
+        c.remote_port AS c_v_s_port, s.remote_ip AS s_v_c_ip, s.remote_port AS s_v_c_port,
+        s.local_ip AS s_v_s_ip, s.local_port AS s_v_s_port,
+        CASE WHEN m.n_status & {IPS_DST_NAT} <> 0 THEN m.n_reply_src END AS real_ip,
+        CASE WHEN m.n_status & {IPS_DST_NAT} <> 0 THEN m.n_reply_sport END AS real_port,
+        CASE WHEN m.n_status & {IPS_SRC_NAT} <> 0 THEN m.n_reply_dst END AS snat_ip,
+        CASE WHEN m.n_status & {IPS_SRC_NAT} <> 0 THEN m.n_reply_dport END AS snat_port,
         c.opened_ns AS c_opened, s.opened_ns AS s_opened, c.end_ns AS c_end, s.end_ns AS s_end,
         c.at_pid AS client_pid, c.at_comm AS client_comm, c.netns AS client_netns,
         s.at_pid AS server_pid, s.at_comm AS server_comm, s.netns AS server_netns,
@@ -103,12 +107,9 @@ paired AS (
         c.positions AS c_positions, s.positions AS s_positions,
         c.at_sent AS c_sent, c.at_received AS c_received, s.at_sent AS s_sent,
         s.at_received AS s_received, c.recording_id AS c_recording, s.recording_id AS s_recording
-    FROM (SELECT * FROM ranked WHERE NOT is_server) c
-    FULL OUTER JOIN (SELECT * FROM ranked WHERE is_server) s
-      ON c.host = s.host AND c.c_ip = s.c_ip AND c.c_port = s.c_port AND c.s_ip = s.s_ip
-     AND c.s_port = s.s_port AND c.loop_ns IS NOT DISTINCT FROM s.loop_ns AND c.rk = s.rk
-     AND coalesce(c.opened_ns, -1) <= coalesce(s.end_ns, {_MAX_NS})
-     AND coalesce(s.opened_ns, -1) <= coalesce(c.end_ns, {_MAX_NS})
+    FROM matched m
+    LEFT JOIN {shown} c ON c.origin_pos = m.c_pos AND c.origin_ord = m.c_ord
+    LEFT JOIN {shown} s ON s.origin_pos = m.s_pos AND s.origin_ord = m.s_ord
 ),
 sided AS (
     SELECT *,
