@@ -11,7 +11,7 @@ import enum
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -46,6 +46,7 @@ def error_line(prog: str, message: str) -> None:
 def run(app: typer.Typer, prog: str, argv: list[str] | None = None) -> NoReturn:
     """Run ``app`` as ``prog`` and exit with the code the error policy gives."""
     command = typer.main.get_command(app)
+    _flags_take_no_value(command)
     try:
         result = command.main(args=argv, prog_name=prog, standalone_mode=False)
     except typer.Exit as exc:
@@ -74,6 +75,17 @@ def run(app: typer.Typer, prog: str, argv: list[str] | None = None) -> NoReturn:
         )
         sys.exit(EXIT_INTERNAL)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def _flags_take_no_value(command: Any, parent: typer.Context | None = None) -> None:
+    """Show the flags of ``command`` and its subcommands (``--help`` too) with no value in
+    the help: Typer labels them ``<bool>``, as if ``--quiet true`` were taken."""
+    ctx = typer.Context(command, info_name=command.name, parent=parent)
+    for param in [*command.params, command.get_help_option(ctx)]:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    for subcommand in getattr(command, "commands", {}).values():
+        _flags_take_no_value(subcommand, ctx)
 
 
 def _one_line(message: str) -> str:

@@ -155,3 +155,17 @@ def test_empty_logs(tmp_path: Path) -> None:
         "scope-query", "--db", str(no_events), "--format", "csv", "SELECT count(*) AS n FROM events"
     )
     assert query.returncode == 0 and query.stdout.split() == ["n", "0"], query.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["scope-record"], ["scope-replay"], ["scope-replay", "cache", "prune"], ["scope-query"]],
+)
+def test_help_shows_flags_without_a_value(command: list[str]) -> None:
+    """A flag takes no value (``--quiet true`` is refused): the help must not show one."""
+    result = run_cli(*command, "--help", env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    assert "--help" in result.stdout and "<bool>" not in result.stdout
+    if command == ["scope-record"]:  # options that take a value still say which
+        (line,) = [line for line in result.stdout.splitlines() if "--duration" in line]
+        assert "<float>" in line
