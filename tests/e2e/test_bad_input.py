@@ -167,5 +167,5 @@ def test_help_shows_flags_without_a_value(command: list[str]) -> None:
     assert result.returncode == 0, result.stderr
     assert "--help" in result.stdout and "<bool>" not in result.stdout
     if command == ["scope-record"]:  # options that take a value still say which
-        (line,) = [line for line in result.stdout.splitlines() if "--duration" in line]
+        (line,) = [line for line in result.stdout.splitlines() if "│ --duration" in line]
         assert "<float>" in line
