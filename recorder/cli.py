@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from eventlog.cliutil import EXIT_INTERRUPTED, DbOption, run
+from eventlog.clock import format_ns
 from eventlog.errors import UsageError
 from eventlog.location import resolve
 from eventlog.recordings import STOP_SIGNAL
@@ -102,8 +103,14 @@ def record(
         ),
     ] = False,
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No status line or summary.")
-    ] = False,
+        int,
+        typer.Option(
+            "--quiet",
+            "-q",
+            count=True,
+            help="No status line or summary (-q); nor the line saying capture is live (-qq).",
+        ),
+    ] = 0,
 ) -> None:
     """Record connection and process events into the log until stopped.
 
@@ -132,7 +139,11 @@ def record(
         sqlite=SqliteOptions(synchronous=sync.upper(), force=force),
         capture=CaptureOptions(ringbuf_bytes=int(ringbuf_mb * (1 << 20))),
     )
-    recorder = Recorder(options, notify=_notify_quiet if quiet else _notify)
+    recorder = Recorder(
+        options,
+        notify=_notify_quiet if quiet else _notify,
+        on_live=_announce_live if quiet < 2 else None,
+    )
 
     def on_signal(signum: int, _frame: object) -> None:
         recorder.request_stop(STOP_SIGNAL, signal.Signals(signum).name)
@@ -152,6 +163,14 @@ def record(
     if recorder.stop_signal == "SIGINT":
         # Interrupted, as a shell reports it; SIGTERM is a service manager's stop: 0.
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _announce_live(progress: Progress) -> None:
+    # Said even when piped or quiet (-q): what happened before this moment is not recorded.
+    _notify(
+        f"recording {progress.recording_id} ({progress.mode}): capturing since "
+        f"{format_ns(progress.capturing_since_ns)}"
+    )
 
 
 def _notify(message: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from eventlog import __version__, native
 from eventlog.clock import ClockModel, monotonic_ns
 from eventlog.errors import EbpfUnavailableError, LogError, LogWriteError, ScopeError
-from eventlog.events import Event, Kind, Loss, Snapshot
+from eventlog.events import ClockSample, Event, Kind, Loss, Snapshot
 from eventlog.kernel_records import DecodeError, decode_record, raw_run
 from eventlog.location import LogLocation
 from eventlog.recordings import (
@@ -90,6 +90,7 @@ class Progress:
     snapshots: int = 0
     unattributed_sockets: int = 0
     started_mono_ns: int = 0
+    capturing_since_ns: int = 0  # wall time from which nothing is missed (0: not yet)
     stop_reason: str | None = None
     fallback_reason: str | None = None
 
@@ -197,9 +198,15 @@ def _collector_tuned_for_streaming() -> Iterator[None]:
 class Recorder:
     """One recording, from ``run()`` until ``request_stop()``, the duration, or an error."""
 
-    def __init__(self, options: RecordOptions, notify: Notify = _default_notify) -> None:
+    def __init__(
+        self,
+        options: RecordOptions,
+        notify: Notify = _default_notify,
+        on_live: Callable[[Progress], None] | None = None,
+    ) -> None:
         self.options = options
         self.notify = notify
+        self.on_live = on_live  # called once, when capture is live (progress says since when)
         self.progress = Progress()
         self._stop_reason: str | None = None
         self._stop_event = threading.Event()
@@ -304,7 +311,7 @@ class Recorder:
             ClockModel([started]),
             max_age_ns=self.options.flush_interval_ms * 1_000_000,
         )
-        session = _Session(self, store, writer, capture, started.mono_ns)
+        session = _Session(self, store, writer, capture, started)
         try:
             reason = session.loop()
         except LogError as exc:
@@ -343,8 +350,10 @@ class _Session:
         store: LogStore,
         writer: LogWriter,
         capture: EbpfCapture | None,
-        started_mono_ns: int,
+        started: ClockSample,
     ) -> None:
+        started_mono_ns = started.mono_ns
+        self.started_wall_ns = started.mono_ns + started.offset_ns
         self.recorder = recorder
         self.options = recorder.options
         self.progress = recorder.progress
@@ -379,6 +388,18 @@ class _Session:
             )
         set_recording_field(self.store, self.progress.recording_id, conntrack=status)
 
+    def _announce_live(self) -> None:
+        """Say once that capture is live, and since when: the kernel's programs were attached
+        (or /proc is polled) from the recording's start, and conntrack is followed now. Until
+        then (compiling the programs takes seconds) nothing was captured."""
+        since = self.started_wall_ns
+        self.progress.capturing_since_ns = since
+        if self.options.progress_file is not None:
+            with self.options.progress_file.open("a") as out:
+                out.write(f"recording={self.progress.recording_id} capturing_since_ns={since}\n")
+        if self.recorder.on_live is not None:
+            self.recorder.on_live(self.progress)
+
     def _drain_conntrack(self) -> None:
         if self.conntrack is not None:
             events = self.conntrack.drain()
@@ -388,6 +409,7 @@ class _Session:
     def loop(self) -> str:
         options = self.options
         self._start_conntrack()
+        self._announce_live()
         deadline = (
             self.started + int(options.duration_s * 1e9) if options.duration_s is not None else None
         )

@@ -6,11 +6,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from eventlog.clock import format_ns
 from eventlog.events import Kind
 from replay.derived.store import Derived
 from replay.output import to_json, to_table
 from replay.table import Loss
-from replay.timespec import format_duration, format_ns
+from replay.timespec import format_duration
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from eventlog.clock import format_ns
 from eventlog.recordings import STOP_CRASHED, STOP_DURATION, STOP_ERROR, STOP_SIGNAL
 from replay.derived.store import Derived
-from replay.timespec import LogSpan, check_inside, format_ns, parse_duration, parse_moment
+from replay.timespec import LogSpan, check_inside, parse_duration, parse_moment
 
 DEFAULT_WINDOW = "15s"
 

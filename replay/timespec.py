@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 
+from eventlog.clock import format_ns
 from eventlog.errors import UsageError
 
 _UNITS_NS = {
@@ -118,26 +118,6 @@ def check_inside(moment_ns: int, span: LogSpan | None, text: str) -> None:
             f"{text} ({format_ns(moment_ns)}) is outside the log, which covers "
             f"{format_ns(span.start_ns)} to {format_ns(span.end_ns)}"
         )
-
-
-def format_ns(ns: int | None) -> str:
-    """RFC 3339 in UTC with nanoseconds: ``2026-11-25T12:00:00.123456789Z``."""
-    if ns is None:
-        return ""
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    whole = _format_second(seconds)
-    if whole is None:  # a moment a user computed far outside any log
-        return f"{ns}ns since the epoch"
-    return f"{whole}.{nanos:09d}Z"
-
-
-@lru_cache(maxsize=4096)  # a table's times fall in few seconds: format each one once
-def _format_second(seconds: int) -> str | None:
-    try:
-        moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
-    except OverflowError:
-        return None
-    return f"{moment:%Y-%m-%dT%H:%M:%S}"
 
 
 def format_duration(ns: int | None) -> str:

@@ -42,13 +42,15 @@ def tmpfs(mount_point: Path, options: str) -> Iterator[Path]:
 
 
 def last_progress(progress: Path) -> dict[str, int] | None:
-    """The last whole line scope-record wrote to its --progress-file, as numbers."""
+    """The last whole commit line scope-record wrote to its --progress-file, as numbers (the
+    line saying capture is live, ``capturing_since_ns=``, is not a commit)."""
     if not progress.exists():
         return None
     lines = progress.read_text().split("\n")[:-1]  # only newline-terminated lines are whole
-    if not lines:
+    commits = [line for line in lines if "committed=" in line]
+    if not commits:
         return None
-    return {key: int(value) for key, value in (part.split("=") for part in lines[-1].split())}
+    return {key: int(value) for key, value in (part.split("=") for part in commits[-1].split())}
 
 
 def committed(progress: Path) -> int:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import duckdb
 
+from eventlog.clock import format_ns
 from eventlog.errors import QueryError, ScopeError
 from eventlog.location import resolve
 from replay.derived.store import SIDE_FILES, cache_dir, connect_read_only, remove_files
 from replay.output import to_json_listing, to_table
-from replay.timespec import format_ns
 
 STORE_GLOB = "derived-*.duckdb"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from eventlog.clock import format_ns
 from replay.output import to_json, to_table
-from replay.timespec import format_ns
 from replay.views.render import node_summary
 from replay.views.topology import Topology
 

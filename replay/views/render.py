@@ -6,9 +6,10 @@ import shutil
 import subprocess
 from typing import Any
 
+from eventlog.clock import format_ns
 from eventlog.errors import UsageError
 from replay.output import to_json, to_table
-from replay.timespec import format_duration, format_ns
+from replay.timespec import format_duration
 from replay.views.topology import Node, Topology
 
 # Scope's shapes, in Graphviz terms. Graphviz has no cloud: the Internet is a dashed ellipse.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from eventlog.clock import format_ns
 from eventlog.location import resolve
 from recorder.workload import run_client, running_server
 from tests.cli import run_cli
@@ -88,3 +89,36 @@ def test_bad_moments_are_one_line_errors(tmp_path: Path) -> None:
     )
     assert run_cli("scope-replay", "--db", db, "--at", "+1s").returncode == 0
     assert run_cli("scope-replay", "--db", db, "--at", "-0.5s", "--format", "csv").returncode == 0
+
+
+@pytest.mark.parametrize("quiet", [[], ["-q"], ["-qq"]])
+def test_scope_record_says_when_capture_is_live(tmp_path: Path, quiet: list[str]) -> None:
+    """One line when capture is live (even piped, even with -q; not with -qq), the same in
+    the progress file, and --duration counted from that moment, not from the start."""
+    require_ebpf()
+    db, progress = tmp_path / "live.db", tmp_path / "progress"
+    launched = time.time_ns()
+    result = run_cli(
+        "scope-record", "--db", str(db), "--duration", "2", "--snapshot-interval", "0",
+        "--progress-file", str(progress), *quiet,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    said = [line for line in lines if "capturing since" in line]
+    assert len(said) == (0 if quiet == ["-qq"] else 1), lines
+    first, *commits = progress.read_text().splitlines()
+    assert first.startswith("recording=1 capturing_since_ns=") and commits
+    since = int(first.split("=")[-1])
+    assert launched < since < time.time_ns()
+    if said:
+        assert said[0].startswith("scope-record: recording 1 (ebpf): capturing since ")
+        assert said[0].endswith(format_ns(since))
+    if not quiet:
+        assert any("stopped" in line for line in lines)
+    recorded = run_cli(
+        "scope-query", "--db", str(db), "--format", "csv",
+        "SELECT epoch_ns(started_at), epoch_ns(ended_at) FROM recordings",
+    )  # fmt: skip
+    started_ns, ended_ns = map(int, recorded.stdout.splitlines()[1].split(","))
+    assert started_ns == since
+    assert 2.0 <= (ended_ns - since) / 1e9 < 3.0  # the two seconds ran from then
