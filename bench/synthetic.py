@@ -25,6 +25,7 @@ from eventlog.admin import upgrade_schema
 from eventlog.clock import ClockModel
 from eventlog.events import ClockSample, Event, Kind, Snapshot, SnapshotConnection, SnapshotProcess
 from eventlog.location import resolve
+from eventlog.options import SqliteOptions
 from eventlog.recordings import (
     STOP_DURATION,
     HostIdentity,
@@ -32,7 +33,7 @@ from eventlog.recordings import (
     begin_recording,
     end_recording,
 )
-from eventlog.store import Purpose, SqliteOptions, open_log
+from eventlog.store import Purpose, open_log
 from eventlog.writer import LogWriter
 
 VERSION = 3  # bump when the generated content changes

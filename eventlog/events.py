@@ -13,6 +13,10 @@ import ipaddress
 from enum import IntEnum
 from typing import Any, NamedTuple
 
+# How a recording captured: the kernel's eBPF programs, or polling /proc.
+MODE_EBPF = "ebpf"
+MODE_PROC = "proc"
+
 
 class Kind(IntEnum):
     """Event kinds. The numbers are stored in the log: never renumber, only append."""

@@ -34,10 +34,9 @@ from eventlog.errors import (
     SchemaTooNewError,
 )
 from eventlog.location import LogLocation
+from eventlog.options import SQLITE_SYNC_LEVELS, SqliteOptions
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
-SQLITE_SYNC_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
-DEFAULT_BUSY_TIMEOUT_MS = 10_000
 POSTGRES_CONNECT_TIMEOUT_S = 5
 LOG_FORMAT = "scope-recorder-log"
 
@@ -46,13 +45,6 @@ class Purpose(enum.Enum):
     RECORD = "record"
     READ = "read"
     ADMIN = "admin"
-
-
-@dataclass(frozen=True)
-class SqliteOptions:
-    synchronous: str = "FULL"
-    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
-    force: bool = False  # record into a log owned by someone else, or in an unsafe directory
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""scope-record: capture every TCP connection event into the log. Thin: see recorder.record."""
+"""scope-record: capture every TCP connection event into the log. Thin: see recorder.record.
+The library is imported when a recording starts, not to print --help (see pyproject.toml).
+"""
 
 from __future__ import annotations
 
@@ -8,26 +10,18 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from eventlog.cliutil import EXIT_INTERRUPTED, DbOption, run
-from eventlog.clock import format_ns
 from eventlog.errors import UsageError
-from eventlog.location import resolve
-from eventlog.recordings import STOP_SIGNAL
-from eventlog.store import SQLITE_SYNC_LEVELS, SqliteOptions
-from recorder.capture import CaptureOptions
-from recorder.record import (
-    MODE_EBPF,
-    MODE_PROC,
-    Progress,
-    Recorder,
-    RecordOptions,
-    elapsed_s,
-    log_size_bytes,
-)
+from eventlog.events import MODE_EBPF, MODE_PROC
+from eventlog.options import SQLITE_SYNC_LEVELS, SqliteOptions
+from eventlog.timefmt import format_ns
+
+if TYPE_CHECKING:
+    from recorder.record import Progress, RecordOptions
 
 MAX_SECONDS = 10 * 365 * 86400.0  # ten years: beyond it a number is a typo
 MAX_RINGBUF_MB = 2048  # the kernel caps a BPF ring buffer below 4 GiB
@@ -116,6 +110,11 @@ def record(
 
     Example: scope-record --db scope.db --duration 60
     """
+    from eventlog.location import resolve
+    from eventlog.recordings import STOP_SIGNAL
+    from recorder.capture import CaptureOptions
+    from recorder.record import Recorder, RecordOptions
+
     _positive(duration, "--duration", most=MAX_SECONDS)
     _positive(snapshot_interval, "--snapshot-interval", allow_zero=True, most=MAX_SECONDS)
     _positive(flush_interval, "--flush-interval", most=MAX_SECONDS * 1000)
@@ -185,6 +184,8 @@ def _notify_quiet(message: str) -> None:
 
 
 def _summary(progress: Progress, options: RecordOptions) -> None:
+    from recorder.record import elapsed_s
+
     detail = f", {progress.lost_events} lost" if progress.lost_events else ", none lost"
     print(
         f"scope-record: recording {progress.recording_id} ({progress.mode}) stopped "
@@ -213,6 +214,8 @@ class _StatusLine:
         print(file=sys.stderr, flush=True)
 
     def _run(self) -> None:
+        from recorder.record import log_size_bytes
+
         previous = 0
         while not self._done.wait(1.0):
             progress = self._progress

@@ -22,9 +22,10 @@ from typing import Any
 from eventlog import __version__, native
 from eventlog.clock import ClockModel, monotonic_ns
 from eventlog.errors import EbpfUnavailableError, LogError, LogWriteError, ScopeError
-from eventlog.events import ClockSample, Event, Kind, Loss, Snapshot
+from eventlog.events import MODE_EBPF, MODE_PROC, ClockSample, Event, Kind, Loss, Snapshot
 from eventlog.kernel_records import DecodeError, decode_record, raw_run
 from eventlog.location import LogLocation
+from eventlog.options import SqliteOptions
 from eventlog.recordings import (
     STOP_DURATION,
     STOP_ERROR,
@@ -37,7 +38,7 @@ from eventlog.recordings import (
     set_recording_field,
 )
 from eventlog.reserve import SpaceReserve
-from eventlog.store import LogStore, Purpose, SqliteOptions, open_log
+from eventlog.store import LogStore, Purpose, open_log
 from eventlog.writer import LogWriter
 from recorder.capture import CaptureOptions, EbpfCapture, KernelStats, why_ebpf_unavailable
 from recorder.clock import sample_clock
@@ -46,9 +47,6 @@ from recorder.host import host_identity, local_addresses, netns_inode
 from recorder.procfs import ProcWalk, network_namespaces, walk
 from recorder.procmode import ProcPoller
 from recorder.reorder import ReorderBuffer
-
-MODE_EBPF = "ebpf"
-MODE_PROC = "proc"
 
 CLOCK_SAMPLE_INTERVAL_NS = 10_000_000_000
 STATS_INTERVAL_NS = 200_000_000

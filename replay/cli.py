@@ -1,6 +1,7 @@
 """scope-replay: the connection table or a topology at any moment, and log administration.
 
 Thin by design: each command resolves its options, calls one library function and prints.
+The library is imported when a command runs, not to print --help (see pyproject.toml).
 """
 
 from __future__ import annotations
@@ -10,22 +11,17 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from eventlog.admin import schema_status, upgrade_schema
 from eventlog.cliutil import DbOption, check_output_path, run
 from eventlog.errors import UsageError
-from eventlog.location import resolve
-from eventlog.store import Purpose, open_log
-from replay import info, table
-from replay.derived.cache import LogState, cached_stores, remove_store, render_list, render_pruned
-from replay.derived.store import Derived, cache_dir, open_derived
-from replay.views import render as view_render
-from replay.views.api import topology_and_warnings, topology_in
-from replay.views.diff import render_diff, topology_diff
-from replay.views.topology import Options, View
+from replay.timespec import DEFAULT_WINDOW
+
+if TYPE_CHECKING:
+    from replay.derived.store import Derived
+    from replay.views.topology import Options
 
 app = typer.Typer(
     add_completion=False,
@@ -125,12 +121,18 @@ def _log_argument(ctx: typer.Context, db: str | None) -> str | None:
 @contextmanager
 def _derived(db: str | None) -> Iterator[Derived]:
     """The derived store of the log ``db``, current, its notices said."""
+    from eventlog.location import resolve
+    from eventlog.store import Purpose, open_log
+    from replay.derived.store import open_derived
+
     with open_log(resolve(db), Purpose.READ) as log, open_derived(log) as derived:
         _warn(derived.notices)
         yield derived
 
 
 def _view_options(unconnected: ShowHide, pseudo: ShowHide, show_unknown_lan: bool) -> Options:
+    from replay.views.topology import Options
+
     return Options(
         show_unconnected=unconnected is ShowHide.show,
         show_uncontained=pseudo is ShowHide.show,
@@ -157,7 +159,7 @@ def _emit(data: str | bytes, output: Path | None) -> None:
 def replay_main(
     ctx: typer.Context,
     at: AtOption = None,
-    window: WindowOption = table.DEFAULT_WINDOW,
+    window: WindowOption = DEFAULT_WINDOW,
     view: Annotated[
         ViewName, typer.Option("--view", help="What to show: the table, or a map.")
     ] = ViewName.connections,
@@ -189,6 +191,11 @@ def replay_main(
             "scope-replay --help lists the rest"
         )
     check_output_path(output)
+    from replay import table
+    from replay.views import render as view_render
+    from replay.views.api import topology_and_warnings
+    from replay.views.topology import View
+
     fmt = format.value
     if view is ViewName.connections:
         if fmt not in ("table", "json", "csv"):
@@ -225,7 +232,7 @@ def diff_command(
     before: Annotated[str, typer.Argument(metavar="T1", help="The earlier moment.")],
     after: Annotated[str, typer.Argument(metavar="T2", help="The later moment.")],
     view: Annotated[MapName, typer.Option("--view", help="Which map.")] = MapName.processes,
-    window: WindowOption = table.DEFAULT_WINDOW,
+    window: WindowOption = DEFAULT_WINDOW,
     format: FormatOption = DocumentFormat.table,
     unconnected: UnconnectedOption = ShowHide.hide,
     pseudo: PseudoOption = ShowHide.hide,
@@ -236,6 +243,10 @@ def diff_command(
 
     Example: scope-replay diff -60s -5s --view processes --format json
     """
+    from replay.views.api import topology_in
+    from replay.views.diff import render_diff, topology_diff
+    from replay.views.topology import View
+
     options = _view_options(unconnected, pseudo, show_unknown_lan)
     with _derived(_log_argument(ctx, db)) as derived:
         first = topology_in(derived, before, window, View(view.value), options)
@@ -251,6 +262,9 @@ def info_command(
 
     Example: scope-replay info --db scope.db
     """
+    from eventlog.location import resolve
+    from replay import info
+
     db = _log_argument(ctx, db)
     location = resolve(db)
     with _derived(db) as derived:
@@ -263,6 +277,9 @@ def db_current(ctx: typer.Context, db: DbOption = None) -> None:
 
     Example: scope-replay db current --db scope.db
     """
+    from eventlog.admin import schema_status
+    from eventlog.location import resolve
+
     status = schema_status(resolve(_log_argument(ctx, db)))
     typer.echo(
         f"{status.location}: schema {status.revision or '(none)'} "
@@ -276,6 +293,9 @@ def db_upgrade(ctx: typer.Context, db: DbOption = None) -> None:
 
     Example: scope-replay db upgrade --db postgresql://scope@db.example/scope
     """
+    from eventlog.admin import upgrade_schema
+    from eventlog.location import resolve
+
     before, after = upgrade_schema(resolve(_log_argument(ctx, db)))
     was = before.revision if before and before.revision else "(none)"
     if before is not None and before.revision == after.revision:
@@ -290,6 +310,9 @@ def cache_list(format: FormatOption = DocumentFormat.table) -> None:
 
     Example: scope-replay cache list
     """
+    from replay.derived.cache import cached_stores, render_list
+    from replay.derived.store import cache_dir
+
     sys.stdout.write(render_list(cache_dir(), cached_stores(), format.value))
 
 
@@ -303,6 +326,8 @@ def cache_prune(
 
     Example: scope-replay cache prune
     """
+    from replay.derived.cache import LogState, cached_stores, remove_store, render_pruned
+
     stores = cached_stores()
     chosen = [s for s in stores if s.removable or (everything and s.log_state is not LogState.busy)]
     for store in chosen:

@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from eventlog.clock import format_ns
 from eventlog.events import Kind
+from eventlog.timefmt import format_ns
 from replay.derived.store import Derived
 from replay.output import to_json, to_table
 from replay.table import Loss

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eventlog.clock import format_ns
 from eventlog.recordings import STOP_CRASHED, STOP_DURATION, STOP_ERROR, STOP_SIGNAL
+from eventlog.timefmt import format_ns
 from replay.derived.store import Derived
 from replay.timespec import LogSpan, check_inside, parse_duration, parse_moment
-
-DEFAULT_WINDOW = "15s"
 
 
 @dataclass(frozen=True)

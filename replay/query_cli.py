@@ -11,10 +11,6 @@ import typer
 
 from eventlog.cliutil import DbOption, check_output_path, run
 from eventlog.errors import UsageError
-from eventlog.location import resolve
-from eventlog.store import Purpose, open_log
-from replay import query
-from replay.derived.store import open_derived
 
 app = typer.Typer(
     add_completion=False,
@@ -63,6 +59,12 @@ def main_command(
 
     Example: scope-query "SELECT comm, count(*) FROM events WHERE kind = 'connect' GROUP BY 1"
     """
+    # The library is imported when a query runs, not for --help (see pyproject.toml)
+    from eventlog.location import resolve
+    from eventlog.store import Purpose, open_log
+    from replay import query
+    from replay.derived.store import open_derived
+
     check_output_path(output)
     check_output_path(store)
     if schema and (sql is not None or file is not None):

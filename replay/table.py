@@ -13,12 +13,12 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from eventlog.batch import gc_paused
-from eventlog.clock import format_ns
 from eventlog.store import LogStore
+from eventlog.timefmt import format_ns
 from replay.derived.store import Derived, open_derived
-from replay.moment import DEFAULT_WINDOW, Moment, resolve_moment, uncovered
+from replay.moment import Moment, resolve_moment, uncovered
 from replay.output import to_csv, to_json_listing, to_table
-from replay.timespec import format_duration
+from replay.timespec import DEFAULT_WINDOW, format_duration
 
 __all__ = ["DEFAULT_WINDOW", "ConnectionRow", "Loss", "TableResult", "connection_table"]
 

@@ -13,8 +13,10 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from eventlog.clock import format_ns
 from eventlog.errors import UsageError
+from eventlog.timefmt import format_ns
+
+DEFAULT_WINDOW = "15s"  # what --window is when not given
 
 _UNITS_NS = {
     "ns": 1,

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import duckdb
 
-from eventlog.clock import format_ns
 from eventlog.errors import QueryError, ScopeError
 from eventlog.location import resolve
+from eventlog.timefmt import format_ns
 from replay.derived.store import SIDE_FILES, cache_dir, connect_read_only, remove_files
 from replay.output import to_json_listing, to_table
 

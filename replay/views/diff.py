@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eventlog.clock import format_ns
+from eventlog.timefmt import format_ns
 from replay.output import to_json, to_table
 from replay.views.render import node_summary
 from replay.views.topology import Topology

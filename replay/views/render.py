@@ -6,8 +6,8 @@ import shutil
 import subprocess
 from typing import Any
 
-from eventlog.clock import format_ns
 from eventlog.errors import UsageError
+from eventlog.timefmt import format_ns
 from replay.output import to_json, to_table
 from replay.timespec import format_duration
 from replay.views.topology import Node, Topology

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,3 +171,17 @@ def test_help_shows_flags_without_a_value(command: list[str]) -> None:
     if command == ["scope-record"]:  # options that take a value still say which
         (line,) = [line for line in result.stdout.splitlines() if "│ --duration" in line]
         assert "<float>" in line
+
+
+def test_the_clis_start_without_the_library() -> None:
+    """--help (and a usage error) needs none of SQLAlchemy, DuckDB, Arrow, numpy or bcc:
+    importing them took two thirds of a second before every command printed a thing."""
+    probe = (
+        "import sys, recorder.cli, replay.cli, replay.query_cli; "
+        "print(sorted(m for m in ('sqlalchemy', 'alembic', 'duckdb', 'pyarrow', 'numpy', 'bcc') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from eventlog.clock import format_ns
 from eventlog.location import resolve
+from eventlog.timefmt import format_ns
 from recorder.workload import run_client, running_server
 from tests.cli import run_cli
 from tests.ebpf import require_ebpf
