@@ -53,7 +53,8 @@ def _first_line(exc: BaseException) -> str:
     return " ".join(text.splitlines()[:1]) if text else type(exc).__name__
 
 
-def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> duckdb.Statement:
+    """The one statement of ``sql``, refused unless it only reads."""
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
@@ -68,6 +69,7 @@ def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
             f"scope-query only reads: {_article(kind)} {kind} statement is refused "
             "(the log is never changed)"
         )
+    return statements[0]
 
 
 def _article(word: str) -> str:
@@ -184,10 +186,13 @@ def query_derived(
 ) -> QueryRun:
     con = derived.read_only()
     sandbox(con)
-    check_statement(con, sql)
+    statement = check_statement(con, sql)
     try:
+        columns: list[str] | None = None
+        if fmt != "parquet" and statement.type.name == "SELECT":
+            sql, columns = _timestamps_as_text(con, statement.query)
         result = con.execute(sql)
-        columns = [d[0] for d in result.description or []]
+        columns = columns or [d[0] for d in result.description or []]
         if fmt == "parquet":
             assert output is not None
             return _write_parquet(result, columns, output)
@@ -199,6 +204,35 @@ def query_derived(
         raise QueryError(_first_line(exc)) from exc
     except OSError as exc:
         raise UsageError(f"cannot write {output}: {exc.strerror}") from exc
+
+
+# Moments in words as scope-replay prints them: RFC 3339 in UTC, nanoseconds, a Z (DuckDB
+# hands Python a timestamp as a datetime, to the microsecond and without a zone).
+_RFC3339_NS = "%Y-%m-%dT%H:%M:%S.%nZ"
+_NAIVE_TIMESTAMPS = {"TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S"}
+_ZONED_TIMESTAMP = "TIMESTAMP WITH TIME ZONE"
+
+
+def _timestamps_as_text(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[str, list[str]]:
+    """``sql`` with its timestamp columns as text (``_RFC3339_NS``), and its column names.
+    The columns are renamed by place first: two of a query's may have one name."""
+    relation = con.sql(sql)
+    names, types = list(relation.columns), [str(t) for t in relation.types]
+    if not any(t in _NAIVE_TIMESTAMPS or t == _ZONED_TIMESTAMP for t in types):
+        return sql, names
+    places = [f"c{i}" for i in range(len(names))]
+    select = ", ".join(_as_text(place, kind) for place, kind in zip(places, types, strict=True))
+    body = sql.rstrip().rstrip(";").rstrip()
+    # A line of the query may end in a comment: the closing parenthesis goes on its own line.
+    return f"SELECT {select} FROM (\n{body}\n) AS _q({', '.join(places)})", names
+
+
+def _as_text(column: str, kind: str) -> str:
+    if kind in _NAIVE_TIMESTAMPS:  # the views' timestamps are UTC, without a zone
+        return f"strftime({column}, '{_RFC3339_NS}')"
+    if kind == _ZONED_TIMESTAMP:
+        return f"strftime(timezone('UTC', {column}), '{_RFC3339_NS}')"
+    return column
 
 
 def _write_parquet(result: duckdb.DuckDBPyConnection, columns: list[str], output: Path) -> QueryRun:

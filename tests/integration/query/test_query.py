@@ -257,6 +257,38 @@ def test_formats_and_parquet(tmp_path: Path) -> None:
     assert_one_line_error(refused, 2, "--schema lists the views")
 
 
+def test_moments_print_as_replay_prints_them(tmp_path: Path) -> None:
+    """RFC 3339 in UTC with nanoseconds and a Z in every text format (DuckDB hands Python
+    microseconds without a zone); two columns of one name stay two; Parquet keeps the type."""
+    from eventlog.timefmt import format_ns
+
+    with built_log(tmp_path / "t.db") as (location, b):
+        small_log(b)
+    db = str(location.path)
+    env = {"SCOPE_CACHE_DIR": str(tmp_path / "cache")}
+    sql = (
+        "SELECT wall_ns, ts, ts AS ts, CAST(ts AS TIMESTAMPTZ) AS zoned, position "
+        "FROM events ORDER BY position DESC LIMIT 3 -- newest first\n;"
+    )
+    rows = list(csv.reader(io.StringIO(
+        run_cli("scope-query", "--db", db, "--format", "csv", sql, env=env).stdout
+    )))  # fmt: skip
+    assert rows[0] == ["wall_ns", "ts", "ts", "zoned", "position"]
+    assert [int(row[4]) for row in rows[1:]] == sorted((int(r[4]) for r in rows[1:]), reverse=True)
+    for wall_ns, *moments, _ in rows[1:]:
+        assert moments == [format_ns(int(wall_ns))] * 3
+    (first, *_) = json.loads(run_cli("scope-query", "--db", db, "--format", "json", sql,
+                                     env=env).stdout)  # fmt: skip
+    assert first["ts"] == first["zoned"] == format_ns(first["wall_ns"])
+    table = run_cli("scope-query", "--db", db, sql, env=env).stdout
+    assert format_ns(int(rows[1][0])) in table
+    parquet = tmp_path / "t.parquet"
+    run_cli("scope-query", "--db", db, "--format", "parquet", "-o", str(parquet), sql, env=env)
+    import duckdb
+
+    assert str(duckdb.sql(f"SELECT ts FROM '{parquet}'").types[0]).startswith("TIMESTAMP")
+
+
 def _checksum(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
