@@ -286,7 +286,8 @@ def test_moments_print_as_replay_prints_them(tmp_path: Path) -> None:
     run_cli("scope-query", "--db", db, "--format", "parquet", "-o", str(parquet), sql, env=env)
     import duckdb
 
-    assert str(duckdb.sql(f"SELECT ts FROM '{parquet}'").types[0]).startswith("TIMESTAMP")
+    exported = duckdb.sql(f"SELECT ts FROM '{parquet}'")
+    assert exported is not None and str(exported.types[0]).startswith("TIMESTAMP")
 
 
 def _checksum(path: Path) -> str:
