@@ -14,6 +14,8 @@ Changed since, on purpose (each checked to be the only difference before rewriti
   (with "unknown since ...") until a later recording of its host begins, then ended with
   its recording (so it no longer pairs with a socket of that later recording): fleet.
 - a window of 0 is "0s" (was "0.0us"), and the table's heading says "open then" alone: all.
+- a diff says what it removed: a removed node as the node it was (was its id alone), a
+  removed edge with the connections it had (``connections_before``): diffs only.
 
 Regenerate (only when an answer is meant to change, and say why in the commit):
     python -m tests.engine_golden --write

@@ -25,7 +25,7 @@ def topology_diff(before: Topology, after: Topology) -> dict[str, Any]:
             for node_id in sorted(new.keys() & old.keys())
             if new[node_id] != old[node_id]
         ],
-        "remove": sorted(old.keys() - new.keys()),
+        "remove": [old[node_id] for node_id in sorted(old.keys() - new.keys())],
         "edges": {
             "add": [
                 {"source": s, "target": t, "connections": new_edges[(s, t)]}
@@ -42,7 +42,8 @@ def topology_diff(before: Topology, after: Topology) -> dict[str, Any]:
                 if new_edges[(s, t)] != old_edges[(s, t)]
             ],
             "remove": [
-                {"source": s, "target": t} for s, t in sorted(old_edges.keys() - new_edges.keys())
+                {"source": s, "target": t, "connections_before": old_edges[(s, t)]}
+                for s, t in sorted(old_edges.keys() - new_edges.keys())
             ],
         },
     }
@@ -51,23 +52,28 @@ def topology_diff(before: Topology, after: Topology) -> dict[str, Any]:
 def render_diff(document: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
         return to_json(document)
-    rows = [["+", "node", node["id"], node["label"]] for node in document["add"]]
-    rows += [["~", "node", node["id"], node["label"]] for node in document["update"]]
-    rows += [["-", "node", node_id, ""] for node_id in document["remove"]]
-    edges = document["edges"]
-    rows += [
-        ["+", "edge", f"{e['source']} -> {e['target']}", f"{e['connections']} connections"]
-        for e in edges["add"]
+    rows = [
+        [sign, "node", node["id"], node["label"]]
+        for sign, key in (("+", "add"), ("~", "update"), ("-", "remove"))
+        for node in document[key]
     ]
+    edges = document["edges"]
+    rows += [["+", "edge", _edge(e), _connections(e["connections"])] for e in edges["add"]]
     rows += [
-        [
-            "~",
-            "edge",
-            f"{e['source']} -> {e['target']}",
-            f"{e['connections_before']} -> {e['connections']} connections",
-        ]
+        ["~", "edge", _edge(e), f"{e['connections_before']} -> {_connections(e['connections'])}"]
         for e in edges["update"]
     ]
-    rows += [["-", "edge", f"{e['source']} -> {e['target']}", ""] for e in edges["remove"]]
+    rows += [
+        ["-", "edge", _edge(e), f"had {_connections(e['connections_before'])}"]
+        for e in edges["remove"]
+    ]
     head = f"{document['view']}: {document['from']} -> {document['to']}\n"
     return head + to_table(["", "what", "id", "detail"], rows, "(no change)")
+
+
+def _edge(edge: dict[str, Any]) -> str:
+    return f"{edge['source']} -> {edge['target']}"
+
+
+def _connections(count: int) -> str:
+    return f"{count} connection" if count == 1 else f"{count} connections"

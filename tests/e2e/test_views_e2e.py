@@ -71,6 +71,16 @@ def test_processes_map_and_diff_of_a_real_workload(tmp_path: Path) -> None:
     added = {(e["source"], e["target"]) for e in changes["edges"]["add"]}
     assert added == edges
     assert {n["id"] for n in changes["add"]} >= {f"{host};{alpha.pid}", f"{host};{beta.pid}"}
+    # Backwards, the same changes are removals, and say what was removed.
+    undone = run_cli("scope-replay", "diff", str(during), str(before), "--db", str(db),
+                     "--view", "processes", "--window", "0.4s")  # fmt: skip
+    assert undone.returncode == 0, undone.stderr
+    removed = [line.split() for line in undone.stdout.splitlines() if line.startswith("-")]
+    assert ["-", "node", f"{host};{alpha.pid}", "e2e-alpha"] in removed
+    (edge,) = [
+        r for r in removed if r[2:5] == [f"{host};{alpha.pid}", "->", f"{host};{server.pid}"]
+    ]
+    assert edge[5] == "had" and int(edge[6]) >= 1 and edge[7].startswith("connection")
 
     svg = tmp_path / "map.svg"
     drawn = run_cli(
