@@ -35,3 +35,12 @@ def assert_one_line_error(
     assert "Traceback" not in result.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+def after_live_line(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """``result`` of scope-record without its first line on stderr, the one saying capture
+    is live (printed with --quiet too), which comes before anything that went wrong later."""
+    first, *rest = result.stderr.splitlines() or [""]
+    assert "capturing since" in first, result.stderr
+    stderr = "".join(line + "\n" for line in rest)
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout, stderr)

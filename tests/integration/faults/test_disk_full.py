@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import BIN, assert_one_line_error, run_cli
+from tests.cli import BIN, after_live_line, assert_one_line_error, run_cli
 from tests.ebpf import require_ebpf
 from tests.load import committed, loopback_load, tmpfs
 
@@ -36,7 +36,7 @@ def test_disk_full_stops_clearly_and_keeps_what_was_committed(
             ],
             capture_output=True, text=True, timeout=180, check=False,
         )  # fmt: skip
-    assert_one_line_error(result, 3, "disk full")
+    assert_one_line_error(after_live_line(result), 3, "disk full")
 
     acknowledged = committed(progress)
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
