@@ -103,6 +103,13 @@ UnknownLanOption = Annotated[
     bool,
     typer.Option("--show-unknown-lan", help="Show private addresses that were not recorded."),
 ]
+SelfOption = Annotated[
+    bool,
+    typer.Option(
+        "--show-self",
+        help="Show the recorder's own processes and connections (to a central store).",
+    ),
+]
 
 
 def _warn(lines: list[str]) -> None:
@@ -130,13 +137,16 @@ def _derived(db: str | None) -> Iterator[Derived]:
         yield derived
 
 
-def _view_options(unconnected: ShowHide, pseudo: ShowHide, show_unknown_lan: bool) -> Options:
+def _view_options(
+    unconnected: ShowHide, pseudo: ShowHide, show_unknown_lan: bool, show_self: bool
+) -> Options:
     from replay.views.topology import Options
 
     return Options(
         show_unconnected=unconnected is ShowHide.show,
         show_uncontained=pseudo is ShowHide.show,
         show_unknown_lan=show_unknown_lan,
+        show_self=show_self,
     )
 
 
@@ -176,6 +186,7 @@ def replay_main(
     unconnected: UnconnectedOption = ShowHide.hide,
     pseudo: PseudoOption = ShowHide.hide,
     show_unknown_lan: UnknownLanOption = False,
+    show_self: SelfOption = False,
     db: DbOption = None,
 ) -> None:
     """Print the connection table, or a map, at --at T (open then, or closed in the window).
@@ -209,7 +220,7 @@ def replay_main(
         raise UsageError(
             "--format csv is for the connection table; maps print table, json, dot, svg, png"
         )
-    options = _view_options(unconnected, pseudo, show_unknown_lan)
+    options = _view_options(unconnected, pseudo, show_unknown_lan, show_self)
     with _derived(db) as derived:
         topology, warnings = topology_and_warnings(derived, at, window, View(view.value), options)
     _warn(warnings)
@@ -237,6 +248,7 @@ def diff_command(
     unconnected: UnconnectedOption = ShowHide.hide,
     pseudo: PseudoOption = ShowHide.hide,
     show_unknown_lan: UnknownLanOption = False,
+    show_self: SelfOption = False,
     db: DbOption = None,
 ) -> None:
     """What changed in a map between two moments: nodes and edges added, updated, removed.
@@ -247,7 +259,7 @@ def diff_command(
     from replay.views.diff import render_diff, topology_diff
     from replay.views.topology import View
 
-    options = _view_options(unconnected, pseudo, show_unknown_lan)
+    options = _view_options(unconnected, pseudo, show_unknown_lan, show_self)
     with _derived(_log_argument(ctx, db)) as derived:
         first = topology_in(derived, before, window, View(view.value), options)
         second = topology_in(derived, after, window, View(view.value), options)

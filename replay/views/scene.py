@@ -39,6 +39,7 @@ class Scene:
     hosts: list[str]
     local_addresses: dict[str, set[str]] = field(default_factory=dict)  # host -> addresses
     local_networks: dict[str, list[Network]] = field(default_factory=dict)
+    own: set[tuple[str, int]] = field(default_factory=set)  # the recorders' processes (host, pid)
 
     def is_local_address(self, host: str, address: str) -> bool:
         return address in self.local_addresses.get(host, set()) or addresses.is_loopback(address)
@@ -90,4 +91,19 @@ def build_scene(derived: Derived, moment: Moment) -> Scene:
         sorted({host for host, _ in recordings}),
         local_addresses,
         local_networks,
+        own_processes(derived, moment),
+    )
+
+
+def own_processes(derived: Derived, moment: Moment) -> set[tuple[str, int]]:
+    """The recorders' own processes then (host, pid): the recorder of each recording under
+    way in the window. Its connections are its own (to a central store): the maps leave
+    them out unless asked. (What it starts is not counted: a recorder running inside
+    another program, as a library, would take that program's children for its own.)"""
+    return set(
+        derived.con.execute(
+            "SELECT host, recorder_pid FROM recordings_raw WHERE recorder_pid IS NOT NULL "
+            "AND started_wall_ns <= ? AND (stop_reason IS NULL OR ended_wall_ns >= ?)",
+            [moment.at_ns, moment.start_ns],
+        ).fetchall()
     )

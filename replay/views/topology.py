@@ -38,6 +38,7 @@ class Options:
     show_unconnected: bool = False  # processes (and by name) with no connection at T
     show_uncontained: bool = False  # the containers view's pseudo node for the rest
     show_unknown_lan: bool = False  # remote private addresses that are not ours
+    show_self: bool = False  # the recorders' own processes and connections (scene.own)
 
 
 @dataclass
@@ -250,6 +251,8 @@ class _Builder:
         for row in self.scene.connections:
             if row.state == "failed":
                 continue  # an attempt, not a connection: the table shows it
+            if self._own(row.host, row.client_pid) or self._own(row.host, row.server_pid):
+                continue
             client, server = _sides(row)
             source: str | None
             target: str | None
@@ -277,6 +280,10 @@ class _Builder:
             edge.connection_ids.sort()
         return self.topology
 
+    def _own(self, host: str, pid: int | None) -> bool:
+        """Whether ``pid`` is a recorder's own process, left out of the maps."""
+        return not self.options.show_self and (host, pid) in self.scene.own
+
     def _unconnected(self) -> None:
         """Processes alive at T with no connection: shown only when asked for."""
         if self.view not in (View.processes, View.processes_by_name):
@@ -284,6 +291,8 @@ class _Builder:
         connected = {node_id for pair in self.topology.edges for node_id in pair}
         candidates: dict[str, Node] = {}
         for (host, pid), info in sorted(self.scene.processes.items()):
+            if self._own(host, pid):
+                continue
             node = (
                 process_node(host, pid, info.comm, info)
                 if self.view == View.processes
