@@ -16,6 +16,8 @@ Changed since, on purpose (each checked to be the only difference before rewriti
 - a window of 0 is "0s" (was "0.0us"), and the table's heading says "open then" alone: all.
 - a diff says what it removed: a removed node as the node it was (was its id alone), a
   removed edge with the connections it had (``connections_before``): diffs only.
+- a connect refused by this host (to a loopback address) is ``local``, as one that succeeded
+  there (it was ``outbound``): all.
 - the maps leave out the recorder's own process (``--show-self`` shows it): real, where the
   recorder ran inside tests.make_real_log, a process node of the unconnected ones.
 

@@ -158,9 +158,11 @@ connections_rows AS (
 
 
 def _failed(where: str) -> str:
-    """Failed connects, as rows of the table."""
+    """Failed connects, as rows of the table: local when refused by this host (loopback), as
+    a connection that succeeded there would be."""
     return f"""
-    SELECT e.position || '.0' AS id, 'failed' AS state, 'outbound' AS direction,
+    SELECT e.position || '.0' AS id, 'failed' AS state,
+        CASE WHEN coalesce(a.loopback, false) THEN 'local' ELSE 'outbound' END AS direction,
         coalesce(r.host, '?') AS host,
         endpoint(coalesce(e.laddr_text, '?'), e.lport) AS client,
         endpoint(coalesce(e.raddr_text, '?'), e.rport) AS server,
@@ -178,6 +180,7 @@ def _failed(where: str) -> str:
         coalesce(e.raddr_text, '?') AS server_ip, coalesce(e.rport, 0) AS server_port,
         true AS client_local, false AS server_local
     FROM ev e LEFT JOIN recordings_raw r ON r.id = e.recording_id
+    LEFT JOIN addr a ON a.id = e.raddr
     WHERE e.kind = {int(Kind.CONNECT_FAILED)} AND {where}"""
 
 

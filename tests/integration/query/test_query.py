@@ -86,10 +86,10 @@ def test_views_hold_what_the_log_holds(tmp_path: Path) -> None:
         mirror,
     )
     assert {(c["state"], c["direction"], c["client_comm"], c["server_comm"]) for c in connections} == {
-        ("closed", "local", "curl", "api"), ("failed", "outbound", "curl", None),
+        ("closed", "local", "curl", "api"), ("failed", "local", "curl", None),
         ("open", "outbound", "wget", None), ("open", "inbound", None, "sshd"),
     }  # fmt: skip
-    local = next(c for c in connections if c["direction"] == "local")
+    local = next(c for c in connections if c["direction"] == "local" and not c["failed"])
     assert local["duration_ns"] == 100_000_000
     processes = rows_of(
         location,
