@@ -150,7 +150,7 @@ def close_abandoned_recordings(store: LogStore, host: HostIdentity) -> list[int]
         ).all()
         abandoned = []
         for recording_id, boot_id, pid, last_mono in rows:
-            if boot_id == host.boot_id and pid is not None and _process_alive(pid):
+            if boot_id == host.boot_id and pid is not None and process_alive(pid):
                 continue
             detail = "recorder ended without closing the recording"
             if boot_id != host.boot_id:
@@ -182,12 +182,13 @@ def _other_live_recorder(
         )
     ).all()
     for other_id, pid in rows:
-        if pid is not None and pid != os.getpid() and _process_alive(pid):
+        if pid is not None and pid != os.getpid() and process_alive(pid):
             return int(other_id), int(pid)
     return None
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (this one counts)."""
     if pid == os.getpid():
         return True
     try:

@@ -28,7 +28,9 @@ app = typer.Typer(
     help="Replay the recorded connection log at any moment.\n\n"
     "Example: scope-replay --at 2026-11-25T12:00:00Z --window 15s --view processes",
 )
-db_app = typer.Typer(add_completion=False, help="Inspect and migrate the log's schema.")
+db_app = typer.Typer(
+    add_completion=False, help="Check the log, and inspect and migrate its schema."
+)
 app.add_typer(db_app, name="db")
 cache_app = typer.Typer(
     add_completion=False,
@@ -297,6 +299,24 @@ def db_current(ctx: typer.Context, db: DbOption = None) -> None:
         f"{status.location}: schema {status.revision or '(none)'} "
         f"({status.state.value}; newest known {status.head})"
     )
+
+
+@db_app.command("check")
+def db_check(ctx: typer.Context, db: DbOption = None) -> None:
+    """Check that the log is whole: sound pages, positions without a gap, recordings closed.
+    Exits 1 if something is wrong.
+
+    Example: scope-replay db check --db scope.db
+    """
+    from eventlog.check import check_log
+    from eventlog.location import resolve
+
+    location = resolve(_log_argument(ctx, db))
+    findings = check_log(location)
+    for finding in findings:
+        typer.echo(f"{finding.what}: {'ok' if finding.ok else 'PROBLEM'}: {finding.detail}")
+    if not all(finding.ok for finding in findings):
+        raise typer.Exit(1)
 
 
 @db_app.command("upgrade")

@@ -1,0 +1,110 @@
+"""`scope-replay db check`: whether a log is whole. Reads only.
+
+Three questions: does the database say its pages are sound (SQLite's integrity check; a
+PostgreSQL server keeps its own), do the committed positions run from 1 to the head with
+every one an event and no batch overlapping another, and is every recording closed (or
+being recorded by a live recorder now)?
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from sqlalchemy import Connection, text
+
+from eventlog.errors import LogOpenError, ScopeError
+from eventlog.location import LogLocation
+from eventlog.recordings import process_alive
+from eventlog.store import Purpose, open_log
+
+MOST_SHOWN = 5  # problems of one kind listed before "and N more"
+
+
+@dataclass(frozen=True)
+class Finding:
+    what: str  # integrity, positions, recordings
+    ok: bool
+    detail: str
+
+
+def check_log(location: LogLocation) -> list[Finding]:
+    # The pages first, on their own: a damaged log may not open for the other questions.
+    integrity = _integrity(location)
+    try:
+        with open_log(location, Purpose.READ) as store, store.connect() as conn:
+            return [integrity, _positions(conn), _recordings(conn)]
+    except ScopeError as exc:
+        if integrity.ok:
+            raise
+        return [integrity, Finding("positions and recordings", False, f"not read: {exc}")]
+
+
+def _integrity(location: LogLocation) -> Finding:
+    if not location.is_sqlite or location.path is None:
+        return Finding("integrity", True, "not checked here: the PostgreSQL server keeps it")
+    if not location.path.is_file():
+        raise LogOpenError(f"{location.display()} does not exist")
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{quote(str(location.path))}?mode=ro", uri=True)
+        ) as conn:
+            rows = [row[0] for row in conn.execute("PRAGMA integrity_check").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise LogOpenError(f"{location.display()} is not a SQLite database") from exc
+        return Finding("integrity", False, f"SQLite cannot read its pages: {exc}")
+    if rows == ["ok"]:
+        return Finding("integrity", True, "SQLite finds every page sound")
+    return Finding("integrity", False, _listed(rows))
+
+
+def _positions(conn: Connection) -> Finding:
+    batches = conn.execute(
+        text("SELECT first_position, last_position FROM batches ORDER BY last_position")
+    ).all()
+    count, low, high = conn.execute(
+        text("SELECT count(*), min(position), max(position) FROM events")
+    ).one()
+    problems = []
+    expected = 1
+    for first, last in batches:
+        if first != expected:
+            gap = "a gap" if first > expected else "an overlap"
+            problems.append(f"{gap} before batch {first}..{last} (expected from {expected})")
+        expected = last + 1
+    head = expected - 1
+    if (high or 0) > head:
+        problems.append(f"events after the last committed position {head} (up to {high})")
+    if count != head or (count and low != 1):
+        problems.append(f"{count} events where positions 1..{head} need {head}")
+    if problems:
+        return Finding("positions", False, _listed(problems))
+    return Finding("positions", True, f"1..{head}: {count} events in {len(batches)} batches")
+
+
+def _recordings(conn: Connection) -> Finding:
+    rows = conn.execute(
+        text("SELECT id, host_id, recorder_pid, stop_reason FROM recordings ORDER BY id")
+    ).all()
+    open_ones = []
+    for recording, host, pid, stop_reason in rows:
+        if stop_reason is not None:
+            continue
+        if pid is not None and process_alive(pid):
+            open_ones.append(f"recording {recording} is being recorded (recorder pid {pid})")
+        else:
+            open_ones.append(
+                f"recording {recording} was not closed (its recorder is gone): the next "
+                f"scope-record of host {host} marks it crashed"
+            )
+    closed = len(rows) - len(open_ones)
+    return Finding("recordings", True, "; ".join([f"{closed} of {len(rows)} closed", *open_ones]))
+
+
+def _listed(problems: list[str]) -> str:
+    shown = "; ".join(problems[:MOST_SHOWN])
+    more = len(problems) - MOST_SHOWN
+    return shown + (f"; and {more} more" if more > 0 else "")
