@@ -16,7 +16,7 @@ import duckdb
 from eventlog.errors import QueryError, ScopeError
 from eventlog.location import resolve
 from eventlog.timefmt import format_ns
-from replay.derived.store import SIDE_FILES, cache_dir, connect_read_only, remove_files
+from replay.derived.store import cache_dir, connect_read_only, remove_files, side_files
 from replay.output import to_json_listing, to_table
 
 STORE_GLOB = "derived-*.duckdb"
@@ -57,12 +57,8 @@ def remove_store(store: CachedStore) -> None:
     remove_files(store.path)
 
 
-def _side_files(path: Path) -> list[Path]:
-    return [path.with_name(path.name + suffix) for suffix in SIDE_FILES]
-
-
 def _describe(path: Path) -> CachedStore:
-    files = [path, *(side for side in _side_files(path) if side.exists())]
+    files = [path, *(side for side in side_files(path) if side.exists())]
     size = sum(f.stat().st_size for f in files)
     used_ns = max(f.stat().st_mtime_ns for f in files)
     try:

@@ -206,9 +206,14 @@ def _synced(
     return writable, stats
 
 
+def side_files(store: Path) -> list[Path]:
+    """The files a store may have beside it (``SIDE_FILES``)."""
+    return [store.with_name(store.name + suffix) for suffix in SIDE_FILES]
+
+
 def remove_files(store: Path) -> None:
     """The store at ``store`` and the files beside it, gone."""
-    for path in (store, *(store.with_name(store.name + suffix) for suffix in SIDE_FILES)):
+    for path in (store, *side_files(store)):
         path.unlink(missing_ok=True)
 
 
