@@ -214,7 +214,7 @@ def replay_main(
         if fmt not in ("table", "json", "csv"):
             raise UsageError(f"--format {fmt} draws maps: pick a --view, or use table, json or csv")
         with _derived(db) as derived:
-            result = table.table_at(derived, at, window)
+            result = table.table_at(derived, at, window, last_read=True)
         _warn(result.warnings)
         _emit(table.render(result, fmt), output)
         return

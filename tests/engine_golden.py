@@ -20,6 +20,12 @@ Changed since, on purpose (each checked to be the only difference before rewriti
   there (it was ``outbound``): all.
 - the maps leave out the recorder's own process (``--show-self`` shows it): real, where the
   recorder ran inside tests.make_real_log, a process node of the unconnected ones.
+- a connection's id is "<position>#<ordinal>" (was "<position>.<ordinal>", read as a number
+  by spreadsheets and by eye), and rows opened and closed at the same moments are in the
+  order of their ids' numbers (they were in the order of the ids' text): all.
+- a process is named in the maps by whichever of its connections knows its name (it was
+  named by the first of them, and shown as "?" when that one did not): processes views of
+  workload, nat and fleet, and their diffs.
 
 Regenerate (only when an answer is meant to change, and say why in the commit):
     python -m tests.engine_golden --write

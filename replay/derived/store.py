@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -94,6 +95,19 @@ class Derived:
 
     def close(self) -> None:
         self.con.close()
+
+    @contextlib.contextmanager
+    def closed_meanwhile(self) -> Iterator[None]:
+        """Close the connection on a thread while the block runs: after a large result,
+        DuckDB frees its buffers for a while (9 ms after a table of 16,000 connections)
+        without holding the GIL, so Python work on what was read overlaps it. For the last
+        read of a command; closing again after is harmless."""
+        closing = threading.Thread(target=self.con.close, name="derived-store-close")
+        closing.start()
+        try:
+            yield
+        finally:
+            closing.join()
 
     def read_only(self) -> duckdb.DuckDBPyConnection:
         """The store's connection, opened read-only if it was not (for SQL from a user)."""

@@ -129,7 +129,9 @@ sided AS (
 ),
 connections_rows AS (
     SELECT
-        CASE WHEN client_first THEN c_pos || '.' || c_ord ELSE s_pos || '.' || s_ord END AS id,
+        CASE WHEN client_first THEN c_pos ELSE s_pos END AS first_pos,
+        CASE WHEN client_first THEN c_ord ELSE s_ord END AS first_ord,
+        CASE WHEN client_first THEN c_pos || '#' || c_ord ELSE s_pos || '#' || s_ord END AS id,
         CASE WHEN is_open THEN 'open' WHEN is_unknown THEN 'unknown' ELSE 'closed' END AS state,
         CASE WHEN has_client AND has_server THEN 'local' WHEN has_client THEN 'outbound'
              ELSE 'inbound' END AS direction,
@@ -161,7 +163,7 @@ def _failed(where: str) -> str:
     """Failed connects, as rows of the table: local when refused by this host (loopback), as
     a connection that succeeded there would be."""
     return f"""
-    SELECT e.position || '.0' AS id, 'failed' AS state,
+    SELECT e.position AS first_pos, 0 AS first_ord, e.position || '#0' AS id, 'failed' AS state,
         CASE WHEN coalesce(a.loopback, false) THEN 'local' ELSE 'outbound' END AS direction,
         coalesce(r.host, '?') AS host,
         endpoint(coalesce(e.laddr_text, '?'), e.lport) AS client,
@@ -256,7 +258,7 @@ _OUTPUT = """
         closed_ns, recording_id, failed, positions, client_ip, client_port, server_ip,
         server_port, client_local, server_local
     FROM ({rows}) u
-    ORDER BY coalesce(opened_ns, -1), coalesce(closed_ns, 0), id
+    ORDER BY coalesce(opened_ns, -1), coalesce(closed_ns, 0), first_pos, first_ord
 """
 
 VIEWS_SQL = f"""

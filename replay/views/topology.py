@@ -104,8 +104,11 @@ def lan_node(address: str) -> Node:
     )
 
 
+UNNAMED = "?"  # a process whose name nothing recorded
+
+
 def process_node(host: str, pid: int, comm: str | None, info: ProcessInfo | None) -> Node:
-    name = comm or (info.comm if info else "?")
+    name = comm or (info.comm if info else UNNAMED)
     metadata = [("pid", "PID", str(pid))]
     parents = [(f"{host};<host>", host, "hosts")]
     if info is not None:
@@ -166,7 +169,11 @@ class _Builder:
         self.hidden_lan: set[str] = set()
 
     def add(self, node: Node) -> str:
-        self.topology.nodes.setdefault(node.id, node)
+        """``node``, unless the topology has it already, named or as unnamed as this one: a
+        process is named by whichever of its connections knows its name, in any order."""
+        known = self.topology.nodes.get(node.id)
+        if known is None or (known.label == UNNAMED and node.label != UNNAMED):
+            self.topology.nodes[node.id] = node
         return node.id
 
     def remote(self, host: str, side: _Side, inbound: bool) -> str | None:
@@ -193,7 +200,7 @@ class _Builder:
         if view == View.processes:
             return self.add(process_node(host, side.pid, comm, info))
         if view == View.processes_by_name:
-            return self.add(self.by_name(comm or "?"))
+            return self.add(self.by_name(comm or UNNAMED))
         return self.add(self.container(host, info))
 
     def by_name(self, name: str) -> Node:
