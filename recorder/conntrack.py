@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import ipaddress
 import socket
 import threading
@@ -38,6 +39,12 @@ STARTUP_TIMEOUT_S = 15.0
 DISCOVERY_PERIOD_S = 1.0  # how soon a new network namespace is followed
 
 T = TypeVar("T")
+
+# Given to pyroute2 for the child it forks to open a socket in a namespace: without one,
+# that child looks libc up with ctypes.util.find_library, which runs ldconfig, a process
+# of the recorder's own in the host's map, at every dump (this process's symbols hold
+# setns already).
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def _groups() -> int:
@@ -185,7 +192,9 @@ class ConntrackWatcher:
     async def _listen(self, inode: int, path: str) -> None:
         from pyroute2.netlink.nfnetlink.nfctsocket import AsyncNFCTSocket  # noqa: PLC0415
 
-        sock = AsyncNFCTSocket(nfgen_family=socket.AF_UNSPEC, netns=path, groups=_groups())
+        sock = AsyncNFCTSocket(
+            nfgen_family=socket.AF_UNSPEC, netns=path, groups=_groups(), libc=_LIBC
+        )
         await sock.setup_endpoint()
         await sock.bind(groups=_groups())
         self._listeners[inode] = asyncio.ensure_future(self._follow(inode, sock))
@@ -248,7 +257,7 @@ class ConntrackWatcher:
 
         found = []
         for family in (socket.AF_INET, socket.AF_INET6):
-            sock = AsyncNFCTSocket(nfgen_family=family, netns=path)
+            sock = AsyncNFCTSocket(nfgen_family=family, netns=path, libc=_LIBC)
             try:
                 await sock.setup_endpoint()
                 async for msg in await sock.dump():

@@ -122,3 +122,35 @@ def test_scope_record_says_when_capture_is_live(tmp_path: Path, quiet: list[str]
     started_ns, ended_ns = map(int, recorded.stdout.splitlines()[1].split(","))
     assert started_ns == since
     assert 2.0 <= (ended_ns - since) / 1e9 < 3.0  # the two seconds ran from then
+
+
+def test_the_recorder_runs_no_helper_programs(tmp_path: Path) -> None:
+    """What the recorder starts while it records is its own, not the host's: it forks to open
+    conntrack sockets in namespaces, and those children must not run programs (ldconfig,
+    which libc's lookup ran at every dump, showed up in the maps)."""
+    require_ebpf()
+    db = tmp_path / "helpers.db"
+    result = run_cli(
+        "scope-record", "--db", str(db), "--duration", "2", "--proc-interval", "0.3",
+        "--snapshot-interval", "0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    asked = run_cli(
+        "scope-query", "--db", str(db), "--format", "json",
+        "SELECT recorder_pid, conntrack FROM recordings_raw",
+    )  # fmt: skip
+    (recording,) = json.loads(asked.stdout)
+    assert recording["conntrack"] == "captured"  # the dumps ran
+    processes = run_cli(
+        "scope-query", "--db", str(db), "--format", "json",
+        "SELECT kind, pid, comm, CAST(json_extract(extra, '$.ppid') AS INTEGER) AS ppid "
+        "FROM events WHERE kind IN ('exec', 'exit')",
+    )  # fmt: skip
+    assert processes.returncode == 0, processes.stderr
+    rows = json.loads(processes.stdout)
+    own = {recording["recorder_pid"]}
+    for _ in rows:  # the recorder's descendants, however deep
+        own |= {row["pid"] for row in rows if row["ppid"] in own}
+    forked = [row for row in rows if row["pid"] in own - {recording["recorder_pid"]}]
+    assert forked, "no child of the recorder was seen: the test no longer tests anything"
+    assert not [row for row in forked if row["kind"] == "exec"], forked
