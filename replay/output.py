@@ -60,9 +60,14 @@ def to_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], empty: str =
     return "\n".join(lines) + "\n"
 
 
+# A row is one line: what a value holds on several lines (a process's cgroup file, with a
+# line per hierarchy) is written as escapes.
+_ONE_LINE = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, (list, tuple)):
-        return " ".join(str(v) for v in value)
-    return str(value)
+        return " ".join(str(v) for v in value).translate(_ONE_LINE)
+    return str(value).translate(_ONE_LINE)

@@ -346,3 +346,23 @@ def test_parquet_output_cannot_be_the_log(tmp_path: Path) -> None:
         env={"SCOPE_CACHE_DIR": str(tmp_path / "c")},
     )
     assert_one_line_error(result, 2, "overwrite the log")
+
+
+def test_a_table_row_is_one_line_whatever_a_value_holds(tmp_path: Path) -> None:
+    """A process's cgroup is its /proc file, a line per hierarchy on cgroup v1 hosts: the
+    text table writes it with escapes, one row per line; JSON keeps it as it is."""
+    cgroup = "1:cpu:/\n0::/system.slice/a.service"
+    with built_log(tmp_path / "lines.db") as (location, b):
+        b.snapshot(0.5, [], processes=[(20, "api", cgroup), (21, "tab\tname")])
+        b.flush()
+    db = str(location.path)
+    sql = "SELECT pid, comm, cgroup FROM processes ORDER BY pid"
+    table = run_cli("scope-query", "--db", db, sql, env={"SCOPE_CACHE_DIR": str(tmp_path)})
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[1:] == [
+        "20   api        1:cpu:/\\n0::/system.slice/a.service",
+        "21   tab\\tname  0::/system.slice/x.service",
+    ]
+    document = run_cli("scope-query", "--db", db, "--format", "json", sql,
+                       env={"SCOPE_CACHE_DIR": str(tmp_path)})  # fmt: skip
+    assert json.loads(document.stdout)[0]["cgroup"] == cgroup
