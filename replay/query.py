@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from eventlog.errors import QueryError, UsageError
 from eventlog.store import LogStore
-from replay.derived.store import Derived, open_derived
+from replay.derived.store import Derived, arrow_copy_allowed, open_derived
 from replay.derived.views import MACROS, PUBLIC_VIEWS
 from replay.output import to_table
 
@@ -236,7 +236,8 @@ def _as_text(column: str, kind: str) -> str:
 
 
 def _write_parquet(result: duckdb.DuckDBPyConnection, columns: list[str], output: Path) -> QueryRun:
-    reader: Any = result.to_arrow_reader(FETCH_ROWS)
+    with arrow_copy_allowed():
+        reader: Any = result.to_arrow_reader(FETCH_ROWS)
     rows = 0
     with pq.ParquetWriter(str(output), reader.schema) as writer:
         for batch in reader:

@@ -7,7 +7,6 @@ what a connection is); here they become ``ConnectionRow``s and are printed.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from eventlog.batch import gc_paused
 from eventlog.store import LogStore
 from eventlog.timefmt import format_ns
-from replay.derived.store import Derived, open_derived
+from replay.derived.store import Derived, arrow_copy_allowed, open_derived
 from replay.moment import Moment, resolve_moment, uncovered
 from replay.output import to_csv, to_json_listing, to_table
 from replay.timespec import DEFAULT_WINDOW, format_duration
@@ -88,11 +87,7 @@ def read_connections(derived: Derived, at_ns: int, window_ns: int, apart: bool =
     """The rows of ``connection_table``, as read from the store (columns of ConnectionRow)."""
     fields = ConnectionRow._fields if apart else _SHOWN
     query = f"SELECT {', '.join(fields)} FROM connections_at_ns({int(at_ns)}, {int(window_ns)})"
-    with warnings.catch_warnings():
-        # Arrow from a statement run copies its rows once more, and DuckDB says so; a
-        # relation (con.sql) instead binds the whole query when made and again when run,
-        # which costs more: 77 ms against 87 for a table of 16,000 connections.
-        warnings.simplefilter("ignore", UserWarning)
+    with arrow_copy_allowed():
         table = derived.con.execute(query).to_arrow_table()
     assert table is not None  # None only once a result was fetched
     return table

@@ -238,6 +238,7 @@ def test_formats_and_parquet(tmp_path: Path) -> None:
         "scope-query", "--db", db, "--format", "parquet", "--output", str(parquet), sql, env=env
     )
     assert exported.returncode == 0, exported.stderr
+    assert exported.stderr == ""  # DuckDB's warnings about its copies are not the user's
     import duckdb
 
     assert duckdb.execute(f"SELECT count(*) FROM '{parquet}'").fetchall() == [(3,)]
