@@ -8,15 +8,22 @@ machine's CPU time per completed connection are medians too (11 rounds by defaul
 round's ratio moves by +-0.05 on this kind of machine). Every connection the clients
 completed must be in the log as four events (connect, accept, two closes).
 
+``--conntrack-active``: as on a host with Docker, Kubernetes or any NAT rule, conntrack
+tracks every connection (a NAT rule that matches nothing is added for the run, and removed);
+each round then also records with ``--no-conntrack``, so that the cost of following
+conntrack is measured beside the rest (``ratio_no_conntrack``, ``recorder_cpu_pct_no_conntrack``).
+
 Last line:
 RESULT conns_per_s_alone=<n> conns_per_s_recorded=<n> ratio=<n> events_captured=<n>
        events_expected=<n> lost=<n> recorder_cpu_pct=<n> cpu_us_per_conn_alone=<n>
-       cpu_us_per_conn_recorded=<n>
+       cpu_us_per_conn_recorded=<n> conntrack_active=<0|1>
+       [ratio_no_conntrack=<n> recorder_cpu_pct_no_conntrack=<n>]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -25,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,12 +129,30 @@ def count_captured(db: Path, port: int) -> tuple[int, int]:
     return captured, lost
 
 
+# A rule of the nat table makes conntrack track every connection of the namespace; this one
+# matches only a documentation address (TEST-NET-1), so it changes nothing else.
+_NAT_RULE = ["OUTPUT", "-p", "tcp", "-d", "192.0.2.1", "--dport", "9", "-j", "RETURN"]
+
+
+@contextlib.contextmanager
+def conntrack_active(active: bool) -> Iterator[None]:
+    if not active:
+        yield
+        return
+    subprocess.run(["iptables", "-t", "nat", "-I", *_NAT_RULE], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables", "-t", "nat", "-D", *_NAT_RULE], check=False)
+
+
 def run_recorded(
-    loadgen: Path, port: int, clients: int, seconds: float, workdir: Path
+    loadgen: Path, port: int, clients: int, seconds: float, workdir: Path, *options: str
 ) -> tuple[LoadResult, int, int, float]:
     db = workdir / f"bench-{port}.db"
     recorder = subprocess.Popen(
-        [str(BIN / "scope-record"), "--db", str(db), "--quiet"], stdin=subprocess.DEVNULL
+        [str(BIN / "scope-record"), "--db", str(db), "--quiet", *options],
+        stdin=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
     while not snapshot_committed(db):
@@ -151,16 +177,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--conntrack-active", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/capture.py needs root (eBPF)")
     alone, recorded, ratios, cpu, cost_alone, cost_recorded = [], [], [], [], [], []
+    ratios_no_ct: list[float] = []
+    cpu_no_ct: list[float] = []
     captured_total = expected_total = lost_total = 0
-    with tempfile.TemporaryDirectory(prefix="scope-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="scope-bench-") as tmp,
+        conntrack_active(args.conntrack_active),
+    ):
         workdir = Path(tmp)
         loadgen = build_loadgen(workdir)
         for round_number in range(args.rounds):
-            port = 20000 + round_number * 2
+            port = 20000 + round_number * 3
 
             # Alternate which goes first, so that a drift of the machine's speed within a
             # round does not always favour the same side.
@@ -175,6 +207,19 @@ def main() -> None:
                 time.sleep(1)
                 result, captured, lost, cpu_pct = run_recorded(
                     loadgen, port + 1, args.clients, args.seconds, workdir
+                )
+            if args.conntrack_active:
+                time.sleep(1)
+                without, _, _, cpu_without = run_recorded(
+                    loadgen, port + 2, args.clients, args.seconds, workdir, "--no-conntrack"
+                )
+                ratios_no_ct.append(without.rate / base.rate)
+                cpu_no_ct.append(cpu_without)
+                print(
+                    f"round {round_number + 1}: recorded with --no-conntrack "
+                    f"{without.rate:,.0f} conn/s, ratio {ratios_no_ct[-1]:.3f}, "
+                    f"recorder CPU {cpu_without:.0f}%",
+                    flush=True,
                 )
             alone.append(base.rate)
             recorded.append(result.rate)
@@ -203,7 +248,14 @@ def main() -> None:
         f"events_expected={expected_total} lost={lost_total} "
         f"recorder_cpu_pct={statistics.median(cpu):.1f} "
         f"cpu_us_per_conn_alone={statistics.median(cost_alone):.1f} "
-        f"cpu_us_per_conn_recorded={statistics.median(cost_recorded):.1f}"
+        f"cpu_us_per_conn_recorded={statistics.median(cost_recorded):.1f} "
+        f"conntrack_active={int(args.conntrack_active)}"
+        + (
+            f" ratio_no_conntrack={statistics.median(ratios_no_ct):.3f} "
+            f"recorder_cpu_pct_no_conntrack={statistics.median(cpu_no_ct):.1f}"
+            if args.conntrack_active
+            else ""
+        )
     )
 
 

@@ -2,11 +2,17 @@
 
 Conntrack tables are per network namespace, so one netfilter netlink socket is opened in each
 namespace the recorder knows of (the root one and those the /proc walks find; pyroute2 opens a
-socket inside a namespace from its /proc/<pid>/ns/net path). Each gets a full dump when asked
-(the snapshots) and follows changes: new entries, status changes (NAT, seen reply, assured)
-and destroyed entries. TCP-state-only updates are left out: they are many and NAT resolution
+socket inside a namespace from its /proc/<pid>/ns/net path). Each gets a dump when asked
+(the snapshots) and follows changes: new entries, status changes (seen reply, assured) and
+destroyed entries. TCP-state-only updates are left out: they are many and NAT resolution
 does not need them. Everything runs in one asyncio loop on a thread of its own; the recorder
 drains the events it collected.
+
+Only translated entries (source or destination NAT) are read: they are what NAT resolution
+needs, and few, where a host with any NAT rule (Docker, Kubernetes) tracks every connection,
+loopback ones included. The kernel leaves the others out: dumps ask for translated entries
+only, and each following socket carries a filter that drops the others' messages before
+they are queued to it.
 
 If conntrack cannot be read (module absent, no CAP_NET_ADMIN), ``status`` says why and the
 rest of the capture goes on.
@@ -24,7 +30,15 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from eventlog.events import ConntrackEntry, Event, Kind, conntrack_event
+from eventlog.events import (
+    IPS_DST_NAT,
+    IPS_NAT_MASK,
+    IPS_SRC_NAT,
+    ConntrackEntry,
+    Event,
+    Kind,
+    conntrack_event,
+)
 from recorder.procfs import ParseStats
 
 IPPROTO_TCP = 6
@@ -45,6 +59,56 @@ T = TypeVar("T")
 # of the recorder's own in the host's map, at every dump (this process's symbols hold
 # setns already).
 _LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+# The classic BPF program that keeps a conntrack message only if its status (the top-level
+# attribute CTA_STATUS, after the netlink and netfilter headers) has a NAT bit. The kernel's
+# netlink-attribute lookup (SKF_AD_NLATTR) finds the attribute wherever it is.
+_NLMSG_AND_NFGEN_HEADERS = 16 + 4
+_CTA_STATUS = 3
+_SKF_AD_NLATTR = (-0x1000 + 12) & 0xFFFFFFFF  # SKF_AD_OFF + SKF_AD_NLATTR
+_KEEP, _DROP = 0xFFFFFFFF, 0
+_TRANSLATED_ONLY = (
+    (0x00, 0, 0, _NLMSG_AND_NFGEN_HEADERS),  # A = where the attributes begin
+    (0x01, 0, 0, _CTA_STATUS),  # X = the attribute to find
+    (0x20, 0, 0, _SKF_AD_NLATTR),  # A = its offset, 0 if absent
+    (0x15, 5, 0, 0),  # absent: drop
+    (0x07, 0, 0, 0),  # X = A
+    (0x40, 0, 0, 4),  # A = the status (big-endian, after the attribute's 4-byte header)
+    (0x54, 0, 0, IPS_NAT_MASK),  # A &= the NAT bits
+    (0x15, 1, 0, 0),  # none: drop
+    (0x06, 0, 0, _KEEP),
+    (0x06, 0, 0, _DROP),
+)
+_SO_ATTACH_FILTER = 26
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = (
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    )
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter)))
+
+
+_FILTER_CODE = (_SockFilter * len(_TRANSLATED_ONLY))(*(_SockFilter(*i) for i in _TRANSLATED_ONLY))
+_FILTER_PROGRAM = _SockFprog(len(_TRANSLATED_ONLY), _FILTER_CODE)
+
+
+def keep_translated_only(sock: Any) -> None:
+    """Have the kernel drop, before queueing them to ``sock``, the messages of entries that
+    were not translated (the kernel copies the program: the structures need not outlive
+    the call)."""
+    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, bytes(_FILTER_PROGRAM))
+
+
+# A dump filters on ``status & mask == value``: one dump for each kind of translation.
+_TRANSLATIONS = (IPS_SRC_NAT, IPS_DST_NAT)
 
 
 def _groups() -> int:
@@ -196,6 +260,7 @@ class ConntrackWatcher:
             nfgen_family=socket.AF_UNSPEC, netns=path, groups=_groups(), libc=_LIBC
         )
         await sock.setup_endpoint()
+        keep_translated_only(sock)
         await sock.bind(groups=_groups())
         self._listeners[inode] = asyncio.ensure_future(self._follow(inode, sock))
 
@@ -255,18 +320,19 @@ class ConntrackWatcher:
     async def _dump(self, inode: int, path: str) -> list[ConntrackEntry]:
         from pyroute2.netlink.nfnetlink.nfctsocket import AsyncNFCTSocket  # noqa: PLC0415
 
-        found = []
+        found: dict[int, ConntrackEntry] = {}  # by id: an entry of both kinds is dumped twice
         for family in (socket.AF_INET, socket.AF_INET6):
             sock = AsyncNFCTSocket(nfgen_family=family, netns=path, libc=_LIBC)
             try:
                 await sock.setup_endpoint()
-                async for msg in await sock.dump():
-                    entry = entry_of(msg, inode, self.stats)
-                    if entry is not None:
-                        found.append(entry)
+                for bit in _TRANSLATIONS:
+                    async for msg in await sock.dump(status=bit, status_mask=bit):
+                        entry = entry_of(msg, inode, self.stats)
+                        if entry is not None:
+                            found[entry.ct_id] = entry
             finally:
                 sock.close()
-        return found
+        return list(found.values())
 
     def stop(self) -> None:
         if self._discovery is not None:

@@ -18,7 +18,7 @@ from tests.capabilities import require
 from tests.cli import BIN, run_cli
 from tests.ebpf import require_ebpf
 from tests.netns import can_make_namespaces, in_netns, veth_pair
-from tests.recording import recording
+from tests.recording import recording, wait_for
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.netns]
 
@@ -114,6 +114,48 @@ def test_dnat_in_the_client_namespace_reaches_the_real_backend(
             "nat-backend",
         )
     assert_query_agrees(location, moment, "nat-client")
+
+
+def test_only_translated_entries_are_read(location: LogLocation, tmp_path: Path) -> None:
+    """A NAT rule makes conntrack track every connection of its namespace; only the
+    translated ones are NAT's business. The kernel drops the rest: none is in the events or
+    in the dumps, where the translated ones are in both, destroy included."""
+    with veth_pair("10.217") as (left, right):
+        with running_server(
+            "only-backend", hosts=(right.address,), netns=right.name, workdir=tmp_path
+        ) as server:
+            in_netns(left.name, "ip", "route", "add", "10.98.0.0/24", "dev",
+                     f"va{left.name.split('-')[-1]}")  # fmt: skip
+            in_netns(left.name, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", "10.98.0.10",
+                     "--dport", "80", "-j", "DNAT", "--to-destination", f"{right.address}:{server.port}")  # fmt: skip
+            # Closed entries are destroyed a second after, not two minutes (TIME_WAIT).
+            in_netns(
+                left.name, "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1"
+            )
+            with recording(location, snapshot_interval_s=0.5) as run:
+                translated = run_client(
+                    "only-nat", "10.98.0.10", 80, count=3, hold_ms=1500, netns=left.name
+                )
+                direct = run_client(
+                    "only-direct", right.address, server.port, count=3, hold_ms=1500,
+                    netns=left.name,
+                )  # fmt: skip
+                assert translated.wait(timeout=60) == 0 and direct.wait(timeout=60) == 0
+                wait_for(
+                    lambda: any(e.kind == Kind.CT_DESTROY and e.rport == 80 for e in run.events()),
+                    timeout=30,
+                )
+    env = {"SCOPE_CACHE_DIR": str(tmp_path / "cache")}
+    seen = run_cli(
+        "scope-query", "--db", str(location.path), "--format", "json",
+        "SELECT change, orig_dport, status FROM conntrack WHERE orig_dst <> '127.0.0.1'", env=env,
+    )  # fmt: skip
+    assert seen.returncode == 0, seen.stderr
+    rows = json.loads(seen.stdout)
+    assert [r for r in rows if r["orig_dport"] == server.port] == []  # direct: never read
+    assert all(r["status"] & 0x30 for r in rows), rows
+    changes = {r["change"] for r in rows if r["orig_dport"] == 80}
+    assert {"new", "destroy", "snapshot"} <= changes, changes
 
 
 def test_port_forward_on_the_server_side(location: LogLocation, tmp_path: Path) -> None:
