@@ -9,7 +9,8 @@ round's ratio moves by +-0.05 on this kind of machine). Every connection the cli
 completed must be in the log as four events (connect, accept, two closes).
 
 ``--conntrack-active``: as on a host with Docker, Kubernetes or any NAT rule, conntrack
-tracks every connection (a NAT rule that matches nothing is added for the run, and removed);
+tracks every connection (a rule that only counts new connections is added for the run, and
+removed);
 each round then also records with ``--no-conntrack``, so that the cost of following
 conntrack is measured beside the rest (``ratio_no_conntrack``, ``recorder_cpu_pct_no_conntrack``).
 
@@ -129,9 +130,10 @@ def count_captured(db: Path, port: int) -> tuple[int, int]:
     return captured, lost
 
 
-# A rule of the nat table makes conntrack track every connection of the namespace; this one
-# matches only a documentation address (TEST-NET-1), so it changes nothing else.
-_NAT_RULE = ["OUTPUT", "-p", "tcp", "-d", "192.0.2.1", "--dport", "9", "-j", "RETURN"]
+# A rule that looks at conntrack's state makes conntrack track every connection of the
+# namespace, as Docker's and Kubernetes' rules do; this one has no target (it only counts),
+# so it changes nothing else.
+_CONNTRACK_RULE = ["OUTPUT", "-m", "conntrack", "--ctstate", "NEW"]
 
 
 @contextlib.contextmanager
@@ -139,11 +141,11 @@ def conntrack_active(active: bool) -> Iterator[None]:
     if not active:
         yield
         return
-    subprocess.run(["iptables", "-t", "nat", "-I", *_NAT_RULE], check=True)
+    subprocess.run(["iptables", "-I", *_CONNTRACK_RULE], check=True)
     try:
         yield
     finally:
-        subprocess.run(["iptables", "-t", "nat", "-D", *_NAT_RULE], check=False)
+        subprocess.run(["iptables", "-D", *_CONNTRACK_RULE], check=False)
 
 
 def run_recorded(

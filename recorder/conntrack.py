@@ -3,10 +3,12 @@
 Conntrack tables are per network namespace, so one netfilter netlink socket is opened in each
 namespace the recorder knows of (the root one and those the /proc walks find; pyroute2 opens a
 socket inside a namespace from its /proc/<pid>/ns/net path). Each gets a dump when asked
-(the snapshots) and follows changes: new entries, status changes (seen reply, assured) and
-destroyed entries. TCP-state-only updates are left out: they are many and NAT resolution
-does not need them. Everything runs in one asyncio loop on a thread of its own; the recorder
-drains the events it collected.
+(the snapshots) and follows new and destroyed entries. Updates (status and TCP state
+changes, five or so per connection) are not followed: the kernel makes their messages only
+for a listener, which slowed a loopback workload by a tenth, and NAT resolution does not
+need them (a translation is chosen before its entry is confirmed: the entry's first message
+has it). Everything runs in one asyncio loop on a thread of its own; the recorder drains
+the events it collected.
 
 Only translated entries (source or destination NAT) are read: they are what NAT resolution
 needs, and few, where a host with any NAT rule (Docker, Kubernetes) tracks every connection,
@@ -43,11 +45,8 @@ from recorder.procfs import ParseStats
 
 IPPROTO_TCP = 6
 NFNLGRP_CONNTRACK_NEW = 1
-NFNLGRP_CONNTRACK_UPDATE = 2
 NFNLGRP_CONNTRACK_DESTROY = 3
-IPCTNL_MSG_CT_NEW = 0
 IPCTNL_MSG_CT_DELETE = 2
-NLM_F_CREATE = 0x400
 DUMP_TIMEOUT_S = 10.0
 STARTUP_TIMEOUT_S = 15.0
 DISCOVERY_PERIOD_S = 1.0  # how soon a new network namespace is followed
@@ -112,10 +111,7 @@ _TRANSLATIONS = (IPS_SRC_NAT, IPS_DST_NAT)
 
 
 def _groups() -> int:
-    return sum(
-        1 << (g - 1)
-        for g in (NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY)
-    )
+    return sum(1 << (g - 1) for g in (NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY))
 
 
 def _address(msg: Any, direction: str, field: str) -> bytes | None:
@@ -188,7 +184,6 @@ class ConntrackWatcher:
         self._namespaces: dict[int, str] = {}  # netns inode -> path to open it by
         self._listeners: dict[int, asyncio.Task[None]] = {}
         self._events: list[Event] = []
-        self._statuses: dict[tuple[int, int], int] = {}  # (netns, ct id) -> last status seen
         self._lock = threading.Lock()
         self.failures: dict[int, str] = {}
         self.stats = ParseStats()  # messages that did not parse
@@ -281,19 +276,8 @@ class ConntrackWatcher:
         entry = entry_of(msg, inode, self.stats)
         if entry is None:
             return
-        message_type = msg["header"]["type"] & 0xFF
-        key = (inode, entry.ct_id)
-        if message_type == IPCTNL_MSG_CT_DELETE:
-            kind = Kind.CT_DESTROY
-            self._statuses.pop(key, None)
-        elif msg["header"]["flags"] & NLM_F_CREATE or key not in self._statuses:
-            kind = Kind.CT_NEW
-        elif self._statuses.get(key) != entry.status:
-            kind = Kind.CT_UPDATE
-        else:
-            return  # a TCP state change only
-        if kind != Kind.CT_DESTROY:
-            self._statuses[key] = entry.status
+        destroyed = msg["header"]["type"] & 0xFF == IPCTNL_MSG_CT_DELETE
+        kind = Kind.CT_DESTROY if destroyed else Kind.CT_NEW  # the groups followed: _groups
         event = conntrack_event(kind, self._clock(), entry)
         with self._lock:
             self._events.append(event)
