@@ -85,6 +85,18 @@ struct lone_record {
     struct event ev;
 };
 
+/* How many EV_ARGS pieces follow an EXEC at most (0: command lines are not read). */
+#ifndef EXEC_ARGS_PIECES
+#define EXEC_ARGS_PIECES 4
+#endif
+
+/* An EXEC and its command line's pieces that could not be staged, as a record of their own
+ * (hdr.count says how many of them are used). */
+struct lone_exec_record {
+    struct stage_header hdr;
+    struct event ev[1 + EXEC_ARGS_PIECES];
+};
+
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_HASH(socks, u64, struct sock_info, SOCK_TABLE_SIZE);
 BPF_PERCPU_ARRAY(stages, struct stage, 1);
@@ -263,12 +275,24 @@ static __always_inline struct event *stage_slot(struct stage *s, u64 now)
     return e;
 }
 
-static __always_inline void stage_commit(struct stage *s, u64 now)
+/* The slot stage_slot gave, taken; handed over only by stage_commit (or a later flush). */
+static __always_inline void stage_add(struct stage *s)
 {
     s->hdr.count += 1;
     stat_add(ST_EVENTS, 1);
+}
+
+/* Handed over when the stage is full or its first event has waited long enough. */
+static __always_inline void stage_due(struct stage *s, u64 now)
+{
     if (s->hdr.count >= STAGE_MAX || now - s->hdr.first_ts_ns >= STAGE_MAX_AGE_NS)
         stage_flush(s, now);
+}
+
+static __always_inline void stage_commit(struct stage *s, u64 now)
+{
+    stage_add(s);
+    stage_due(s, now);
 }
 
 /* A record of one event, reserved in the ring buffer, for a run that found the stage held;
@@ -557,6 +581,41 @@ TRACEPOINT_PROBE(syscalls, sys_exit_accept)
 
 /* -- processes -------------------------------------------------------------------------- */
 
+/* Where the command line of the process that just exec'd is: [arg_start, arg_end) of its
+ * new memory, which exec has just filled (argv, NUL-separated; the environment follows). */
+static __always_inline u64 exec_args_start(const void *task, u32 *len)
+{
+    const void *mm = NULL;
+    unsigned long start = 0, end = 0;
+    bpf_probe_read_kernel(&mm, sizeof(mm), (const char *)task + OFF_TASK_MM);
+    if (mm) {
+        bpf_probe_read_kernel(&start, sizeof(start), (const char *)mm + OFF_MM_ARG_START);
+        bpf_probe_read_kernel(&end, sizeof(end), (const char *)mm + OFF_MM_ARG_END);
+    }
+    u64 length = end > start ? end - start : 0;
+    *len = length > 0xFFFFFFFF ? 0xFFFFFFFF : (u32)length;
+    return start;
+}
+
+/* The piece of the command line at ``offset`` (less than ``len``), never past its end: what
+ * follows it is the environment. */
+static __always_inline void fill_args(struct event *e, u32 pid, u64 start, u32 offset, u32 len)
+{
+    e->kind = EV_ARGS;
+    e->pid = pid;
+    e->aux = offset;
+    e->aux2 = len;
+    u32 piece = len - offset;
+    if (piece > ARGS_PIECE)
+        piece = ARGS_PIECE;
+    e->lport = piece;
+    /* ``piece`` again (1 to ARGS_PIECE, a power of two), in a form whose bound the verifier
+     * sees on the register passed; hidden from the compiler first, which would fold it. */
+    asm volatile("" : "+r"(piece));
+    u32 size = ((piece - 1) & (ARGS_PIECE - 1)) + 1;
+    bpf_probe_read_user(e->args, size, (const void *)(start + offset));
+}
+
 static __always_inline void fill_exec(struct event *e, const void *task, u32 pid,
                                       const void *args, u32 data_loc_filename)
 {
@@ -572,12 +631,63 @@ static __always_inline void fill_exec(struct event *e, const void *task, u32 pid
     bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), (const char *)args + loc);
 }
 
+/* The EXEC and its pieces go in one record, so that the decoders find them together: the
+ * stage is handed over first when it has no room for all of them. */
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
     u64 now = bpf_ktime_get_ns();
     const void *task = (const void *)bpf_get_current_task();
     u32 pid = bpf_get_current_pid_tgid() >> 32;
-    EMIT(now, e, fill_exec(e, task, pid, args, args->data_loc_filename));
+    u32 len = 0;
+    u64 start = EXEC_ARGS_PIECES ? exec_args_start(task, &len) : 0;
+    struct stage *s = stage_hold();
+    if (s) {
+        if (s->hdr.count + 1 + EXEC_ARGS_PIECES > STAGE_MAX)
+            stage_flush(s, now);
+        struct event *e = stage_slot(s, now);
+        if (e) {
+            fill_exec(e, task, pid, args, args->data_loc_filename);
+            stage_add(s);
+#pragma unroll
+            for (u32 i = 0; i < EXEC_ARGS_PIECES; i++) {
+                u32 offset = i * ARGS_PIECE;
+                if (offset >= len)
+                    break;
+                struct event *piece = stage_slot(s, now);
+                if (!piece)
+                    break;
+                fill_args(piece, pid, start, offset, len);
+                stage_add(s);
+            }
+            stage_due(s, now);
+        }
+        stage_release(s);
+        return 0;
+    }
+    stat_add(ST_EVENTS, 1 + EXEC_ARGS_PIECES);  /* as many as the record has room for */
+    struct lone_exec_record *r = events.ringbuf_reserve(sizeof(struct lone_exec_record));
+    if (!r) {
+        count_lost(1 + EXEC_ARGS_PIECES, now);
+        return 0;
+    }
+    __builtin_memset(r, 0, sizeof(*r));
+    r->hdr.cpu = bpf_get_smp_processor_id();
+    r->hdr.first_ts_ns = now;
+    r->ev[0].ts_ns = now;
+    fill_exec(&r->ev[0], task, pid, args, args->data_loc_filename);
+#pragma unroll
+    for (u32 i = 0; i < EXEC_ARGS_PIECES; i++) {
+        r->ev[1 + i].ts_ns = now;
+        if (i * ARGS_PIECE < len) {
+            fill_args(&r->ev[1 + i], pid, start, i * ARGS_PIECE, len);
+        } else {
+            /* unused: an empty piece, so that the record holds what it says */
+            r->ev[1 + i].kind = EV_ARGS;
+            r->ev[1 + i].pid = pid;
+        }
+    }
+    r->hdr.count = 1 + EXEC_ARGS_PIECES;
+    events.ringbuf_submit(r, 0);
     return 0;
 }
 

@@ -22,6 +22,10 @@ typedef uint64_t u64;
 #define EV_CONNECT_FAILED 4
 #define EV_EXEC 5
 #define EV_EXIT 6
+/* Not an event: a piece of the command line of the EXEC just before it in the same record
+ * (same ts_ns and pid). The decoders join the pieces into that EXEC. */
+#define EV_ARGS 64
+#define ARGS_PIECE 64         /* bytes of a command line in one EV_ARGS record (a power of 2) */
 
 /* flags */
 #define EVF_PASSIVE 0x1       /* the socket was opened by accept(), not connect() */
@@ -37,20 +41,26 @@ struct event {                /* 128 bytes */
     u64 bytes_received;       /* CLOSE: tcp_sock.bytes_received */
     u32 pid;                  /* thread group id of the process the event belongs to */
     u32 netns;                /* network namespace inode */
-    u32 aux;                  /* CONNECT_FAILED: sk_err; EXEC/EXIT: parent's tgid */
-    u16 lport;
+    u32 aux;                  /* CONNECT_FAILED: sk_err; EXEC/EXIT: parent's tgid;
+                                 ARGS: where its piece begins in the command line */
+    u16 lport;                /* ARGS: its piece's length */
     u16 rport;
     u8 kind;
     u8 family;
     u16 flags;
-    u32 aux2;                 /* EXIT: exit code */
-    char comm[16];
+    u32 aux2;                 /* EXIT: exit code; ARGS: the whole command line's length */
     union {
         struct {
-            u8 laddr[16];
-            u8 raddr[16];
+            char comm[16];
+            union {
+                struct {
+                    u8 laddr[16];
+                    u8 raddr[16];
+                };
+                char filename[56];    /* EXEC */
+            };
         };
-        char filename[56];    /* EXEC */
+        char args[ARGS_PIECE];        /* ARGS: its piece of the command line (at comm) */
     };
 };
 

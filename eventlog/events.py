@@ -38,6 +38,12 @@ PROCESS_KINDS = frozenset({Kind.EXEC, Kind.EXIT})
 CONNTRACK_KINDS = frozenset({Kind.CT_NEW, Kind.CT_UPDATE, Kind.CT_DESTROY})
 
 
+def cmdline_text(raw: bytes) -> str:
+    """A command line as /proc/<pid>/cmdline and a process's memory hold it (arguments
+    separated by NUL bytes), as one line of text."""
+    return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+
+
 class Event(NamedTuple):
     """One event as captured, before it has a position in the log."""
 

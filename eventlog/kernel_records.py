@@ -13,7 +13,7 @@ import struct
 from typing import Any, cast
 
 from eventlog import native
-from eventlog.events import Event, Kind
+from eventlog.events import Event, Kind, cmdline_text
 
 HEADER = struct.Struct("<IIQ")
 EVENT = struct.Struct("<QQQQIIIHHBBHI16s56s")
@@ -25,6 +25,12 @@ FAMILY_INET6 = 10
 FLAG_PASSIVE = 0x1
 FLAG_UNATTRIBUTED = 0x2
 FLAG_TRUNCATED = 0x4
+
+# EV_ARGS: a piece of the command line of the EXEC before it in the same record; joined into
+# that EXEC's extra here, never an event of its own (and not a kind of the log).
+ARGS = 64
+ARGS_PIECE = 64
+KIND_OFFSET = 48  # of struct event's kind
 
 _CONNECT, _ACCEPT, _CLOSE, _FAILED = (
     int(Kind.CONNECT),
@@ -79,10 +85,60 @@ def decode_record(data: bytes) -> list[Event]:
         for (ts, sock_id, sent, received, pid, netns, _aux, lport, rport, kind, family, _flags,
              _aux2, comm, laddr, raddr) in _FAST.iter_unpack(body)
     ]  # fmt: skip
+    pieces = False
     for index, event in enumerate(events):
-        if event[0] not in _FAST_KINDS:
+        if event[0] == ARGS:
+            pieces = True
+        elif event[0] not in _FAST_KINDS:
             events[index] = decode_event(EVENT.unpack_from(body, index * EVENT.size))
-    return events
+    return _with_command_lines(events, body) if pieces else events
+
+
+def record_count(data: bytes) -> int:
+    """How many 128-byte records the kernel put in a stage record (EV_ARGS pieces included)."""
+    return int(HEADER.unpack_from(data)[0])
+
+
+def holds_command_lines(data: bytes) -> bool:
+    """Whether a record has EV_ARGS pieces (which only ``decode_record`` joins)."""
+    kinds = memoryview(data)[HEADER.size + KIND_OFFSET :: EVENT.size]
+    return ARGS in kinds.tobytes()
+
+
+def _with_command_lines(events: list[Event], body: memoryview) -> list[Event]:
+    """The events without their EV_ARGS pieces, each EXEC with the command line its pieces
+    hold (``cmdline``; ``cmdline_truncated`` when the record holds less than all of it)."""
+    joined: list[Event] = []
+    exec_at: int | None = None  # where in ``joined`` the EXEC the pieces belong to is
+    parts: list[tuple[int, bytes]] = []
+    whole = 0
+    for index, event in enumerate(events):
+        if event[0] != ARGS:
+            if exec_at is not None:
+                joined[exec_at] = _with_command_line(joined[exec_at], parts, whole)
+            exec_at, parts, whole = (len(joined), [], 0) if event[0] == Kind.EXEC else (None, [], 0)
+            joined.append(event)
+            continue
+        fields = EVENT.unpack_from(body, index * EVENT.size)
+        pid, offset, length, whole_length = fields[4], fields[6], fields[7], fields[12]
+        if exec_at is None or pid != joined[exec_at].pid or length == 0:
+            continue  # not after its EXEC (the record is malformed), or an unused piece
+        parts.append((offset, (fields[13] + fields[14])[: min(length, ARGS_PIECE)]))
+        whole = whole_length
+    if exec_at is not None:
+        joined[exec_at] = _with_command_line(joined[exec_at], parts, whole)
+    return joined
+
+
+def _with_command_line(event: Event, parts: list[tuple[int, bytes]], whole: int) -> Event:
+    if not parts:
+        return event
+    raw = b"".join(piece for _, piece in sorted(parts))
+    extra = dict(event.extra or {})
+    extra["cmdline"] = cmdline_text(raw)
+    if whole > len(raw):
+        extra["cmdline_truncated"] = True
+    return event._replace(extra=extra)
 
 
 def decode_event(fields: tuple[Any, ...]) -> Event:

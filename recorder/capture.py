@@ -45,6 +45,9 @@ KERNEL_OFFSETS = (
     ("OFF_TASK_REAL_PARENT", "task_struct", "real_parent"),
     ("OFF_TASK_TGID", "task_struct", "tgid"),
     ("OFF_TASK_EXIT_CODE", "task_struct", "exit_code"),
+    ("OFF_TASK_MM", "task_struct", "mm"),
+    ("OFF_MM_ARG_START", "mm_struct", "arg_start"),
+    ("OFF_MM_ARG_END", "mm_struct", "arg_end"),
     ("OFF_NSPROXY_NET_NS", "nsproxy", "net_ns"),
     ("OFF_FILES_FDT", "files_struct", "fdt"),
     ("OFF_FDTABLE_MAX_FDS", "fdtable", "max_fds"),
@@ -113,6 +116,9 @@ class CaptureOptions:
     # False: every event is handed over as a record of its own, the path a program takes when
     # it interrupts another one writing to its CPU's stage. Slow; tests exercise that path.
     staging: bool = True
+    # Each EXEC followed by pieces of its command line (EV_ARGS: EXEC_ARGS_PIECES of 64
+    # bytes), read from the new process's memory; False: the program path only.
+    command_lines: bool = True
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,8 @@ def ringbuf_pages(ringbuf_bytes: int) -> int:
     return 1 << (pages - 1).bit_length()
 
 
+EXEC_ARGS_PIECES = 4  # up to 256 bytes of a command line
+
 # A stage record is at most a 16-byte header and 64 events of 128 bytes.
 MAX_RECORD_BYTES = 16 + 64 * 128
 MAX_RECORDS_PER_WAKEUP = 16
@@ -195,6 +203,7 @@ def program_cflags(offsets: dict[str, int], options: CaptureOptions) -> list[str
         "SOCK_TABLE_SIZE": options.sock_table_size,
         "STAGE_MAX_AGE_NS": f"{options.stage_max_age_ns}ULL",
         "STAGING": int(options.staging),
+        "EXEC_ARGS_PIECES": EXEC_ARGS_PIECES if options.command_lines else 0,
     }
     return [f"-D{name}={value}" for name, value in sorted(defines.items())] + [f"-I{BPF_DIR}"]
 

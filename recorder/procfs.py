@@ -15,7 +15,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eventlog.events import KEPT_STATES, ConntrackEntry, SnapshotConnection, SnapshotProcess
+from eventlog.events import (
+    KEPT_STATES,
+    ConntrackEntry,
+    SnapshotConnection,
+    SnapshotProcess,
+    cmdline_text,
+)
 
 # Kernel TCP states kept from /proc/net/tcp: open connections as Scope kept them, and
 # listeners, which tell replay which side of a pre-existing connection is the server.
@@ -116,10 +122,6 @@ def parse_stat(text: str) -> StatLine | None:
     if not (0 <= ppid < 1 << 32 and 0 <= start_ticks < 1 << 62):
         return None
     return StatLine(text[open_paren + 1 : close_paren], ppid, start_ticks)
-
-
-def parse_cmdline(raw: bytes) -> str:
-    return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
 
 
 def parse_socket_link(target: str) -> int | None:
@@ -235,7 +237,7 @@ def walk(proc: Path = Path("/proc"), redact_cmdline: bool = False) -> ProcWalk:
         raw_cmdline = _read_bytes(f"{base}/cmdline") or b""
         if redact_cmdline:  # argv[0] only: arguments may hold secrets
             raw_cmdline = raw_cmdline.split(b"\0", 1)[0]
-        cmdline = parse_cmdline(raw_cmdline)
+        cmdline = cmdline_text(raw_cmdline)
         result.processes.append(
             SnapshotProcess(
                 pid=pid,

@@ -9,6 +9,7 @@ still buffered and closes the recording with its reason.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import os
 import queue
@@ -23,7 +24,13 @@ from eventlog import __version__, native
 from eventlog.clock import ClockModel, monotonic_ns
 from eventlog.errors import EbpfUnavailableError, LogError, LogWriteError, ScopeError
 from eventlog.events import MODE_EBPF, MODE_PROC, ClockSample, Event, Kind, Loss, Snapshot
-from eventlog.kernel_records import DecodeError, decode_record, raw_run
+from eventlog.kernel_records import (
+    DecodeError,
+    decode_record,
+    holds_command_lines,
+    raw_run,
+    record_count,
+)
 from eventlog.location import LogLocation
 from eventlog.options import SqliteOptions
 from eventlog.recordings import (
@@ -242,7 +249,11 @@ class Recorder:
     def run(self) -> Progress:
         options = self.options
         mode = self._choose_mode()
-        capture = EbpfCapture(options.capture) if mode == MODE_EBPF else None
+        # Arguments may hold secrets: with --redact-cmdline the programs read none.
+        capture_options = dataclasses.replace(
+            options.capture, command_lines=not options.redact_cmdline
+        )
+        capture = EbpfCapture(capture_options) if mode == MODE_EBPF else None
         if capture is not None:
             try:
                 capture.start()
@@ -368,6 +379,7 @@ class _Session:
         self.loss_warned_at: int | None = None
         self.decode_errors = 0
         self.received_events = 0
+        self.received_pieces = 0  # of command lines: received, joined into their EXECs
         self.outage_since: int | None = None
         self.retry_at = 0
         self.initial_snapshot_mono: int | None = None
@@ -457,13 +469,17 @@ class _Session:
     def _drain(self, records: list[bytes]) -> None:
         for record in records:
             try:
-                if native.AVAILABLE:  # kept as the kernel wrote them, down to the INSERT
+                # Kept as the kernel wrote them, down to the INSERT; except a record with
+                # command lines, whose pieces are joined into their EXECs when decoded.
+                if native.AVAILABLE and not holds_command_lines(record):
                     run = raw_run(record)
                     self.received_events += len(run)
                     self.reorder.add_run(run)
                 else:
                     events = decode_record(record)
-                    self.received_events += len(events)
+                    received = record_count(record)
+                    self.received_events += received
+                    self.received_pieces += received - len(events)
                     self.reorder.add(events)
             except DecodeError as exc:
                 self.decode_errors += 1
@@ -629,13 +645,15 @@ class _Session:
 
     def counters(self) -> dict[str, int]:
         """The accounting a test or an operator can check: staged in the kernel = received
-        from the ring buffer + lost in it; committed = received + snapshots and /proc events."""
+        from the ring buffer + lost in it; committed = received - the pieces of command lines
+        (each joined into its EXEC) + snapshots and /proc events."""
         return {
             "kernel_staged": self.kernel.staged_events,
             "kernel_lost": self.kernel.lost_events,
             "kernel_recursion_misses": self.kernel.recursion_misses,
             "kernel_stale_sockets": self.kernel.stale_sockets,
             "received": self.received_events,
+            "command_line_pieces": self.received_pieces,
             "committed": self.writer.committed_events,
             "late": self.reorder.late_events,
             "snapshots": self.progress.snapshots,

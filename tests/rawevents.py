@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eventlog.kernel_records import EVENT, HEADER
+from eventlog.kernel_records import ARGS, EVENT, HEADER
 
 ROOT_NETNS = 4026531833
 
@@ -39,3 +39,11 @@ def raw_event(
 
 def record(*events: bytes, cpu: int = 0) -> bytes:
     return HEADER.pack(len(events), cpu, 0) + b"".join(events)
+
+
+def args_piece(ts: int, pid: int, offset: int, whole: int, data: bytes) -> bytes:
+    """An EV_ARGS record: ``data`` is the command line's bytes at ``offset``."""
+    laid = data.ljust(72, b"\0")  # laid over comm and the address union, as the programs do
+    return EVENT.pack(
+        ts, 0, 0, 0, pid, 0, offset, len(data), 0, ARGS, 0, 0, whole, laid[:16], laid[16:],
+    )  # fmt: skip

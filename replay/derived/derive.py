@@ -39,7 +39,7 @@ from eventlog.errors import LogOpenError
 from eventlog.events import IPS_NAT_MASK, TCP_LISTEN, Kind, Snapshot
 from eventlog.reader import LogReader
 from replay.derived.copy import Chunk
-from replay.derived.tables import SHORT_NS, SOCKET_COLUMNS
+from replay.derived.tables import SHORT_NS, SOCKET_COLUMNS, exec_command_line
 from replay.fold import (
     FOLDED_KINDS,
     Ended,
@@ -611,7 +611,7 @@ SELECT x.recording_id, x.pid, x.source_pos, e.wall_ns, z.wall_ns,
     CASE WHEN e.kind = {_EXEC} THEN coalesce(e.comm, '?') ELSE p.comm END,
     CASE WHEN e.kind = {_EXEC} THEN CAST(json_extract(e.extra, '$.ppid') AS INTEGER)
          ELSE p.ppid END,
-    CASE WHEN e.kind = {_EXEC} THEN coalesce(json_extract_string(e.extra, '$.filename'), '')
+    CASE WHEN e.kind = {_EXEC} THEN coalesce({exec_command_line("e")}, '')
          ELSE p.cmdline END,
     CASE WHEN e.kind = {_EXEC} THEN '' ELSE p.cgroup END,
     CASE WHEN e.kind = {_EXEC} THEN e.netns ELSE p.netns END

@@ -28,8 +28,18 @@ from __future__ import annotations
 
 from eventlog.addresses import FAMILIES
 
-FORMAT = 2
+FORMAT = 3
 SHORT_NS = 60 * 1_000_000_000
+
+
+def exec_command_line(event: str) -> str:
+    """SQL: the command line of the EXEC row ``event`` (an alias of ``ev``): what the
+    programs read of its memory, else (an older log, or --redact-cmdline) its program."""
+    return (
+        f"coalesce(json_extract_string({event}.extra, '$.cmdline'), "
+        f"json_extract_string({event}.extra, '$.filename'))"
+    )
+
 
 _FAMILIES = ", ".join(f"'{name}'" for name in FAMILIES)
 

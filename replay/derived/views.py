@@ -20,7 +20,7 @@ row says where DNAT sent it and how SNAT showed its source.
 from __future__ import annotations
 
 from eventlog.events import IPS_DST_NAT, IPS_SRC_NAT, Kind
-from replay.derived.tables import SHORT_NS
+from replay.derived.tables import SHORT_NS, exec_command_line
 
 CLOSE_ONLY_NOTE = "opened before anything recorded"
 MISSING_NOTE = "gone by the next /proc snapshot (its close was not captured)"
@@ -419,7 +419,7 @@ CREATE OR REPLACE VIEW processes AS
 WITH sightings AS (
     SELECT e.recording_id, e.pid, e.wall_ns AS at_ns, e.kind, e.wall_ns AS start_ns,
         e.comm, CAST(json_extract(e.extra, '$.ppid') AS INTEGER) AS ppid,
-        json_extract_string(e.extra, '$.filename') AS cmdline, CAST(NULL AS VARCHAR) AS cgroup
+        {exec_command_line("e")} AS cmdline, CAST(NULL AS VARCHAR) AS cgroup
     FROM ev e
     WHERE e.kind IN ({int(Kind.EXEC)}, {int(Kind.EXIT)})
     UNION ALL

@@ -265,7 +265,8 @@ def test_sigterm_under_load_closes_cleanly_with_every_event_in_the_log(
     counters = rec.counters or {}
     assert counters["kernel_lost"] == 0
     assert counters["kernel_staged"] == counters["received"] > 1000
-    assert counters["committed"] == in_log == counters["received"] + counters["snapshots"]
+    assert counters["committed"] == in_log
+    assert in_log == counters["received"] - counters["command_line_pieces"] + counters["snapshots"]
 
 
 def _snapshot_committed(location: LogLocation) -> bool:
@@ -462,3 +463,36 @@ def test_the_accept_programs_replace_an_entry_only_while_its_key_is_there() -> N
         assert bpf[b"entries"][ctypes.c_uint64(1)].value == 2
     finally:
         bpf.cleanup()
+
+
+@pytest.mark.parametrize("staging", [True, False], ids=["staged", "records-of-their-own"])
+def test_a_process_started_while_recording_has_its_command_line(
+    location: LogLocation, staging: bool
+) -> None:
+    """Read from the new process's memory at exec, in pieces after its EXEC: all of a short
+    command line, the first 256 bytes of a long one (flagged), the same whether the EXEC
+    was staged or handed over in a record of its own."""
+    long_argument = "x" * 300
+    with recording(location, snapshot_interval_s=0, capture=CaptureOptions(staging=staging)) as run:
+        subprocess.run(["/bin/echo", "scope-args", "short one"], check=True, capture_output=True)
+        subprocess.run(["/bin/echo", "scope-args", long_argument], check=True, capture_output=True)
+        time.sleep(0.3)
+    lines = {
+        (e.extra or {}).get("cmdline", ""): e.extra
+        for e in by_kind(run.events(), Kind.EXEC)
+        if e.comm == "echo"
+    }
+    short = lines["/bin/echo scope-args short one"]
+    assert short is not None and "cmdline_truncated" not in short
+    (long_line,) = [line for line in lines if line.startswith("/bin/echo scope-args xxx")]
+    assert len(long_line) == 256 and lines[long_line]["cmdline_truncated"] is True  # type: ignore[index]
+
+
+def test_redacted_command_lines_are_not_read(location: LogLocation) -> None:
+    """--redact-cmdline: arguments may hold secrets, and the programs read none."""
+    with recording(location, snapshot_interval_s=0, redact_cmdline=True) as run:
+        subprocess.run(["/bin/echo", "scope-secret"], check=True, capture_output=True)
+        time.sleep(0.3)
+    echoes = [e for e in by_kind(run.events(), Kind.EXEC) if e.comm == "echo"]
+    assert echoes and all("cmdline" not in (e.extra or {}) for e in echoes)
+    assert all(e.extra and e.extra["filename"] == "/bin/echo" for e in echoes)

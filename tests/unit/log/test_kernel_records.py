@@ -11,9 +11,19 @@ from pathlib import Path
 import pytest
 
 from eventlog.events import Event, Kind
-from eventlog.kernel_records import EVENT, HEADER, DecodeError, decode_record
+from eventlog.kernel_records import (
+    ARGS,
+    ARGS_PIECE,
+    EVENT,
+    HEADER,
+    KIND_OFFSET,
+    DecodeError,
+    decode_record,
+    holds_command_lines,
+    record_count,
+)
 from recorder.capture import BPF_DIR
-from tests.rawevents import ROOT_NETNS, raw_event, record
+from tests.rawevents import ROOT_NETNS, args_piece, raw_event, record
 
 
 def test_connection_events_ipv4_ipv6_and_failed() -> None:
@@ -60,6 +70,40 @@ def test_process_events() -> None:
     assert exit_event.extra == {"ppid": 1, "exit_code": 256}
 
 
+def test_command_line_pieces_join_their_exec() -> None:
+    """The pieces after an EXEC (its pid and time) are its command line, whatever their
+    order; what the record holds of a longer one is flagged; empty pieces (the unused room
+    of a record of its own) are not events."""
+    line = b"curl\0-s\0http://example.com/" + b"p" * 70 + b"\0"
+    data = record(
+        raw_event(Kind.EXEC, 7, pid=42, aux=1, comm=b"curl", filename=b"/usr/bin/curl"),
+        args_piece(7, 42, 64, len(line) + 100, line[64:]),
+        args_piece(7, 42, 0, len(line) + 100, line[:64]),
+        args_piece(7, 42, 0, 0, b""),
+        raw_event(Kind.EXIT, 8, pid=41, aux=1, comm=b"sh"),
+    )
+    assert holds_command_lines(data) and record_count(data) == 5
+    exec_event, exit_event = decode_record(data)
+    assert exec_event.extra == {
+        "ppid": 1,
+        "filename": "/usr/bin/curl",
+        "cmdline": "curl -s http://example.com/" + "p" * 70,
+        "cmdline_truncated": True,
+    }
+    assert exit_event.kind == Kind.EXIT
+
+
+def test_an_exec_without_pieces_keeps_its_program_only() -> None:
+    """--redact-cmdline: no pieces; and a piece of another process is not this one's."""
+    data = record(
+        raw_event(Kind.EXEC, 7, pid=42, aux=1, comm=b"curl", filename=b"/usr/bin/curl"),
+        args_piece(7, 43, 0, 5, b"evil\0"),
+    )
+    (exec_event,) = decode_record(data)
+    assert exec_event.extra == {"ppid": 1, "filename": "/usr/bin/curl"}
+    assert not holds_command_lines(record(raw_event(Kind.EXEC, 7, pid=42, filename=b"/x")))
+
+
 def test_truncated_filename_is_flagged() -> None:
     (event,) = decode_record(
         record(raw_event(Kind.EXEC, pid=1, filename=b"/x" * 27 + b"y", flags=4))
@@ -85,8 +129,9 @@ typedef unsigned long long u64;
 #define F(name) printf(#name " %zu\n", offsetof(struct event, name));
 int main(void) {
     printf("event %zu\nheader %zu\n", sizeof(struct event), sizeof(struct stage_header));
+    printf("EV_ARGS %d\nARGS_PIECE %d\n", EV_ARGS, ARGS_PIECE);
     F(ts_ns) F(sock_id) F(bytes_sent) F(bytes_received) F(pid) F(netns) F(aux) F(lport)
-    F(rport) F(kind) F(family) F(flags) F(aux2) F(comm) F(laddr) F(raddr) F(filename)
+    F(rport) F(kind) F(family) F(flags) F(aux2) F(comm) F(laddr) F(raddr) F(filename) F(args)
     return 0;
 }
 """
@@ -121,3 +166,9 @@ def test_python_layout_matches_the_c_header(tmp_path: Path) -> None:
         assert layout[name] == value, name
     assert layout["raddr"] == layout["laddr"] + 16
     assert layout["filename"] == layout["laddr"]
+    # a piece of a command line is laid from comm on; the decoder finds kinds at "kind"
+    assert layout["args"] == layout["comm"] and (layout["EV_ARGS"], layout["ARGS_PIECE"]) == (
+        ARGS,
+        ARGS_PIECE,
+    )
+    assert layout["kind"] == KIND_OFFSET

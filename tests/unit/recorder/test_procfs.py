@@ -7,9 +7,9 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eventlog.events import cmdline_text
 from recorder.procfs import (
     ParseStats,
-    parse_cmdline,
     parse_socket_link,
     parse_stat,
     parse_tcp_table,
@@ -62,7 +62,7 @@ def test_stat_with_awkward_comm() -> None:
 
 
 def test_cmdline_and_socket_links() -> None:
-    assert parse_cmdline(b"postgres\0-D\0/var/lib\0") == "postgres -D /var/lib"
+    assert cmdline_text(b"postgres\0-D\0/var/lib\0") == "postgres -D /var/lib"
     assert parse_socket_link("socket:[12345]") == 12345
     assert parse_socket_link("pipe:[12345]") is None
     assert parse_socket_link("socket:[12x]") is None
@@ -106,7 +106,7 @@ def test_stat_parser_never_raises(text: str) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300))
 def test_cmdline_and_link_parsers_never_raise(raw: bytes) -> None:
-    assert isinstance(parse_cmdline(raw), str)
+    assert isinstance(cmdline_text(raw), str)
     parse_socket_link(raw.decode("latin-1"))
 
 
