@@ -53,6 +53,7 @@ def to_document(topology: Topology) -> dict[str, Any]:
                 "source": edge.source,
                 "target": edge.target,
                 "connections": len(edge.connection_ids),
+                "open_connections": edge.open_connections,
                 "connection_ids": edge.connection_ids,
             }
             for edge in topology.edges.values()
@@ -82,6 +83,7 @@ def render_table(topology: Topology) -> str:
             labels.get(e.source, e.source),
             labels.get(e.target, e.target),
             len(e.connection_ids),
+            e.open_connections,
             e.source,
             e.target,
         ]
@@ -92,7 +94,7 @@ def render_table(topology: Topology) -> str:
         + "\n"
         + to_table(["node", "detail", "shape", "pseudo", "id"], nodes)
         + "\n"
-        + to_table(["from", "to", "connections", "from_id", "to_id"], edges, "(no edges)")
+        + to_table(["from", "to", "connections", "open", "from_id", "to_id"], edges, "(no edges)")
     )
 
 
