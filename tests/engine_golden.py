@@ -26,6 +26,8 @@ Changed since, on purpose (each checked to be the only difference before rewriti
 - a process is named in the maps by whichever of its connections knows its name (it was
   named by the first of them, and shown as "?" when that one did not): processes views of
   workload, nat and fleet, and their diffs.
+- an edge of a map says how many of its connections are open at the moment
+  (``open_connections``, beside ``connections``): every map's JSON that has an edge.
 
 Regenerate (only when an answer is meant to change, and say why in the commit):
     python -m tests.engine_golden --write

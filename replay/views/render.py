@@ -1,4 +1,8 @@
-"""Topologies as Scope's API JSON, a table, or Graphviz (DOT, SVG, PNG)."""
+"""Topologies as Scope's API JSON, a table, or Graphviz (DOT, SVG, PNG).
+
+JSON and the table give the whole topology (machines read them); the drawn formats show it
+as replay.views.drawing makes it readable (alike nodes stacked, a title and a legend), laid
+out by replay.views.layout and written by replay.views.dot."""
 
 from __future__ import annotations
 
@@ -10,11 +14,9 @@ from eventlog.errors import UsageError
 from eventlog.timefmt import format_ns
 from replay.output import to_json, to_table
 from replay.timespec import format_duration
+from replay.views.dot import dot_text
+from replay.views.drawing import drawing_of
 from replay.views.topology import Node, Topology
-
-# Scope's shapes, in Graphviz terms. Graphviz has no cloud: the Internet is a dashed ellipse.
-DOT_SHAPES = {"square": "box", "hexagon": "hexagon", "circle": "circle", "cloud": "ellipse"}
-DOT_STYLE = {"cloud": 'style="dashed,filled" fillcolor="#e8f1fb"'}
 
 
 def node_summary(topology: Topology, node: Node) -> dict[str, Any]:
@@ -53,6 +55,7 @@ def to_document(topology: Topology) -> dict[str, Any]:
                 "source": edge.source,
                 "target": edge.target,
                 "connections": len(edge.connection_ids),
+                "open_connections": edge.open_connections,
                 "connection_ids": edge.connection_ids,
             }
             for edge in topology.edges.values()
@@ -82,6 +85,7 @@ def render_table(topology: Topology) -> str:
             labels.get(e.source, e.source),
             labels.get(e.target, e.target),
             len(e.connection_ids),
+            e.open_connections,
             e.source,
             e.target,
         ]
@@ -92,35 +96,13 @@ def render_table(topology: Topology) -> str:
         + "\n"
         + to_table(["node", "detail", "shape", "pseudo", "id"], nodes)
         + "\n"
-        + to_table(["from", "to", "connections", "from_id", "to_id"], edges, "(no edges)")
+        + to_table(["from", "to", "connections", "open", "from_id", "to_id"], edges, "(no edges)")
     )
 
 
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def render_dot(topology: Topology) -> str:
-    lines = [
-        f"digraph {_quote(topology.view)} {{",
-        "  rankdir=LR;",
-        '  node [fontname="Helvetica" fontsize=11];',
-        '  edge [fontname="Helvetica" fontsize=9 color="#555555"];',
-        f"  label={_quote(f'{topology.view} at {format_ns(topology.at_ns)}')}; labelloc=t;",
-    ]
-    for node in topology.nodes.values():
-        label = node.label + (f"\n{node.label_minor}" if node.label_minor else "")
-        attributes = [f"label={_quote(label)}", f"shape={DOT_SHAPES.get(node.shape, 'ellipse')}"]
-        if node.shape in DOT_STYLE:
-            attributes.append(DOT_STYLE[node.shape])
-        lines.append(f"  {_quote(node.id)} [{' '.join(attributes)}];")
-    for edge in topology.edges.values():
-        count = len(edge.connection_ids)
-        lines.append(
-            f"  {_quote(edge.source)} -> {_quote(edge.target)} [label={_quote(str(count))}];"
-        )
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    """The map for a person: alike nodes stacked, a title, a legend (replay.views.drawing)."""
+    return dot_text(drawing_of(topology))
 
 
 def render_graphviz(topology: Topology, fmt: str) -> bytes:

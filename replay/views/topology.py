@@ -59,6 +59,9 @@ class Edge:
     source: str
     target: str
     connection_ids: list[str] = field(default_factory=list)
+    # Of those, the ones open at T (the rest closed in the window, or of unknown state since
+    # their recording ended): a map draws an edge with none open as a past one.
+    open_connections: int = 0
 
 
 @dataclass
@@ -280,6 +283,8 @@ class _Builder:
                 continue
             edge = self.topology.edges.setdefault((source, target), Edge(source, target))
             edge.connection_ids.append(row.id)
+            if row.state == "open":
+                edge.open_connections += 1
         self.topology.filtered_nodes += len(self.hidden_lan)
         self._unconnected()
         self._rules()

@@ -10,7 +10,7 @@ from eventlog.events import TCP_LISTEN
 from eventlog.location import LogLocation
 from eventlog.store import Purpose, open_log
 from replay.views.api import topology_at
-from replay.views.render import render_dot, render_json
+from replay.views.render import render_dot, render_json, render_table
 from replay.views.topology import Options, View
 from tests.golden import check_golden
 from tests.logbuilder import Builder, built_log
@@ -192,6 +192,23 @@ def test_edges_carry_their_connections(tmp_path: Path) -> None:
     document = topology(location, View.processes_by_name)
     (edge,) = [e for e in document["edges"] if (e["source"], e["target"]) == ("nginx", "api")]
     assert edge["connections"] == 2 and len(edge["connection_ids"]) == 2
+
+
+def test_edges_count_their_open_connections(tmp_path: Path) -> None:
+    """Of an edge's connections, those still open at T: one closed in the window, one open."""
+    with built_log(tmp_path / "v.db") as (location, b):
+        b.exec(0.5, 5, "start-marker")
+        for sock, port in ((1, 40001), (3, 40002)):
+            b.connect(1.0, sock, 10, "nginx", f"127.0.0.1:{port}", "127.0.0.1:8080")
+            b.accept(1.0, sock + 1, 20, "api", "127.0.0.1:8080", f"127.0.0.1:{port}")
+        b.close(2.0, 1, 10, "nginx", "127.0.0.1:40001", "127.0.0.1:8080")
+        b.close(2.0, 2, 20, "api", "127.0.0.1:8080", "127.0.0.1:40001")
+        b.exec(9.0, 999, "end-marker")
+    (edge,) = topology(location, View.processes_by_name)["edges"]
+    assert (edge["connections"], edge["open_connections"]) == (2, 1)
+    with open_log(location, Purpose.READ) as store:
+        table = render_table(topology_at(store, "+5s", "15s", View.processes_by_name))
+    assert table.splitlines()[-1].split()[:4] == ["nginx", "api", "2", "1"]
 
 
 def test_no_inbound_to_outbound_internet_edge_and_no_lonely_pseudo_nodes(tmp_path: Path) -> None:
