@@ -50,7 +50,8 @@ def insert_events_sql(recording_id: int, rows: int = 1) -> str:
     )
 
 
-def _insert_sql(table: str) -> str:
+def insert_sql(table: str) -> str:
+    """The INSERT of a whole row of ``table``: every column, in the schema's order."""
     columns = [column.name for column in metadata.tables[table].columns]
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
@@ -165,7 +166,7 @@ class SqliteAppender:
                 )
                 self._write_batch_index(recording_id, summary, clock, result)
                 for table, table_rows in snapshot_rows(batch, result.first_position):
-                    conn.executemany(_insert_sql(table), table_rows)
+                    conn.executemany(insert_sql(table), table_rows)
             self._write_clock_and_losses(recording_id, batch, clock, head)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -206,7 +207,7 @@ class SqliteAppender:
         min_mono, max_mono = summary.min_mono_ns, summary.max_mono_ns
         min_wall, max_wall = wall_bounds(clock, min_mono, max_mono)
         self._conn.execute(
-            _insert_sql("batches"),
+            insert_sql("batches"),
             (
                 result.last_position,
                 result.first_position,

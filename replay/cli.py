@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -29,7 +29,8 @@ app = typer.Typer(
     "Example: scope-replay --at 2026-11-25T12:00:00Z --window 15s --view processes",
 )
 db_app = typer.Typer(
-    add_completion=False, help="Check the log, and inspect and migrate its schema."
+    add_completion=False,
+    help="Check the log, recover a damaged one, and inspect and migrate its schema.",
 )
 app.add_typer(db_app, name="db")
 cache_app = typer.Typer(
@@ -317,6 +318,63 @@ def db_check(ctx: typer.Context, db: DbOption = None) -> None:
         typer.echo(f"{finding.what}: {'ok' if finding.ok else 'PROBLEM'}: {finding.detail}")
     if not all(finding.ok for finding in findings):
         raise typer.Exit(1)
+
+
+@db_app.command("recover")
+def db_recover(
+    ctx: typer.Context,
+    source: Annotated[
+        str,
+        typer.Argument(metavar="SRC", help="The damaged SQLite log: read, never written."),
+    ],
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            metavar="NEW",
+            help="The new log to write: a SQLite file that does not exist yet.",
+            show_default=False,
+        ),
+    ] = None,
+    format: FormatOption = DocumentFormat.table,
+) -> None:
+    """Copy what can be read of a damaged SQLite log into a new log, and say what could not.
+
+    What could not be read is counted per table, and held in the new log as loss records,
+    which replay warns of. Positions are renumbered to run without a gap, as every log's do:
+    an event keeps its position up to the first one lost, later ones move earlier by the
+    number lost before them. SRC is never written. Exits 1 if anything was lost.
+
+    Example: scope-replay db recover damaged.db --db recovered.db
+    """
+    from eventlog.location import resolve
+    from eventlog.recover import recover_log
+
+    new = _log_argument(ctx, db)
+    if new is None:  # not $SCOPE_DB or ./scope.db: the damaged log is usually one of them
+        raise UsageError("--db NEW is required: the new log to write the recovered one to")
+    recovery = recover_log(resolve(source), resolve(new))
+    sys.stdout.write(_recovery_report(recovery.document(), format.value))
+    if not recovery.whole:
+        _warn([f"{source} could not be read whole: what is missing is said above"])
+        raise typer.Exit(1)
+
+
+def _recovery_report(document: dict[str, Any], fmt: str) -> str:
+    from replay.output import to_json, to_table
+
+    if fmt == "json":
+        return to_json(document)
+    rows = [
+        [t["table"], t["copied"], f"{t['lost']}{'' if t['lost_exactly'] else '+'}"]
+        for t in document["tables"]
+    ]
+    lines = "".join(f"{note}\n" for note in document["notes"])
+    return (
+        f"recovered {document['source']} into {document['log']}\n"
+        + to_table(["table", "copied", "lost"], rows)
+        + lines
+    )
 
 
 @db_app.command("upgrade")

@@ -9,7 +9,8 @@ import psycopg
 import pytest
 
 from eventlog.location import resolve
-from tests.cli import assert_one_line_error, run_cli
+from tests.cli import after_live_line, assert_one_line_error, run_cli
+from tests.damage import overwrite, table_pages
 from tests.factories import conn_event, recording_writer
 from tests.postgres import PostgresServer, free_port
 
@@ -47,6 +48,22 @@ def test_corrupt_sqlite_pages(tmp_path: Path) -> None:
     log.write_bytes(bytes(data))
     result = run_cli("scope-replay", "db", "current", "--db", str(log))
     assert_one_line_error(result, 2, "not a valid SQLite log")
+
+
+@pytest.mark.parametrize("table", ["recordings", "events"])
+def test_recording_into_a_damaged_log(tmp_path: Path, table: str) -> None:
+    """scope-record meets damage where it reads (recordings, at start) or appends (events,
+    once capture is live): it says the log is not valid in one line. (Damage on a page it
+    never reads goes unnoticed: `scope-replay db check` finds it, `db recover` copies around
+    it.)"""
+    log = _populated_log(tmp_path / "scope.db")
+    root = table_pages(log, table)[0]  # every read and every append goes through the root
+    overwrite(log, root)
+    result = run_cli("scope-record", "--db", str(log), "--mode", "proc", "--no-conntrack",
+                     "--duration", "5", "--quiet")  # fmt: skip
+    if table == "events":
+        result = after_live_line(result)
+    assert_one_line_error(result, 2, f"{log} is not a valid SQLite log")
 
 
 def test_foreign_sqlite_database(tmp_path: Path) -> None:
