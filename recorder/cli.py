@@ -9,6 +9,7 @@ import math
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,6 +20,7 @@ from eventlog.errors import UsageError
 from eventlog.events import MODE_EBPF, MODE_PROC
 from eventlog.options import SQLITE_SYNC_LEVELS, SqliteOptions
 from eventlog.timefmt import format_ns
+from recorder.service import ServiceNotifier
 
 if TYPE_CHECKING:
     from recorder.record import Progress, RecordOptions
@@ -96,6 +98,13 @@ def record(
             "--force", help="Append to a log owned by another user, or in an unsafe directory."
         ),
     ] = False,
+    log_interval: Annotated[
+        float,
+        typer.Option(
+            help="Write how the recording is doing to stderr every this many seconds, a line "
+            "each (for a journal); 0: only when it stops."
+        ),
+    ] = 0.0,
     quiet: Annotated[
         int,
         typer.Option(
@@ -121,6 +130,7 @@ def record(
     _positive(proc_interval, "--proc-interval", most=MAX_SECONDS)
     _positive(ringbuf_mb, "--ringbuf-mb", most=MAX_RINGBUF_MB)
     _positive(buffer_events, "--buffer-events")
+    _positive(log_interval, "--log-interval", allow_zero=True, most=MAX_SECONDS)
     if sync.upper() not in SQLITE_SYNC_LEVELS:
         raise UsageError(f"--sync must be one of {', '.join(SQLITE_SYNC_LEVELS)}")
     options = RecordOptions(
@@ -138,23 +148,32 @@ def record(
         sqlite=SqliteOptions(synchronous=sync.upper(), force=force),
         capture=CaptureOptions(ringbuf_bytes=int(ringbuf_mb * (1 << 20))),
     )
-    recorder = Recorder(
-        options,
-        notify=_notify_quiet if quiet else _notify,
-        on_live=_announce_live if quiet < 2 else None,
-    )
+    manager = ServiceNotifier(warn=_notify)
+
+    def on_live(progress: Progress) -> None:
+        line = _live_line(progress)
+        if quiet < 2:  # said even when piped or -q: what came before is not recorded
+            _notify(line)
+        manager.ready(line)
+
+    recorder = Recorder(options, notify=_notify_quiet if quiet else _notify, on_live=on_live)
 
     def on_signal(signum: int, _frame: object) -> None:
-        recorder.request_stop(STOP_SIGNAL, signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        manager.stopping(f"stopping ({name})")
+        recorder.request_stop(STOP_SIGNAL, name)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     status = _StatusLine(recorder.progress, options) if not quiet and sys.stderr.isatty() else None
+    reports = _Reports(recorder.progress, log_interval, manager)
     if status:
         status.start()
+    reports.start()
     try:
         progress = recorder.run()
     finally:
+        reports.stop()
         if status:
             status.stop()
     if not quiet:
@@ -164,12 +183,60 @@ def record(
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
-def _announce_live(progress: Progress) -> None:
-    # Said even when piped or quiet (-q): what happened before this moment is not recorded.
-    _notify(
+def _live_line(progress: Progress) -> str:
+    return (
         f"recording {progress.recording_id} ({progress.mode}): capturing since "
         f"{format_ns(progress.capturing_since_ns)}"
     )
+
+
+def _doing_line(progress: Progress, rate: float) -> str:
+    return (
+        f"recording {progress.recording_id} ({progress.mode}): {progress.committed_events} "
+        f"events ({rate:.0f}/s), {progress.lost_events} lost"
+    )
+
+
+class _Reports:
+    """How the recording is doing, every ``log_interval`` seconds on stderr (0: never), and
+    as often (else every few seconds) to a service manager, when one asked for it."""
+
+    MANAGER_EVERY_S = 5.0
+
+    def __init__(self, progress: Progress, log_interval: float, manager: ServiceNotifier) -> None:
+        self._progress = progress
+        self._log_interval = log_interval
+        self._manager = manager
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scope-reports", daemon=True)
+
+    def start(self) -> None:
+        if self._log_interval or self._manager.active:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        logged = told = (started, 0)
+        while not self._done.wait(0.5):
+            now, committed = time.monotonic(), self._progress.committed_events
+            if not self._progress.capturing_since_ns:
+                logged = told = (now, committed)  # not live yet: said when it is
+                continue
+            if self._log_interval and now - logged[0] >= self._log_interval:
+                _notify(_doing_line(self._progress, (committed - logged[1]) / (now - logged[0])))
+                logged = (now, committed)
+            if self._manager.active and now - told[0] >= (
+                self._log_interval or self.MANAGER_EVERY_S
+            ):
+                self._manager.status(
+                    _doing_line(self._progress, (committed - told[1]) / (now - told[0]))
+                )
+                told = (now, committed)
 
 
 def _notify(message: str) -> None:

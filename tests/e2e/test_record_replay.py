@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -11,7 +15,7 @@ import pytest
 from eventlog.location import resolve
 from eventlog.timefmt import format_ns
 from recorder.workload import run_client, running_server
-from tests.cli import run_cli
+from tests.cli import BIN, run_cli
 from tests.ebpf import require_ebpf
 from tests.recording import recording
 
@@ -154,3 +158,38 @@ def test_the_recorder_runs_no_helper_programs(tmp_path: Path) -> None:
     forked = [row for row in rows if row["pid"] in own - {recording["recorder_pid"]}]
     assert forked, "no child of the recorder was seen: the test no longer tests anything"
     assert not [row for row in forked if row["kind"] == "exec"], forked
+
+
+def test_a_service_manager_is_told_when_capture_is_live(tmp_path: Path) -> None:
+    """systemd's Type=notify: READY=1 when capture is live (not when the process starts),
+    then how it is doing, and STOPPING=1 when a stop begins; --log-interval writes the same
+    to stderr, a line each, for a journal."""
+    require_ebpf()
+    address = tmp_path / "notify"
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(str(address))
+    manager.settimeout(60)
+    recorder = subprocess.Popen(
+        [str(BIN / "scope-record"), "--db", str(tmp_path / "svc.db"), "--snapshot-interval", "0",
+         "--log-interval", "0.5"],
+        env={**os.environ, "NOTIFY_SOCKET": str(address)},
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        ready = manager.recv(4096).decode()
+        assert ready.startswith("READY=1\nSTATUS=recording 1 (ebpf): capturing since "), ready
+        doing = manager.recv(4096).decode()
+        assert doing.startswith("STATUS=recording 1 (ebpf): ") and " events (" in doing, doing
+        recorder.send_signal(signal.SIGTERM)
+        message = manager.recv(4096).decode()
+        while not message.startswith("STOPPING=1"):  # a STATUS may come first
+            message = manager.recv(4096).decode()
+        assert message == "STOPPING=1\nSTATUS=stopping (SIGTERM)"
+        _, stderr = recorder.communicate(timeout=60)
+    finally:
+        recorder.kill()
+        manager.close()
+    assert recorder.returncode == 0, stderr
+    lines = stderr.splitlines()
+    assert lines[0] == "scope-record: " + ready.split("STATUS=", 1)[1]
+    assert any(" events (" in line and line.endswith(" lost") for line in lines), lines
