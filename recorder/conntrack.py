@@ -312,7 +312,8 @@ class ConntrackWatcher:
                 for bit in _TRANSLATIONS:
                     async for msg in await sock.dump(status=bit, status_mask=bit):
                         entry = entry_of(msg, inode, self.stats)
-                        if entry is not None:
+                        # (a kernel older than the status filter, 5.15, dumps them all)
+                        if entry is not None and entry.status & IPS_NAT_MASK:
                             found[entry.ct_id] = entry
             finally:
                 sock.close()
