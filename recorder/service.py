@@ -24,6 +24,7 @@ class ServiceNotifier:
         self._address = _address(os.environ.get(ENVIRONMENT, ""))
         self._warn = warn
         self._failed = False
+        self._pid = os.getpid()
 
     @property
     def active(self) -> bool:
@@ -40,6 +41,10 @@ class ServiceNotifier:
 
     def _send(self, message: str) -> None:
         if self._address is None or self._failed:
+            return
+        if os.getpid() != self._pid:
+            # A fork of the recorder (pyroute2's, to open a socket in a namespace) inherits
+            # the signal handlers that call this: only the recorder speaks for the service.
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:

@@ -37,3 +37,21 @@ def test_a_manager_that_cannot_be_reached_is_said_once(
     notifier.ready("live")
     notifier.status("doing")
     assert len(said) == 1 and "cannot notify the service manager" in said[0]
+
+
+def test_a_fork_does_not_speak_for_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyroute2 forks the recorder to open sockets in namespaces, and its SIGTERM ran the
+    recorder's handler there, which said STOPPING for a recorder that was not stopping."""
+    name = f"scope-notify-fork-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind("\0" + name)
+        manager.settimeout(5)
+        monkeypatch.setenv(ENVIRONMENT, "@" + name)
+        notifier = ServiceNotifier()
+        child = os.fork()
+        if child == 0:
+            notifier.stopping("from a fork")
+            os._exit(0)
+        os.waitpid(child, 0)
+        notifier.status("from the recorder")
+        assert manager.recv(100) == b"STATUS=from the recorder"
