@@ -10,9 +10,9 @@ completed must be in the log as four events (connect, accept, two closes).
 
 ``--conntrack-active``: as on a host with Docker, Kubernetes or any NAT rule, conntrack
 tracks every connection (a rule that only counts new connections is added for the run, and
-removed);
-each round then also records with ``--no-conntrack``, so that the cost of following
-conntrack is measured beside the rest (``ratio_no_conntrack``, ``recorder_cpu_pct_no_conntrack``).
+removed); each round then also records with ``--no-conntrack``, so that the cost of
+following conntrack is measured beside the rest (``ratio_no_conntrack``,
+``recorder_cpu_pct_no_conntrack``).
 
 Last line:
 RESULT conns_per_s_alone=<n> conns_per_s_recorded=<n> ratio=<n> events_captured=<n>

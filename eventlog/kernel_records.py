@@ -107,32 +107,30 @@ def holds_command_lines(data: bytes) -> bool:
 
 def _with_command_lines(events: list[Event], body: memoryview) -> list[Event]:
     """The events without their EV_ARGS pieces, each EXEC with the command line its pieces
-    hold (``cmdline``; ``cmdline_truncated`` when the record holds less than all of it)."""
+    hold (``cmdline``; ``cmdline_truncated`` when the record holds less than all of it).
+    A piece follows its EXEC directly, or another piece of it."""
     joined: list[Event] = []
-    exec_at: int | None = None  # where in ``joined`` the EXEC the pieces belong to is
-    parts: list[tuple[int, bytes]] = []
-    whole = 0
+    parts: dict[int, list[tuple[int, bytes]]] = {}  # by the EXEC's index in ``joined``
+    wholes: dict[int, int] = {}
     for index, event in enumerate(events):
         if event[0] != ARGS:
-            if exec_at is not None:
-                joined[exec_at] = _with_command_line(joined[exec_at], parts, whole)
-            exec_at, parts, whole = (len(joined), [], 0) if event[0] == Kind.EXEC else (None, [], 0)
             joined.append(event)
             continue
         fields = EVENT.unpack_from(body, index * EVENT.size)
-        pid, offset, length, whole_length = fields[4], fields[6], fields[7], fields[12]
-        if exec_at is None or pid != joined[exec_at].pid or length == 0:
+        pid, offset, length, whole = fields[4], fields[6], fields[7], fields[12]
+        owner = len(joined) - 1
+        if owner < 0 or joined[owner].kind != Kind.EXEC or joined[owner].pid != pid or not length:
             continue  # not after its EXEC (the record is malformed), or an unused piece
-        parts.append((offset, (fields[13] + fields[14])[: min(length, ARGS_PIECE)]))
-        whole = whole_length
-    if exec_at is not None:
-        joined[exec_at] = _with_command_line(joined[exec_at], parts, whole)
+        parts.setdefault(owner, []).append(
+            (offset, (fields[13] + fields[14])[: min(length, ARGS_PIECE)])
+        )
+        wholes[owner] = whole
+    for owner, pieces in parts.items():
+        joined[owner] = _with_command_line(joined[owner], pieces, wholes[owner])
     return joined
 
 
 def _with_command_line(event: Event, parts: list[tuple[int, bytes]], whole: int) -> Event:
-    if not parts:
-        return event
     raw = b"".join(piece for _, piece in sorted(parts))
     extra = dict(event.extra or {})
     extra["cmdline"] = cmdline_text(raw)

@@ -21,7 +21,7 @@ from typing import Any
 import bpf
 from eventlog.errors import CaptureError, EbpfUnavailableError
 from recorder.btf import VMLINUX_BTF, Btf, BtfError
-from recorder.hostenv import ensure_tracefs, import_bcc
+from recorder.hostenv import LIBC, ensure_tracefs, import_bcc
 
 BPF_DIR = bpf.directory()
 
@@ -473,15 +473,12 @@ class _InfoAttr(ctypes.Structure):
     )
 
 
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
 def bpf_syscall(command: int, attr: ctypes.Structure) -> int:
     """bpf(command, &attr): 0, or the errno it failed with (ENOSYS where its number is not
     known for this machine)."""
     if _BPF_SYSCALL is None:
         return errno.ENOSYS
-    if _LIBC.syscall(_BPF_SYSCALL, command, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
+    if LIBC.syscall(_BPF_SYSCALL, command, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
         return 0
     return ctypes.get_errno()
 

@@ -41,6 +41,7 @@ from eventlog.events import (
     Kind,
     conntrack_event,
 )
+from recorder.hostenv import LIBC
 from recorder.procfs import ParseStats
 
 IPPROTO_TCP = 6
@@ -52,13 +53,6 @@ STARTUP_TIMEOUT_S = 15.0
 DISCOVERY_PERIOD_S = 1.0  # how soon a new network namespace is followed
 
 T = TypeVar("T")
-
-# Given to pyroute2 for the child it forks to open a socket in a namespace: without one,
-# that child looks libc up with ctypes.util.find_library, which runs ldconfig, a process
-# of the recorder's own in the host's map, at every dump (this process's symbols hold
-# setns already).
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
 
 # The classic BPF program that keeps a conntrack message only if its status (the top-level
 # attribute CTA_STATUS, after the netlink and netfilter headers) has a NAT bit. The kernel's
@@ -251,8 +245,10 @@ class ConntrackWatcher:
     async def _listen(self, inode: int, path: str) -> None:
         from pyroute2.netlink.nfnetlink.nfctsocket import AsyncNFCTSocket  # noqa: PLC0415
 
+        # libc given: pyroute2's child in the namespace would look it up by name, running
+        # ldconfig (a process of the recorder's own, in the host's map) at every socket.
         sock = AsyncNFCTSocket(
-            nfgen_family=socket.AF_UNSPEC, netns=path, groups=_groups(), libc=_LIBC
+            nfgen_family=socket.AF_UNSPEC, netns=path, groups=_groups(), libc=LIBC
         )
         await sock.setup_endpoint()
         keep_translated_only(sock)
@@ -306,7 +302,7 @@ class ConntrackWatcher:
 
         found: dict[int, ConntrackEntry] = {}  # by id: an entry of both kinds is dumped twice
         for family in (socket.AF_INET, socket.AF_INET6):
-            sock = AsyncNFCTSocket(nfgen_family=family, netns=path, libc=_LIBC)
+            sock = AsyncNFCTSocket(nfgen_family=family, netns=path, libc=LIBC)
             try:
                 await sock.setup_endpoint()
                 for bit in _TRANSLATIONS:

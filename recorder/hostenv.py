@@ -9,6 +9,7 @@ project's virtual environment, so that tools other than the recorder find it too
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import importlib.util
 import os
@@ -19,6 +20,9 @@ from pathlib import Path
 
 DEBIAN_BCC = Path("/usr/lib/python3/dist-packages/bcc")
 TRACEFS_MOUNTS = (("tracefs", "/sys/kernel/tracing"), ("debugfs", "/sys/kernel/debug"))
+# The C library this process already holds (its symbols: syscall, setns, ...), for calls
+# Python does not wrap; not looked up by name (ctypes.util.find_library runs ldconfig).
+LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def link_bcc() -> str | None:
