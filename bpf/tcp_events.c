@@ -102,7 +102,12 @@ BPF_HASH(socks, u64, struct sock_info, SOCK_TABLE_SIZE);
 BPF_PERCPU_ARRAY(stages, struct stage, 1);
 BPF_PERCPU_ARRAY(stats, u64, ST_SLOTS);
 BPF_ARRAY(next_sock_id, u64, 1);
-BPF_ARRAY(control, u64, 1);   /* [0] = 1: flush_stage hands over every event (shutdown) */
+/* [CTL_FLUSH_ALL] = 1: flush_stage hands over every event (shutdown). The other slots are
+ * user space's alone: programs pinned in bpffs outlive a recorder, and each recorder leaves
+ * there what the next one needs to carry on (see recorder/capture.py). */
+#define CTL_FLUSH_ALL 0
+#define CTL_SLOTS 16
+BPF_ARRAY(control, u64, CTL_SLOTS);
 
 #define compiler_barrier() asm volatile("" ::: "memory")
 
@@ -726,9 +731,9 @@ int flush_stage(struct bpf_raw_tracepoint_args *ctx)
     if (!s)
         return 1;  /* tried again at shutdown: the program this interrupted holds it */
     if (s->hdr.count) {
-        u32 zero = 0;
+        u32 slot = CTL_FLUSH_ALL;
         u64 now = bpf_ktime_get_ns();
-        u64 *flush_all = control.lookup(&zero);
+        u64 *flush_all = control.lookup(&slot);
         if ((flush_all && *flush_all) || now - s->hdr.first_ts_ns >= STAGE_MAX_AGE_NS)
             stage_flush(s, now);
     }

@@ -11,11 +11,13 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Iterable
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING
 
 from eventlog.events import ClockSample
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 
 def monotonic_ns() -> int:
@@ -64,6 +66,8 @@ class ClockModel:
     def wall_ns_array(self, monos: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         """``wall_ns`` of every element of ``monos``, at once (the same rule as
         ``offset_at``: the last sample at or before each time, else the first)."""
+        import numpy as np  # noqa: PLC0415 (the reading side's; a recorder spares ~15 MB)
+
         if not self._monos:
             raise ValueError("no clock samples")
         index = np.searchsorted(np.asarray(self._monos, dtype=np.int64), monos, side="right") - 1

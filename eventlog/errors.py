@@ -73,6 +73,16 @@ class EbpfUnavailableError(CaptureError):
     pass
 
 
+class CaptureBusyError(CaptureError):
+    """Another recorder reads this host's pinned capture programs."""
+
+
+class ServiceError(ScopeError):
+    """The service manager refused, or the unit could not be written."""
+
+    exit_code = 5
+
+
 class ConntrackUnavailableError(ScopeError):
     exit_code = 4
 

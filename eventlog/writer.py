@@ -15,7 +15,6 @@ from eventlog import native
 from eventlog.batch import AppendResult, Batch
 from eventlog.clock import ClockModel, monotonic_ns
 from eventlog.events import ClockSample, Event, Loss, Snapshot
-from eventlog.postgres import PostgresAppender
 from eventlog.sqlite import SqliteAppender
 from eventlog.store import LogStore
 
@@ -34,6 +33,9 @@ class Appender(Protocol):
 def make_appender(store: LogStore) -> Appender:
     if store.dialect == "sqlite":
         return SqliteAppender(store)
+    # Imported here: its driver costs a long-running recorder of a SQLite log ~9 MB.
+    from eventlog.postgres import PostgresAppender  # noqa: PLC0415
+
     return PostgresAppender(store)
 
 

@@ -1,27 +1,51 @@
-"""Load the tracepoint programs with bcc and drain the ring buffer.
+"""The kernel side's handle: the capture programs attached, their ring buffer drained.
 
-``EbpfCapture`` is the kernel side's handle: start, poll raw records, read the in-kernel
-counters, and stop without losing what is staged. It does no decoding (``eventlog.kernel_records``)
-and no writing (``recorder.record``).
+``EbpfCapture`` starts (compiling in a child process, or adopting programs pinned by an
+earlier recorder), polls raw records, reads the in-kernel counters, and stops without losing
+what is staged. It does no decoding (``eventlog.kernel_records``) and no writing
+(``recorder.record``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import errno
+import dataclasses
+import hashlib
 import os
-import platform
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import bpf
 from eventlog.errors import CaptureError, EbpfUnavailableError
+from eventlog.kernel_records import record_count
+from recorder import bpfsys
 from recorder.btf import VMLINUX_BTF, Btf, BtfError
-from recorder.hostenv import LIBC, ensure_tracefs, import_bcc
+from recorder.hostenv import bcc_installed, ensure_tracefs, tracefs_directory
+from recorder.loader import (
+    FLUSH_PROGRAM,
+    MAPS,
+    RAW_TRACEPOINTS,
+    TRACEPOINTS,
+    LoadedPrograms,
+    load_in_child,
+    raw_tracepoint_function,
+    tracepoint_function,
+)
+from recorder.pins import (
+    BPFFS,
+    PIN_ROOT,
+    PinLock,
+    ensure_bpffs,
+    host_directory,
+    lock_host,
+    open_all,
+    pin_all,
+    versions,
+)
+from recorder.pins import remove as remove_pins
+from recorder.ringbuf import RingReader
 
 BPF_DIR = bpf.directory()
 
@@ -78,15 +102,6 @@ SEPARABLE_SPANS = frozenset({"TCP_BYTES"})
 # A span is read onto the programs' 512-byte stack.
 MAX_SPAN_BYTES = 128
 
-TRACEPOINTS = (
-    "sched:sched_process_exec",
-    "sched:sched_process_exit",
-    "syscalls:sys_exit_accept",
-    "syscalls:sys_exit_accept4",
-)
-# sock:inet_sock_set_state, attached raw: see bpf/tcp_events.c.
-RAW_TRACEPOINTS = ("inet_sock_set_state",)
-
 # stats slots, as in bpf/tcp_events.c
 (
     ST_LOST_EVENTS,
@@ -97,6 +112,21 @@ RAW_TRACEPOINTS = ("inet_sock_set_state",)
     ST_STALE_SOCKETS,
     ST_SLOTS,
 ) = range(7)
+
+# control slots, as in bpf/tcp_events.c (CTL_FLUSH_ALL) and otherwise user space's own: what
+# a reader of pinned programs leaves for the next one.
+(
+    CTL_FLUSH_ALL,
+    CTL_ATTACHED_WALL_NS,  # when the programs were attached
+    CTL_RECEIVED,  # kernel events handed over to readers
+    CTL_LOST,  # ring buffer losses readers have put in a log
+    CTL_RECURSION,  # recursion misses readers have put in a log
+    CTL_STALE,  # stale sockets readers have put in a log
+    CTL_LAST_READ_WALL_NS,  # when a reader last wrote these slots
+    CTL_LAST_READ_MONO_NS,
+    CTL_READER_PID,  # the process reading the programs now (or last)
+    CTL_DETACH,  # 1: scope-record stop --detach asks the reader to remove the pins
+) = range(10)
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CAP_PERFMON = 38
@@ -119,6 +149,11 @@ class CaptureOptions:
     # Each EXEC followed by pieces of its command line (EV_ARGS: EXEC_ARGS_PIECES of 64
     # bytes), read from the new process's memory; False: the program path only.
     command_lines: bool = True
+    # Pin the programs in bpffs so that they capture on while no recorder runs; adopt the
+    # pinned programs of this host if they are there.
+    pin: bool = False
+    host_id: str = ""
+    pin_root: Path = PIN_ROOT
 
 
 @dataclass(frozen=True)
@@ -230,21 +265,63 @@ def why_ebpf_unavailable() -> str | None:
         )
     if not VMLINUX_BTF.exists():
         return f"the kernel has no BTF ({VMLINUX_BTF} missing), so struct offsets are unknown"
-    if not import_bcc():  # optional: only hosts that capture need it
+    if not bcc_installed():  # optional: only hosts that capture need it
         return "bcc is not installed (apt-get install python3-bpfcc)"
     return None
 
 
+@dataclass(frozen=True)
+class Pinning:
+    """How the programs of this capture are held: pinned in bpffs (they go on capturing
+    after the recorder stops) or by the recorder's fds alone."""
+
+    directory: str = ""  # the version's pin directory; "" when not pinned
+    version: str = ""
+    adopted: bool = False  # found pinned and running: nothing was compiled
+    replaced: tuple[str, ...] = ()  # other versions found pinned, and replaced
+    attached_wall_ns: int = 0  # since when the programs have been capturing
+    previous_read_wall_ns: int = 0  # when a recorder last read the pinned ring (adopted)
+    problem: str = ""  # why pinning was asked for but is not done
+
+    @property
+    def covers_from_wall_ns(self) -> int:
+        """Adopted programs: from when what they hold continues the record (their previous
+        reader's last read, else their attachment); 0 otherwise."""
+        if not self.adopted:
+            return 0
+        return self.previous_read_wall_ns or self.attached_wall_ns
+
+    def describe(self) -> dict[str, Any]:
+        fields = dataclasses.asdict(self) | {"covers_from_wall_ns": self.covers_from_wall_ns}
+        return {k: v for k, v in fields.items() if v not in ("", 0, (), False)}
+
+
+@dataclass(frozen=True)
+class InheritedLoss:
+    """Events lost while no recorder read the programs (found when adopting them)."""
+
+    count: int
+    first_mono_ns: int
+    reason: str
+
+
 class EbpfCapture:
-    """The loaded programs: attach on ``start``, ``poll`` for raw records, ``stop``."""
+    """The attached programs: ``start`` (load, or adopt pinned ones), ``poll`` for raw
+    records, ``stop``."""
 
     def __init__(self, options: CaptureOptions | None = None) -> None:
         self.options = options or CaptureOptions()
-        self._bpf: Any = None
-        self._records: list[bytes] = []
-        self._callback: Callable[..., Any] | None = None
+        self.pinning = Pinning()
+        self.inherited_records: list[bytes] = []  # from a replaced version's ring
+        self.inherited_losses: list[InheritedLoss] = []
+        self._objects: LoadedPrograms | None = None
+        self._reader: RingReader | None = None
         self._flusher: StageFlusher | None = None
+        self._lock: PinLock | None = None
+        self._cpus = bpfsys.possible_cpus()
+        self._received = 0  # kernel events handed over, by every reader of these programs
 
+    # -- starting ----------------------------------------------------------------------------
     def start(self) -> None:
         reason = why_ebpf_unavailable()
         if reason:
@@ -253,92 +330,214 @@ class EbpfCapture:
         if tracefs_problem:
             raise EbpfUnavailableError(tracefs_problem)
         try:
-            offsets = kernel_layout(Btf.from_file())
-        except BtfError as exc:
-            raise EbpfUnavailableError(f"cannot read struct offsets from BTF: {exc}") from exc
-        # bcc reads tracefs's location at import: import it only after ensure_tracefs().
-        from bcc import BPF  # noqa: PLC0415
-
-        source = bpf.program_text()
-        try:
-            with _quiet_stderr():
-                self._bpf = BPF(text=source.encode(), cflags=program_cflags(offsets, self.options))
-        except Exception as exc:
-            raise CaptureError(f"the capture programs did not load: {exc}") from exc
-        try:
-            self._open(BPF)
+            if self.options.pin:
+                self._start_pinned()
+            else:
+                self._objects = self._attach(self._compile())
+            self._open()
         except BaseException:
-            self.close()  # the programs are attached already: nothing may stay behind
+            self.close()  # the programs may be attached already: nothing may stay behind
             raise
 
-    def _open(self, bpf_class: Any) -> None:
-        """The ring buffer's consumer and the stage flusher, once the programs are loaded."""
-        records = self._records
+    def _start_pinned(self) -> None:
+        problem = ensure_bpffs(BPFFS)
+        if problem:
+            self.pinning = Pinning(problem=f"{problem}: capture stops with the recorder")
+            self._objects = self._attach(self._compile())
+            return
+        host = host_directory(self.options.host_id, self.options.pin_root)
+        self._lock = lock_host(host)
+        version = program_version(self.options)
+        here = host / version
+        adopted = self._adopt(here) if here.is_dir() else None
+        if adopted is not None:
+            self._objects = adopted
+            self.pinning = Pinning(
+                str(here), version, adopted=True,
+                attached_wall_ns=self._control(CTL_ATTACHED_WALL_NS),
+                previous_read_wall_ns=self._control(CTL_LAST_READ_WALL_NS),
+            )  # fmt: skip
+            self._received = self._control(CTL_RECEIVED)
+            return
+        compiled = self._compile()
+        others = [name for name in versions(host) if name != version]
+        retired = [self._retire(host / name) for name in others]
+        self._objects = self._attach(compiled)
+        for objects in retired:
+            if objects is not None:
+                self._take_over(objects)
+        pin_all(self._objects, here)
+        self.pinning = Pinning(
+            str(here), version, replaced=tuple(others),
+            attached_wall_ns=self._control(CTL_ATTACHED_WALL_NS),
+        )  # fmt: skip
 
-        def on_record(_ctx: Any, data: Any, size: int) -> int:
-            records.append(ctypes.string_at(data, size))
-            return 0
+    def _adopt(self, directory: Path) -> LoadedPrograms | None:
+        """The programs pinned in ``directory``, or None (and the pins removed) if they are
+        incomplete."""
+        try:
+            return open_all(directory, list(object_names()))
+        except CaptureError:
+            remove_pins(directory)
+            return None
 
-        self._callback = on_record
-        self._bpf[b"events"].open_ring_buffer(on_record)
-        from bcc.utils import get_possible_cpus  # noqa: PLC0415
+    def _compile(self) -> LoadedPrograms:
+        """The programs and maps, loaded (by a child process, which also reads the struct
+        offsets from BTF) but not attached."""
+        return load_in_child(program_cflags({}, self.options))
 
-        flush = self._bpf.load_func(FLUSH_PROGRAM, bpf_class.RAW_TRACEPOINT)
+    def _attach(self, loaded: LoadedPrograms) -> LoadedPrograms:
+        tracefs = tracefs_directory()
+        try:
+            for tracepoint in TRACEPOINTS:
+                prog = loaded.fd(f"prog:{tracepoint_function(tracepoint)}")
+                loaded.fds[f"link:{tracepoint}"] = bpfsys.attach_tracepoint(
+                    prog, tracefs, tracepoint
+                )
+            for tracepoint in RAW_TRACEPOINTS:
+                prog = loaded.fd(f"prog:{raw_tracepoint_function(tracepoint)}")
+                loaded.fds[f"link:{tracepoint}"] = bpfsys.attach_raw_tracepoint(prog, tracepoint)
+        except BaseException:
+            loaded.close()
+            raise
+        bpfsys.update_u64(loaded.fd("map:control"), CTL_ATTACHED_WALL_NS, time.time_ns())
+        return loaded
+
+    def _retire(self, directory: Path) -> LoadedPrograms | None:
+        """Detach another version's pinned programs, keeping its maps open to drain them."""
+        names = [name for name in object_names() if not name.startswith("link:")]
+        try:
+            objects = open_all(directory, names)
+        except CaptureError:
+            objects = None
+        remove_pins(directory)  # its links had no other holder: detached now
+        return objects
+
+    def _take_over(self, old: LoadedPrograms) -> None:
+        """What a detached older version still held: its staged events and ring, and the
+        losses nobody has accounted yet."""
+        try:
+            bpfsys.update_u64(old.fd("map:control"), CTL_FLUSH_ALL, 1)
+            flusher = StageFlusher(old.fd(f"prog:{FLUSH_PROGRAM}"), 0, self._cpus)
+            flusher.flush_all()
+            reader = RingReader(old.fd("map:events"))
+            try:
+                self.inherited_records.extend(reader.read())
+            finally:
+                reader.close()
+            received = _control_of(old, CTL_RECEIVED) + sum(
+                record_count(r) for r in self.inherited_records
+            )
+            stats = read_stats(old)
+            lost = stats.lost_events - _control_of(old, CTL_LOST)
+            unread = stats.staged_events - received - stats.lost_events
+            since = _control_of(old, CTL_LAST_READ_MONO_NS)
+            for count, reason in (
+                (lost, "ring buffer full while no recorder read it"),
+                (unread, "staged in the replaced programs, never handed over"),
+            ):
+                if count > 0:
+                    self.inherited_losses.append(InheritedLoss(count, since, reason))
+        finally:
+            old.close()
+
+    def _open(self) -> None:
+        """The ring buffer's reader and the stage flusher, once the programs run."""
+        assert self._objects is not None
+        self._reader = RingReader(self._objects.fd("map:events"))
         self._flusher = StageFlusher(
-            flush.fd, 1_000_000_000 // max(1, self.options.tick_hz), get_possible_cpus()
+            self._objects.fd(f"prog:{FLUSH_PROGRAM}"),
+            1_000_000_000 // max(1, self.options.tick_hz),
+            self._cpus,
         )
+        bpfsys.update_u64(self._objects.fd("map:control"), CTL_FLUSH_ALL, 0)
+        bpfsys.update_u64(self._objects.fd("map:control"), CTL_READER_PID, os.getpid())
         try:
             self._flusher.run_everywhere()  # fails here, not later, if the kernel cannot
         except CaptureError as exc:
             raise EbpfUnavailableError(str(exc)) from exc
 
+    def _control(self, slot: int) -> int:
+        assert self._objects is not None
+        return _control_of(self._objects, slot)
+
+    # -- running -----------------------------------------------------------------------------
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Raw stage records that arrived within ``timeout_ms`` (possibly none). The programs
         wake the consumer only every few records, so the wait ends with a drain; quiet CPUs
         hand over what they staged when the flusher's tick is due."""
-        self._bpf.ring_buffer_poll(timeout_ms)
-        if self._flusher is not None:
-            self._flusher.tick(time.monotonic_ns())
-        self._bpf.ring_buffer_consume()
-        return self._take()
+        assert self._reader is not None and self._flusher is not None
+        if self.inherited_records:
+            taken, self.inherited_records = self.inherited_records, []
+            return taken + self.drain()
+        self._reader.wait(timeout_ms)
+        self._flusher.tick(time.monotonic_ns())
+        return self.drain()
 
     def drain(self) -> list[bytes]:
-        self._bpf.ring_buffer_consume()
-        return self._take()
-
-    def _take(self) -> list[bytes]:
-        if not self._records:
-            return []
-        taken = self._records[:]
-        del self._records[:]
-        return taken
+        assert self._reader is not None
+        records = self._reader.read()
+        if records:
+            self._received += sum(record_count(r) for r in records)
+        return records
 
     def stats(self) -> KernelStats:
-        table = self._bpf[b"stats"]
-        totals = [sum(table[table.Key(slot)]) for slot in range(ST_SLOTS)]
-        last_ts = max(table[table.Key(ST_LOST_LAST_TS)])
+        assert self._objects is not None
+        return read_stats(self._objects)
+
+    def accounted(self) -> KernelStats:
+        """What readers of these programs have accounted for so far: losses reported, events
+        received. All zero for programs this capture loaded."""
         return KernelStats(
-            staged_events=totals[ST_EVENTS],
-            lost_events=totals[ST_LOST_EVENTS],
-            lost_records=totals[ST_LOST_RECORDS],
-            lost_last_ts_ns=last_ts,
-            sock_table_full=totals[ST_SOCK_TABLE_FULL],
-            stale_sockets=totals[ST_STALE_SOCKETS],
-            recursion_misses=sum(
-                prog_recursion_misses(fn.fd) for fn in list(self._bpf.funcs.values())
-            ),
+            staged_events=0,
+            lost_events=self._control(CTL_LOST),
+            lost_records=0,
+            lost_last_ts_ns=0,
+            sock_table_full=0,
+            recursion_misses=self._control(CTL_RECURSION),
+            stale_sockets=self._control(CTL_STALE),
         )
 
-    def stop(self) -> list[bytes]:
-        """Detach the event tracepoints, flush every CPU's stage, return the last records."""
-        for raw in RAW_TRACEPOINTS:
-            with contextlib.suppress(Exception):
-                self._bpf.detach_raw_tracepoint(raw.encode())
-        for tracepoint in TRACEPOINTS:
-            with contextlib.suppress(Exception):
-                self._bpf.detach_tracepoint(tracepoint.encode())
-        control = self._bpf[b"control"]
-        control[control.Key(0)] = control.Leaf(1)
+    def note_accounted(self, stats: KernelStats) -> None:
+        """Leave in the programs' control map what this reader has accounted for, for the
+        next one should this one stop (or die) with the programs pinned."""
+        assert self._objects is not None
+        control = self._objects.fd("map:control")
+        for slot, value in (
+            (CTL_RECEIVED, self._received),
+            (CTL_LOST, stats.lost_events),
+            (CTL_RECURSION, stats.recursion_misses),
+            (CTL_STALE, stats.stale_sockets),
+            (CTL_LAST_READ_WALL_NS, time.time_ns()),
+            (CTL_LAST_READ_MONO_NS, time.monotonic_ns()),
+        ):
+            bpfsys.update_u64(control, slot, value)
+
+    @property
+    def received_total(self) -> int:
+        """Kernel events handed over to every reader of these programs, this one included."""
+        return self._received
+
+    @property
+    def detach_requested(self) -> bool:
+        """``scope-record stop --detach`` asked the reader of pinned programs to remove them."""
+        return bool(self.pinning.directory) and self._control(CTL_DETACH) == 1
+
+    # -- stopping ----------------------------------------------------------------------------
+    def stop(self, keep_pinned: bool = True) -> list[bytes]:
+        """The last records. Pinned programs go on capturing unless ``keep_pinned`` is False
+        (or a detach was asked for); any others are detached and every CPU's stage flushed."""
+        assert self._objects is not None
+        if self.pinning.directory and keep_pinned and not self.detach_requested:
+            return self.drain()
+        if self.pinning.directory:
+            remove_pins(Path(self.pinning.directory))
+            self.pinning = dataclasses.replace(
+                self.pinning, directory="", adopted=self.pinning.adopted
+            )
+        for name in [n for n in self._objects.fds if n.startswith("link:")]:
+            os.close(self._objects.fds.pop(name))  # the last holder: detached
+        bpfsys.update_u64(self._objects.fd("map:control"), CTL_FLUSH_ALL, 1)
         try:
             if self._flusher is not None:
                 self._flusher.flush_all()
@@ -347,41 +546,80 @@ class EbpfCapture:
         records.extend(self.drain())
         return records
 
+    @property
+    def keeps_running(self) -> bool:
+        """The programs stay attached after this process (pinned, not detached)."""
+        return bool(self.pinning.directory)
+
     def close(self) -> None:
         self._flusher = None
-        if self._bpf is not None:
-            with contextlib.suppress(Exception):
-                self._bpf.cleanup()
-            self._bpf = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._objects is not None:
+            self._objects.close()
+            self._objects = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
 
-FLUSH_PROGRAM = b"flush_stage"
-STAGE_WAS_HELD = 1  # flush_stage's return value when a program it interrupted held the stage
-_BPF_PROG_TEST_RUN = 10
-_BPF_F_TEST_RUN_ON_CPU = 1
-
-
-class _TestRunAttr(ctypes.Structure):
-    """union bpf_attr's member for BPF_PROG_TEST_RUN (UAPI, stable)."""
-
-    _fields_ = (
-        ("prog_fd", ctypes.c_uint32),
-        ("retval", ctypes.c_uint32),
-        ("data_size_in", ctypes.c_uint32),
-        ("data_size_out", ctypes.c_uint32),
-        ("data_in", ctypes.c_uint64),
-        ("data_out", ctypes.c_uint64),
-        ("repeat", ctypes.c_uint32),
-        ("duration", ctypes.c_uint32),
-        ("ctx_size_in", ctypes.c_uint32),
-        ("ctx_size_out", ctypes.c_uint32),
-        ("ctx_in", ctypes.c_uint64),
-        ("ctx_out", ctypes.c_uint64),
-        ("flags", ctypes.c_uint32),
-        ("cpu", ctypes.c_uint32),
-        ("batch_size", ctypes.c_uint32),
-        ("_pad", ctypes.c_uint32),
+def read_stats(objects: LoadedPrograms) -> KernelStats:
+    """The programs' counters, summed over CPUs."""
+    stats_fd = objects.fd("map:stats")
+    cpus = len(bpfsys.possible_cpus())
+    per_slot = [bpfsys.lookup_u64s(stats_fd, slot, cpus) for slot in range(ST_SLOTS)]
+    return KernelStats(
+        staged_events=sum(per_slot[ST_EVENTS]),
+        lost_events=sum(per_slot[ST_LOST_EVENTS]),
+        lost_records=sum(per_slot[ST_LOST_RECORDS]),
+        lost_last_ts_ns=max(per_slot[ST_LOST_LAST_TS]),
+        sock_table_full=sum(per_slot[ST_SOCK_TABLE_FULL]),
+        stale_sockets=sum(per_slot[ST_STALE_SOCKETS]),
+        recursion_misses=sum(
+            bpfsys.prog_recursion_misses(fd)
+            for name, fd in objects.fds.items()
+            if name.startswith("prog:")
+        ),
     )
+
+
+def _control_of(objects: LoadedPrograms, slot: int) -> int:
+    return bpfsys.lookup_u64s(objects.fd("map:control"), slot, 1)[0]
+
+
+def object_names() -> Iterator[str]:
+    """The names of everything a running capture holds (and pins)."""
+    for name in MAPS:
+        yield f"map:{name}"
+    yield f"prog:{FLUSH_PROGRAM}"
+    for tracepoint in TRACEPOINTS:
+        yield f"prog:{tracepoint_function(tracepoint)}"
+        yield f"link:{tracepoint}"
+    for tracepoint in RAW_TRACEPOINTS:
+        yield f"prog:{raw_tracepoint_function(tracepoint)}"
+        yield f"link:{tracepoint}"
+
+
+def kernel_cflags() -> list[str]:
+    """The -D flags with this kernel's struct offsets and read spans, from its BTF."""
+    try:
+        offsets = kernel_layout(Btf.from_file())
+    except BtfError as exc:
+        raise EbpfUnavailableError(f"cannot read struct offsets from BTF: {exc}") from exc
+    return [f"-D{name}={value}" for name, value in sorted(offsets.items())]
+
+
+def program_version(options: CaptureOptions) -> str:
+    """Names what a pinned program was built from: its text, its header, and the options
+    compiled into it (not the struct offsets: pins do not outlive the kernel's boot)."""
+    digest = hashlib.sha256(bpf.program_text().encode())
+    digest.update((BPF_DIR / bpf.HEADER).read_bytes())
+    digest.update(" ".join(program_cflags({}, options)[:-1]).encode())
+    return digest.hexdigest()[:16]
+
+
+STAGE_WAS_HELD = 1  # flush_stage's return value when a program it interrupted held the stage
 
 
 class StageFlusher:
@@ -390,7 +628,7 @@ class StageFlusher:
     BPF_PROG_TEST_RUN with BPF_F_TEST_RUN_ON_CPU runs a raw tracepoint program on the CPU
     asked for (from an interrupt there, or directly on this one), which is what flushing a
     per-CPU stage needs: no thread per CPU, nothing attached to a syscall. CPUs that are
-    possible but offline are skipped (ENXIO); their stages are flushed once they are back.
+    possible but offline are skipped; their stages are flushed once they are back.
     """
 
     def __init__(self, prog_fd: int, period_ns: int, cpus: list[int]) -> None:
@@ -420,80 +658,4 @@ class StageFlusher:
 
     def run_on(self, cpu: int) -> int | None:
         """flush_stage's return value on ``cpu``; None if the CPU is offline."""
-        if _BPF_SYSCALL is None:
-            raise CaptureError(f"no bpf() system call number known for {platform.machine()}")
-        attr = _TestRunAttr(prog_fd=self.prog_fd, flags=_BPF_F_TEST_RUN_ON_CPU, cpu=cpu)
-        error = bpf_syscall(_BPF_PROG_TEST_RUN, attr)
-        if error == 0:
-            return int(attr.retval)
-        if error == errno.ENXIO:
-            return None
-        raise CaptureError(
-            f"cannot run the stage flush on CPU {cpu}: {os.strerror(error)} "
-            "(BPF_PROG_TEST_RUN on a chosen CPU needs Linux 5.10 or later)"
-        )
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Any:
-    """bcc's compiler prints warnings about the kernel headers on fd 2; keep them out of the
-    user's terminal unless the compile fails (then the exception says so)."""
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-# -- bpf(BPF_OBJ_GET_INFO_BY_FD) for the recursion-miss counter ----------------------------
-_BPF_SYSCALL = {
-    "x86_64": 321,
-    "aarch64": 280,
-    "riscv64": 280,
-    "ppc64le": 361,
-    "ppc64": 361,
-    "s390x": 351,
-    "i686": 357,
-    "armv7l": 386,
-}.get(platform.machine())
-_BPF_OBJ_GET_INFO_BY_FD = 15
-_PROG_INFO_SIZE = 256
-_RECURSION_MISSES_OFFSET = 208  # struct bpf_prog_info.recursion_misses (UAPI, stable)
-
-
-class _InfoAttr(ctypes.Structure):
-    _fields_ = (
-        ("bpf_fd", ctypes.c_uint32),
-        ("info_len", ctypes.c_uint32),
-        ("info", ctypes.c_uint64),
-    )
-
-
-def bpf_syscall(command: int, attr: ctypes.Structure) -> int:
-    """bpf(command, &attr): 0, or the errno it failed with (ENOSYS where its number is not
-    known for this machine)."""
-    if _BPF_SYSCALL is None:
-        return errno.ENOSYS
-    if LIBC.syscall(_BPF_SYSCALL, command, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
-        return 0
-    return ctypes.get_errno()
-
-
-def prog_recursion_misses(prog_fd: int) -> int:
-    """How often the kernel skipped this program because another one was running on the CPU.
-
-    Those are events the kernel never handed over; they are reported as losses.
-    """
-    info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
-    attr = _InfoAttr(prog_fd, _PROG_INFO_SIZE, ctypes.addressof(info))
-    if bpf_syscall(_BPF_OBJ_GET_INFO_BY_FD, attr) != 0:
-        return 0
-    if attr.info_len < _RECURSION_MISSES_OFFSET + 8:
-        return 0
-    return int.from_bytes(
-        info.raw[_RECURSION_MISSES_OFFSET : _RECURSION_MISSES_OFFSET + 8], "little"
-    )
+        return bpfsys.run_on_cpu(self.prog_fd, cpu)

@@ -50,8 +50,9 @@ def _positive(
         raise UsageError(f"{name} must be at most {most:g}, not {value:g}")
 
 
-@app.command()
+@app.callback(invoke_without_command=True)
 def record(
+    ctx: typer.Context,
     db: DbOption = None,
     duration: Annotated[
         float | None,
@@ -98,6 +99,15 @@ def record(
             "--force", help="Append to a log owned by another user, or in an unsafe directory."
         ),
     ] = False,
+    pin: Annotated[
+        bool,
+        typer.Option(
+            "--pin",
+            help="Pin the capture programs in bpffs: capture goes on while the recorder is "
+            "down (restart, upgrade, crash) and the next one adopts them without compiling. "
+            "scope-record stop --detach removes them.",
+        ),
+    ] = False,
     log_interval: Annotated[
         float,
         typer.Option(
@@ -119,6 +129,8 @@ def record(
 
     Example: scope-record --db scope.db --duration 60
     """
+    if ctx.invoked_subcommand is not None:
+        return  # scope-record stop / service ...: not a recording
     from eventlog.location import resolve
     from eventlog.recordings import STOP_SIGNAL
     from recorder.capture import CaptureOptions
@@ -146,7 +158,7 @@ def record(
         buffer_events=buffer_events,
         progress_file=progress_file,
         sqlite=SqliteOptions(synchronous=sync.upper(), force=force),
-        capture=CaptureOptions(ringbuf_bytes=int(ringbuf_mb * (1 << 20))),
+        capture=CaptureOptions(ringbuf_bytes=int(ringbuf_mb * (1 << 20)), pin=pin),
     )
     manager = ServiceNotifier(warn=_notify)
 
@@ -295,6 +307,144 @@ class _StatusLine:
                 f"({rate:,}/s)  lost {progress.lost_events:,}{size_text}   "
             )
             sys.stderr.flush()
+
+
+# -- scope-record stop / service -----------------------------------------------------------
+HostIdOption = Annotated[
+    str | None,
+    typer.Option("--host-id", help="The host whose pinned programs to act on (default: this one)."),
+]
+
+
+@app.command()
+def stop(
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach",
+            help="Remove the pinned capture programs too (else they capture on, for the next "
+            "recorder to adopt).",
+        ),
+    ] = False,
+    host_id: HostIdOption = None,
+) -> None:
+    """Stop the recorder that reads this host's pinned capture programs (scope-record --pin)."""
+    from recorder.host import host_identity
+    from recorder.pinned import stop as stop_pinned
+
+    result = stop_pinned(host_id or host_identity().host_id, detach)
+    if result.stopped_pid:
+        _notify(f"stopped the recorder (pid {result.stopped_pid})")
+    elif not detach:
+        _notify(
+            "no recorder is reading the pinned programs; they capture on (--detach removes them)"
+        )
+    for directory in result.removed:
+        _notify(f"removed the pinned programs in {directory}")
+    if result.unread_events:
+        _notify(
+            f"warning: {result.unread_events} events the removed programs held were never "
+            "recorded (no recorder read them)"
+        )
+
+
+service_app = typer.Typer(add_completion=False, help="Run scope-record as a systemd service.")
+app.add_typer(service_app, name="service")
+
+ServiceDbOption = Annotated[
+    str,
+    typer.Option(
+        "--db",
+        metavar="PATH|URL",
+        help="The log the service records into (a path is made absolute).",
+    ),
+]
+
+
+@service_app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def install(
+    ctx: typer.Context,
+    db: ServiceDbOption = "/var/lib/scope-recorder/scope.db",
+    unit_dir: Annotated[Path, typer.Option(help="Where the unit file goes.")] = Path(
+        "/etc/systemd/system"
+    ),
+) -> None:
+    """Install (and where systemd runs, enable and start) the recorder as a service. Further
+    options are scope-record's, e.g. scope-record service install --db ... --no-conntrack."""
+    from eventlog.location import resolve
+    from recorder.unit import install as install_unit
+
+    _check_record_arguments(ctx.args)
+    location = resolve(db)
+    if location.path is not None:
+        location.path.absolute().parent.mkdir(parents=True, exist_ok=True)
+        db = str(location.path.absolute())
+    installed = install_unit(["--db", db, *ctx.args], unit_dir)
+    if installed.started:
+        _notify(f"installed {installed.path}, enabled and started")
+    else:
+        _notify(
+            f"installed {installed.path}; systemd is not running on this host, so it is not "
+            "started (systemctl enable --now scope-recorder where it runs)"
+        )
+
+
+def _check_record_arguments(arguments: list[str]) -> None:
+    """The recording options a unit will run with, refused now rather than at its start."""
+    # The recording's options alone (not its subcommands): a stray word is refused too.
+    options = typer.core.TyperCommand("scope-record", params=typer.main.get_command(app).params)
+    options.make_context("scope-record", list(arguments))
+
+
+@service_app.command()
+def uninstall(
+    unit_dir: Annotated[Path, typer.Option(help="Where the unit file is.")] = Path(
+        "/etc/systemd/system"
+    ),
+) -> None:
+    """Stop and remove the service, and the capture programs it pinned."""
+    from recorder.host import host_identity
+    from recorder.pinned import pinned_versions
+    from recorder.pinned import stop as stop_pinned
+    from recorder.unit import uninstall as uninstall_unit
+
+    removed = uninstall_unit(unit_dir)
+    _notify(f"removed {removed}" if removed else "no scope-recorder unit was installed")
+    host = host_identity().host_id
+    if pinned_versions(host):
+        stop_pinned(host, detach=True)
+        _notify("removed the pinned capture programs")
+
+
+@service_app.command()
+def status(
+    unit_dir: Annotated[Path, typer.Option(help="Where the unit file is.")] = Path(
+        "/etc/systemd/system"
+    ),
+    host_id: HostIdOption = None,
+) -> None:
+    """The unit, the service's state, and the pinned capture programs with their reader."""
+    from recorder.host import host_identity
+    from recorder.pinned import pinned_versions
+    from recorder.unit import UNIT_NAME, active_state
+
+    path = unit_dir / UNIT_NAME
+    print(f"unit: {path if path.exists() else 'not installed'}")
+    print(f"service: {active_state()}")
+    pinned = pinned_versions(host_id or host_identity().host_id)
+    if not pinned:
+        print("pinned programs: none")
+    for version in pinned:
+        reader = f"read by pid {version.reader_pid}" if version.reading else "no reader"
+        print(
+            f"pinned programs: {version.directory} ({reader}), capturing since "
+            f"{format_ns(version.attached_wall_ns)}, "
+            f"last read {format_ns(version.last_read_wall_ns)}, "
+            f"{version.staged_events} events captured, {version.unread_events} waiting, "
+            f"{version.lost_events} lost"
+        )
 
 
 def main() -> None:

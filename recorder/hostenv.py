@@ -67,16 +67,30 @@ def import_bcc() -> bool:
     return True
 
 
+def bcc_installed() -> bool:
+    """Whether bcc can be imported, without importing it (which maps LLVM into this
+    process: only the loader's child does that)."""
+    return importlib.util.find_spec("bcc") is not None or (DEBIAN_BCC / "__init__.py").is_file()
+
+
+TRACEFS_DIRECTORIES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+
+
+def tracefs_directory() -> Path:
+    """Where tracefs is mounted (after ``ensure_tracefs``)."""
+    for directory in TRACEFS_DIRECTORIES:
+        if (directory / "events").is_dir():
+            return directory
+    return TRACEFS_DIRECTORIES[0]
+
+
 def ensure_tracefs() -> str | None:
     """Mount tracefs (and debugfs) if absent: bcc reads tracepoint formats from there.
 
     Must run before ``bcc`` is imported, which looks for tracefs at import time. Returns why
     it could not, or None.
     """
-    if (
-        Path("/sys/kernel/tracing/events").is_dir()
-        or Path("/sys/kernel/debug/tracing/events").is_dir()
-    ):
+    if any((directory / "events").is_dir() for directory in TRACEFS_DIRECTORIES):
         return None
     if os.geteuid() != 0:
         return "tracefs is not mounted at /sys/kernel/tracing and mounting it needs root"

@@ -46,6 +46,7 @@ from eventlog.recordings import (
 )
 from eventlog.reserve import SpaceReserve
 from eventlog.store import LogStore, Purpose, open_log
+from eventlog.timefmt import format_ns
 from eventlog.writer import LogWriter
 from recorder.capture import CaptureOptions, EbpfCapture, KernelStats, why_ebpf_unavailable
 from recorder.clock import sample_clock
@@ -251,7 +252,9 @@ class Recorder:
         mode = self._choose_mode()
         # Arguments may hold secrets: with --redact-cmdline the programs read none.
         capture_options = dataclasses.replace(
-            options.capture, command_lines=not options.redact_cmdline
+            options.capture,
+            command_lines=not options.redact_cmdline,
+            host_id=options.capture.host_id or host_identity().host_id,
         )
         capture = EbpfCapture(capture_options) if mode == MODE_EBPF else None
         if capture is not None:
@@ -296,6 +299,13 @@ class Recorder:
             "local": local_addresses(),
         }
 
+    def _pinning_options(self, capture: EbpfCapture | None) -> dict[str, Any]:
+        """How the programs are held, for the recording's options: pinned or not, adopted
+        from an earlier recorder (and since when they have been capturing), versions replaced."""
+        if capture is None or not (self.options.capture.pin or capture.pinning.directory):
+            return {}
+        return {"pinning": capture.pinning.describe()}
+
     def _record(self, store: LogStore, mode: str, capture: EbpfCapture | None) -> Progress:
         host = host_identity()
         for recording_id in close_abandoned_recordings(store, host):
@@ -308,7 +318,7 @@ class Recorder:
                 mode=mode,
                 started=started,
                 root_netns=netns_inode(1) or netns_inode(),
-                options=self._recording_options(),
+                options=self._recording_options() | self._pinning_options(capture),
             ),
         )
         self.progress.mode = mode
@@ -374,7 +384,8 @@ class _Session:
         self.snapshots = _SnapshotWorker(self.options.redact_cmdline, self.conntrack)
         self.poller = ProcPoller() if capture is None else None
         self.started = started_mono_ns
-        self.kernel = KernelStats(0, 0, 0, 0, 0, 0, 0)
+        # Counters as far as earlier readers of pinned programs accounted for them.
+        self.kernel = capture.accounted() if capture else KernelStats(0, 0, 0, 0, 0, 0, 0)
         self.stats_read_mono = started_mono_ns
         self.loss_warned_at: int | None = None
         self.decode_errors = 0
@@ -402,7 +413,8 @@ class _Session:
         """Say once that capture is live, and since when: the kernel's programs were attached
         (or /proc is polled) from the recording's start, and conntrack is followed now. Until
         then (compiling the programs takes seconds) nothing was captured."""
-        since = self.started_wall_ns
+        adopted_from = self.capture.pinning.covers_from_wall_ns if self.capture else 0
+        since = min(adopted_from or self.started_wall_ns, self.started_wall_ns)
         self.progress.capturing_since_ns = since
         if self.options.progress_file is not None:
             with self.options.progress_file.open("a") as out:
@@ -416,8 +428,32 @@ class _Session:
             if events:
                 self.reorder.add(events)
 
+    def _say_how_programs_are_held(self) -> None:
+        """Pinned programs adopted or replaced, or pinning not possible: said, and what the
+        programs lost while no recorder read them goes into this recording."""
+        if self.capture is None:
+            return
+        pinning = self.capture.pinning
+        if pinning.problem:
+            self.recorder.notify(f"warning: cannot pin the capture programs: {pinning.problem}")
+        if pinning.adopted:
+            self.recorder.notify(
+                f"adopted the capture programs pinned in {pinning.directory} (capturing since "
+                f"{format_ns(pinning.attached_wall_ns)}): nothing compiled"
+            )
+        if pinning.replaced:
+            self.recorder.notify(
+                f"replaced pinned capture programs of other versions: {', '.join(pinning.replaced)}"
+            )
+        now = monotonic_ns()
+        for loss in self.capture.inherited_losses:
+            first = loss.first_mono_ns or self.started
+            self.writer.add_loss(Loss(loss.count, min(first, now), now, loss.reason))
+            self.progress.lost_events += loss.count
+
     def loop(self) -> str:
         options = self.options
+        self._say_how_programs_are_held()
         self._start_conntrack()
         self._announce_live()
         deadline = (
@@ -600,6 +636,7 @@ class _Session:
         self.progress.unattributed_sockets = current.sock_table_full
         self.kernel = current
         self.stats_read_mono = now
+        self.capture.note_accounted(current)
         if lost > 0 or missed > 0:
             self._warn_losses(now)
 
@@ -620,9 +657,12 @@ class _Session:
             self._drain(self.capture.stop())
             now = monotonic_ns()
             self._account_kernel_losses(now)
-            # Anything staged that neither arrived nor was counted lost is lost all the same.
-            unaccounted = self.kernel.staged_events - self.received_events - self.kernel.lost_events
-            if unaccounted > 0:
+            # Anything staged that neither arrived nor was counted lost is lost all the same;
+            # unless the programs stay pinned: then the next recorder receives it.
+            unaccounted = (
+                self.kernel.staged_events - self.capture.received_total - self.kernel.lost_events
+            )
+            if unaccounted > 0 and not self.capture.keeps_running:
                 self.writer.add_loss(
                     Loss(unaccounted, self.started, now, "staged in the kernel, never handed over")
                 )
@@ -658,6 +698,10 @@ class _Session:
             "late": self.reorder.late_events,
             "snapshots": self.progress.snapshots,
             "unattributed_sockets": self.kernel.sock_table_full,
+            # Pinned programs are read by one recorder after another: all of them together.
+            "kernel_received_by_all_readers": (
+                self.capture.received_total if self.capture is not None else 0
+            ),
             "undecodable_records": self.decode_errors,
             "unparsed_conntrack_messages": (
                 self.conntrack.stats.bad_lines if self.conntrack is not None else 0
@@ -674,6 +718,10 @@ class _Session:
             parts.append(f"{self.progress.unattributed_sockets} sockets unattributed (table full)")
         if self.decode_errors:
             parts.append(f"{self.decode_errors} undecodable records")
+        if self.capture is not None and self.capture.keeps_running:
+            parts.append(
+                f"capture goes on in the kernel (pinned in {self.capture.pinning.directory})"
+            )
         return "; ".join(parts) or None
 
 

@@ -27,6 +27,15 @@ class RecordingInfo:
     stop_detail: str | None
     conntrack: str | None
     counters: dict[str, Any] | None
+    # How its capture programs were held (scope-record --pin): pinned, adopted from an
+    # earlier recorder, versions replaced. None when not pinned.
+    pinning: dict[str, Any] | None = None
+
+    @property
+    def mode_text(self) -> str:
+        if not self.pinning:
+            return self.mode
+        return f"{self.mode} ({'adopted' if self.pinning.get('adopted') else 'pinned'})"
 
 
 @dataclass
@@ -44,11 +53,12 @@ def log_info(derived: Derived, location: str) -> LogInfo:
     recordings = [
         RecordingInfo(
             row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9],
-            json.loads(row[10]) if row[10] else None,
+            json.loads(row[10]) if row[10] else None, json.loads(row[11]) if row[11] else None,
         )
         for row in con.execute(
             "SELECT id, host, mode, kernel, version, started_wall_ns, ended_wall_ns, stop_reason, "
-            "stop_detail, conntrack, counters FROM recordings_raw ORDER BY id"
+            "stop_detail, conntrack, counters, json_extract(options, '$.pinning') "
+            "FROM recordings_raw ORDER BY id"
         ).fetchall()
     ]  # fmt: skip
     counts = {
@@ -84,7 +94,7 @@ def render(info: LogInfo, fmt: str) -> str:
         return to_json(_document(info))
     parts = [f"log {info.location}: {info.head} events\n"]
     rows = [
-        [r.id, r.host, r.mode, format_ns(r.started_ns), format_ns(r.ended_ns),
+        [r.id, r.host, r.mode_text, format_ns(r.started_ns), format_ns(r.ended_ns),
          format_duration(r.ended_ns - r.started_ns), _stop(r)]
         for r in info.recordings
     ]  # fmt: skip
@@ -127,6 +137,7 @@ def _document(info: LogInfo) -> dict[str, Any]:
                 "stop_detail": r.stop_detail,
                 "conntrack": r.conntrack,
                 "counters": r.counters,
+                "pinning": r.pinning,
                 "events": {
                     Kind(kind).name.lower(): count
                     for (recording, kind), count in sorted(info.counts.items())

@@ -45,6 +45,13 @@ def resolve_moment(derived: Derived, at_text: str, window_text: str) -> Moment:
     return Moment(at_ns, parse_duration(window_text, "window"), at_text)
 
 
+# A recording that adopted pinned capture programs holds what they captured while no recorder
+# ran: it covers the host from its predecessor's last read, before it started itself.
+COVERS_FROM = (
+    "least(started_wall_ns, coalesce(TRY_CAST(json_extract(options, "
+    "'$.pinning.covers_from_wall_ns') AS BIGINT), started_wall_ns))"
+)
+
 _STOPS = {  # a recording's stop reason, as said of a gap after it
     STOP_CRASHED: "its recorder crashed",
     STOP_ERROR: "stopped on an error",
@@ -57,7 +64,7 @@ def uncovered(derived: Derived, at_ns: int) -> list[str]:
     """For each host that has recordings but none running at ``at_ns``, what the log knows
     around that moment: it holds nothing of the host then, which is not a quiet moment."""
     rows = derived.con.execute(
-        "SELECT id, host, started_wall_ns, ended_wall_ns, stop_reason FROM recordings_raw "
+        f"SELECT id, host, {COVERS_FROM}, ended_wall_ns, stop_reason FROM recordings_raw "
         "ORDER BY host, started_wall_ns, id"
     ).fetchall()
     hosts: dict[str, list[tuple[int, int, int, str | None]]] = {}

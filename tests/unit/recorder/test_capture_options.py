@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from recorder.bpfsys import _TestRunAttr
 from recorder.btf import BtfError
 from recorder.capture import (
     MAX_RECORD_BYTES,
@@ -16,7 +17,6 @@ from recorder.capture import (
     READ_SPANS,
     SEPARABLE_SPANS,
     CaptureOptions,
-    _TestRunAttr,
     program_cflags,
     read_spans,
     records_per_wakeup,
