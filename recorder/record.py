@@ -412,7 +412,8 @@ class _Session:
     def _announce_live(self) -> None:
         """Say once that capture is live, and since when: the kernel's programs were attached
         (or /proc is polled) from the recording's start, and conntrack is followed now. Until
-        then (compiling the programs takes seconds) nothing was captured."""
+        then (compiling the programs takes seconds) nothing was captured. Adopted pinned
+        programs have captured all along: since their previous reader's last read."""
         adopted_from = self.capture.pinning.covers_from_wall_ns if self.capture else 0
         since = min(adopted_from or self.started_wall_ns, self.started_wall_ns)
         self.progress.capturing_since_ns = since
@@ -454,8 +455,14 @@ class _Session:
     def loop(self) -> str:
         options = self.options
         self._say_how_programs_are_held()
+        adopted = self.capture is not None and self.capture.pinning.adopted
+        if adopted:
+            # The kernel never stopped capturing: live now, conntrack is followed right after
+            # (what a service manager waits for should not wait for its namespaces).
+            self._announce_live()
         self._start_conntrack()
-        self._announce_live()
+        if not adopted:
+            self._announce_live()
         deadline = (
             self.started + int(options.duration_s * 1e9) if options.duration_s is not None else None
         )
