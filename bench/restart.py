@@ -29,7 +29,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 
 from eventlog.events import Kind
@@ -40,6 +39,9 @@ from recorder.pins import BPFFS
 
 BIN = Path(sys.executable).parent
 MAX_SECONDS = 600  # the load stops by itself whatever happens
+# A connection and its CONNECT event are this close in time; a client port comes round again
+# only after the kernel has handed out the rest of its range (many seconds at this rate).
+MATCH_NS = 500_000_000
 
 
 class PacedLoad:
@@ -87,8 +89,8 @@ class PacedLoad:
             if pause > 0:
                 time.sleep(pause)
 
-    def between(self, first_ns: int, last_ns: int) -> list[int]:
-        return [port for port, at in list(self.made) if first_ns <= at <= last_ns]
+    def between(self, first_ns: int, last_ns: int) -> list[tuple[int, int]]:
+        return [(port, at) for port, at in list(self.made) if first_ns <= at <= last_ns]
 
 
 class Recorder:
@@ -136,13 +138,20 @@ class Recorder:
             raise RuntimeError(f"scope-record exited with {self.process.returncode}")
 
 
-def logged_connects(db: Path, port: int) -> Counter[int]:
+def logged_connects(db: Path, port: int) -> dict[int, list[int]]:
+    """Wall times of the CONNECT events to ``port`` in the log, by client port."""
+    times: dict[int, list[int]] = {}
     with open_log(resolve(str(db)), Purpose.READ) as store:
-        return Counter(
-            e.lport
-            for e in LogReader(store).events()
-            if e.kind == Kind.CONNECT and e.rport == port and e.lport is not None
-        )
+        for e in LogReader(store).events():
+            if e.kind == Kind.CONNECT and e.rport == port and e.lport is not None:
+                times.setdefault(e.lport, []).append(e.wall_ns)
+    return times
+
+
+def times_logged(logged: dict[int, list[int]], port: int, made_ns: int) -> int:
+    """How often the connection made from ``port`` at ``made_ns`` is in the log: the kernel
+    hands a client port out again after a while, so the event must also be near in time."""
+    return sum(1 for at in logged.get(port, ()) if abs(at - made_ns) < MATCH_NS)
 
 
 def main() -> None:
@@ -198,12 +207,18 @@ def main() -> None:
             )
             shutil.rmtree(pin_root, ignore_errors=True)
         logged = logged_connects(db, load.port)
-    during = [port for first, last in downtimes for port in load.between(first, last)]
-    lost = sum(1 for port in during if logged[port] == 0)
-    twice = sum(1 for times in logged.values() if times > 1)
+    during = [made for first, last in downtimes for made in load.between(first, last)]
+    lost = sum(1 for port, at in during if times_logged(logged, port, at) == 0)
+    missing = [at for port, at in load.made if times_logged(logged, port, at) == 0]
+    twice = sum(1 for port, at in load.made if times_logged(logged, port, at) > 1)
+    # A killed recorder loses what it had not committed: its last second at most.
+    before_kill = sum(
+        1 for at in missing if any(first - 10**9 <= at < first for first, _ in downtimes)
+    )
     print(
-        f"connections made: {len(load.made)}, logged: {sum(logged.values())}, "
-        f"logged twice: {twice}, cold start {cold:.3f} s",
+        f"connections made: {len(load.made)}, missing from the log: {len(missing)} "
+        f"({before_kill} in the second before a SIGKILL), twice: {twice}; "
+        f"cold start {cold:.3f} s",
         flush=True,
     )
     print(
