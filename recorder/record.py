@@ -587,6 +587,12 @@ class _Session:
         while True:
             if self.capture is not None:
                 self._drain(self.capture.poll(20))
+                # What came before the walk (what adopted programs held, say) is committed
+                # meanwhile: a walk of a big host takes seconds.
+                now = monotonic_ns()
+                self.reorder.release(now, self.writer)
+                if self.writer.due(now) and now >= self.retry_at:
+                    self._flush()
             if self._collect_snapshot(timeout=0 if self.capture else 0.05):
                 return
 
