@@ -21,7 +21,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,61 +35,12 @@ from eventlog.location import resolve
 from eventlog.reader import LogReader
 from eventlog.store import Purpose, open_log
 from recorder.pins import BPFFS
+from recorder.workload import PacedLoad
 
 BIN = Path(sys.executable).parent
-MAX_SECONDS = 600  # the load stops by itself whatever happens
 # A connection and its CONNECT event are this close in time; a client port comes round again
 # only after the kernel has handed out the rest of its range (many seconds at this rate).
 MATCH_NS = 500_000_000
-
-
-class PacedLoad:
-    """A server and a client making ``rate`` connections a second, each one's client port
-    and wall time kept."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.made: list[tuple[int, int]] = []
-        self.server = socket.create_server(("127.0.0.1", 0), backlog=4096)
-        self.port = self.server.getsockname()[1]
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._accept, daemon=True),
-            threading.Thread(target=self._connect, daemon=True),
-        ]
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=10)
-        self.server.close()
-
-    def _accept(self) -> None:
-        self.server.settimeout(0.1)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.server.accept()
-            except TimeoutError:
-                continue
-            conn.close()
-
-    def _connect(self) -> None:
-        period = 1 / self.rate
-        due = started = time.monotonic()
-        while not self._stop.is_set() and time.monotonic() - started < MAX_SECONDS:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
-                self.made.append((conn.getsockname()[1], time.time_ns()))
-            due += period
-            pause = due - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-
-    def between(self, first_ns: int, last_ns: int) -> list[tuple[int, int]]:
-        return [(port, at) for port, at in list(self.made) if first_ns <= at <= last_ns]
 
 
 class Recorder:

@@ -42,6 +42,7 @@ from recorder.pins import (
     lock_host,
     open_all,
     pin_all,
+    remove_scratch,
     versions,
 )
 from recorder.pins import remove as remove_pins
@@ -347,6 +348,7 @@ class EbpfCapture:
             return
         host = host_directory(self.options.host_id, self.options.pin_root)
         self._lock = lock_host(host)
+        remove_scratch(host)
         version = program_version(self.options)
         here = host / version
         adopted = self._adopt(here) if here.is_dir() else None

@@ -27,7 +27,7 @@ from recorder.capture import (
     read_stats,
 )
 from recorder.loader import LoadedPrograms
-from recorder.pins import PIN_ROOT, host_directory, open_all, remove, versions
+from recorder.pins import PIN_ROOT, host_directory, open_all, remove, remove_scratch, versions
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,7 @@ def stop(host_id: str, detach: bool, root: Path = PIN_ROOT, timeout_s: float = 3
     left = pinned_versions(host_id, root)  # what the recorder did not remove itself
     for version in left:
         remove(version.directory)
+    remove_scratch(host)
     with contextlib.suppress(OSError):
         host.rmdir()
     return StopResult(

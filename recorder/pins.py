@@ -33,6 +33,7 @@ BPFFS = Path("/sys/fs/bpf")
 # other's programs on one machine: tests, or two installations.
 PIN_ROOT = Path(os.environ.get("SCOPE_PIN_ROOT") or BPFFS / "scope-recorder")
 _BPF_FS_MAGIC = 0xCAFE4A11
+SCRATCH_SUFFIX = "-new"  # a version directory being pinned
 
 
 def pin_name(name: str) -> str:
@@ -102,16 +103,24 @@ def versions(directory: Path) -> list[str]:
         return sorted(
             entry.name
             for entry in directory.iterdir()
-            if entry.is_dir() and not entry.name.endswith("-new")
+            if entry.is_dir() and not entry.name.endswith(SCRATCH_SUFFIX)
         )
     except FileNotFoundError:
         return []
 
 
+def remove_scratch(host: Path) -> None:
+    """Remove what a recorder that died while pinning left (its links would capture on with
+    nobody ever reading them); only while holding the host's lock."""
+    for entry in list(host.iterdir()) if host.is_dir() else []:
+        if entry.name.endswith(SCRATCH_SUFFIX):
+            remove(entry)
+
+
 def pin_all(loaded: LoadedPrograms, directory: Path) -> None:
     """Pin every object under ``directory``: first in a scratch directory, then renamed, so
     that a version directory is either whole or absent."""
-    scratch = directory.with_name(directory.name + "-new")
+    scratch = directory.with_name(directory.name + SCRATCH_SUFFIX)
     remove(scratch)
     scratch.mkdir(parents=True)
     try:

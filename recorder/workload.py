@@ -26,6 +26,64 @@ from pathlib import Path
 
 PR_SET_NAME = 15
 MAX_SERVER_SECONDS = 3600.0  # a forgotten server exits by itself
+MAX_PACED_SECONDS = 600.0  # a paced load stops by itself whatever its user does
+
+
+class PacedLoad:
+    """In this process: a loopback server and a client making ``rate`` connections a second
+    (connect, close), each one's client port and wall time kept; as a context manager or
+    with ``start`` and ``stop``. For tests and benchmarks that must know every connection."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.made: list[tuple[int, int]] = []
+        self.server = socket.create_server(("127.0.0.1", 0), backlog=4096)
+        self.port = self.server.getsockname()[1]
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._accept, daemon=True),
+            threading.Thread(target=self._connect, daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self.server.close()
+
+    def _accept(self) -> None:
+        self.server.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            conn.close()
+
+    def _connect(self) -> None:
+        period = 1 / self.rate
+        due = started = time.monotonic()
+        while not self._stop.is_set() and time.monotonic() - started < MAX_PACED_SECONDS:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
+                self.made.append((conn.getsockname()[1], time.time_ns()))
+            due += period
+            pause = due - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+
+    def between(self, first_ns: int, last_ns: int) -> list[tuple[int, int]]:
+        return [(port, at) for port, at in list(self.made) if first_ns <= at <= last_ns]
+
+    def __enter__(self) -> PacedLoad:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
 
 
 def set_process_name(name: str) -> None:

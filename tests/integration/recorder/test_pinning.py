@@ -11,14 +11,11 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -28,6 +25,7 @@ from eventlog.location import resolve
 from eventlog.reader import LogReader
 from eventlog.store import Purpose, open_log
 from recorder.pins import BPFFS, ensure_bpffs
+from recorder.workload import PacedLoad
 from tests.capabilities import require
 from tests.cli import BIN, run_cli
 from tests.ebpf import require_ebpf
@@ -53,54 +51,6 @@ def _remove_pins(root: Path) -> None:
     if root.exists():
         run_cli("scope-record", "stop", "--detach", env={"SCOPE_PIN_ROOT": str(root)})
     shutil.rmtree(root, ignore_errors=True)  # unlinking a pin detaches what it held
-
-
-@dataclass
-class Connections:
-    """A loopback server and a client connecting at a steady pace, each connection's client
-    port and the wall time it was made at kept."""
-
-    rate: float = 200.0
-    made: list[tuple[int, int]] = field(default_factory=list)  # (client port, wall ns)
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0), backlog=1024)
-        self.port = self.server.getsockname()[1]
-        self._threads = [
-            threading.Thread(target=self._accept, daemon=True),
-            threading.Thread(target=self._connect, daemon=True),
-        ]
-
-    def __enter__(self) -> Connections:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=10)
-        self.server.close()
-
-    def _accept(self) -> None:
-        self.server.settimeout(0.1)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.server.accept()
-            except TimeoutError:
-                continue
-            conn.close()
-
-    def _connect(self) -> None:
-        deadline = time.monotonic() + 120  # bounded whatever the test does
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
-                self.made.append((conn.getsockname()[1], time.time_ns()))
-            time.sleep(1 / self.rate)
-
-    def between(self, first_ns: int, last_ns: int) -> list[int]:
-        return [port for port, at in list(self.made) if first_ns <= at <= last_ns]
 
 
 def _connects_to(db: Path, port: int) -> Counter[int]:
@@ -143,7 +93,7 @@ def test_a_recorder_killed_and_started_again_two_seconds_later_misses_nothing(
 ) -> None:
     db = tmp_path / "scope.db"
     first = _pinned(pin_root, tmp_path, db)
-    with Connections() as load:
+    with PacedLoad(200) as load:
         time.sleep(1.0)
         first.kill()  # SIGKILL: nothing said, nothing flushed
         first.wait()
@@ -159,9 +109,7 @@ def test_a_recorder_killed_and_started_again_two_seconds_later_misses_nothing(
     assert len(while_down) >= 100  # the load ran meanwhile
     logged = _connects_to(db, load.port)
     wrong = [
-        (port, (at - down_from) / 1e9, logged[port])
-        for port, at in load.made
-        if port in set(while_down) and logged[port] != 1
+        (port, (at - down_from) / 1e9, logged[port]) for port, at in while_down if logged[port] != 1
     ]
     assert wrong == []  # none lost, none twice: (port, seconds into the downtime, times)
     assert [port for port, times in logged.items() if times > 1] == []
@@ -185,7 +133,7 @@ def test_a_changed_program_is_replaced_and_what_the_old_one_held_is_kept(
     db = tmp_path / "scope.db"
     _stop(_pinned(pin_root, tmp_path, db, "--ringbuf-mb", "8"))
     (old_version,) = [p.name for p in next(pin_root.iterdir()).iterdir()]
-    with Connections() as load:
+    with PacedLoad(200) as load:
         time.sleep(1.0)  # made while no recorder runs: held by the old programs
         wait_for(lambda: len(load.made) >= 50)
     made_while_down = [port for port, _at in load.made]
@@ -234,7 +182,7 @@ def test_the_recorder_stays_under_its_resident_memory_bound(tmp_path: Path) -> N
     require_ebpf()
     recorder = start_recorder(str(tmp_path / "scope.db"), tmp_path / "progress")
     try:
-        with Connections(rate=500):
+        with PacedLoad(500):
             time.sleep(3.0)
         status = Path(f"/proc/{recorder.pid}/status").read_text()
         rss_kb = int(status.split("VmRSS:")[1].split()[0])
