@@ -81,7 +81,7 @@ def _stop(recording: RecordingInfo) -> str:
 
 def render(info: LogInfo, fmt: str) -> str:
     if fmt == "json":
-        return to_json(_document(info))
+        return to_json(document(info))
     parts = [f"log {info.location}: {info.head} events\n"]
     rows = [
         [r.id, r.host, r.mode, format_ns(r.started_ns), format_ns(r.ended_ns),
@@ -110,7 +110,7 @@ def render(info: LogInfo, fmt: str) -> str:
     return "".join(parts)
 
 
-def _document(info: LogInfo) -> dict[str, Any]:
+def document(info: LogInfo) -> dict[str, Any]:
     return {
         "log": info.location,
         "events": info.head,

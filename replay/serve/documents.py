@@ -1,0 +1,103 @@
+"""What each endpoint of `scope-replay serve` answers, as library calls over a derived store.
+
+Every document is made by the functions the CLI uses (replay.table, replay.views.api,
+replay.views.render, replay.views.diff, replay.info): the page shows what `scope-replay`
+prints, and the same question gives the same bytes.
+"""
+
+from __future__ import annotations
+
+from eventlog.errors import UsageError
+from eventlog.timefmt import format_ns
+from replay import info, table
+from replay.derived.store import Derived
+from replay.moment import log_span, resolve_moment
+from replay.output import to_json
+from replay.views.api import node_details, topology_and_warnings
+from replay.views.diff import topology_diff
+from replay.views.render import to_document
+from replay.views.scene import build_scene
+from replay.views.topology import Options, View, build_topology
+
+MAX_BUCKETS = 2000
+
+
+def topologies(derived: Derived, at_text: str, window_text: str, options: Options) -> str:
+    """Scope's ``/api/topology``: each view, with its node and edge counts at the moment."""
+    moment = resolve_moment(derived, at_text, window_text)
+    scene = build_scene(derived, moment)
+    listed = []
+    for view in View:
+        stats = build_topology(scene, view, options).stats()
+        listed.append(
+            {"name": str(view), "url": f"/api/topology/{view}", "stats": stats},
+        )
+    return to_json(
+        {"at": format_ns(moment.at_ns), "window_ns": moment.window_ns, "topologies": listed}
+    )
+
+
+def topology(derived: Derived, at_text: str, window_text: str, view: View, options: Options) -> str:
+    """Scope's ``/api/topology/<view>``: the document ``--format json`` prints, and the
+    warnings the CLI prints on stderr beside it."""
+    found, warnings = topology_and_warnings(derived, at_text, window_text, view, options)
+    document = to_document(found)
+    document["warnings"] = warnings
+    return to_json(document)
+
+
+def connections(derived: Derived, at_text: str, window_text: str) -> str:
+    """The connection table, as ``scope-replay --at T --format json`` prints it."""
+    return table.render(table.table_at(derived, at_text, window_text), "json")
+
+
+def node(
+    derived: Derived, at_text: str, window_text: str, view: View, node_id: str, options: Options
+) -> str | None:
+    details = node_details(derived, at_text, window_text, view, node_id, options)
+    return None if details is None else to_json(details)
+
+
+def diff(
+    derived: Derived,
+    before_text: str,
+    after_text: str,
+    window_text: str,
+    view: View,
+    options: Options,
+) -> str:
+    """What ``scope-replay diff --format json`` prints."""
+    before, _ = topology_and_warnings(derived, before_text, window_text, view, options)
+    after, _ = topology_and_warnings(derived, after_text, window_text, view, options)
+    return to_json(topology_diff(before, after))
+
+
+def span(derived: Derived, location: str, buckets: int) -> str:
+    """The log's extent for a time slider: its recordings (as ``scope-replay info`` gives
+    them), its losses, and its events counted in ``buckets`` equal slices of the extent."""
+    if not 1 <= buckets <= MAX_BUCKETS:
+        raise UsageError(f"buckets must be between 1 and {MAX_BUCKETS}, not {buckets}")
+    extent = log_span(derived)
+    if extent is None:
+        raise UsageError("the log holds no events yet")
+    log = info.log_info(derived, location)
+    document = info.document(log)
+    width = extent.end_ns - extent.start_ns + 1
+    counts = [0] * buckets
+    rows = derived.con.execute(
+        "SELECT least((wall_ns - ?)::HUGEINT * ? // ?, ?)::INTEGER AS bucket, count(*) FROM ev "
+        "WHERE wall_ns BETWEEN ? AND ? GROUP BY bucket ORDER BY bucket",
+        [extent.start_ns, buckets, width, buckets - 1, extent.start_ns, extent.end_ns],
+    ).fetchall()
+    for bucket, count in rows:
+        counts[int(bucket)] = int(count)
+    document["start"] = format_ns(extent.start_ns)
+    document["end"] = format_ns(extent.end_ns)
+    document["start_ns"] = extent.start_ns
+    document["end_ns"] = extent.end_ns
+    document["bucket_ns"] = width / buckets
+    document["event_counts"] = counts
+    for loss, (_, found, _) in zip(document["losses"], log.losses, strict=True):
+        loss["from_ns"] = found.first_wall_ns
+        loss["to_ns"] = found.last_wall_ns
+    return to_json(document)
