@@ -52,8 +52,12 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 STATIC = Path(str(resources.files("replay.serve") / "static"))
+# cytoscape.js adds one <style> element of its own to the page: allowed by its hash, not by
+# 'unsafe-inline' (a new version of the library may need a new hash: the browser test says).
+CYTOSCAPE_STYLE = "'sha256-pgvDUBa4IjFA2yuSJ2cqcyxmNYJMborsd0ORcRv9vw8='"
 CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    f"default-src 'none'; script-src 'self'; style-src 'self' {CYTOSCAPE_STYLE}; "
+    "img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = [
@@ -277,6 +281,10 @@ def create_app(session: LogSession, token: str | None = None, limits: Limits = L
     @api.get("/", include_in_schema=False)
     def page() -> Response:
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @api.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)
 
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
 
