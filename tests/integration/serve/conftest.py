@@ -32,13 +32,13 @@ class Served:
 
 
 @contextmanager
-def serving(db: Path, token: str | None = None, limits: Limits = Limits()) -> Iterator[Served]:
+def serving(db: Path, token: str | None = None, limits: Limits | None = None) -> Iterator[Served]:
     """``scope-replay serve`` over ``db`` as the command runs it, on a free loopback port."""
     sock = listening_socket(Bind("127.0.0.1", 0))
     port = sock.getsockname()[1]
     session = LogSession(resolve(str(db)))
     config = uvicorn.Config(
-        create_app(session, token, limits), log_level="warning", limit_concurrency=64
+        create_app(session, token, limits or Limits()), log_level="warning", limit_concurrency=64
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -70,7 +70,8 @@ def held_connection(served: Served) -> dict[str, Any]:
         if row["client_comm"] == "gold-held" and row["server_comm"] == "gold-srv"
     ]
     assert len(held) == 1
-    return held[0]
+    found: dict[str, Any] = held[0]
+    return found
 
 
 def labels(driver: Any) -> list[str]:
