@@ -221,10 +221,14 @@ def create_app(session: LogSession, token: str | None = None, limits: Limits = L
         pseudo: Pseudo = ShowHide.hide,
         unknown_lan: UnknownLan = False,
         show_self: ShowSelf = False,
+        stack: Annotated[
+            bool, Query(description="Alike nodes as one stack, as the drawn maps show them.")
+        ] = False,
     ) -> Response:
         chosen = options(unconnected, pseudo, unknown_lan, show_self)
         with session.reading() as derived:
-            return json_response(documents.topology(derived, timestamp, window, view, chosen))
+            text = documents.topology(derived, timestamp, window, view, chosen, stack)
+        return json_response(text)
 
     @api.get("/api/connections", summary="The connection table at a moment")
     def connections(at: Timestamp = LATEST, window: Window = DEFAULT_WINDOW) -> Response:
