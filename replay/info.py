@@ -39,7 +39,9 @@ class LogInfo:
     snapshots: dict[int, list[int]]  # recording -> wall times
 
 
-def log_info(derived: Derived, location: str) -> LogInfo:
+def log_info(derived: Derived, location: str, events: bool = True) -> LogInfo:
+    """What the log holds. ``events``: also its events counted by kind and its snapshots'
+    times (each a scan of every event; a timeline needs neither)."""
     con = derived.con
     recordings = [
         RecordingInfo(
@@ -56,6 +58,7 @@ def log_info(derived: Derived, location: str) -> LogInfo:
         for r, k, n in con.execute(
             "SELECT recording_id, kind, count(*) FROM ev GROUP BY ALL ORDER BY ALL"
         ).fetchall()
+        if events
     }
     losses = [
         (int(r), Loss(lost, first, last, reason), int(after))
@@ -65,9 +68,13 @@ def log_info(derived: Derived, location: str) -> LogInfo:
         ).fetchall()
     ]
     snapshots: dict[int, list[int]] = {}
-    for recording, wall in con.execute(
-        f"SELECT recording_id, wall_ns FROM ev WHERE kind = {int(Kind.SNAPSHOT)} ORDER BY position"
-    ).fetchall():
+    for recording, wall in (
+        []
+        if not events
+        else con.execute(
+            f"SELECT recording_id, wall_ns FROM ev WHERE kind = {int(Kind.SNAPSHOT)} ORDER BY position"
+        ).fetchall()
+    ):
         snapshots.setdefault(int(recording), []).append(int(wall))
     return LogInfo(location, derived.head, recordings, counts, losses, snapshots)
 

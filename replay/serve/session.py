@@ -66,6 +66,8 @@ class LogSession:
             self._derived.close()
             self._derived = None
         derived = open_derived(self.log)
+        # DuckDB draws a progress bar on stdout for a long query: not on a server's output.
+        derived.con.execute("SET enable_progress_bar = false")
         self.notices.extend(n for n in derived.notices if n not in self.notices)
         self._derived = derived
         return derived
