@@ -291,6 +291,7 @@
         cy.add(elementsOf(topology, diff));
       });
       settleNew(known);
+      if (state.node && $("panel").hidden) { $("panel").hidden = false; cy.resize(); }
       if (fresh) frame();
       if (state.node && cy.getElementById(state.node).length) cy.getElementById(state.node).select();
       applySearch();
@@ -312,6 +313,7 @@
     state.node = id;
     writeUrl();
     if (id) showNode(); else $("panel").hidden = true;
+    cy.resize();  // the panel takes its width from the map's, or gives it back
   }
 
   function cell(text) {
