@@ -53,13 +53,20 @@ def log_info(derived: Derived, location: str, events: bool = True) -> LogInfo:
             "stop_detail, conntrack, counters FROM recordings_raw ORDER BY id"
         ).fetchall()
     ]  # fmt: skip
-    counts = {
-        (int(r), int(k)): int(n)
-        for r, k, n in con.execute(
-            "SELECT recording_id, kind, count(*) FROM ev GROUP BY ALL ORDER BY ALL"
-        ).fetchall()
-        if events
-    }
+    counts: dict[tuple[int, int], int] = {}
+    snapshots: dict[int, list[int]] = {}
+    if events:
+        counts = {
+            (int(r), int(k)): int(n)
+            for r, k, n in con.execute(
+                "SELECT recording_id, kind, count(*) FROM ev GROUP BY ALL ORDER BY ALL"
+            ).fetchall()
+        }
+        for recording, wall in con.execute(
+            "SELECT recording_id, wall_ns FROM ev "
+            f"WHERE kind = {int(Kind.SNAPSHOT)} ORDER BY position"
+        ).fetchall():
+            snapshots.setdefault(int(recording), []).append(int(wall))
     losses = [
         (int(r), Loss(lost, first, last, reason), int(after))
         for r, lost, first, last, reason, after in con.execute(
@@ -67,15 +74,6 @@ def log_info(derived: Derived, location: str, events: bool = True) -> LogInfo:
             "FROM losses_raw ORDER BY id"
         ).fetchall()
     ]
-    snapshots: dict[int, list[int]] = {}
-    for recording, wall in (
-        []
-        if not events
-        else con.execute(
-            f"SELECT recording_id, wall_ns FROM ev WHERE kind = {int(Kind.SNAPSHOT)} ORDER BY position"
-        ).fetchall()
-    ):
-        snapshots.setdefault(int(recording), []).append(int(wall))
     return LogInfo(location, derived.head, recordings, counts, losses, snapshots)
 
 
