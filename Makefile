@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DEMO_DB ?= scope.db
 
-.PHONY: setup setup-test host host-test venv demo test lint unit bench clean sanitize
+.PHONY: setup setup-test host host-test venv demo test lint unit bench clean sanitize vendor-js
 
 setup: host venv
 setup-test: host-test venv
@@ -36,6 +36,12 @@ lint: venv
 	@$(PY) -m ruff check bpf eventlog recorder replay migrations tests bench
 	@$(PY) -m ruff format --check -q bpf eventlog recorder replay migrations tests bench
 	@$(PY) -m mypy
+	@scripts/vendor-js.sh --check
+
+# The page's JavaScript (scope-replay serve), copied again from npm at the versions of
+# web/package-lock.json and checked against replay/serve/static/vendor/SHA256SUMS.
+vendor-js:
+	@scripts/vendor-js.sh
 
 # The C modules' own tests once more under Python's debug allocator, which turns a freed,
 # overrun or mismatched block into an abort where a plain run may pass on corrupted memory.
@@ -54,7 +60,7 @@ unit: venv
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 # The benchmarks, shortest first; bench/soak.py (ten minutes of kill -9) runs last.
-BENCHES := log_write capture query replay soak
+BENCHES := log_write capture query replay serve soak
 
 bench: setup
 	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done

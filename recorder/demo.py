@@ -116,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         if subprocess.run(step, check=False).returncode != 0:
             return 1
     print(f"\ndemo: the processes map at that moment is in {Path(args.svg).resolve()}")
+    print(
+        f"\ndemo: to see the map in a browser and move through time, run\n"
+        f"  {BIN / 'scope-replay'} serve --db {args.db}\n"
+        "and open http://127.0.0.1:4040/",
+        flush=True,
+    )
     return 0
 
 

@@ -286,6 +286,39 @@ def info_command(
         sys.stdout.write(info.render(info.log_info(derived, location.display()), format.value))
 
 
+@app.command("serve")
+def serve_command(
+    ctx: typer.Context,
+    db: DbOption = None,
+    bind: Annotated[
+        str,
+        typer.Option(
+            "--bind",
+            metavar="HOST:PORT",
+            help="Where to listen. Loopback by default; another address needs a token.",
+        ),
+    ] = "127.0.0.1:4040",
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            metavar="TOKEN",
+            envvar="SCOPE_SERVE_TOKEN",
+            help="Ask API clients for this token (one is generated and printed when --bind "
+            "is not loopback and none is given).",
+        ),
+    ] = None,
+) -> None:
+    """Serve the map in a browser, with a time slider: a read-only web app over the log.
+
+    Example: scope-replay serve --db scope.db   (then open http://127.0.0.1:4040/)
+    """
+    from eventlog.location import resolve
+    from replay.serve.server import serve
+
+    serve(resolve(_log_argument(ctx, db)), bind, token)
+
+
 @db_app.command("current")
 def db_current(ctx: typer.Context, db: DbOption = None) -> None:
     """Show the log's schema revision and whether it is up to date.

@@ -48,7 +48,9 @@ class LogInfo:
     snapshots: dict[int, list[int]]  # recording -> wall times
 
 
-def log_info(derived: Derived, location: str) -> LogInfo:
+def log_info(derived: Derived, location: str, events: bool = True) -> LogInfo:
+    """What the log holds. ``events``: also its events counted by kind and its snapshots'
+    times (each a scan of every event; a timeline needs neither)."""
     con = derived.con
     recordings = [
         RecordingInfo(
@@ -61,12 +63,20 @@ def log_info(derived: Derived, location: str) -> LogInfo:
             "FROM recordings_raw ORDER BY id"
         ).fetchall()
     ]  # fmt: skip
-    counts = {
-        (int(r), int(k)): int(n)
-        for r, k, n in con.execute(
-            "SELECT recording_id, kind, count(*) FROM ev GROUP BY ALL ORDER BY ALL"
-        ).fetchall()
-    }
+    counts: dict[tuple[int, int], int] = {}
+    snapshots: dict[int, list[int]] = {}
+    if events:
+        counts = {
+            (int(r), int(k)): int(n)
+            for r, k, n in con.execute(
+                "SELECT recording_id, kind, count(*) FROM ev GROUP BY ALL ORDER BY ALL"
+            ).fetchall()
+        }
+        for recording, wall in con.execute(
+            "SELECT recording_id, wall_ns FROM ev "
+            f"WHERE kind = {int(Kind.SNAPSHOT)} ORDER BY position"
+        ).fetchall():
+            snapshots.setdefault(int(recording), []).append(int(wall))
     losses = [
         (int(r), Loss(lost, first, last, reason), int(after))
         for r, lost, first, last, reason, after in con.execute(
@@ -74,11 +84,6 @@ def log_info(derived: Derived, location: str) -> LogInfo:
             "FROM losses_raw ORDER BY id"
         ).fetchall()
     ]
-    snapshots: dict[int, list[int]] = {}
-    for recording, wall in con.execute(
-        f"SELECT recording_id, wall_ns FROM ev WHERE kind = {int(Kind.SNAPSHOT)} ORDER BY position"
-    ).fetchall():
-        snapshots.setdefault(int(recording), []).append(int(wall))
     return LogInfo(location, derived.head, recordings, counts, losses, snapshots)
 
 
@@ -91,7 +96,7 @@ def _stop(recording: RecordingInfo) -> str:
 
 def render(info: LogInfo, fmt: str) -> str:
     if fmt == "json":
-        return to_json(_document(info))
+        return to_json(document(info))
     parts = [f"log {info.location}: {info.head} events\n"]
     rows = [
         [r.id, r.host, r.mode_text, format_ns(r.started_ns), format_ns(r.ended_ns),
@@ -120,7 +125,7 @@ def render(info: LogInfo, fmt: str) -> str:
     return "".join(parts)
 
 
-def _document(info: LogInfo) -> dict[str, Any]:
+def document(info: LogInfo) -> dict[str, Any]:
     return {
         "log": info.location,
         "events": info.head,

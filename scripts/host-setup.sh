@@ -19,6 +19,8 @@ packages+=(gcc libc6-dev python3-dev libsqlite3-dev)
 if (( want_test )); then packages+=(libasan8 libubsan1); fi
 if (( want_test )); then
     packages+=(postgresql iptables conntrack bpftool)
+    # The browser test of scope-replay serve: Debian's own headless Chromium and its driver.
+    packages+=(chromium chromium-driver)
 fi
 if ! "${PYTHON:-python3}" -c 'import ensurepip, venv' 2>/dev/null; then
     packages+=(python3-venv)

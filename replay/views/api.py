@@ -1,14 +1,18 @@
-"""The views as library calls: a topology at a moment, and the difference between two."""
+"""The views as library calls: a topology at a moment, a node of it in detail, and the
+difference between two moments."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from eventlog.store import LogStore
+from eventlog.timefmt import format_ns
 from replay.derived.store import Derived, open_derived
 from replay.moment import Moment, resolve_moment
-from replay.table import moment_warnings
+from replay.table import moment_warnings, row_document
+from replay.timespec import format_duration
 from replay.views.diff import topology_diff
+from replay.views.render import node_summary
 from replay.views.scene import build_scene
 from replay.views.topology import Options, Topology, View, build_topology
 
@@ -50,3 +54,48 @@ def diff_between(
         before = topology_in(derived, before_text, window_text, view, options)
         after = topology_in(derived, after_text, window_text, view, options)
     return topology_diff(before, after)
+
+
+def node_details(
+    derived: Derived,
+    at_text: str,
+    window_text: str,
+    view: View,
+    node_id: str,
+    options: Options | None = None,
+) -> dict[str, Any] | None:
+    """A node of the map at a moment as its detail panel shows it: its summary (processes,
+    command lines as metadata), and the connections of its edges, inbound (it is the server)
+    and outbound (it is the client), each with the log positions that made it. None if the
+    map has no such node then."""
+    moment = resolve_moment(derived, at_text, window_text)
+    scene = build_scene(derived, moment)
+    topology = build_topology(scene, view, options)
+    node = topology.nodes.get(node_id)
+    if node is None:
+        return None
+    rows = {row.id: row for row in scene.connections}
+    labels = {n.id: n.label for n in topology.nodes.values()}
+
+    def connections(inbound: bool) -> list[dict[str, Any]]:
+        listed = []
+        for (source, target), edge in topology.edges.items():
+            if (target if inbound else source) != node_id:
+                continue
+            peer = source if inbound else target
+            for connection_id in edge.connection_ids:
+                document = row_document(rows[connection_id])
+                document["peer"] = peer
+                document["peer_label"] = labels.get(peer, peer)
+                listed.append(document)
+        return listed
+
+    return {
+        "view": topology.view,
+        "at": format_ns(topology.at_ns),
+        "window": format_duration(topology.window_ns),
+        "node": node_summary(topology, node),
+        "inbound": connections(inbound=True),
+        "outbound": connections(inbound=False),
+        "warnings": moment_warnings(derived, moment),
+    }

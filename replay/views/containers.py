@@ -14,6 +14,7 @@ other; so do we.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ class Container:
         return f"{self.id};<container>"
 
 
+@functools.lru_cache(maxsize=8192)  # a map asks once per process; most share a cgroup
 def container_of(cgroup: str | None) -> Container | None:
     """The container named by any line of /proc/<pid>/cgroup, or None (not in a container)."""
     if not cgroup:

@@ -11,8 +11,14 @@ from replay.views.topology import Topology
 
 
 def topology_diff(before: Topology, after: Topology) -> dict[str, Any]:
-    old = {node_id: node_summary(before, node) for node_id, node in before.nodes.items()}
-    new = {node_id: node_summary(after, node) for node_id, node in after.nodes.items()}
+    before_adjacent, after_adjacent = before.adjacencies(), after.adjacencies()
+    old = {
+        node_id: node_summary(before, node, before_adjacent)
+        for node_id, node in before.nodes.items()
+    }
+    new = {
+        node_id: node_summary(after, node, after_adjacent) for node_id, node in after.nodes.items()
+    }
     old_edges = {pair: len(edge.connection_ids) for pair, edge in before.edges.items()}
     new_edges = {pair: len(edge.connection_ids) for pair, edge in after.edges.items()}
     return {

@@ -19,8 +19,11 @@ from replay.views.drawing import drawing_of
 from replay.views.topology import Node, Topology
 
 
-def node_summary(topology: Topology, node: Node) -> dict[str, Any]:
-    """A node as Scope's ``/api/topology/<view>`` summarised it (camelCase and all)."""
+def node_summary(
+    topology: Topology, node: Node, adjacencies: dict[str, list[str]] | None = None
+) -> dict[str, Any]:
+    """A node as Scope's ``/api/topology/<view>`` summarised it (camelCase and all);
+    ``adjacencies``: the topology's, when summarising many nodes."""
     summary: dict[str, Any] = {
         "id": node.id,
         "label": node.label,
@@ -37,18 +40,29 @@ def node_summary(topology: Topology, node: Node) -> dict[str, Any]:
     summary["parents"] = [
         {"id": i, "label": label, "topologyId": t} for i, label, t in node.parents
     ]
-    summary["adjacency"] = topology.adjacency(node.id)
+    summary["adjacency"] = (
+        adjacencies[node.id] if adjacencies is not None else topology.adjacency(node.id)
+    )
     return summary
 
 
-def to_document(topology: Topology) -> dict[str, Any]:
+def to_document_head(topology: Topology) -> dict[str, Any]:
+    """What a topology's document says before its nodes: the view, moment and counts."""
     return {
         "view": topology.view,
         "at": format_ns(topology.at_ns),
         "window": format_duration(topology.window_ns),
         "stats": topology.stats(),
+    }
+
+
+def to_document(topology: Topology) -> dict[str, Any]:
+    adjacencies = topology.adjacencies()
+    return {
+        **to_document_head(topology),
         "nodes": {
-            node_id: node_summary(topology, node) for node_id, node in topology.nodes.items()
+            node_id: node_summary(topology, node, adjacencies)
+            for node_id, node in topology.nodes.items()
         },
         "edges": [
             {

@@ -77,6 +77,14 @@ class Topology:
     def adjacency(self, node_id: str) -> list[str]:
         return sorted(target for (source, target) in self.edges if source == node_id)
 
+    def adjacencies(self) -> dict[str, list[str]]:
+        """Every node's ``adjacency`` at once: one pass over the edges, not one per node (a
+        busy host's map has thousands of each)."""
+        targets: dict[str, list[str]] = {node_id: [] for node_id in self.nodes}
+        for source, target in self.edges:
+            targets.setdefault(source, []).append(target)
+        return {node_id: sorted(found) for node_id, found in targets.items()}
+
     def stats(self) -> dict[str, int]:
         return {
             "node_count": len(self.nodes),
@@ -201,6 +209,9 @@ class _Builder:
         info = self.scene.processes.get((host, side.pid))
         comm = side.comm or (info.comm if info else None)
         if view == View.processes:
+            known = self.topology.nodes.get(f"{host};{side.pid}")
+            if known is not None and known.label != UNNAMED:
+                return known.id  # as add() would: a named node stays (saves making one)
             return self.add(process_node(host, side.pid, comm, info))
         if view == View.processes_by_name:
             return self.add(self.by_name(comm or UNNAMED))
@@ -301,23 +312,30 @@ class _Builder:
         if self.view not in (View.processes, View.processes_by_name):
             return
         connected = {node_id for pair in self.topology.edges for node_id in pair}
-        candidates: dict[str, Node] = {}
+        # The nodes are made only when shown: hidden, they are only counted (a busy host has
+        # tens of thousands of processes and a few hundred connected).
+        shown = self.options.show_unconnected
+        candidates: dict[str, Node | None] = {}
         for (host, pid), info in sorted(self.scene.processes.items()):
             if self._own(host, pid):
                 continue
-            node = (
-                process_node(host, pid, info.comm, info)
-                if self.view == View.processes
-                else self.by_name(info.comm)
-            )
-            if node.id not in connected and node.id not in self.topology.nodes:
-                candidates.setdefault(node.id, node)
+            node_id = f"{host};{pid}" if self.view == View.processes else info.comm
+            if node_id in connected or node_id in self.topology.nodes or node_id in candidates:
+                continue
+            if not shown:
+                candidates[node_id] = None
+            elif self.view == View.processes:
+                candidates[node_id] = process_node(host, pid, info.comm, info)
+            else:
+                candidates[node_id] = self.by_name(info.comm)
         for node_id, node in list(self.topology.nodes.items()):
             if node_id not in connected and not node.pseudo:
                 candidates.setdefault(node_id, node)
                 del self.topology.nodes[node_id]
-        if self.options.show_unconnected:
-            self.topology.nodes.update(candidates)
+        if shown:
+            self.topology.nodes.update(
+                (node_id, node) for node_id, node in candidates.items() if node is not None
+            )
         else:
             self.topology.filtered_nodes += len(candidates)
 

@@ -34,12 +34,11 @@ def test_a_wheel_in_a_fresh_environment_records_and_replays(tmp_path: Path) -> N
         "-w", tmp_path / "dist", ROOT)  # fmt: skip
     (wheel,) = (tmp_path / "dist").glob("scope_recorder-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for shipped in (
-        "bpf/tcp_events.c",
-        "bpf/tcp_events.h",
-        "migrations/script.py.mako",
-        "recorder/systemd/scope-recorder.service",
-    ):
+    page = [f"replay/serve/static/{name}" for name in ("index.html", "app.js", "app.css",
+            "vendor/cytoscape.min.js", "vendor/cytoscape.LICENSE", "vendor/SHA256SUMS")]  # fmt: skip
+    unit = "recorder/systemd/scope-recorder.service"
+    for shipped in ("bpf/tcp_events.c", "bpf/tcp_events.h", "migrations/script.py.mako", unit,
+                    *page):  # fmt: skip
         assert shipped in names
     assert any(n.startswith("eventlog/_native") for n in names)
     assert any(n.startswith("eventlog/_scan") for n in names)

@@ -1,0 +1,1 @@
+"""`scope-replay serve`: the map in a browser, over the one reading engine (replay.derived)."""

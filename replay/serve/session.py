@@ -1,0 +1,87 @@
+"""The log a server reads, and its derived store kept open between requests.
+
+Opening the derived store costs more than most answers (the log's state is read, DuckDB
+opens its file), so the server keeps one open. Requests use it one at a time (a DuckDB
+connection is not for concurrent use, and the machine's cores go to DuckDB's own threads
+inside a query). Before a request, at most every ``refresh_s``, the log's committed head is
+read: if a recorder has written since, the store is brought up to date (replay.derived.store)
+and reopened, so a page in live mode follows a running recording.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+from eventlog.location import LogLocation
+from eventlog.reader import LogReader
+from eventlog.store import LogStore, Purpose, open_log
+from replay.derived.store import Derived, open_derived
+
+REFRESH_S = 1.0
+
+
+class LogSession:
+    """A log and its derived store, open for the server's lifetime; see the module doc."""
+
+    def __init__(self, location: LogLocation, refresh_s: float = REFRESH_S) -> None:
+        self.location = location
+        self.refresh_s = refresh_s
+        self._stack = ExitStack()
+        self._lock = threading.Lock()
+        self.log: LogStore = self._stack.enter_context(open_log(location, Purpose.READ))
+        self._derived: Derived | None = None
+        self._checked = 0.0
+        # Answers that depend only on the log's head (the span): kept until the head moves.
+        self._by_head: dict[str, tuple[int, Any]] = {}
+        self.notices: list[str] = []
+        with self.reading():  # the first build, before the first client waits for it
+            pass
+
+    @contextmanager
+    def reading(self) -> Iterator[Derived]:
+        """The derived store, current within ``refresh_s``, for this thread alone."""
+        with self._lock:
+            derived = self._current()
+            yield derived
+
+    def cached(self, key: str, head: int) -> Any | None:
+        hit = self._by_head.get(key)
+        return hit[1] if hit is not None and hit[0] == head else None
+
+    def remember(self, key: str, head: int, value: Any) -> None:
+        self._by_head[key] = (head, value)
+
+    def _current(self) -> Derived:
+        now = time.monotonic()
+        if self._derived is not None and now - self._checked < self.refresh_s:
+            return self._derived
+        self._checked = now
+        if self._derived is not None and self._log_head() == self._derived.head:
+            return self._derived
+        if self._derived is not None:
+            self._derived.close()
+            self._derived = None
+        derived = open_derived(self.log)
+        # DuckDB draws a progress bar on stdout for a long query: not on a server's output.
+        derived.con.execute("SET enable_progress_bar = false")
+        self.notices.extend(n for n in derived.notices if n not in self.notices)
+        self._derived = derived
+        return derived
+
+    def _log_head(self) -> int:
+        reader = LogReader(self.log)
+        try:
+            return reader.head()
+        finally:
+            reader.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._derived is not None:
+                self._derived.close()
+                self._derived = None
+            self._stack.close()

@@ -1,0 +1,167 @@
+"""The page in a real browser: Debian's headless Chromium driven by selenium (chromium-driver),
+against a real server over the real recorded log. Nothing is downloaded: the page's scripts
+are the package's own files, and the browser is the system's."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.capabilities import require
+from tests.integration.serve.conftest import Served
+
+pytestmark = pytest.mark.slow
+
+SCREENSHOT_DIR = Path(os.environ.get("SCOPE_SCREENSHOT_DIR", "/tmp"))
+
+
+def _browser_binaries() -> tuple[str | None, str | None]:
+    return shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    chromium, driver_path = _browser_binaries()
+    require(
+        chromium is not None and driver_path is not None,
+        "Debian's chromium and chromium-driver (scripts/host-setup.sh --test)",
+    )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(chromium)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1280,860"):  # fmt: skip
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=str(driver_path)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def held_connection(served: Served) -> dict[str, Any]:
+    """The connection gold-held kept open for 2.5 s to gold-srv, from the API."""
+    with served.client() as client:
+        rows = client.get("/api/connections", params={"at": "-0s", "window": "1h"}).json()
+    held = [
+        row
+        for row in rows["connections"]
+        if row["client_comm"] == "gold-held" and row["server_comm"] == "gold-srv"
+    ]
+    assert len(held) == 1
+    found: dict[str, Any] = held[0]
+    return found
+
+
+def labels(driver: Any) -> list[str]:
+    found: list[str] = driver.execute_script(
+        "return window.scopeMap.cy.nodes().map(n => n.data('label').split('\\n')[0]).sort()"
+    )
+    return found
+
+
+def edges(driver: Any) -> list[list[str]]:
+    found: list[list[str]] = driver.execute_script(
+        "const cy = window.scopeMap.cy;"
+        "return cy.edges().map(e => [e.source().data('label').split('\\n')[0],"
+        " e.target().data('label').split('\\n')[0]]).sort()"
+    )
+    return found
+
+
+def test_slider_moves_the_map_and_a_click_shows_the_connection(
+    browser: Any, served: Served
+) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    held = held_connection(served)
+    # A window of 1 s: at the log's end (where the page opens) the held connection is gone.
+    browser.get(f"{served.url}/?view=processes&window=1s")
+    wait_for(
+        "the first map",
+        lambda: browser.find_element(By.TAG_NAME, "body").get_attribute("data-drawn"),
+    )
+    assert ["gold-held", "gold-srv"] not in edges(browser)
+
+    body = browser.find_element(By.TAG_NAME, "body")
+    start_ms = int(body.get_attribute("data-span-start"))
+    end_ms = int(body.get_attribute("data-span-end"))
+    target_ms = (held["opened_ns"] + held["closed_ns"]) // 2 // 1_000_000
+    slider = browser.find_element(By.ID, "slider")
+    fraction = (target_ms - start_ms) / (end_ms - start_ms)
+    offset = round((fraction - 0.5) * slider.size["width"])
+    ActionChains(browser).move_to_element_with_offset(slider, offset, 0).click().perform()
+
+    def drawn_near_target() -> bool:
+        drawn = body.get_attribute("data-drawn-at")
+        return drawn is not None and abs(int(drawn) - target_ms) < 600
+
+    wait_for("the map at the chosen moment", drawn_near_target)
+    assert {"gold-held", "gold-srv"} <= set(labels(browser))
+    assert ["gold-held", "gold-srv"] in edges(browser)
+    assert "t=" in browser.current_url  # the moment is in the URL
+
+    server_id = f"{held['host']};{held['server_pid']}"
+    spot = browser.execute_script(
+        "const p = window.scopeMap.cy.getElementById(arguments[0]).renderedPosition();"
+        "return [p.x, p.y];",
+        server_id,
+    )
+    graph = browser.find_element(By.ID, "map")
+    ActionChains(browser).move_to_element_with_offset(
+        graph, round(spot[0] - graph.size["width"] / 2), round(spot[1] - graph.size["height"] / 2)
+    ).click().perform()
+    wait_for("the detail panel", lambda: body.get_attribute("data-panel") == server_id)
+    panel = browser.find_element(By.ID, "panel")
+    assert panel.is_displayed()
+    table = panel.find_element(By.CSS_SELECTOR, "table.connections").text
+    assert "gold-held" in table
+    assert held["client"] in table and held["server"] in table
+    assert f"node={server_id.replace(';', '%3B')}" in browser.current_url
+
+    path = SCREENSHOT_DIR / "scope-replay-serve.png"
+    assert browser.save_screenshot(str(path))
+    assert path.stat().st_size > 10_000
+    # Nothing refused by the content security policy, no failed request, no script error.
+    severe = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert severe == []
+
+
+def test_a_link_shows_the_same_map(browser: Any, served: Served) -> None:
+    """The URL holds the moment: opening a link draws the map of that moment."""
+    from selenium.webdriver.common.by import By
+
+    held = held_connection(served)
+    at = (held["opened_ns"] + held["closed_ns"]) // 2
+    browser.get(f"{served.url}/?view=processes&window=1s&t={at / 1e9:.3f}")
+    body = browser.find_element(By.TAG_NAME, "body")
+    wait_for("the map", lambda: body.get_attribute("data-drawn"))
+    assert ["gold-held", "gold-srv"] in edges(browser)
+
+
+def test_the_page_fetches_nothing_from_elsewhere(served: Served) -> None:
+    page = httpx.get(served.url + "/").text
+    assert "http://" not in page and "https://" not in page
+    assert 'src="/static/vendor/cytoscape.min.js"' in page
