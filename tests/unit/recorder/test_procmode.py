@@ -62,3 +62,28 @@ def test_process_start_and_exit_and_pid_reuse() -> None:
         (Kind.EXEC, 10, "b"),
         (Kind.EXEC, 11, "c"),
     ]
+
+
+def test_a_socket_seen_before_its_process_waits_a_poll_for_its_owner() -> None:
+    """A walk can read the socket tables before the fds of the process that just made the
+    socket: the socket waits one poll for its owner and keeps the time it was first seen."""
+    poller = ProcPoller()
+    client = proc(20, "client")
+    poller.prime(walk_of(1, [client], []))
+    assert poller.events(walk_of(2, [client], [conn(40001, 8080, None)])) == []
+    (opened,) = poller.events(walk_of(3, [client], [conn(40001, 8080, 20)]))
+    assert (opened.kind, opened.pid, opened.comm, opened.mono_ns) == (Kind.CONNECT, 20, "client", 2)
+    # Never found: recorded without one after the grace, from when it was first seen.
+    assert poller.events(walk_of(4, [client], [conn(40001, 8080, 20), conn(40002, 9, None)])) == []
+    (unowned,) = poller.events(walk_of(5, [client], [conn(40001, 8080, 20), conn(40002, 9, None)]))
+    assert (unowned.lport, unowned.pid, unowned.mono_ns) == (40002, None, 4)
+    # Gone while waiting: opened when first seen and closed when gone.
+    still = [conn(40001, 8080, 20), conn(40002, 9, None)]
+    assert poller.events(walk_of(6, [client], [*still, conn(40003, 9, None)])) == []
+    events = poller.events(walk_of(7, [client], []))
+    assert sorted((e.kind, e.lport, e.mono_ns) for e in events) == [
+        (Kind.CONNECT, 40003, 6),
+        (Kind.CLOSE, 40001, 7),
+        (Kind.CLOSE, 40002, 7),
+        (Kind.CLOSE, 40003, 7),
+    ]
