@@ -50,6 +50,7 @@ from eventlog.writer import LogWriter
 from recorder.capture import CaptureOptions, EbpfCapture, KernelStats, why_ebpf_unavailable
 from recorder.clock import sample_clock
 from recorder.conntrack import ConntrackWatcher
+from recorder.containers import DEFAULT_SOCKETS, ContainerFollower
 from recorder.host import host_identity, local_addresses, netns_inode
 from recorder.procfs import ProcWalk, network_namespaces, walk
 from recorder.procmode import ProcPoller
@@ -77,6 +78,8 @@ class RecordOptions:
     mode: str | None = None  # force MODE_EBPF or MODE_PROC; None = eBPF if possible
     redact_cmdline: bool = False
     conntrack: bool = True
+    # The container runtime API sockets to follow (the first that answers); () = none.
+    container_sockets: tuple[str, ...] = DEFAULT_SOCKETS
     buffer_events: int = 1_000_000  # kept in memory while a PostgreSQL store is unreachable
     progress_file: Path | None = None  # one line per commit: what is durable so far
     sqlite: SqliteOptions = field(default_factory=SqliteOptions)
@@ -372,6 +375,11 @@ class _Session:
         self.reorder = ReorderBuffer(REORDER_HORIZON_NS if capture else 0)
         self.conntrack = ConntrackWatcher(monotonic_ns) if self.options.conntrack else None
         self.snapshots = _SnapshotWorker(self.options.redact_cmdline, self.conntrack)
+        self.containers = (
+            ContainerFollower(monotonic_ns, self.options.container_sockets, recorder.notify)
+            if self.options.container_sockets
+            else None
+        )
         self.poller = ProcPoller() if capture is None else None
         self.started = started_mono_ns
         self.kernel = KernelStats(0, 0, 0, 0, 0, 0, 0)
@@ -416,9 +424,17 @@ class _Session:
             if events:
                 self.reorder.add(events)
 
+    def _drain_containers(self) -> None:
+        if self.containers is not None:
+            events = self.containers.drain()
+            if events:
+                self.reorder.add(events)
+
     def loop(self) -> str:
         options = self.options
         self._start_conntrack()
+        if self.containers is not None:
+            self.containers.start()
         self._announce_live()
         deadline = (
             self.started + int(options.duration_s * 1e9) if options.duration_s is not None else None
@@ -453,6 +469,7 @@ class _Session:
                 self._start_snapshot(now)
             self._collect_snapshot()
             self._drain_conntrack()
+            self._drain_containers()
             if now >= next_clock:
                 next_clock = now + CLOCK_SAMPLE_INTERVAL_NS
                 self.writer.add_clock_sample(sample_clock())
@@ -632,6 +649,9 @@ class _Session:
         if self.conntrack is not None:
             self.conntrack.stop()
             self._drain_conntrack()
+        if self.containers is not None:
+            self.containers.stop()
+            self._drain_containers()
         self.reorder.release_all(self.writer)
         self._flush(final=True)
         return reason
@@ -642,6 +662,8 @@ class _Session:
             self.capture.close()
         if self.conntrack is not None:
             self.conntrack.stop()
+        if self.containers is not None:
+            self.containers.stop()
 
     def counters(self) -> dict[str, int]:
         """The accounting a test or an operator can check: staged in the kernel = received
@@ -662,6 +684,17 @@ class _Session:
             "unparsed_conntrack_messages": (
                 self.conntrack.stats.bad_lines if self.conntrack is not None else 0
             ),
+            **self._container_counters(),
+        }
+
+    def _container_counters(self) -> dict[str, int]:
+        stats = self.containers.stats if self.containers is not None else None
+        return {
+            "container_records": stats.records if stats else 0,
+            "container_api_connects": stats.connects if stats else 0,
+            "container_api_timeouts": stats.timeouts if stats else 0,
+            "container_api_bad_answers": stats.bad_answers if stats else 0,
+            "container_pid_mismatches": stats.pid_mismatches if stats else 0,
         }
 
     def stop_detail(self) -> str | None:

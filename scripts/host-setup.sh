@@ -19,6 +19,9 @@ packages+=(gcc libc6-dev python3-dev libsqlite3-dev)
 if (( want_test )); then packages+=(libasan8 libubsan1); fi
 if (( want_test )); then
     packages+=(postgresql iptables conntrack bpftool)
+    # The container tests: podman's API service, Debian's runc (crun refuses hybrid cgroup
+    # hosts), and busybox-static to build an image locally (nothing is pulled).
+    packages+=(podman runc busybox-static)
 fi
 if ! "${PYTHON:-python3}" -c 'import ensurepip, venv' 2>/dev/null; then
     packages+=(python3-venv)
