@@ -668,7 +668,7 @@ class _Session:
     def counters(self) -> dict[str, int]:
         """The accounting a test or an operator can check: staged in the kernel = received
         from the ring buffer + lost in it; committed = received - the pieces of command lines
-        (each joined into its EXEC) + snapshots and /proc events."""
+        (each joined into its EXEC) + snapshots and /proc events + container records."""
         return {
             "kernel_staged": self.kernel.staged_events,
             "kernel_lost": self.kernel.lost_events,
