@@ -34,6 +34,7 @@ DEFAULT_SOCKETS = ("/run/podman/podman.sock", "/var/run/docker.sock")
 REQUEST_TIMEOUT_S = 3.0  # a listing or an inspection: a runtime that takes longer hangs
 RETRY_S = 1.0  # how soon a runtime that went away (or was never there) is tried again
 _FOLLOWED = ("start", "rename", "die", "destroy")
+_RUNNING = ("listed", "start", "rename")
 _SYNONYMS = {"remove": "destroy"}  # Podman's word for Docker's
 _EVENTS_QUERY = json.dumps({"type": ["container"]})
 
@@ -204,10 +205,24 @@ class ContainerFollower:
                 else:
                     self.stats.bad_answers += 1
                 if not self._stop.is_set():
-                    self.status = f"lost the runtime at {socket_path} ({type(exc).__name__})"
+                    self._lost(socket_path, type(exc).__name__)
+            else:
+                if not self._stop.is_set():
+                    self._lost(socket_path, "its event stream ended")
             finally:
                 self._close_client()
             self._stop.wait(RETRY_S)
+
+    def _lost(self, socket_path: str, why: str) -> None:
+        """Say once that a runtime being followed went away (then nothing more until it is
+        back: a runtime that keeps failing is counted, not repeated)."""
+        if self.status.startswith("following"):
+            self.notify(
+                f"lost the container runtime at {socket_path} ({why}); "
+                "following it again when it is back"
+            )
+            self._said_unreachable = True
+        self.status = f"lost the runtime at {socket_path} ({why})"
 
     def _reachable(self) -> str | None:
         for path in self.sockets:
@@ -264,6 +279,10 @@ class ContainerFollower:
         ids = sorted(str(c.get("Id")) for c in listing if isinstance(c, dict) and c.get("Id"))
         for container_id in ids:
             self._inspect_and_add("listed", container_id, runtime)
+        # Back after an absence: what ran before and runs no more stopped meanwhile.
+        for container_id, known in sorted(self._known.items()):
+            if container_id not in ids and known.action in _RUNNING:
+                self._add_known("die", container_id, {})
 
     def _changes(self, since: str) -> Iterator[dict[str, Any]]:
         """The runtime's container events, as they come (an idle stream is waited on for as

@@ -188,7 +188,6 @@ class _Builder:
         self.topology = Topology(str(view), scene.at_ns, scene.window_ns)
         self.hidden_lan: set[str] = set()
         self.members: dict[str, set[str]] = {}  # image and pod nodes: their containers' ids
-        self.service_hosts: dict[str, set[str]] = {}
         self.backends: dict[str, dict[str, str | None]] = {}  # service -> backend -> its node
 
     def add(self, node: Node) -> str:
@@ -305,10 +304,9 @@ class _Builder:
             parents=[(f"{host};<host>", host, "hosts")],
         )  # fmt: skip
 
-    def service(self, host: str, address: str) -> str:
+    def service(self, address: str) -> str:
         """The node of an address conntrack translated: ``<ip>:<port>;<service>``."""
         node_id = f"{address};<service>"
-        self.service_hosts.setdefault(node_id, set()).add(host)
         return self.add(Node(node_id, address, "", "service", "heptagon"))
 
     def endpoint(self, host: str, side: _Side) -> str:
@@ -359,7 +357,7 @@ class _Builder:
                     else self.remote(row.host, server, inbound=False)
                 )
             if self.view == View.services and row.nat_destination and source is not None:
-                service = self.service(row.host, row.server)
+                service = self.service(row.server)
                 self.backends.setdefault(service, {})[row.nat_destination] = target
                 self._connect(source, service, row)
                 source = service

@@ -95,6 +95,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
             after = time.time_ns()
             # The runtime's API goes away and comes back: followed again, capture goes on.
             podman.stop_service(service)
+            podman.remove(names[1])  # unseen by the API: found gone when it is back
             time.sleep(1.5)
             service = podman.start_service(socket_path)
             restarted = time.time_ns()
@@ -220,8 +221,13 @@ def test_processes_know_their_container_from_their_exec(recorded: Recorded) -> N
 def test_the_runtime_going_away_and_back_is_followed(recorded: Recorded) -> None:
     counters = recorded.run.recording().counters or {}
     assert counters["container_api_connects"] >= 2
+    notes = recorded.run.notes
+    assert sum("lost the container runtime" in note for note in notes) == 1, notes
+    assert any(note.startswith("following podman at ") for note in notes), notes
     late = _records_of(recorded.run, recorded.ids[f"{P}-late"])
     assert late and late[0]["name"] == f"{P}-late"
+    worker = _records_of(recorded.run, recorded.ids[f"{P}-worker"])
+    assert [r["action"] for r in worker] == ["start", "die"]
     # Capture went on meanwhile: the client's connections after the restart are recorded.
     vip = ipaddress.ip_address(VIP).packed
     assert any(
