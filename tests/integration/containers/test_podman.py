@@ -72,7 +72,8 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
     workdir = tmp_path_factory.mktemp("podman")
     location = resolve(str(workdir / "scope.db"))
     socket_path = workdir / "podman.sock"
-    names = [f"{P}-api", f"{P}-worker", f"{P}-client-old", f"{P}-client-new", f"{P}-late"]
+    names = [f"{P}-api", f"{P}-worker", f"{P}-client-old", f"{P}-client-new", f"{P}-late",
+             f"{P}-spare"]  # fmt: skip
     podman.build_image(workdir, IMAGE, CLIENT_IMAGE)
     service = podman.start_service(socket_path)
     try:
@@ -83,6 +84,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
                 names[0]: podman.run(names[0], IMAGE, "sh", "-c", SERVE, labels=POD),
                 names[1]: podman.run(names[1], IMAGE, "sh", "-c", SERVE, labels={"app": "checkout"}),
                 names[2]: podman.run(names[2], CLIENT_IMAGE, "sh", "-c", CLIENT),
+                names[5]: podman.run(names[5], IMAGE, "sleep", "60"),
             }  # fmt: skip
             addresses = {
                 name: podman.inspect(name, "{{.NetworkSettings.IPAddress}}") for name in names[:2]
@@ -95,7 +97,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
             after = time.time_ns()
             # The runtime's API goes away and comes back: followed again, capture goes on.
             podman.stop_service(service)
-            podman.remove(names[1])  # unseen by the API: found gone when it is back
+            podman.remove(names[5])  # unseen by the API: found gone when it is back
             time.sleep(1.5)
             service = podman.start_service(socket_path)
             restarted = time.time_ns()
@@ -226,8 +228,8 @@ def test_the_runtime_going_away_and_back_is_followed(recorded: Recorded) -> None
     assert any(note.startswith("following podman at ") for note in notes), notes
     late = _records_of(recorded.run, recorded.ids[f"{P}-late"])
     assert late and late[0]["name"] == f"{P}-late"
-    worker = _records_of(recorded.run, recorded.ids[f"{P}-worker"])
-    assert [r["action"] for r in worker] == ["start", "die"]
+    spare = _records_of(recorded.run, recorded.ids[f"{P}-spare"])
+    assert [r["action"] for r in spare] == ["start", "die"]
     # Capture went on meanwhile: the client's connections after the restart are recorded.
     vip = ipaddress.ip_address(VIP).packed
     assert any(
