@@ -433,9 +433,10 @@ class _Session:
     def loop(self) -> str:
         options = self.options
         self._start_conntrack()
-        if self.containers is not None:
-            self.containers.start()
         self._announce_live()
+        if self.containers is not None:
+            # After the line saying capture is live: what it says of the runtime comes next.
+            self.containers.start()
         deadline = (
             self.started + int(options.duration_s * 1e9) if options.duration_s is not None else None
         )
