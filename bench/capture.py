@@ -14,11 +14,17 @@ removed); each round then also records with ``--no-conntrack``, so that the cost
 following conntrack is measured beside the rest (``ratio_no_conntrack``,
 ``recorder_cpu_pct_no_conntrack``).
 
+``--containers SOCKET``: the recorder follows the container runtime API on SOCKET (e.g.
+``podman system service``'s) and each round also records with ``--no-containers``, so that
+the cost of following the runtime is measured beside the rest (``ratio_no_containers``,
+``recorder_cpu_pct_no_containers``).
+
 Last line:
 RESULT conns_per_s_alone=<n> conns_per_s_recorded=<n> ratio=<n> events_captured=<n>
        events_expected=<n> lost=<n> recorder_cpu_pct=<n> cpu_us_per_conn_alone=<n>
        cpu_us_per_conn_recorded=<n> conntrack_active=<0|1>
        [ratio_no_conntrack=<n> recorder_cpu_pct_no_conntrack=<n>]
+       [ratio_no_containers=<n> recorder_cpu_pct_no_containers=<n>]
 """
 
 from __future__ import annotations
@@ -180,12 +186,18 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--conntrack-active", action="store_true")
+    parser.add_argument("--containers", metavar="SOCKET", help="a runtime API to follow")
     args = parser.parse_args()
+    # What every recorded run follows: the given runtime, or none (the default sockets
+    # may be anyone's).
+    follow = ("--container-api", args.containers) if args.containers else ("--no-containers",)
     if os.geteuid() != 0:
         sys.exit("bench/capture.py needs root (eBPF)")
     alone, recorded, ratios, cpu, cost_alone, cost_recorded = [], [], [], [], [], []
     ratios_no_ct: list[float] = []
     cpu_no_ct: list[float] = []
+    ratios_no_containers: list[float] = []
+    cpu_no_containers: list[float] = []
     captured_total = expected_total = lost_total = 0
     with (
         tempfile.TemporaryDirectory(prefix="scope-bench-") as tmp,
@@ -194,13 +206,13 @@ def main() -> None:
         workdir = Path(tmp)
         loadgen = build_loadgen(workdir)
         for round_number in range(args.rounds):
-            port = 20000 + round_number * 3
+            port = 20000 + round_number * 4
 
             # Alternate which goes first, so that a drift of the machine's speed within a
             # round does not always favour the same side.
             if round_number % 2:
                 result, captured, lost, cpu_pct = run_recorded(
-                    loadgen, port + 1, args.clients, args.seconds, workdir
+                    loadgen, port + 1, args.clients, args.seconds, workdir, *follow
                 )
                 time.sleep(1)
                 base = run_load(loadgen, port, args.clients, args.seconds)
@@ -208,12 +220,18 @@ def main() -> None:
                 base = run_load(loadgen, port, args.clients, args.seconds)
                 time.sleep(1)
                 result, captured, lost, cpu_pct = run_recorded(
-                    loadgen, port + 1, args.clients, args.seconds, workdir
+                    loadgen, port + 1, args.clients, args.seconds, workdir, *follow
                 )
             if args.conntrack_active:
                 time.sleep(1)
                 without, _, _, cpu_without = run_recorded(
-                    loadgen, port + 2, args.clients, args.seconds, workdir, "--no-conntrack"
+                    loadgen,
+                    port + 2,
+                    args.clients,
+                    args.seconds,
+                    workdir,
+                    "--no-conntrack",
+                    *follow,
                 )
                 ratios_no_ct.append(without.rate / base.rate)
                 cpu_no_ct.append(cpu_without)
@@ -221,6 +239,19 @@ def main() -> None:
                     f"round {round_number + 1}: recorded with --no-conntrack "
                     f"{without.rate:,.0f} conn/s, ratio {ratios_no_ct[-1]:.3f}, "
                     f"recorder CPU {cpu_without:.0f}%",
+                    flush=True,
+                )
+            if args.containers:
+                time.sleep(1)
+                unfollowed, _, _, cpu_unfollowed = run_recorded(
+                    loadgen, port + 3, args.clients, args.seconds, workdir, "--no-containers"
+                )
+                ratios_no_containers.append(unfollowed.rate / base.rate)
+                cpu_no_containers.append(cpu_unfollowed)
+                print(
+                    f"round {round_number + 1}: recorded with --no-containers "
+                    f"{unfollowed.rate:,.0f} conn/s, ratio {ratios_no_containers[-1]:.3f}, "
+                    f"recorder CPU {cpu_unfollowed:.0f}%",
                     flush=True,
                 )
             alone.append(base.rate)
@@ -256,6 +287,12 @@ def main() -> None:
             f" ratio_no_conntrack={statistics.median(ratios_no_ct):.3f} "
             f"recorder_cpu_pct_no_conntrack={statistics.median(cpu_no_ct):.1f}"
             if args.conntrack_active
+            else ""
+        )
+        + (
+            f" ratio_no_containers={statistics.median(ratios_no_containers):.3f} "
+            f"recorder_cpu_pct_no_containers={statistics.median(cpu_no_containers):.1f}"
+            if args.containers
             else ""
         )
     )

@@ -626,6 +626,9 @@ static __always_inline void fill_exec(struct event *e, const void *task, u32 pid
 {
     e->kind = EV_EXEC;
     e->pid = pid;
+    /* The cgroup (v2, the unified hierarchy: also on hybrid hosts) the process runs in: its
+     * container, also for a process no /proc walk sees. User space maps ids to containers. */
+    e->sock_id = bpf_get_current_cgroup_id();
     e->aux = task_ppid(task);
     e->netns = task_netns(task);
     bpf_get_current_comm(&e->comm, sizeof(e->comm));

@@ -31,11 +31,18 @@ class Kind(IntEnum):
     CT_NEW = 8  # conntrack entry created; tuple = original direction, extra = the rest
     CT_UPDATE = 9
     CT_DESTROY = 10
+    # What a container runtime said of a container (recorder.containers): pid = its first
+    # process, netns = its network namespace, extra = the record (``container_record``).
+    CONTAINER = 11
 
 
 CONNECTION_KINDS = frozenset({Kind.CONNECT, Kind.ACCEPT, Kind.CLOSE, Kind.CONNECT_FAILED})
 PROCESS_KINDS = frozenset({Kind.EXEC, Kind.EXIT})
 CONNTRACK_KINDS = frozenset({Kind.CT_NEW, Kind.CT_UPDATE, Kind.CT_DESTROY})
+
+# What a CONTAINER event's ``action`` says: ``listed`` at the start of following a runtime
+# (the containers running then), the rest as the runtime's event stream names them.
+CONTAINER_ACTIONS = ("listed", "start", "rename", "die", "destroy")
 
 
 def cmdline_text(raw: bytes) -> str:
@@ -212,4 +219,35 @@ def conntrack_entry(event: Any) -> ConntrackEntry:
         ct_id=int(extra.get("ct_id", 0)),
         zone=int(extra.get("zone", 0)),
         mark=int(extra.get("mark", 0)),
+    )
+
+
+class ContainerRecord(NamedTuple):
+    """A container as its runtime described it, at one of its changes (``CONTAINER_ACTIONS``)."""
+
+    action: str
+    id: str  # the runtime's full id (64 hex digits for Docker and Podman)
+    name: str
+    image: str  # the image's name as the container was created from it
+    image_id: str
+    labels: dict[str, str]
+    pid: int | None  # its first process (0 or None once it stopped)
+    netns: int | None  # its network namespace inode
+    cgroup_id: int | None  # of its cgroup in the unified hierarchy: what EXEC events carry
+    cgroup: str  # its first process's /proc/<pid>/cgroup
+    created: str  # the runtime's own times, as it wrote them
+    started: str
+    runtime: str  # which API said so: "podman" or "docker"
+
+
+def container_event(mono_ns: int, record: ContainerRecord) -> Event:
+    """A container record as a log event: pid and netns where every event keeps them."""
+    extra = record._asdict()
+    del extra["pid"], extra["netns"]
+    return Event(
+        kind=int(Kind.CONTAINER),
+        mono_ns=mono_ns,
+        pid=record.pid or None,
+        netns=record.netns or None,
+        extra=extra,
     )

@@ -166,6 +166,8 @@ def decode_event(fields: tuple[Any, ...]) -> Event:
         )
     if kind == Kind.EXEC:
         extra: dict[str, Any] = {"ppid": aux, "filename": _cstring(tail)}
+        if sock_id:
+            extra["cgroup_id"] = sock_id  # the field holds the cgroup id for an EXEC
         if flags & FLAG_TRUNCATED:
             extra["filename_truncated"] = True
         return Event(kind=kind, mono_ns=ts_ns, pid=pid, comm=comm, netns=netns or None, extra=extra)

@@ -85,6 +85,16 @@ def record(
     no_conntrack: Annotated[
         bool, typer.Option("--no-conntrack", help="Do not record conntrack (NAT) entries.")
     ] = False,
+    container_api: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A container runtime's API socket (Docker or Podman) to follow for container "
+            "names, images and labels; repeatable. Default: Podman's and Docker's usual ones."
+        ),
+    ] = None,
+    no_containers: Annotated[
+        bool, typer.Option("--no-containers", help="Do not follow a container runtime's API.")
+    ] = False,
     buffer_events: Annotated[
         int,
         typer.Option(help="Events kept in memory while a PostgreSQL log is unreachable."),
@@ -134,6 +144,7 @@ def record(
     from eventlog.location import resolve
     from eventlog.recordings import STOP_SIGNAL
     from recorder.capture import CaptureOptions
+    from recorder.containers import DEFAULT_SOCKETS
     from recorder.record import Recorder, RecordOptions
 
     _positive(duration, "--duration", most=MAX_SECONDS)
@@ -155,6 +166,7 @@ def record(
         mode=None if mode is Mode.auto else mode.value,
         redact_cmdline=redact_cmdline,
         conntrack=not no_conntrack,
+        container_sockets=() if no_containers else tuple(container_api or DEFAULT_SOCKETS),
         buffer_events=buffer_events,
         progress_file=progress_file,
         sqlite=SqliteOptions(synchronous=sync.upper(), force=force),

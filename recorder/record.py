@@ -51,6 +51,7 @@ from eventlog.writer import LogWriter
 from recorder.capture import CaptureOptions, EbpfCapture, KernelStats, why_ebpf_unavailable
 from recorder.clock import sample_clock
 from recorder.conntrack import ConntrackWatcher
+from recorder.containers import DEFAULT_SOCKETS, ContainerFollower
 from recorder.host import host_identity, local_addresses, netns_inode
 from recorder.procfs import ProcWalk, network_namespaces, walk
 from recorder.procmode import ProcPoller
@@ -78,6 +79,8 @@ class RecordOptions:
     mode: str | None = None  # force MODE_EBPF or MODE_PROC; None = eBPF if possible
     redact_cmdline: bool = False
     conntrack: bool = True
+    # The container runtime API sockets to follow (the first that answers); () = none.
+    container_sockets: tuple[str, ...] = DEFAULT_SOCKETS
     buffer_events: int = 1_000_000  # kept in memory while a PostgreSQL store is unreachable
     progress_file: Path | None = None  # one line per commit: what is durable so far
     sqlite: SqliteOptions = field(default_factory=SqliteOptions)
@@ -382,6 +385,11 @@ class _Session:
         self.reorder = ReorderBuffer(REORDER_HORIZON_NS if capture else 0)
         self.conntrack = ConntrackWatcher(monotonic_ns) if self.options.conntrack else None
         self.snapshots = _SnapshotWorker(self.options.redact_cmdline, self.conntrack)
+        self.containers = (
+            ContainerFollower(monotonic_ns, self.options.container_sockets, recorder.notify)
+            if self.options.container_sockets
+            else None
+        )
         self.poller = ProcPoller() if capture is None else None
         self.started = started_mono_ns
         # Counters as far as earlier readers of pinned programs accounted for them.
@@ -452,6 +460,12 @@ class _Session:
             self.writer.add_loss(Loss(loss.count, min(first, now), now, loss.reason))
             self.progress.lost_events += loss.count
 
+    def _drain_containers(self) -> None:
+        if self.containers is not None:
+            events = self.containers.drain()
+            if events:
+                self.reorder.add(events)
+
     def loop(self) -> str:
         options = self.options
         self._say_how_programs_are_held()
@@ -463,6 +477,9 @@ class _Session:
         self._start_conntrack()
         if not adopted:
             self._announce_live()
+        if self.containers is not None:
+            # After the line saying capture is live: what it says of the runtime comes next.
+            self.containers.start()
         deadline = (
             self.started + int(options.duration_s * 1e9) if options.duration_s is not None else None
         )
@@ -496,6 +513,7 @@ class _Session:
                 self._start_snapshot(now)
             self._collect_snapshot()
             self._drain_conntrack()
+            self._drain_containers()
             if now >= next_clock:
                 next_clock = now + CLOCK_SAMPLE_INTERVAL_NS
                 self.writer.add_clock_sample(sample_clock())
@@ -685,6 +703,9 @@ class _Session:
         if self.conntrack is not None:
             self.conntrack.stop()
             self._drain_conntrack()
+        if self.containers is not None:
+            self.containers.stop()
+            self._drain_containers()
         self.reorder.release_all(self.writer)
         self._flush(final=True)
         return reason
@@ -695,11 +716,13 @@ class _Session:
             self.capture.close()
         if self.conntrack is not None:
             self.conntrack.stop()
+        if self.containers is not None:
+            self.containers.stop()
 
     def counters(self) -> dict[str, int]:
         """The accounting a test or an operator can check: staged in the kernel = received
         from the ring buffer + lost in it; committed = received - the pieces of command lines
-        (each joined into its EXEC) + snapshots and /proc events."""
+        (each joined into its EXEC) + snapshots and /proc events + container records."""
         return {
             "kernel_staged": self.kernel.staged_events,
             "kernel_lost": self.kernel.lost_events,
@@ -719,6 +742,17 @@ class _Session:
             "unparsed_conntrack_messages": (
                 self.conntrack.stats.bad_lines if self.conntrack is not None else 0
             ),
+            **self._container_counters(),
+        }
+
+    def _container_counters(self) -> dict[str, int]:
+        stats = self.containers.stats if self.containers is not None else None
+        return {
+            "container_records": stats.records if stats else 0,
+            "container_api_connects": stats.connects if stats else 0,
+            "container_api_timeouts": stats.timeouts if stats else 0,
+            "container_api_bad_answers": stats.bad_answers if stats else 0,
+            "container_pid_mismatches": stats.pid_mismatches if stats else 0,
         }
 
     def stop_detail(self) -> str | None:

@@ -46,6 +46,9 @@ class ViewName(enum.StrEnum):
     processes = "processes"
     processes_by_name = "processes-by-name"
     containers = "containers"
+    containers_by_image = "containers-by-image"
+    pods = "pods"
+    services = "services"
     hosts = "hosts"
 
 
@@ -56,6 +59,9 @@ class MapName(enum.StrEnum):
     processes = "processes"
     processes_by_name = "processes-by-name"
     containers = "containers"
+    containers_by_image = "containers-by-image"
+    pods = "pods"
+    services = "services"
     hosts = "hosts"
 
 
@@ -100,7 +106,11 @@ UnconnectedOption = Annotated[
     ShowHide, typer.Option("--unconnected", help="Processes without connections (process maps).")
 ]
 PseudoOption = Annotated[
-    ShowHide, typer.Option("--pseudo", help="The uncontained pseudo node (containers map).")
+    ShowHide,
+    typer.Option(
+        "--pseudo",
+        help="The uncontained (and unmanaged: in no pod) pseudo nodes of container maps.",
+    ),
 ]
 UnknownLanOption = Annotated[
     bool,

@@ -21,6 +21,9 @@ if (( want_test )); then
     packages+=(postgresql iptables conntrack bpftool)
     # The browser test of scope-replay serve: Debian's own headless Chromium and its driver.
     packages+=(chromium chromium-driver)
+    # The container tests: podman's API service, Debian's runc (crun refuses hybrid cgroup
+    # hosts), and busybox-static to build an image locally (nothing is pulled).
+    packages+=(podman runc busybox-static)
 fi
 if ! "${PYTHON:-python3}" -c 'import ensurepip, venv' 2>/dev/null; then
     packages+=(python3-venv)

@@ -370,12 +370,50 @@ SELECT a.recording_id, coalesce(r.host, '?') AS host, a.pid,
     CASE WHEN p.pid IS NULL THEN a.ppid ELSE p.ppid END AS ppid,
     CASE WHEN p.pid IS NULL THEN a.cmdline ELSE p.cmdline END AS cmdline,
     CASE WHEN p.pid IS NULL THEN a.cgroup ELSE p.cgroup END AS cgroup,
-    CASE WHEN p.pid IS NULL THEN a.netns ELSE p.netns END AS netns
+    CASE WHEN p.pid IS NULL THEN a.netns ELSE p.netns END AS netns,
+    a.cgroup_id
 FROM alive a
 LEFT JOIN last_snapshot s ON s.recording_id = a.recording_id AND s.position > a.source_pos
 LEFT JOIN snap_proc p ON p.position = s.position AND p.pid = a.pid
 LEFT JOIN recordings_raw r ON r.id = a.recording_id
 ORDER BY a.recording_id, a.pid;
+
+-- What container runtimes said of their containers (recorder.containers), a row a record.
+CREATE OR REPLACE VIEW containers AS
+SELECT e.position, e.recording_id, coalesce(r.host, '?') AS host, make_timestamp_ns(e.wall_ns) AS ts,
+    e.wall_ns, json_extract_string(e.extra, '$.action') AS action,
+    json_extract_string(e.extra, '$.id') AS id, json_extract_string(e.extra, '$.name') AS name,
+    json_extract_string(e.extra, '$.image') AS image,
+    json_extract_string(e.extra, '$.image_id') AS image_id,
+    CAST(json_extract(e.extra, '$.labels') AS JSON) AS labels, e.pid, e.netns,
+    CAST(json_extract(e.extra, '$.cgroup_id') AS BIGINT) AS cgroup_id,
+    json_extract_string(e.extra, '$.cgroup') AS cgroup,
+    json_extract_string(e.extra, '$.runtime') AS runtime
+FROM ev e LEFT JOIN recordings_raw r ON r.id = e.recording_id
+WHERE e.kind = {int(Kind.CONTAINER)};
+
+-- Each container as of t_ns: named as its latest record by then says (its first record, for
+-- a moment before any), with the cgroup, pid and netns its records last knew; ``state`` is
+-- the latest action by then (NULL: none yet).
+CREATE OR REPLACE MACRO containers_at_ns(t_ns) AS TABLE
+SELECT host, id,
+    coalesce(arg_max(name, position) FILTER (WHERE wall_ns <= t_ns), arg_min(name, position))
+        AS name,
+    coalesce(arg_max(image, position) FILTER (WHERE wall_ns <= t_ns), arg_min(image, position))
+        AS image,
+    coalesce(arg_max(image_id, position) FILTER (WHERE wall_ns <= t_ns),
+        arg_min(image_id, position)) AS image_id,
+    coalesce(arg_max(CAST(labels AS VARCHAR), position) FILTER (WHERE wall_ns <= t_ns),
+        arg_min(CAST(labels AS VARCHAR), position)) AS labels,
+    arg_max(action, position) FILTER (WHERE wall_ns <= t_ns) AS state,
+    arg_max(cgroup_id, position) FILTER (WHERE cgroup_id IS NOT NULL) AS cgroup_id,
+    arg_max(netns, position) FILTER (WHERE netns IS NOT NULL) AS netns,
+    arg_max(pid, position) FILTER (WHERE pid IS NOT NULL) AS pid,
+    arg_max(runtime, position) AS runtime
+FROM containers GROUP BY host, id ORDER BY host, id;
+
+CREATE OR REPLACE MACRO containers_at(t) AS TABLE
+SELECT * FROM containers_at_ns(epoch_ns(CAST(t AS TIMESTAMP_NS)));
 
 CREATE OR REPLACE VIEW conntrack AS
 SELECT position, recording_id, make_timestamp_ns(wall_ns) AS ts, change, netns, orig_src,
@@ -452,10 +490,11 @@ LEFT JOIN cgroups g ON g.cgroup = l.cgroup;
 
 PUBLIC_VIEWS = (
     "events", "connections", "sockets", "processes", "conntrack", "recordings", "losses",
-    "snapshots",
+    "snapshots", "containers",
 )  # fmt: skip
 MACROS = {
     "connections_at(t TIMESTAMP, w INTERVAL)": "the connection table at t, as scope-replay --at t --window w",
     "connections_at_ns(t_ns BIGINT, w_ns BIGINT)": "the same with nanosecond integers",
     "processes_at_ns(t_ns BIGINT)": "the processes alive at t_ns",
+    "containers_at(t TIMESTAMP)": "each container as of t: its name then, image, labels, state",
 }

@@ -1,4 +1,10 @@
-"""Which container a process belongs to, from its cgroup paths.
+"""Which container a process belongs to, and what its runtime called it.
+
+A process's container is found by its cgroup path (a /proc snapshot saw it), else by the
+cgroup id its EXEC carried, else by its network namespace when exactly one container has it
+(a process that forked without exec, in a container's namespace). What the container is
+called, its image and labels are what the runtime's records (recorder.containers) said by
+the moment shown.
 
 Container runtimes name the cgroup of a container after its id; the shapes differ:
 
@@ -15,8 +21,10 @@ other; so do we.
 from __future__ import annotations
 
 import functools
+import json
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 _ID = r"([0-9a-f]{64})"
 _PATTERNS = (
@@ -28,14 +36,60 @@ _PATTERNS = (
 )
 
 
+# The labels kubelet puts on the containers of a pod.
+POD_NAME = "io.kubernetes.pod.name"
+POD_NAMESPACE = "io.kubernetes.pod.namespace"
+POD_UID = "io.kubernetes.pod.uid"
+POD_CONTAINER = "io.kubernetes.container.name"
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str
+    name: str
+    uid: str
+
+    @property
+    def node_id(self) -> str:
+        """Scope's pod node id: ``<pod uid>;<pod>`` (namespace/name without a uid label)."""
+        return f"{self.uid or self.namespace + '/' + self.name};<pod>"
+
+
 @dataclass(frozen=True)
 class Container:
     runtime: str
     id: str
+    name: str = ""  # as its runtime named it at the moment shown ("": no record of it)
+    image: str = ""
+    image_id: str = ""
+    labels: tuple[tuple[str, str], ...] = field(default=())
 
     @property
     def short_id(self) -> str:
         return self.id[:12]
+
+    @property
+    def label(self) -> str:
+        """What a map calls it: its name, else (no runtime said) its short id, as Scope."""
+        return self.name or self.short_id
+
+    def label_value(self, key: str) -> str | None:
+        return dict(self.labels).get(key)
+
+    @property
+    def pod(self) -> Pod | None:
+        name = self.label_value(POD_NAME)
+        if not name:
+            return None
+        return Pod(self.label_value(POD_NAMESPACE) or "", name, self.label_value(POD_UID) or "")
+
+    @property
+    def image_name(self) -> str:
+        """Its image without the tag or digest, as Scope labelled image nodes."""
+        image = self.image.split("@", 1)[0]
+        slash = image.rfind("/")
+        colon = image.rfind(":")
+        return image[:colon] if colon > slash else image
 
     @property
     def node_id(self) -> str:
@@ -55,3 +109,63 @@ def container_of(cgroup: str | None) -> Container | None:
             if match:
                 return Container(runtime, match.group(1))
     return None
+
+
+@dataclass(frozen=True)
+class ContainerRecord:
+    """A container as of a moment (a row of the derived store's ``containers_at_ns``)."""
+
+    host: str
+    container: Container
+    cgroup_id: int | None
+    netns: int | None
+
+
+def container_record(row: tuple[object, ...]) -> ContainerRecord:
+    """From (host, id, name, image, image_id, labels JSON, runtime, cgroup_id, netns)."""
+    host, cid, name, image, image_id, labels, runtime, cgroup_id, netns = row
+    parsed = json.loads(str(labels)) if labels else {}
+    pairs = (
+        tuple(sorted((str(k), str(v)) for k, v in parsed.items()))
+        if isinstance(parsed, dict)
+        else ()
+    )
+    container = Container(
+        str(runtime or ""), str(cid), str(name or ""), str(image or ""), str(image_id or ""), pairs
+    )
+    return ContainerRecord(
+        str(host),
+        container,
+        int(cgroup_id) if isinstance(cgroup_id, int) else None,
+        int(netns) if isinstance(netns, int) else None,
+    )
+
+
+class ContainerIndex:
+    """The containers of a moment, by what a process can be known by."""
+
+    def __init__(self, records: Iterable[ContainerRecord], root_netns: Iterable[int] = ()) -> None:
+        self.by_id: dict[tuple[str, str], Container] = {}
+        self.by_cgroup: dict[tuple[str, int], Container] = {}
+        by_netns: dict[tuple[str, int], list[Container]] = {}
+        roots = set(root_netns)  # a container on the host's network is not the host's
+        for record in records:
+            self.by_id[(record.host, record.container.id)] = record.container
+            if record.cgroup_id is not None:
+                self.by_cgroup[(record.host, record.cgroup_id)] = record.container
+            if record.netns is not None and record.netns not in roots:
+                by_netns.setdefault((record.host, record.netns), []).append(record.container)
+        # Containers sharing a namespace (a pod) leave it ambiguous: no guess.
+        self.by_netns = {key: found[0] for key, found in by_netns.items() if len(found) == 1}
+
+    def resolve(
+        self, host: str, cgroup: str, cgroup_id: int | None, netns: int | None
+    ) -> Container | None:
+        by_path = container_of(cgroup)
+        if by_path is not None:
+            return self.by_id.get((host, by_path.id), by_path)
+        if cgroup_id is not None and (host, cgroup_id) in self.by_cgroup:
+            return self.by_cgroup[(host, cgroup_id)]
+        if netns is not None:
+            return self.by_netns.get((host, netns))
+        return None

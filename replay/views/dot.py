@@ -33,14 +33,20 @@ KIND_SHAPES = {
     Kind.process: "box",
     Kind.process_name: "box",
     Kind.container: "hexagon",
+    Kind.container_image: "hexagon",
+    Kind.pod: "septagon",
+    Kind.service: "septagon",
     Kind.host: "circle",
     Kind.internet: "ellipse",
     Kind.uncontained: "hexagon",
+    Kind.unmanaged: "hexagon",
     Kind.lan: "ellipse",
 }
 KIND_STYLES = {
     Kind.internet: 'style="dashed,filled" fillcolor="#e8f1fb"',
     Kind.uncontained: 'style="dashed"',
+    Kind.unmanaged: 'style="dashed"',
+    Kind.service: 'style="filled" fillcolor="#f3f0e6"',
     Kind.lan: 'style="dashed"',
 }
 STACK_LOOK = "peripheries=2"  # a stack: its shape drawn twice, as Scope drew one several

@@ -32,9 +32,13 @@ class Kind(StrEnum):
     process = "process"
     process_name = "process name"
     container = "container"
+    container_image = "container image"
+    pod = "pod"
+    service = "service"
     host = "host"
     internet = "the Internet"
     uncontained = "uncontained processes"
+    unmanaged = "containers in no pod"
     lan = "unknown LAN address"
 
 
@@ -43,6 +47,9 @@ VIEW_KINDS = {
     View.processes: Kind.process,
     View.processes_by_name: Kind.process_name,
     View.containers: Kind.container,
+    View.containers_by_image: Kind.container_image,
+    View.pods: Kind.pod,
+    View.services: Kind.container,
     View.hosts: Kind.host,
 }
 PLURALS = {
@@ -50,6 +57,9 @@ PLURALS = {
     Kind.process: "processes",
     Kind.process_name: "process names",
     Kind.container: "containers",
+    Kind.container_image: "images",
+    Kind.pod: "pods",
+    Kind.service: "services",
     Kind.host: "hosts",
 }
 CLUSTER_TOPOLOGIES = ("hosts", "containers")  # outermost first
@@ -122,6 +132,12 @@ def kind_of(view: View, node: Node) -> Kind:
         return Kind.internet
     if node.id.startswith("pseudo:uncontained:"):
         return Kind.uncontained
+    if node.id.startswith("pseudo:unmanaged:"):
+        return Kind.unmanaged
+    if node.id.endswith(";<service>"):
+        return Kind.service
+    if node.id.endswith(";<container>"):
+        return Kind.container  # a container with no image known, in the images view
     if node.id.startswith("pseudo:lan:"):
         return Kind.lan
     return VIEW_KINDS[view]

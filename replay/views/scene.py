@@ -10,7 +10,7 @@ from eventlog import addresses
 from replay.derived.store import Derived
 from replay.moment import Moment
 from replay.table import ConnectionRow, connection_table
-from replay.views.containers import Container, container_of
+from replay.views.containers import Container, ContainerIndex, container_record
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -24,10 +24,7 @@ class ProcessInfo:
     cmdline: str = ""
     cgroup: str = ""
     netns: int | None = None
-
-    @property
-    def container(self) -> Container | None:
-        return container_of(self.cgroup)
+    container: Container | None = None  # as ``ContainerIndex.resolve`` found it
 
 
 @dataclass
@@ -40,6 +37,14 @@ class Scene:
     local_addresses: dict[str, set[str]] = field(default_factory=dict)  # host -> addresses
     local_networks: dict[str, list[Network]] = field(default_factory=dict)
     own: set[tuple[str, int]] = field(default_factory=set)  # the recorders' processes (host, pid)
+    containers: ContainerIndex = field(default_factory=lambda: ContainerIndex(()))
+
+    def container_of_side(self, host: str, pid: int | None, netns: int | None) -> Container | None:
+        """The container of a connection's side: its process's, else its namespace's."""
+        info = self.processes.get((host, pid)) if pid is not None else None
+        if info is not None:
+            return info.container
+        return self.containers.resolve(host, "", None, netns)
 
     def is_local_address(self, host: str, address: str) -> bool:
         return address in self.local_addresses.get(host, set()) or addresses.is_loopback(address)
@@ -51,16 +56,36 @@ class Scene:
         return any(ip in network for network in self.local_networks.get(host, []))
 
 
-def processes_at(derived: Derived, at_ns: int) -> dict[tuple[str, int], ProcessInfo]:
-    """The processes alive at ``at_ns`` by (host, pid); where two recordings of one host
-    know a pid, the later recording's."""
+def containers_at(derived: Derived, at_ns: int) -> ContainerIndex:
+    """The containers as of ``at_ns``, as their runtimes' records describe them."""
     rows = derived.con.execute(
-        "SELECT host, pid, comm, ppid, cmdline, cgroup, netns FROM processes_at_ns(?)", [at_ns]
+        "SELECT host, id, name, image, image_id, labels, runtime, cgroup_id, netns "
+        "FROM containers_at_ns(?)",
+        [at_ns],
+    ).fetchall()
+    roots = derived.con.execute(
+        "SELECT DISTINCT root_netns FROM recordings_raw WHERE root_netns IS NOT NULL"
+    ).fetchall()
+    return ContainerIndex([container_record(row) for row in rows], [r for (r,) in roots])
+
+
+def processes_at(
+    derived: Derived, at_ns: int, containers: ContainerIndex | None = None
+) -> dict[tuple[str, int], ProcessInfo]:
+    """The processes alive at ``at_ns`` by (host, pid), each with its container; where two
+    recordings of one host know a pid, the later recording's."""
+    index = containers if containers is not None else containers_at(derived, at_ns)
+    rows = derived.con.execute(
+        "SELECT host, pid, comm, ppid, cmdline, cgroup, netns, cgroup_id FROM processes_at_ns(?)",
+        [at_ns],
     ).fetchall()
     return {
-        (host, pid): ProcessInfo(host, pid, comm, ppid, cmdline or "", cgroup or "", netns)
-        for host, pid, comm, ppid, cmdline, cgroup, netns in rows
-    }
+        (host, pid): ProcessInfo(
+            host, pid, comm, ppid, cmdline or "", cgroup or "", netns,
+            index.resolve(host, cgroup or "", cgroup_id, netns),
+        )
+        for host, pid, comm, ppid, cmdline, cgroup, netns, cgroup_id in rows
+    }  # fmt: skip
 
 
 def build_scene(derived: Derived, moment: Moment) -> Scene:
@@ -83,15 +108,17 @@ def build_scene(derived: Derived, moment: Moment) -> Scene:
             local_addresses.setdefault(row.host, set()).add(row.client_ip)
         if row.server_local:
             local_addresses.setdefault(row.host, set()).add(row.server_ip)
+    containers = containers_at(derived, moment.at_ns)
     return Scene(
         moment.at_ns,
         moment.window_ns,
         rows,
-        processes_at(derived, moment.at_ns),
+        processes_at(derived, moment.at_ns, containers),
         sorted({host for host, _ in recordings}),
         local_addresses,
         local_networks,
         own_processes(derived, moment),
+        containers,
     )
 
 

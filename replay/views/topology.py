@@ -1,4 +1,5 @@
-"""Scope's topologies from a scene: endpoints, processes, processes by name, containers, hosts.
+"""Scope's topologies from a scene: endpoints, processes, processes by name, containers,
+containers by image, pods, services, hosts.
 
 Each connection becomes an edge from the node of its client side to the node of its server
 side, once each side is mapped to a node of the view. A side that is a socket of this host
@@ -9,7 +10,14 @@ unknown machine on the LAN: left out unless asked for (Scope never showed them).
 
 Afterwards, always: edges from the inbound to the outbound Internet go, pseudo nodes left
 without edges go. Options: unconnected processes shown or hidden, the uncontained pseudo
-node of the containers view shown or hidden. Every node a rule or filter removes is counted.
+node of the containers views shown or hidden (and the pods view's unmanaged one, for
+containers in no pod). Every node a rule or filter removes is counted.
+
+A container is labelled by its name as of T (its short id when no runtime named it), with its
+image in its details. The services view needs no Kubernetes API: an address conntrack
+translated (DNAT, as kube-proxy and published ports do) is one service node, named by the
+address (or by the ``app`` label its backends' containers agree on); its clients' edges go to
+it, and its edges go on to the containers (or processes) behind it.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from enum import StrEnum
 
 from eventlog.addresses import is_loopback, is_public
 from replay.table import ConnectionRow
+from replay.views.containers import Container
 from replay.views.scene import ProcessInfo, Scene
 
 INTERNET_IN = "in-theinternet"
@@ -30,7 +39,15 @@ class View(StrEnum):
     processes = "processes"
     processes_by_name = "processes-by-name"
     containers = "containers"
+    containers_by_image = "containers-by-image"
+    pods = "pods"
+    services = "services"
     hosts = "hosts"
+
+
+# The views that map processes to their containers (and the rest to the uncontained node).
+CONTAINER_VIEWS = frozenset({View.containers, View.containers_by_image, View.pods, View.services})
+SERVICE_LABEL = "app"  # the label that names a service when its backends agree on it
 
 
 @dataclass(frozen=True)
@@ -131,7 +148,7 @@ def process_node(host: str, pid: int, comm: str | None, info: ProcessInfo | None
             metadata.append(("netns", "Network namespace", str(info.netns)))
         container = info.container
         if container is not None:
-            parents.insert(0, (container.node_id, container.short_id, "containers"))
+            parents.insert(0, (container.node_id, container.label, "containers"))
     return Node(
         f"{host};{pid}", name, f"{host} ({pid})", name, "square", metadata=metadata, parents=parents
     )
@@ -178,6 +195,8 @@ class _Builder:
         self.options = options
         self.topology = Topology(str(view), scene.at_ns, scene.window_ns)
         self.hidden_lan: set[str] = set()
+        self.members: dict[str, set[str]] = {}  # image and pod nodes: their containers' ids
+        self.backends: dict[str, dict[str, str | None]] = {}  # service -> backend -> its node
 
     def add(self, node: Node) -> str:
         """``node``, unless the topology has it already, named or as unnamed as this one: a
@@ -215,13 +234,19 @@ class _Builder:
             return self.add(process_node(host, side.pid, comm, info))
         if view == View.processes_by_name:
             return self.add(self.by_name(comm or UNNAMED))
-        return self.add(self.container(host, info))
+        container = info.container if info is not None else None
+        if container is None and info is None:
+            container = self.scene.container_of_side(host, side.pid, side.netns)
+        if view == View.containers_by_image and container is not None:
+            return self.add(self.image(host, container))
+        if view == View.pods and container is not None:
+            return self.add(self.pod(host, container))
+        return self.add(self.container(host, container))
 
     def by_name(self, name: str) -> Node:
         return Node(name, name, "", name, "square", stack=True)
 
-    def container(self, host: str, info: ProcessInfo | None) -> Node:
-        container = info.container if info is not None else None
+    def container(self, host: str, container: Container | None) -> Node:
         if container is None:
             return Node(
                 f"pseudo:uncontained:{host}",
@@ -232,16 +257,68 @@ class _Builder:
                 pseudo=True,
             )
         metadata = [("runtime", "Runtime", container.runtime), ("id", "ID", container.id)]
+        if container.image:
+            metadata.append(("image", "Image", container.image))
+        if container.image_id:
+            metadata.append(("image_id", "Image ID", container.image_id))
+        metadata += [(f"label_{k}", k, v) for k, v in container.labels]
         parents = [(f"{host};<host>", host, "hosts")]
+        pod = container.pod
+        if pod is not None:
+            parents.append((pod.node_id, pod.name, "pods"))
+        if container.image:
+            parents.append(
+                (self.image(host, container).id, container.image_name, "containers-by-image")
+            )
         return Node(
             container.node_id,
-            container.short_id,
+            container.label,
             host,
-            container.short_id,
+            container.image_name or container.short_id,
             "hexagon",
             metadata=metadata,
             parents=parents,
         )
+
+    def image(self, host: str, container: Container) -> Node:
+        """Scope's container image node: ``<image>;<container_image>``, its containers
+        counted in its minor label once the map is built."""
+        if not container.image:
+            return self.container(host, container)  # no runtime named its image
+        node_id = f"{container.image_name};<container_image>"
+        self.members.setdefault(node_id, set()).add(container.id)
+        metadata = [("image", "Image", container.image_name)]
+        if container.image_id:
+            metadata.append(("image_id", "Image ID", container.image_id))
+        return Node(
+            node_id,
+            container.image_name,
+            "",
+            container.image_name,
+            "hexagon",
+            stack=True,
+            metadata=metadata,
+        )
+
+    def pod(self, host: str, container: Container) -> Node:
+        pod = container.pod
+        if pod is None:
+            return Node(
+                f"pseudo:unmanaged:{host}", "Unmanaged", host, "unmanaged", "hexagon", pseudo=True
+            )
+        self.members.setdefault(pod.node_id, set()).add(container.id)
+        metadata = [("namespace", "Namespace", pod.namespace), ("name", "Name", pod.name)]
+        if pod.uid:
+            metadata.append(("uid", "UID", pod.uid))
+        return Node(
+            pod.node_id, pod.name, pod.namespace, pod.namespace, "heptagon", metadata=metadata,
+            parents=[(f"{host};<host>", host, "hosts")],
+        )  # fmt: skip
+
+    def service(self, address: str) -> str:
+        """The node of an address conntrack translated: ``<ip>:<port>;<service>``."""
+        node_id = f"{address};<service>"
+        return self.add(Node(node_id, address, "", "service", "heptagon"))
 
     def endpoint(self, host: str, side: _Side) -> str:
         """Scope's endpoint id: the address scoped by host if private, by netns if loopback."""
@@ -290,18 +367,59 @@ class _Builder:
                     if server.local
                     else self.remote(row.host, server, inbound=False)
                 )
+            if self.view == View.services and row.nat_destination and source is not None:
+                service = self.service(row.server)
+                self.backends.setdefault(service, {})[row.nat_destination] = target
+                self._connect(source, service, row)
+                source = service
             if source is None or target is None:
                 continue
-            edge = self.topology.edges.setdefault((source, target), Edge(source, target))
-            edge.connection_ids.append(row.id)
-            if row.state == "open":
-                edge.open_connections += 1
+            self._connect(source, target, row)
         self.topology.filtered_nodes += len(self.hidden_lan)
         self._unconnected()
         self._rules()
+        self._summaries()
         for edge in self.topology.edges.values():
             edge.connection_ids.sort()
         return self.topology
+
+    def _connect(self, source: str, target: str, row: ConnectionRow) -> None:
+        edge = self.topology.edges.setdefault((source, target), Edge(source, target))
+        edge.connection_ids.append(row.id)
+        if row.state == "open":
+            edge.open_connections += 1
+
+    def _summaries(self) -> None:
+        """What a node stands for, said once the map is whole: how many containers an image
+        or a pod node has, which backends a service has (and its name, when their
+        containers agree on an ``app`` label)."""
+        nodes = self.topology.nodes
+        for node_id, members in sorted(self.members.items()):
+            node = nodes.get(node_id)
+            if node is None:
+                continue
+            count = f"{len(members)} container" + "s" * (len(members) != 1)
+            if node_id.endswith(";<pod>"):
+                node.metadata.append(("containers", "Containers", str(len(members))))
+            else:
+                node.label_minor = count
+        for node_id, backends in sorted(self.backends.items()):
+            node = nodes.get(node_id)
+            if node is None:
+                continue
+            node.label_minor = f"{len(backends)} backend" + "s" * (len(backends) != 1)
+            node.metadata = [("address", "Address", node.label)] + [
+                (f"backend_{i}", "Backend", backend) for i, backend in enumerate(sorted(backends))
+            ]
+            names = {self._app_label(target) for target in backends.values()}
+            if len(names) == 1 and None not in names:
+                node.label = str(names.pop())
+
+    def _app_label(self, node_id: str | None) -> str | None:
+        node = self.topology.nodes.get(node_id) if node_id is not None else None
+        if node is None:
+            return None
+        return next((v for k, _, v in node.metadata if k == f"label_{SERVICE_LABEL}"), None)
 
     def _own(self, host: str, pid: int | None) -> bool:
         """Whether ``pid`` is a recorder's own process, left out of the maps."""
@@ -342,8 +460,9 @@ class _Builder:
     def _rules(self) -> None:
         topology = self.topology
         topology.edges.pop((INTERNET_IN, INTERNET_OUT), None)
-        if self.view == View.containers and not self.options.show_uncontained:
-            for node_id in [n for n in topology.nodes if n.startswith("pseudo:uncontained:")]:
+        if self.view in CONTAINER_VIEWS and not self.options.show_uncontained:
+            hidden = ("pseudo:uncontained:", "pseudo:unmanaged:")
+            for node_id in [n for n in topology.nodes if n.startswith(hidden)]:
                 del topology.nodes[node_id]
                 topology.filtered_nodes += 1
                 for pair in [p for p in topology.edges if node_id in p]:

@@ -46,7 +46,7 @@ REPLAY_CASES = {
     "huge window": (["--at", "-0s", "--window", "99999999999d"], "longer than 100 years"),
     "negative window": (["--at", "-0s", "--window", "-5s"], "invalid window '-5s'"),
     "window without a number": (["--at", "-0s", "--window", "s"], "invalid window"),
-    "unknown view": (["--at", "-0s", "--view", "pods"], "'pods' is not one of"),
+    "unknown view": (["--at", "-0s", "--view", "deployments"], "'deployments' is not one of"),
     "unknown format": (["--at", "-0s", "--format", "xml"], "'xml' is not one of"),
     "map format for the table": (["--at", "-0s", "--format", "svg"], "draws maps"),
     "csv for a map": (
@@ -71,8 +71,10 @@ def test_replay_bad_arguments(log: Path, case: str) -> None:
 def test_replay_diff_bad_times(log: Path) -> None:
     result = run_cli("scope-replay", "diff", "--db", str(log), "soon", "-0s")
     assert_one_line_error(result, EXIT_USAGE, "invalid time 'soon'")
-    result = run_cli("scope-replay", "diff", "--db", str(log), "-1s", "-0s", "--view", "pods")
-    assert_one_line_error(result, EXIT_USAGE, "'pods' is not one of")
+    result = run_cli(
+        "scope-replay", "diff", "--db", str(log), "-1s", "-0s", "--view", "deployments"
+    )
+    assert_one_line_error(result, EXIT_USAGE, "'deployments' is not one of")
     # Offsets from the end look like options, and are taken as the two moments.
     assert run_cli("scope-replay", "diff", "--db", str(log), "-0.1s", "-0s").returncode == 0
 

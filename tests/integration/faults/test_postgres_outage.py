@@ -96,7 +96,10 @@ def test_outage_shorter_than_the_buffer_is_caught_up(
     assert (
         count
         == counters["committed"]
-        == counters["received"] - counters["command_line_pieces"] + counters["snapshots"]
+        == counters["received"]
+        - counters["command_line_pieces"]
+        + counters["snapshots"]
+        + counters["container_records"]
     )
     with psycopg.connect(url) as conn:
         during = conn.execute(

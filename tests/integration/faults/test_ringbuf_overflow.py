@@ -54,7 +54,10 @@ def test_overflow_is_in_the_log_reported_and_warned_about(tmp_path: Path) -> Non
     assert (
         in_log
         == counters["committed"]
-        == counters["received"] - counters["command_line_pieces"] + counters["snapshots"]
+        == counters["received"]
+        - counters["command_line_pieces"]
+        + counters["snapshots"]
+        + counters["container_records"]
     )
     for _, first, last, first_wall, last_wall, _ in losses:
         assert started <= first <= last <= stopped

@@ -70,6 +70,16 @@ def test_process_events() -> None:
     assert exit_event.extra == {"ppid": 1, "exit_code": 256}
 
 
+def test_exec_carries_its_cgroup_id() -> None:
+    """An EXEC's socket field holds the cgroup id of the process: its container, known
+    without any /proc walk."""
+    (exec_event,) = decode_record(
+        record(raw_event(Kind.EXEC, 1, sock_id=8123, pid=500, aux=1, filename=b"/bin/nc"))
+    )
+    assert exec_event.sock_id is None
+    assert exec_event.extra == {"ppid": 1, "filename": "/bin/nc", "cgroup_id": 8123}
+
+
 def test_command_line_pieces_join_their_exec() -> None:
     """The pieces after an EXEC (its pid and time) are its command line, whatever their
     order; what the record holds of a longer one is flagged; empty pieces (the unused room

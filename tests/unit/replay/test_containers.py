@@ -1,10 +1,12 @@
-"""Container ids from cgroup paths of each runtime."""
+"""Container ids from cgroup paths of each runtime; what runtimes' records add."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from replay.views.containers import container_of
+from replay.views.containers import ContainerIndex, container_of, container_record
 
 ID = "4f1c2d3e" * 8
 
@@ -51,3 +53,41 @@ def test_each_runtime(cgroup: str, runtime: str) -> None:
 )
 def test_not_in_a_container(cgroup: str | None) -> None:
     assert container_of(cgroup) is None
+
+
+# -- what the runtime's records add ---------------------------------------------------------
+
+PODDED = "c" * 64
+OTHER = "d" * 64
+
+
+def _index() -> ContainerIndex:
+    labels = json.dumps({"io.kubernetes.pod.name": "web-1", "io.kubernetes.pod.namespace": "shop"})
+    rows = [
+        ("h", PODDED, "web", "registry.example:5000/shop/web:1.2", "sha256:1", labels, "podman", 77, 4026532001),
+        ("h", OTHER, "db", "db@sha256:abc", "sha256:2", None, "docker", None, 4026532002),
+        ("h", "e" * 64, "host-net", "x", "", None, "docker", None, 4026531833),
+    ]  # fmt: skip
+    return ContainerIndex([container_record(row) for row in rows], root_netns=[4026531833])
+
+
+def test_a_process_is_placed_by_path_then_cgroup_id_then_namespace() -> None:
+    index = _index()
+    by_path = index.resolve("h", f"0::/libpod_parent/libpod-{OTHER}", 77, None)
+    assert by_path is not None and by_path.name == "db"  # the path names it; records name it
+    by_id = index.resolve("h", "0::/", 77, None)
+    assert by_id is not None and by_id.name == "web"
+    by_netns = index.resolve("h", "", None, 4026532002)
+    assert by_netns is not None and by_netns.name == "db"
+    assert (
+        index.resolve("h", "", None, 4026531833) is None
+    )  # the host's namespace: not a container's
+    assert index.resolve("other-host", "", 77, 4026532001) is None
+
+
+def test_images_and_pods_are_read_as_scope_read_them() -> None:
+    web = _index().by_id[("h", PODDED)]
+    assert web.image_name == "registry.example:5000/shop/web"
+    assert web.pod is not None and web.pod.node_id == "shop/web-1;<pod>"
+    db = _index().by_id[("h", OTHER)]
+    assert (db.image_name, db.pod, db.label) == ("db", None, "db")
