@@ -30,17 +30,10 @@ import time
 import uuid
 from pathlib import Path
 
-from eventlog.events import Kind
-from eventlog.location import resolve
-from eventlog.reader import LogReader
-from eventlog.store import Purpose, open_log
 from recorder.pins import BPFFS
 from recorder.workload import PacedLoad
 
 BIN = Path(sys.executable).parent
-# A connection and its CONNECT event are this close in time; a client port comes round again
-# only after the kernel has handed out the rest of its range (many seconds at this rate).
-MATCH_NS = 500_000_000
 
 
 class Recorder:
@@ -86,22 +79,6 @@ class Recorder:
         self.process.send_signal(signal.SIGTERM)
         if self.process.wait(timeout=120) != 0:
             raise RuntimeError(f"scope-record exited with {self.process.returncode}")
-
-
-def logged_connects(db: Path, port: int) -> dict[int, list[int]]:
-    """Wall times of the CONNECT events to ``port`` in the log, by client port."""
-    times: dict[int, list[int]] = {}
-    with open_log(resolve(str(db)), Purpose.READ) as store:
-        for e in LogReader(store).events():
-            if e.kind == Kind.CONNECT and e.rport == port and e.lport is not None:
-                times.setdefault(e.lport, []).append(e.wall_ns)
-    return times
-
-
-def times_logged(logged: dict[int, list[int]], port: int, made_ns: int) -> int:
-    """How often the connection made from ``port`` at ``made_ns`` is in the log: the kernel
-    hands a client port out again after a while, so the event must also be near in time."""
-    return sum(1 for at in logged.get(port, ()) if abs(at - made_ns) < MATCH_NS)
 
 
 def main() -> None:
@@ -156,11 +133,11 @@ def main() -> None:
                 check=False,
             )
             shutil.rmtree(pin_root, ignore_errors=True)
-        logged = logged_connects(db, load.port)
+        logged = load.logged_connects(db)
     during = [made for first, last in downtimes for made in load.between(first, last)]
-    lost = sum(1 for port, at in during if times_logged(logged, port, at) == 0)
-    missing = [at for port, at in load.made if times_logged(logged, port, at) == 0]
-    twice = sum(1 for port, at in load.made if times_logged(logged, port, at) > 1)
+    lost = sum(1 for port, at in during if load.times_logged(logged, port, at) == 0)
+    missing = [at for port, at in load.made if load.times_logged(logged, port, at) == 0]
+    twice = sum(1 for port, at in load.made if load.times_logged(logged, port, at) > 1)
     # A killed recorder loses what it had not committed: its last second at most.
     before_kill = sum(
         1 for at in missing if any(first - 10**9 <= at < first for first, _ in downtimes)

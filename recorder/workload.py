@@ -27,6 +27,9 @@ from pathlib import Path
 PR_SET_NAME = 15
 MAX_SERVER_SECONDS = 3600.0  # a forgotten server exits by itself
 MAX_PACED_SECONDS = 600.0  # a paced load stops by itself whatever its user does
+# A connection and its CONNECT event are this close in time (the event is stamped in
+# connect(); the load notes the time after it returns).
+PACED_MATCH_NS = 500_000_000
 
 
 class PacedLoad:
@@ -77,6 +80,28 @@ class PacedLoad:
 
     def between(self, first_ns: int, last_ns: int) -> list[tuple[int, int]]:
         return [(port, at) for port, at in list(self.made) if first_ns <= at <= last_ns]
+
+    def logged_connects(self, db: Path) -> dict[int, list[int]]:
+        """Wall times of the CONNECT events to this load's server in the log ``db``, by
+        client port."""
+        from eventlog.events import Kind  # noqa: PLC0415 (the demo's workload needs no log)
+        from eventlog.location import resolve  # noqa: PLC0415
+        from eventlog.reader import LogReader  # noqa: PLC0415
+        from eventlog.store import Purpose, open_log  # noqa: PLC0415
+
+        times: dict[int, list[int]] = {}
+        with open_log(resolve(str(db)), Purpose.READ) as store:
+            for e in LogReader(store).events():
+                if e.kind == Kind.CONNECT and e.rport == self.port and e.lport is not None:
+                    times.setdefault(e.lport, []).append(e.wall_ns)
+        return times
+
+    @staticmethod
+    def times_logged(logged: dict[int, list[int]], port: int, made_ns: int) -> int:
+        """How often the connection made from ``port`` at ``made_ns`` is in ``logged``: the
+        kernel hands a client port out again (at once, when the server closed first), so its
+        event must also be near in time."""
+        return sum(1 for at in logged.get(port, ()) if abs(at - made_ns) < PACED_MATCH_NS)
 
     def __enter__(self) -> PacedLoad:
         self.start()

@@ -14,13 +14,11 @@ import signal
 import subprocess
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from eventlog.events import Kind
 from eventlog.location import resolve
 from eventlog.reader import LogReader
 from eventlog.store import Purpose, open_log
@@ -51,16 +49,6 @@ def _remove_pins(root: Path) -> None:
     if root.exists():
         run_cli("scope-record", "stop", "--detach", env={"SCOPE_PIN_ROOT": str(root)})
     shutil.rmtree(root, ignore_errors=True)  # unlinking a pin detaches what it held
-
-
-def _connects_to(db: Path, port: int) -> Counter[int]:
-    """Client ports of the CONNECT events to ``port`` in the log, with how often each is."""
-    with open_log(resolve(str(db)), Purpose.READ) as store:
-        return Counter(
-            e.lport
-            for e in LogReader(store).events()
-            if e.kind == Kind.CONNECT and e.rport == port and e.lport is not None
-        )
 
 
 def _recordings(db: Path) -> list[dict[str, object]]:
@@ -107,12 +95,15 @@ def test_a_recorder_killed_and_started_again_two_seconds_later_misses_nothing(
 
     while_down = load.between(down_from, down_until)
     assert len(while_down) >= 100  # the load ran meanwhile
-    logged = _connects_to(db, load.port)
+    logged = load.logged_connects(db)
     wrong = [
-        (port, (at - down_from) / 1e9, logged[port]) for port, at in while_down if logged[port] != 1
+        (port, (at - down_from) / 1e9, times)
+        for port, at in while_down
+        if (times := load.times_logged(logged, port, at)) != 1
     ]
     assert wrong == []  # none lost, none twice: (port, seconds into the downtime, times)
-    assert [port for port, times in logged.items() if times > 1] == []
+    twice = [port for port, at in load.made if load.times_logged(logged, port, at) > 1]
+    assert twice == []
 
     recordings = _recordings(db)
     adopted = recordings[-1]["options"]
@@ -136,14 +127,14 @@ def test_a_changed_program_is_replaced_and_what_the_old_one_held_is_kept(
     with PacedLoad(200) as load:
         time.sleep(1.0)  # made while no recorder runs: held by the old programs
         wait_for(lambda: len(load.made) >= 50)
-    made_while_down = [port for port, _at in load.made]
+    made_while_down = list(load.made)
     # Another ring buffer size is another program: the old one is replaced.
     err = _stop(_pinned(pin_root, tmp_path, db, "--ringbuf-mb", "16"))
     assert f"replaced pinned capture programs of other versions: {old_version}" in err
     versions = [p.name for p in next(pin_root.iterdir()).iterdir()]
     assert len(versions) == 1 and versions != [old_version]
-    logged = _connects_to(db, load.port)
-    assert [port for port in made_while_down if logged[port] != 1] == []
+    logged = load.logged_connects(db)
+    assert [m for m in made_while_down if load.times_logged(logged, *m) != 1] == []
     replaced = _recordings(db)[-1]["options"]
     assert isinstance(replaced, dict) and replaced["pinning"]["replaced"] == [old_version]
 
