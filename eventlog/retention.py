@@ -377,9 +377,9 @@ class RetentionWorker:
         try:
             result = apply_policy(store, self.policy, time.time_ns())
         except (ScopeError, OSError) as exc:
-            message = f"retention: {exc}"
+            message = f"warning: retention: {exc}"
         except Exception as exc:  # a thread's failure is said, not lost with the thread
-            message = f"retention: {type(exc).__name__}: {exc}"
+            message = f"warning: retention: {type(exc).__name__}: {exc}"
         else:
             message = ""
         if message:
@@ -388,7 +388,7 @@ class RetentionWorker:
             self.failing = message
             return
         if self.failing is not None:
-            self.notify("retention: archiving works again")
+            self.notify("warning: retention: the archive is written again")
             self.failing = None
         if result is not None:
             self.cuts.append(result)
