@@ -91,6 +91,11 @@ class Segment:
     bytes: int
 
 
+# The manifest last read, by its file's identity: it is replaced (a new inode) at each cut,
+# and read at every range a sync reads.
+_MANIFESTS: dict[tuple[str, int, int, int], list[Segment]] = {}
+
+
 class Archive:
     """The archive directory of a log (it may not exist yet: then it holds nothing)."""
 
@@ -102,12 +107,18 @@ class Archive:
         """The segments in position order (only those within ``upto``, if given)."""
         path = self.directory / MANIFEST
         try:
-            document = json.loads(path.read_text())
+            stat = path.stat()
+            key = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            segments = _MANIFESTS.get(key)
+            if segments is None:
+                document = json.loads(path.read_text())
+                segments = [Segment(**row) for row in document.get("segments", [])]
+                _MANIFESTS.clear()  # one archive at a time is read
+                _MANIFESTS[key] = segments
         except FileNotFoundError:
             return []
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, TypeError) as exc:
             raise LogOpenError(f"cannot read the archive manifest {path}: {exc}") from exc
-        segments = [Segment(**row) for row in document.get("segments", [])]
         return [s for s in segments if upto is None or s.upto <= upto]
 
     def read(self, select: Select, after: int, upto: int, archived: int) -> pa.Table:

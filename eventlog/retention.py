@@ -9,6 +9,9 @@ says so, readers read the live rows and an unlisted segment is written again by 
 cut; after, they read the archive, and rows the log still holds below the boundary are left
 out by every reader and deleted by the next cut.
 
+The newest batch always stays in the live log: appenders count positions on from the
+highest one the events table holds.
+
 Nothing an answer depends on leaves: the recordings, clock samples, losses and dictionaries
 stay in the live log (they are small), and positions keep their numbers, so the derived
 store (replay.derived) folds archive and live log as one sequence and every answer is the
@@ -25,10 +28,12 @@ import contextlib
 import errno
 import json
 import math
+import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +41,15 @@ from typing import Any
 import pyarrow as pa
 from sqlalchemy import Connection, text
 
-from eventlog.archive import ARCHIVE_DIR, ARCHIVED_UPTO, BATCH_SCHEMA, TABLES, Archive, boundary
+from eventlog.archive import (
+    ARCHIVE_DIR,
+    ARCHIVED_UPTO,
+    BATCH_SCHEMA,
+    TABLES,
+    Archive,
+    Segment,
+    boundary,
+)
 from eventlog.errors import ArchiveError, LogError, ScopeError, UsageError
 from eventlog.location import LogLocation
 from eventlog.options import SqliteOptions
@@ -46,6 +59,7 @@ from eventlog.store import LogStore, Purpose, open_log
 SEGMENT_POSITIONS = 2_000_000  # positions per segment at most (about 300 MB of columns)
 DELETE_POSITIONS = 20_000  # positions deleted per transaction: a few ms of the write lock
 VACUUM_PAGES = 2_000  # pages given back per transaction
+CUT_NICENESS = 10  # the niceness of the thread that cuts (a recorder runs at 0)
 SIZE_TARGET = 0.75  # a cut for --max-log-size leaves the live log at this share of it
 
 
@@ -58,6 +72,7 @@ class RetentionPolicy:
     retain_ns: int | None = None
     max_log_bytes: int | None = None
     interval_s: float = 60.0  # how often the recorder looks
+    min_cut_positions: int = SEGMENT_POSITIONS  # see apply_policy
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -188,28 +203,82 @@ def live_bytes(store: LogStore) -> int:
 
 
 # -- the cut -------------------------------------------------------------------------------
-def cut(store: LogStore, upto: int, archive: Path) -> CutResult:
+def cut(
+    store: LogStore, upto: int, archive: Path, stopping: Callable[[], bool] = lambda: False
+) -> CutResult:
     """Move positions up to ``upto`` (a batch's last position) to ``archive``, a segment
     at a time, and give their space back. Raises ArchiveError if the archive cannot be
-    written (the live log then keeps every row it had)."""
+    written (the live log then keeps every row it had). ``stopping`` is asked between
+    segments: a recorder stopping does not wait for a long backlog to be cut."""
     started = time.monotonic()
     archived = boundary(store).archived_upto
+    upto = min(upto, _before_newest_batch(store))
     result = CutResult(archived, archived)
     target = Archive(archive.resolve())
-    while result.archived_upto < upto:
-        segment_upto = _segment_end(store, result.archived_upto, upto)
-        written = _archive_segment(store, target, result.archived_upto, segment_upto)
-        _set_boundary(store, segment_upto, target.directory)
-        _delete_archived(store, segment_upto)
-        result.archived_upto = segment_upto
-        result.events += written.events
-        result.archive_bytes += written.bytes
-        result.segments += 1
+    # Three steps overlap, each on its own thread: the next segment is read from the log
+    # while this one is written to the archive and the one before is deleted from the log.
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="scope-cut-read") as reads,
+        ThreadPoolExecutor(1, thread_name_prefix="scope-cut-delete") as deletes,
+    ):
+        reading = _read_next(reads, store, archived, upto)
+        deleting: Future[None] | None = None
+        while reading is not None:
+            rows = reading.result()
+            reading = None if stopping() else _read_next(reads, store, rows.upto, upto)
+            written = _write_segment(target, rows)
+            _set_boundary(store, rows.upto, target.directory)
+            if deleting is not None:
+                deleting.result()
+            deleting = deletes.submit(_delete_archived, store, rows.upto)
+            result.archived_upto = rows.upto
+            result.events += written.events
+            result.archive_bytes += written.bytes
+            result.segments += 1
+        if deleting is not None:
+            deleting.result()
     if result.segments:
-        _delete_archived(store, result.archived_upto)  # rows an interrupted cut left
         reclaim_space(store)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _before_newest_batch(store: LogStore) -> int:
+    """The last position before the newest batch: a cut leaves that batch in the live log,
+    always. An appender counts the next positions from the highest one the events table
+    holds (eventlog.sqlite, eventlog.postgres); emptied, it would count from 1 again."""
+    with store.connect() as conn:
+        first = conn.execute(
+            text("SELECT first_position FROM batches ORDER BY last_position DESC LIMIT 1")
+        ).scalar()
+    return int(first or 1) - 1
+
+
+@dataclass
+class _SegmentRows:
+    after: int
+    upto: int
+    tables: dict[str, pa.Table]
+    batches: pa.Table
+
+
+def _read_next(
+    reads: ThreadPoolExecutor, store: LogStore, after: int, upto: int
+) -> Future[_SegmentRows] | None:
+    if after >= upto:
+        return None
+    end = _segment_end(store, after, upto)
+    return reads.submit(_read_segment, store, after, end)
+
+
+def _read_segment(store: LogStore, after: int, upto: int) -> _SegmentRows:
+    tables = {name: scan_live(store, select, after, upto) for name, select in TABLES.items()}
+    if tables["events"].num_rows != upto - after:
+        raise LogError(
+            f"positions ({after}, {upto}] hold {tables['events'].num_rows} events, not "
+            f"{upto - after}: the log has a gap (see scope-replay db check); nothing was cut"
+        )
+    return _SegmentRows(after, upto, tables, _batch_rows(store, after, upto))
 
 
 def _segment_end(store: LogStore, after: int, upto: int) -> int:
@@ -232,23 +301,16 @@ def _segment_end(store: LogStore, after: int, upto: int) -> int:
     return int(end)
 
 
-def _archive_segment(store: LogStore, archive: Archive, after: int, upto: int) -> Any:
-    tables = {name: scan_live(store, select, after, upto) for name, select in TABLES.items()}
-    if tables["events"].num_rows != upto - after:
-        raise LogError(
-            f"positions ({after}, {upto}] hold {tables['events'].num_rows} events, not "
-            f"{upto - after}: the log has a gap (see scope-replay db check); nothing was cut"
-        )
-    batches = _batch_rows(store, after, upto)
-    walls = (min(batches.column("min_wall_ns").to_pylist()),
-             max(batches.column("max_wall_ns").to_pylist()))  # fmt: skip
+def _write_segment(archive: Archive, rows: _SegmentRows) -> Segment:
+    walls = (min(rows.batches.column("min_wall_ns").to_pylist()),
+             max(rows.batches.column("max_wall_ns").to_pylist()))  # fmt: skip
     try:
-        return archive.write_segment(after, upto, tables, batches, walls)
+        return archive.write_segment(rows.after, rows.upto, rows.tables, rows.batches, walls)
     except OSError as exc:
         reason = "no space left" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         raise ArchiveError(
             f"cannot write the archive {archive.directory}: {reason}; the live log keeps "
-            f"positions {after + 1}..{upto}"
+            f"positions {rows.after + 1}..{rows.upto}"
         ) from exc
 
 
@@ -326,17 +388,27 @@ def reclaim_space(store: LogStore) -> None:
 
 
 # -- by policy, and in the background ---------------------------------------------------
-def apply_policy(store: LogStore, policy: RetentionPolicy, now_wall_ns: int) -> CutResult | None:
+def apply_policy(
+    store: LogStore,
+    policy: RetentionPolicy,
+    now_wall_ns: int,
+    stopping: Callable[[], bool] = lambda: False,
+) -> CutResult | None:
     """The cut ``policy`` asks for now (None if none is due)."""
     archived = boundary(store).archived_upto
     upto = archived
     if policy.retain_ns is not None:
-        upto = max(upto, cut_before(store, now_wall_ns - policy.retain_ns))
+        by_age = cut_before(store, now_wall_ns - policy.retain_ns)
+        # Few large segments rather than one a minute: a cut waits for a segment's worth of
+        # events, or until the live log holds half as much again as it must keep.
+        overdue = cut_before(store, now_wall_ns - policy.retain_ns * 3 // 2) > archived
+        if by_age - archived >= policy.min_cut_positions or overdue:
+            upto = max(upto, by_age)
     if policy.max_log_bytes is not None:
         upto = max(upto, cut_for_size(store, policy.max_log_bytes))
     if upto <= archived:
         return None
-    return cut(store, upto, policy.archive)
+    return cut(store, upto, policy.archive, stopping)
 
 
 class RetentionWorker:
@@ -369,13 +441,17 @@ class RetentionWorker:
         self._thread.join()
 
     def _run(self) -> None:
+        # Capture comes first: this thread (and the threads it starts, which inherit it)
+        # runs at a lower priority, so that on a busy host cutting waits, not capture.
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CUT_NICENESS)
         with contextlib.closing(open_log(self.location, Purpose.ADMIN, self.sqlite)) as store:
             while not self._stop.wait(self.policy.interval_s):
                 self.run_once(store)
 
     def run_once(self, store: LogStore) -> None:
         try:
-            result = apply_policy(store, self.policy, time.time_ns())
+            result = apply_policy(store, self.policy, time.time_ns(), self._stop.is_set)
         except (ScopeError, OSError) as exc:
             message = f"warning: retention: {exc}"
         except Exception as exc:  # a thread's failure is said, not lost with the thread

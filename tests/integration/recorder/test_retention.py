@@ -25,10 +25,12 @@ from tests.recording import wait_for
 pytestmark = pytest.mark.ebpf
 
 RETAIN = "4s"
-# Retention first looks 6 s after the start and cuts what is older than 4 s then: a copy
-# taken 3.5 s after the first commit holds the first cut's moment, and was taken before it.
-LOOK_EVERY_S = "6"
-COPY_AFTER_S = 3.5
+# Retention looks every second; a cut waits until the live log holds more than 6 s (half as
+# much again as it must keep: eventlog.retention.apply_policy), then moves what is older than
+# 4 s. The first cut is then 6 s or more after the start, of moments up to 2 or 3 s after
+# it: a copy taken 4.5 s after the first commit holds them and was taken before the cut.
+LOOK_EVERY_S = "1"
+COPY_AFTER_S = 4.5
 
 
 def record(db: Path, progress: Path, duration: int, *options: str) -> subprocess.Popen[str]:
