@@ -16,7 +16,8 @@ In one run:
 - the load's connection rate while recorded with retention cutting every second, against
   recorded without retention, side by side in each of ``--rounds`` rounds (order alternated),
   median of the rounds' ratios (``capture_ratio_during_compaction``); every connection the
-  clients completed must be in the log (archive and live) as four events.
+  clients completed must be in the log (archive and live) as four events, and the events
+  that reached the recorder after its reorder horizon (``late``) are printed for both.
 
 The machine is shared with other work: figures move from run to run.
 
@@ -43,6 +44,7 @@ from bench.capture import build_loadgen, run_load, snapshot_committed
 from bench.synthetic import ensure_log
 from eventlog import retention
 from eventlog.location import resolve
+from eventlog.reader import LogReader
 from eventlog.store import Purpose, open_log
 from replay.derived.store import open_derived
 from replay.table import replay_table
@@ -108,6 +110,12 @@ def stop(recorder: subprocess.Popen[bytes]) -> None:
         raise RuntimeError(f"scope-record exited with {recorder.returncode}")
 
 
+def late_events(db: Path) -> int:
+    """Events the recorder's reorder buffer received after its horizon (its counters)."""
+    with open_log(resolve(str(db)), Purpose.READ) as log:
+        return sum(int((r.counters or {}).get("late", 0)) for r in LogReader(log).recordings())
+
+
 def captured(db: Path, port: int) -> int:
     """Connection events of ``port`` in the log, archive included (through the derived
     store, as scope-query reads them)."""
@@ -156,6 +164,7 @@ def recorded_rate(
     finally:
         stop(recorder)
     events = captured(db, port)
+    print(f"late events: {late_events(db)}", flush=True)
     for leftover in workdir.glob(f"bench-{port}.*"):
         shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
     return result.rate, events, 4 * result.completed

@@ -71,11 +71,21 @@ BATCH_SCHEMA = pa.schema(
 )  # fmt: skip
 # Columns whose values are near the row before's (times, counters, ids given in order):
 # delta-encoded before zstd. Measured on bench/synthetic.py's log, in bytes an event:
-# sock_id 2.4 -> 1.0, bytes_received 2.5 -> 1.4, mono_ns 3.7 -> 2.5. Ports and pids are
-# smaller as they are (a dictionary).
-_DELTA_COLUMNS = ("position", "mono_ns", "sock_id", "bytes_sent", "bytes_received",
-                  "first_position", "last_position", "min_mono_ns", "max_mono_ns", "min_wall_ns",
-                  "max_wall_ns")  # fmt: skip
+# sock_id 2.4 -> 1.0, bytes_received 2.5 -> 1.4, mono_ns 3.7 -> 2.5. Ports and pids of
+# events are smaller as they are (a dictionary).
+_DELTA_COLUMNS = {
+    "events": ("position", "mono_ns", "sock_id", "bytes_sent", "bytes_received"),
+    "snapshot_connections": ("position", "lport", "rport"),
+    "snapshot_processes": ("position",),
+    "snapshot_conntrack": ("position",),
+    "batches": ("first_position", "last_position", "min_mono_ns", "max_mono_ns",
+                "min_wall_ns", "max_wall_ns"),
+}  # fmt: skip
+# A snapshot's sockets in the order LogReader.snapshot reads them (a stable sort, so rows
+# alike in these keep their order): each snapshot repeats most of the one before, and so
+# sorted its rows cost a third less (7.3 MB -> 5 MB for 2,000,000 events of the synthetic
+# log). What reads them in another order reads them into sets.
+SNAPSHOT_SOCKET_ORDER = ("position", "netns", "lport", "rport", "inode")
 
 
 @dataclass(frozen=True)
@@ -186,7 +196,12 @@ class Archive:
         staging.mkdir(mode=0o700)
         try:
             for table, rows in [*tables.items(), ("batches", batches)]:
-                _write_parquet(rows, staging / f"{table}.parquet")
+                ordered = (
+                    rows.sort_by([(c, "ascending") for c in SNAPSHOT_SOCKET_ORDER])
+                    if table == "snapshot_connections"
+                    else rows
+                )
+                _write_parquet(ordered, staging / f"{table}.parquet", _DELTA_COLUMNS[table])
             _fsync_directory(staging)
             _remove_tree(target)  # one an interrupted cut left
             staging.rename(target)
@@ -213,8 +228,7 @@ class Archive:
         _fsync_directory(self.directory)
 
 
-def _write_parquet(rows: pa.Table, path: Path) -> None:
-    delta = [c for c in rows.column_names if c in _DELTA_COLUMNS]
+def _write_parquet(rows: pa.Table, path: Path, delta: Sequence[str]) -> None:
     with _private(path) as out:
         pq.write_table(
             rows,
