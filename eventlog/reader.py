@@ -278,6 +278,8 @@ class LogReader:
         return {(int(rec), int(kind)): int(count) for rec, kind, count in rows}
 
     # -- events ----------------------------------------------------------------------------
+    # These read the live log only: positions moved to the archive (eventlog.retention) are
+    # read by the derived store, through eventlog.archive.scan.
     def raw_pages(self, after: int = 0, upto: int | None = None) -> Iterator[list[Any]]:
         """Pages of raw event rows (columns as in the events table), in position order."""
         upto = self.head() if upto is None else upto
