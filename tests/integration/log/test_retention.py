@@ -284,3 +284,26 @@ def test_copy_while_cutting_reads_each_position_once(
     out, err = reader.communicate(timeout=120)
     assert reader.returncode == 0, err
     assert out.splitlines()[1] == "20000,20000"
+
+
+def test_policies_cut_by_age_and_by_size(sqlite_location: LogLocation, tmp_path: Path) -> None:
+    """--retain cuts what is older than asked once the live log holds half as much again (or
+    a segment's worth); --max-log-size cuts the oldest until the rows take less than asked."""
+    write_log(sqlite_location)
+    walls = batch_walls(sqlite_location)
+    retain = 10 * 10**9
+    by_age = retention.RetentionPolicy(tmp_path / "archive", retain_ns=retain)
+    with open_log(sqlite_location, Purpose.ADMIN) as store:
+        # 12 s into the log: 2 s of it could go, too little to be worth a segment yet.
+        assert retention.apply_policy(store, by_age, walls[0] + 12 * 10**9) is None
+        now = walls[len(walls) // 2] + retain
+        result = retention.apply_policy(store, by_age, now)
+        assert result is not None and result.archived_upto > 0
+        assert result.archived_upto == retention.cut_before(store, now - retain)
+        assert boundary(store).archived_upto == result.archived_upto
+
+        used = retention.live_bytes(store)
+        by_size = retention.RetentionPolicy(tmp_path / "archive", max_log_bytes=used // 2)
+        assert retention.apply_policy(store, by_size, now) is not None
+        assert retention.live_bytes(store) <= used // 2
+        assert retention.apply_policy(store, by_size, now) is None  # within the limit now
