@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from sqlalchemy import text
 
 from eventlog.errors import LogOpenError
@@ -37,6 +36,8 @@ MANIFEST = "manifest.json"
 ARCHIVE_FORMAT = 1
 ZSTD_LEVEL = 3  # higher levels: 4% smaller at 9, at half the speed
 ROW_GROUP_ROWS = 1_000_000
+# _PARQUET: pyarrow.parquet is imported where it is used. Every reader of the log imports
+# this module, most never read an archive, and the import costs 0.1-0.25 s on these machines.
 
 # Every column of each positioned table, in the log's order: an archive keeps all of them.
 TABLES: dict[str, Select] = {
@@ -149,6 +150,8 @@ class Archive:
     def _read_file(
         self, segment: Segment, table: str, select: Select, after: int, upto: int
     ) -> pa.Table:
+        import pyarrow.parquet as pq  # noqa: PLC0415 - see _PARQUET
+
         key = "last_position" if table == "batches" else "position"
         path = self.directory / segment.name / f"{table}.parquet"
         columns = [name for name, _ in select.columns]
@@ -229,6 +232,8 @@ class Archive:
 
 
 def _write_parquet(rows: pa.Table, path: Path, delta: Sequence[str]) -> None:
+    import pyarrow.parquet as pq  # noqa: PLC0415 - see _PARQUET
+
     with _private(path) as out:
         pq.write_table(
             rows,
