@@ -28,7 +28,6 @@ import contextlib
 import errno
 import json
 import math
-import os
 import re
 import threading
 import time
@@ -59,7 +58,6 @@ from eventlog.store import LogStore, Purpose, open_log
 SEGMENT_POSITIONS = 2_000_000  # positions per segment at most (about 300 MB of columns)
 DELETE_POSITIONS = 20_000  # positions deleted per transaction: a few ms of the write lock
 VACUUM_PAGES = 2_000  # pages given back per transaction
-CUT_NICENESS = 10  # the niceness of the thread that cuts (a recorder runs at 0)
 SIZE_TARGET = 0.75  # a cut for --max-log-size leaves the live log at this share of it
 
 
@@ -441,10 +439,6 @@ class RetentionWorker:
         self._thread.join()
 
     def _run(self) -> None:
-        # Capture comes first: this thread (and the threads it starts, which inherit it)
-        # runs at a lower priority, so that on a busy host cutting waits, not capture.
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CUT_NICENESS)
         with contextlib.closing(open_log(self.location, Purpose.ADMIN, self.sqlite)) as store:
             while not self._stop.wait(self.policy.interval_s):
                 self.run_once(store)
