@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from sqlalchemy import Connection, text
 
+from eventlog.archive import Boundary, boundary
 from eventlog.errors import LogOpenError, ScopeError
 from eventlog.location import LogLocation
 from eventlog.recordings import process_alive
@@ -34,8 +35,10 @@ def check_log(location: LogLocation) -> list[Finding]:
     # The pages first, on their own: a damaged log may not open for the other questions.
     integrity = _integrity(location)
     try:
-        with open_log(location, Purpose.READ) as store, store.connect() as conn:
-            return [integrity, _positions(conn), _recordings(conn)]
+        with open_log(location, Purpose.READ) as store:
+            edge = boundary(store)
+            with store.connect() as conn:
+                return [integrity, _positions(conn, edge), _recordings(conn)]
     except ScopeError as exc:
         if integrity.ok:
             raise
@@ -61,15 +64,23 @@ def _integrity(location: LogLocation) -> Finding:
     return Finding("integrity", False, _listed(rows))
 
 
-def _positions(conn: Connection) -> Finding:
+def _positions(conn: Connection, edge: Boundary) -> Finding:
+    """Positions from 1 to the head: those archived in segments that follow each other
+    (eventlog.archive), the rest in the live log."""
+    archived = edge.archived_upto
     batches = conn.execute(
-        text("SELECT first_position, last_position FROM batches ORDER BY last_position")
+        text(
+            "SELECT first_position, last_position FROM batches WHERE last_position > :a "
+            "ORDER BY last_position"
+        ),
+        {"a": archived},
     ).all()
     count, low, high = conn.execute(
-        text("SELECT count(*), min(position), max(position) FROM events")
+        text("SELECT count(*), min(position), max(position) FROM events WHERE position > :a"),
+        {"a": archived},
     ).one()
-    problems = []
-    expected = 1
+    problems = _archive_problems(edge)
+    expected = archived + 1
     for first, last in batches:
         if first != expected:
             gap = "a gap" if first > expected else "an overlap"
@@ -78,11 +89,38 @@ def _positions(conn: Connection) -> Finding:
     head = expected - 1
     if (high or 0) > head:
         problems.append(f"events after the last committed position {head} (up to {high})")
-    if count != head or (count and low != 1):
-        problems.append(f"{count} events where positions 1..{head} need {head}")
+    if count != head - archived or (count and low != archived + 1):
+        problems.append(
+            f"{count} events where positions {archived + 1}..{head} need {head - archived}"
+        )
     if problems:
         return Finding("positions", False, _listed(problems))
-    return Finding("positions", True, f"1..{head}: {count} events in {len(batches)} batches")
+    archive = f"; 1..{archived} in the archive" if archived else ""
+    return Finding(
+        "positions",
+        True,
+        f"{archived + 1}..{head}: {count} events in {len(batches)} batches{archive}",
+    )
+
+
+def _archive_problems(edge: Boundary) -> list[str]:
+    if not edge.archived_upto:
+        return []
+    if edge.archive is None:
+        return [f"positions 1..{edge.archived_upto} are archived, but no archive is named"]
+    expected = 0
+    problems = []
+    for segment in edge.archive.segments(edge.archived_upto):
+        if segment.after != expected:
+            problems.append(f"the archive's segment {segment.name} does not follow {expected}")
+        if not (edge.archive.directory / segment.name).is_dir():
+            problems.append(f"the archive's segment {segment.name} is missing")
+        expected = segment.upto
+    if expected != edge.archived_upto:
+        problems.append(
+            f"the archive ends at {expected}, the log says it holds up to {edge.archived_upto}"
+        )
+    return problems
 
 
 def _recordings(conn: Connection) -> Finding:

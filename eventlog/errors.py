@@ -13,7 +13,8 @@ The CLIs turn a ``ScopeError`` into one line on stderr and ``exit_code``.
     │   ├── SchemaMissingError not initialised yet (read-only commands)              (2)
     │   ├── EmptyLogError     initialised but holds no events                        (2)
     │   ├── LogBusyError      another recorder of this host is appending to it       (2)
-    │   └── LogWriteError     an append failed: disk full, server gone               (3)
+    │   ├── LogWriteError     an append failed: disk full, server gone               (3)
+    │   └── ArchiveError      the archive cannot be written (no space) or read       (3)
     ├── CaptureError          eBPF capture cannot start or broke                     (4)
     │   └── EbpfUnavailableError   this host cannot run the programs (why in the message)
     ├── ConntrackUnavailableError conntrack cannot be read in some namespace              (4)
@@ -62,6 +63,12 @@ class LogBusyError(LogError):
 
 
 class LogWriteError(LogError):
+    exit_code = 3
+
+
+class ArchiveError(LogError):
+    """Rows could not be moved to the archive: the live log keeps them."""
+
     exit_code = 3
 
 

@@ -17,6 +17,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from eventlog.archive import TABLES as ARCHIVED_TABLES
+from eventlog.archive import Boundary, boundary
 from eventlog.clock import ClockModel
 from eventlog.events import (
     OPEN_STATES,
@@ -28,6 +30,7 @@ from eventlog.events import (
     SnapshotConnection,
     SnapshotProcess,
 )
+from eventlog.scan import INT, TEXT, Select
 from eventlog.schema import EVENT_COLUMNS, metadata
 from eventlog.store import LogStore, map_driver_error
 
@@ -145,7 +148,12 @@ class LogReader:
     def head(self) -> int:
         """The last committed position (0 for a log without events)."""
         rows = self._query("SELECT COALESCE(MAX(last_position), 0) FROM batches")
-        return int(rows[0][0])
+        return max(int(rows[0][0]), self.boundary().archived_upto)
+
+    def boundary(self) -> Boundary:
+        """How far the log's archive goes (eventlog.archive): read afresh each time, since
+        a recorder's retention may cut while this reader reads."""
+        return boundary(self.store)
 
     def log_id(self) -> str | None:
         """The log's identity, given when it was created (None for a log from before that)."""
@@ -157,6 +165,10 @@ class LogReader:
 
     def event_identity(self, position: int) -> tuple[Any, ...] | None:
         """What tells the event at ``position`` from another (None: there is none)."""
+        edge = self.boundary()
+        if 0 < position <= edge.archived_upto:
+            table = edge.require().read(_IDENTITY, position - 1, position, edge.archived_upto)
+            return tuple(table.to_pylist()[0].values()) if table.num_rows else None
         rows = self._fetch(
             "SELECT position, recording_id, kind, mono_ns, sock_id FROM events WHERE position = ?",
             (position,),
@@ -212,14 +224,24 @@ class LogReader:
 
     def batches(self, after: int = 0, upto: int | None = None) -> list[BatchSpan]:
         upto = self.head() if upto is None else upto
+        edge = self.boundary()
+        archived = []
+        if after < edge.archived_upto:
+            archived = [
+                BatchSpan(first, last, recording, min_wall, max_wall)
+                for first, last, recording, _, _, min_wall, max_wall in edge.require().batches(
+                    after, edge.archived_upto, edge.archived_upto
+                )
+                if first <= upto
+            ]
         rows = self._query(
             "SELECT first_position, last_position, recording_id, min_wall_ns, max_wall_ns "
             "FROM batches WHERE last_position > :after AND first_position <= :upto "
             "ORDER BY last_position",
-            after=after,
+            after=max(after, edge.archived_upto),
             upto=upto,
         )
-        return [BatchSpan(*row) for row in rows]
+        return archived + [BatchSpan(*row) for row in rows]
 
     def batches_where(
         self, after: int, upto: int, min_wall_at_most: int, max_wall_above: int | None = None
@@ -256,6 +278,8 @@ class LogReader:
         return {(int(rec), int(kind)): int(count) for rec, kind, count in rows}
 
     # -- events ----------------------------------------------------------------------------
+    # These read the live log only: positions moved to the archive (eventlog.retention) are
+    # read by the derived store, through eventlog.archive.scan.
     def raw_pages(self, after: int = 0, upto: int | None = None) -> Iterator[list[Any]]:
         """Pages of raw event rows (columns as in the events table), in position order."""
         upto = self.head() if upto is None else upto
@@ -458,10 +482,37 @@ class LogReader:
 
     def _snapshot_rows(self, table: str, position: int, order: str) -> list[Any]:
         columns = [c.name for c in metadata.tables[table].columns if c.name != "position"]
+        edge = self.boundary()
+        if position <= edge.archived_upto:
+            return _archived_rows(edge, table, position, order)
         return self._fetch(
             f"SELECT {', '.join(columns)} FROM {table} WHERE position = ? ORDER BY {order}",
             (position,),
         )
+
+
+_IDENTITY = Select(
+    "events",
+    (("position", INT), ("recording_id", INT), ("kind", INT), ("mono_ns", INT), ("sock_id", INT)),
+)
+
+
+def _archived_rows(edge: Boundary, table: str, position: int, order: str) -> list[Any]:
+    """The rows of a snapshot table at ``position``, from the archive, as the live log's
+    query gives them (text as str, ordered by ``order``; ties in the order they were
+    written, as SQLite's scan by rowid gives them)."""
+    select = ARCHIVED_TABLES[table]
+    rows = edge.require().read(select, position - 1, position, edge.archived_upto)
+    rows = rows.sort_by([(column, "ascending") for column in order.split(", ")])
+    texts = {name for name, kind in select.columns if kind == TEXT}
+    return [
+        tuple(
+            value.decode() if name in texts and value is not None else value
+            for name, value in row.items()
+            if name != "position"
+        )
+        for row in rows.to_pylist()
+    ]
 
 
 def _bytes(value: Any) -> bytes | None:

@@ -86,11 +86,12 @@ def split(after: int, upto: int, parts: int) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
-def scan(
+def scan_live(
     store: LogStore, select: Select, after: int, upto: int, threads: int = THREADS
 ) -> pa.Table:
-    """The rows of ``select`` for positions ``after < p <= upto``, in the order each range's
-    statement gives them (ranges in position order), read by ``threads`` threads."""
+    """The rows of ``select`` for positions ``after < p <= upto`` in the live log (not its
+    archive: eventlog.archive.scan reads both), in the order each range's statement gives
+    them (ranges in position order), read by ``threads`` threads."""
     if upto <= after:
         return select.schema().empty_table()
     if store.dialect == "postgresql":

@@ -1,7 +1,8 @@
 """Appending to a SQLite log: one IMMEDIATE transaction per batch, positions from the rowid.
 
-The events table's ``position`` is SQLite's rowid. Rows are never deleted, so each insert
-gets ``max(rowid) + 1``: positions are gap-free and in commit order without being sent.
+The events table's ``position`` is SQLite's rowid. Rows are deleted only by retention, which
+always leaves the newest batch (eventlog.retention), so each insert gets ``max(rowid) + 1``:
+positions are gap-free and in commit order without being sent.
 
 Event rows go through ``eventlog._native`` (C) when it was built, through Python's
 sqlite3 otherwise: both give byte-identical logs (tests/unit/log/test_native_append.py).

@@ -305,6 +305,10 @@ def _sqlite_engine(location: LogLocation, options: SqliteOptions, read_only: boo
         cursor = dbapi_conn.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(options.busy_timeout_ms)}")
         if not read_only:
+            if cursor.execute("PRAGMA page_count").fetchone()[0] == 0:
+                # A new log: retention can then give deleted rows' pages back to the file
+                # system (eventlog.retention); only settable before the first table.
+                cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
             if _journal_mode(cursor) != "wal" and os.access(str(location.path), os.W_OK):
                 cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute(f"PRAGMA synchronous = {synchronous}")

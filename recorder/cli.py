@@ -125,6 +125,33 @@ def record(
             "each (for a journal); 0: only when it stops."
         ),
     ] = 0.0,
+    retain: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep this much history in the live log (e.g. 7d, 12h); older events move "
+            "to the archive as the recording goes on."
+        ),
+    ] = None,
+    max_log_size: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep the live log under this size (e.g. 10G); the oldest events "
+            "move to the archive."
+        ),
+    ] = None,
+    archive: Annotated[
+        str | None,
+        typer.Option(
+            help="Directory of the archive (Parquet) for --retain/--max-log-size "
+            "(default: LOG.archive beside a SQLite log)."
+        ),
+    ] = None,
+    retention_interval: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds between retention's looks (default: a quarter of --retain, 1 to 60)."
+        ),
+    ] = None,
     quiet: Annotated[
         int,
         typer.Option(
@@ -143,9 +170,11 @@ def record(
         return  # scope-record stop / service ...: not a recording
     from eventlog.location import resolve
     from eventlog.recordings import STOP_SIGNAL
+    from eventlog.retention import make_policy
     from recorder.capture import CaptureOptions
     from recorder.containers import DEFAULT_SOCKETS
     from recorder.record import Recorder, RecordOptions
+    from replay.timespec import parse_duration
 
     _positive(duration, "--duration", most=MAX_SECONDS)
     _positive(snapshot_interval, "--snapshot-interval", allow_zero=True, most=MAX_SECONDS)
@@ -154,10 +183,19 @@ def record(
     _positive(ringbuf_mb, "--ringbuf-mb", most=MAX_RINGBUF_MB)
     _positive(buffer_events, "--buffer-events")
     _positive(log_interval, "--log-interval", allow_zero=True, most=MAX_SECONDS)
+    _positive(retention_interval, "--retention-interval", most=MAX_SECONDS)
     if sync.upper() not in SQLITE_SYNC_LEVELS:
         raise UsageError(f"--sync must be one of {', '.join(SQLITE_SYNC_LEVELS)}")
+    location = resolve(db)
+    retention = make_policy(
+        location,
+        parse_duration(retain, "--retain") if retain is not None else None,
+        max_log_size,
+        archive,
+        retention_interval,
+    )
     options = RecordOptions(
-        location=resolve(db),
+        location=location,
         duration_s=duration,
         snapshot_interval_s=snapshot_interval,
         flush_interval_ms=flush_interval,
@@ -171,6 +209,7 @@ def record(
         progress_file=progress_file,
         sqlite=SqliteOptions(synchronous=sync.upper(), force=force),
         capture=CaptureOptions(ringbuf_bytes=int(ringbuf_mb * (1 << 20)), pin=pin),
+        retention=retention,
     )
     manager = ServiceNotifier(warn=_notify)
 

@@ -45,6 +45,7 @@ from eventlog.recordings import (
     set_recording_field,
 )
 from eventlog.reserve import SpaceReserve
+from eventlog.retention import RetentionPolicy, retention_running
 from eventlog.store import LogStore, Purpose, open_log
 from eventlog.timefmt import format_ns
 from eventlog.writer import LogWriter
@@ -85,6 +86,7 @@ class RecordOptions:
     progress_file: Path | None = None  # one line per commit: what is durable so far
     sqlite: SqliteOptions = field(default_factory=SqliteOptions)
     capture: CaptureOptions = field(default_factory=CaptureOptions)
+    retention: RetentionPolicy | None = None  # keep the live log bounded (eventlog.retention)
 
 
 @dataclass
@@ -300,6 +302,7 @@ class Recorder:
             "fallback_reason": self.progress.fallback_reason,
             "version": __version__,
             "local": local_addresses(),
+            "retention": options.retention.describe() if options.retention else None,
         }
 
     def _pinning_options(self, capture: EbpfCapture | None) -> dict[str, Any]:
@@ -334,8 +337,12 @@ class Recorder:
             max_age_ns=self.options.flush_interval_ms * 1_000_000,
         )
         session = _Session(self, store, writer, capture, started)
+        retention = retention_running(
+            self.options.location, self.options.retention, self.notify, self.options.sqlite
+        )
         try:
-            reason = session.loop()
+            with retention:
+                reason = session.loop()
         except LogError as exc:
             self.progress.stop_reason = STOP_ERROR
             session.abandon()

@@ -283,17 +283,92 @@ def diff_command(
 def info_command(
     ctx: typer.Context, db: DbOption = None, format: FormatOption = DocumentFormat.table
 ) -> None:
-    """List recordings, event counts by kind, losses and snapshot times.
+    """List recordings, event counts by kind, losses and snapshot times; the live log's
+    and the archive's size and range, retention in force, and the last commit.
 
     Example: scope-replay info --db scope.db
     """
     from eventlog.location import resolve
+    from eventlog.retention import storage_status
+    from eventlog.store import Purpose, open_log
     from replay import info
+    from replay.derived.store import open_derived
 
-    db = _log_argument(ctx, db)
-    location = resolve(db)
-    with _derived(db) as derived:
-        sys.stdout.write(info.render(info.log_info(derived, location.display()), format.value))
+    location = resolve(_log_argument(ctx, db))
+    with open_log(location, Purpose.READ) as log, open_derived(log) as derived:
+        _warn(derived.notices)
+        found = info.log_info(derived, location.display(), storage=storage_status(log))
+    sys.stdout.write(info.render(found, format.value))
+
+
+@app.command("compact")
+def compact_command(
+    ctx: typer.Context,
+    before: Annotated[
+        str,
+        typer.Option(
+            "--before",
+            metavar="T",
+            help="Move the events before this moment to the archive (as --at takes it).",
+        ),
+    ],
+    archive: Annotated[
+        Path | None,
+        typer.Option(
+            help="The archive's directory, for a log that has none yet (default: LOG.archive "
+            "beside a SQLite log)."
+        ),
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Move what is older than T from the live log to its archive (Parquet) now, as
+    scope-record --retain does as it goes. Answers do not change.
+
+    Example: scope-replay compact --before -7d --db scope.db
+    """
+    from eventlog.location import resolve
+    from eventlog.retention import compact_before, wall_span
+    from eventlog.store import Purpose, open_log
+    from replay.timespec import LogSpan, parse_moment
+
+    with open_log(resolve(_log_argument(ctx, db)), Purpose.RECORD) as log:
+        span = wall_span(log)
+        moment = parse_moment(before, LogSpan(*span) if span else None)
+        result = compact_before(log, moment, archive)
+    typer.echo(
+        f"moved {result.events} events ({result.segments} segments, "
+        f"{result.archive_bytes} bytes) to the archive; it holds positions up to "
+        f"{result.archived_upto}"
+    )
+
+
+@app.command("export")
+def export_command(
+    ctx: typer.Context,
+    start: Annotated[str, typer.Option("--from", metavar="T1", help="From this moment.")],
+    end: Annotated[str, typer.Option("--to", metavar="T2", help="Up to this moment.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="DIR", help="Write the files here.")
+    ],
+    format: Annotated[str, typer.Option("--format", help="parquet, csv or jsonl.")] = "parquet",
+    db: DbOption = None,
+) -> None:
+    """Write the events and the connections of a time range (archive included) as
+    DIR/events.FORMAT and DIR/connections.FORMAT.
+
+    Example: scope-replay export --from -1h --to -0s --format csv -o out --db scope.db
+    """
+    from replay.export import export_range
+    from replay.moment import log_span
+    from replay.timespec import parse_moment
+
+    with _derived(_log_argument(ctx, db)) as derived:
+        span = log_span(derived)
+        written = export_range(
+            derived, parse_moment(start, span), parse_moment(end, span), format, output
+        )
+    for item in written:
+        typer.echo(f"{item.path}: {item.rows} rows")
 
 
 @app.command("serve")

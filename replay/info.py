@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventlog.events import Kind
+from eventlog.retention import StorageStatus
 from eventlog.timefmt import format_ns
 from replay.derived.store import Derived
 from replay.output import to_json, to_table
@@ -46,11 +47,15 @@ class LogInfo:
     counts: dict[tuple[int, int], int]  # (recording, kind) -> events
     losses: list[tuple[int, Loss, int]]  # (recording, loss, after position)
     snapshots: dict[int, list[int]]  # recording -> wall times
+    storage: StorageStatus | None = None
 
 
-def log_info(derived: Derived, location: str, events: bool = True) -> LogInfo:
+def log_info(
+    derived: Derived, location: str, events: bool = True, storage: StorageStatus | None = None
+) -> LogInfo:
     """What the log holds. ``events``: also its events counted by kind and its snapshots'
-    times (each a scan of every event; a timeline needs neither)."""
+    times (each a scan of every event; a timeline needs neither). ``storage``: the live log's
+    and the archive's state, when the caller read it."""
     con = derived.con
     recordings = [
         RecordingInfo(
@@ -84,7 +89,7 @@ def log_info(derived: Derived, location: str, events: bool = True) -> LogInfo:
             "FROM losses_raw ORDER BY id"
         ).fetchall()
     ]
-    return LogInfo(location, derived.head, recordings, counts, losses, snapshots)
+    return LogInfo(location, derived.head, recordings, counts, losses, snapshots, storage)
 
 
 def _stop(recording: RecordingInfo) -> str:
@@ -122,7 +127,42 @@ def render(info: LogInfo, fmt: str) -> str:
         shown = ", ".join(format_ns(t) for t in times[:3]) + (" ..." if len(times) > 3 else "")
         snap_rows.append([recording, len(times), shown])
     parts.append("\n" + to_table(["recording", "snapshots", "at"], snap_rows))
+    if info.storage is not None:
+        storage = _storage_document(info.storage)
+        parts.append(
+            "\n" + to_table(["storage", "value"], [[k, _text(v)] for k, v in storage.items()])
+        )
     return "".join(parts)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _storage_document(status: StorageStatus) -> dict[str, Any]:
+    """The live log, the archive, the retention in force and the last commit."""
+    policy = status.policy or {}
+    retain = policy.get("retain_ns")
+    live = status.live_positions
+    return {
+        "live_log_bytes": status.live_file_bytes
+        if status.live_file_bytes is not None
+        else status.live_bytes,
+        "live_rows_bytes": status.live_bytes,
+        "live_positions": f"{live[0]}..{live[1]}" if live else None,
+        "archive": str(status.archive) if status.archive else None,
+        "archive_bytes": status.archive_bytes,
+        "archive_segments": status.archive_segments,
+        "archived_upto_position": status.archived_upto,
+        "archive_from": format_ns(status.archive_wall[0]) if status.archive_wall else None,
+        "archive_to": format_ns(status.archive_wall[1]) if status.archive_wall else None,
+        "retain": format_duration(retain) if retain else None,
+        "max_log_bytes": policy.get("max_log_bytes"),
+        "retention_archive": policy.get("archive"),
+        "last_commit": format_ns(status.last_commit_wall_ns),
+    }
 
 
 def document(info: LogInfo) -> dict[str, Any]:
@@ -163,4 +203,5 @@ def document(info: LogInfo) -> dict[str, Any]:
             }
             for recording, loss, after in info.losses
         ],
+        "storage": _storage_document(info.storage) if info.storage else None,
     }

@@ -24,11 +24,12 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from eventlog import addresses
+from eventlog.archive import scan
 from eventlog.clock import ClockModel
 from eventlog.errors import LogOpenError
 from eventlog.events import OPEN_STATES, TCP_LISTEN, Kind
 from eventlog.reader import LogReader
-from eventlog.scan import BLOB, INT, TEXT, THREADS, Select, scan
+from eventlog.scan import BLOB, INT, TEXT, THREADS, Select
 from eventlog.store import LogStore
 from replay.views.containers import container_of
 

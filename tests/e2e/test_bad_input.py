@@ -59,6 +59,15 @@ REPLAY_CASES = {
     "a table for diff": (["diff", "-1s", "-0s", "--view", "connections"], "is not one of"),
     "unknown option": (["--at", "-0s", "--colour"], "No such option"),
     "no moment": (["--window", "5s"], "--at is required"),
+    "compact at a bad time": (["compact", "--before", "yesterday"], "invalid time 'yesterday'"),
+    "export in xml": (
+        ["export", "--from", "-1s", "--to", "-0s", "--format", "xml", "-o", "/no/such/dir"],
+        "unknown export format 'xml'",
+    ),
+    "export backwards": (
+        ["export", "--from", "-0s", "--to", "-1s", "-o", "/no/such/dir"],
+        "--to must be after --from",
+    ),
 }
 
 
@@ -101,6 +110,15 @@ RECORD_CASES = {
     "not finite": (["--duration", "nan"], "--duration must be a number > 0"),
     "too long": (["--duration", "1e300"], "--duration must be at most"),
     "huge ring buffer": (["--ringbuf-mb", "100000"], "--ringbuf-mb must be at most 2048"),
+    "retain without a unit": (["--retain", "week"], "invalid --retain 'week'"),
+    "retain nothing": (["--retain", "0s"], "--retain must be longer than 0"),
+    "size without a number": (["--max-log-size", "lots"], "invalid size 'lots'"),
+    "archive none": (["--retain", "1d", "--archive", "none"], "--archive none is not supported"),
+    "archive alone": (["--archive", "/srv/a"], "--archive needs --retain or --max-log-size"),
+    "negative retention interval": (
+        ["--retain", "1d", "--retention-interval", "-1"],
+        "--retention-interval must be a number > 0",
+    ),
 }
 
 

@@ -90,8 +90,8 @@ def test_ranges_beyond_the_log_and_empty_ranges(log: Path) -> None:
     assert scanning.scan_sqlite_native(str(log), EVENTS, []).num_rows == 0
     assert scanning.split(5, 5, 3) == [] and scanning.split(0, 2, 5) == [(0, 1), (1, 2)]
     with open_log(resolve(str(log)), Purpose.READ) as store:
-        assert scanning.scan(store, EVENTS, 10, 10).num_rows == 0
-        assert scanning.scan(store, EVENTS, 0, 10).num_rows == 10
+        assert scanning.scan_live(store, EVENTS, 10, 10).num_rows == 0
+        assert scanning.scan_live(store, EVENTS, 0, 10).num_rows == 10
 
 
 def in_order(table: pa.Table) -> pa.Table:
@@ -110,8 +110,8 @@ def test_a_postgresql_log_reads_as_the_same_sqlite_log_does(log: Path, pg_url: s
     ):
         for select in SELECTS:
             for after, upto in ranges:
-                expected = in_order(scanning.scan(lite, select, after, upto)).to_pylist()
-                found = in_order(scanning.scan(pg, select, after, upto)).to_pylist()
+                expected = in_order(scanning.scan_live(lite, select, after, upto)).to_pylist()
+                found = in_order(scanning.scan_live(pg, select, after, upto)).to_pylist()
                 assert found == expected, (select.table, after, upto)
 
 

@@ -1,0 +1,329 @@
+"""A log's archive: the rows the live log no longer holds, in Parquet files beside it.
+
+Retention (eventlog.retention) moves the oldest positions of the live log here, a segment at
+a time. A segment holds a range of positions ``(after, upto]``: one Parquet file per table of
+the log that is keyed by position (events, the three snapshot tables, batches), each sorted
+by position, compressed with zstd, with exactly the columns and values the live log had (so
+that what is read back from an archive is what was read from the log: integers as int64,
+blobs and text as bytes, as eventlog.scan gives them). ``manifest.json`` lists the segments,
+with their positions, wall times, rows and bytes; it is replaced whole (written beside, then
+renamed), so a reader sees the segments before or after a cut, never half of one.
+
+The live log says how far its archive goes (``log_meta`` keys ``archived_upto`` and
+``archive_dir``, see eventlog.retention): positions up to ``archived_upto`` are read from the
+archive, the rest from the log. A segment listed in the manifest beyond ``archived_upto``
+(a cut that was interrupted before the log said so) is not read, and the next cut replaces
+it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+from sqlalchemy import text
+
+from eventlog.errors import LogOpenError
+from eventlog.scan import BLOB, INT, TEXT, THREADS, Select, scan_live
+from eventlog.store import LogStore
+
+MANIFEST = "manifest.json"
+ARCHIVE_FORMAT = 1
+ZSTD_LEVEL = 3  # higher levels: 4% smaller at 9, at half the speed
+ROW_GROUP_ROWS = 1_000_000
+# _PARQUET: pyarrow.parquet is imported where it is used. Every reader of the log imports
+# this module, most never read an archive, and the import costs 0.1-0.25 s on these machines.
+
+# Every column of each positioned table, in the log's order: an archive keeps all of them.
+TABLES: dict[str, Select] = {
+    "events": Select(
+        "events",
+        (("position", INT), ("recording_id", INT), ("kind", INT), ("mono_ns", INT),
+         ("pid", INT), ("comm_id", INT), ("netns_id", INT), ("laddr", BLOB), ("lport", INT),
+         ("raddr", BLOB), ("rport", INT), ("sock_id", INT), ("bytes_sent", INT),
+         ("bytes_received", INT), ("extra", TEXT)),
+    ),
+    "snapshot_connections": Select(
+        "snapshot_connections",
+        (("position", INT), ("netns", INT), ("laddr", BLOB), ("lport", INT), ("raddr", BLOB),
+         ("rport", INT), ("state", INT), ("inode", INT), ("uid", INT), ("pid", INT)),
+    ),
+    "snapshot_processes": Select(
+        "snapshot_processes",
+        (("position", INT), ("pid", INT), ("ppid", INT), ("comm", TEXT), ("cmdline", TEXT),
+         ("cgroup", TEXT), ("netns", INT), ("start_mono_ns", INT)),
+    ),
+    "snapshot_conntrack": Select(
+        "snapshot_conntrack",
+        (("position", INT), ("netns", INT), ("orig_src", BLOB), ("orig_dst", BLOB),
+         ("orig_sport", INT), ("orig_dport", INT), ("reply_src", BLOB), ("reply_dst", BLOB),
+         ("reply_sport", INT), ("reply_dport", INT), ("status", INT), ("tcp_state", INT),
+         ("ct_id", INT), ("zone", INT), ("mark", INT)),
+    ),
+}  # fmt: skip
+BATCH_SCHEMA = pa.schema(
+    [(name, pa.int64()) for name in ("first_position", "last_position", "recording_id",
+                                     "min_mono_ns", "max_mono_ns", "min_wall_ns", "max_wall_ns")]
+)  # fmt: skip
+# Columns whose values are near the row before's (times, counters, ids given in order):
+# delta-encoded before zstd. Measured on bench/synthetic.py's log, in bytes an event:
+# sock_id 2.4 -> 1.0, bytes_received 2.5 -> 1.4, mono_ns 3.7 -> 2.5. Ports and pids of
+# events are smaller as they are (a dictionary).
+_DELTA_COLUMNS = {
+    "events": ("position", "mono_ns", "sock_id", "bytes_sent", "bytes_received"),
+    "snapshot_connections": ("position", "lport", "rport"),
+    "snapshot_processes": ("position",),
+    "snapshot_conntrack": ("position",),
+    "batches": ("first_position", "last_position", "min_mono_ns", "max_mono_ns",
+                "min_wall_ns", "max_wall_ns"),
+}  # fmt: skip
+# A snapshot's sockets in the order LogReader.snapshot reads them (a stable sort, so rows
+# alike in these keep their order): each snapshot repeats most of the one before, and so
+# sorted its rows cost a third less (7.3 MB -> 5 MB for 2,000,000 events of the synthetic
+# log). What reads them in another order reads them into sets.
+SNAPSHOT_SOCKET_ORDER = ("position", "netns", "lport", "rport", "inode")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One range of archived positions, ``(after, upto]``, and the files that hold it."""
+
+    name: str
+    after: int
+    upto: int
+    min_wall_ns: int
+    max_wall_ns: int
+    events: int
+    bytes: int
+
+
+# The manifest last read, by its file's identity: it is replaced (a new inode) at each cut,
+# and read at every range a sync reads.
+_MANIFESTS: dict[tuple[str, int, int, int], list[Segment]] = {}
+
+
+class Archive:
+    """The archive directory of a log (it may not exist yet: then it holds nothing)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    # -- reading ---------------------------------------------------------------------------
+    def segments(self, upto: int | None = None) -> list[Segment]:
+        """The segments in position order (only those within ``upto``, if given)."""
+        path = self.directory / MANIFEST
+        try:
+            stat = path.stat()
+            key = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            segments = _MANIFESTS.get(key)
+            if segments is None:
+                document = json.loads(path.read_text())
+                segments = [Segment(**row) for row in document.get("segments", [])]
+                _MANIFESTS.clear()  # one archive at a time is read
+                _MANIFESTS[key] = segments
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, TypeError) as exc:
+            raise LogOpenError(f"cannot read the archive manifest {path}: {exc}") from exc
+        return [s for s in segments if upto is None or s.upto <= upto]
+
+    def read(self, select: Select, after: int, upto: int, archived: int) -> pa.Table:
+        """The rows of ``select`` (columns of one of ``TABLES``) for positions in
+        ``(after, upto]``, all archived (``upto <= archived``), in position order."""
+        wanted = [s for s in self.segments(archived) if s.upto > after and s.after < upto]
+        covered = sum(min(s.upto, upto) - max(s.after, after) for s in wanted)
+        if covered != upto - after:
+            raise LogOpenError(
+                f"the archive {self.directory} lacks positions of ({after}, {upto}]: "
+                "its segments were moved or removed"
+            )
+        parts = [self._read_file(s, select.table, select, after, upto) for s in wanted]
+        if not parts:
+            return select.schema().empty_table()
+        return pa.concat_tables(parts)
+
+    def _read_file(
+        self, segment: Segment, table: str, select: Select, after: int, upto: int
+    ) -> pa.Table:
+        import pyarrow.parquet as pq  # noqa: PLC0415 - see _PARQUET
+
+        key = "last_position" if table == "batches" else "position"
+        path = self.directory / segment.name / f"{table}.parquet"
+        columns = [name for name, _ in select.columns]
+        try:
+            rows = pq.read_table(
+                path, columns=columns, filters=[(key, ">", after), (key, "<=", upto)]
+            )
+        except (OSError, pa.ArrowException) as exc:
+            raise LogOpenError(f"cannot read the archive file {path}: {exc}") from exc
+        return rows.cast(select.schema())
+
+    def batches(self, after: int, upto: int, archived: int) -> list[tuple[int, ...]]:
+        """The archived batches whose last position is in ``(after, upto]``, as the log's
+        batches rows (first, last, recording, min mono, max mono, min wall, max wall)."""
+        select = Select("batches", tuple((name, INT) for name in BATCH_SCHEMA.names))
+        rows: list[tuple[int, ...]] = []
+        for segment in self.segments(archived):
+            if segment.upto > after and segment.after < upto:
+                table = self._read_file(segment, "batches", select, after, upto)
+                rows.extend(zip(*(c.to_pylist() for c in table.columns), strict=True))
+        return rows
+
+    def size_bytes(self) -> int:
+        return sum(s.bytes for s in self.segments())
+
+    # -- writing ---------------------------------------------------------------------------
+    def write_segment(
+        self,
+        after: int,
+        upto: int,
+        tables: dict[str, pa.Table],
+        batches: pa.Table,
+        wall: tuple[int, int],
+    ) -> Segment:
+        """Write the rows of ``(after, upto]`` as a new segment, durably, and list it.
+
+        The files are written in a directory of their own, synced, then listed by replacing
+        the manifest: an error (no space) leaves the archive as it was, and the error is
+        raised as ``OSError``."""
+        name = f"{after + 1:012d}-{upto:012d}"
+        target = self.directory / name
+        staging = self.directory / f".{name}.partial"
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _remove_tree(staging)
+        staging.mkdir(mode=0o700)
+        try:
+            for table, rows in [*tables.items(), ("batches", batches)]:
+                ordered = (
+                    rows.sort_by([(c, "ascending") for c in SNAPSHOT_SOCKET_ORDER])
+                    if table == "snapshot_connections"
+                    else rows
+                )
+                _write_parquet(ordered, staging / f"{table}.parquet", _DELTA_COLUMNS[table])
+            _fsync_directory(staging)
+            _remove_tree(target)  # one an interrupted cut left
+            staging.rename(target)
+        except BaseException:
+            _remove_tree(staging)
+            raise
+        size = sum(f.stat().st_size for f in target.iterdir())
+        segment = Segment(name, after, upto, wall[0], wall[1], tables["events"].num_rows, size)
+        kept = [s for s in self.segments() if s.upto <= after and s.name != name]
+        self._write_manifest([*kept, segment])
+        return segment
+
+    def _write_manifest(self, segments: Sequence[Segment]) -> None:
+        document: dict[str, Any] = {
+            "format": ARCHIVE_FORMAT,
+            "segments": [asdict(s) for s in sorted(segments, key=lambda s: s.upto)],
+        }
+        partial = self.directory / f".{MANIFEST}.partial"
+        with _private(partial) as out:
+            out.write((json.dumps(document, indent=1) + "\n").encode())
+            out.flush()
+            os.fsync(out.fileno())
+        partial.replace(self.directory / MANIFEST)
+        _fsync_directory(self.directory)
+
+
+def _write_parquet(rows: pa.Table, path: Path, delta: Sequence[str]) -> None:
+    import pyarrow.parquet as pq  # noqa: PLC0415 - see _PARQUET
+
+    with _private(path) as out:
+        pq.write_table(
+            rows,
+            out,
+            compression="zstd",
+            compression_level=ZSTD_LEVEL,
+            row_group_size=ROW_GROUP_ROWS,
+            use_dictionary=[c for c in rows.column_names if c not in delta],
+            column_encoding=dict.fromkeys(delta, "DELTA_BINARY_PACKED"),
+        )
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _private(path: Path) -> BinaryIO:
+    """``path`` opened for writing, readable by its owner only (it holds what the log
+    holds)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(path: Path) -> None:
+    if not path.exists():
+        return
+    for child in path.iterdir():
+        child.unlink()
+    path.rmdir()
+
+
+# -- where the live log begins ------------------------------------------------------------
+@dataclass(frozen=True)
+class Boundary:
+    """How far a log's archive goes: positions up to ``archived_upto`` are in ``archive``."""
+
+    archived_upto: int
+    archive: Archive | None
+
+    def require(self) -> Archive:
+        if self.archive is None:
+            raise LogOpenError(
+                f"positions up to {self.archived_upto} were cut from the log without an archive"
+            )
+        return self.archive
+
+
+ARCHIVED_UPTO = "archived_upto"
+ARCHIVE_DIR = "archive_dir"
+
+
+def boundary(store: LogStore) -> Boundary:
+    """What the log says of its archive (nothing archived: position 0, no archive)."""
+    with store.connect() as conn:
+        meta: dict[str, str] = dict(
+            conn.execute(
+                text("SELECT key, value FROM log_meta WHERE key IN (:upto, :dir)"),
+                {"upto": ARCHIVED_UPTO, "dir": ARCHIVE_DIR},
+            ).all()
+        )
+    directory = meta.get(ARCHIVE_DIR)
+    return Boundary(
+        int(meta.get(ARCHIVED_UPTO) or 0), Archive(Path(directory)) if directory else None
+    )
+
+
+def scan(
+    store: LogStore, select: Select, after: int, upto: int, threads: int = THREADS
+) -> pa.Table:
+    """The rows of ``select`` for positions ``after < p <= upto``, in position order, from
+    the archive for those it holds and from the live log for the rest.
+
+    A cut may commit while the live rows are read, and delete them: the boundary is read
+    again after, and the read done again if it moved (the rows are deleted only after the
+    cut that archived them committed, so an unchanged boundary means none were missed)."""
+    while True:
+        before = boundary(store)
+        parts = []
+        split_at = min(max(before.archived_upto, after), upto)
+        if split_at > after:
+            parts.append(before.require().read(select, after, split_at, before.archived_upto))
+        if upto > split_at:
+            parts.append(scan_live(store, select, split_at, upto, threads))
+        if boundary(store).archived_upto == before.archived_upto:
+            break
+    if len(parts) == 1:
+        return parts[0]
+    return pa.concat_tables(parts) if parts else select.schema().empty_table()

@@ -1,0 +1,563 @@
+"""Retention: the live log kept bounded, its oldest positions moved to the archive.
+
+A cut at position ``P`` moves every row of positions up to ``P`` (events, snapshot rows,
+batches) into a new archive segment (eventlog.archive), then says so in the log
+(``log_meta.archived_upto = P``, one small transaction), then deletes those rows from the
+live log, a few thousand positions per transaction so that the recorder's commits never
+wait long for the write lock. The order makes every step safe to interrupt: before the log
+says so, readers read the live rows and an unlisted segment is written again by the next
+cut; after, they read the archive, and rows the log still holds below the boundary are left
+out by every reader and deleted by the next cut.
+
+The newest batch always stays in the live log: appenders count positions on from the
+highest one the events table holds.
+
+Nothing an answer depends on leaves: the recordings, clock samples, losses and dictionaries
+stay in the live log (they are small), and positions keep their numbers, so the derived
+store (replay.derived) folds archive and live log as one sequence and every answer is the
+one the uncut log gave. Cuts fall between batches, so a batch is never split.
+
+SQLite gives the space back with incremental vacuum (logs created by this version have
+``auto_vacuum = INCREMENTAL``); in an older log the freed pages are reused by new events, so
+its file stops growing too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from sqlalchemy import Connection, text
+
+from eventlog.archive import (
+    ARCHIVE_DIR,
+    ARCHIVED_UPTO,
+    BATCH_SCHEMA,
+    TABLES,
+    Archive,
+    Segment,
+    boundary,
+)
+from eventlog.errors import ArchiveError, LogError, ScopeError, UsageError
+from eventlog.location import LogLocation
+from eventlog.options import SqliteOptions
+from eventlog.scan import scan_live
+from eventlog.store import LogStore, Purpose, open_log
+
+SEGMENT_POSITIONS = 2_000_000  # positions per segment at most (about 300 MB of columns)
+DELETE_POSITIONS = 20_000  # positions deleted per transaction: a few ms of the write lock
+VACUUM_PAGES = 2_000  # pages given back per transaction
+SIZE_TARGET = 0.75  # a cut for --max-log-size leaves the live log at this share of it
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """What a recorder keeps in its live log: events of the last ``retain_ns`` and/or at
+    most ``max_log_bytes``; what leaves goes to ``archive``."""
+
+    archive: Path
+    retain_ns: int | None = None
+    max_log_bytes: int | None = None
+    interval_s: float = 60.0  # how often the recorder looks
+    min_cut_positions: int = SEGMENT_POSITIONS  # see apply_policy
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "retain_ns": self.retain_ns,
+            "max_log_bytes": self.max_log_bytes,
+            "archive": str(self.archive),
+        }
+
+
+@dataclass
+class CutResult:
+    archived_before: int  # the boundary before the cut
+    archived_upto: int  # and after it
+    events: int = 0
+    segments: int = 0
+    archive_bytes: int = 0
+    seconds: float = 0.0
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(value: str) -> int:
+    """Bytes of ``10G``, ``500M``, ``2048`` (units of 1024)."""
+    match = _SIZE.match(value)
+    if not match or float(match.group(1)) <= 0:
+        raise UsageError(f"invalid size {value!r}: use a number and a unit, e.g. 500M, 10G")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def make_policy(
+    location: LogLocation,
+    retain_ns: int | None,
+    max_log_size: str | None,
+    archive: str | None,
+    interval_s: float | None = None,
+) -> RetentionPolicy | None:
+    """The policy that ``scope-record``'s options ask for (None: keep everything)."""
+    max_bytes = parse_size(max_log_size) if max_log_size is not None else None
+    if retain_ns is None and max_bytes is None:
+        if archive is not None:
+            raise UsageError("--archive needs --retain or --max-log-size")
+        return None
+    if retain_ns is not None and retain_ns <= 0:
+        raise UsageError("--retain must be longer than 0")
+    if archive is not None and archive.lower() == "none":
+        raise UsageError(
+            "--archive none is not supported: what leaves the live log is kept in an archive"
+        )
+    directory = Path(archive) if archive is not None else default_archive(location)
+    if directory is None:
+        raise UsageError("a PostgreSQL log needs --archive DIR (where its archive is kept)")
+    if interval_s is None:
+        # Often enough that the live log holds little more than asked, rarely enough that
+        # each cut moves a large segment.
+        interval_s = min(60.0, max(1.0, (retain_ns or 240 * 10**9) / 4e9))
+    return RetentionPolicy(directory.absolute(), retain_ns, max_bytes, interval_s)
+
+
+def default_archive(location: LogLocation) -> Path | None:
+    """Beside a SQLite log: ``<log>.archive``. A PostgreSQL log has no "beside"."""
+    if location.path is None:
+        return None
+    return location.path.with_name(location.path.name + ".archive")
+
+
+# -- where to cut ------------------------------------------------------------------------------
+def cut_before(store: LogStore, before_wall_ns: int) -> int:
+    """The last position of the longest run of live batches all of whose events are before
+    ``before_wall_ns`` (the boundary itself if there is none)."""
+    archived = boundary(store).archived_upto
+    with store.connect() as conn:
+        first_kept = conn.execute(
+            text(
+                "SELECT first_position FROM batches WHERE last_position > :a "
+                "AND max_wall_ns >= :t ORDER BY last_position LIMIT 1"
+            ),
+            {"a": archived, "t": before_wall_ns},
+        ).scalar()
+        if first_kept is not None:
+            return max(archived, int(first_kept) - 1)
+        head = conn.execute(
+            text("SELECT max(last_position) FROM batches WHERE last_position > :a"),
+            {"a": archived},
+        ).scalar()
+    return max(archived, int(head or 0))
+
+
+def cut_for_size(store: LogStore, max_bytes: int) -> int:
+    """A position whose cut leaves the live log at about ``SIZE_TARGET`` of ``max_bytes``
+    (estimated from its bytes per position now); the boundary if it is within the limit."""
+    archived = boundary(store).archived_upto
+    used = live_bytes(store)
+    if used <= max_bytes:
+        return archived
+    with store.connect() as conn:
+        low, high = conn.execute(
+            text("SELECT min(first_position), max(last_position) FROM batches "
+                 "WHERE last_position > :a"),
+            {"a": archived},
+        ).one()  # fmt: skip
+        if low is None:
+            return archived
+        per_position = used / max(1, int(high) - int(low) + 1)
+        target = int(low) - 1 + math.ceil((used - SIZE_TARGET * max_bytes) / per_position)
+        cut = conn.execute(
+            text("SELECT max(last_position) FROM batches WHERE last_position > :a "
+                 "AND last_position <= :t"),
+            {"a": archived, "t": target},
+        ).scalar()  # fmt: skip
+    return max(archived, int(cut or archived))
+
+
+def live_bytes(store: LogStore) -> int:
+    """The bytes the live log's rows take: SQLite's pages in use (not the free ones, which
+    new rows reuse), PostgreSQL's tables with their indexes."""
+    with store.connect() as conn:
+        if store.dialect == "postgresql":
+            tables = ", ".join(f"'{t}'" for t in [*TABLES, "batches"])
+            return int(conn.execute(text(
+                f"SELECT sum(pg_total_relation_size(c)) FROM unnest(ARRAY[{tables}]) c"
+            )).scalar() or 0)  # fmt: skip
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar() or 0
+        free = conn.exec_driver_sql("PRAGMA freelist_count").scalar() or 0
+        size = conn.exec_driver_sql("PRAGMA page_size").scalar() or 0
+    return (int(pages) - int(free)) * int(size)
+
+
+# -- the cut -------------------------------------------------------------------------------
+def cut(
+    store: LogStore, upto: int, archive: Path, stopping: Callable[[], bool] = lambda: False
+) -> CutResult:
+    """Move positions up to ``upto`` (a batch's last position) to ``archive``, a segment
+    at a time, and give their space back. Raises ArchiveError if the archive cannot be
+    written (the live log then keeps every row it had). ``stopping`` is asked between
+    segments: a recorder stopping does not wait for a long backlog to be cut."""
+    started = time.monotonic()
+    archived = boundary(store).archived_upto
+    upto = min(upto, _before_newest_batch(store))
+    result = CutResult(archived, archived)
+    target = Archive(archive.resolve())
+    # Three steps overlap, each on its own thread: the next segment is read from the log
+    # while this one is written to the archive and the one before is deleted from the log.
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="scope-cut-read") as reads,
+        ThreadPoolExecutor(1, thread_name_prefix="scope-cut-delete") as deletes,
+    ):
+        reading = _read_next(reads, store, archived, upto)
+        deleting: Future[None] | None = None
+        while reading is not None:
+            rows = reading.result()
+            reading = None if stopping() else _read_next(reads, store, rows.upto, upto)
+            written = _write_segment(target, rows)
+            _set_boundary(store, rows.upto, target.directory)
+            if deleting is not None:
+                deleting.result()
+            deleting = deletes.submit(_delete_archived, store, rows.upto)
+            result.archived_upto = rows.upto
+            result.events += written.events
+            result.archive_bytes += written.bytes
+            result.segments += 1
+        if deleting is not None:
+            deleting.result()
+    if result.segments:
+        reclaim_space(store)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _before_newest_batch(store: LogStore) -> int:
+    """The last position before the newest batch: a cut leaves that batch in the live log,
+    always. An appender counts the next positions from the highest one the events table
+    holds (eventlog.sqlite, eventlog.postgres); emptied, it would count from 1 again."""
+    with store.connect() as conn:
+        first = conn.execute(
+            text("SELECT first_position FROM batches ORDER BY last_position DESC LIMIT 1")
+        ).scalar()
+    return int(first or 1) - 1
+
+
+@dataclass
+class _SegmentRows:
+    after: int
+    upto: int
+    tables: dict[str, pa.Table]
+    batches: pa.Table
+
+
+def _read_next(
+    reads: ThreadPoolExecutor, store: LogStore, after: int, upto: int
+) -> Future[_SegmentRows] | None:
+    if after >= upto:
+        return None
+    end = _segment_end(store, after, upto)
+    return reads.submit(_read_segment, store, after, end)
+
+
+def _read_segment(store: LogStore, after: int, upto: int) -> _SegmentRows:
+    tables = {name: scan_live(store, select, after, upto) for name, select in TABLES.items()}
+    if tables["events"].num_rows != upto - after:
+        raise LogError(
+            f"positions ({after}, {upto}] hold {tables['events'].num_rows} events, not "
+            f"{upto - after}: the log has a gap (see scope-replay db check); nothing was cut"
+        )
+    return _SegmentRows(after, upto, tables, _batch_rows(store, after, upto))
+
+
+def _segment_end(store: LogStore, after: int, upto: int) -> int:
+    """The last batch end within ``SEGMENT_POSITIONS`` of ``after`` (else the first one
+    after ``after``: a batch is never split)."""
+    limit = min(upto, after + SEGMENT_POSITIONS)
+    with store.connect() as conn:
+        end = conn.execute(
+            text("SELECT max(last_position) FROM batches WHERE last_position > :a "
+                 "AND last_position <= :l"),
+            {"a": after, "l": limit},
+        ).scalar()  # fmt: skip
+        if end is None:
+            end = conn.execute(
+                text("SELECT min(last_position) FROM batches WHERE last_position > :a"),
+                {"a": after},
+            ).scalar()
+    if end is None:
+        raise LogError(f"the log has no batch after position {after} to cut at")
+    return int(end)
+
+
+def _write_segment(archive: Archive, rows: _SegmentRows) -> Segment:
+    walls = (min(rows.batches.column("min_wall_ns").to_pylist()),
+             max(rows.batches.column("max_wall_ns").to_pylist()))  # fmt: skip
+    try:
+        return archive.write_segment(rows.after, rows.upto, rows.tables, rows.batches, walls)
+    except OSError as exc:
+        reason = "no space left" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise ArchiveError(
+            f"cannot write the archive {archive.directory}: {reason}; the live log keeps "
+            f"positions {rows.after + 1}..{rows.upto}"
+        ) from exc
+
+
+def _batch_rows(store: LogStore, after: int, upto: int) -> pa.Table:
+    with store.connect() as conn:
+        rows = conn.execute(
+            text(f"SELECT {', '.join(BATCH_SCHEMA.names)} FROM batches "
+                 "WHERE last_position > :a AND last_position <= :u ORDER BY last_position"),
+            {"a": after, "u": upto},
+        ).all()  # fmt: skip
+    return pa.table(
+        [pa.array([int(row[i]) for row in rows], pa.int64()) for i in range(len(BATCH_SCHEMA))],
+        schema=BATCH_SCHEMA,
+    )
+
+
+def _set_boundary(store: LogStore, upto: int, directory: Path) -> None:
+    with store.connect() as conn, conn.begin():
+        conn.execute(
+            text("DELETE FROM log_meta WHERE key IN (:u, :d)"),
+            {"u": ARCHIVED_UPTO, "d": ARCHIVE_DIR},
+        )
+        conn.execute(
+            text("INSERT INTO log_meta (key, value) VALUES (:u, :uv), (:d, :dv)"),
+            {"u": ARCHIVED_UPTO, "uv": str(upto), "d": ARCHIVE_DIR, "dv": str(directory)},
+        )
+
+
+def _delete_archived(store: LogStore, upto: int) -> None:
+    """The rows of positions up to ``upto`` deleted from the live log, a few thousand
+    positions per transaction."""
+    with store.connect() as conn:
+        first = conn.execute(text("SELECT min(position) FROM events")).scalar()
+    low = -1 if first is None else int(first) - 1
+    while True:
+        high = min(upto, low + DELETE_POSITIONS) if low >= 0 else upto
+        with store.connect() as conn, conn.begin():
+            _delete_range(conn, low, high)
+        if high >= upto:
+            return
+        low = high
+
+
+def _delete_range(conn: Connection, low: int, high: int) -> None:
+    bounds = {"l": low, "h": high}
+    for table in TABLES:
+        conn.execute(text(f"DELETE FROM {table} WHERE position > :l AND position <= :h"), bounds)
+    conn.execute(text("DELETE FROM batches WHERE last_position <= :h"), {"h": high})
+
+
+def reclaim_space(store: LogStore) -> None:
+    """SQLite: the free pages given back to the file system, a few at a time (only in a log
+    with incremental auto-vacuum; in another they are reused by new rows)."""
+    if store.dialect != "sqlite":
+        return
+    with store.connect() as conn:
+        if conn.exec_driver_sql("PRAGMA auto_vacuum").scalar() != 2:
+            return
+    with store.connect() as conn:
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        while True:
+            cursor = driver.cursor()
+            try:
+                free = int(cursor.execute("PRAGMA freelist_count").fetchone()[0])
+                if free == 0:
+                    return
+                # Every step of the statement frees one page, and the driver's execute
+                # steps once: a script is stepped to its end.
+                driver.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
+            finally:
+                cursor.close()
+            if free <= VACUUM_PAGES:
+                return
+
+
+# -- by policy, and in the background ---------------------------------------------------
+def apply_policy(
+    store: LogStore,
+    policy: RetentionPolicy,
+    now_wall_ns: int,
+    stopping: Callable[[], bool] = lambda: False,
+) -> CutResult | None:
+    """The cut ``policy`` asks for now (None if none is due)."""
+    archived = boundary(store).archived_upto
+    upto = archived
+    if policy.retain_ns is not None:
+        by_age = cut_before(store, now_wall_ns - policy.retain_ns)
+        # Few large segments rather than one a minute: a cut waits for a segment's worth of
+        # events, or until the live log holds half as much again as it must keep.
+        overdue = cut_before(store, now_wall_ns - policy.retain_ns * 3 // 2) > archived
+        if by_age - archived >= policy.min_cut_positions or overdue:
+            upto = max(upto, by_age)
+    if policy.max_log_bytes is not None:
+        upto = max(upto, cut_for_size(store, policy.max_log_bytes))
+    if upto <= archived:
+        return None
+    return cut(store, upto, policy.archive, stopping)
+
+
+class RetentionWorker:
+    """A recorder's retention, on a thread of its own with its own connections: it looks
+    every ``policy.interval_s`` and cuts what the policy asks. A failure (no space for the
+    archive) is said once through ``notify``, and again when it clears; the recording goes
+    on, and the live log keeps everything until a cut succeeds."""
+
+    def __init__(
+        self,
+        location: LogLocation,
+        policy: RetentionPolicy,
+        notify: Callable[[str], None],
+        sqlite: SqliteOptions | None = None,
+    ) -> None:
+        self.location = location
+        self.policy = policy
+        self.notify = notify
+        self.sqlite = sqlite
+        self.cuts: list[CutResult] = []
+        self.failing: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scope-retention", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with contextlib.closing(open_log(self.location, Purpose.ADMIN, self.sqlite)) as store:
+            while not self._stop.wait(self.policy.interval_s):
+                self.run_once(store)
+
+    def run_once(self, store: LogStore) -> None:
+        try:
+            result = apply_policy(store, self.policy, time.time_ns(), self._stop.is_set)
+        except (ScopeError, OSError) as exc:
+            message = f"warning: retention: {exc}"
+        except Exception as exc:  # a thread's failure is said, not lost with the thread
+            message = f"warning: retention: {type(exc).__name__}: {exc}"
+        else:
+            message = ""
+        if message:
+            if message != self.failing:
+                self.notify(message)
+            self.failing = message
+            return
+        if self.failing is not None:
+            self.notify("warning: retention: the archive is written again")
+            self.failing = None
+        if result is not None:
+            self.cuts.append(result)
+
+
+@contextlib.contextmanager
+def retention_running(
+    location: LogLocation,
+    policy: RetentionPolicy | None,
+    notify: Callable[[str], None],
+    sqlite: SqliteOptions | None = None,
+) -> Iterator[RetentionWorker | None]:
+    """A RetentionWorker for the block (none without a policy)."""
+    if policy is None:
+        yield None
+        return
+    worker = RetentionWorker(location, policy, notify, sqlite)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+# -- what an operator asks: how big, how far, is it alive --------------------------------------
+@dataclass(frozen=True)
+class StorageStatus:
+    live_file_bytes: int | None  # SQLite: the file and its write-ahead log
+    live_bytes: int  # the rows' pages (SQLite) or tables (PostgreSQL)
+    live_positions: tuple[int, int] | None  # first and last position the live log holds
+    archive: Path | None
+    archive_bytes: int
+    archive_segments: int
+    archived_upto: int
+    archive_wall: tuple[int, int] | None  # the archived events' wall-time range
+    last_commit_wall_ns: int | None  # the newest batch's last event
+    policy: dict[str, Any] | None  # the newest recording's retention options
+
+
+def storage_status(store: LogStore) -> StorageStatus:
+    edge = boundary(store)
+    segments = edge.archive.segments(edge.archived_upto) if edge.archive else []
+    with store.connect() as conn:
+        low, high, newest = conn.execute(
+            text(
+                "SELECT min(first_position), max(last_position), max(max_wall_ns) FROM batches "
+                "WHERE last_position > :a"
+            ),
+            {"a": edge.archived_upto},
+        ).one()
+        options = conn.execute(
+            text("SELECT options FROM recordings ORDER BY id DESC LIMIT 1")
+        ).scalar()
+    if isinstance(options, str):
+        options = json.loads(options)
+    file_bytes = None
+    if store.location.path is not None:
+        path = store.location.path
+        wal = path.with_name(path.name + "-wal")
+        file_bytes = path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    if newest is None and segments:
+        newest = segments[-1].max_wall_ns
+    return StorageStatus(
+        live_file_bytes=file_bytes,
+        live_bytes=live_bytes(store),
+        live_positions=(int(low), int(high)) if low is not None else None,
+        archive=edge.archive.directory if edge.archive else None,
+        archive_bytes=sum(s.bytes for s in segments),
+        archive_segments=len(segments),
+        archived_upto=edge.archived_upto,
+        archive_wall=(segments[0].min_wall_ns, max(s.max_wall_ns for s in segments))
+        if segments
+        else None,
+        last_commit_wall_ns=int(newest) if newest is not None else None,
+        policy=(options or {}).get("retention") if isinstance(options, dict) else None,
+    )
+
+
+def wall_span(store: LogStore) -> tuple[int, int] | None:
+    """The wall times of the log's first and last events, archive included."""
+    status = storage_status(store)
+    with store.connect() as conn:
+        low, high = conn.execute(
+            text("SELECT min(min_wall_ns), max(max_wall_ns) FROM batches WHERE last_position > :a"),
+            {"a": status.archived_upto},
+        ).one()
+    lows = [v for v in (low, status.archive_wall and status.archive_wall[0]) if v is not None]
+    highs = [v for v in (high, status.archive_wall and status.archive_wall[1]) if v is not None]
+    return (int(min(lows)), int(max(highs))) if lows else None
+
+
+def compact_before(store: LogStore, before_wall_ns: int, archive: Path | None) -> CutResult:
+    """``scope-replay compact --before T``: every batch all of whose events are before
+    ``before_wall_ns`` moved to the archive (the log's own, else ``archive``, else the
+    default beside a SQLite log)."""
+    directory = boundary(store).archive
+    target = directory.directory if directory else archive or default_archive(store.location)
+    if target is None:
+        raise UsageError("a PostgreSQL log needs --archive DIR (where its archive is kept)")
+    if directory is not None and archive is not None and archive.absolute() != target:
+        raise UsageError(f"the log's archive is {target}; --archive cannot move it")
+    return cut(store, cut_before(store, before_wall_ns), target)
