@@ -170,7 +170,6 @@ def record(
         return  # scope-record stop / service ...: not a recording
     from eventlog.location import resolve
     from eventlog.recordings import STOP_SIGNAL
-    from eventlog.retention import make_policy
     from recorder.capture import CaptureOptions
     from recorder.containers import DEFAULT_SOCKETS
     from recorder.record import Recorder, RecordOptions
@@ -187,13 +186,18 @@ def record(
     if sync.upper() not in SQLITE_SYNC_LEVELS:
         raise UsageError(f"--sync must be one of {', '.join(SQLITE_SYNC_LEVELS)}")
     location = resolve(db)
-    retention = make_policy(
-        location,
-        parse_duration(retain, "--retain") if retain is not None else None,
-        max_log_size,
-        archive,
-        retention_interval,
-    )
+    retention = None
+    if any(option is not None for option in (retain, max_log_size, archive, retention_interval)):
+        # Imported only then: the archive's Parquet writer costs a recorder ~40 MB resident.
+        from eventlog.retention import make_policy
+
+        retention = make_policy(
+            location,
+            parse_duration(retain, "--retain") if retain is not None else None,
+            max_log_size,
+            archive,
+            retention_interval,
+        )
     options = RecordOptions(
         location=location,
         duration_s=duration,

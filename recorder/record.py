@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eventlog import __version__, native
 from eventlog.clock import ClockModel, monotonic_ns
@@ -45,7 +45,6 @@ from eventlog.recordings import (
     set_recording_field,
 )
 from eventlog.reserve import SpaceReserve
-from eventlog.retention import RetentionPolicy, retention_running
 from eventlog.store import LogStore, Purpose, open_log
 from eventlog.timefmt import format_ns
 from eventlog.writer import LogWriter
@@ -57,6 +56,9 @@ from recorder.host import host_identity, local_addresses, netns_inode
 from recorder.procfs import ProcWalk, network_namespaces, walk
 from recorder.procmode import ProcPoller
 from recorder.reorder import ReorderBuffer
+
+if TYPE_CHECKING:
+    from eventlog.retention import RetentionPolicy
 
 CLOCK_SAMPLE_INTERVAL_NS = 10_000_000_000
 STATS_INTERVAL_NS = 200_000_000
@@ -337,9 +339,13 @@ class Recorder:
             max_age_ns=self.options.flush_interval_ms * 1_000_000,
         )
         session = _Session(self, store, writer, capture, started)
-        retention = retention_running(
-            self.options.location, self.options.retention, self.notify, self.options.sqlite
-        )
+        retention: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        if self.options.retention is not None:
+            from eventlog.retention import retention_running  # noqa: PLC0415 (pyarrow: ~40 MB)
+
+            retention = retention_running(
+                self.options.location, self.options.retention, self.notify, self.options.sqlite
+            )
         try:
             with retention:
                 reason = session.loop()
