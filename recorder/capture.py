@@ -351,27 +351,23 @@ class EbpfCapture:
         remove_scratch(host)
         version = program_version(self.options)
         here = host / version
-        adopted = self._adopt(here) if here.is_dir() else None
-        if adopted is not None:
-            self._objects = adopted
-            self.pinning = Pinning(
-                str(here), version, adopted=True,
-                attached_wall_ns=self._control(CTL_ATTACHED_WALL_NS),
-                previous_read_wall_ns=self._control(CTL_LAST_READ_WALL_NS),
-            )  # fmt: skip
-            self._received = self._control(CTL_RECEIVED)
-            return
-        compiled = self._compile()
         others = [name for name in versions(host) if name != version]
+        adopted = self._adopt(here) if here.is_dir() else None
+        if adopted is None:
+            compiled = self._compile()  # while the other versions still capture
         retired = [self._retire(host / name) for name in others]
-        self._objects = self._attach(compiled)
+        self._objects = adopted if adopted is not None else self._attach(compiled)
         for objects in retired:
             if objects is not None:
                 self._take_over(objects)
-        pin_all(self._objects, here)
+        if adopted is None:
+            pin_all(self._objects, here)
+        else:
+            self._received = self._control(CTL_RECEIVED)
         self.pinning = Pinning(
-            str(here), version, replaced=tuple(others),
+            str(here), version, adopted=adopted is not None, replaced=tuple(others),
             attached_wall_ns=self._control(CTL_ATTACHED_WALL_NS),
+            previous_read_wall_ns=self._control(CTL_LAST_READ_WALL_NS) if adopted else 0,
         )  # fmt: skip
 
     def _adopt(self, directory: Path) -> LoadedPrograms | None:
