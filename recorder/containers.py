@@ -23,11 +23,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from eventlog.events import ContainerRecord, Event, container_event
+
+if TYPE_CHECKING:
+    import httpx  # imported on the follower's thread: ~90 ms of a recorder's start
 
 # Where runtimes put their API socket, tried in this order when none is given.
 DEFAULT_SOCKETS = ("/run/podman/podman.sock", "/var/run/docker.sock")
@@ -190,6 +191,8 @@ class ContainerFollower:
 
     # -- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
+        import httpx  # noqa: PLC0415
+
         while not self._stop.is_set():
             socket_path = self._reachable()
             if socket_path is None:
@@ -241,6 +244,8 @@ class ContainerFollower:
             client.close()
 
     def _follow(self, socket_path: str) -> None:
+        import httpx  # noqa: PLC0415
+
         transport = httpx.HTTPTransport(uds=socket_path)
         self._client = httpx.Client(
             transport=transport, base_url="http://runtime", timeout=REQUEST_TIMEOUT_S
@@ -287,6 +292,8 @@ class ContainerFollower:
     def _changes(self, since: str) -> Iterator[dict[str, Any]]:
         """The runtime's container events, as they come (an idle stream is waited on for as
         long as it stays open: no event is a quiet runtime, not a hanging one)."""
+        import httpx  # noqa: PLC0415
+
         assert self._client is not None
         timeout = httpx.Timeout(REQUEST_TIMEOUT_S, read=None)
         params = {"filters": _EVENTS_QUERY, "since": since}
@@ -303,6 +310,8 @@ class ContainerFollower:
                 yield change
 
     def _apply(self, runtime: str, change: dict[str, Any]) -> None:
+        import httpx  # noqa: PLC0415
+
         action = str(change.get("Action") or change.get("status") or "")
         action = _SYNONYMS.get(action, action)
         actor = _object(change.get("Actor"))
