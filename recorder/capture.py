@@ -448,8 +448,10 @@ class EbpfCapture:
             1_000_000_000 // max(1, self.options.tick_hz),
             self._cpus,
         )
-        bpfsys.update_u64(self._objects.fd("map:control"), CTL_FLUSH_ALL, 0)
-        bpfsys.update_u64(self._objects.fd("map:control"), CTL_READER_PID, os.getpid())
+        control = self._objects.fd("map:control")
+        bpfsys.update_u64(control, CTL_FLUSH_ALL, 0)
+        bpfsys.update_u64(control, CTL_DETACH, 0)  # asked of a reader that died before it could
+        bpfsys.update_u64(control, CTL_READER_PID, os.getpid())
         try:
             self._flusher.run_everywhere()  # fails here, not later, if the kernel cannot
         except CaptureError as exc:
