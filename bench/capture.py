@@ -154,10 +154,8 @@ def conntrack_active(active: bool) -> Iterator[None]:
         subprocess.run(["iptables", "-D", *_CONNTRACK_RULE], check=False)
 
 
-def run_recorded(
-    loadgen: Path, port: int, clients: int, seconds: float, workdir: Path, *options: str
-) -> tuple[LoadResult, int, int, float]:
-    db = workdir / f"bench-{port}.db"
+def start_recorder(db: Path, *options: str) -> subprocess.Popen[bytes]:
+    """``scope-record --quiet *options`` into ``db``, once its first snapshot is committed."""
     recorder = subprocess.Popen(
         [str(BIN / "scope-record"), "--db", str(db), "--quiet", *options],
         stdin=subprocess.DEVNULL,
@@ -167,6 +165,14 @@ def run_recorded(
         if time.monotonic() > deadline or recorder.poll() is not None:
             raise RuntimeError("scope-record did not start")
         time.sleep(0.1)
+    return recorder
+
+
+def run_recorded(
+    loadgen: Path, port: int, clients: int, seconds: float, workdir: Path, *options: str
+) -> tuple[LoadResult, int, int, float]:
+    db = workdir / f"bench-{port}.db"
+    recorder = start_recorder(db, *options)
     cpu_before, wall_before = cpu_seconds(recorder.pid), time.monotonic()
     result = run_load(loadgen, port, clients, seconds)
     time.sleep(0.5)  # let the last events reach the log before measuring CPU and stopping

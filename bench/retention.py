@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.capture import build_loadgen, run_load, snapshot_committed
+from bench.capture import build_loadgen, run_load, start_recorder
 from bench.synthetic import ensure_log
 from eventlog import retention
 from eventlog.location import resolve
@@ -89,19 +89,6 @@ def file_mb(db: Path) -> float:
         if path.exists():
             total += path.stat().st_size
     return total / 1e6
-
-
-def start_recorder(db: Path, *options: str) -> subprocess.Popen[bytes]:
-    recorder = subprocess.Popen(
-        [str(BIN / "scope-record"), "--db", str(db), "--quiet", *options],
-        stdin=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while not snapshot_committed(db):
-        if time.monotonic() > deadline or recorder.poll() is not None:
-            raise RuntimeError("scope-record did not start")
-        time.sleep(0.1)
-    return recorder
 
 
 def stop(recorder: subprocess.Popen[bytes]) -> None:
