@@ -602,6 +602,35 @@ static __always_inline u64 exec_args_start(const void *task, u32 *len)
     return start;
 }
 
+/* The id of the task's cgroup in the v1 hierarchy of controller CGROUP_V1_SUBSYS (its
+ * kernfs node's id, the inode of the cgroup's directory); 0 where the host has no v1
+ * controller. v1-only hosts keep every task in the unified hierarchy's root, so there the
+ * unified id above names no container and this one does. */
+static __always_inline u64 task_v1_cgroup_id(const void *task)
+{
+#if CGROUP_V1_SUBSYS >= 0
+    const void *css_set = NULL, *css = NULL, *cgroup = NULL, *kn = NULL;
+    u64 id = 0;
+    bpf_probe_read_kernel(&css_set, sizeof(css_set), (const char *)task + OFF_TASK_CGROUPS);
+    if (!css_set)
+        return 0;
+    bpf_probe_read_kernel(&css, sizeof(css), (const char *)css_set + OFF_CSS_SET_SUBSYS +
+                          CGROUP_V1_SUBSYS * sizeof(void *));
+    if (!css)
+        return 0;
+    bpf_probe_read_kernel(&cgroup, sizeof(cgroup), (const char *)css + OFF_CSS_CGROUP);
+    if (!cgroup)
+        return 0;
+    bpf_probe_read_kernel(&kn, sizeof(kn), (const char *)cgroup + OFF_CGROUP_KN);
+    if (!kn)
+        return 0;
+    bpf_probe_read_kernel(&id, sizeof(id), (const char *)kn + OFF_KERNFS_NODE_ID);
+    return id;
+#else
+    return 0;
+#endif
+}
+
 /* The piece of the command line at ``offset`` (less than ``len``), never past its end: what
  * follows it is the environment. */
 static __always_inline void fill_args(struct event *e, u32 pid, u64 start, u32 offset, u32 len)
@@ -626,9 +655,10 @@ static __always_inline void fill_exec(struct event *e, const void *task, u32 pid
 {
     e->kind = EV_EXEC;
     e->pid = pid;
-    /* The cgroup (v2, the unified hierarchy: also on hybrid hosts) the process runs in: its
-     * container, also for a process no /proc walk sees. User space maps ids to containers. */
+    /* The cgroups the process runs in: its container, also for a process no /proc walk
+     * sees. User space maps ids to containers (recorder/cgroups.py). */
     e->sock_id = bpf_get_current_cgroup_id();
+    e->bytes_sent = task_v1_cgroup_id(task);
     e->aux = task_ppid(task);
     e->netns = task_netns(task);
     bpf_get_current_comm(&e->comm, sizeof(e->comm));

@@ -37,8 +37,9 @@ typedef uint64_t u64;
 struct event {                /* 128 bytes */
     u64 ts_ns;                /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
     u64 sock_id;              /* per-recording socket identity, 0 if unknown;
-                                 EXEC: the process's cgroup id (cgroup v2) */
-    u64 bytes_sent;           /* CLOSE: tcp_sock.bytes_acked */
+                                 EXEC: the process's cgroup id (unified hierarchy) */
+    u64 bytes_sent;           /* CLOSE: tcp_sock.bytes_acked;
+                                 EXEC: the process's cgroup id in one v1 hierarchy */
     u64 bytes_received;       /* CLOSE: tcp_sock.bytes_received */
     u32 pid;                  /* thread group id of the process the event belongs to */
     u32 netns;                /* network namespace inode */

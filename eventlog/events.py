@@ -222,6 +222,14 @@ def conntrack_entry(event: Any) -> ConntrackEntry:
     )
 
 
+class CgroupIds(NamedTuple):
+    """What EXEC events and container records know a cgroup by (``recorder.cgroups``): its
+    id in the unified hierarchy and in one v1 hierarchy, each None where not known."""
+
+    unified: int | None
+    v1: int | None
+
+
 class ContainerRecord(NamedTuple):
     """A container as its runtime described it, at one of its changes (``CONTAINER_ACTIONS``)."""
 
@@ -238,6 +246,9 @@ class ContainerRecord(NamedTuple):
     created: str  # the runtime's own times, as it wrote them
     started: str
     runtime: str  # which API said so: "podman" or "docker"
+    # Of its cgroup in the v1 hierarchy EXEC events follow (recorder.cgroups); None on a
+    # host without v1 controllers, and in records written before it was kept.
+    cgroup_v1_id: int | None = None
 
 
 def container_event(mono_ns: int, record: ContainerRecord) -> Event:

@@ -166,8 +166,11 @@ def decode_event(fields: tuple[Any, ...]) -> Event:
         )
     if kind == Kind.EXEC:
         extra: dict[str, Any] = {"ppid": aux, "filename": _cstring(tail)}
+        # The fields that hold a CLOSE's socket and bytes hold an EXEC's cgroup ids.
         if sock_id:
-            extra["cgroup_id"] = sock_id  # the field holds the cgroup id for an EXEC
+            extra["cgroup_id"] = sock_id
+        if bytes_sent:
+            extra["cgroup_v1_id"] = bytes_sent
         if flags & FLAG_TRUNCATED:
             extra["filename_truncated"] = True
         return Event(kind=kind, mono_ns=ts_ns, pid=pid, comm=comm, netns=netns or None, extra=extra)

@@ -155,6 +155,25 @@ class Btf:
             if seen > 64:
                 raise BtfError("typedef loop in BTF")
 
+    def enum_value(self, name: str) -> int:
+        """The value of the enumerator ``name`` (of any enum: C enumerators share one scope)."""
+        for btf_type in self._types:
+            if btf_type is None or btf_type.kind not in (KIND_ENUM, KIND_ENUM64):
+                continue
+            width = 8 if btf_type.kind == KIND_ENUM else 12
+            for index in range(btf_type.vlen):
+                at = btf_type.offset + width * index
+                (name_off,) = struct.unpack_from("<I", self._type_data, at)
+                if _string(self._strings, name_off) != name:
+                    continue
+                if btf_type.kind == KIND_ENUM:
+                    signed = "<i" if btf_type.kind_flag else "<I"
+                    return int(struct.unpack_from(signed, self._type_data, at + 4)[0])
+                low, high = struct.unpack_from("<II", self._type_data, at + 4)
+                value = int(low) | int(high) << 32
+                return value - (1 << 64) if btf_type.kind_flag and high >> 31 else value
+        raise BtfError(f"enumerator {name} is not in the kernel's BTF")
+
     def offset_of(self, struct_name: str, path: str) -> int:
         """Byte offset of ``path`` (``a.b.c``, through nested structs) in ``struct_name``."""
         return self.member(struct_name, path)[0]

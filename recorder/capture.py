@@ -22,6 +22,7 @@ from eventlog.errors import CaptureError, EbpfUnavailableError
 from eventlog.kernel_records import record_count
 from recorder import bpfsys
 from recorder.btf import VMLINUX_BTF, Btf, BtfError
+from recorder.cgroups import Hierarchies, hierarchies
 from recorder.hostenv import bcc_installed, ensure_tracefs, tracefs_directory
 from recorder.loader import (
     FLUSH_PROGRAM,
@@ -79,6 +80,11 @@ KERNEL_OFFSETS = (
     ("OFF_FDTABLE_FD", "fdtable", "fd"),
     ("OFF_FILE_PRIVATE_DATA", "file", "private_data"),
     ("OFF_SOCKET_SK", "socket", "sk"),
+    ("OFF_TASK_CGROUPS", "task_struct", "cgroups"),
+    ("OFF_CSS_SET_SUBSYS", "css_set", "subsys"),
+    ("OFF_CSS_CGROUP", "cgroup_subsys_state", "cgroup"),
+    ("OFF_CGROUP_KN", "cgroup", "kn"),
+    ("OFF_KERNFS_NODE_ID", "kernfs_node", "id"),
 )
 
 # Members the programs take from one read of the struct they sit in, by group: the
@@ -602,12 +608,21 @@ def object_names() -> Iterator[str]:
 
 
 def kernel_cflags() -> list[str]:
-    """The -D flags with this kernel's struct offsets and read spans, from its BTF."""
+    """The -D flags with this kernel's struct offsets and read spans, from its BTF, and the
+    v1 cgroup controller EXEC events take a second cgroup id from (-1: none mounted)."""
     try:
-        offsets = kernel_layout(Btf.from_file())
+        btf = Btf.from_file()
+        offsets = kernel_layout(btf) | {"CGROUP_V1_SUBSYS": v1_subsys(btf, hierarchies())}
     except BtfError as exc:
         raise EbpfUnavailableError(f"cannot read struct offsets from BTF: {exc}") from exc
     return [f"-D{name}={value}" for name, value in sorted(offsets.items())]
+
+
+def v1_subsys(btf: Btf, where: Hierarchies) -> int:
+    """The kernel's index of the followed v1 controller in a css_set's ``subsys``, or -1."""
+    if where.v1_controller is None:
+        return -1
+    return btf.enum_value(f"{where.v1_controller}_cgrp_id")
 
 
 def program_version(options: CaptureOptions) -> str:

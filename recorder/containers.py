@@ -4,9 +4,9 @@ Where Docker or Podman's API service listens on a unix socket, the recorder foll
 thread of its own: at start (and whenever it comes back after going away) a listing of the
 running containers, then its event stream. Each start, rename, die and destroy of a container
 becomes a CONTAINER event (``eventlog.events.ContainerRecord``): its id, name, image, labels,
-first process, network namespace and cgroup. The cgroup id (of the unified hierarchy, what
-the kernel's EXEC events carry) is read here from cgroupfs, so that replay maps a process to
-its container from the log alone.
+first process, network namespace and cgroup. The ids of its cgroups (in the hierarchies
+that the kernel's EXEC events carry ids of: ``recorder.cgroups``) are read here from
+cgroupfs, so that replay maps a process to its container from the log alone.
 
 The API is plain HTTP over the socket (httpx). Nothing it answers is trusted: every request
 is bounded by a timeout, an answer that is not the JSON expected is counted and the runtime
@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from eventlog.events import ContainerRecord, Event, container_event
+from eventlog.events import CgroupIds, ContainerRecord, Event, container_event
+from recorder.cgroups import Hierarchies, hierarchies, ids_of
 
 if TYPE_CHECKING:
     import httpx  # imported on the follower's thread: ~90 ms of a recorder's start
@@ -55,25 +56,10 @@ class FollowerStats:
     pid_mismatches: int = 0  # pids whose cgroup does not name their container
 
 
-def unified_cgroup_root(mountinfo: str = "/proc/self/mountinfo") -> str | None:
-    """Where the unified (v2) cgroup hierarchy is mounted: /sys/fs/cgroup on a v2 host,
-    /sys/fs/cgroup/unified on a hybrid one; None on a v1-only host."""
-    try:
-        with open(mountinfo) as lines:
-            for line in lines:
-                left, _, right = line.partition(" - ")
-                if right.split(" ", 1)[0] == "cgroup2":
-                    return left.split()[4]
-    except OSError:
-        return None
-    return None
-
-
-def cgroup_of(pid: int, container_id: str, root: str | None) -> tuple[str, int | None] | None:
-    """``pid``'s /proc/<pid>/cgroup and the id of its unified-hierarchy cgroup (the
-    directory's inode, which is what ``bpf_get_current_cgroup_id`` returns); None when the
-    process is gone or its cgroup does not name ``container_id`` (the runtime lied, or the
-    pid was reused)."""
+def cgroup_of(pid: int, container_id: str, where: Hierarchies) -> tuple[str, CgroupIds] | None:
+    """``pid``'s /proc/<pid>/cgroup and the ids of its container's cgroups (what EXEC events
+    carry); None when the process is gone or its cgroup does not name ``container_id`` (the
+    runtime lied, or the pid was reused)."""
     try:
         with open(f"/proc/{pid}/cgroup") as file:
             text = file.read().strip()
@@ -81,14 +67,7 @@ def cgroup_of(pid: int, container_id: str, root: str | None) -> tuple[str, int |
         return None
     if container_id not in text:
         return None
-    cgroup_id = None
-    for line in text.splitlines():
-        if line.startswith("0::") and root is not None:
-            try:
-                cgroup_id = os.stat(root + line[3:]).st_ino
-            except OSError:
-                cgroup_id = None
-    return text, cgroup_id
+    return text, ids_of(text, container_id, where)
 
 
 def netns_of(pid: int) -> int | None:
@@ -107,7 +86,7 @@ def _text(value: Any) -> str:
 
 
 def record_from_inspect(
-    action: str, data: Any, runtime: str, cgroup_root: str | None, stats: FollowerStats
+    action: str, data: Any, runtime: str, where: Hierarchies, stats: FollowerStats
 ) -> ContainerRecord:
     """A container record from the answer to ``GET /containers/<id>/json``."""
     if not isinstance(data, dict) or not isinstance(data.get("Id"), str):
@@ -117,14 +96,14 @@ def record_from_inspect(
     labels = _object(config.get("Labels"))
     container_id = data["Id"]
     pid: int = state["Pid"] if isinstance(state.get("Pid"), int) else 0
-    cgroup, cgroup_id, netns = "", None, None
+    cgroup, ids, netns = "", CgroupIds(None, None), None
     if pid > 0:
-        found = cgroup_of(pid, container_id, cgroup_root)
+        found = cgroup_of(pid, container_id, where)
         if found is None:
             stats.pid_mismatches += 1
             pid = 0
         else:
-            cgroup, cgroup_id = found
+            cgroup, ids = found
             netns = netns_of(pid)
     return ContainerRecord(
         action=action,
@@ -135,7 +114,8 @@ def record_from_inspect(
         labels={str(k): str(v) for k, v in sorted(labels.items())},
         pid=pid or None,
         netns=netns,
-        cgroup_id=cgroup_id,
+        cgroup_id=ids.unified,
+        cgroup_v1_id=ids.v1,
         cgroup=cgroup,
         created=_text(data.get("Created")),
         started=_text(state.get("StartedAt")),
@@ -157,7 +137,7 @@ class ContainerFollower:
         self.notify = notify or (lambda message: None)
         self.stats = FollowerStats()
         self.status = "not started"
-        self.cgroup_root = unified_cgroup_root()
+        self.hierarchies = hierarchies()
         self._events: list[Event] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -334,7 +314,7 @@ class ContainerFollower:
         if data is None:  # gone already: what is known of it
             self._add_known(action, container_id, {})
             return
-        self._add(record_from_inspect(action, data, runtime, self.cgroup_root, self.stats))
+        self._add(record_from_inspect(action, data, runtime, self.hierarchies, self.stats))
 
     def _add_known(self, action: str, container_id: str, actor: dict[str, Any]) -> None:
         known = self._known.get(container_id)
@@ -348,10 +328,13 @@ class ContainerFollower:
 
     def _add(self, record: ContainerRecord) -> None:
         previous = self._known.get(record.id)
-        if record.cgroup_id is None and previous is not None:
+        if record.cgroup_id is None and record.cgroup_v1_id is None and previous is not None:
             # A stopped container's record keeps the cgroup its processes ran in.
             record = record._replace(
-                cgroup_id=previous.cgroup_id, cgroup=previous.cgroup, netns=previous.netns
+                cgroup_id=previous.cgroup_id,
+                cgroup_v1_id=previous.cgroup_v1_id,
+                cgroup=previous.cgroup,
+                netns=previous.netns,
             )
         self._known[record.id] = record
         event = container_event(self.clock(), record)

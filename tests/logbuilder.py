@@ -12,18 +12,24 @@ from hypothesis import strategies as st
 from eventlog.events import (
     TCP_ESTABLISHED,
     TCP_LISTEN,
+    CgroupIds,
+    ConntrackEntry,
+    ContainerRecord,
     Event,
     Kind,
     Loss,
     Snapshot,
     SnapshotConnection,
     SnapshotProcess,
+    conntrack_event,
+    container_event,
 )
 from eventlog.location import LogLocation, resolve
 from eventlog.writer import LogWriter
 from tests.factories import MONO_BASE_NS, ROOT_NETNS, WALL_BASE_NS, ip, recording_writer
 
 SECOND = 1_000_000_000
+NO_CGROUPS = CgroupIds(None, None)
 
 
 def mono(seconds: float) -> int:
@@ -99,17 +105,27 @@ class Builder:
     def failed(self, at: float, sock: int, pid: int, comm: str, local: str, remote: str) -> None:
         self.socket(Kind.CONNECT_FAILED, at, sock, pid, comm, local, remote, error=111)
 
-    def exec(self, at: float, pid: int, comm: str, ppid: int = 1) -> None:
-        self.writer.add(
-            Event(
-                int(Kind.EXEC),
-                mono(at),
-                pid,
-                comm,
-                ROOT_NETNS,
-                extra={"ppid": ppid, "filename": f"/usr/bin/{comm}"},
-            )
-        )
+    def exec(
+        self,
+        at: float,
+        pid: int,
+        comm: str,
+        ppid: int = 1,
+        netns: int = ROOT_NETNS,
+        cgroups: CgroupIds = NO_CGROUPS,
+    ) -> None:
+        extra: dict[str, Any] = {"ppid": ppid, "filename": f"/usr/bin/{comm}"}
+        if cgroups.unified is not None:
+            extra["cgroup_id"] = cgroups.unified
+        if cgroups.v1 is not None:
+            extra["cgroup_v1_id"] = cgroups.v1
+        self.writer.add(Event(int(Kind.EXEC), mono(at), pid, comm, netns, extra=extra))
+
+    def container(self, at: float, record: ContainerRecord) -> None:
+        self.writer.add(container_event(mono(at), record))
+
+    def conntrack(self, at: float, entry: ConntrackEntry, kind: Kind = Kind.CT_NEW) -> None:
+        self.writer.add(conntrack_event(kind, mono(at), entry))
 
     def exit(self, at: float, pid: int, comm: str, ppid: int = 1) -> None:
         self.writer.add(

@@ -615,7 +615,8 @@ SELECT x.recording_id, x.pid, x.source_pos, e.wall_ns, z.wall_ns,
          ELSE p.cmdline END,
     CASE WHEN e.kind = {_EXEC} THEN '' ELSE p.cgroup END,
     CASE WHEN e.kind = {_EXEC} THEN e.netns ELSE p.netns END,
-    CASE WHEN e.kind = {_EXEC} THEN CAST(json_extract(e.extra, '$.cgroup_id') AS BIGINT) END
+    CASE WHEN e.kind = {_EXEC} THEN CAST(json_extract(e.extra, '$.cgroup_id') AS BIGINT) END,
+    CASE WHEN e.kind = {_EXEC} THEN CAST(json_extract(e.extra, '$.cgroup_v1_id') AS BIGINT) END
 FROM _process_segments x JOIN {{sources}} e ON e.position = x.source_pos
 LEFT JOIN {{ends}} z ON z.position = x.end_pos
 LEFT JOIN {{source_processes}} p ON p.position = x.source_pos AND p.pid = x.pid

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from eventlog.addresses import FAMILIES
 
-FORMAT = 4
+FORMAT = 5
 SHORT_NS = 60 * 1_000_000_000
 
 
@@ -55,7 +55,8 @@ PAIR_COLUMNS = "open_pos BIGINT, close_pos BIGINT, known_ns BIGINT, close_ns BIG
 
 PROCESS_COLUMNS = """
     recording_id INTEGER, pid INTEGER, source_pos BIGINT, start_ns BIGINT, end_ns BIGINT,
-    comm VARCHAR, ppid INTEGER, cmdline VARCHAR, cgroup VARCHAR, netns BIGINT, cgroup_id BIGINT
+    comm VARCHAR, ppid INTEGER, cmdline VARCHAR, cgroup VARCHAR, netns BIGINT, cgroup_id BIGINT,
+    cgroup_v1_id BIGINT
 """
 
 NAT_COLUMNS = """

@@ -371,7 +371,7 @@ SELECT a.recording_id, coalesce(r.host, '?') AS host, a.pid,
     CASE WHEN p.pid IS NULL THEN a.cmdline ELSE p.cmdline END AS cmdline,
     CASE WHEN p.pid IS NULL THEN a.cgroup ELSE p.cgroup END AS cgroup,
     CASE WHEN p.pid IS NULL THEN a.netns ELSE p.netns END AS netns,
-    a.cgroup_id
+    a.cgroup_id, a.cgroup_v1_id
 FROM alive a
 LEFT JOIN last_snapshot s ON s.recording_id = a.recording_id AND s.position > a.source_pos
 LEFT JOIN snap_proc p ON p.position = s.position AND p.pid = a.pid
@@ -387,6 +387,7 @@ SELECT e.position, e.recording_id, coalesce(r.host, '?') AS host, make_timestamp
     json_extract_string(e.extra, '$.image_id') AS image_id,
     CAST(json_extract(e.extra, '$.labels') AS JSON) AS labels, e.pid, e.netns,
     CAST(json_extract(e.extra, '$.cgroup_id') AS BIGINT) AS cgroup_id,
+    CAST(json_extract(e.extra, '$.cgroup_v1_id') AS BIGINT) AS cgroup_v1_id,
     json_extract_string(e.extra, '$.cgroup') AS cgroup,
     json_extract_string(e.extra, '$.runtime') AS runtime
 FROM ev e LEFT JOIN recordings_raw r ON r.id = e.recording_id
@@ -407,6 +408,7 @@ SELECT host, id,
         arg_min(CAST(labels AS VARCHAR), position)) AS labels,
     arg_max(action, position) FILTER (WHERE wall_ns <= t_ns) AS state,
     arg_max(cgroup_id, position) FILTER (WHERE cgroup_id IS NOT NULL) AS cgroup_id,
+    arg_max(cgroup_v1_id, position) FILTER (WHERE cgroup_v1_id IS NOT NULL) AS cgroup_v1_id,
     arg_max(netns, position) FILTER (WHERE netns IS NOT NULL) AS netns,
     arg_max(pid, position) FILTER (WHERE pid IS NOT NULL) AS pid,
     arg_max(runtime, position) AS runtime

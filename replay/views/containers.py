@@ -1,7 +1,8 @@
 """Which container a process belongs to, and what its runtime called it.
 
 A process's container is found by its cgroup path (a /proc snapshot saw it), else by the
-cgroup id its EXEC carried, else by its network namespace when exactly one container has it
+cgroup ids its EXEC carried (``recorder.cgroups``: of the unified hierarchy and of one v1
+hierarchy, as the host has them), else by its network namespace when exactly one container has it
 (a process that forked without exec, in a container's namespace). What the container is
 called, its image and labels are what the runtime's records (recorder.containers) said by
 the moment shown.
@@ -25,6 +26,8 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from eventlog.events import CgroupIds
 
 _ID = r"([0-9a-f]{64})"
 _PATTERNS = (
@@ -117,13 +120,14 @@ class ContainerRecord:
 
     host: str
     container: Container
-    cgroup_id: int | None
+    cgroup_ids: CgroupIds
     netns: int | None
 
 
 def container_record(row: tuple[object, ...]) -> ContainerRecord:
-    """From (host, id, name, image, image_id, labels JSON, runtime, cgroup_id, netns)."""
-    host, cid, name, image, image_id, labels, runtime, cgroup_id, netns = row
+    """From (host, id, name, image, image_id, labels JSON, runtime, cgroup_id, cgroup_v1_id,
+    netns)."""
+    host, cid, name, image, image_id, labels, runtime, cgroup_id, cgroup_v1_id, netns = row
     parsed = json.loads(str(labels)) if labels else {}
     pairs = (
         tuple(sorted((str(k), str(v)) for k, v in parsed.items()))
@@ -136,9 +140,13 @@ def container_record(row: tuple[object, ...]) -> ContainerRecord:
     return ContainerRecord(
         str(host),
         container,
-        int(cgroup_id) if isinstance(cgroup_id, int) else None,
+        CgroupIds(_integer(cgroup_id), _integer(cgroup_v1_id)),
         int(netns) if isinstance(netns, int) else None,
     )
+
+
+def _integer(value: object) -> int | None:
+    return int(value) if isinstance(value, int) else None
 
 
 class ContainerIndex:
@@ -146,26 +154,32 @@ class ContainerIndex:
 
     def __init__(self, records: Iterable[ContainerRecord], root_netns: Iterable[int] = ()) -> None:
         self.by_id: dict[tuple[str, str], Container] = {}
+        # Ids of the two hierarchies may coincide: each is looked up in its own.
         self.by_cgroup: dict[tuple[str, int], Container] = {}
+        self.by_v1_cgroup: dict[tuple[str, int], Container] = {}
         by_netns: dict[tuple[str, int], list[Container]] = {}
         roots = set(root_netns)  # a container on the host's network is not the host's
         for record in records:
             self.by_id[(record.host, record.container.id)] = record.container
-            if record.cgroup_id is not None:
-                self.by_cgroup[(record.host, record.cgroup_id)] = record.container
+            if record.cgroup_ids.unified is not None:
+                self.by_cgroup[(record.host, record.cgroup_ids.unified)] = record.container
+            if record.cgroup_ids.v1 is not None:
+                self.by_v1_cgroup[(record.host, record.cgroup_ids.v1)] = record.container
             if record.netns is not None and record.netns not in roots:
                 by_netns.setdefault((record.host, record.netns), []).append(record.container)
         # Containers sharing a namespace (a pod) leave it ambiguous: no guess.
         self.by_netns = {key: found[0] for key, found in by_netns.items() if len(found) == 1}
 
     def resolve(
-        self, host: str, cgroup: str, cgroup_id: int | None, netns: int | None
+        self, host: str, cgroup: str, cgroup_ids: CgroupIds, netns: int | None
     ) -> Container | None:
         by_path = container_of(cgroup)
         if by_path is not None:
             return self.by_id.get((host, by_path.id), by_path)
-        if cgroup_id is not None and (host, cgroup_id) in self.by_cgroup:
-            return self.by_cgroup[(host, cgroup_id)]
+        if cgroup_ids.unified is not None and (host, cgroup_ids.unified) in self.by_cgroup:
+            return self.by_cgroup[(host, cgroup_ids.unified)]
+        if cgroup_ids.v1 is not None and (host, cgroup_ids.v1) in self.by_v1_cgroup:
+            return self.by_v1_cgroup[(host, cgroup_ids.v1)]
         if netns is not None:
             return self.by_netns.get((host, netns))
         return None

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 
 from eventlog import addresses
+from eventlog.events import CgroupIds
 from replay.derived.store import Derived
 from replay.moment import Moment
 from replay.table import ConnectionRow, connection_table
@@ -44,7 +45,7 @@ class Scene:
         info = self.processes.get((host, pid)) if pid is not None else None
         if info is not None:
             return info.container
-        return self.containers.resolve(host, "", None, netns)
+        return self.containers.resolve(host, "", CgroupIds(None, None), netns)
 
     def is_local_address(self, host: str, address: str) -> bool:
         return address in self.local_addresses.get(host, set()) or addresses.is_loopback(address)
@@ -59,7 +60,7 @@ class Scene:
 def containers_at(derived: Derived, at_ns: int) -> ContainerIndex:
     """The containers as of ``at_ns``, as their runtimes' records describe them."""
     rows = derived.con.execute(
-        "SELECT host, id, name, image, image_id, labels, runtime, cgroup_id, netns "
+        "SELECT host, id, name, image, image_id, labels, runtime, cgroup_id, cgroup_v1_id, netns "
         "FROM containers_at_ns(?)",
         [at_ns],
     ).fetchall()
@@ -76,15 +77,16 @@ def processes_at(
     recordings of one host know a pid, the later recording's."""
     index = containers if containers is not None else containers_at(derived, at_ns)
     rows = derived.con.execute(
-        "SELECT host, pid, comm, ppid, cmdline, cgroup, netns, cgroup_id FROM processes_at_ns(?)",
+        "SELECT host, pid, comm, ppid, cmdline, cgroup, netns, cgroup_id, cgroup_v1_id "
+        "FROM processes_at_ns(?)",
         [at_ns],
     ).fetchall()
     return {
         (host, pid): ProcessInfo(
             host, pid, comm, ppid, cmdline or "", cgroup or "", netns,
-            index.resolve(host, cgroup or "", cgroup_id, netns),
+            index.resolve(host, cgroup or "", CgroupIds(cgroup_id, cgroup_v1_id), netns),
         )
-        for host, pid, comm, ppid, cmdline, cgroup, netns, cgroup_id in rows
+        for host, pid, comm, ppid, cmdline, cgroup, netns, cgroup_id, cgroup_v1_id in rows
     }  # fmt: skip
 
 

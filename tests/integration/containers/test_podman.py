@@ -21,6 +21,10 @@ import pytest
 
 from eventlog.events import Kind
 from eventlog.location import LogLocation, resolve
+from eventlog.store import Purpose, open_log
+from recorder.cgroups import hierarchies
+from replay.derived.store import open_derived
+from replay.views.scene import processes_at
 from tests import podman
 from tests.cli import run_cli
 from tests.ebpf import require_ebpf
@@ -51,6 +55,8 @@ class Recorded:
     before_rename_ns: int
     after_rename_ns: int
     restarted_ns: int
+    v1_only_pid: int  # a process placed in the worker's v1 cgroup only
+    v1_only_ns: int  # a moment it was alive
 
 
 def dnat(pid: str, *backends: str) -> None:
@@ -90,6 +96,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
                 name: podman.inspect(name, "{{.NetworkSettings.IPAddress}}") for name in names[:2]
             }
             dnat(podman.inspect(names[2], "{{.State.Pid}}"), *addresses.values())
+            v1_only = enter_v1_cgroup_only(int(podman.inspect(names[1], "{{.State.Pid}}")))
             time.sleep(4)
             before = time.time_ns()
             podman.podman("rename", names[2], names[3])
@@ -104,11 +111,30 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
             ids[names[4]] = podman.run(names[4], IMAGE, "sleep", "60")
             wait_for(lambda: _records_of(run, ids[names[4]]), timeout=30)
             time.sleep(1)
-        yield Recorded(location, run, ids, addresses, before, after, restarted)
+            v1_only.kill()
+            v1_only.wait()
+        yield Recorded(location, run, ids, addresses, before, after, restarted, v1_only.pid, before)
     finally:
         podman.remove(*names)
         podman.stop_service(service)
         podman.remove_images(IMAGE, CLIENT_IMAGE)
+
+
+def enter_v1_cgroup_only(container_pid: int) -> subprocess.Popen[bytes]:
+    """A host process that joins the v1 cgroup (of the controller the recorder follows) of
+    ``container_pid``'s container, and only that one, before it execs: what a cgroup driver
+    that manages v1 controllers only does, as on a v1-only host. Its unified cgroup stays
+    this test's own, its network namespace the host's: only its v1 id can place it."""
+    where = hierarchies()
+    assert where.v1_controller is not None and where.v1_root is not None
+    cgroup = Path(f"/proc/{container_pid}/cgroup").read_text()
+    path = next(
+        line.split(":", 2)[2]
+        for line in cgroup.splitlines()
+        if where.v1_controller in line.split(":", 2)[1].split(",")
+    )
+    procs = f"{where.v1_root}{path}/cgroup.procs"
+    return subprocess.Popen(["sh", "-c", f"echo $$ > {procs} && exec sleep 60"])
 
 
 def _records_of(run: RecordingRun, container_id: str) -> list[dict[str, Any]]:
@@ -218,6 +244,30 @@ def test_processes_know_their_container_from_their_exec(recorded: Recorded) -> N
         execs = [e for e in events if e.kind == Kind.EXEC and e.pid == record.pid]
         assert execs, name
         assert {e.extra["cgroup_id"] for e in execs if e.extra} == {record.extra["cgroup_id"]}
+        assert {e.extra["cgroup_v1_id"] for e in execs if e.extra} == {record.extra["cgroup_v1_id"]}
+
+
+def test_a_process_in_a_containers_v1_cgroup_only_is_placed_in_it(recorded: Recorded) -> None:
+    """Where the unified hierarchy does not place a container (a v1-only host, or a v1-only
+    cgroup driver on a hybrid one), the v1 id its EXEC carried places the process."""
+    events = recorded.run.events()
+    worker = recorded.ids[f"{P}-worker"]
+    record = next(
+        e.extra for e in events
+        if e.kind == Kind.CONTAINER and e.extra and e.extra["id"] == worker
+    )  # fmt: skip
+    # Its shell's EXEC came before it moved; the command it then ran is the last.
+    execed = [e for e in events if e.kind == Kind.EXEC and e.pid == recorded.v1_only_pid][-1]
+    assert execed.extra is not None and execed.netns == os.stat("/proc/self/ns/net").st_ino
+    assert execed.extra.get("cgroup_id") != record["cgroup_id"]
+    assert execed.extra["cgroup_v1_id"] == record["cgroup_v1_id"]
+    with (
+        open_log(recorded.location, Purpose.READ) as log,
+        open_derived(log, Path(str(recorded.location.path)).parent / "v1.duckdb") as derived,
+    ):
+        processes = processes_at(derived, recorded.v1_only_ns)
+    (placed,) = [p for (_h, pid), p in processes.items() if pid == recorded.v1_only_pid]
+    assert placed.container is not None and placed.container.id == worker
 
 
 def test_the_runtime_going_away_and_back_is_followed(recorded: Recorded) -> None:

@@ -9,6 +9,8 @@ import pytest
 from recorder.btf import (
     KIND_ARRAY,
     KIND_CONST,
+    KIND_ENUM,
+    KIND_ENUM64,
     KIND_INT,
     KIND_PTR,
     KIND_STRUCT,
@@ -60,6 +62,20 @@ class BlobBuilder:
 
     def const(self, target: int) -> int:
         return self._header("", KIND_CONST, 0, target)
+
+    def enum(self, name: str, enumerators: list[tuple[str, int]], signed: bool = False) -> int:
+        type_id = self._header(name, KIND_ENUM, len(enumerators), 4, kind_flag=signed)
+        for enumerator, value in enumerators:
+            self.types += struct.pack("<Ii" if signed else "<II", self.name(enumerator), value)
+        return type_id
+
+    def enum64(self, name: str, enumerators: list[tuple[str, int]]) -> int:
+        type_id = self._header(name, KIND_ENUM64, len(enumerators), 8)
+        for enumerator, value in enumerators:
+            self.types += struct.pack(
+                "<III", self.name(enumerator), value & 0xFFFFFFFF, value >> 32
+            )
+        return type_id
 
     def composite(
         self,
@@ -148,3 +164,15 @@ def test_missing_struct_member_and_bitfield_are_errors() -> None:
 def test_malformed_blobs_raise_btf_error(blob: bytes) -> None:
     with pytest.raises(BtfError):
         Btf.parse(blob)
+
+
+def test_enumerators_of_every_enum_kind() -> None:
+    b = BlobBuilder()
+    b.enum("cgroup_subsys_id", [("cpuset_cgrp_id", 0), ("memory_cgrp_id", 4), ("pids_cgrp_id", 11)])
+    b.enum("", [("below", -3)], signed=True)
+    b.enum64("wide", [("big", 1 << 40)])
+    btf = Btf.parse(b.blob())
+    assert [btf.enum_value(name) for name in ("memory_cgrp_id", "pids_cgrp_id")] == [4, 11]
+    assert (btf.enum_value("below"), btf.enum_value("big")) == (-3, 1 << 40)
+    with pytest.raises(BtfError, match="enumerator rdma_cgrp_id"):
+        btf.enum_value("rdma_cgrp_id")

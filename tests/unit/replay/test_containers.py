@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from eventlog.events import CgroupIds
 from replay.views.containers import ContainerIndex, container_of, container_record
 
 ID = "4f1c2d3e" * 8
@@ -63,26 +64,33 @@ OTHER = "d" * 64
 
 def _index() -> ContainerIndex:
     labels = json.dumps({"io.kubernetes.pod.name": "web-1", "io.kubernetes.pod.namespace": "shop"})
+    # web is known by its unified cgroup (77), db by its v1 one (77 too: ids of the two
+    # hierarchies are numbered apart and may coincide).
     rows = [
-        ("h", PODDED, "web", "registry.example:5000/shop/web:1.2", "sha256:1", labels, "podman", 77, 4026532001),
-        ("h", OTHER, "db", "db@sha256:abc", "sha256:2", None, "docker", None, 4026532002),
-        ("h", "e" * 64, "host-net", "x", "", None, "docker", None, 4026531833),
+        ("h", PODDED, "web", "registry.example:5000/shop/web:1.2", "sha256:1", labels, "podman", 77, None, 4026532001),
+        ("h", OTHER, "db", "db@sha256:abc", "sha256:2", None, "docker", None, 77, 4026532002),
+        ("h", "e" * 64, "host-net", "x", "", None, "docker", None, None, 4026531833),
     ]  # fmt: skip
     return ContainerIndex([container_record(row) for row in rows], root_netns=[4026531833])
 
 
-def test_a_process_is_placed_by_path_then_cgroup_id_then_namespace() -> None:
+NO_IDS = CgroupIds(None, None)
+
+
+def test_a_process_is_placed_by_path_then_cgroup_ids_then_namespace() -> None:
     index = _index()
-    by_path = index.resolve("h", f"0::/libpod_parent/libpod-{OTHER}", 77, None)
+    by_path = index.resolve("h", f"0::/libpod_parent/libpod-{OTHER}", CgroupIds(77, None), None)
     assert by_path is not None and by_path.name == "db"  # the path names it; records name it
-    by_id = index.resolve("h", "0::/", 77, None)
+    by_id = index.resolve("h", "0::/", CgroupIds(77, None), None)
     assert by_id is not None and by_id.name == "web"
-    by_netns = index.resolve("h", "", None, 4026532002)
+    by_v1_id = index.resolve("h", "", CgroupIds(1, 77), None)  # 1: the unified root
+    assert by_v1_id is not None and by_v1_id.name == "db"
+    by_netns = index.resolve("h", "", NO_IDS, 4026532002)
     assert by_netns is not None and by_netns.name == "db"
     assert (
-        index.resolve("h", "", None, 4026531833) is None
+        index.resolve("h", "", NO_IDS, 4026531833) is None
     )  # the host's namespace: not a container's
-    assert index.resolve("other-host", "", 77, 4026532001) is None
+    assert index.resolve("other-host", "", CgroupIds(77, 77), 4026532001) is None
 
 
 def test_images_and_pods_are_read_as_scope_read_them() -> None:
