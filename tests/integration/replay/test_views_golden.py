@@ -6,14 +6,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from eventlog.events import TCP_LISTEN
+from eventlog.events import TCP_LISTEN, CgroupIds, ConntrackEntry, ContainerRecord
 from eventlog.location import LogLocation
 from eventlog.store import Purpose, open_log
 from replay.views.api import topology_at
 from replay.views.render import render_dot, render_json, render_table
 from replay.views.topology import Options, View
+from tests.factories import ROOT_NETNS, ip
 from tests.golden import check_golden
 from tests.logbuilder import Builder, built_log
+from tests.scenarios import IPS_DNAT
 
 DOCKER = "d0" * 32
 CONTAINERD = "c1" * 32
@@ -232,3 +234,96 @@ def test_views_are_byte_identical_across_runs(tmp_path: Path) -> None:
             first = render_json(topology_at(store, "+5s", "15s", view))
             second = render_json(topology_at(store, "+5s", "15s", view))
         assert first == second
+
+
+WEB_1, WEB_2, DB = ("a1" * 32, "a2" * 32, "b3" * 32)
+NS_WEB_1, NS_WEB_2, NS_DB = 4026532101, 4026532102, 4026532103
+WEB_IMAGE = "registry.example:5000/shop/web:1.2"
+VIP = "10.96.0.10"
+
+
+def _container(action: str, cid: str, name: str, image: str, labels: dict[str, str],
+               netns: int, cgroups: CgroupIds) -> ContainerRecord:  # fmt: skip
+    return ContainerRecord(
+        action, cid, name, image, f"sha256:{image[-3:]}", labels, None, netns, cgroups.unified,
+        "", "2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z", "podman", cgroups.v1,
+    )  # fmt: skip
+
+
+def _pod(name: str) -> dict[str, str]:
+    return {"app": "web", "io.kubernetes.container.name": "web",
+            "io.kubernetes.pod.name": name, "io.kubernetes.pod.namespace": "shop",
+            "io.kubernetes.pod.uid": f"uid-{name}"}  # fmt: skip
+
+
+def _dnat(b: Builder, at: float, port: int, backend: str, ct_id: int) -> None:
+    """The host's conntrack: 10.0.0.2:port -> VIP:80, sent to backend:8080."""
+    b.conntrack(at, ConntrackEntry(
+        ROOT_NETNS, ip("10.0.0.2"), ip(VIP), port, 80, ip(backend), ip("10.0.0.2"), 8080, port,
+        IPS_DNAT, 3, ct_id, 0, 0,
+    ))  # fmt: skip
+
+
+def services_scenario(b: Builder) -> None:
+    """Two replicas of one image in two pods, behind a DNAT-ed virtual address, and a
+    database renamed during the recording. No /proc snapshot sees any of them: their
+    processes are placed by the cgroup ids their EXECs carried (web-2's a v1 one only)."""
+    web_1, web_2, db = CgroupIds(101, None), CgroupIds(None, 302), CgroupIds(103, 303)
+    b.container(
+        0.1, _container("listed", WEB_1, "web-1", WEB_IMAGE, _pod("web-1"), NS_WEB_1, web_1)
+    )
+    b.container(
+        0.1, _container("listed", WEB_2, "web-2", WEB_IMAGE, _pod("web-2"), NS_WEB_2, web_2)
+    )
+    b.container(0.1, _container("listed", DB, "db", "db@sha256:abc", {}, NS_DB, db))
+    b.exec(0.2, 10, "web", netns=NS_WEB_1, cgroups=web_1)
+    b.exec(0.2, 11, "web", netns=NS_WEB_2, cgroups=web_2)
+    b.exec(0.2, 20, "postgres", netns=NS_DB, cgroups=db)
+    b.exec(0.3, 30, "curl", cgroups=CgroupIds(1, 1))  # the roots: no container's
+    # curl calls the service twice; DNAT sends one call to each replica.
+    for port, (backend, pid, netns, sock), ct_id in zip(
+        (50001, 50002),
+        (("10.88.0.2", 10, NS_WEB_1, 2), ("10.88.0.3", 11, NS_WEB_2, 4)),
+        (7001, 7002), strict=True,
+    ):  # fmt: skip
+        _dnat(b, 1.0, port, backend, ct_id)
+        b.connect(1.0, sock - 1, 30, "curl", f"10.0.0.2:{port}", f"{VIP}:80")
+        b.accept(1.0, sock, pid, "web", f"{backend}:8080", f"10.0.0.2:{port}", netns=netns)
+    # Both replicas use the database; one also calls out to the Internet.
+    b.connect(1.5, 5, 10, "web", "10.88.0.2:41000", "10.88.0.4:5432", netns=NS_WEB_1)
+    b.accept(1.5, 6, 20, "postgres", "10.88.0.4:5432", "10.88.0.2:41000", netns=NS_DB)
+    b.connect(1.6, 7, 11, "web", "10.88.0.3:41001", "10.88.0.4:5432", netns=NS_WEB_2)
+    b.accept(1.6, 8, 20, "postgres", "10.88.0.4:5432", "10.88.0.3:41001", netns=NS_DB)
+    b.connect(1.7, 9, 11, "web", "10.88.0.3:41002", "140.82.112.3:443", netns=NS_WEB_2)
+    b.container(3.0, _container("rename", DB, "db-primary", "db@sha256:abc", {}, NS_DB, db))
+    b.exec(9.0, 999, "end-marker")
+
+
+def test_containers_by_name_as_of_t_and_by_image(tmp_path: Path) -> None:
+    with built_log(tmp_path / "v.db") as (location, b):
+        services_scenario(b)
+    nodes = topology(location, View.containers, name="containers-named")["nodes"]
+    web_1, web_2, db = (f"{i};<container>" for i in (WEB_1, WEB_2, DB))
+    assert [nodes[n]["label"] for n in (web_1, web_2, db)] == ["web-1", "web-2", "db-primary"]
+    assert nodes[web_2]["adjacency"] == [db, "out-theinternet"]
+    by_image = topology(location, View.containers_by_image, name="containers-by-image")["nodes"]
+    web = "registry.example:5000/shop/web;<container_image>"
+    assert by_image[web]["label"] == "registry.example:5000/shop/web"
+    assert by_image[web]["adjacency"] == ["db;<container_image>", "out-theinternet"]
+
+
+def test_pods_from_kubelet_labels(tmp_path: Path) -> None:
+    with built_log(tmp_path / "v.db") as (location, b):
+        services_scenario(b)
+    nodes = topology(location, View.pods, Options(show_uncontained=True), name="pods")["nodes"]
+    assert nodes["uid-web-1;<pod>"]["label"] == "web-1"
+    assert nodes["uid-web-1;<pod>"]["adjacency"] == ["pseudo:unmanaged:testhost"]
+
+
+def test_a_dnat_address_with_two_backends_is_one_service(tmp_path: Path) -> None:
+    with built_log(tmp_path / "v.db") as (location, b):
+        services_scenario(b)
+    nodes = topology(location, View.services, name="services")["nodes"]
+    (service,) = [n for n in nodes if VIP in n]
+    assert nodes[service]["label"] == "web"  # the app label both backends carry
+    assert nodes[service]["labelMinor"] == "2 backends"
