@@ -109,6 +109,14 @@ BPF_ARRAY(next_sock_id, u64, 1);
 #define CTL_SLOTS 16
 BPF_ARRAY(control, u64, CTL_SLOTS);
 
+/* NETNS_FILTER 1: only the network namespaces whose inodes user space put in netns_wanted
+ * are recorded (scope-record --netns); the rest is dropped before it takes any room. */
+#ifndef NETNS_FILTER
+#define NETNS_FILTER 0
+#endif
+#define NETNS_WANTED_MAX 1024
+BPF_HASH(netns_wanted, u32, u64, NETNS_WANTED_MAX);
+
 #define compiler_barrier() asm volatile("" ::: "memory")
 
 /* Atomic: a nested run on the same CPU may add to the same counter. */
@@ -151,6 +159,16 @@ static __always_inline u32 task_netns(const void *task)
         return 0;
     bpf_probe_read_kernel(&net, sizeof(net), (const char *)nsproxy + OFF_NSPROXY_NET_NS);
     return net_inum(net);
+}
+
+/* Whether what happens in network namespace ``inum`` is recorded. */
+static __always_inline int netns_kept(u32 inum)
+{
+#if NETNS_FILTER
+    return netns_wanted.lookup(&inum) != NULL;
+#else
+    return 1;
+#endif
 }
 
 static __always_inline u32 task_ppid(const void *task)
@@ -390,6 +408,12 @@ static __always_inline void on_connect_start(const void *sk, u64 sk_key)
 {
     if (!sock_is_tcp(sk))
         return;
+#if NETNS_FILTER
+    const void *net = NULL;
+    bpf_probe_read_kernel(&net, sizeof(net), (const char *)sk + OFF_SOCK_NET);
+    if (!netns_kept(net_inum(net)))
+        return;  /* never remembered: its later transitions find no entry */
+#endif
     struct sock_info info = {};
     info.sock_id = new_sock_id();
     info.pid = bpf_get_current_pid_tgid() >> 32;
@@ -443,7 +467,7 @@ static __always_inline void on_established(const void *sk, u64 sk_key, int oldst
     /* A passive open (the usual case), or an active one whose SYN_SENT we missed (started
      * earlier, or the table was full). */
     struct sock_info fresh = {};
-    if (!read_tuple(sk, &fresh))
+    if (!read_tuple(sk, &fresh) || !netns_kept(fresh.netns))
         return;
     fresh.sock_id = new_sock_id();
     fresh.role = oldstate == TCP_SYN_SENT ? ROLE_ACTIVE : ROLE_PASSIVE;
@@ -494,7 +518,7 @@ static __always_inline void on_close(const void *sk, u64 sk_key, int oldstate)
     }
     /* Opened before the recording started: close it with what the socket says. */
     struct sock_info unknown = {};
-    if (!sock_is_tcp(sk) || !read_tuple(sk, &unknown))
+    if (!sock_is_tcp(sk) || !read_tuple(sk, &unknown) || !netns_kept(unknown.netns))
         return;
     emit_from_info(EV_CLOSE, sk, now, now, &unknown, EVF_UNATTRIBUTED);
 }
@@ -675,6 +699,10 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 {
     u64 now = bpf_ktime_get_ns();
     const void *task = (const void *)bpf_get_current_task();
+#if NETNS_FILTER
+    if (!netns_kept(task_netns(task)))
+        return 0;
+#endif
     u32 pid = bpf_get_current_pid_tgid() >> 32;
     u32 len = 0;
     u64 start = EXEC_ARGS_PIECES ? exec_args_start(task, &len) : 0;
@@ -747,6 +775,10 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         return 0;  /* a thread ended, not the process */
     u64 now = bpf_ktime_get_ns();
     const void *task = (const void *)bpf_get_current_task();
+#if NETNS_FILTER
+    if (!netns_kept(task_netns(task)))
+        return 0;
+#endif
     u32 pid = bpf_get_current_pid_tgid() >> 32;
     EMIT(now, e, fill_exit(e, task, pid));
     return 0;

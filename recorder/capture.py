@@ -161,6 +161,8 @@ class CaptureOptions:
     pin: bool = False
     host_id: str = ""
     pin_root: Path = PIN_ROOT
+    # The network namespaces (inodes) recorded; () = every one (recorder.netns).
+    netns: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -246,6 +248,7 @@ def program_cflags(offsets: dict[str, int], options: CaptureOptions) -> list[str
         "STAGE_MAX_AGE_NS": f"{options.stage_max_age_ns}ULL",
         "STAGING": int(options.staging),
         "EXEC_ARGS_PIECES": EXEC_ARGS_PIECES if options.command_lines else 0,
+        "NETNS_FILTER": int(bool(options.netns)),
     }
     return [f"-D{name}={value}" for name, value in sorted(defines.items())] + [f"-I{BPF_DIR}"]
 
@@ -388,7 +391,14 @@ class EbpfCapture:
     def _compile(self) -> LoadedPrograms:
         """The programs and maps, loaded (by a child process, which also reads the struct
         offsets from BTF) but not attached."""
-        return load_in_child(program_cflags({}, self.options))
+        loaded = load_in_child(program_cflags({}, self.options))
+        try:
+            for inode in self.options.netns:
+                bpfsys.update_u64(loaded.fd("map:netns_wanted"), inode, 1)
+        except BaseException:
+            loaded.close()
+            raise
+        return loaded
 
     def _attach(self, loaded: LoadedPrograms) -> LoadedPrograms:
         tracefs = tracefs_directory()
@@ -626,11 +636,13 @@ def v1_subsys(btf: Btf, where: Hierarchies) -> int:
 
 
 def program_version(options: CaptureOptions) -> str:
-    """Names what a pinned program was built from: its text, its header, and the options
-    compiled into it (not the struct offsets: pins do not outlive the kernel's boot)."""
+    """Names what a pinned program was built from: its text, its header, the options
+    compiled into it and the namespaces it keeps (not the struct offsets: pins do not outlive
+    the kernel's boot)."""
     digest = hashlib.sha256(bpf.program_text().encode())
     digest.update((BPF_DIR / bpf.HEADER).read_bytes())
     digest.update(" ".join(program_cflags({}, options)[:-1]).encode())
+    digest.update(" ".join(map(str, sorted(options.netns))).encode())  # netns_wanted's keys
     return digest.hexdigest()[:16]
 
 

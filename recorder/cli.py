@@ -152,6 +152,22 @@ def record(
             help="Seconds between retention's looks (default: a quarter of --retain, 1 to 60)."
         ),
     ] = None,
+    host_id: Annotated[
+        str | None,
+        typer.Option(
+            "--host-id",
+            help="The host's name in the log (default: the hostname): its recordings, its "
+            "node in the maps, its pinned programs.",
+        ),
+    ] = None,
+    netns: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--netns",
+            help="Record only this network namespace (repeatable): /run/netns/NAME, NAME, "
+            "/proc/PID/ns/net or its inode. Its sockets, the processes in it, its conntrack.",
+        ),
+    ] = None,
     quiet: Annotated[
         int,
         typer.Option(
@@ -172,6 +188,7 @@ def record(
     from eventlog.recordings import STOP_SIGNAL
     from recorder.capture import CaptureOptions
     from recorder.containers import DEFAULT_SOCKETS
+    from recorder.netns import NetnsScope
     from recorder.record import Recorder, RecordOptions
     from replay.timespec import parse_duration
 
@@ -185,6 +202,8 @@ def record(
     _positive(retention_interval, "--retention-interval", most=MAX_SECONDS)
     if sync.upper() not in SQLITE_SYNC_LEVELS:
         raise UsageError(f"--sync must be one of {', '.join(SQLITE_SYNC_LEVELS)}")
+    if host_id is not None and not (0 < len(host_id) <= 253 and host_id.isprintable()):
+        raise UsageError("--host-id must be 1 to 253 printable characters")
     location = resolve(db)
     retention = None
     if any(option is not None for option in (retain, max_log_size, archive, retention_interval)):
@@ -214,6 +233,8 @@ def record(
         sqlite=SqliteOptions(synchronous=sync.upper(), force=force),
         capture=CaptureOptions(ringbuf_bytes=int(ringbuf_mb * (1 << 20)), pin=pin),
         retention=retention,
+        host_id=host_id or None,
+        netns=NetnsScope.of(netns or ()),
     )
     manager = ServiceNotifier(warn=_notify)
 

@@ -37,7 +37,7 @@ TRACEPOINTS = (
 # sock:inet_sock_set_state, attached raw: see bpf/tcp_events.c.
 RAW_TRACEPOINTS = ("inet_sock_set_state",)
 FLUSH_PROGRAM = "flush_stage"  # not attached: run on each CPU by the recorder
-MAPS = ("events", "stats", "control")  # what user space reads and writes
+MAPS = ("events", "stats", "control", "netns_wanted")  # what user space reads and writes
 
 MAX_REPLY_BYTES = 1 << 16
 

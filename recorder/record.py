@@ -37,6 +37,7 @@ from eventlog.recordings import (
     STOP_DURATION,
     STOP_ERROR,
     STOP_SIGNAL,
+    HostIdentity,
     RecordingStart,
     begin_recording,
     close_abandoned_recordings,
@@ -53,6 +54,7 @@ from recorder.clock import sample_clock
 from recorder.conntrack import ConntrackWatcher
 from recorder.containers import DEFAULT_SOCKETS, ContainerFollower
 from recorder.host import host_identity, local_addresses, netns_inode
+from recorder.netns import NetnsScope
 from recorder.procfs import ProcWalk, network_namespaces, walk
 from recorder.procmode import ProcPoller
 from recorder.reorder import ReorderBuffer
@@ -89,6 +91,8 @@ class RecordOptions:
     sqlite: SqliteOptions = field(default_factory=SqliteOptions)
     capture: CaptureOptions = field(default_factory=CaptureOptions)
     retention: RetentionPolicy | None = None  # keep the live log bounded (eventlog.retention)
+    host_id: str | None = None  # the host's name in the log (and its pins); None: hostname
+    netns: NetnsScope = field(default_factory=NetnsScope)  # the namespaces recorded
 
 
 @dataclass
@@ -118,9 +122,15 @@ def _default_notify(message: str) -> None:
 class _SnapshotWorker:
     """Runs /proc walks (and conntrack dumps) off the draining thread, one at a time."""
 
-    def __init__(self, redact_cmdline: bool, conntrack: ConntrackWatcher | None = None) -> None:
+    def __init__(
+        self,
+        redact_cmdline: bool,
+        conntrack: ConntrackWatcher | None = None,
+        scope: NetnsScope | None = None,
+    ) -> None:
         self._redact = redact_cmdline
         self.conntrack = conntrack
+        self._scope = scope or NetnsScope()
         self._results: queue.Queue[tuple[int, ProcWalk | BaseException]] = queue.Queue()
         self.busy_since: int | None = None
 
@@ -131,7 +141,7 @@ class _SnapshotWorker:
 
     def _run(self, started_mono_ns: int) -> None:
         try:
-            proc_walk = walk(redact_cmdline=self._redact)
+            proc_walk = self._scope.walk(walk(redact_cmdline=self._redact))
             if self.conntrack is not None and self.conntrack.capturing:
                 # Namespaces that appeared since the last walk are followed from now on.
                 self.conntrack.add_namespaces(proc_walk.namespace_paths)
@@ -261,7 +271,8 @@ class Recorder:
         capture_options = dataclasses.replace(
             options.capture,
             command_lines=not options.redact_cmdline,
-            host_id=options.capture.host_id or host_identity().host_id,
+            host_id=self._host().host_id,
+            netns=tuple(sorted(options.netns.wanted or ())),
         )
         capture = EbpfCapture(capture_options) if mode == MODE_EBPF else None
         if capture is not None:
@@ -293,6 +304,11 @@ class Recorder:
                 reserve.release()
             store.close()
 
+    def _host(self) -> HostIdentity:
+        """This host, under the name it is recorded by."""
+        host = host_identity()
+        return dataclasses.replace(host, host_id=self.options.host_id or host.host_id)
+
     def _recording_options(self) -> dict[str, Any]:
         options = self.options
         return {
@@ -305,6 +321,7 @@ class Recorder:
             "version": __version__,
             "local": local_addresses(),
             "retention": options.retention.describe() if options.retention else None,
+            "netns": options.netns.describe(),
         }
 
     def _pinning_options(self, capture: EbpfCapture | None) -> dict[str, Any]:
@@ -315,7 +332,7 @@ class Recorder:
         return {"pinning": capture.pinning.describe()}
 
     def _record(self, store: LogStore, mode: str, capture: EbpfCapture | None) -> Progress:
-        host = host_identity()
+        host = self._host()
         for recording_id in close_abandoned_recordings(store, host):
             self.notify(f"recording {recording_id} had not been closed: marked as crashed")
         started = sample_clock()
@@ -397,7 +414,9 @@ class _Session:
         self.capture = capture
         self.reorder = ReorderBuffer(REORDER_HORIZON_NS if capture else 0)
         self.conntrack = ConntrackWatcher(monotonic_ns) if self.options.conntrack else None
-        self.snapshots = _SnapshotWorker(self.options.redact_cmdline, self.conntrack)
+        self.snapshots = _SnapshotWorker(
+            self.options.redact_cmdline, self.conntrack, self.options.netns
+        )
         self.containers = (
             ContainerFollower(monotonic_ns, self.options.container_sockets, recorder.notify)
             if self.options.container_sockets
@@ -423,7 +442,8 @@ class _Session:
                 self.store, self.progress.recording_id, conntrack="off (--no-conntrack)"
             )
             return
-        status = self.conntrack.start(network_namespaces)
+        scope = self.options.netns
+        status = self.conntrack.start(lambda: scope.namespaces(network_namespaces()))
         if not self.conntrack.capturing:
             self.recorder.notify(
                 f"conntrack not captured ({status}); recording goes on without NAT"
@@ -650,7 +670,7 @@ class _Session:
 
     def _poll_proc(self) -> None:
         assert self.poller is not None
-        proc_walk = walk(redact_cmdline=self.options.redact_cmdline)
+        proc_walk = self.options.netns.walk(walk(redact_cmdline=self.options.redact_cmdline))
         self.reorder.add(self.poller.events(proc_walk))
 
     # -- losses ----------------------------------------------------------------------------
