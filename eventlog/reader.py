@@ -9,6 +9,7 @@ batch committed before that moment, whole, and nothing after it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -61,6 +62,16 @@ class Recording:
     conntrack: str | None
     options: dict[str, Any] | None
     counters: dict[str, Any] | None
+
+    @property
+    def identity(self) -> str:
+        """Names this recording in any log it is copied to (``db import``): its host, boot,
+        recorder and start, which no two recordings share. Ids are each log's own."""
+        key = (
+            f"{self.host_id}\0{self.machine_id}\0{self.boot_id}\0{self.recorder_pid}\0"
+            f"{self.started_mono_ns}\0{self.started_wall_ns}"
+        )
+        return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)

@@ -478,6 +478,45 @@ def db_recover(
         raise typer.Exit(1)
 
 
+@db_app.command("import")
+def db_import(
+    ctx: typer.Context,
+    source: Annotated[
+        str,
+        typer.Argument(metavar="SRC", help="The log to import from (a path or URL): only read."),
+    ],
+    db: DbOption = None,
+    format: FormatOption = DocumentFormat.table,
+) -> None:
+    """Append every recording of SRC to the log (--db), once: a recording the log already
+    holds whole is left alone, one it holds a part of is carried on from where it ends.
+
+    So logs copied from the hosts of an incident combine into one, without a server, and an
+    import run twice (or stopped and run again) holds each recording once.
+
+    Example: scope-replay db import host-b.db --db incident.db
+    """
+    from eventlog.importing import import_log
+    from eventlog.location import resolve
+
+    report = import_log(resolve(source), resolve(_log_argument(ctx, db)))
+    sys.stdout.write(_import_report(report.document(), format.value))
+
+
+def _import_report(document: dict[str, Any], fmt: str) -> str:
+    from replay.output import to_json, to_table
+
+    if fmt == "json":
+        return to_json(document)
+    rows = [
+        [r["host_id"], r["source_id"], r["target_id"], r["events"], r["already"]]
+        for r in document["recordings"]
+    ]
+    return f"imported {document['source']} into {document['log']}\n" + to_table(
+        ["host", "recording", "as", "events appended", "held before"], rows
+    )
+
+
 def _recovery_report(document: dict[str, Any], fmt: str) -> str:
     from replay.output import to_json, to_table
 

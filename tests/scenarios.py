@@ -353,14 +353,16 @@ def _initial_snapshot(w: Writer, with_nat: bool, at: float = 0.5) -> None:
     w.snapshot(at, w.host.rng, with_conntrack=with_nat)
 
 
-def build_workload_log(path: Path | str, seed: int, with_nat: bool, operations: int = 160) -> None:
+def build_workload_log(
+    path: Path | str, seed: int, with_nat: bool, operations: int = 160, host: str = "alpha"
+) -> None:
     """One host, one recording: random traffic, snapshots, NAT if asked."""
     with open_log(resolve(str(path)), Purpose.RECORD) as store:
-        with host_recording(store, "alpha", 0, ["10.0.0.2", "10.214.0.1"], seed) as (host, w):
+        with host_recording(store, host, 0, ["10.0.0.2", "10.214.0.1"], seed) as (host_, w):
             _initial_snapshot(w, with_nat)
             end = _run([w], operations, seed, with_nat)
             w.process(Kind.EXEC, end + 0.5, 999, "end-marker")
-        end_recording(store, host.writer.recording_id, w.mono(end + 1), STOP_DURATION)
+        end_recording(store, host_.writer.recording_id, w.mono(end + 1), STOP_DURATION)
 
 
 def build_fleet_log(path: Path | str, seed: int) -> None:
