@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool, QueuePool
 
@@ -162,10 +162,28 @@ def ensure_schema(store: LogStore, migrate_if_needed: bool) -> None:
                 f"{where} has an older schema ({revision}): run `scope-replay db upgrade --db ...`"
             )
         try:
+            if store.dialect == "postgresql" and _upgraded_meanwhile(conn):
+                return
             migrate.upgrade(conn)
             conn.commit()
         except SQLAlchemyError as exc:
             raise map_driver_error(exc, store.location) from exc
+
+
+# Recorders of many hosts may start on one central store at once: one upgrades its schema
+# while the others wait, then find it current.
+MIGRATION_LOCK_KEY = 0x73636F6D  # "scom"; the appenders hold "scop" (eventlog.postgres)
+
+
+def _upgraded_meanwhile(conn: Connection) -> bool:
+    """Take the store's migration lock (until this transaction ends); whether another
+    recorder made the schema current while this one waited for it."""
+    conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+    state, _revision = schema_state(conn)
+    if state is SchemaState.CURRENT:
+        conn.commit()
+        return True
+    return False
 
 
 def map_driver_error(exc: BaseException, location: LogLocation) -> LogError:

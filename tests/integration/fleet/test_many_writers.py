@@ -1,0 +1,129 @@
+"""Several recorders, each recording a part of this machine as a host of its own, append to
+one PostgreSQL store at once: each recording whole and in order, nothing twice, and a
+recorder that starts or is killed meanwhile disturbs none of the others."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from eventlog.events import Kind, LoggedEvent
+from eventlog.location import resolve
+from eventlog.reader import LogReader
+from eventlog.store import Purpose, open_log
+from recorder.workload import run_client, running_server
+from tests.ebpf import require_ebpf
+from tests.netns import can_make_namespaces, veth_pair
+from tests.recording import start_recorder
+
+pytestmark = [pytest.mark.ebpf, pytest.mark.root, pytest.mark.postgres, pytest.mark.slow]
+
+COUNT = 150  # connections per client run
+
+
+def _recorder(url: str, tmp_path: Path, host: str, netns: str) -> subprocess.Popen[str]:
+    return start_recorder(
+        url, tmp_path / f"{host}.progress", "--host-id", host, "--netns", f"/run/netns/{netns}",
+        "--snapshot-interval", "1", "--no-containers", "-q",
+    )  # fmt: skip
+
+
+def _stop(recorder: subprocess.Popen[str]) -> None:
+    recorder.send_signal(signal.SIGTERM)  # a service's stop: exit 0
+    try:
+        recorder.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        recorder.kill()
+        recorder.wait()
+        raise
+
+
+def _by_host(url: str) -> dict[str, list[LoggedEvent]]:
+    with open_log(resolve(url), Purpose.READ) as store:
+        reader = LogReader(store)
+        try:
+            hosts = {r.id: r.host_id for r in reader.recordings()}
+            found: dict[str, list[LoggedEvent]] = {}
+            for event in reader.events():
+                found.setdefault(hosts[event.recording_id], []).append(event)
+            return found
+        finally:
+            reader.close()
+
+
+def test_three_hosts_one_store(pg_url: str, tmp_path: Path) -> None:
+    require_ebpf()
+    if not can_make_namespaces():
+        pytest.fail("network namespaces cannot be made here (root and iproute2 needed)")
+    with (
+        veth_pair("10.219") as (a, b),
+        veth_pair("10.220") as (c, _spare),
+        running_server("fleet-srv-b", hosts=(b.address,), netns=b.name, workdir=tmp_path)
+        as server_b,
+        running_server("fleet-srv-c", netns=c.name, workdir=tmp_path) as server_c,
+    ):  # fmt: skip
+        recorders = {host: _recorder(pg_url, tmp_path, host, ns.name)
+                     for host, ns in (("host-a", a), ("host-b", b))}  # fmt: skip
+        try:
+            first = run_client("fleet-cli-a", b.address, server_b.port, COUNT, gap_ms=2,
+                               netns=a.name)  # fmt: skip
+            # A recorder starts while the others write, and is killed while it writes.
+            recorders["host-c"] = _recorder(pg_url, tmp_path, "host-c", c.name)
+            doomed = run_client("fleet-cli-c", "127.0.0.1", server_c.port, COUNT, gap_ms=2,
+                                netns=c.name)  # fmt: skip
+            time.sleep(0.4)
+            recorders["host-c"].kill()
+            recorders["host-c"].wait()
+            assert doomed.wait(timeout=60) == 0 and first.wait(timeout=60) == 0
+            second = run_client("fleet-cli-a2", b.address, server_b.port, COUNT, netns=a.name)
+            assert second.wait(timeout=60) == 0
+            time.sleep(0.5)
+            c_inode = c.inode
+        finally:
+            for recorder in recorders.values():
+                if recorder.poll() is None:
+                    _stop(recorder)
+    assert recorders["host-a"].returncode == 0 and recorders["host-b"].returncode == 0
+    events = _by_host(pg_url)
+    a_events, b_events = events["host-a"], events["host-b"]
+    # Every connection of the clients on A, its accept on B: once each, none lost.
+    connects = Counter(e.comm for e in a_events if e.kind == Kind.CONNECT)
+    assert connects == {"fleet-cli-a": COUNT, "fleet-cli-a2": COUNT}
+    accepts = [e for e in b_events if e.kind == Kind.ACCEPT and e.comm == "fleet-srv-b"]
+    assert len(accepts) == 2 * COUNT
+    for host_events in (a_events, b_events):
+        sockets = [e.sock_id for e in host_events if e.kind == Kind.CONNECT and e.sock_id]
+        assert len(sockets) == len(set(sockets))  # nothing twice
+        monos = [e.mono_ns for e in host_events if e.kind != Kind.SNAPSHOT]
+        assert monos == sorted(monos)  # each recording in order
+    # What the killed recorder committed is there, in order, and only C's.
+    c_events = events.get("host-c", [])
+    assert {e.netns for e in c_events if e.kind in (Kind.CONNECT, Kind.ACCEPT)} <= {c_inode}
+    with open_log(resolve(pg_url), Purpose.READ) as store:
+        reader = LogReader(store)
+        spans = reader.batches()
+        reader.close()
+    positions = [p for span in spans for p in range(span.first_position, span.last_position + 1)]
+    assert positions == list(range(1, len(positions) + 1))  # the log's positions: no gap
+
+
+def test_recorders_starting_at_once_on_an_empty_store_all_start(pg_url: str) -> None:
+    """One makes the schema, under the store's migration lock; the others wait, and find it
+    made."""
+    code = (
+        "import sys; from eventlog.location import resolve; "
+        "from eventlog.store import Purpose, open_log; "
+        "open_log(resolve(sys.argv[1]), Purpose.RECORD).close()"
+    )
+    starters = [
+        subprocess.Popen([sys.executable, "-c", code, pg_url], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    results = [(s.wait(timeout=120), s.stderr.read() if s.stderr else "") for s in starters]
+    assert [rc for rc, _ in results] == [0, 0, 0, 0], results
