@@ -125,7 +125,9 @@ def test_scope_record_says_when_capture_is_live(tmp_path: Path, quiet: list[str]
     )  # fmt: skip
     started_ns, ended_ns = map(int, recorded.stdout.splitlines()[1].split(","))
     assert started_ns == since
-    assert 2.0 <= (ended_ns - since) / 1e9 < 3.0  # the two seconds ran from then
+    # The two seconds ran from then (counted from the start, they would end before).
+    # No upper bound: how soon a stop is done is the machine's load, not the recorder's rule.
+    assert (ended_ns - since) / 1e9 >= 2.0
 
 
 def test_the_recorder_runs_no_helper_programs(tmp_path: Path) -> None:
