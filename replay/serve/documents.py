@@ -30,13 +30,14 @@ MAX_BUCKETS = 2000
 def topologies(derived: Derived, at_text: str, window_text: str, options: Options) -> str:
     """Scope's ``/api/topology``: each view, with its node and edge counts at the moment."""
     moment = resolve_moment(derived, at_text, window_text)
-    scene = build_scene(derived, moment)
     listed = []
-    for view in View:
-        stats = build_topology(scene, view, options).stats()
-        listed.append(
-            {"name": str(view), "url": f"/api/topology/{view}", "stats": stats},
-        )
+    with gc_paused():  # as replay.views.api's: nothing made here outlives the answer
+        scene = build_scene(derived, moment)
+        for view in View:
+            stats = build_topology(scene, view, options).stats()
+            listed.append(
+                {"name": str(view), "url": f"/api/topology/{view}", "stats": stats},
+            )
     return to_json(
         {"at": format_ns(moment.at_ns), "window_ns": moment.window_ns, "topologies": listed}
     )

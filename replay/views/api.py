@@ -73,8 +73,9 @@ def node_details(
     and outbound (it is the client), each with the log positions that made it. None if the
     map has no such node then."""
     moment = resolve_moment(derived, at_text, window_text)
-    scene = build_scene(derived, moment, ConnectionRow._fields)  # its rows are shown whole
-    topology = build_topology(scene, view, options)
+    with gc_paused():  # as _topology's
+        scene = build_scene(derived, moment, ConnectionRow._fields)  # its rows are shown whole
+        topology = build_topology(scene, view, options)
     node = topology.nodes.get(node_id)
     if node is None:
         return None
