@@ -409,17 +409,41 @@
     }, 1000);
   }
 
+  // Live mode follows the recordings under way; one that stops is said (with its reason),
+  // and once none is left the page stops following: the log's end will not move.
   let liveTimer = null;
+  function stoppedNote(recording) {
+    return `recording ${recording.id} (${recording.host}) stopped at ${recording.ended}`
+      + (recording.stop_reason ? ` (${recording.stop_reason})` : "");
+  }
+
   function setLive(on) {
     clearInterval(liveTimer);
     liveTimer = null;
     if (!on) return;
+    $("live-note").textContent = "";
+    const following = new Set();  // recordings seen running since live mode began
+    let liveChecks = 0;
     const follow = async () => {
       try {
         await loadSpan();
         setupSlider();
         drawDensity();
         moveTo(spanEnd());
+        const stopped = span.recordings.filter((r) => r.stop_reason);
+        const running = span.recordings.length - stopped.length;
+        const notes = stopped.filter((r) => following.has(r.id)).map(stoppedNote);
+        span.recordings.forEach((r) => { if (!r.stop_reason) following.add(r.id); });
+        if (running === 0) {
+          const last = stopped.reduce((a, b) => (b.ended > a.ended ? b : a), stopped[0]);
+          if (notes.length === 0 && last) notes.push(stoppedNote(last));
+          notes.push("no recording is running: live mode stopped");
+          $("live").checked = false;
+          clearInterval(liveTimer);
+          liveTimer = null;
+        }
+        if (notes.length) $("live-note").textContent = notes.join(" · ");
+        document.body.dataset.liveChecks = String(++liveChecks);
       } catch (error) { $("status").textContent = "error: " + error.message; }
     };
     follow();

@@ -165,3 +165,23 @@ def test_the_page_fetches_nothing_from_elsewhere(served: Served) -> None:
     page = httpx.get(served.url + "/").text
     assert "http://" not in page and "https://" not in page
     assert 'src="/static/vendor/cytoscape.min.js"' in page
+
+
+def test_live_mode_says_the_recording_stopped(browser: Any, served: Served) -> None:
+    """The real log's recording has stopped: live mode says so, with its reason, and stops
+    following (the log's end will not move)."""
+    from selenium.webdriver.common.by import By
+
+    with served.client() as client:
+        (recording,) = client.get("/api/span").json()["recordings"]
+    assert recording["stop_reason"]
+    browser.get(f"{served.url}/?view=processes")
+    body = browser.find_element(By.TAG_NAME, "body")
+    wait_for("the map", lambda: body.get_attribute("data-drawn"))
+    live = browser.find_element(By.ID, "live")
+    live.click()
+    wait_for("live mode's first look", lambda: body.get_attribute("data-live-checks"))
+    note = browser.find_element(By.ID, "live-note").text
+    assert f"recording {recording['id']}" in note and recording["stop_reason"] in note
+    assert "no recording is running: live mode stopped" in note
+    assert not live.is_selected()
