@@ -487,12 +487,12 @@ class _Builder:
             self.topology.filtered_nodes += len(unconnected)
             return
         for (host, pid), info in sorted(self.scene.processes.items()):
-            node_id = f"{host};{pid}" if self.view == View.processes else info.comm
+            node_id = f"{host};{pid}" if by_pid else info.comm
             if self._own(host, pid) or node_id in connected or node_id in nodes:
                 continue
             if node_id in unconnected:
                 continue  # the map has it already: put back below
-            if self.view == View.processes:
+            if by_pid:
                 nodes[node_id] = process_node(host, pid, info.comm, info)
             else:
                 nodes[node_id] = self.by_name(info.comm)
