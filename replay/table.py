@@ -68,23 +68,25 @@ class ConnectionRow(NamedTuple):
 
 # What a table shows, without the endpoints apart (for the topology views only): a table
 # does not read those, which saves a tenth of its time (8 ms of a table of 16,000 connections).
-_SHOWN = ConnectionRow._fields[: ConnectionRow._fields.index("client_ip")]
+SHOWN = ConnectionRow._fields[: ConnectionRow._fields.index("client_ip")]
+ALL_FIELDS = ConnectionRow._fields
 # ConnectionRow._make without its length check: the rows have exactly its fields
 _connection_row = partial(tuple.__new__, ConnectionRow)
 
 
 def connection_table(
-    derived: Derived, at_ns: int, window_ns: int, apart: bool = True
+    derived: Derived, at_ns: int, window_ns: int, fields: Sequence[str] = ALL_FIELDS
 ) -> list[ConnectionRow]:
     """Every connection open at ``at_ns`` or closed in the ``window_ns`` before it, sorted by
-    open time, close time and id. ``apart``: with the endpoints apart (else those fields
-    keep their defaults)."""
-    return connection_rows(read_connections(derived, at_ns, window_ns, apart))
+    open time, close time and id. ``fields``: those read (the rest keep their defaults: a
+    reader that needs a few saves reading the others, the positions' lists above all)."""
+    return connection_rows(read_connections(derived, at_ns, window_ns, fields))
 
 
-def read_connections(derived: Derived, at_ns: int, window_ns: int, apart: bool = True) -> pa.Table:
-    """The rows of ``connection_table``, as read from the store (columns of ConnectionRow)."""
-    fields = ConnectionRow._fields if apart else _SHOWN
+def read_connections(
+    derived: Derived, at_ns: int, window_ns: int, fields: Sequence[str] = ALL_FIELDS
+) -> pa.Table:
+    """The rows of ``connection_table``, as read from the store (``fields`` of ConnectionRow)."""
     query = f"SELECT {', '.join(fields)} FROM connections_at_ns({int(at_ns)}, {int(window_ns)})"
     with arrow_copy_allowed():
         table = derived.con.execute(query).to_arrow_table()
@@ -93,12 +95,17 @@ def read_connections(derived: Derived, at_ns: int, window_ns: int, apart: bool =
 
 
 def connection_rows(table: pa.Table) -> list[ConnectionRow]:
-    """The rows of ``table`` (ConnectionRow's first fields), the rest at their defaults."""
-    unread = ConnectionRow._fields[table.num_columns :]
-    defaults = [repeat(ConnectionRow._field_defaults[name], table.num_rows) for name in unread]
+    """The rows of ``table`` (columns named as ConnectionRow's fields); the fields it lacks are
+    at their defaults (None for those without one: a reader reads every field it uses)."""
+    read = dict(zip(table.column_names, table.columns, strict=True))
     with gc_paused(lasting=True):  # tens of thousands of acyclic tuples, kept: see there
-        columns = [column.to_pylist() for column in table.columns]
-        return list(map(_connection_row, zip(*columns, *defaults, strict=True)))
+        columns = [
+            read[name].to_pylist()
+            if name in read
+            else repeat(ConnectionRow._field_defaults.get(name), table.num_rows)
+            for name in ConnectionRow._fields
+        ]
+        return list(map(_connection_row, zip(*columns, strict=True)))
 
 
 @dataclass(frozen=True)
@@ -151,7 +158,7 @@ def table_at(
     """The table at ``at_text``. ``last_read``: nothing more is read from ``derived`` after,
     and its connection is closed while the rows are made (see Derived.closed_meanwhile)."""
     moment = resolve_moment(derived, at_text, window_text)
-    connections = read_connections(derived, moment.at_ns, moment.window_ns, apart=False)
+    connections = read_connections(derived, moment.at_ns, moment.window_ns, SHOWN)
     losses = losses_between(derived, moment.start_ns, moment.at_ns)
     hosts_uncovered = uncovered(derived, moment.at_ns)
     with derived.closed_meanwhile() if last_read else contextlib.nullcontext():

@@ -276,10 +276,10 @@ def create_app(session: LogSession, token: str | None = None, limits: Limits = L
     ) -> Response:
         with session.reading() as derived:
             key = f"span:{buckets}"
-            text = session.cached(key, derived.head)
+            text = session.cached(key)
             if text is None:
                 text = documents.span(derived, location, buckets)
-                session.remember(key, derived.head, text)
+                session.remember(key, text)
         return json_response(text)
 
     @api.get("/", include_in_schema=False)

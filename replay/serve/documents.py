@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from eventlog.batch import gc_paused
 from eventlog.errors import UsageError
 from eventlog.timefmt import format_ns
 from replay import info, table
@@ -18,7 +19,7 @@ from replay.moment import log_span, resolve_moment
 from replay.output import to_json
 from replay.views.api import node_details, topology_and_warnings
 from replay.views.diff import topology_diff
-from replay.views.drawing import alike_stacks, drawn_node, merged_edges
+from replay.views.drawing import alike_stacks, drawn_node, merged_edges, neighbours
 from replay.views.render import node_summary, to_document, to_document_head
 from replay.views.scene import build_scene
 from replay.views.topology import Options, Topology, View, build_topology
@@ -29,13 +30,14 @@ MAX_BUCKETS = 2000
 def topologies(derived: Derived, at_text: str, window_text: str, options: Options) -> str:
     """Scope's ``/api/topology``: each view, with its node and edge counts at the moment."""
     moment = resolve_moment(derived, at_text, window_text)
-    scene = build_scene(derived, moment)
     listed = []
-    for view in View:
-        stats = build_topology(scene, view, options).stats()
-        listed.append(
-            {"name": str(view), "url": f"/api/topology/{view}", "stats": stats},
-        )
+    with gc_paused():  # as replay.views.api's: nothing made here outlives the answer
+        scene = build_scene(derived, moment)
+        for view in View:
+            stats = build_topology(scene, view, options).stats()
+            listed.append(
+                {"name": str(view), "url": f"/api/topology/{view}", "stats": stats},
+            )
     return to_json(
         {"at": format_ns(moment.at_ns), "window_ns": moment.window_ns, "topologies": listed}
     )
@@ -52,10 +54,11 @@ def topology(
     """Scope's ``/api/topology/<view>``: the document ``--format json`` prints, and the
     warnings the CLI prints on stderr beside it. ``stacked``: alike nodes as one, as the
     drawn maps show them (replay.views.drawing), each with its members' ids."""
-    found, warnings = topology_and_warnings(derived, at_text, window_text, view, options)
-    document = stacked_document(found) if stacked else to_document(found)
-    document["warnings"] = warnings
-    return compact_json(document)
+    with gc_paused():  # as replay.views.api's: nothing made here outlives the answer
+        found, warnings = topology_and_warnings(derived, at_text, window_text, view, options)
+        document = stacked_document(found) if stacked else to_document(found)
+        document["warnings"] = warnings
+        return compact_json(document)
 
 
 def compact_json(document: Any) -> str:
@@ -68,12 +71,14 @@ def stacked_document(found: Topology) -> dict[str, Any]:
     """The topology with alike nodes stacked (replay.views.drawing's rule): a stack is
     summarised as its first member, with ``members`` and its count as ``labelMinor``."""
     document = to_document_head(found)
-    adjacencies = found.adjacencies()
+    around = neighbours(found)
     view = View(found.view)
     nodes: dict[str, Any] = {}
-    for stack_id, members in sorted(alike_stacks(found).items()):
+    for stack_id, members in sorted(alike_stacks(found, around).items()):
         drawn = drawn_node(view, found.nodes, members)
-        summary = node_summary(found, found.nodes[stack_id], adjacencies)
+        # its adjacency: its targets, as neighbours has them (sorted)
+        adjacency = {stack_id: list(around[stack_id][1])}
+        summary = node_summary(found, found.nodes[stack_id], adjacency)
         summary["labelMinor"] = drawn.label_minor
         summary["stack"] = len(members) > 1 or summary.get("stack", False)
         summary["members"] = members

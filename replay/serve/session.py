@@ -4,8 +4,9 @@ Opening the derived store costs more than most answers (the log's state is read,
 opens its file), so the server keeps one open. Requests use it one at a time (a DuckDB
 connection is not for concurrent use, and the machine's cores go to DuckDB's own threads
 inside a query). Before a request, at most every ``refresh_s``, the log's committed head is
-read: if a recorder has written since, the store is brought up to date (replay.derived.store)
-and reopened, so a page in live mode follows a running recording.
+read, with its recordings' ends: if a recorder has written since (events, or only its stop),
+the store is brought up to date (replay.derived.store) and reopened, so a page in live mode
+follows a running recording and sees it stop.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from eventlog.store import LogStore, Purpose, open_log
 from replay.derived.store import Derived, open_derived
 
 REFRESH_S = 1.0
+# The log's committed head, and each recording's stop reason (None: not stopped).
+_Mark = tuple[int, tuple[tuple[int, str | None], ...]]
 
 
 class LogSession:
@@ -34,9 +37,10 @@ class LogSession:
         self._lock = threading.Lock()
         self.log: LogStore = self._stack.enter_context(open_log(location, Purpose.READ))
         self._derived: Derived | None = None
+        self._read_mark: _Mark | None = None
         self._checked = 0.0
-        # Answers that depend only on the log's head (the span): kept until the head moves.
-        self._by_head: dict[str, tuple[int, Any]] = {}
+        # Answers that depend only on the log's state (the span): kept until it moves.
+        self._by_mark: dict[str, tuple[_Mark | None, Any]] = {}
         self.notices: list[str] = []
         with self.reading():  # the first build, before the first client waits for it
             pass
@@ -48,34 +52,41 @@ class LogSession:
             derived = self._current()
             yield derived
 
-    def cached(self, key: str, head: int) -> Any | None:
-        hit = self._by_head.get(key)
-        return hit[1] if hit is not None and hit[0] == head else None
+    def cached(self, key: str) -> Any | None:
+        """What ``remember`` kept under ``key``, if the log has not moved since (call it
+        inside ``reading``)."""
+        hit = self._by_mark.get(key)
+        return hit[1] if hit is not None and hit[0] == self._read_mark else None
 
-    def remember(self, key: str, head: int, value: Any) -> None:
-        self._by_head[key] = (head, value)
+    def remember(self, key: str, value: Any) -> None:
+        self._by_mark[key] = (self._read_mark, value)
 
     def _current(self) -> Derived:
         now = time.monotonic()
         if self._derived is not None and now - self._checked < self.refresh_s:
             return self._derived
         self._checked = now
-        if self._derived is not None and self._log_head() == self._derived.head:
+        mark = self._log_mark()
+        if self._derived is not None and mark == self._read_mark:
             return self._derived
         if self._derived is not None:
             self._derived.close()
             self._derived = None
         derived = open_derived(self.log)
+        self._read_mark = mark
         # DuckDB draws a progress bar on stdout for a long query: not on a server's output.
         derived.con.execute("SET enable_progress_bar = false")
         self.notices.extend(n for n in derived.notices if n not in self.notices)
         self._derived = derived
         return derived
 
-    def _log_head(self) -> int:
+    def _log_mark(self) -> _Mark:
+        """The log's committed head, and how each recording ended (None: not yet): a
+        recording that stops without a further event changes only the latter."""
         reader = LogReader(self.log)
         try:
-            return reader.head()
+            stops = tuple((r.id, r.stop_reason) for r in reader.recordings())
+            return reader.head(), stops
         finally:
             reader.close()
 

@@ -16,6 +16,7 @@ Everything is sorted: the same topology gives the same drawing.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 from enum import StrEnum
@@ -144,32 +145,40 @@ def kind_of(view: View, node: Node) -> Kind:
 
 
 def clusters_of(node: Node) -> tuple[Cluster, ...]:
-    parents = {
-        topology_id: Cluster(i, label, topology_id) for i, label, topology_id in node.parents
-    }
-    return tuple(parents[t] for t in CLUSTER_TOPOLOGIES if t in parents)
+    return _clusters(tuple(node.parents))
+
+
+@functools.lru_cache(maxsize=4096)  # thousands of nodes, a few distinct sets of parents
+def _clusters(parents: tuple[tuple[str, str, str], ...]) -> tuple[Cluster, ...]:
+    by_topology = {topology_id: Cluster(i, label, topology_id) for i, label, topology_id in parents}
+    return tuple(by_topology[t] for t in CLUSTER_TOPOLOGIES if t in by_topology)
 
 
 # -- stacks ---------------------------------------------------------------------------------
-def neighbours(topology: Topology) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+Neighbours = dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
+
+
+def neighbours(topology: Topology) -> Neighbours:
     """Each node's sources and targets, sorted."""
     sources: dict[str, list[str]] = defaultdict(list)
     targets: dict[str, list[str]] = defaultdict(list)
-    for source, target in topology.edges:
+    # The edges in order make every list sorted as it grows: one sort, not two per node.
+    for source, target in sorted(topology.edges):
         targets[source].append(target)
         sources[target].append(source)
     return {
-        node_id: (tuple(sorted(sources[node_id])), tuple(sorted(targets[node_id])))
-        for node_id in topology.nodes
+        node_id: (tuple(sources[node_id]), tuple(targets[node_id])) for node_id in topology.nodes
     }
 
 
-def alike_stacks(topology: Topology) -> dict[str, list[str]]:
+def alike_stacks(topology: Topology, around: Neighbours | None = None) -> dict[str, list[str]]:
     """The topology's nodes in stacks of alike ones, by the first member's id (most stacks
     hold one node). Pseudo nodes are never stacked: each stands for something of its own
-    (a host's uncontained processes, one LAN address)."""
+    (a host's uncontained processes, one LAN address). ``around``: the topology's
+    ``neighbours``, when the caller has them."""
     view = View(topology.view)
-    around = neighbours(topology)
+    if around is None:
+        around = neighbours(topology)
     groups: dict[object, list[str]] = {}
     for node_id in sorted(topology.nodes):
         node = topology.nodes[node_id]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from eventlog import addresses
 from eventlog.events import CgroupIds
@@ -16,8 +18,9 @@ from replay.views.containers import Container, ContainerIndex, container_record
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@dataclass(frozen=True)
-class ProcessInfo:
+class ProcessInfo(NamedTuple):
+    """A process alive at T (a tuple: a busy host has thousands)."""
+
     host: str
     pid: int
     comm: str
@@ -90,8 +93,19 @@ def processes_at(
     }  # fmt: skip
 
 
-def build_scene(derived: Derived, moment: Moment) -> Scene:
-    rows = connection_table(derived, moment.at_ns, moment.window_ns)
+# The fields of a connection the maps read (replay.views.topology, and the local addresses
+# below): the rest of the table (positions, notes, bytes, times) is left unread.
+MAP_FIELDS = (
+    "id", "state", "host", "client", "server", "client_pid", "client_comm", "client_netns",
+    "server_pid", "server_comm", "server_netns", "nat_destination", "client_ip",
+    "client_port", "server_ip", "server_port", "client_local", "server_local",
+)  # fmt: skip
+
+
+def build_scene(derived: Derived, moment: Moment, fields: Sequence[str] = MAP_FIELDS) -> Scene:
+    """What the maps of ``moment`` are drawn from; its connections with ``fields`` read (the
+    others at their defaults: ``ConnectionRow._fields`` for a reader of whole rows)."""
+    rows = connection_table(derived, moment.at_ns, moment.window_ns, fields)
     recordings = derived.con.execute(
         "SELECT host, options FROM recordings_raw ORDER BY id"
     ).fetchall()

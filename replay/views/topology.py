@@ -188,6 +188,11 @@ def _sides(row: ConnectionRow) -> tuple[_Side, _Side]:
     return client, server
 
 
+# What the node of a side depends on: (host, pid, comm, netns) for a socket of this host,
+# (host, address, inbound) for a remote one.
+_SideKey = tuple[str, int | None, str | None, int | None] | tuple[str, str, bool]
+
+
 class _Builder:
     def __init__(self, scene: Scene, view: View, options: Options) -> None:
         self.scene = scene
@@ -197,6 +202,9 @@ class _Builder:
         self.hidden_lan: set[str] = set()
         self.members: dict[str, set[str]] = {}  # image and pod nodes: their containers' ids
         self.backends: dict[str, dict[str, str | None]] = {}  # service -> backend -> its node
+        # The node of each side mapped so far, by what its mapping reads (local_side,
+        # remote_side): the connections of a map have far fewer distinct sides than rows.
+        self.mapped: dict[_SideKey, str | None] = {}
 
     def add(self, node: Node) -> str:
         """``node``, unless the topology has it already, named or as unnamed as this one: a
@@ -206,37 +214,39 @@ class _Builder:
             self.topology.nodes[node.id] = node
         return node.id
 
-    def remote(self, host: str, side: _Side, inbound: bool) -> str | None:
-        """The node of a side that is not a socket of this host."""
-        if self.scene.is_local_address(host, side.ip):
+    def remote(self, host: str, ip: str, inbound: bool) -> str | None:
+        """The node of a side that is not a socket of this host (``ip``: its address)."""
+        if self.scene.is_local_address(host, ip):
             # Ours, but no socket of ours shows it: a process we do not know.
             return self.add(host_node(host)) if self.view == View.hosts else None
-        if is_public(side.ip) and not self.scene.in_local_network(host, side.ip):
+        if is_public(ip) and not self.scene.in_local_network(host, ip):
             return self.add(internet_node(inbound))
         if self.options.show_unknown_lan:
-            return self.add(lan_node(side.ip))
-        self.hidden_lan.add(side.ip)
+            return self.add(lan_node(ip))
+        self.hidden_lan.add(ip)
         return None
 
-    def local(self, host: str, side: _Side) -> str | None:
+    def local(self, host: str, pid: int | None, comm: str | None, netns: int | None) -> str | None:
+        """The node of a side that is a socket of this host, owned by ``pid`` (as its
+        connection knew it: ``comm``, in ``netns``)."""
         view = self.view
         if view == View.hosts:
             return self.add(host_node(host))
-        if side.pid is None:
+        if pid is None:
             self.topology.unattributed_connections += 1
             return None
-        info = self.scene.processes.get((host, side.pid))
-        comm = side.comm or (info.comm if info else None)
+        info = self.scene.processes.get((host, pid))
+        comm = comm or (info.comm if info else None)
         if view == View.processes:
-            known = self.topology.nodes.get(f"{host};{side.pid}")
+            known = self.topology.nodes.get(f"{host};{pid}")
             if known is not None and known.label != UNNAMED:
                 return known.id  # as add() would: a named node stays (saves making one)
-            return self.add(process_node(host, side.pid, comm, info))
+            return self.add(process_node(host, pid, comm, info))
         if view == View.processes_by_name:
             return self.add(self.by_name(comm or UNNAMED))
         container = info.container if info is not None else None
         if container is None and info is None:
-            container = self.scene.container_of_side(host, side.pid, side.netns)
+            container = self.scene.container_of_side(host, pid, netns)
         if view == View.containers_by_image and container is not None:
             return self.add(self.image(host, container))
         if view == View.pods and container is not None:
@@ -346,28 +356,36 @@ class _Builder:
         return node_id
 
     def build(self) -> Topology:
+        own = self.scene.own if not self.options.show_self else set()
+        endpoints = self.view == View.endpoints
+        services = self.view == View.services
+        mapped = self.mapped
         for row in self.scene.connections:
             if row.state == "failed":
                 continue  # an attempt, not a connection: the table shows it
-            if self._own(row.host, row.client_pid) or self._own(row.host, row.server_pid):
-                continue
-            client, server = _sides(row)
+            host = row.host
+            if own and ((host, row.client_pid) in own or (host, row.server_pid) in own):
+                continue  # a recorder's own (see _own)
             source: str | None
             target: str | None
-            if self.view == View.endpoints:
-                source, target = self.endpoint(row.host, client), self.endpoint(row.host, server)
+            if endpoints:
+                client, server = _sides(row)
+                source, target = self.endpoint(host, client), self.endpoint(host, server)
             else:
-                source = (
-                    self.local(row.host, client)
-                    if client.local
-                    else self.remote(row.host, client, inbound=True)
-                )
-                target = (
-                    self.local(row.host, server)
-                    if server.local
-                    else self.remote(row.host, server, inbound=False)
-                )
-            if self.view == View.services and row.nat_destination and source is not None:
+                # Each side by what its mapping reads: a side mapped before is looked up.
+                if row.client_local:
+                    key: _SideKey = (host, row.client_pid, row.client_comm, row.client_netns)
+                    source = mapped[key] if key in mapped else self.local_side(*key)
+                else:
+                    key = (host, row.client_ip, True)
+                    source = mapped[key] if key in mapped else self.remote_side(*key)
+                if row.server_local:
+                    key = (host, row.server_pid, row.server_comm, row.server_netns)
+                    target = mapped[key] if key in mapped else self.local_side(*key)
+                else:
+                    key = (host, row.server_ip, False)
+                    target = mapped[key] if key in mapped else self.remote_side(*key)
+            if services and row.nat_destination and source is not None:
                 service = self.service(row.server)
                 self.backends.setdefault(service, {})[row.nat_destination] = target
                 self._connect(source, service, row)
@@ -383,8 +401,25 @@ class _Builder:
             edge.connection_ids.sort()
         return self.topology
 
+    def local_side(
+        self, host: str, pid: int | None, comm: str | None, netns: int | None
+    ) -> str | None:
+        """``local``'s node, remembered (mapping a side again would change nothing), but for
+        a side of no known process: that is counted each time."""
+        node = self.local(host, pid, comm, netns)
+        if pid is not None or self.view == View.hosts:
+            self.mapped[(host, pid, comm, netns)] = node
+        return node
+
+    def remote_side(self, host: str, ip: str, inbound: bool) -> str | None:
+        """``remote``'s node, remembered."""
+        node = self.mapped[(host, ip, inbound)] = self.remote(host, ip, inbound)
+        return node
+
     def _connect(self, source: str, target: str, row: ConnectionRow) -> None:
-        edge = self.topology.edges.setdefault((source, target), Edge(source, target))
+        edge = self.topology.edges.get((source, target))
+        if edge is None:
+            edge = self.topology.edges[(source, target)] = Edge(source, target)
         edge.connection_ids.append(row.id)
         if row.state == "open":
             edge.open_connections += 1
@@ -430,32 +465,38 @@ class _Builder:
         if self.view not in (View.processes, View.processes_by_name):
             return
         connected = {node_id for pair in self.topology.edges for node_id in pair}
-        # The nodes are made only when shown: hidden, they are only counted (a busy host has
-        # tens of thousands of processes and a few hundred connected).
-        shown = self.options.show_unconnected
-        candidates: dict[str, Node | None] = {}
+        nodes = self.topology.nodes
+        by_pid = self.view == View.processes
+        unconnected = {
+            node_id: node
+            for node_id, node in nodes.items()
+            if node_id not in connected and not node.pseudo
+        }
+        for node_id in unconnected:
+            del nodes[node_id]
+        if not self.options.show_unconnected:
+            # Only counted: no node is made (a busy host has tens of thousands of processes
+            # and a few hundred connected).
+            own = self.scene.own if not self.options.show_self else set()
+            alive = {
+                f"{host};{pid}" if by_pid else info.comm
+                for (host, pid), info in self.scene.processes.items()
+                if (host, pid) not in own
+            }
+            self.topology.filtered_nodes += len(alive.difference(connected, nodes, unconnected))
+            self.topology.filtered_nodes += len(unconnected)
+            return
         for (host, pid), info in sorted(self.scene.processes.items()):
-            if self._own(host, pid):
+            node_id = f"{host};{pid}" if by_pid else info.comm
+            if self._own(host, pid) or node_id in connected or node_id in nodes:
                 continue
-            node_id = f"{host};{pid}" if self.view == View.processes else info.comm
-            if node_id in connected or node_id in self.topology.nodes or node_id in candidates:
-                continue
-            if not shown:
-                candidates[node_id] = None
-            elif self.view == View.processes:
-                candidates[node_id] = process_node(host, pid, info.comm, info)
+            if node_id in unconnected:
+                continue  # the map has it already: put back below
+            if by_pid:
+                nodes[node_id] = process_node(host, pid, info.comm, info)
             else:
-                candidates[node_id] = self.by_name(info.comm)
-        for node_id, node in list(self.topology.nodes.items()):
-            if node_id not in connected and not node.pseudo:
-                candidates.setdefault(node_id, node)
-                del self.topology.nodes[node_id]
-        if shown:
-            self.topology.nodes.update(
-                (node_id, node) for node_id, node in candidates.items() if node is not None
-            )
-        else:
-            self.topology.filtered_nodes += len(candidates)
+                nodes[node_id] = self.by_name(info.comm)
+        nodes.update(unconnected)
 
     def _rules(self) -> None:
         topology = self.topology

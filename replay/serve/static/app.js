@@ -54,6 +54,7 @@
     }
     if (q.get("t")) state.t = Math.round(parseFloat(q.get("t")) * 1000);
     if (q.get("diff")) state.diff = Math.round(parseFloat(q.get("diff")) * 1000);
+    for (const [id, x, y] of parsedPositions(q.get("pos"))) positions.set(id, { x, y });
     state.unconnected = q.get("unconnected") === "show";
     state.lan = q.get("lan") === "1";
     state.stack = q.get("stack") !== "0";
@@ -71,7 +72,29 @@
     if (state.node) q.set("node", state.node);
     if (state.diff !== null) q.set("diff", seconds(state.diff));
     if (state.q) q.set("q", state.q);
+    const drawn = linkedPositions();
+    if (drawn) q.set("pos", drawn);
     history.replaceState(null, "", "?" + q.toString() + location.hash);
+  }
+
+  // Where the drawn nodes are, in the link (whole pixels), so that a shared link shows the
+  // map as it was arranged; a map of more nodes than a link should carry is left out.
+  const MAX_LINKED_NODES = 300;
+  function linkedPositions() {
+    if (!cy || cy.nodes().length === 0 || cy.nodes().length > MAX_LINKED_NODES) return null;
+    return JSON.stringify(cy.nodes().map((n) =>
+      [n.id(), Math.round(n.position("x")), Math.round(n.position("y"))]));
+  }
+
+  function parsedPositions(text) {
+    if (!text) return [];
+    try {
+      const parsed = JSON.parse(text);
+      return Array.isArray(parsed) ? parsed.filter((p) => Array.isArray(p) && p.length === 3
+        && typeof p[0] === "string" && Number.isFinite(p[1]) && Number.isFinite(p[2])) : [];
+    } catch (error) {
+      return [];  // a link cut short: the map is placed afresh
+    }
   }
 
   function showControls() {
@@ -235,7 +258,10 @@
     });
     cy.on("tap", "node", (event) => selectNode(event.target.id()));
     cy.on("tap", (event) => { if (event.target === cy) selectNode(null); });
-    cy.on("dragfree", "node", (event) => positions.set(event.target.id(), { ...event.target.position() }));
+    cy.on("dragfree", "node", (event) => {
+      positions.set(event.target.id(), { ...event.target.position() });
+      writeUrl();
+    });
   }
 
   // Nodes seen for the first time are spread by a force layout, with every node placed
@@ -291,6 +317,7 @@
         cy.add(elementsOf(topology, diff));
       });
       settleNew(known);
+      writeUrl();  // with where the nodes went
       if (state.node && $("panel").hidden) { $("panel").hidden = false; cy.resize(); }
       if (fresh) frame();
       if (state.node && cy.getElementById(state.node).length) cy.getElementById(state.node).select();
@@ -409,17 +436,41 @@
     }, 1000);
   }
 
+  // Live mode follows the recordings under way; one that stops is said (with its reason),
+  // and once none is left the page stops following: the log's end will not move.
   let liveTimer = null;
+  function stoppedNote(recording) {
+    return `recording ${recording.id} (${recording.host}) stopped at ${recording.ended}`
+      + (recording.stop_reason ? ` (${recording.stop_reason})` : "");
+  }
+
   function setLive(on) {
     clearInterval(liveTimer);
     liveTimer = null;
     if (!on) return;
+    $("live-note").textContent = "";
+    const following = new Set();  // recordings seen running since live mode began
+    let liveChecks = 0;
     const follow = async () => {
       try {
         await loadSpan();
         setupSlider();
         drawDensity();
         moveTo(spanEnd());
+        const stopped = span.recordings.filter((r) => r.stop_reason);
+        const running = span.recordings.length - stopped.length;
+        const notes = stopped.filter((r) => following.has(r.id)).map(stoppedNote);
+        span.recordings.forEach((r) => { if (!r.stop_reason) following.add(r.id); });
+        if (running === 0) {
+          const last = stopped.reduce((a, b) => (b.ended > a.ended ? b : a), stopped[0]);
+          if (notes.length === 0 && last) notes.push(stoppedNote(last));
+          notes.push("no recording is running: live mode stopped");
+          $("live").checked = false;
+          clearInterval(liveTimer);
+          liveTimer = null;
+        }
+        if (notes.length) $("live-note").textContent = notes.join(" · ");
+        document.body.dataset.liveChecks = String(++liveChecks);
       } catch (error) { $("status").textContent = "error: " + error.message; }
     };
     follow();

@@ -165,3 +165,52 @@ def test_the_page_fetches_nothing_from_elsewhere(served: Served) -> None:
     page = httpx.get(served.url + "/").text
     assert "http://" not in page and "https://" not in page
     assert 'src="/static/vendor/cytoscape.min.js"' in page
+
+
+def test_live_mode_says_the_recording_stopped(browser: Any, served: Served) -> None:
+    """The real log's recording has stopped: live mode says so, with its reason, and stops
+    following (the log's end will not move)."""
+    from selenium.webdriver.common.by import By
+
+    with served.client() as client:
+        (recording,) = client.get("/api/span").json()["recordings"]
+    assert recording["stop_reason"]
+    browser.get(f"{served.url}/?view=processes")
+    body = browser.find_element(By.TAG_NAME, "body")
+    wait_for("the map", lambda: body.get_attribute("data-drawn"))
+    live = browser.find_element(By.ID, "live")
+    live.click()
+    wait_for("live mode's first look", lambda: body.get_attribute("data-live-checks"))
+    note = browser.find_element(By.ID, "live-note").text
+    assert f"recording {recording['id']}" in note and recording["stop_reason"] in note
+    assert "no recording is running: live mode stopped" in note
+    assert not live.is_selected()
+
+
+def test_a_link_keeps_where_the_nodes_were(browser: Any, served: Served) -> None:
+    """A node moved by hand, and every other, is where it was when the link is opened."""
+    from selenium.webdriver.common.by import By
+
+    held = held_connection(served)
+    at = (held["opened_ns"] + held["closed_ns"]) // 2
+    browser.get(f"{served.url}/?view=processes&window=1s&t={at / 1e9:.3f}")
+    body = browser.find_element(By.TAG_NAME, "body")
+    wait_for("the map", lambda: body.get_attribute("data-drawn"))
+    moved = browser.execute_script(
+        "const n = window.scopeMap.cy.nodes().filter(n => !n.hasClass('pseudo'))[0];"
+        "n.position({x: 1234, y: -567}); n.emit('dragfree'); return n.id();"
+    )
+    where = "return Object.fromEntries(window.scopeMap.cy.nodes().map(n => [n.id(), n.position()]))"
+    before = browser.execute_script(where)
+    assert before[moved] == {"x": 1234, "y": -567}
+    link = wait_for(
+        "the positions in the link", lambda: "pos=" in browser.current_url and browser.current_url
+    )
+    browser.get("about:blank")
+    browser.get(link)
+    body = browser.find_element(By.TAG_NAME, "body")
+    wait_for("the map from the link", lambda: body.get_attribute("data-drawn"))
+    after = browser.execute_script(where)
+    assert after.keys() == before.keys()
+    for node_id, spot in before.items():
+        assert after[node_id] == {"x": round(spot["x"]), "y": round(spot["y"])}, node_id
