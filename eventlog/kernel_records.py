@@ -171,6 +171,26 @@ def decode_event(fields: tuple[Any, ...]) -> Event:
         if flags & FLAG_TRUNCATED:
             extra["filename_truncated"] = True
         return Event(kind=kind, mono_ns=ts_ns, pid=pid, comm=comm, netns=netns or None, extra=extra)
+    if kind == Kind.FORK:
+        extra = {"ppid": aux}
+        if sock_id:
+            extra["cgroup_id"] = sock_id  # as an EXEC's
+        return Event(kind=kind, mono_ns=ts_ns, pid=pid, comm=comm, netns=netns or None, extra=extra)
+    if kind == Kind.OWNER:
+        width = 4 if family == FAMILY_INET else 16
+        return Event(
+            kind=kind,
+            mono_ns=ts_ns,
+            pid=pid,
+            comm=comm,
+            netns=netns or None,
+            laddr=bytes(tail[:width]),
+            lport=lport,
+            raddr=bytes(tail[16 : 16 + width]),
+            rport=rport,
+            sock_id=sock_id or None,
+            extra={"owner": aux, "state": aux2},
+        )
     if kind == Kind.EXIT:
         return Event(
             kind=kind,
