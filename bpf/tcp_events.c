@@ -23,8 +23,8 @@
  *    dropped the socket's last reference: ESTABLISHED -> FIN_WAIT1 and CLOSE_WAIT -> LAST_ACK.
  *    Pre-fork servers accept in one process and serve in another (a forked child, or a
  *    worker the socket was passed to over a unix socket), so when that process is not the
- *    recorded owner the programs say so (EV_OWNER). With the forks (EV_FORK), replay can
- *    say who held a socket at any moment.
+ *    recorded owner, or is but forked meanwhile, the programs say so (EV_OWNER). With the
+ *    forks (EV_FORK), replay can say who held a socket at any moment.
  *
  * Events are staged per CPU and handed to user space STAGE_MAX at a time (or when older than
  * STAGE_MAX_AGE_NS), which cuts the consumer's per-event cost by an order of magnitude. A CPU
@@ -59,6 +59,9 @@
  * other than a socket's recorded owner (EV_OWNER). 0: neither is recorded. */
 #ifndef FOLLOW_FORKS
 #define FOLLOW_FORKS 1
+#endif
+#ifndef FORKED_TABLE_SIZE
+#define FORKED_TABLE_SIZE 65536
 #endif
 
 #define ROLE_ACTIVE 1
@@ -119,6 +122,10 @@ BPF_HASH(socks, u64, struct sock_info, SOCK_TABLE_SIZE);
 BPF_PERCPU_ARRAY(stages, struct stage, 1);
 BPF_PERCPU_ARRAY(stats, u64, ST_SLOTS);
 BPF_ARRAY(next_sock_id, u64, 1);
+/* When each process last forked (FOLLOW_FORKS): a socket closed by its opener, a process
+ * that forks, is reported closed (EV_OWNER): its children may have held it too. LRU: an
+ * entry pushed out only costs that report. */
+BPF_TABLE("lru_hash", u32, u64, forked_at, FORKED_TABLE_SIZE);
 /* [CTL_FLUSH_ALL] = 1: flush_stage hands over every event (shutdown). The other slots are
  * user space's alone: programs pinned in bpffs outlive a recorder, and each recorder leaves
  * there what the next one needs to carry on (see recorder/capture.py). */
@@ -523,18 +530,30 @@ static __always_inline int task_is_kernel_thread(const void *task)
     return (flags & PF_KTHREAD) != 0;
 }
 
+/* Whether process `pid` forks (it did while the programs ran, as far as forked_at recalls).
+ * Not only since the socket opened: a socket it closed before its next fork must be seen
+ * released then, or that fork's child would count as holding it until its CLOSE. */
+static __always_inline int forks(u32 pid)
+{
+    return forked_at.lookup(&pid) != NULL;
+}
+
 /* ESTABLISHED -> FIN_WAIT1 or CLOSE_WAIT -> LAST_ACK: only close() and shutdown() cause them,
  * in the context of the process that dropped the socket's last reference (also at its exit;
  * a kernel thread when the kernel deferred the release). When that process is not the
  * socket's recorded owner, the socket had moved: to a forked child, or to a process it was
- * passed to. Only then is an event made: the usual close by the owner costs none. */
+ * passed to. When it is the owner, but a process that forks, its children may have held it,
+ * and this says none does any more. Only then is an event made: the usual close by a process
+ * that does not fork costs none. */
 static __always_inline void on_close_in_process(u64 sk_key, int newstate)
 {
     struct sock_info *info = socks.lookup(&sk_key);
     if (!info || !info->pid)
         return;
     u32 pid = bpf_get_current_pid_tgid() >> 32;
-    if (pid == info->pid || task_is_kernel_thread((const void *)bpf_get_current_task()))
+    if (pid == info->pid && !forks(pid))
+        return;
+    if (task_is_kernel_thread((const void *)bpf_get_current_task()))
         return;
     struct sock_info closer = *info;
     u32 owner = info->pid;
@@ -787,10 +806,12 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
     if (child_pid != child_tgid || task_is_kernel_thread(parent))
         return 0;  /* a thread of its parent's process, or a kernel thread's child */
     u64 now = bpf_ktime_get_ns();
+    u32 parent_tgid = bpf_get_current_pid_tgid() >> 32;
+    forked_at.update(&parent_tgid, &now);
     EMIT(now, e, {
         e->kind = EV_FORK;
         e->pid = child_tgid;
-        e->aux = bpf_get_current_pid_tgid() >> 32;  /* the process whose sockets it holds */
+        e->aux = parent_tgid;  /* the process whose sockets it holds */
         e->sock_id = bpf_get_current_cgroup_id();   /* the child starts in its parent's */
         e->netns = task_netns(child);
         bpf_get_current_comm(&e->comm, sizeof(e->comm));

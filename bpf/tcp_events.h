@@ -24,8 +24,9 @@ typedef uint64_t u64;
 #define EV_EXIT 6
 /* Kinds 7-11 are the log's own (snapshots, conntrack, containers), never the kernel's. */
 #define EV_FORK 12            /* a process forked: pid = the child, aux = the parent */
-#define EV_OWNER 13           /* a socket was closed in the context of a process other than
-                                 its recorded owner: pid = that process, aux = the owner */
+#define EV_OWNER 13           /* a process dropped a socket's last reference (closed it) and
+                                 is not its recorded owner, or is but forks: pid = that
+                                 process, aux = the owner */
 /* Not an event: a piece of the command line of the EXEC just before it in the same record
  * (same ts_ns and pid). The decoders join the pieces into that EXEC. */
 #define EV_ARGS 64

@@ -2,6 +2,9 @@
 
     python -m tests.prefork_servers prefork   # accept in the parent, fork, serve in the child
     python -m tests.prefork_servers handoff   # accept, hand the socket to a worker (SCM_RIGHTS)
+    python -m tests.prefork_servers shared    # accept, fork a child that keeps a copy idle,
+                                              # serve in the parent
+    python -m tests.prefork_servers client PORT   # connect, fork, talk and close in the child
 
 Each listens on 127.0.0.1 (a free port), prints ``<port> <acceptor pid> <worker pid or 0>``
 on its first line, and serves the same exchange: the client sends a line, the serving
@@ -17,6 +20,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 MAX_CONNECTIONS = 10_000
@@ -99,10 +103,45 @@ def _work(unix: socket.socket) -> None:
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
-SERVERS: dict[str, Callable[[], None]] = {"prefork": prefork, "handoff": handoff}
+def shared() -> None:
+    """Accept here, fork a child that holds its copy of the socket without using it, serve
+    here: both processes hold the socket while it is open."""
+    sock = listener()
+    announce(sock.getsockname()[1], 0)
+    for _ in range(MAX_CONNECTIONS):
+        conn, _addr = sock.accept()
+        if os.fork() == 0:
+            sock.close()
+            time.sleep(120)
+            os._exit(0)
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def forking_client(port: int) -> None:
+    """Connect, fork a child that talks over the connection and closes it; close the copy
+    here at once (a shell pipeline, a pre-fork client). The child prints ``<its pid> <local
+    port> <the serving pid>``."""
+    conn = socket.create_connection(("127.0.0.1", port), timeout=60)
+    child = os.fork()
+    if child == 0:
+        try:
+            conn.sendall(b"hello\n")
+            served = int(conn.recv(64))
+            print(f"{os.getpid()} {conn.getsockname()[1]} {served}", flush=True)
+            conn.close()
+        finally:
+            os._exit(0)
+    conn.close()
+    os.waitpid(child, 0)
+
+
+SERVERS: dict[str, Callable[[], None]] = {"prefork": prefork, "handoff": handoff, "shared": shared}
 
 
 def main() -> None:
+    if sys.argv[1] == "client":
+        forking_client(int(sys.argv[2]))
+        return
     signal.signal(signal.SIGTERM, lambda *_: os.killpg(0, signal.SIGKILL))
     SERVERS[sys.argv[1]]()
 

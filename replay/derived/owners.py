@@ -8,10 +8,12 @@ over a unix socket (SCM_RIGHTS). The log says what the kernel showed of that, as
 - EXIT of a holder: it holds nothing after;
 - OWNER (pid X, at t): X closed the socket (ESTABLISHED -> FIN_WAIT1 or CLOSE_WAIT -> LAST_ACK,
   which only close() and shutdown() cause, in the context of the process that dropped the
-  last reference), and X is not the process that opened it. X was then its only holder.
+  last reference), and X is not the process that opened it, or is but a process that forks.
+  X was then its only holder, and nobody held it after. (A socket its opener closed before
+  its first fork is not reported: that fork's child counts as holding it until its end.)
 
 The holders of a socket are its opener and, recursively, the children its holders forked
-while it was open. At a moment E (T, or the socket's end if it ended by T), the socket is
+while it was held (from its open to its first OWNER event, or its end). At a moment E (T, or the socket's end if it ended by T), the socket is
 served by:
 
 1. X, when an OWNER event names X and X closed it by E, or held it by E through a fork (its
@@ -47,10 +49,20 @@ def owner_ctes(rows: str, eval_ns: str) -> str:
     ``open_pid``, ``open_comm``, ``served_since_ns``, ``served_how``. The enclosing WITH must
     be RECURSIVE."""
     return f"""
+own_moved AS (  -- the process that dropped its last reference, if recorded
+    SELECT r.origin_pos, r.origin_ord, arg_min(w.pid, w.position) AS x_pid,
+        arg_min(w.comm, w.position) AS x_comm, min(w.wall_ns) AS x_ns
+    FROM {rows} r JOIN owners w ON w.recording_id = r.recording_id AND w.sock_id = r.sock_id
+     AND w.wall_ns >= r.opened_ns
+    WHERE r.pid IS NOT NULL
+    GROUP BY r.origin_pos, r.origin_ord
+),
 own_base AS (
-    SELECT origin_pos, origin_ord, recording_id, pid, comm, opened_ns, sock_id,
-        coalesce(close_ns, missing_ns, {MAX_NS}) AS life_end, {eval_ns} AS e_ns
-    FROM {rows} WHERE pid IS NOT NULL AND opened_ns IS NOT NULL
+    SELECT r.origin_pos, r.origin_ord, r.recording_id, r.pid, r.comm, r.opened_ns, r.sock_id,
+        coalesce(m.x_ns, r.close_ns, r.missing_ns, {MAX_NS}) AS life_end, {eval_ns} AS e_ns
+    FROM {rows} r LEFT JOIN own_moved m
+      ON m.origin_pos = r.origin_pos AND m.origin_ord = r.origin_ord
+    WHERE r.pid IS NOT NULL AND r.opened_ns IS NOT NULL
 ),
 own_held AS (  -- the opener, and every child a holder forked while the socket was open
     SELECT origin_pos, origin_ord, recording_id, pid, comm, opened_ns AS since_ns, life_end,
@@ -64,13 +76,6 @@ own_held AS (  -- the opener, and every child a holder forked while the socket w
     WHERE h.depth < {MAX_DEPTH}
 ),
 own_forked AS (SELECT DISTINCT origin_pos, origin_ord FROM own_held WHERE depth > 0),
-own_moved AS (  -- the process other than its opener that closed it
-    SELECT b.origin_pos, b.origin_ord, arg_min(w.pid, w.position) AS x_pid,
-        arg_min(w.comm, w.position) AS x_comm, min(w.wall_ns) AS x_ns
-    FROM own_base b JOIN owners w ON w.recording_id = b.recording_id AND w.sock_id = b.sock_id
-     AND w.wall_ns >= b.opened_ns
-    GROUP BY b.origin_pos, b.origin_ord
-),
 own_followed AS (
     SELECT origin_pos, origin_ord FROM own_forked
     UNION SELECT origin_pos, origin_ord FROM own_moved
