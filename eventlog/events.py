@@ -40,9 +40,9 @@ class Kind(IntEnum):
     # A process dropped a socket's last reference (ESTABLISHED -> FIN_WAIT1 or CLOSE_WAIT ->
     # LAST_ACK, which only close() and shutdown() cause, in its context): recorded when it is
     # not the process its open event names (the socket had moved to it: a forked child, or
-    # one it was passed to), or is but a process that forks (its children may have held it). pid/comm = that
-    # process, the socket's tuple and id, extra = {"owner": the pid its open event names,
-    # "state": the state it moved to}. No process holds the socket after it.
+    # one it was passed to), or is but a process that forks (its children may have held it).
+    # pid/comm = that process, the socket's tuple and id, extra = {"owner": the pid its open
+    # event names, "state": the state it moved to}. No process holds the socket after it.
     OWNER = 13
 
 

@@ -55,6 +55,7 @@ _EXIT = int(Kind.EXIT)
 _SNAPSHOT = int(Kind.SNAPSHOT)
 _CT_DESTROY = int(Kind.CT_DESTROY)
 _CT_CHANGES = frozenset({int(Kind.CT_NEW), int(Kind.CT_UPDATE)})
+_PROCESS_STARTS = frozenset({_EXEC, _FORK})  # of a process's segment (a child, another program)
 OPEN_KINDS = frozenset({_CONNECT, _ACCEPT})
 # What the fold reads; the rest (CONNECT_FAILED) is not state.
 FOLDED_KINDS = frozenset({_CONNECT, _ACCEPT, _CLOSE, _EXEC, _FORK, _EXIT, _SNAPSHOT, _CT_DESTROY})
@@ -215,7 +216,7 @@ class Fold:
                         tuples[key] = tuple_
             elif kind == _CLOSE:
                 ended_sockets.append(self._close(position, recording, sock_id, tuple_))
-            elif kind == _EXEC or kind == _FORK:
+            elif kind in _PROCESS_STARTS:
                 self._source((recording, pid), position, state.processes_of(recording), True)
             elif kind == _EXIT:
                 self._end((recording, pid), position, state.processes_of(recording), True)

@@ -345,6 +345,8 @@ def render(result: TableResult, fmt: str) -> str:
         for row in result.rows
     ]  # fmt: skip
     if result.story:
-        table_rows = [[*cells, *story_texts(row)] for cells, row in zip(table_rows, result.rows, strict=True)]
+        table_rows = [
+            [*cells, *story_texts(row)] for cells, row in zip(table_rows, result.rows, strict=True)
+        ]
         return header + to_table((*TABLE_COLUMNS, *STORY_COLUMNS), table_rows)
     return header + to_table(TABLE_COLUMNS, table_rows)

@@ -37,17 +37,13 @@ MAX_NS = 9223372036854775807
 # Forks followed from a socket's opener: a shell pipeline is a few levels deep.
 MAX_DEPTH = 8
 
-# What a row of the socket tables gains (replay.derived.views): who opened the socket, since
-# when its server process (at_pid) held it, and how that is known.
-SERVED_HOW = ("opened", "fork", "passed", "alone", "shared")
-
-
 def owner_ctes(rows: str, eval_ns: str) -> str:
     """CTEs ending in ``owned``: the rows of CTE ``rows`` (socket rows with ``at_pid``,
     ``at_comm``, ``note``, ``end_ns``) with ``at_pid``/``at_comm`` the process that served the
     socket at ``eval_ns`` (an expression over a row), the note saying what is not known, and
-    ``open_pid``, ``open_comm``, ``served_since_ns``, ``served_how``. The enclosing WITH must
-    be RECURSIVE."""
+    ``open_pid``, ``open_comm``, ``served_since_ns``, ``served_how`` (how at_pid is known:
+    opened, fork, passed, alone, shared: the module docstring's cases) and
+    ``served_closed_ns``. The enclosing WITH must be RECURSIVE."""
     return f"""
 own_moved AS (  -- the process that dropped its last reference, if recorded
     SELECT r.origin_pos, r.origin_ord, arg_min(w.pid, w.position) AS x_pid,

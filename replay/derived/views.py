@@ -475,14 +475,14 @@ SELECT m.position, m.recording_id, r.host, make_timestamp_ns(m.wall_ns) AS ts,
     m.connections, m.processes, m.conntrack_entries
 FROM snap_marks m LEFT JOIN recordings_raw r ON r.id = m.recording_id;
 
--- Process lives: from a start (EXEC, or the first snapshot showing it) to its EXIT, by pid.
+-- Process lives: from a start (FORK, EXEC, or the first snapshot showing it) to its EXIT, by pid.
 CREATE OR REPLACE VIEW processes AS
 WITH sightings AS (
     SELECT e.recording_id, e.pid, e.wall_ns AS at_ns, e.kind, e.wall_ns AS start_ns,
         e.comm, CAST(json_extract(e.extra, '$.ppid') AS INTEGER) AS ppid,
         {exec_command_line("e")} AS cmdline, CAST(NULL AS VARCHAR) AS cgroup
     FROM ev e
-    WHERE e.kind IN ({int(Kind.EXEC)}, {int(Kind.EXIT)})
+    WHERE e.kind IN ({int(Kind.EXEC)}, {int(Kind.EXIT)}, {int(Kind.FORK)})
     UNION ALL
     SELECT m.recording_id, p.pid, m.wall_ns, {int(Kind.SNAPSHOT)},
         p.start_mono_ns + (m.wall_ns - m.mono_ns), p.comm, p.ppid, p.cmdline, p.cgroup

@@ -86,9 +86,7 @@ class Replayed:
 
     def rows_to(self, port: int) -> dict[int, ConnectionRow]:
         """The rows of connections to ``port``, by client port."""
-        return {
-            client_port(row): row for row in self.table.rows if row.server.endswith(f":{port}")
-        }
+        return {client_port(row): row for row in self.table.rows if row.server.endswith(f":{port}")}
 
     def edge(self, row: ConnectionRow) -> bool:
         """Whether the processes map links the row's client process to its server process."""
@@ -106,7 +104,9 @@ def replay_at(location: LogLocation, at_ns: int) -> Replayed:
 
 
 def forked_children(run: RecordingRun, parent: int) -> set[int]:
-    return {e.pid for e in by_kind(run.events(), Kind.FORK) if (e.extra or {}).get("ppid") == parent}
+    return {
+        e.pid for e in by_kind(run.events(), Kind.FORK) if (e.extra or {}).get("ppid") == parent
+    }
 
 
 def moment_while_held() -> int:
@@ -151,7 +151,9 @@ def test_prefork_server_and_forking_client(location: LogLocation) -> None:
     assert (talker_row.client_pid, talker_row.server_pid) == (talker, talker_served)
     assert talker_row.client_open_pid != talker and talker_row.client_served_how == "fork"
     assert replayed.edge(talker_row)
-    assert not any(target == f"{row.host};{server.acceptor}" for _, target in replayed.topology.edges)
+    assert not any(
+        target == f"{row.host};{server.acceptor}" for _, target in replayed.topology.edges
+    )
 
 
 def test_server_handing_sockets_to_a_worker(location: LogLocation) -> None:
@@ -212,7 +214,7 @@ def test_postgres_connections_are_their_backends(
     script.write_text("SELECT 1;\n")
     with recording(location, snapshot_interval_s=0) as run, pg_server.admin() as held:
         backend, held_port = held.execute("SELECT pg_backend_pid(), inet_client_port()").fetchone()  # type: ignore[misc]
-        bench = subprocess.run(
+        subprocess.run(
             [str(pg_server.bindir / "pgbench"), "-n", "-C", "-c", "2", "-t", "20",
              "-f", str(script), "-h", "127.0.0.1", "-p", str(pg_server.port), "-U", "scope",
              "postgres"],
