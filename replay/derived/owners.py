@@ -37,6 +37,7 @@ MAX_NS = 9223372036854775807
 # Forks followed from a socket's opener: a shell pipeline is a few levels deep.
 MAX_DEPTH = 8
 
+
 def owner_ctes(rows: str, eval_ns: str) -> str:
     """CTEs ending in ``owned``: the rows of CTE ``rows`` (socket rows with ``at_pid``,
     ``at_comm``, ``note``, ``end_ns``) with ``at_pid``/``at_comm`` the process that served the

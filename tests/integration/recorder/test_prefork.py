@@ -104,9 +104,8 @@ def replay_at(location: LogLocation, at_ns: int) -> Replayed:
 
 
 def forked_children(run: RecordingRun, parent: int) -> set[int]:
-    return {
-        e.pid for e in by_kind(run.events(), Kind.FORK) if (e.extra or {}).get("ppid") == parent
-    }
+    forks = by_kind(run.events(), Kind.FORK)
+    return {e.pid for e in forks if e.pid is not None and (e.extra or {}).get("ppid") == parent}
 
 
 def moment_while_held() -> int:
@@ -213,7 +212,9 @@ def test_postgres_connections_are_their_backends(
     script = tmp_path / "select.sql"
     script.write_text("SELECT 1;\n")
     with recording(location, snapshot_interval_s=0) as run, pg_server.admin() as held:
-        backend, held_port = held.execute("SELECT pg_backend_pid(), inet_client_port()").fetchone()  # type: ignore[misc]
+        named = held.execute("SELECT pg_backend_pid(), inet_client_port()").fetchone()
+        assert named is not None
+        backend, held_port = int(str(named[0])), int(str(named[1]))
         subprocess.run(
             [str(pg_server.bindir / "pgbench"), "-n", "-C", "-c", "2", "-t", "20",
              "-f", str(script), "-h", "127.0.0.1", "-p", str(pg_server.port), "-U", "scope",
