@@ -57,6 +57,7 @@ def test_a_forked_child_that_closed_it_served_it_since_its_fork(tmp_path: Path) 
         opened(b)
         b.fork(2.0, BACKEND, POSTMASTER, "postgres")
         closed_by(b, 5.0, BACKEND)
+        b.exec(10.0, 4242, "cron")  # the log goes on to 10 s
         b.flush()
     before = server_side(db, 1.5)
     assert (before["pid"], before["how"], before["note"]) == (POSTMASTER, "opened", None)
@@ -74,6 +75,7 @@ def test_a_socket_closed_by_a_process_it_was_not_forked_to_was_handed_over(
     with built_log(db) as (_, b):
         opened(b)
         closed_by(b, 5.0, OTHER)
+        b.exec(10.0, 4242, "cron")  # the log goes on to 10 s
         b.flush()
     during = server_side(db, 3.0)
     assert (during["pid"], during["how"]) == (OTHER, "passed")
@@ -85,6 +87,7 @@ def test_parent_and_child_holding_it_is_said_not_picked(tmp_path: Path) -> None:
     with built_log(db) as (_, b):
         opened(b)
         b.fork(2.0, BACKEND, POSTMASTER, "postgres")
+        b.exec(10.0, 4242, "cron")  # the log goes on to 10 s
         b.flush()
     during = server_side(db, 3.0)
     assert (during["pid"], during["how"]) == (POSTMASTER, "shared")
@@ -97,6 +100,7 @@ def test_the_child_left_when_its_parent_exits_holds_it(tmp_path: Path) -> None:
         opened(b)
         b.fork(2.0, BACKEND, POSTMASTER, "postgres")
         b.exit(2.5, POSTMASTER, "postgres")
+        b.exec(10.0, 4242, "cron")  # the log goes on to 10 s
         b.flush()
     assert server_side(db, 2.2)["how"] == "shared"
     after = server_side(db, 3.0)
@@ -111,6 +115,7 @@ def test_a_fork_after_the_opener_closed_it_passes_nothing_on(tmp_path: Path) -> 
         opened(b)
         b.owner(2.0, 2, POSTMASTER, "postgres", SERVER, CLIENT, POSTMASTER)
         b.fork(3.0, BACKEND, POSTMASTER, "postgres")
+        b.exec(10.0, 4242, "cron")  # the log goes on to 10 s
         b.flush()
     after = server_side(db, 4.0)
     assert (after["pid"], after["how"], after["note"]) == (POSTMASTER, "opened", None)
@@ -124,6 +129,7 @@ def test_forks_through_generations(tmp_path: Path) -> None:
         b.fork(2.0, BACKEND, POSTMASTER, "postgres")
         b.fork(2.5, OTHER, BACKEND, "postgres")
         closed_by(b, 4.0, OTHER)
+        b.exec(10.0, 4242, "cron")  # the log goes on to 10 s
         b.flush()
     during = server_side(db, 3.0)
     assert (during["pid"], during["how"]) == (OTHER, "fork")
