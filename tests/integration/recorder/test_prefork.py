@@ -29,6 +29,7 @@ from replay.derived.store import open_derived
 from replay.table import ConnectionRow, TableResult, render, table_at
 from replay.views.api import topology_in
 from replay.views.topology import Options, Topology, View
+from tests.capabilities import require
 from tests.ebpf import require_ebpf
 from tests.postgres import PostgresServer, server_env
 from tests.recording import RecordingRun, by_kind, recording
@@ -208,6 +209,8 @@ def test_postgres_connections_are_their_backends(
 ) -> None:
     """pgbench -C: every connection is served by a backend the postmaster forked, none by the
     postmaster; a held connection by exactly the backend the server names for it."""
+    pgbench = pg_server.bindir / "pgbench"
+    require(pgbench.exists(), "pgbench beside the server's binaries (apt-get install postgresql)")
     postmaster = int((pg_server.datadir / "postmaster.pid").read_text().split()[0])
     script = tmp_path / "select.sql"
     script.write_text("SELECT 1;\n")
@@ -216,7 +219,7 @@ def test_postgres_connections_are_their_backends(
         assert named is not None
         backend, held_port = int(str(named[0])), int(str(named[1]))
         subprocess.run(
-            [str(pg_server.bindir / "pgbench"), "-n", "-C", "-c", "2", "-t", "20",
+            [str(pgbench), "-n", "-C", "-c", "2", "-t", "20",
              "-f", str(script), "-h", "127.0.0.1", "-p", str(pg_server.port), "-U", "scope",
              "postgres"],
             capture_output=True, text=True, timeout=120, env=server_env(), check=True,
