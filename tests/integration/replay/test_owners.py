@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.cli import run_cli
 from tests.engine_golden import run_replay
 from tests.logbuilder import built_log, wall
 
@@ -66,6 +67,11 @@ def test_a_forked_child_that_closed_it_served_it_since_its_fork(tmp_path: Path) 
     assert during["note"] is None and during["state"] == "open"
     after = server_side(db, 6.0)
     assert (after["pid"], after["state"]) == (BACKEND, "closed")
+    # scope-query's connections: each as it ended, served by the backend
+    query = run_cli("scope-query", "--db", str(db), "--format", "csv",
+                    "SELECT server_pid, server_open_pid, server_served_how FROM connections")  # fmt: skip
+    assert query.returncode == 0, query.stderr
+    assert query.stdout.splitlines()[1:] == [f"{BACKEND},{POSTMASTER},fork"]
 
 
 def test_a_socket_closed_by_a_process_it_was_not_forked_to_was_handed_over(
