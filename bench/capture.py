@@ -19,12 +19,19 @@ following conntrack is measured beside the rest (``ratio_no_conntrack``,
 the cost of following the runtime is measured beside the rest (``ratio_no_containers``,
 ``recorder_cpu_pct_no_containers``).
 
+``--forks``: each round also records with ``--no-follow-forks`` (no FORK events, no OWNER
+events: replay attributes sockets to their opener), so that the cost of following sockets
+through forks is measured beside the rest (``ratio_no_follow_forks``,
+``recorder_cpu_pct_no_follow_forks``). The load generator's processes fork only at start, as
+most servers' do: this measures what following costs a workload, not a fork per connection.
+
 Last line:
 RESULT conns_per_s_alone=<n> conns_per_s_recorded=<n> ratio=<n> events_captured=<n>
        events_expected=<n> lost=<n> recorder_cpu_pct=<n> cpu_us_per_conn_alone=<n>
        cpu_us_per_conn_recorded=<n> conntrack_active=<0|1>
        [ratio_no_conntrack=<n> recorder_cpu_pct_no_conntrack=<n>]
        [ratio_no_containers=<n> recorder_cpu_pct_no_containers=<n>]
+       [ratio_no_follow_forks=<n> recorder_cpu_pct_no_follow_forks=<n>]
 """
 
 from __future__ import annotations
@@ -193,6 +200,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--conntrack-active", action="store_true")
     parser.add_argument("--containers", metavar="SOCKET", help="a runtime API to follow")
+    parser.add_argument(
+        "--forks", action="store_true", help="also record with --no-follow-forks each round"
+    )
     args = parser.parse_args()
     # What every recorded run follows: the given runtime, or none (the default sockets
     # may be anyone's).
@@ -204,6 +214,8 @@ def main() -> None:
     cpu_no_ct: list[float] = []
     ratios_no_containers: list[float] = []
     cpu_no_containers: list[float] = []
+    ratios_no_forks: list[float] = []
+    cpu_no_forks: list[float] = []
     captured_total = expected_total = lost_total = 0
     with (
         tempfile.TemporaryDirectory(prefix="scope-bench-") as tmp,
@@ -212,7 +224,7 @@ def main() -> None:
         workdir = Path(tmp)
         loadgen = build_loadgen(workdir)
         for round_number in range(args.rounds):
-            port = 20000 + round_number * 4
+            port = 20000 + round_number * 5
 
             # Alternate which goes first, so that a drift of the machine's speed within a
             # round does not always favour the same side.
@@ -260,6 +272,20 @@ def main() -> None:
                     f"recorder CPU {cpu_unfollowed:.0f}%",
                     flush=True,
                 )
+            if args.forks:
+                time.sleep(1)
+                unforked, _, _, cpu_unforked = run_recorded(
+                    loadgen, port + 4, args.clients, args.seconds, workdir,
+                    "--no-follow-forks", *follow,
+                )  # fmt: skip
+                ratios_no_forks.append(unforked.rate / base.rate)
+                cpu_no_forks.append(cpu_unforked)
+                print(
+                    f"round {round_number + 1}: recorded with --no-follow-forks "
+                    f"{unforked.rate:,.0f} conn/s, ratio {ratios_no_forks[-1]:.3f}, "
+                    f"recorder CPU {cpu_unforked:.0f}%",
+                    flush=True,
+                )
             alone.append(base.rate)
             recorded.append(result.rate)
             ratios.append(result.rate / base.rate)
@@ -299,6 +325,12 @@ def main() -> None:
             f" ratio_no_containers={statistics.median(ratios_no_containers):.3f} "
             f"recorder_cpu_pct_no_containers={statistics.median(cpu_no_containers):.1f}"
             if args.containers
+            else ""
+        )
+        + (
+            f" ratio_no_follow_forks={statistics.median(ratios_no_forks):.3f} "
+            f"recorder_cpu_pct_no_follow_forks={statistics.median(cpu_no_forks):.1f}"
+            if args.forks
             else ""
         )
     )

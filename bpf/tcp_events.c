@@ -19,6 +19,12 @@
  *    returns it (task -> files -> fdtable -> file -> socket -> sk).
  *  - later transitions run in any context: take the owner and the netns from the per-socket
  *    entry, never from the current task.
+ *  - except two that only close() and shutdown() cause, in the context of the process that
+ *    dropped the socket's last reference: ESTABLISHED -> FIN_WAIT1 and CLOSE_WAIT -> LAST_ACK.
+ *    Pre-fork servers accept in one process and serve in another (a forked child, or a
+ *    worker the socket was passed to over a unix socket), so when that process is not the
+ *    recorded owner, or is but forked meanwhile, the programs say so (EV_OWNER). With the
+ *    forks (EV_FORK), replay can say who held a socket at any moment.
  *
  * Events are staged per CPU and handed to user space STAGE_MAX at a time (or when older than
  * STAGE_MAX_AGE_NS), which cuts the consumer's per-event cost by an order of magnitude. A CPU
@@ -37,12 +43,26 @@
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT 2
 #define TCP_SYN_RECV 3
+#define TCP_FIN_WAIT1 4
 #define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8
+#define TCP_LAST_ACK 9
 #define TCP_LISTEN 10
 #define PROTO_TCP 6
 #define FAMILY_INET 2
 #define FAMILY_INET6 10
 #define ERR_EXIST 17
+
+#define PF_KTHREAD 0x00200000  /* task_struct.flags: a kernel thread */
+
+/* Follow sockets from process to process: forks (EV_FORK) and closes made by a process
+ * other than a socket's recorded owner (EV_OWNER). 0: neither is recorded. */
+#ifndef FOLLOW_FORKS
+#define FOLLOW_FORKS 1
+#endif
+#ifndef FORKED_TABLE_SIZE
+#define FORKED_TABLE_SIZE 65536
+#endif
 
 #define ROLE_ACTIVE 1
 #define ROLE_PASSIVE 2
@@ -102,6 +122,10 @@ BPF_HASH(socks, u64, struct sock_info, SOCK_TABLE_SIZE);
 BPF_PERCPU_ARRAY(stages, struct stage, 1);
 BPF_PERCPU_ARRAY(stats, u64, ST_SLOTS);
 BPF_ARRAY(next_sock_id, u64, 1);
+/* When each process last forked (FOLLOW_FORKS): a socket closed by its opener, a process
+ * that forks, is reported closed (EV_OWNER): its children may have held it too. LRU: an
+ * entry pushed out only costs that report. */
+BPF_TABLE("lru_hash", u32, u64, forked_at, FORKED_TABLE_SIZE);
 /* [CTL_FLUSH_ALL] = 1: flush_stage hands over every event (shutdown). The other slots are
  * user space's alone: programs pinned in bpffs outlive a recorder, and each recorder leaves
  * there what the next one needs to carry on (see recorder/capture.py). */
@@ -523,6 +547,50 @@ static __always_inline void on_close(const void *sk, u64 sk_key, int oldstate)
     emit_from_info(EV_CLOSE, sk, now, now, &unknown, EVF_UNATTRIBUTED);
 }
 
+static __always_inline int task_is_kernel_thread(const void *task)
+{
+    unsigned int flags = 0;
+    bpf_probe_read_kernel(&flags, sizeof(flags), (const char *)task + OFF_TASK_FLAGS);
+    return (flags & PF_KTHREAD) != 0;
+}
+
+/* Whether process `pid` forks (it did while the programs ran, as far as forked_at recalls).
+ * Not only since the socket opened: a socket it closed before its next fork must be seen
+ * released then, or that fork's child would count as holding it until its CLOSE. */
+static __always_inline int forks(u32 pid)
+{
+    return forked_at.lookup(&pid) != NULL;
+}
+
+/* ESTABLISHED -> FIN_WAIT1 or CLOSE_WAIT -> LAST_ACK: only close() and shutdown() cause them,
+ * in the context of the process that dropped the socket's last reference (also at its exit;
+ * a kernel thread when the kernel deferred the release). When that process is not the
+ * socket's recorded owner, the socket had moved: to a forked child, or to a process it was
+ * passed to. When it is the owner, but a process that forks, its children may have held it,
+ * and this says none does any more. Only then is an event made: the usual close by a process
+ * that does not fork costs none. */
+static __always_inline void on_close_in_process(u64 sk_key, int newstate)
+{
+    struct sock_info *info = socks.lookup(&sk_key);
+    if (!info || !info->pid)
+        return;
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (pid == info->pid && !forks(pid))
+        return;
+    if (task_is_kernel_thread((const void *)bpf_get_current_task()))
+        return;
+    struct sock_info closer = *info;
+    u32 owner = info->pid;
+    closer.pid = pid;
+    bpf_get_current_comm(&closer.comm, sizeof(closer.comm));
+    u64 now = bpf_ktime_get_ns();
+    EMIT(now, e, {
+        fill_from_info(e, EV_OWNER, (const void *)sk_key, now, &closer, 0);
+        e->aux = owner;
+        e->aux2 = newstate;
+    });
+}
+
 RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 {
     const void *sk = (const void *)ctx->args[0];
@@ -537,6 +605,9 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
             on_established(sk, sk_key, oldstate);
     } else if (newstate == TCP_CLOSE) {
         on_close(sk, sk_key, oldstate);
+    } else if (FOLLOW_FORKS && ((newstate == TCP_FIN_WAIT1 && oldstate == TCP_ESTABLISHED) ||
+                                (newstate == TCP_LAST_ACK && oldstate == TCP_CLOSE_WAIT))) {
+        on_close_in_process(sk_key, newstate);
     }
     return 0;
 }
@@ -781,6 +852,39 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 #endif
     u32 pid = bpf_get_current_pid_tgid() >> 32;
     EMIT(now, e, fill_exit(e, task, pid));
+    return 0;
+}
+
+/* A new process (not a thread): it holds every socket its parent held. Raw, for the task
+ * pointers (the classic tracepoint gives thread ids only, and no way to tell a thread). */
+RAW_TRACEPOINT_PROBE(sched_process_fork)
+{
+#if FOLLOW_FORKS
+    const void *parent = (const void *)ctx->args[0];
+    const void *child = (const void *)ctx->args[1];
+    u32 child_pid = 0, child_tgid = 0;
+    bpf_probe_read_kernel(&child_pid, sizeof(child_pid), (const char *)child + OFF_TASK_PID);
+    bpf_probe_read_kernel(&child_tgid, sizeof(child_tgid), (const char *)child + OFF_TASK_TGID);
+    if (child_pid != child_tgid || task_is_kernel_thread(parent))
+        return 0;  /* a thread of its parent's process, or a kernel thread's child */
+    u64 now = bpf_ktime_get_ns();
+    u32 parent_tgid = bpf_get_current_pid_tgid() >> 32;
+    forked_at.update(&parent_tgid, &now);
+#if NETNS_FILTER
+    if (!netns_kept(task_netns(child)))
+        return 0;
+#endif
+    EMIT(now, e, {
+        e->kind = EV_FORK;
+        e->pid = child_tgid;
+        e->aux = parent_tgid;  /* the process whose sockets it holds */
+        /* the child starts in its parent's cgroups */
+        e->sock_id = bpf_get_current_cgroup_id();
+        e->bytes_sent = task_v1_cgroup_id((const void *)bpf_get_current_task());
+        e->netns = task_netns(child);
+        bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    });
+#endif
     return 0;
 }
 

@@ -22,6 +22,11 @@ typedef uint64_t u64;
 #define EV_CONNECT_FAILED 4
 #define EV_EXEC 5
 #define EV_EXIT 6
+/* Kinds 7-11 are the log's own (snapshots, conntrack, containers), never the kernel's. */
+#define EV_FORK 12            /* a process forked: pid = the child, aux = the parent */
+#define EV_OWNER 13           /* a process dropped a socket's last reference (closed it) and
+                                 is not its recorded owner, or is but forks: pid = that
+                                 process, aux = the owner */
 /* Not an event: a piece of the command line of the EXEC just before it in the same record
  * (same ts_ns and pid). The decoders join the pieces into that EXEC. */
 #define EV_ARGS 64
@@ -37,20 +42,23 @@ typedef uint64_t u64;
 struct event {                /* 128 bytes */
     u64 ts_ns;                /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
     u64 sock_id;              /* per-recording socket identity, 0 if unknown;
-                                 EXEC: the process's cgroup id (unified hierarchy) */
+                                 EXEC, FORK: the process's cgroup id (unified hierarchy) */
     u64 bytes_sent;           /* CLOSE: tcp_sock.bytes_acked;
-                                 EXEC: the process's cgroup id in one v1 hierarchy */
+                                 EXEC, FORK: the process's cgroup id in one v1 hierarchy */
     u64 bytes_received;       /* CLOSE: tcp_sock.bytes_received */
     u32 pid;                  /* thread group id of the process the event belongs to */
     u32 netns;                /* network namespace inode */
     u32 aux;                  /* CONNECT_FAILED: sk_err; EXEC/EXIT: parent's tgid;
-                                 ARGS: where its piece begins in the command line */
+                                 FORK: the forking process; OWNER: the socket's recorded
+                                 owner; ARGS: where its piece begins in the command line */
     u16 lport;                /* ARGS: its piece's length */
     u16 rport;
     u8 kind;
     u8 family;
     u16 flags;
-    u32 aux2;                 /* EXIT: exit code; ARGS: the whole command line's length */
+    u32 aux2;                 /* EXIT: exit code; OWNER: the state the close moved the socket
+                                 to (4 FIN_WAIT1, 9 LAST_ACK); ARGS: the whole command line's
+                                 length */
     union {
         struct {
             char comm[16];

@@ -57,6 +57,8 @@ typedef struct {
 #define KIND_ACCEPT EV_ACCEPT
 #define KIND_CLOSE EV_CLOSE
 #define KIND_LAST_CAPTURED EV_EXIT
+#define KIND_FORK EV_FORK
+#define KIND_OWNER EV_OWNER
 #define FAMILY_INET 2
 
 static int is_fast_kind(uint8_t kind)
@@ -254,7 +256,8 @@ static PyObject *raw_run(PyObject *Py_UNUSED(module), PyObject *arg)
            (size_t)count * sizeof(struct event));
     for (uint32_t i = 0; i < count; i++) {
         uint8_t kind = run->events[i].kind;
-        if (kind < KIND_CONNECT || kind > KIND_LAST_CAPTURED) {
+        if ((kind < KIND_CONNECT || kind > KIND_LAST_CAPTURED) && kind != KIND_FORK &&
+            kind != KIND_OWNER) {
             PyErr_Format(PyExc_ValueError, "unknown event kind %u", kind);
             Py_CLEAR(run);
             goto done;
@@ -478,7 +481,7 @@ static PyObject *cached_ident(struct cached_value *cached, PyObject *ids)
     return ident;
 }
 
-/* A rare kind (failed connect, exec, exit) through eventlog.kernel_records.decode_event's rules:
+/* A rare kind (failed connect, exec, exit, fork, owner) through eventlog.kernel_records.decode_event's rules:
  * ``decode_one(bytes)`` returns its Event. */
 static PyObject *decode_rare(PyObject *decode_one, const struct event *event)
 {

@@ -34,10 +34,20 @@ class Kind(IntEnum):
     # What a container runtime said of a container (recorder.containers): pid = its first
     # process, netns = its network namespace, extra = the record (``container_record``).
     CONTAINER = 11
+    # A process forked (not a thread): pid = the child, comm = its name (its parent's),
+    # extra = {"ppid": the forking process, "cgroup_id"}. The child holds its parent's sockets.
+    FORK = 12
+    # A process dropped a socket's last reference (ESTABLISHED -> FIN_WAIT1 or CLOSE_WAIT ->
+    # LAST_ACK, which only close() and shutdown() cause, in its context): recorded when it is
+    # not the process its open event names (the socket had moved to it: a forked child, or
+    # one it was passed to), or is but a process that forks (its children may have held it).
+    # pid/comm = that process, the socket's tuple and id, extra = {"owner": the pid its open
+    # event names, "state": the state it moved to}. No process holds the socket after it.
+    OWNER = 13
 
 
 CONNECTION_KINDS = frozenset({Kind.CONNECT, Kind.ACCEPT, Kind.CLOSE, Kind.CONNECT_FAILED})
-PROCESS_KINDS = frozenset({Kind.EXEC, Kind.EXIT})
+PROCESS_KINDS = frozenset({Kind.EXEC, Kind.EXIT, Kind.FORK})
 CONNTRACK_KINDS = frozenset({Kind.CT_NEW, Kind.CT_UPDATE, Kind.CT_DESTROY})
 
 # What a CONTAINER event's ``action`` says: ``listed`` at the start of following a runtime

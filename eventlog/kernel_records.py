@@ -139,6 +139,15 @@ def _with_command_line(event: Event, parts: list[tuple[int, bytes]], whole: int)
     return event._replace(extra=extra)
 
 
+def _add_cgroups(extra: dict[str, Any], unified: int, v1: int) -> None:
+    """An EXEC's or FORK's cgroup ids (recorder.cgroups), held where a CLOSE keeps its
+    socket's id and bytes sent."""
+    if unified:
+        extra["cgroup_id"] = unified
+    if v1:
+        extra["cgroup_v1_id"] = v1
+
+
 def decode_event(fields: tuple[Any, ...]) -> Event:
     """One event from its unpacked fields (any kind; the rarer kinds only come here)."""
     (ts_ns, sock_id, bytes_sent, bytes_received, pid, netns, aux, lport, rport, kind, family,
@@ -166,14 +175,29 @@ def decode_event(fields: tuple[Any, ...]) -> Event:
         )
     if kind == Kind.EXEC:
         extra: dict[str, Any] = {"ppid": aux, "filename": _cstring(tail)}
-        # The fields that hold a CLOSE's socket and bytes hold an EXEC's cgroup ids.
-        if sock_id:
-            extra["cgroup_id"] = sock_id
-        if bytes_sent:
-            extra["cgroup_v1_id"] = bytes_sent
+        _add_cgroups(extra, sock_id, bytes_sent)
         if flags & FLAG_TRUNCATED:
             extra["filename_truncated"] = True
         return Event(kind=kind, mono_ns=ts_ns, pid=pid, comm=comm, netns=netns or None, extra=extra)
+    if kind == Kind.FORK:
+        extra = {"ppid": aux}
+        _add_cgroups(extra, sock_id, bytes_sent)
+        return Event(kind=kind, mono_ns=ts_ns, pid=pid, comm=comm, netns=netns or None, extra=extra)
+    if kind == Kind.OWNER:
+        width = 4 if family == FAMILY_INET else 16
+        return Event(
+            kind=kind,
+            mono_ns=ts_ns,
+            pid=pid,
+            comm=comm,
+            netns=netns or None,
+            laddr=bytes(tail[:width]),
+            lport=lport,
+            raddr=bytes(tail[16 : 16 + width]),
+            rport=rport,
+            sock_id=sock_id or None,
+            extra={"owner": aux, "state": aux2},
+        )
     if kind == Kind.EXIT:
         return Event(
             kind=kind,

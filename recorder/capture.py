@@ -70,6 +70,8 @@ KERNEL_OFFSETS = (
     ("OFF_TASK_NSPROXY", "task_struct", "nsproxy"),
     ("OFF_TASK_REAL_PARENT", "task_struct", "real_parent"),
     ("OFF_TASK_TGID", "task_struct", "tgid"),
+    ("OFF_TASK_PID", "task_struct", "pid"),
+    ("OFF_TASK_FLAGS", "task_struct", "flags"),
     ("OFF_TASK_EXIT_CODE", "task_struct", "exit_code"),
     ("OFF_TASK_MM", "task_struct", "mm"),
     ("OFF_MM_ARG_START", "mm_struct", "arg_start"),
@@ -156,6 +158,9 @@ class CaptureOptions:
     # Each EXEC followed by pieces of its command line (EV_ARGS: EXEC_ARGS_PIECES of 64
     # bytes), read from the new process's memory; False: the program path only.
     command_lines: bool = True
+    # Forks (EV_FORK) and closes by a process other than a socket's owner (EV_OWNER), so
+    # that replay follows a socket to the process that serves it; False: neither.
+    follow_forks: bool = True
     # Pin the programs in bpffs so that they capture on while no recorder runs; adopt the
     # pinned programs of this host if they are there.
     pin: bool = False
@@ -249,6 +254,7 @@ def program_cflags(offsets: dict[str, int], options: CaptureOptions) -> list[str
         "STAGING": int(options.staging),
         "EXEC_ARGS_PIECES": EXEC_ARGS_PIECES if options.command_lines else 0,
         "NETNS_FILTER": int(bool(options.netns)),
+        "FOLLOW_FORKS": int(options.follow_forks),
     }
     return [f"-D{name}={value}" for name, value in sorted(defines.items())] + [f"-I{BPF_DIR}"]
 

@@ -95,6 +95,15 @@ def record(
     no_containers: Annotated[
         bool, typer.Option("--no-containers", help="Do not follow a container runtime's API.")
     ] = False,
+    no_follow_forks: Annotated[
+        bool,
+        typer.Option(
+            "--no-follow-forks",
+            help="Do not record forks, nor which process closed a socket it did not open: "
+            "replay then attributes each socket to the process that opened it (accept(), "
+            "connect()), also behind pre-fork servers.",
+        ),
+    ] = False,
     buffer_events: Annotated[
         int,
         typer.Option(help="Events kept in memory while a PostgreSQL log is unreachable."),
@@ -231,7 +240,9 @@ def record(
         buffer_events=buffer_events,
         progress_file=progress_file,
         sqlite=SqliteOptions(synchronous=sync.upper(), force=force),
-        capture=CaptureOptions(ringbuf_bytes=int(ringbuf_mb * (1 << 20)), pin=pin),
+        capture=CaptureOptions(
+            ringbuf_bytes=int(ringbuf_mb * (1 << 20)), pin=pin, follow_forks=not no_follow_forks
+        ),
         retention=retention,
         host_id=host_id or None,
         netns=NetnsScope.of(netns or ()),

@@ -35,7 +35,7 @@ TRACEPOINTS = (
     "syscalls:sys_exit_accept4",
 )
 # sock:inet_sock_set_state, attached raw: see bpf/tcp_events.c.
-RAW_TRACEPOINTS = ("inet_sock_set_state",)
+RAW_TRACEPOINTS = ("inet_sock_set_state", "sched_process_fork")
 FLUSH_PROGRAM = "flush_stage"  # not attached: run on each CPU by the recorder
 MAPS = ("events", "stats", "control", "netns_wanted")  # what user space reads and writes
 

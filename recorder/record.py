@@ -317,6 +317,7 @@ class Recorder:
             "proc_poll_interval_s": options.proc_poll_interval_s,
             "redact_cmdline": options.redact_cmdline,
             "ringbuf_bytes": options.capture.ringbuf_bytes,
+            "follow_forks": options.capture.follow_forks,
             "fallback_reason": self.progress.fallback_reason,
             "version": __version__,
             "local": local_addresses(),

@@ -200,6 +200,15 @@ def replay_main(
     pseudo: PseudoOption = ShowHide.hide,
     show_unknown_lan: UnknownLanOption = False,
     show_self: SelfOption = False,
+    story: Annotated[
+        bool,
+        typer.Option(
+            "--story",
+            help="The table: for each side, the process that opened the socket (connected, "
+            "accepted) and the one that served it since when (a forked child, a worker it "
+            "was handed to).",
+        ),
+    ] = False,
     db: DbOption = None,
 ) -> None:
     """Print the connection table, or a map, at --at T (open then, or closed in the window).
@@ -225,7 +234,7 @@ def replay_main(
         if fmt not in ("table", "json", "csv"):
             raise UsageError(f"--format {fmt} draws maps: pick a --view, or use table, json or csv")
         with _derived(db) as derived:
-            result = table.table_at(derived, at, window, last_read=True)
+            result = table.table_at(derived, at, window, last_read=True, story=story)
         _warn(result.warnings)
         _emit(table.render(result, fmt), output)
         return

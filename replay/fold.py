@@ -12,8 +12,9 @@ what is open in a ``FoldState``:
 - sockets only /proc knows: a snapshot showing an open socket that no event opened; it lasts
   until a close of the same addresses, or a later snapshot of its namespace without it.
 - a close that matches nothing: a socket whose only trace is its close.
-- processes: from an EXEC or the first snapshot showing them, until their EXIT or a snapshot
-  without them; an EXEC of a process already known starts a new segment (another program).
+- processes: from an EXEC, a FORK (the child) or the first snapshot showing them, until their
+  EXIT or a snapshot without them; an EXEC of a process already known starts a new segment
+  (another program).
   What a process is at a moment is its latest sighting: the EXEC or snapshot row that began
   its segment, or a later snapshot of its recording (which shows it, or the segment would
   have ended there).
@@ -49,13 +50,15 @@ _CONNECT = int(Kind.CONNECT)
 _ACCEPT = int(Kind.ACCEPT)
 _CLOSE = int(Kind.CLOSE)
 _EXEC = int(Kind.EXEC)
+_FORK = int(Kind.FORK)
 _EXIT = int(Kind.EXIT)
 _SNAPSHOT = int(Kind.SNAPSHOT)
 _CT_DESTROY = int(Kind.CT_DESTROY)
 _CT_CHANGES = frozenset({int(Kind.CT_NEW), int(Kind.CT_UPDATE)})
+_PROCESS_STARTS = frozenset({_EXEC, _FORK})  # of a process's segment (a child, another program)
 OPEN_KINDS = frozenset({_CONNECT, _ACCEPT})
 # What the fold reads; the rest (CONNECT_FAILED) is not state.
-FOLDED_KINDS = frozenset({_CONNECT, _ACCEPT, _CLOSE, _EXEC, _EXIT, _SNAPSHOT, _CT_DESTROY})
+FOLDED_KINDS = frozenset({_CONNECT, _ACCEPT, _CLOSE, _EXEC, _FORK, _EXIT, _SNAPSHOT, _CT_DESTROY})
 FOLDED_KINDS |= _CT_CHANGES
 
 SocketKey = tuple[int, int]  # (recording, socket id, or minus the open's position)
@@ -213,7 +216,7 @@ class Fold:
                         tuples[key] = tuple_
             elif kind == _CLOSE:
                 ended_sockets.append(self._close(position, recording, sock_id, tuple_))
-            elif kind == _EXEC:
+            elif kind in _PROCESS_STARTS:
                 self._source((recording, pid), position, state.processes_of(recording), True)
             elif kind == _EXIT:
                 self._end((recording, pid), position, state.processes_of(recording), True)

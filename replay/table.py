@@ -58,6 +58,22 @@ class ConnectionRow(NamedTuple):
     server_port: int = 0
     client_local: bool = False
     server_local: bool = False
+    # The story of each side (replay.derived.owners): the process that opened the socket
+    # (connect(), accept()) and when; since when its process above (client_pid, server_pid)
+    # held it and how that is known (opened, fork, passed, alone, shared); when that process
+    # closed it, where it is not the opener.
+    client_open_pid: int | None = None
+    client_open_comm: str | None = None
+    client_open_ns: int | None = None
+    client_served_since_ns: int | None = None
+    client_served_how: str | None = None
+    client_served_closed_ns: int | None = None
+    server_open_pid: int | None = None
+    server_open_comm: str | None = None
+    server_open_ns: int | None = None
+    server_served_since_ns: int | None = None
+    server_served_how: str | None = None
+    server_served_closed_ns: int | None = None
 
     @property
     def duration_ns(self) -> int | None:
@@ -70,6 +86,8 @@ class ConnectionRow(NamedTuple):
 # does not read those, which saves a tenth of its time (8 ms of a table of 16,000 connections).
 SHOWN = ConnectionRow._fields[: ConnectionRow._fields.index("client_ip")]
 ALL_FIELDS = ConnectionRow._fields
+# Each side's story (who opened it, who served it since when): read for --story only.
+STORY = ConnectionRow._fields[ConnectionRow._fields.index("client_open_pid") :]
 # ConnectionRow._make without its length check: the rows have exactly its fields
 _connection_row = partial(tuple.__new__, ConnectionRow)
 
@@ -132,6 +150,7 @@ class TableResult:
     rows: list[ConnectionRow]
     losses: list[Loss] = field(default_factory=list)
     uncovered: list[str] = field(default_factory=list)  # hosts no recording covers then
+    story: bool = False  # each side's story is shown
 
     @property
     def warnings(self) -> list[str]:
@@ -153,16 +172,23 @@ def moment_warnings(derived: Derived, moment: Moment) -> list[str]:
 
 
 def table_at(
-    derived: Derived, at_text: str, window_text: str = DEFAULT_WINDOW, last_read: bool = False
+    derived: Derived,
+    at_text: str,
+    window_text: str = DEFAULT_WINDOW,
+    last_read: bool = False,
+    story: bool = False,
 ) -> TableResult:
     """The table at ``at_text``. ``last_read``: nothing more is read from ``derived`` after,
-    and its connection is closed while the rows are made (see Derived.closed_meanwhile)."""
+    and its connection is closed while the rows are made (see Derived.closed_meanwhile).
+    ``story``: with who opened each side and who served it since when."""
     moment = resolve_moment(derived, at_text, window_text)
-    connections = read_connections(derived, moment.at_ns, moment.window_ns, SHOWN)
+    fields = (*SHOWN, *STORY) if story else SHOWN
+    connections = read_connections(derived, moment.at_ns, moment.window_ns, fields)
     losses = losses_between(derived, moment.start_ns, moment.at_ns)
     hosts_uncovered = uncovered(derived, moment.at_ns)
     with derived.closed_meanwhile() if last_read else contextlib.nullcontext():
-        return TableResult(moment, connection_rows(connections), losses, hosts_uncovered)
+        rows = connection_rows(connections)
+        return TableResult(moment, rows, losses, hosts_uncovered, story)
 
 
 def replay_table(log: LogStore, at_text: str, window_text: str = DEFAULT_WINDOW) -> TableResult:
@@ -208,12 +234,80 @@ def row_values(row: ConnectionRow) -> list[Any]:
     ]  # fmt: skip
 
 
-def row_document(row: ConnectionRow) -> dict[str, Any]:
+def row_document(row: ConnectionRow, story: bool = False) -> dict[str, Any]:
     document = dict(zip(COLUMNS, row_values(row), strict=True))
     document["duration_ns"] = row.duration_ns
     document["opened_ns"] = row.opened_ns
     document["closed_ns"] = row.closed_ns
+    if story:
+        document["client_story"] = side_story(row, "client")
+        document["server_story"] = side_story(row, "server")
     return document
+
+
+# The story's two steps, as each side names them.
+STORY_NAMES = {"client": ("connected_by", "used_by"), "server": ("accepted_by", "served_by")}
+STORY_COLUMNS = ("connected_by", "used_by", "accepted_by", "served_by")
+
+
+def side_story(row: ConnectionRow, side: str) -> dict[str, Any] | None:
+    """Who opened the ``side`` ("client" or "server") socket of ``row``, and which process
+    served it (the row's process of that side) since when; None for a side not of this host."""
+    opened, served = STORY_NAMES[side]
+    values = row._asdict()
+    open_pid, how = values[f"{side}_open_pid"], values[f"{side}_served_how"]
+    if open_pid is None and how is None:
+        return None
+    return {
+        opened: {
+            "pid": open_pid,
+            "comm": values[f"{side}_open_comm"],
+            "at": format_ns(values[f"{side}_open_ns"]),
+        },
+        served: {
+            "pid": values[f"{side}_pid"] if how != "shared" else None,
+            "comm": values[f"{side}_comm"] if how != "shared" else None,
+            "since": format_ns(values[f"{side}_served_since_ns"]),
+            "how": how,
+            "closed_at": format_ns(values[f"{side}_served_closed_ns"]),
+        },
+    }
+
+
+def story_texts(row: ConnectionRow) -> list[str]:
+    """The story as the four columns of STORY_COLUMNS."""
+    texts = []
+    for side in ("client", "server"):
+        story = side_story(row, side)
+        opened, served = STORY_NAMES[side]
+        if story is None:
+            texts += ["", ""]
+            continue
+        first, second = story[opened], story[served]
+        texts.append(f"{_proc(first['pid'], first['comm'])} at {first['at'] or '?'}")
+        texts.append(_served_text(second))
+    return texts
+
+
+_HOW = {
+    "opened": "since {since}",
+    "fork": "since its fork at {since}",
+    "alone": "since its fork at {since}, its other holders gone",
+    "passed": "handed over at a moment not recorded",
+    "shared": "several processes held it (see note)",
+}
+
+
+def _served_text(served: dict[str, Any]) -> str:
+    how = served["how"]
+    if how is None:
+        return ""
+    text = _HOW[how].format(since=served["since"] or "?")
+    if how != "shared":
+        text = f"{_proc(served['pid'], served['comm'])} {text}"
+    if served["closed_at"]:
+        text += f", closed it at {served['closed_at']}"
+    return text
 
 
 def render(result: TableResult, fmt: str) -> str:
@@ -234,8 +328,12 @@ def render(result: TableResult, fmt: str) -> str:
                 for loss in result.losses
             ],
         }
-        return to_json_listing(head, "connections", [row_document(row) for row in result.rows])
+        documents = [row_document(row, result.story) for row in result.rows]
+        return to_json_listing(head, "connections", documents)
     if fmt == "csv":
+        if result.story:
+            rows = [[*row_values(row), *story_texts(row)] for row in result.rows]
+            return to_csv((*COLUMNS, *STORY_COLUMNS), rows)
         return to_csv(COLUMNS, [row_values(row) for row in result.rows])
     window = (
         f"open then, or closed in the {format_duration(moment.window_ns)} before"
@@ -250,4 +348,9 @@ def render(result: TableResult, fmt: str) -> str:
          _proc(row.server_pid, row.server_comm), row.source, row.id]
         for row in result.rows
     ]  # fmt: skip
+    if result.story:
+        table_rows = [
+            [*cells, *story_texts(row)] for cells, row in zip(table_rows, result.rows, strict=True)
+        ]
+        return header + to_table((*TABLE_COLUMNS, *STORY_COLUMNS), table_rows)
     return header + to_table(TABLE_COLUMNS, table_rows)

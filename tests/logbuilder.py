@@ -139,6 +139,17 @@ class Builder:
             )
         )
 
+    def fork(self, at: float, pid: int, ppid: int, comm: str) -> None:
+        self.writer.add(
+            Event(int(Kind.FORK), mono(at), pid, comm, ROOT_NETNS, extra={"ppid": ppid})
+        )
+
+    def owner(
+        self, at: float, sock: int, pid: int, comm: str, local: str, remote: str, opener: int
+    ) -> None:
+        """``pid`` closed socket ``sock`` (which ``opener`` opened) in its own context."""
+        self.socket(Kind.OWNER, at, sock, pid, comm, local, remote, owner=opener, state=9)
+
     def snapshot(
         self,
         at: float,

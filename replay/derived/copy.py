@@ -221,11 +221,28 @@ def copy_chunk(con: duckdb.DuckDBPyConnection, scanned: Scanned) -> Chunk:
     finally:
         con.unregister("_raw_events")
     where = f"e.position > {int(scanned.after)} AND e.position <= {int(scanned.upto)}"
+    _copy_lineage(con, where)
     sockets = _snapshot_sockets(con, scanned.connections)
     _copy_snapshot_processes(con, scanned.processes)
     _copy_conntrack(con, scanned.conntrack, where)
     _mark_snapshots(con, where)
     return Chunk(scanned.after, scanned.upto, scanned.events.num_rows, sockets)
+
+
+def _copy_lineage(con: duckdb.DuckDBPyConnection, where: str) -> None:
+    """The range's forks, exits and OWNER events, again in tables of their own: few beside
+    the events, and read for every socket shown (replay.derived.owners)."""
+    con.execute(f"""
+        INSERT INTO forks SELECT e.position, e.recording_id, e.pid,
+            CAST(json_extract(e.extra, '$.ppid') AS INTEGER), e.comm, e.wall_ns
+        FROM ev e WHERE {where} AND e.kind = {int(Kind.FORK)} ORDER BY e.position""")
+    con.execute(f"""
+        INSERT INTO exits SELECT e.position, e.recording_id, e.pid, e.wall_ns
+        FROM ev e WHERE {where} AND e.kind = {int(Kind.EXIT)} ORDER BY e.position""")
+    con.execute(f"""
+        INSERT INTO owners SELECT e.position, e.recording_id, e.sock_id, e.pid, e.comm, e.wall_ns
+        FROM ev e WHERE {where} AND e.kind = {int(Kind.OWNER)} AND e.sock_id IS NOT NULL
+        ORDER BY e.position""")  # fmt: skip
 
 
 def with_wall_time(events: pa.Table, clocks: Clocks) -> pa.Table:

@@ -56,6 +56,7 @@ from replay.fold import (
 _SNAPSHOT = int(Kind.SNAPSHOT)
 _CONNECT = int(Kind.CONNECT)
 _EXEC = int(Kind.EXEC)
+_FORK = int(Kind.FORK)
 _OPENING = f"({int(Kind.CONNECT)}, {int(Kind.ACCEPT)})"
 
 
@@ -582,7 +583,7 @@ SELECT o.position, 0, o.recording_id, o.kind <> {_CONNECT}, o.pid, o.comm, o.net
     o.wall_ns, o.wall_ns, c.wall_ns, c.position, c.pid, c.comm, c.bytes_sent, c.bytes_received,
     m.wall_ns, m.position,
     CASE WHEN json_extract_string(o.extra, '$.source') = 'proc' THEN 'proc' ELSE 'events' END,
-    false
+    false, o.sock_id
 FROM _socket_ends x JOIN {{opens}} o ON o.position = x.open_pos
 LEFT JOIN {{closes}} c ON c.position = x.close_pos
 LEFT JOIN {{misses}} m ON m.position = x.missing_pos
@@ -590,7 +591,7 @@ UNION ALL
 SELECT x.snapshot_pos, s.ordinal, e.recording_id, s.is_server, s.pid, s.comm, x.netns,
     nullif(x.laddr, 0), x.lport, nullif(x.raddr, 0), x.rport,
     e.wall_ns, NULL, c.wall_ns, c.position, c.pid, c.comm, c.bytes_sent, c.bytes_received,
-    m.wall_ns, m.position, 'snapshot', false
+    m.wall_ns, m.position, 'snapshot', false, NULL
 FROM _socket_ends x JOIN snap_marks e ON e.position = x.snapshot_pos
 JOIN _snapshot_sockets s ON s.snapshot_pos = x.snapshot_pos AND s.netns = x.netns
  AND s.laddr = x.laddr AND s.lport = x.lport AND s.raddr = x.raddr AND s.rport = x.rport
@@ -600,27 +601,31 @@ UNION ALL
 SELECT c.position, 0, c.recording_id, coalesce(c.lport, 0) < coalesce(c.rport, 0), c.pid,
     c.comm, c.netns, c.laddr, coalesce(c.lport, 0), c.raddr, coalesce(c.rport, 0),
     c.wall_ns, NULL, c.wall_ns, c.position, c.pid, c.comm, c.bytes_sent, c.bytes_received,
-    NULL, NULL, 'events', true
+    NULL, NULL, 'events', true, NULL
 FROM _socket_ends x JOIN {{closes}} c ON c.position = x.close_pos
 WHERE x.open_pos IS NULL AND x.snapshot_pos IS NULL
 """
 
-# Processes from ``_process_segments``: as their EXEC or snapshot row described them.
+# Processes from ``_process_segments``: as their EXEC, FORK or snapshot row described them
+# (a forked child has its parent's name and no command line of its own until it execs).
 _PROCESSES_SQL = f"""
 SELECT x.recording_id, x.pid, x.source_pos, e.wall_ns, z.wall_ns,
-    CASE WHEN e.kind = {_EXEC} THEN coalesce(e.comm, '?') ELSE p.comm END,
-    CASE WHEN e.kind = {_EXEC} THEN CAST(json_extract(e.extra, '$.ppid') AS INTEGER)
+    CASE WHEN e.kind IN ({_EXEC}, {_FORK}) THEN coalesce(e.comm, '?') ELSE p.comm END,
+    CASE WHEN e.kind IN ({_EXEC}, {_FORK}) THEN CAST(json_extract(e.extra, '$.ppid') AS INTEGER)
          ELSE p.ppid END,
     CASE WHEN e.kind = {_EXEC} THEN coalesce({exec_command_line("e")}, '')
+         WHEN e.kind = {_FORK} THEN ''
          ELSE p.cmdline END,
-    CASE WHEN e.kind = {_EXEC} THEN '' ELSE p.cgroup END,
-    CASE WHEN e.kind = {_EXEC} THEN e.netns ELSE p.netns END,
-    CASE WHEN e.kind = {_EXEC} THEN CAST(json_extract(e.extra, '$.cgroup_id') AS BIGINT) END,
-    CASE WHEN e.kind = {_EXEC} THEN CAST(json_extract(e.extra, '$.cgroup_v1_id') AS BIGINT) END
+    CASE WHEN e.kind IN ({_EXEC}, {_FORK}) THEN '' ELSE p.cgroup END,
+    CASE WHEN e.kind IN ({_EXEC}, {_FORK}) THEN e.netns ELSE p.netns END,
+    CASE WHEN e.kind IN ({_EXEC}, {_FORK})
+         THEN CAST(json_extract(e.extra, '$.cgroup_id') AS BIGINT) END,
+    CASE WHEN e.kind IN ({_EXEC}, {_FORK})
+         THEN CAST(json_extract(e.extra, '$.cgroup_v1_id') AS BIGINT) END
 FROM _process_segments x JOIN {{sources}} e ON e.position = x.source_pos
 LEFT JOIN {{ends}} z ON z.position = x.end_pos
 LEFT JOIN {{source_processes}} p ON p.position = x.source_pos AND p.pid = x.pid
-WHERE e.kind = {_EXEC} OR p.pid IS NOT NULL
+WHERE e.kind IN ({_EXEC}, {_FORK}) OR p.pid IS NOT NULL
 """
 
 # NAT entries from ``_nat_segments`` (entries conntrack did not translate are left out).

@@ -4,7 +4,8 @@ from it.
 Three groups, all rebuilt from the log alone:
 
 - copies of the log: events (``ev``) with their wall time, snapshot processes and
-  conntrack sightings (a CT_* event or a row of a snapshot's dump); recordings, losses,
+  conntrack sightings (a CT_* event or a row of a snapshot's dump); the forks, exits and
+  OWNER events again in small tables of their own, for the holders of sockets; recordings, losses,
   clock segments, batches and the log's name and namespace dictionaries. Addresses get
   small ids (``addr``, with their text and kind), so that the fold compares integers. An
   event carries its names in words too (its process name, namespace inode, addresses as
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 from eventlog.addresses import FAMILIES
 
-FORMAT = 5
+FORMAT = 6
 SHORT_NS = 60 * 1_000_000_000
 
 
@@ -48,7 +49,7 @@ SOCKET_COLUMNS = """
     pid INTEGER, comm VARCHAR, netns BIGINT, laddr INTEGER, lport INTEGER, raddr INTEGER,
     rport INTEGER, known_ns BIGINT, opened_ns BIGINT, close_ns BIGINT, close_pos BIGINT,
     close_pid INTEGER, close_comm VARCHAR, bytes_sent BIGINT, bytes_received BIGINT,
-    missing_ns BIGINT, missing_pos BIGINT, source VARCHAR, close_only BOOLEAN
+    missing_ns BIGINT, missing_pos BIGINT, source VARCHAR, close_only BOOLEAN, sock_id BIGINT
 """
 SOCKET_TABLES = ("socket_short", "socket_long", "socket_open")
 PAIR_COLUMNS = "open_pos BIGINT, close_pos BIGINT, known_ns BIGINT, close_ns BIGINT"
@@ -107,6 +108,15 @@ CREATE TABLE IF NOT EXISTS conntrack_raw (
     orig_src VARCHAR, orig_sport INTEGER, orig_dst VARCHAR, orig_dport INTEGER,
     reply_src VARCHAR, reply_sport INTEGER, reply_dst VARCHAR, reply_dport INTEGER,
     status INTEGER, tcp_state SMALLINT, ct_id BIGINT, zone INTEGER, mark BIGINT);
+-- What a socket's holders are derived from (replay.derived.owners): forks and exits of
+-- processes, and closes of sockets by a process other than their opener (OWNER events).
+CREATE TABLE IF NOT EXISTS forks (
+    position BIGINT, recording_id INTEGER, pid INTEGER, ppid INTEGER, comm VARCHAR,
+    wall_ns BIGINT);
+CREATE TABLE IF NOT EXISTS exits (position BIGINT, recording_id INTEGER, pid INTEGER, wall_ns BIGINT);
+CREATE TABLE IF NOT EXISTS owners (
+    position BIGINT, recording_id INTEGER, sock_id BIGINT, pid INTEGER, comm VARCHAR,
+    wall_ns BIGINT);
 CREATE TABLE IF NOT EXISTS cgroups (cgroup VARCHAR PRIMARY KEY, runtime VARCHAR, container_id VARCHAR);
 
 CREATE TABLE IF NOT EXISTS pairs_short ({PAIR_COLUMNS});

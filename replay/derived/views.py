@@ -20,6 +20,7 @@ row says where DNAT sent it and how SNAT showed its source.
 from __future__ import annotations
 
 from eventlog.events import IPS_DST_NAT, IPS_SRC_NAT, Kind
+from replay.derived.owners import owner_ctes
 from replay.derived.tables import SHORT_NS, exec_command_line
 
 CLOSE_ONLY_NOTE = "opened before anything recorded"
@@ -106,7 +107,13 @@ paired AS (  -- and the two sockets whole (the endpoints as each side saw them)
         c.unknown AS c_unknown, s.unknown AS s_unknown,
         c.positions AS c_positions, s.positions AS s_positions,
         c.at_sent AS c_sent, c.at_received AS c_received, s.at_sent AS s_sent,
-        s.at_received AS s_received, c.recording_id AS c_recording, s.recording_id AS s_recording
+        s.at_received AS s_received, c.recording_id AS c_recording, s.recording_id AS s_recording,
+        c.open_pid AS client_open_pid, c.open_comm AS client_open_comm,
+        c.opened_ns AS client_open_ns, c.served_since_ns AS client_served_since_ns,
+        c.served_how AS client_served_how, c.served_closed_ns AS client_served_closed_ns,
+        s.open_pid AS server_open_pid, s.open_comm AS server_open_comm,
+        s.opened_ns AS server_open_ns, s.served_since_ns AS server_served_since_ns,
+        s.served_how AS server_served_how, s.served_closed_ns AS server_served_closed_ns
     FROM matched m
     LEFT JOIN {shown} c ON c.origin_pos = m.c_pos AND c.origin_ord = m.c_ord
     LEFT JOIN {shown} s ON s.origin_pos = m.s_pos AND s.origin_ord = m.s_ord
@@ -154,7 +161,10 @@ connections_rows AS (
         false AS failed,
         seen_c_ip AS client_ip, seen_c_port AS client_port,
         coalesce(real_ip, seen_s_ip) AS server_ip, coalesce(real_port, seen_s_port) AS server_port,
-        has_client AS client_local, has_server AS server_local
+        has_client AS client_local, has_server AS server_local,
+        client_open_pid, client_open_comm, client_open_ns, client_served_since_ns,
+        client_served_how, client_served_closed_ns, server_open_pid, server_open_comm,
+        server_open_ns, server_served_since_ns, server_served_how, server_served_closed_ns
     FROM sided
 )"""
 
@@ -180,7 +190,15 @@ def _failed(where: str) -> str:
         e.recording_id, true AS failed,
         coalesce(e.laddr_text, '?') AS client_ip, coalesce(e.lport, 0) AS client_port,
         coalesce(e.raddr_text, '?') AS server_ip, coalesce(e.rport, 0) AS server_port,
-        true AS client_local, false AS server_local
+        true AS client_local, false AS server_local,
+        e.pid AS client_open_pid, e.comm AS client_open_comm, e.wall_ns AS client_open_ns,
+        e.wall_ns AS client_served_since_ns,
+        CASE WHEN e.pid IS NOT NULL THEN 'opened' END AS client_served_how,
+        CAST(NULL AS BIGINT) AS client_served_closed_ns,
+        CAST(NULL AS INTEGER) AS server_open_pid, CAST(NULL AS VARCHAR) AS server_open_comm,
+        CAST(NULL AS BIGINT) AS server_open_ns, CAST(NULL AS BIGINT) AS server_served_since_ns,
+        CAST(NULL AS VARCHAR) AS server_served_how,
+        CAST(NULL AS BIGINT) AS server_served_closed_ns
     FROM ev e LEFT JOIN recordings_raw r ON r.id = e.recording_id
     LEFT JOIN addr a ON a.id = e.raddr
     WHERE e.kind = {int(Kind.CONNECT_FAILED)} AND {where}"""
@@ -223,7 +241,7 @@ _PAIR_ROWS = """
         CAST(NULL AS BIGINT) AS missing_pos,
         CASE WHEN json_extract_string(o.extra, '$.source') = 'proc' THEN 'proc'
              ELSE 'events' END AS source,
-        false AS close_only
+        false AS close_only, o.sock_id
     FROM {pairs} p JOIN ev o ON o.position = p.open_pos JOIN ev c ON c.position = p.close_pos
 """
 
@@ -256,7 +274,10 @@ _OUTPUT = """
         client_pid, client_comm, client_netns, server_pid, server_comm, server_netns,
         nat_destination, nat_source, source, note, bytes_sent, bytes_received, opened_ns,
         closed_ns, recording_id, failed, positions, client_ip, client_port, server_ip,
-        server_port, client_local, server_local
+        server_port, client_local, server_local, client_open_pid, client_open_comm,
+        client_open_ns, client_served_since_ns, client_served_how, client_served_closed_ns,
+        server_open_pid, server_open_comm, server_open_ns, server_served_since_ns,
+        server_served_how, server_served_closed_ns
     FROM ({rows}) u
     ORDER BY coalesce(opened_ns, -1), coalesce(closed_ns, 0), first_pos, first_ord
 """
@@ -303,7 +324,7 @@ FROM ({_NAMED.format(rows="socket_all")});
 -- short-lived socket shown at t_ns became known within SHORT_NS of its end, so only those
 -- known since t_ns - w_ns - SHORT_NS are looked at (socket_short is in known_ns order).
 CREATE OR REPLACE MACRO connections_at_ns(t_ns, w_ns) AS TABLE
-WITH pairs AS (
+WITH RECURSIVE pairs AS (
     SELECT * FROM pairs_short
     WHERE known_ns >= t_ns - w_ns - {SHORT_NS} AND known_ns <= t_ns AND close_ns > t_ns - w_ns
     UNION ALL
@@ -327,7 +348,8 @@ live AS (
 ),
 at_t AS (SELECT *, {_AT_T} FROM live),
 kept AS (SELECT * FROM at_t WHERE end_ns IS NULL OR end_ns > t_ns - w_ns),
-shown AS ({_NAMED.format(rows="kept")}),
+{owner_ctes("kept", "CASE WHEN end_ns IS NOT NULL AND end_ns <= t_ns THEN end_ns ELSE t_ns END")},
+shown AS ({_NAMED.format(rows="owned")}),
 {_pairing("shown", _NAT_AT_T)}
 {
     _OUTPUT.format(
@@ -343,7 +365,7 @@ CREATE OR REPLACE MACRO connections_at(t, w) AS TABLE
 
 -- Every connection over the whole log: each socket as it ended (or is now).
 CREATE OR REPLACE VIEW connections AS
-WITH live AS (
+WITH RECURSIVE live AS (
     SELECT s.*, x.end_ns AS rec_end_ns, x.next_id, x.next_ns,
         CASE WHEN close_ns IS NOT NULL THEN 'close' WHEN missing_ns IS NOT NULL THEN 'missing'
              WHEN x.next_ns IS NOT NULL THEN 'recording'
@@ -351,7 +373,8 @@ WITH live AS (
     FROM socket_all s LEFT JOIN recording_ends x ON x.recording_id = s.recording_id
 ),
 ended AS (SELECT *, {_AT_T} FROM live),
-shown AS ({_NAMED.format(rows="ended")}),
+{owner_ctes("ended", f"coalesce(end_ns, {_MAX_NS})")},
+shown AS ({_NAMED.format(rows="owned")}),
 {_pairing("shown", _NAT_DURING_SOCKET)}
 {_OUTPUT.format(rows="SELECT * FROM connections_rows UNION ALL " + _failed("true"))};
 
@@ -454,14 +477,14 @@ SELECT m.position, m.recording_id, r.host, make_timestamp_ns(m.wall_ns) AS ts,
     m.connections, m.processes, m.conntrack_entries
 FROM snap_marks m LEFT JOIN recordings_raw r ON r.id = m.recording_id;
 
--- Process lives: from a start (EXEC, or the first snapshot showing it) to its EXIT, by pid.
+-- Process lives: from a start (FORK, EXEC, or the first snapshot showing it) to its EXIT, by pid.
 CREATE OR REPLACE VIEW processes AS
 WITH sightings AS (
     SELECT e.recording_id, e.pid, e.wall_ns AS at_ns, e.kind, e.wall_ns AS start_ns,
         e.comm, CAST(json_extract(e.extra, '$.ppid') AS INTEGER) AS ppid,
         {exec_command_line("e")} AS cmdline, CAST(NULL AS VARCHAR) AS cgroup
     FROM ev e
-    WHERE e.kind IN ({int(Kind.EXEC)}, {int(Kind.EXIT)})
+    WHERE e.kind IN ({int(Kind.EXEC)}, {int(Kind.EXIT)}, {int(Kind.FORK)})
     UNION ALL
     SELECT m.recording_id, p.pid, m.wall_ns, {int(Kind.SNAPSHOT)},
         p.start_mono_ns + (m.wall_ns - m.mono_ns), p.comm, p.ppid, p.cmdline, p.cgroup

@@ -70,6 +70,26 @@ def test_process_events() -> None:
     assert exit_event.extra == {"ppid": 1, "exit_code": 256}
 
 
+def test_fork_and_owner_events() -> None:
+    """A FORK names the child and the process it forked from; an OWNER the process that
+    closed a socket it did not open, with the socket and its opener."""
+    fork, owner = decode_record(
+        record(
+            raw_event(Kind.FORK, 1, sock_id=8123, pid=501, aux=500, comm=b"postgres"),
+            raw_event(Kind.OWNER, 2, sock_id=7, pid=501, aux=500, aux2=9, comm=b"postgres",
+                      lport=5432, rport=40000, laddr=bytes([127, 0, 0, 1]),
+                      raddr=bytes([127, 0, 0, 1]), flags=1),
+        )
+    )  # fmt: skip
+    assert fork == Event(
+        Kind.FORK, 1, 501, "postgres", ROOT_NETNS, extra={"ppid": 500, "cgroup_id": 8123}
+    )
+    assert owner == Event(
+        Kind.OWNER, 2, 501, "postgres", ROOT_NETNS, bytes([127, 0, 0, 1]), 5432,
+        bytes([127, 0, 0, 1]), 40000, 7, extra={"owner": 500, "state": 9},
+    )  # fmt: skip
+
+
 def test_exec_carries_its_cgroup_id() -> None:
     """An EXEC's socket field holds the cgroup id of the process: its container, known
     without any /proc walk."""
@@ -123,7 +143,13 @@ def test_truncated_filename_is_flagged() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"\x01\x00", HEADER.pack(2, 0, 0) + b"\0" * 128, record(raw_event(99))],
+    [
+        b"",
+        b"\x01\x00",
+        HEADER.pack(2, 0, 0) + b"\0" * 128,
+        record(raw_event(99)),
+        record(raw_event(Kind.SNAPSHOT)),
+    ],  # a kind of the log's own, never the kernel's
 )
 def test_malformed_records(data: bytes) -> None:
     with pytest.raises(DecodeError):
@@ -140,6 +166,10 @@ typedef unsigned long long u64;
 int main(void) {
     printf("event %zu\nheader %zu\n", sizeof(struct event), sizeof(struct stage_header));
     printf("EV_ARGS %d\nARGS_PIECE %d\n", EV_ARGS, ARGS_PIECE);
+    printf("EV_CONNECT %d\nEV_ACCEPT %d\nEV_CLOSE %d\nEV_CONNECT_FAILED %d\n", EV_CONNECT,
+           EV_ACCEPT, EV_CLOSE, EV_CONNECT_FAILED);
+    printf("EV_EXEC %d\nEV_EXIT %d\nEV_FORK %d\nEV_OWNER %d\n", EV_EXEC, EV_EXIT, EV_FORK,
+           EV_OWNER);
     F(ts_ns) F(sock_id) F(bytes_sent) F(bytes_received) F(pid) F(netns) F(aux) F(lport)
     F(rport) F(kind) F(family) F(flags) F(aux2) F(comm) F(laddr) F(raddr) F(filename) F(args)
     return 0;
@@ -182,3 +212,6 @@ def test_python_layout_matches_the_c_header(tmp_path: Path) -> None:
         ARGS_PIECE,
     )
     assert layout["kind"] == KIND_OFFSET
+    # the kernel's kinds are the log's
+    for kind in ("CONNECT", "ACCEPT", "CLOSE", "CONNECT_FAILED", "EXEC", "EXIT", "FORK", "OWNER"):
+        assert layout[f"EV_{kind}"] == Kind[kind], kind
