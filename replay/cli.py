@@ -102,6 +102,15 @@ WindowOption = Annotated[
     ),
 ]
 FormatOption = Annotated[DocumentFormat, typer.Option("--format", help="Output format.")]
+SkewOption = Annotated[
+    str | None,
+    typer.Option(
+        "--skew-tolerance",
+        metavar="DURATION",
+        help="How far apart two hosts' clocks may be for the sides of one connection, each "
+        "recorded on its host, to be paired (default 1s).",
+    ),
+]
 UnconnectedOption = Annotated[
     ShowHide, typer.Option("--unconnected", help="Processes without connections (process maps).")
 ]
@@ -139,14 +148,19 @@ def _log_argument(ctx: typer.Context, db: str | None) -> str | None:
 
 
 @contextmanager
-def _derived(db: str | None) -> Iterator[Derived]:
-    """The derived store of the log ``db``, current, its notices said."""
+def _derived(db: str | None, skew_tolerance: str | None = None) -> Iterator[Derived]:
+    """The derived store of the log ``db``, current, its notices said; pairing across hosts
+    with ``skew_tolerance`` (a duration) if given."""
     from eventlog.location import resolve
     from eventlog.store import Purpose, open_log
     from replay.derived.store import open_derived
+    from replay.timespec import parse_duration
 
+    skew = None if skew_tolerance is None else parse_duration(skew_tolerance, "--skew-tolerance")
     with open_log(resolve(db), Purpose.READ) as log, open_derived(log) as derived:
         _warn(derived.notices)
+        if skew is not None:
+            derived.pair_across_hosts_within(skew)
         yield derived
 
 
@@ -209,6 +223,7 @@ def replay_main(
             "was handed to).",
         ),
     ] = False,
+    skew_tolerance: SkewOption = None,
     db: DbOption = None,
 ) -> None:
     """Print the connection table, or a map, at --at T (open then, or closed in the window).
@@ -233,7 +248,7 @@ def replay_main(
     if view is ViewName.connections:
         if fmt not in ("table", "json", "csv"):
             raise UsageError(f"--format {fmt} draws maps: pick a --view, or use table, json or csv")
-        with _derived(db) as derived:
+        with _derived(db, skew_tolerance) as derived:
             result = table.table_at(derived, at, window, last_read=True, story=story)
         _warn(result.warnings)
         _emit(table.render(result, fmt), output)
@@ -243,7 +258,7 @@ def replay_main(
             "--format csv is for the connection table; maps print table, json, dot, svg, png"
         )
     options = _view_options(unconnected, pseudo, show_unknown_lan, show_self)
-    with _derived(db) as derived:
+    with _derived(db, skew_tolerance) as derived:
         topology, warnings = topology_and_warnings(derived, at, window, View(view.value), options)
     _warn(warnings)
     rendered: str | bytes

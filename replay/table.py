@@ -51,6 +51,10 @@ class ConnectionRow(NamedTuple):
     note: str | None = None
     bytes_sent: int | None = None  # client to server, as the client's kernel counted
     bytes_received: int | None = None
+    # The host that recorded each side's socket (None: a side no recording has); they differ
+    # when a client recorded on one host is paired with its server recorded on another.
+    client_host: str | None = None
+    server_host: str | None = None
     # For the topology views: the endpoints apart, and which sides are sockets of this host.
     client_ip: str = ""
     client_port: int = 0
@@ -200,8 +204,8 @@ def replay_table(log: LogStore, at_text: str, window_text: str = DEFAULT_WINDOW)
 COLUMNS = (
     "id", "state", "direction", "client", "server", "opened_at", "closed_at", "duration",
     "client_pid", "client_comm", "server_pid", "server_comm", "client_netns", "server_netns",
-    "nat_destination", "nat_source", "source", "host", "bytes_sent", "bytes_received",
-    "positions", "note",
+    "nat_destination", "nat_source", "source", "host", "client_host", "server_host",
+    "bytes_sent", "bytes_received", "positions", "note",
 )  # fmt: skip
 TABLE_COLUMNS = (
     "state", "direction", "client", "server", "nat", "opened_at", "duration", "client_proc",
@@ -218,10 +222,15 @@ def _nat(row: ConnectionRow) -> str:
     return ", ".join(parts)
 
 
-def _proc(pid: int | None, comm: str | None) -> str:
+def _proc(pid: int | None, comm: str | None, host: str | None = None) -> str:
+    """A side's process, and its host when the row's sides are on different hosts."""
     if pid is None:
         return ""
-    return f"{comm or '?'}({pid})"
+    return f"{comm or '?'}({pid})" + (f"@{host}" if host else "")
+
+
+def _across(row: ConnectionRow) -> bool:
+    return bool(row.client_host and row.server_host and row.client_host != row.server_host)
 
 
 def row_values(row: ConnectionRow) -> list[Any]:
@@ -229,8 +238,8 @@ def row_values(row: ConnectionRow) -> list[Any]:
         row.id, row.state, row.direction, row.client, row.server, format_ns(row.opened_ns),
         format_ns(row.closed_ns), format_duration(row.duration_ns), row.client_pid,
         row.client_comm, row.server_pid, row.server_comm, row.client_netns, row.server_netns,
-        row.nat_destination, row.nat_source, row.source, row.host, row.bytes_sent,
-        row.bytes_received, row.positions, row.note,
+        row.nat_destination, row.nat_source, row.source, row.host, row.client_host,
+        row.server_host, row.bytes_sent, row.bytes_received, row.positions, row.note,
     ]  # fmt: skip
 
 
@@ -344,8 +353,10 @@ def render(result: TableResult, fmt: str) -> str:
     table_rows = [
         [row.state, row.direction, row.client, row.server, _nat(row),
          format_ns(row.opened_ns) or "(before)",
-         format_duration(row.duration_ns), _proc(row.client_pid, row.client_comm),
-         _proc(row.server_pid, row.server_comm), row.source, row.id]
+         format_duration(row.duration_ns),
+         _proc(row.client_pid, row.client_comm, row.client_host if _across(row) else None),
+         _proc(row.server_pid, row.server_comm, row.server_host if _across(row) else None),
+         row.source, row.id]
         for row in result.rows
     ]  # fmt: skip
     if result.story:

@@ -69,3 +69,45 @@ def veth_pair(subnet: str = "10.213") -> Iterator[tuple[Namespace, Namespace]]:
     finally:
         for name in made:
             subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+@contextmanager
+def bridged(count: int, subnet: str) -> Iterator[list[Namespace]]:
+    """``count`` namespaces on one bridge (in a namespace of its own), as hosts of one LAN:
+    ``<subnet>.0.1``, ``<subnet>.0.2``, ... (/24)."""
+    number = next(_numbers)
+    tag = f"{os.getpid() % 10000}y{number}"
+    bridge = f"sct-br-{tag}"
+    names = [f"sct-h{index}-{tag}" for index in range(count)]
+    made: list[str] = []
+    try:
+        for name in (bridge, *names):
+            ip("netns", "add", name)
+            made.append(name)
+            in_netns(name, "ip", "link", "set", "lo", "up")
+        in_netns(bridge, "ip", "link", "add", "br0", "type", "bridge")
+        in_netns(bridge, "ip", "link", "set", "br0", "up")
+        hosts = []
+        for index, name in enumerate(names):
+            inside, outside = f"h{index}{tag}", f"p{index}{tag}"
+            ip("link", "add", inside, "netns", name, "type", "veth", "peer", "name", outside,
+               "netns", bridge)  # fmt: skip
+            in_netns(bridge, "ip", "link", "set", outside, "master", "br0")
+            in_netns(bridge, "ip", "link", "set", outside, "up")
+            address = f"{subnet}.0.{index + 1}"
+            in_netns(name, "ip", "addr", "add", f"{address}/24", "dev", inside)
+            in_netns(name, "ip", "link", "set", inside, "up")
+            hosts.append(Namespace(name, address))
+        yield hosts
+    finally:
+        for name in reversed(made):
+            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+def interface_of(namespace: Namespace) -> str:
+    """The name of the one veth a namespace of ``bridged`` or ``veth_pair`` has."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", namespace.name, "ip", "-o", "link", "show", "type", "veth"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return out.split(":")[1].strip().split("@")[0]

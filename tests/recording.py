@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -58,13 +59,17 @@ def db_argument(location: LogLocation) -> str:
     return str(location.path) if location.path is not None else location.text
 
 
-def start_recorder(db: str, progress: Path, *options: str) -> subprocess.Popen[str]:
-    """``scope-record --db db --progress-file progress *options`` in a process of its own,
-    returned once it has committed its first batch (stderr is a pipe, as text)."""
+def start_recorder(
+    db: str, progress: Path, *options: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``scope-record --db db --progress-file progress *options`` in a process of its own
+    (with ``env`` added to this one's), returned once it has committed its first batch
+    (stderr is a pipe, as text)."""
     recorder = subprocess.Popen(
         [str(BIN / "scope-record"), "--db", db, "--progress-file", str(progress), *options],
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **env} if env else None,
     )
     try:
         wait_for(lambda: committed(progress) > 0 or recorder.poll() is not None, timeout=60)

@@ -108,6 +108,12 @@ class Derived:
     def close(self) -> None:
         self.con.close()
 
+    def pair_across_hosts_within(self, skew_ns: int) -> None:
+        """Pair the sockets of different hosts whose times are up to ``skew_ns`` apart
+        (``SKEW_TOLERANCE_NS`` otherwise), for what this connection reads: a setting of the
+        session, which writes nothing."""
+        self.con.execute(f"CREATE OR REPLACE TEMP MACRO skew_ns() AS {int(skew_ns)}")
+
     @contextlib.contextmanager
     def closed_meanwhile(self) -> Iterator[None]:
         """Close the connection on a thread while the block runs: after a large result,

@@ -24,10 +24,19 @@ from replay.derived.owners import owner_ctes
 from replay.derived.tables import SHORT_NS, exec_command_line
 
 CLOSE_ONLY_NOTE = "opened before anything recorded"
+SHARED_NOTE = "sockets of several hosts have these addresses: not paired across hosts"
+# How far apart two hosts' clocks may be for their sockets of one connection to pair: each
+# side's times are its own recording's. Default of scope-replay --skew-tolerance.
+SKEW_TOLERANCE_NS = 1_000_000_000
 MISSING_NOTE = "gone by the next /proc snapshot (its close was not captured)"
 _MAX_NS = 9223372036854775807
 
 _KINDS = ", ".join(f"({int(k)}, '{k.name.lower()}')" for k in Kind)
+
+
+def _skew(client: str, server: str) -> str:
+    """SQL: the slack two sockets' times get, the skew tolerance when on different hosts."""
+    return f"CASE WHEN {client}.host = {server}.host THEN 0 ELSE skew_ns() END"
 
 
 def _pairing(shown: str, nat_alive: str) -> str:
@@ -62,33 +71,53 @@ keyed AS (  -- what pairs a socket: its side, times, and key as the server's soc
     FROM {shown} sh LEFT JOIN (SELECT * FROM nat_matches WHERE n_rank = 1) m
       ON m.origin_pos = sh.origin_pos AND m.origin_ord = sh.origin_ord
 ),
+shared AS (  -- address pairs that sockets of more than one host have on one side; with
+    -- both sides there, which of them pairs across hosts is not known
+    SELECT c_ip, c_port, s_ip, s_port,
+        bool_or(is_server) AND bool_or(NOT is_server) AS ambiguous
+    FROM keyed WHERE loop_ns IS NULL
+    GROUP BY c_ip, c_port, s_ip, s_port
+    HAVING count(DISTINCT host) FILTER (WHERE is_server) > 1
+        OR count(DISTINCT host) FILTER (WHERE NOT is_server) > 1
+),
+homed AS (  -- which host a socket pairs within: its own on loopback and where hosts share
+    -- the addresses (no guess between them); else any, so a client recorded on one host
+    -- pairs with the server recorded on another
+    SELECT k.*, coalesce(g.ambiguous, false) AS shared,
+        CASE WHEN k.loop_ns IS NOT NULL OR g.c_ip IS NOT NULL THEN k.host END AS pair_host
+    FROM keyed k LEFT JOIN shared g
+      ON k.loop_ns IS NULL AND g.c_ip = k.c_ip AND g.c_port = k.c_port AND g.s_ip = k.s_ip
+     AND g.s_port = k.s_port
+),
 crowded AS (  -- the groups with more than one socket on a side (few): the rest rank 1
-    SELECT host, c_ip, c_port, s_ip, s_port, loop_ns, is_server FROM keyed
+    SELECT pair_host, c_ip, c_port, s_ip, s_port, loop_ns, is_server FROM homed
     GROUP BY ALL HAVING count(*) > 1
 ),
 ranks AS (
     SELECT k.origin_pos, k.origin_ord, row_number() OVER (
-        PARTITION BY k.host, k.c_ip, k.c_port, k.s_ip, k.s_port, k.loop_ns, k.is_server
+        PARTITION BY k.pair_host, k.c_ip, k.c_port, k.s_ip, k.s_port, k.loop_ns, k.is_server
         ORDER BY coalesce(k.opened_ns, -1), k.origin_pos, k.origin_ord) AS rk
-    FROM keyed k SEMI JOIN crowded g
-      ON g.host = k.host AND g.c_ip = k.c_ip AND g.c_port = k.c_port AND g.s_ip = k.s_ip
-     AND g.s_port = k.s_port AND g.loop_ns IS NOT DISTINCT FROM k.loop_ns
-     AND g.is_server = k.is_server
+    FROM homed k SEMI JOIN crowded g
+      ON g.pair_host IS NOT DISTINCT FROM k.pair_host AND g.c_ip = k.c_ip
+     AND g.c_port = k.c_port AND g.s_ip = k.s_ip AND g.s_port = k.s_port
+     AND g.loop_ns IS NOT DISTINCT FROM k.loop_ns AND g.is_server = k.is_server
 ),
 ranked AS (
-    SELECT k.*, coalesce(r.rk, 1) AS rk FROM keyed k
+    SELECT k.*, coalesce(r.rk, 1) AS rk FROM homed k
     LEFT JOIN ranks r ON r.origin_pos = k.origin_pos AND r.origin_ord = k.origin_ord
 ),
 matched AS (  -- which client socket is one connection with which server socket
     SELECT c.origin_pos AS c_pos, c.origin_ord AS c_ord, s.origin_pos AS s_pos,
         s.origin_ord AS s_ord, c.n_status, c.n_reply_src, c.n_reply_sport, c.n_reply_dst,
-        c.n_reply_dport
+        c.n_reply_dport, coalesce(c.shared, s.shared) AS shared
     FROM (SELECT * FROM ranked WHERE NOT is_server) c
     FULL OUTER JOIN (SELECT * FROM ranked WHERE is_server) s
-      ON c.host = s.host AND c.c_ip = s.c_ip AND c.c_port = s.c_port AND c.s_ip = s.s_ip
-     AND c.s_port = s.s_port AND c.loop_ns IS NOT DISTINCT FROM s.loop_ns AND c.rk = s.rk
-     AND coalesce(c.opened_ns, -1) <= coalesce(s.end_ns, {_MAX_NS})
-     AND coalesce(s.opened_ns, -1) <= coalesce(c.end_ns, {_MAX_NS})
+      ON c.pair_host IS NOT DISTINCT FROM s.pair_host AND c.c_ip = s.c_ip
+     AND c.c_port = s.c_port AND c.s_ip = s.s_ip AND c.s_port = s.s_port
+     AND c.loop_ns IS NOT DISTINCT FROM s.loop_ns AND c.rk = s.rk
+     -- each side's times are its own host's clock: across hosts, within the skew tolerance
+     AND coalesce(c.opened_ns, -1) <= coalesce(s.end_ns + {_skew("c", "s")}, {_MAX_NS})
+     AND coalesce(s.opened_ns, -1) <= coalesce(c.end_ns + {_skew("c", "s")}, {_MAX_NS})
 ),
 paired AS (  -- and the two sockets whole (the endpoints as each side saw them)
     SELECT m.c_pos, m.c_ord, m.s_pos, m.s_ord, c.host AS c_host, s.host AS s_host,
@@ -104,6 +133,7 @@ paired AS (  -- and the two sockets whole (the endpoints as each side saw them)
         c.at_pid AS client_pid, c.at_comm AS client_comm, c.netns AS client_netns,
         s.at_pid AS server_pid, s.at_comm AS server_comm, s.netns AS server_netns,
         c.source AS c_source, s.source AS s_source, c.note AS c_note, s.note AS s_note,
+        m.shared,
         c.unknown AS c_unknown, s.unknown AS s_unknown,
         c.positions AS c_positions, s.positions AS s_positions,
         c.at_sent AS c_sent, c.at_received AS c_received, s.at_sent AS s_sent,
@@ -143,6 +173,8 @@ connections_rows AS (
         CASE WHEN has_client AND has_server THEN 'local' WHEN has_client THEN 'outbound'
              ELSE 'inbound' END AS direction,
         CASE WHEN client_first THEN c_host ELSE s_host END AS host,
+        CASE WHEN has_client THEN c_host END AS client_host,
+        CASE WHEN has_server THEN s_host END AS server_host,
         endpoint(seen_c_ip, seen_c_port) AS client,
         endpoint(seen_s_ip, seen_s_port) AS server,
         least(c_opened, s_opened) AS opened_ns,
@@ -154,7 +186,9 @@ connections_rows AS (
         CASE WHEN s_positions IS NULL THEN c_positions WHEN c_positions IS NULL THEN s_positions
              ELSE list_sort(list_distinct(list_concat(c_positions, s_positions))) END
             AS positions,
-        joined(c_note, s_note, '; ') AS note,
+        joined(joined(c_note, s_note, '; '),
+            CASE WHEN shared AND NOT (has_client AND has_server) THEN '{SHARED_NOTE}' END,
+            '; ') AS note,
         CASE WHEN has_client THEN c_sent ELSE s_received END AS bytes_sent,
         CASE WHEN has_client THEN c_received ELSE s_sent END AS bytes_received,
         CASE WHEN client_first THEN c_recording ELSE s_recording END AS recording_id,
@@ -175,7 +209,8 @@ def _failed(where: str) -> str:
     return f"""
     SELECT e.position AS first_pos, 0 AS first_ord, e.position || '#0' AS id, 'failed' AS state,
         CASE WHEN coalesce(a.loopback, false) THEN 'local' ELSE 'outbound' END AS direction,
-        coalesce(r.host, '?') AS host,
+        coalesce(r.host, '?') AS host, coalesce(r.host, '?') AS client_host,
+        CAST(NULL AS VARCHAR) AS server_host,
         endpoint(coalesce(e.laddr_text, '?'), e.lport) AS client,
         endpoint(coalesce(e.raddr_text, '?'), e.rport) AS server,
         e.wall_ns AS opened_ns, e.wall_ns AS closed_ns,
@@ -268,7 +303,7 @@ _NAT_DURING_SOCKET = (
 )
 
 _OUTPUT = """
-    SELECT id, state, direction, host, client, server,
+    SELECT id, state, direction, host, client_host, server_host, client, server,
         make_timestamp_ns(opened_ns) AS opened_at, make_timestamp_ns(closed_ns) AS closed_at,
         CASE WHEN state <> 'failed' THEN closed_ns - opened_ns END AS duration_ns,
         client_pid, client_comm, client_netns, server_pid, server_comm, server_netns,
@@ -290,6 +325,8 @@ CREATE OR REPLACE MACRO joined(a, b, separator) AS
     CASE WHEN a IS NULL THEN b WHEN b IS NULL OR a = b THEN a
          WHEN a < b THEN a || separator || b ELSE b || separator || a END;
 
+-- The skew tolerance between hosts' clocks when pairing their sockets (SKEW_TOLERANCE_NS).
+CREATE OR REPLACE MACRO skew_ns() AS {SKEW_TOLERANCE_NS};
 CREATE OR REPLACE MACRO rfc3339(ns) AS strftime(make_timestamp_ns(ns), '%Y-%m-%dT%H:%M:%S.%nZ');
 -- Recordings that have ended (stopped or crashed), and the next recording of their host.
 CREATE OR REPLACE VIEW recording_ends AS

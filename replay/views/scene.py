@@ -96,7 +96,8 @@ def processes_at(
 # The fields of a connection the maps read (replay.views.topology, and the local addresses
 # below): the rest of the table (positions, notes, bytes, times) is left unread.
 MAP_FIELDS = (
-    "id", "state", "host", "client", "server", "client_pid", "client_comm", "client_netns",
+    "id", "state", "host", "client_host", "server_host", "client", "server", "client_pid",
+    "client_comm", "client_netns",
     "server_pid", "server_comm", "server_netns", "nat_destination", "client_ip",
     "client_port", "server_ip", "server_port", "client_local", "server_local",
 )  # fmt: skip

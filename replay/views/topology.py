@@ -363,27 +363,33 @@ class _Builder:
         for row in self.scene.connections:
             if row.state == "failed":
                 continue  # an attempt, not a connection: the table shows it
-            host = row.host
-            if own and ((host, row.client_pid) in own or (host, row.server_pid) in own):
+            # Each side on the host that recorded it; a side no recording has, as the other
+            # side's host saw it.
+            client_host = row.client_host or row.host
+            server_host = row.server_host or row.host
+            if own and (
+                (client_host, row.client_pid) in own or (server_host, row.server_pid) in own
+            ):
                 continue  # a recorder's own (see _own)
             source: str | None
             target: str | None
             if endpoints:
                 client, server = _sides(row)
-                source, target = self.endpoint(host, client), self.endpoint(host, server)
+                source = self.endpoint(client_host, client)
+                target = self.endpoint(server_host, server)
             else:
                 # Each side by what its mapping reads: a side mapped before is looked up.
                 if row.client_local:
-                    key: _SideKey = (host, row.client_pid, row.client_comm, row.client_netns)
+                    key: _SideKey = (client_host, row.client_pid, row.client_comm, row.client_netns)
                     source = mapped[key] if key in mapped else self.local_side(*key)
                 else:
-                    key = (host, row.client_ip, True)
+                    key = (server_host, row.client_ip, True)
                     source = mapped[key] if key in mapped else self.remote_side(*key)
                 if row.server_local:
-                    key = (host, row.server_pid, row.server_comm, row.server_netns)
+                    key = (server_host, row.server_pid, row.server_comm, row.server_netns)
                     target = mapped[key] if key in mapped else self.local_side(*key)
                 else:
-                    key = (host, row.server_ip, False)
+                    key = (client_host, row.server_ip, False)
                     target = mapped[key] if key in mapped else self.remote_side(*key)
             if services and row.nat_destination and source is not None:
                 service = self.service(row.server)

@@ -4,7 +4,6 @@ recorder that starts or is killed meanwhile disturbs none of the others."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -19,29 +18,12 @@ from eventlog.reader import LogReader
 from eventlog.store import Purpose, open_log
 from recorder.workload import run_client, running_server
 from tests.ebpf import require_ebpf
+from tests.fleet import record_host, stop
 from tests.netns import can_make_namespaces, veth_pair
-from tests.recording import start_recorder
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.root, pytest.mark.postgres, pytest.mark.slow]
 
 COUNT = 150  # connections per client run
-
-
-def _recorder(url: str, tmp_path: Path, host: str, netns: str) -> subprocess.Popen[str]:
-    return start_recorder(
-        url, tmp_path / f"{host}.progress", "--host-id", host, "--netns", f"/run/netns/{netns}",
-        "--snapshot-interval", "1", "--no-containers", "-q",
-    )  # fmt: skip
-
-
-def _stop(recorder: subprocess.Popen[str]) -> None:
-    recorder.send_signal(signal.SIGTERM)  # a service's stop: exit 0
-    try:
-        recorder.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        recorder.kill()
-        recorder.wait()
-        raise
 
 
 def _by_host(url: str) -> dict[str, list[LoggedEvent]]:
@@ -68,13 +50,13 @@ def test_three_hosts_one_store(pg_url: str, tmp_path: Path) -> None:
         as server_b,
         running_server("fleet-srv-c", netns=c.name, workdir=tmp_path) as server_c,
     ):  # fmt: skip
-        recorders = {host: _recorder(pg_url, tmp_path, host, ns.name)
+        recorders = {host: record_host(pg_url, tmp_path, host, ns)
                      for host, ns in (("host-a", a), ("host-b", b))}  # fmt: skip
         try:
             first = run_client("fleet-cli-a", b.address, server_b.port, COUNT, gap_ms=2,
                                netns=a.name)  # fmt: skip
             # A recorder starts while the others write, and is killed while it writes.
-            recorders["host-c"] = _recorder(pg_url, tmp_path, "host-c", c.name)
+            recorders["host-c"] = record_host(pg_url, tmp_path, "host-c", c)
             doomed = run_client("fleet-cli-c", "127.0.0.1", server_c.port, COUNT, gap_ms=2,
                                 netns=c.name)  # fmt: skip
             time.sleep(0.4)
@@ -88,7 +70,7 @@ def test_three_hosts_one_store(pg_url: str, tmp_path: Path) -> None:
         finally:
             for recorder in recorders.values():
                 if recorder.poll() is None:
-                    _stop(recorder)
+                    stop(recorder)
     assert recorders["host-a"].returncode == 0 and recorders["host-b"].returncode == 0
     events = _by_host(pg_url)
     a_events, b_events = events["host-a"], events["host-b"]
