@@ -367,7 +367,7 @@ def _delete_archived(store: LogStore, low: int, upto: int) -> None:
         high = min(upto, low + DELETE_POSITIONS) if low >= 0 else upto
         with store.connect() as conn:
             if store.dialect == "sqlite":
-                conn.exec_driver_sql("PRAGMA secure_delete = FAST")
+                _zero_only_written_pages(conn)
             with conn.begin():
                 _delete_range(conn, low, high)
         if high >= upto:
@@ -379,8 +379,7 @@ def _rebuild_without(store: LogStore, upto: int) -> None:
     """SQLite: each positioned table replaced, in one transaction, by one holding only its
     rows after ``upto``, made by the table's own statements (its columns, its indexes)."""
     with store.connect() as conn:
-        driver: Any = conn.connection.driver_connection
-        driver.execute("PRAGMA secure_delete = FAST")
+        driver = _zero_only_written_pages(conn)
         driver.execute("BEGIN IMMEDIATE")  # the write lock first: no upgrade to wait for
         try:
             for table in TABLES:
@@ -390,6 +389,14 @@ def _rebuild_without(store: LogStore, upto: int) -> None:
         except BaseException:
             driver.execute("ROLLBACK")
             raise
+
+
+def _zero_only_written_pages(conn: Connection) -> Any:
+    """The SQLite connection under ``conn``, set to zero deleted rows only in pages it writes
+    anyway (see the module's docstring); outside a transaction, as a pragma must be."""
+    driver: Any = conn.connection.driver_connection
+    driver.execute("PRAGMA secure_delete = FAST")
+    return driver
 
 
 def _rebuild_table(driver: Any, table: str, upto: int) -> None:
