@@ -2,13 +2,16 @@
 
 Retention (eventlog.retention) moves the oldest positions of the live log here, a segment at
 a time. A segment holds a range of positions ``(after, upto]``: one Parquet file per table of
-the log that is keyed by position (events, the three snapshot tables, batches), each sorted
-by position (the snapshot tables in an order that compresses better, STORED_ORDER, and
-read back by position), compressed with zstd, with exactly the columns and values the live log had (so
-that what is read back from an archive is what was read from the log: integers as int64,
-blobs and text as bytes, as eventlog.scan gives them). ``manifest.json`` lists the segments,
-with their positions, wall times, rows and bytes; it is replaced whole (written beside, then
-renamed), so a reader sees the segments before or after a cut, never half of one.
+the log that is keyed by position (events, the three snapshot tables, batches), compressed
+with zstd, holding the columns and values the live log had (so that what is read back from
+an archive is what was read from the log: integers as int64, blobs and text as bytes, as
+eventlog.scan gives them). Two encodings make them smaller and are undone on reading: an
+event's values that repeat its socket's event before are stored as nulls with a flag
+(INHERITED), and the snapshot tables are stored by socket (by process), not by position
+(STORED_ORDER). ``manifest.json`` lists the segments, with their positions, wall times, rows
+and bytes; it is replaced whole (written beside, then renamed), so a reader sees the
+segments before or after a cut, never half of one. A small last segment is merged with the
+next cut's rows into a larger one, which replaces it (see Archive.write_segment).
 
 The live log says how far its archive goes (``log_meta`` keys ``archived_upto`` and
 ``archive_dir``, see eventlog.retention): positions up to ``archived_upto`` are read from the
@@ -136,7 +139,12 @@ class Archive:
 
     # -- reading ---------------------------------------------------------------------------
     def segments(self, upto: int | None = None) -> list[Segment]:
-        """The segments in position order (only those within ``upto``, if given)."""
+        """The segments in position order (only those within ``upto``, if given), but those
+        merged into another one of them."""
+        return _outermost([s for s in self._listed() if upto is None or s.upto <= upto])
+
+    def _listed(self) -> list[Segment]:
+        """Every segment the manifest lists."""
         path = self.directory / MANIFEST
         try:
             stat = path.stat()
@@ -151,7 +159,7 @@ class Archive:
             return []
         except (OSError, ValueError, TypeError) as exc:
             raise LogOpenError(f"cannot read the archive manifest {path}: {exc}") from exc
-        return [s for s in segments if upto is None or s.upto <= upto]
+        return segments
 
     def read(self, select: Select, after: int, upto: int, archived: int) -> pa.Table:
         """The rows of ``select`` (columns of one of ``TABLES``) for positions in
@@ -194,15 +202,17 @@ class Archive:
 
     def _read_events(self, path: Path, select: Select, after: int, upto: int) -> pa.Table:
         """The events of ``(after, upto]`` in ``path``: values stored as their socket's
-        event's before (INHERITED) are given back, read from the whole file (the event they
-        repeat may be before ``after``)."""
+        event's before (INHERITED) are given back, from the file's rows up to ``upto`` (the
+        event they repeat may be before ``after``)."""
         import pyarrow.parquet as pq  # noqa: PLC0415 - see _PARQUET
 
         columns = [name for name, _ in select.columns]
         inherited = [c for c in INHERITED if c in columns]
         if inherited:
             wanted = [*dict.fromkeys([*columns, "position", "sock_id"]), INHERITED_FLAGS]
-            rows = restore_inherited(pq.read_table(path, columns=wanted))
+            rows = restore_inherited(
+                pq.read_table(path, columns=wanted, filters=[("position", "<=", upto)])
+            )
             position = rows.column("position")
             keep = pa.compute.and_(pa.compute.greater(position, after),
                                    pa.compute.less_equal(position, upto))  # fmt: skip
@@ -233,12 +243,19 @@ class Archive:
         tables: dict[str, pa.Table],
         batches: pa.Table,
         wall: tuple[int, int],
+        archived: int | None = None,
     ) -> Segment:
         """Write the rows of ``(after, upto]`` as a new segment, durably, and list it.
 
         The files are written in a directory of their own, synced, then listed by replacing
         the manifest: an error (no space) leaves the archive as it was, and the error is
-        raised as ``OSError``."""
+        raised as ``OSError``.
+
+        A new segment may hold the positions of segments already archived (``archived``, the
+        log's boundary, at or beyond their end): merged into a larger one. They stay listed
+        (and are read: the new one is beyond the boundary until the log says otherwise), and
+        leave the manifest and the disk at a later write, when the larger one is within the
+        boundary."""
         name = f"{after + 1:012d}-{upto:012d}"
         target = self.directory / name
         staging = self.directory / f".{name}.partial"
@@ -260,8 +277,12 @@ class Archive:
             raise
         size = sum(f.stat().st_size for f in target.iterdir())
         segment = Segment(name, after, upto, wall[0], wall[1], tables["events"].num_rows, size)
-        kept = [s for s in self.segments() if s.upto <= after and s.name != name]
+        listed = self._listed()
+        kept = [s for s in self.segments(archived) if s.name != name]
+        kept = [s for s in kept if s.upto <= after or s.after >= after]
         self._write_manifest([*kept, segment])
+        for gone in {s.name for s in listed} - {s.name for s in [*kept, segment]}:
+            _remove_tree(self.directory / gone)
         return segment
 
     def _write_manifest(self, segments: Sequence[Segment]) -> None:
@@ -276,6 +297,16 @@ class Archive:
             os.fsync(out.fileno())
         partial.replace(self.directory / MANIFEST)
         _fsync_directory(self.directory)
+
+
+def _outermost(segments: list[Segment]) -> list[Segment]:
+    """``segments`` without those inside another (merged into it), in position order."""
+    outermost: list[Segment] = []
+    for segment in sorted(segments, key=lambda s: (s.after, -s.upto)):
+        if outermost and segment.upto <= outermost[-1].upto:
+            continue
+        outermost.append(segment)
+    return outermost
 
 
 def _write_parquet(rows: pa.Table, path: Path, delta: Sequence[str]) -> None:

@@ -66,6 +66,7 @@ from eventlog.scan import scan_live
 from eventlog.store import LogStore, Purpose, open_log
 
 SEGMENT_POSITIONS = 2_000_000  # positions per segment at most (about 300 MB of columns)
+MERGE_BELOW = SEGMENT_POSITIONS // 4  # a last segment of fewer events grows with the next cut
 DELETE_POSITIONS = 20_000  # positions deleted per transaction: a few ms of the write lock
 # A SQLite table is rebuilt rather than deleted from when it keeps at most this share of the
 # positions it gives up, and at most REBUILD_MAX_KEPT positions (the copy holds the lock).
@@ -236,11 +237,13 @@ def cut(
         while reading is not None:
             rows = reading.result()
             reading = None if stopping() else _read_next(reads, store, rows.upto, upto)
-            written = _write_segment(target, rows)
+            moved = rows.tables["events"].num_rows
+            rows, merged = _merged_with_last(target, rows, result.archived_upto)
+            written = _write_segment(target, rows, result.archived_upto)
             _set_boundary(store, rows.upto, target.directory)
             result.archived_upto = rows.upto
-            result.events += written.events
-            result.archive_bytes += written.bytes
+            result.events += moved
+            result.archive_bytes += written.bytes - merged
             result.segments += 1
     if result.segments:
         remove_archived(store, result.archived_upto)
@@ -307,11 +310,39 @@ def _segment_end(store: LogStore, after: int, upto: int) -> int:
     return int(end)
 
 
-def _write_segment(archive: Archive, rows: _SegmentRows) -> Segment:
+def _merged_with_last(
+    archive: Archive, rows: _SegmentRows, archived: int
+) -> tuple[_SegmentRows, int]:
+    """``rows`` and, before them, those of the archive's last segment if it is small (a
+    recorder's cuts of a quiet log are): one segment rather than many small files. And the
+    bytes of the segment merged (0 if none)."""
+    segments = archive.segments(archived)
+    last = segments[-1] if segments else None
+    if (
+        last is None
+        or last.upto != rows.after
+        or last.events >= MERGE_BELOW
+        or rows.upto - last.after > SEGMENT_POSITIONS
+    ):
+        return rows, 0
+    tables = {
+        name: pa.concat_tables([archive.read(select, last.after, last.upto, archived),
+                                rows.tables[name]])
+        for name, select in TABLES.items()
+    }  # fmt: skip
+    archived_batches = archive.batches(last.after, last.upto, archived)
+    columns = [[row[i] for row in archived_batches] for i in range(len(BATCH_SCHEMA))]
+    batches = pa.concat_tables([pa.table(columns, schema=BATCH_SCHEMA), rows.batches])
+    return _SegmentRows(last.after, rows.upto, tables, batches), last.bytes
+
+
+def _write_segment(archive: Archive, rows: _SegmentRows, archived: int) -> Segment:
     walls = (min(rows.batches.column("min_wall_ns").to_pylist()),
              max(rows.batches.column("max_wall_ns").to_pylist()))  # fmt: skip
     try:
-        return archive.write_segment(rows.after, rows.upto, rows.tables, rows.batches, walls)
+        return archive.write_segment(
+            rows.after, rows.upto, rows.tables, rows.batches, walls, archived
+        )
     except OSError as exc:
         reason = "no space left" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         raise ArchiveError(
