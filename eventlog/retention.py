@@ -313,15 +313,19 @@ def _segment_end(store: LogStore, after: int, upto: int) -> int:
 def _merged_with_last(
     archive: Archive, rows: _SegmentRows, archived: int
 ) -> tuple[_SegmentRows, int]:
-    """``rows`` and, before them, those of the archive's last segment if it is small (a
-    recorder's cuts of a quiet log are): one segment rather than many small files. And the
-    bytes of the segment merged (0 if none)."""
+    """``rows`` and, before them, those of the archive's last segment if it is small (cuts
+    of a short --retain are) and no larger than ``rows``: fewer, larger files. And the bytes
+    of the segment merged (0 if none). Merged only into what is as large, an event is
+    written again a few times at most (each time into a segment twice as large), not at
+    every cut: rewriting a growing segment at every cut slowed the cuts of a busy recorder
+    and its capture."""
     segments = archive.segments(archived)
     last = segments[-1] if segments else None
     if (
         last is None
         or last.upto != rows.after
         or last.events >= MERGE_BELOW
+        or last.events > rows.tables["events"].num_rows
         or rows.upto - last.after > SEGMENT_POSITIONS
     ):
         return rows, 0

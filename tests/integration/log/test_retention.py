@@ -153,7 +153,8 @@ def test_cuts_change_no_answer(log_location: LogLocation, tmp_path: Path) -> Non
     compact(db, cuts[1], archive)
     with open_log(log_location, Purpose.READ) as store:
         edge = boundary(store)
-        # The first cut's segment was small: the second cut's holds its positions too.
+        # The first cut's segment was small, and no larger than the second cut's rows: the
+        # second cut's segment holds its positions too.
         assert edge.archive is not None and len(edge.archive.segments()) == 1
         assert edge.archive.segments()[0].after == 0
         assert edge.archived_upto + live_events(log_location) == LogReader(store).head()

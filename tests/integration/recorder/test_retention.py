@@ -137,7 +137,9 @@ def test_retention_under_load_keeps_the_live_log_bounded_and_every_answer(
 def test_no_room_for_the_archive_is_said_and_the_live_log_kept(tmp_path: Path) -> None:
     require_ebpf()
     db, progress = tmp_path / "scope.db", tmp_path / "progress"
-    with tmpfs(tmp_path / "small", "size=64k") as small, loopback_load("full", tmp_path, gap_ms=1):
+    # 16 KiB: less than the five files of any segment take (a segment of a few seconds of a
+    # slow load, on a busy machine, fits in 64 KiB).
+    with tmpfs(tmp_path / "small", "size=16k") as small, loopback_load("full", tmp_path, gap_ms=1):
         recorder = record(db, progress, 8, "--archive", str(small / "archive"))
         _, stderr = recorder.communicate(timeout=120)
     assert recorder.returncode == 0, stderr
