@@ -2,12 +2,16 @@
 
 Retention (eventlog.retention) moves the oldest positions of the live log here, a segment at
 a time. A segment holds a range of positions ``(after, upto]``: one Parquet file per table of
-the log that is keyed by position (events, the three snapshot tables, batches), each sorted
-by position, compressed with zstd, with exactly the columns and values the live log had (so
-that what is read back from an archive is what was read from the log: integers as int64,
-blobs and text as bytes, as eventlog.scan gives them). ``manifest.json`` lists the segments,
-with their positions, wall times, rows and bytes; it is replaced whole (written beside, then
-renamed), so a reader sees the segments before or after a cut, never half of one.
+the log that is keyed by position (events, the three snapshot tables, batches), compressed
+with zstd, holding the columns and values the live log had (so that what is read back from
+an archive is what was read from the log: integers as int64, blobs and text as bytes, as
+eventlog.scan gives them). Two encodings make them smaller and are undone on reading: an
+event's values that repeat its socket's event before are stored as nulls with a flag
+(INHERITED), and the snapshot tables are stored by socket (by process), not by position
+(STORED_ORDER). ``manifest.json`` lists the segments, with their positions, wall times, rows
+and bytes; it is replaced whole (written beside, then renamed), so a reader sees the
+segments before or after a cut, never half of one. A small last segment is merged with the
+next cut's rows into a larger one, which replaces it (see Archive.write_segment).
 
 The live log says how far its archive goes (``log_meta`` keys ``archived_upto`` and
 ``archive_dir``, see eventlog.retention): positions up to ``archived_upto`` are read from the
@@ -33,7 +37,7 @@ from eventlog.scan import BLOB, INT, TEXT, THREADS, Select, scan_live
 from eventlog.store import LogStore
 
 MANIFEST = "manifest.json"
-ARCHIVE_FORMAT = 1
+ARCHIVE_FORMAT = 2  # 2: events' INHERITED values (format 1 is read too)
 ZSTD_LEVEL = 3  # higher levels: 4% smaller at 9, at half the speed
 ROW_GROUP_ROWS = 1_000_000
 # _PARQUET: pyarrow.parquet is imported where it is used. Every reader of the log imports
@@ -73,20 +77,40 @@ BATCH_SCHEMA = pa.schema(
 # Columns whose values are near the row before's (times, counters, ids given in order):
 # delta-encoded before zstd. Measured on bench/synthetic.py's log, in bytes an event:
 # sock_id 2.4 -> 1.0, bytes_received 2.5 -> 1.4, mono_ns 3.7 -> 2.5. Ports and pids of
-# events are smaller as they are (a dictionary).
+# events are smaller as they are (a dictionary), and so is every column of the snapshot
+# tables as STORED_ORDER stores them (runs of one value).
 _DELTA_COLUMNS = {
     "events": ("position", "mono_ns", "sock_id", "bytes_sent", "bytes_received"),
-    "snapshot_connections": ("position", "lport", "rport"),
-    "snapshot_processes": ("position",),
+    "snapshot_connections": (),
+    "snapshot_processes": (),
     "snapshot_conntrack": ("position",),
     "batches": ("first_position", "last_position", "min_mono_ns", "max_mono_ns",
                 "min_wall_ns", "max_wall_ns"),
 }  # fmt: skip
-# A snapshot's sockets in the order LogReader.snapshot reads them (a stable sort, so rows
-# alike in these keep their order): each snapshot repeats most of the one before, and so
-# sorted its rows cost a third less (7.3 MB -> 5 MB for 2,000,000 events of the synthetic
-# log). What reads them in another order reads them into sets.
+# The order a snapshot table's rows are read back in (a stable sort of the rows as the log
+# gave them, so rows alike in these keys keep the order they were written in): a snapshot's
+# sockets as LogReader.snapshot reads them, processes by pid. What reads them in another
+# order reads them into sets.
 SNAPSHOT_SOCKET_ORDER = ("position", "netns", "lport", "rport", "inode")
+READ_ORDER = {
+    "snapshot_connections": SNAPSHOT_SOCKET_ORDER,
+    "snapshot_processes": ("position", "pid"),
+}
+# The order they are stored in: the same keys, the position last. Each snapshot repeats most
+# of the one before, and so a socket's (a process's) rows of successive snapshots, stored
+# together, are runs of one value in every column: 2.5 -> 0.45 bytes an event for the
+# sockets of the synthetic log, 0.3 -> 0.04 for its processes. Both sorts are stable, so
+# the stable sort by READ_ORDER of what is stored is READ_ORDER's sort of the log's rows.
+STORED_ORDER = {table: (*keys[1:], keys[0]) for table, keys in READ_ORDER.items()}
+
+
+# Columns of an event that are most often those of its socket's event before it (a close
+# repeats its connect's process, namespace and addresses). In the archive such a value is
+# stored as a null, and bit i of INHERITED_FLAGS says that INHERITED[i] is the one of the
+# socket's event before, in the same segment (bench/synthetic.py's log: 12.1 -> 10 bytes an
+# event). A null of the log stays a null, its bit clear.
+INHERITED = ("pid", "comm_id", "netns_id", "laddr", "lport", "raddr", "rport")
+INHERITED_FLAGS = "inherited"
 
 
 @dataclass(frozen=True)
@@ -115,7 +139,12 @@ class Archive:
 
     # -- reading ---------------------------------------------------------------------------
     def segments(self, upto: int | None = None) -> list[Segment]:
-        """The segments in position order (only those within ``upto``, if given)."""
+        """The segments in position order (only those within ``upto``, if given), but those
+        merged into another one of them."""
+        return _outermost([s for s in self._listed() if upto is None or s.upto <= upto])
+
+    def _listed(self) -> list[Segment]:
+        """Every segment the manifest lists."""
         path = self.directory / MANIFEST
         try:
             stat = path.stat()
@@ -130,7 +159,7 @@ class Archive:
             return []
         except (OSError, ValueError, TypeError) as exc:
             raise LogOpenError(f"cannot read the archive manifest {path}: {exc}") from exc
-        return [s for s in segments if upto is None or s.upto <= upto]
+        return segments
 
     def read(self, select: Select, after: int, upto: int, archived: int) -> pa.Table:
         """The rows of ``select`` (columns of one of ``TABLES``) for positions in
@@ -155,13 +184,42 @@ class Archive:
         key = "last_position" if table == "batches" else "position"
         path = self.directory / segment.name / f"{table}.parquet"
         columns = [name for name, _ in select.columns]
+        order = READ_ORDER.get(table, ())
         try:
-            rows = pq.read_table(
-                path, columns=columns, filters=[(key, ">", after), (key, "<=", upto)]
-            )
+            if table == "events":
+                rows = self._read_events(path, select, after, upto)
+            else:
+                rows = pq.read_table(
+                    path,
+                    columns=[*columns, *(c for c in order if c not in columns)],
+                    filters=[(key, ">", after), (key, "<=", upto)],
+                )
         except (OSError, pa.ArrowException) as exc:
             raise LogOpenError(f"cannot read the archive file {path}: {exc}") from exc
+        if order:
+            rows = rows.sort_by([(c, "ascending") for c in order]).select(columns)
         return rows.cast(select.schema())
+
+    def _read_events(self, path: Path, select: Select, after: int, upto: int) -> pa.Table:
+        """The events of ``(after, upto]`` in ``path``: values stored as their socket's
+        event's before (INHERITED) are given back, from the file's rows up to ``upto`` (the
+        event they repeat may be before ``after``)."""
+        import pyarrow.parquet as pq  # noqa: PLC0415 - see _PARQUET
+
+        columns = [name for name, _ in select.columns]
+        inherited = [c for c in INHERITED if c in columns]
+        if inherited:
+            wanted = [*dict.fromkeys([*columns, "position", "sock_id"]), INHERITED_FLAGS]
+            rows = restore_inherited(
+                pq.read_table(path, columns=wanted, filters=[("position", "<=", upto)])
+            )
+            position = rows.column("position")
+            keep = pa.compute.and_(pa.compute.greater(position, after),
+                                   pa.compute.less_equal(position, upto))  # fmt: skip
+            return rows.filter(keep).select(columns)
+        return pq.read_table(
+            path, columns=columns, filters=[("position", ">", after), ("position", "<=", upto)]
+        )
 
     def batches(self, after: int, upto: int, archived: int) -> list[tuple[int, ...]]:
         """The archived batches whose last position is in ``(after, upto]``, as the log's
@@ -185,12 +243,19 @@ class Archive:
         tables: dict[str, pa.Table],
         batches: pa.Table,
         wall: tuple[int, int],
+        archived: int | None = None,
     ) -> Segment:
         """Write the rows of ``(after, upto]`` as a new segment, durably, and list it.
 
         The files are written in a directory of their own, synced, then listed by replacing
         the manifest: an error (no space) leaves the archive as it was, and the error is
-        raised as ``OSError``."""
+        raised as ``OSError``.
+
+        A new segment may hold the positions of segments already archived (``archived``, the
+        log's boundary, at or beyond their end): merged into a larger one. They stay listed
+        (and are read: the new one is beyond the boundary until the log says otherwise), and
+        leave the manifest and the disk at a later write, when the larger one is within the
+        boundary."""
         name = f"{after + 1:012d}-{upto:012d}"
         target = self.directory / name
         staging = self.directory / f".{name}.partial"
@@ -199,11 +264,10 @@ class Archive:
         staging.mkdir(mode=0o700)
         try:
             for table, rows in [*tables.items(), ("batches", batches)]:
-                ordered = (
-                    rows.sort_by([(c, "ascending") for c in SNAPSHOT_SOCKET_ORDER])
-                    if table == "snapshot_connections"
-                    else rows
-                )
+                order = STORED_ORDER.get(table, ())
+                ordered = rows.sort_by([(c, "ascending") for c in order]) if order else rows
+                if table == "events":
+                    ordered = store_inherited(ordered)
                 _write_parquet(ordered, staging / f"{table}.parquet", _DELTA_COLUMNS[table])
             _fsync_directory(staging)
             _remove_tree(target)  # one an interrupted cut left
@@ -213,8 +277,12 @@ class Archive:
             raise
         size = sum(f.stat().st_size for f in target.iterdir())
         segment = Segment(name, after, upto, wall[0], wall[1], tables["events"].num_rows, size)
-        kept = [s for s in self.segments() if s.upto <= after and s.name != name]
+        listed = self._listed()
+        kept = [s for s in self.segments(archived) if s.name != name]
+        kept = [s for s in kept if s.upto <= after or s.after >= after]
         self._write_manifest([*kept, segment])
+        for gone in {s.name for s in listed} - {s.name for s in [*kept, segment]}:
+            _remove_tree(self.directory / gone)
         return segment
 
     def _write_manifest(self, segments: Sequence[Segment]) -> None:
@@ -229,6 +297,16 @@ class Archive:
             os.fsync(out.fileno())
         partial.replace(self.directory / MANIFEST)
         _fsync_directory(self.directory)
+
+
+def _outermost(segments: list[Segment]) -> list[Segment]:
+    """``segments`` without those inside another (merged into it), in position order."""
+    outermost: list[Segment] = []
+    for segment in sorted(segments, key=lambda s: (s.after, -s.upto)):
+        if outermost and segment.upto <= outermost[-1].upto:
+            continue
+        outermost.append(segment)
+    return outermost
 
 
 def _write_parquet(rows: pa.Table, path: Path, delta: Sequence[str]) -> None:
@@ -246,6 +324,69 @@ def _write_parquet(rows: pa.Table, path: Path, delta: Sequence[str]) -> None:
         )
         out.flush()
         os.fsync(out.fileno())
+
+
+def _by_socket(sock_ids: pa.ChunkedArray) -> tuple[Any, Any]:
+    """The rows (in position order) ordered by socket, each socket's in position order; and
+    for each row so ordered, whether it follows an event of its socket (never a row without
+    a socket)."""
+    import numpy as np  # noqa: PLC0415 - see _PARQUET (numpy with it)
+
+    valid = sock_ids.is_valid().to_numpy(zero_copy_only=False)
+    keys = sock_ids.fill_null(0).to_numpy()
+    order = np.argsort(keys, kind="stable")
+    follows = np.zeros(len(keys), dtype=bool)
+    follows[1:] = (keys[order[1:]] == keys[order[:-1]]) & valid[order[1:]] & valid[order[:-1]]
+    return order, follows
+
+
+def store_inherited(events: pa.Table) -> pa.Table:
+    """``events`` (position order) with INHERITED values equal to their socket's event
+    before's stored as nulls, and the INHERITED_FLAGS column saying which."""
+    import numpy as np  # noqa: PLC0415 - see _PARQUET
+    import pyarrow.compute as pc  # noqa: PLC0415 - see _PARQUET
+
+    order, follows = _by_socket(events.column("sock_id"))
+    rows = order[follows]  # each has an event of its socket before it: that one
+    before = order[np.flatnonzero(follows) - 1]
+    flags = np.zeros(events.num_rows, dtype=np.int32)
+    for bit, name in enumerate(INHERITED):
+        column = events.column(name)
+        equal = pc.equal(column.take(rows), column.take(before)).fill_null(False)
+        same = np.zeros(events.num_rows, dtype=bool)
+        same[rows] = equal.to_numpy(zero_copy_only=False)
+        flags |= same.astype(np.int32) << bit
+        events = events.set_column(
+            events.schema.get_field_index(name), name,
+            pc.if_else(pa.array(same), pa.nulls(events.num_rows, column.type), column),
+        )  # fmt: skip
+    return events.append_column(INHERITED_FLAGS, pa.array(flags))
+
+
+def restore_inherited(events: pa.Table) -> pa.Table:
+    """``store_inherited`` undone, on all the rows it stored: the values given back, the
+    flags column left out."""
+    import numpy as np  # noqa: PLC0415 - see _PARQUET
+
+    if INHERITED_FLAGS not in events.column_names:  # written before values were inherited
+        return events
+    flags = events.column(INHERITED_FLAGS).to_numpy()
+    events = events.drop_columns([INHERITED_FLAGS])
+    if not flags.any():
+        return events
+    order, _ = _by_socket(events.column("sock_id"))
+    for bit, name in enumerate(INHERITED):
+        flagged = ((flags[order] >> bit) & 1).astype(bool)
+        if name not in events.column_names or not flagged.any():
+            continue
+        # Ordered by socket, an inherited value is the one of the nearest row before it
+        # whose value was stored: its socket's (a socket's first row never inherits).
+        stored_at = np.maximum.accumulate(np.where(flagged, 0, np.arange(len(order))))
+        source = np.empty(len(order), dtype=np.int64)
+        source[order] = order[stored_at]
+        index = events.schema.get_field_index(name)
+        events = events.set_column(index, name, events.column(name).take(source))
+    return events
 
 
 def _private(path: Path) -> BinaryIO:

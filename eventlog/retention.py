@@ -3,8 +3,8 @@
 A cut at position ``P`` moves every row of positions up to ``P`` (events, snapshot rows,
 batches) into a new archive segment (eventlog.archive), then says so in the log
 (``log_meta.archived_upto = P``, one small transaction), then deletes those rows from the
-live log, a few thousand positions per transaction so that the recorder's commits never
-wait long for the write lock. The order makes every step safe to interrupt: before the log
+live log once every segment of the cut is written. The order makes every step safe to
+interrupt: before the log
 says so, readers read the live rows and an unlisted segment is written again by the next
 cut; after, they read the archive, and rows the log still holds below the boundary are left
 out by every reader and deleted by the next cut.
@@ -16,6 +16,16 @@ Nothing an answer depends on leaves: the recordings, clock samples, losses and d
 stay in the live log (they are small), and positions keep their numbers, so the derived
 store (replay.derived) folds archive and live log as one sequence and every answer is the
 one the uncut log gave. Cuts fall between batches, so a batch is never split.
+
+Rows leave the live log in one of two ways. Most cuts (a recorder's, which keeps more than
+it cuts) delete a few thousand positions per transaction, so that the recorder's commits never
+wait long for the write lock. A cut that keeps few rows of a SQLite log (``scope-replay
+compact`` of an old log) copies them aside and drops the tables instead: SQLite deletes row by
+row (about a microsecond each, ten seconds for ten million events), while a dropped table's
+pages are freed a page at a time; the write lock is held for the copy and the drop, about a
+second for ten million events. Deleted rows are zeroed only where SQLite writes the page
+anyway (``secure_delete = FAST``): zeroing every freed page doubled what a cut wrote, and
+what they held is in the archive.
 
 SQLite gives the space back with incremental vacuum (logs created by this version have
 ``auto_vacuum = INCREMENTAL``); in an older log the freed pages are reused by new events, so
@@ -56,7 +66,12 @@ from eventlog.scan import scan_live
 from eventlog.store import LogStore, Purpose, open_log
 
 SEGMENT_POSITIONS = 2_000_000  # positions per segment at most (about 300 MB of columns)
+MERGE_BELOW = SEGMENT_POSITIONS // 4  # a last segment of fewer events grows with the next cut
 DELETE_POSITIONS = 20_000  # positions deleted per transaction: a few ms of the write lock
+# A SQLite table is rebuilt rather than deleted from when it keeps at most this share of the
+# positions it gives up, and at most REBUILD_MAX_KEPT positions (the copy holds the lock).
+REBUILD_SHARE = 0.25
+REBUILD_MAX_KEPT = 200_000
 VACUUM_PAGES = 2_000  # pages given back per transaction
 SIZE_TARGET = 0.75  # a cut for --max-log-size leaves the live log at this share of it
 
@@ -213,29 +228,25 @@ def cut(
     upto = min(upto, _before_newest_batch(store))
     result = CutResult(archived, archived)
     target = Archive(archive.resolve())
-    # Three steps overlap, each on its own thread: the next segment is read from the log
-    # while this one is written to the archive and the one before is deleted from the log.
-    with (
-        ThreadPoolExecutor(1, thread_name_prefix="scope-cut-read") as reads,
-        ThreadPoolExecutor(1, thread_name_prefix="scope-cut-delete") as deletes,
-    ):
+    # The next segment is read from the log while this one is written to the archive. The
+    # archived rows leave the live log after the last segment: deleted while the log is
+    # read, they slow the reads (every page read is looked up in a growing write-ahead log)
+    # more than the overlap gains, and at the end they may all leave at once.
+    with ThreadPoolExecutor(1, thread_name_prefix="scope-cut-read") as reads:
         reading = _read_next(reads, store, archived, upto)
-        deleting: Future[None] | None = None
         while reading is not None:
             rows = reading.result()
             reading = None if stopping() else _read_next(reads, store, rows.upto, upto)
-            written = _write_segment(target, rows)
+            moved = rows.tables["events"].num_rows
+            rows, merged = _merged_with_last(target, rows, result.archived_upto)
+            written = _write_segment(target, rows, result.archived_upto)
             _set_boundary(store, rows.upto, target.directory)
-            if deleting is not None:
-                deleting.result()
-            deleting = deletes.submit(_delete_archived, store, rows.upto)
             result.archived_upto = rows.upto
-            result.events += written.events
-            result.archive_bytes += written.bytes
+            result.events += moved
+            result.archive_bytes += written.bytes - merged
             result.segments += 1
-        if deleting is not None:
-            deleting.result()
     if result.segments:
+        remove_archived(store, result.archived_upto)
         reclaim_space(store)
     result.seconds = time.monotonic() - started
     return result
@@ -299,11 +310,43 @@ def _segment_end(store: LogStore, after: int, upto: int) -> int:
     return int(end)
 
 
-def _write_segment(archive: Archive, rows: _SegmentRows) -> Segment:
+def _merged_with_last(
+    archive: Archive, rows: _SegmentRows, archived: int
+) -> tuple[_SegmentRows, int]:
+    """``rows`` and, before them, those of the archive's last segment if it is small (cuts
+    of a short --retain are) and no larger than ``rows``: fewer, larger files. And the bytes
+    of the segment merged (0 if none). Merged only into what is as large, an event is
+    written again a few times at most (each time into a segment twice as large), not at
+    every cut: rewriting a growing segment at every cut slowed the cuts of a busy recorder
+    and its capture."""
+    segments = archive.segments(archived)
+    last = segments[-1] if segments else None
+    if (
+        last is None
+        or last.upto != rows.after
+        or last.events >= MERGE_BELOW
+        or last.events > rows.tables["events"].num_rows
+        or rows.upto - last.after > SEGMENT_POSITIONS
+    ):
+        return rows, 0
+    tables = {
+        name: pa.concat_tables([archive.read(select, last.after, last.upto, archived),
+                                rows.tables[name]])
+        for name, select in TABLES.items()
+    }  # fmt: skip
+    archived_batches = archive.batches(last.after, last.upto, archived)
+    columns = [[row[i] for row in archived_batches] for i in range(len(BATCH_SCHEMA))]
+    batches = pa.concat_tables([pa.table(columns, schema=BATCH_SCHEMA), rows.batches])
+    return _SegmentRows(last.after, rows.upto, tables, batches), last.bytes
+
+
+def _write_segment(archive: Archive, rows: _SegmentRows, archived: int) -> Segment:
     walls = (min(rows.batches.column("min_wall_ns").to_pylist()),
              max(rows.batches.column("max_wall_ns").to_pylist()))  # fmt: skip
     try:
-        return archive.write_segment(rows.after, rows.upto, rows.tables, rows.batches, walls)
+        return archive.write_segment(
+            rows.after, rows.upto, rows.tables, rows.batches, walls, archived
+        )
     except OSError as exc:
         reason = "no space left" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         raise ArchiveError(
@@ -337,19 +380,75 @@ def _set_boundary(store: LogStore, upto: int, directory: Path) -> None:
         )
 
 
-def _delete_archived(store: LogStore, upto: int) -> None:
-    """The rows of positions up to ``upto`` deleted from the live log, a few thousand
-    positions per transaction."""
+def remove_archived(store: LogStore, upto: int) -> None:
+    """The rows of positions up to ``upto`` (archived) removed from the live log: the
+    tables rebuilt if they keep few rows, else deleted from (see the module's docstring)."""
     with store.connect() as conn:
-        first = conn.execute(text("SELECT min(position) FROM events")).scalar()
-    low = -1 if first is None else int(first) - 1
+        first, head = conn.execute(text("SELECT min(position), max(position) FROM events")).one()
+    if first is None or int(first) > upto:
+        return
+    leaving, staying = upto - int(first) + 1, int(head) - upto
+    if store.dialect == "sqlite" and staying <= min(REBUILD_MAX_KEPT, leaving * REBUILD_SHARE):
+        _rebuild_without(store, upto)
+    else:
+        _delete_archived(store, int(first) - 1, upto)
+
+
+def _delete_archived(store: LogStore, low: int, upto: int) -> None:
+    """The rows of positions in ``(low, upto]`` deleted, a few thousand positions per
+    transaction (and every row below ``low``: none but those an interrupted cut left)."""
+    low = -1 if low < 0 else low
     while True:
         high = min(upto, low + DELETE_POSITIONS) if low >= 0 else upto
-        with store.connect() as conn, conn.begin():
-            _delete_range(conn, low, high)
+        with store.connect() as conn:
+            if store.dialect == "sqlite":
+                _zero_only_written_pages(conn)
+            with conn.begin():
+                _delete_range(conn, low, high)
         if high >= upto:
             return
         low = high
+
+
+def _rebuild_without(store: LogStore, upto: int) -> None:
+    """SQLite: each positioned table replaced, in one transaction, by one holding only its
+    rows after ``upto``, made by the table's own statements (its columns, its indexes)."""
+    with store.connect() as conn:
+        driver = _zero_only_written_pages(conn)
+        driver.execute("BEGIN IMMEDIATE")  # the write lock first: no upgrade to wait for
+        try:
+            for table in TABLES:
+                _rebuild_table(driver, table, upto)
+            driver.execute("DELETE FROM batches WHERE last_position <= ?", (upto,))
+            driver.execute("COMMIT")
+        except BaseException:
+            driver.execute("ROLLBACK")
+            raise
+
+
+def _zero_only_written_pages(conn: Connection) -> Any:
+    """The SQLite connection under ``conn``, set to zero deleted rows only in pages it writes
+    anyway (see the module's docstring); outside a transaction, as a pragma must be."""
+    driver: Any = conn.connection.driver_connection
+    driver.execute("PRAGMA secure_delete = FAST")
+    return driver
+
+
+def _rebuild_table(driver: Any, table: str, upto: int) -> None:
+    schema = driver.execute(
+        "SELECT type, sql FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL "
+        "ORDER BY type = 'index'",
+        (table,),
+    ).fetchall()
+    assert schema and schema[0][0] == "table", table
+    driver.execute("DROP TABLE IF EXISTS temp.scope_kept")
+    driver.execute(f"CREATE TEMP TABLE scope_kept AS SELECT * FROM {table} WHERE position > ?",
+                   (upto,))  # fmt: skip
+    driver.execute(f"DROP TABLE {table}")
+    for _, sql in schema:
+        driver.execute(sql)
+    driver.execute(f"INSERT INTO {table} SELECT * FROM temp.scope_kept")
+    driver.execute("DROP TABLE temp.scope_kept")
 
 
 def _delete_range(conn: Connection, low: int, high: int) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,12 +150,19 @@ def test_cuts_change_no_answer(log_location: LogLocation, tmp_path: Path) -> Non
     assert answers(db, tmp_path / "uncut", at) == uncut
     assert answers(db, tmp_path / "after-first", at) == uncut
 
+    first_segment = [p for p in archive.iterdir() if p.is_dir()]
     compact(db, cuts[1], archive)
     with open_log(log_location, Purpose.READ) as store:
         edge = boundary(store)
-        assert edge.archive is not None and len(edge.archive.segments()) == 2
+        # The first cut's segment was small, and no larger than the second cut's rows: the
+        # second cut's segment holds its positions too.
+        assert edge.archive is not None and len(edge.archive.segments()) == 1
+        assert edge.archive.segments()[0].after == 0
         assert edge.archived_upto + live_events(log_location) == LogReader(store).head()
     assert answers(db, tmp_path / "after-second", at) == uncut
+    compact(db, walls[-1], archive)  # the merged-away segment's files leave at a later cut
+    assert all(not p.exists() for p in first_segment)
+    assert answers(db, tmp_path / "after-third", at) == uncut
 
     check = run_cli("scope-replay", "db", "check", "--db", db)
     assert check.returncode == 0, check.stdout
@@ -307,3 +315,48 @@ def test_policies_cut_by_age_and_by_size(sqlite_location: LogLocation, tmp_path:
         assert retention.apply_policy(store, by_size, now) is not None
         assert retention.live_bytes(store) <= used // 2
         assert retention.apply_policy(store, by_size, now) is None  # within the limit now
+
+
+def test_a_cut_that_rebuilds_the_tables_while_a_recording_appends(
+    sqlite_location: LogLocation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cut of all but the newest batch drops and rebuilds the tables, in one transaction,
+    while another recording appends: every position the appender committed is once in the
+    archive or the live log, and the log checks."""
+    # Rebuilt however much the appender added meanwhile.
+    monkeypatch.setattr(retention, "REBUILD_SHARE", 100.0)
+    rebuilds: list[int] = []
+    rebuild = retention._rebuild_without
+
+    def counted(store: object, upto: int) -> None:
+        rebuilds.append(upto)
+        rebuild(store, upto)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(retention, "_rebuild_without", counted)
+    write_log(sqlite_location)
+    db = db_argument(sqlite_location)
+    walls = batch_walls(sqlite_location)
+    appended = threading.Event()
+    failures: list[BaseException] = []
+
+    def append() -> None:
+        try:
+            write_log(sqlite_location, 20_000)
+        except BaseException as exc:  # said by the test, not lost with the thread
+            failures.append(exc)
+        finally:
+            appended.set()
+
+    appender = threading.Thread(target=append)
+    appender.start()
+    with open_log(sqlite_location, Purpose.ADMIN) as store:
+        result = retention.compact_before(store, walls[-1] + 1, None)
+    appender.join(timeout=120)
+    assert appended.is_set() and not failures, failures
+    assert rebuilds == [result.archived_upto]
+    assert result.archived_upto >= EVENTS - BATCH_EVENTS - 100
+    with open_log(sqlite_location, Purpose.READ) as store:
+        assert LogReader(store).head() == EVENTS + 20_000
+        assert boundary(store).archived_upto + live_events(sqlite_location) == EVENTS + 20_000
+    check = run_cli("scope-replay", "db", "check", "--db", db)
+    assert check.returncode == 0, check.stdout
