@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from eventlog.events import Kind
@@ -193,6 +193,19 @@ def run_recorded(
     return result, captured, lost, cpu_pct
 
 
+@dataclass
+class Variant:
+    """A recording run beside the rest in each round, with one thing turned off: its options,
+    its port (the round's port plus ``port_offset``), and its figures (RESULT's
+    ``ratio_<key>``, ``recorder_cpu_pct_<key>``)."""
+
+    key: str
+    port_offset: int
+    options: tuple[str, ...]
+    ratios: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -210,12 +223,15 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("bench/capture.py needs root (eBPF)")
     alone, recorded, ratios, cpu, cost_alone, cost_recorded = [], [], [], [], [], []
-    ratios_no_ct: list[float] = []
-    cpu_no_ct: list[float] = []
-    ratios_no_containers: list[float] = []
-    cpu_no_containers: list[float] = []
-    ratios_no_forks: list[float] = []
-    cpu_no_forks: list[float] = []
+    variants = [
+        variant
+        for wanted, variant in (
+            (args.conntrack_active, Variant("no_conntrack", 2, ("--no-conntrack", *follow))),
+            (bool(args.containers), Variant("no_containers", 3, ("--no-containers",))),
+            (args.forks, Variant("no_follow_forks", 4, ("--no-follow-forks", *follow))),
+        )
+        if wanted
+    ]
     captured_total = expected_total = lost_total = 0
     with (
         tempfile.TemporaryDirectory(prefix="scope-bench-") as tmp,
@@ -240,50 +256,18 @@ def main() -> None:
                 result, captured, lost, cpu_pct = run_recorded(
                     loadgen, port + 1, args.clients, args.seconds, workdir, *follow
                 )
-            if args.conntrack_active:
+            for variant in variants:
                 time.sleep(1)
-                without, _, _, cpu_without = run_recorded(
-                    loadgen,
-                    port + 2,
-                    args.clients,
-                    args.seconds,
-                    workdir,
-                    "--no-conntrack",
-                    *follow,
-                )
-                ratios_no_ct.append(without.rate / base.rate)
-                cpu_no_ct.append(cpu_without)
-                print(
-                    f"round {round_number + 1}: recorded with --no-conntrack "
-                    f"{without.rate:,.0f} conn/s, ratio {ratios_no_ct[-1]:.3f}, "
-                    f"recorder CPU {cpu_without:.0f}%",
-                    flush=True,
-                )
-            if args.containers:
-                time.sleep(1)
-                unfollowed, _, _, cpu_unfollowed = run_recorded(
-                    loadgen, port + 3, args.clients, args.seconds, workdir, "--no-containers"
-                )
-                ratios_no_containers.append(unfollowed.rate / base.rate)
-                cpu_no_containers.append(cpu_unfollowed)
-                print(
-                    f"round {round_number + 1}: recorded with --no-containers "
-                    f"{unfollowed.rate:,.0f} conn/s, ratio {ratios_no_containers[-1]:.3f}, "
-                    f"recorder CPU {cpu_unfollowed:.0f}%",
-                    flush=True,
-                )
-            if args.forks:
-                time.sleep(1)
-                unforked, _, _, cpu_unforked = run_recorded(
-                    loadgen, port + 4, args.clients, args.seconds, workdir,
-                    "--no-follow-forks", *follow,
+                other, _, _, cpu_other = run_recorded(
+                    loadgen, port + variant.port_offset, args.clients, args.seconds, workdir,
+                    *variant.options,
                 )  # fmt: skip
-                ratios_no_forks.append(unforked.rate / base.rate)
-                cpu_no_forks.append(cpu_unforked)
+                variant.ratios.append(other.rate / base.rate)
+                variant.cpu.append(cpu_other)
                 print(
-                    f"round {round_number + 1}: recorded with --no-follow-forks "
-                    f"{unforked.rate:,.0f} conn/s, ratio {ratios_no_forks[-1]:.3f}, "
-                    f"recorder CPU {cpu_unforked:.0f}%",
+                    f"round {round_number + 1}: recorded with {variant.options[0]} "
+                    f"{other.rate:,.0f} conn/s, ratio {variant.ratios[-1]:.3f}, "
+                    f"recorder CPU {cpu_other:.0f}%",
                     flush=True,
                 )
             alone.append(base.rate)
@@ -315,23 +299,10 @@ def main() -> None:
         f"cpu_us_per_conn_alone={statistics.median(cost_alone):.1f} "
         f"cpu_us_per_conn_recorded={statistics.median(cost_recorded):.1f} "
         f"conntrack_active={int(args.conntrack_active)}"
-        + (
-            f" ratio_no_conntrack={statistics.median(ratios_no_ct):.3f} "
-            f"recorder_cpu_pct_no_conntrack={statistics.median(cpu_no_ct):.1f}"
-            if args.conntrack_active
-            else ""
-        )
-        + (
-            f" ratio_no_containers={statistics.median(ratios_no_containers):.3f} "
-            f"recorder_cpu_pct_no_containers={statistics.median(cpu_no_containers):.1f}"
-            if args.containers
-            else ""
-        )
-        + (
-            f" ratio_no_follow_forks={statistics.median(ratios_no_forks):.3f} "
-            f"recorder_cpu_pct_no_follow_forks={statistics.median(cpu_no_forks):.1f}"
-            if args.forks
-            else ""
+        + "".join(
+            f" ratio_{v.key}={statistics.median(v.ratios):.3f} "
+            f"recorder_cpu_pct_{v.key}={statistics.median(v.cpu):.1f}"
+            for v in variants
         )
     )
 

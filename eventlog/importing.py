@@ -97,8 +97,11 @@ class _Import:
 
     def run(self) -> ImportReport:
         held = _held_recordings(self.dst)
+        losses = self.reader.losses()
         for recording in self.reader.recordings():
-            self._begin(recording, held)
+            self._begin(
+                recording, held, [loss for loss in losses if loss.recording_id == recording.id]
+            )
         try:
             self._copy_events()
             for source_id, writer in self.writers.items():
@@ -110,7 +113,7 @@ class _Import:
                 writer.close()
         return self.report
 
-    def _begin(self, recording: Recording, held: dict[str, int]) -> None:
+    def _begin(self, recording: Recording, held: dict[str, int], losses: list[LossRecord]) -> None:
         identity = recording.identity
         target_id = held.get(identity)
         samples = _clock_samples(self.reader, recording.id)
@@ -129,7 +132,6 @@ class _Import:
             writer.add_clock_sample(sample)
         self.writers[recording.id] = writer
         self.skip[recording.id] = already
-        losses = [loss for loss in self.reader.losses() if loss.recording_id == recording.id]
         self.losses[recording.id] = sorted(losses, key=lambda loss: (loss.after_position, loss.id))[
             losses_held:
         ]
