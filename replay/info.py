@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from eventlog.events import Kind
@@ -39,6 +39,17 @@ class RecordingInfo:
         return f"{self.mode} ({'adopted' if self.pinning.get('adopted') else 'pinned'})"
 
 
+@dataclass(frozen=True)
+class ClockOffset:
+    """How far ``other_host``'s clock reads ahead of ``host``'s (negative: behind), as the
+    median over the connections paired between them (replay.derived.views clock_offsets)."""
+
+    host: str
+    other_host: str
+    connections: int
+    offset_ns: int
+
+
 @dataclass
 class LogInfo:
     location: str
@@ -48,14 +59,16 @@ class LogInfo:
     losses: list[tuple[int, Loss, int]]  # (recording, loss, after position)
     snapshots: dict[int, list[int]]  # recording -> wall times
     storage: StorageStatus | None = None
+    offsets: list[ClockOffset] = field(default_factory=list)
 
 
 def log_info(
     derived: Derived, location: str, events: bool = True, storage: StorageStatus | None = None
 ) -> LogInfo:
     """What the log holds. ``events``: also its events counted by kind and its snapshots'
-    times (each a scan of every event; a timeline needs neither). ``storage``: the live log's
-    and the archive's state, when the caller read it."""
+    times, and the clock offsets between hosts (each a scan of every event; a timeline needs
+    none of them). ``storage``: the live log's and the archive's state, when the caller read
+    it."""
     con = derived.con
     recordings = [
         RecordingInfo(
@@ -89,7 +102,23 @@ def log_info(
             "FROM losses_raw ORDER BY id"
         ).fetchall()
     ]
-    return LogInfo(location, derived.head, recordings, counts, losses, snapshots, storage)
+    offsets = _clock_offsets(derived) if events and _hosts(recordings) > 1 else []
+    return LogInfo(location, derived.head, recordings, counts, losses, snapshots, storage, offsets)
+
+
+def _hosts(recordings: list[RecordingInfo]) -> int:
+    return len({r.host for r in recordings})
+
+
+def _clock_offsets(derived: Derived) -> list[ClockOffset]:
+    rows = derived.con.execute(
+        "SELECT host, other_host, connections, offset_ns FROM clock_offsets"
+    ).fetchall()
+    return [ClockOffset(str(h), str(o), int(n), int(ns)) for h, o, n, ns in rows]
+
+
+def _signed_duration(ns: int) -> str:
+    return ("-" if ns < 0 else "+") + format_duration(abs(ns))
 
 
 def _stop(recording: RecordingInfo) -> str:
@@ -127,6 +156,16 @@ def render(info: LogInfo, fmt: str) -> str:
         shown = ", ".join(format_ns(t) for t in times[:3]) + (" ..." if len(times) > 3 else "")
         snap_rows.append([recording, len(times), shown])
     parts.append("\n" + to_table(["recording", "snapshots", "at"], snap_rows))
+    if info.offsets:
+        offset_rows = [
+            [o.host, o.other_host, o.connections, _signed_duration(o.offset_ns)]
+            for o in info.offsets
+        ]
+        parts.append(
+            "\n"
+            + to_table(["host", "other host", "paired connections", "other's clock ahead by"],
+                       offset_rows)
+        )  # fmt: skip
     if info.storage is not None:
         storage = _storage_document(info.storage)
         parts.append(
@@ -202,6 +241,15 @@ def document(info: LogInfo) -> dict[str, Any]:
                 "after_position": after,
             }
             for recording, loss, after in info.losses
+        ],
+        "clock_offsets": [
+            {
+                "host": o.host,
+                "other_host": o.other_host,
+                "connections": o.connections,
+                "offset_ns": o.offset_ns,
+            }
+            for o in info.offsets
         ],
         "storage": _storage_document(info.storage) if info.storage else None,
     }

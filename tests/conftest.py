@@ -15,13 +15,23 @@ from tests.postgres import PostgresServer, postgres_server
 _database_numbers = itertools.count(1)
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PostgresServer]:
+def _server() -> Iterator[PostgresServer]:
     bindir = postgres_bindir()
     require(bindir is not None, "PostgreSQL server binaries (apt-get install postgresql)")
     assert bindir is not None
     with postgres_server(bindir) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    yield from _server()
+
+
+@pytest.fixture
+def own_pg_server() -> Iterator[PostgresServer]:
+    """A server of the test's own, which it may stop and start under its recorders."""
+    yield from _server()
 
 
 @pytest.fixture

@@ -301,11 +301,18 @@ def step(w: Writer, kind: str, at: float, with_nat: bool) -> None:
 
 @contextmanager
 def host_recording(
-    store: LogStore, name: str, start_at: float, addresses: list[str], seed: int, boot: int = 1
+    store: LogStore,
+    name: str,
+    start_at: float,
+    addresses: list[str],
+    seed: int,
+    boot: int = 1,
+    skew_ns: int = 0,
 ) -> Iterator[tuple[Host, Writer]]:
-    """A recording of host ``name`` starting ``start_at`` seconds after the base time."""
+    """A recording of host ``name`` starting ``start_at`` seconds after the base time, its
+    wall clock ``skew_ns`` ahead of the others'."""
     mono_base = MONO_BASE_NS + round(start_at * SECOND)
-    offset = WALL_BASE_NS - MONO_BASE_NS
+    offset = WALL_BASE_NS - MONO_BASE_NS + skew_ns
     start = ClockSample(mono_base, offset, 100)
     identity = HostIdentity(name, name[0] * 32, f"boot-{name}-{boot}", "6.18.0")
     local = {"addresses": addresses, "networks": ["10.0.0.0/24", "10.214.0.0/24"]}
@@ -397,6 +404,66 @@ def build_fleet_log(path: Path | str, seed: int) -> None:
             end_c = _run([wc], 40, seed + 4, True, start=restart + 0.2)
             wc.process(Kind.EXEC, end_c + 0.5, 999, "end-marker")
         end_recording(store, again.writer.recording_id, wc.mono(end_c + 1), STOP_DURATION)
+
+
+CROSS_PORT = 5432  # beta's server, which alpha's clients call
+CROSS_VIP = "10.99.0.30"  # a virtual address that DNAT on alpha sends to beta's server
+CROSS_SNAT = "10.0.0.12"  # alpha's address as beta sees it through SNAT
+
+
+def cross_call(client: Writer, server: Writer, at: float, how: str) -> None:
+    """A client on ``client``'s host calls the server on ``server``'s host: directly, through
+    DNAT on the client's host (``dnat``), or through its SNAT (``snat``). Each host records
+    its own socket, by its own clock; they close at random later, each on its own."""
+    a, b = client.host, server.host
+    port = a.port()
+    local = _endpoint(a.addresses[0], port)
+    real = _endpoint(b.addresses[0], CROSS_PORT)
+    dialled = _endpoint(CROSS_VIP, 80) if how == "dnat" else real
+    seen = _endpoint(CROSS_SNAT, a.port()) if how == "snat" else local
+    c = _local_sock(a, 100, "client", ROOT_NETNS, local, dialled)
+    s = _local_sock(b, 20, "srv", ROOT_NETNS, real, seen)
+    if how != "direct":
+        reply_src, reply_sport = _split(real)
+        reply_dst, reply_dport = _split(seen)
+        status = IPS_DNAT if how == "dnat" else IPS_SNAT
+        entry = ConntrackEntry(ROOT_NETNS, _split(local)[0], _split(dialled)[0], port,
+                               _split(dialled)[1], reply_src, reply_dst, reply_sport,
+                               reply_dport, status, 3, a.next_ct, 0, 0)  # fmt: skip
+        a.next_ct += 1
+        c.ct = entry
+        a.conntrack[entry.ct_id] = entry
+        client.conntrack(Kind.CT_NEW, at, entry)
+    client.socket(Kind.CONNECT, at + 0.0001, c)
+    server.socket(Kind.ACCEPT, at + 0.0003, s)
+    a.open.append(c)
+    b.open.append(s)
+
+
+def build_cross_host_log(path: Path | str, seed: int, skew_ns: int = 300_000_000) -> None:
+    """Two hosts in one log whose clients call each other's servers (directly, through DNAT
+    and through SNAT) among random traffic of their own; beta's clock reads ``skew_ns``
+    ahead of alpha's."""
+    with open_log(resolve(str(path)), Purpose.RECORD) as store, ExitStack() as stack:
+        alpha, wa = stack.enter_context(host_recording(store, "alpha", 0, ["10.0.0.2"], seed))
+        beta, wb = stack.enter_context(
+            host_recording(store, "beta", 0.1, ["10.0.0.3"], seed + 1, skew_ns=skew_ns)
+        )
+        for w in (wa, wb):
+            _initial_snapshot(w, True)
+        rng = random.Random(seed)
+
+        def extras(w: Writer, number: int, at: float) -> None:
+            if number % 3 == 0:
+                other = wb if w is wa else wa
+                cross_call(w, other, at + 0.01, rng.choice(["direct", "direct", "dnat", "snat"]))
+
+        end = _run([wa, wb], 150, seed, True, extras)
+        for w in (wa, wb):
+            w.process(Kind.EXEC, end + 0.5, 999, "end-marker")
+    with open_log(resolve(str(path)), Purpose.RECORD) as store:
+        for host, w in ((alpha, wa), (beta, wb)):
+            end_recording(store, host.writer.recording_id, w.mono(end + 1), STOP_DURATION)
 
 
 SCENARIOS: dict[str, Callable[[Path | str], None]] = {  # a SQLite path or a URL

@@ -297,9 +297,14 @@ _NAMED = """
 """
 
 _NAT_AT_T = "n.start_ns <= t_ns AND (n.end_ns IS NULL OR n.end_ns > t_ns)"
-# Over a socket's whole life: the NAT intervals that overlap it.
+# Conntrack's events carry no kernel time: the recorder stamps them as it reads them, which
+# can be after a short connection's close (measured: 0.2 ms after a 0.3 ms connection). A NAT
+# entry seen this long after a socket's end may still be its connection's.
+NAT_SEEN_LATE_NS = 1_000_000_000
+# Over a socket's whole life: the NAT intervals that overlap it, or began as late as that.
 _NAT_DURING_SOCKET = (
-    f"n.start_ns <= coalesce(sh.end_ns, {_MAX_NS}) AND (n.end_ns IS NULL OR n.end_ns > sh.known_ns)"
+    f"n.start_ns <= coalesce(sh.end_ns + {NAT_SEEN_LATE_NS}, {_MAX_NS})"
+    " AND (n.end_ns IS NULL OR n.end_ns > sh.known_ns)"
 )
 
 _OUTPUT = """
@@ -414,6 +419,21 @@ ended AS (SELECT *, {_AT_T} FROM live),
 shown AS ({_NAMED.format(rows="owned")}),
 {_pairing("shown", _NAT_DURING_SOCKET)}
 {_OUTPUT.format(rows="SELECT * FROM connections_rows UNION ALL " + _failed("true"))};
+
+-- How far apart two recorded hosts' clocks read, as the connections paired between them
+-- measure it: the median, over those both of whose sockets the kernel reported opening, of
+-- ``other_host``'s open time minus ``host``'s (each side's time is its own recording's
+-- clock). The two opens of one connection are about a network round trip apart, so an
+-- offset well beyond that is a clock that is off.
+CREATE OR REPLACE VIEW clock_offsets AS
+SELECT least(client_host, server_host) AS host, greatest(client_host, server_host) AS other_host,
+    count(*) AS connections,
+    quantile_disc(CASE WHEN client_host < server_host THEN server_open_ns - client_open_ns
+                       ELSE client_open_ns - server_open_ns END, 0.5) AS offset_ns
+FROM connections
+WHERE client_host <> server_host AND source = 'events'
+    AND client_open_ns IS NOT NULL AND server_open_ns IS NOT NULL
+GROUP BY ALL ORDER BY ALL;
 
 -- The processes alive at t_ns, as their latest sighting by then describes them: the EXEC or
 -- snapshot row that began their segment, or their recording's last snapshot before t_ns.
@@ -552,7 +572,7 @@ LEFT JOIN cgroups g ON g.cgroup = l.cgroup;
 
 PUBLIC_VIEWS = (
     "events", "connections", "sockets", "processes", "conntrack", "recordings", "losses",
-    "snapshots", "containers",
+    "snapshots", "containers", "clock_offsets",
 )  # fmt: skip
 MACROS = {
     "connections_at(t TIMESTAMP, w INTERVAL)": "the connection table at t, as scope-replay --at t --window w",

@@ -6,31 +6,19 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from recorder.workload import run_client, running_server
-from tests.capabilities import postgres_bindir, require
 from tests.cli import BIN, run_cli
 from tests.ebpf import require_ebpf
 from tests.load import committed
-from tests.postgres import PostgresServer, postgres_server
+from tests.postgres import PostgresServer
 from tests.recording import wait_for
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.postgres]
-
-
-@pytest.fixture
-def own_server() -> Iterator[PostgresServer]:
-    """A server of this test's own: it is stopped and started under the recorder."""
-    bindir = postgres_bindir()
-    require(bindir is not None, "PostgreSQL server binaries (apt-get install postgresql)")
-    assert bindir is not None
-    with postgres_server(bindir) as server:
-        yield server
 
 
 def _start_recorder(url: str, progress: Path, buffer_events: int) -> subprocess.Popen[str]:
@@ -61,20 +49,20 @@ def _log_state(url: str) -> tuple[list[tuple[int, str | None, dict[str, int] | N
 
 
 def test_outage_shorter_than_the_buffer_is_caught_up(
-    own_server: PostgresServer, tmp_path: Path
+    own_pg_server: PostgresServer, tmp_path: Path
 ) -> None:
     require_ebpf()
-    url = own_server.create_database("outage")
+    url = own_pg_server.create_database("outage")
     progress = tmp_path / "progress"
     with running_server("pg-srv", workdir=tmp_path) as server:
         client = run_client("pg-cli", "127.0.0.1", server.port, count=100_000, gap_ms=1)
         recorder = _start_recorder(url, progress, buffer_events=2_000_000)
         try:
             wait_for(lambda: committed(progress) > 1000, timeout=60)
-            own_server.stop("immediate")
+            own_pg_server.stop("immediate")
             down_at = time.monotonic_ns()
             time.sleep(3)
-            own_server.start()
+            own_pg_server.start()
             up_at = time.monotonic_ns()
             before = committed(progress)
             wait_for(lambda: committed(progress) > before, timeout=30)
@@ -109,24 +97,24 @@ def test_outage_shorter_than_the_buffer_is_caught_up(
 
 
 def test_outage_longer_than_the_buffer_stops_clearly(
-    own_server: PostgresServer, tmp_path: Path
+    own_pg_server: PostgresServer, tmp_path: Path
 ) -> None:
     require_ebpf()
-    url = own_server.create_database("outage")
+    url = own_pg_server.create_database("outage")
     progress = tmp_path / "progress"
     with running_server("pg-srv", workdir=tmp_path) as server:
         client = run_client("pg-cli", "127.0.0.1", server.port, count=200_000)
         recorder = _start_recorder(url, progress, buffer_events=5_000)
         try:
             wait_for(lambda: committed(progress) > 1000, timeout=60)
-            own_server.stop("immediate")
+            own_pg_server.stop("immediate")
             _, stderr = recorder.communicate(timeout=60)
         finally:
             client.kill()
             client.wait()
             if recorder.poll() is None:
                 recorder.kill()
-            own_server.start()
+            own_pg_server.start()
     live, *lines = stderr.strip().splitlines()
     assert recorder.returncode == 3, stderr
     assert "Traceback" not in stderr and "capturing since" in live

@@ -19,6 +19,7 @@ from eventlog.importing import import_log
 from eventlog.location import resolve
 from recorder.clock import SKEW_ENV
 from recorder.workload import run_client, running_server
+from tests.agreement import query_rows, replay_rows, rows_of
 from tests.ebpf import require_ebpf
 from tests.engine_golden import run_replay
 from tests.fleet import record_host, stop
@@ -46,10 +47,11 @@ def _table(db: str, at_ns: int, *options: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _hosts_view(db: str, at_ns: int) -> dict[str, Any]:
+def _view(db: str, at_ns: int, view: str = "hosts") -> dict[str, Any]:
     code, out, err = run_replay(
-        ["--db", db, "--at", str(at_ns), "--window", "60s", "--view", "hosts", "--format", "json"]
-    )
+        ["--db", db, "--at", str(at_ns), "--window", "60s", "--view", view, "--format", "json",
+         "--pseudo", "show"]
+    )  # fmt: skip
     assert code == 0, err
     nodes: dict[str, Any] = json.loads(out)["nodes"]
     return nodes
@@ -135,14 +137,59 @@ def _assert_paired(rows: list[dict[str, Any]], held_open: bool | None = True) ->
         assert (held["state"] == "open") is held_open
 
 
+def _assert_query_agrees(db: str, moment: int, mirror: Path) -> None:
+    """scope-query says what replay says at the moment, cross-host rows included, and its
+    whole-log view pairs every call as well."""
+    location = resolve(db)
+    window_ns = 60_000_000_000
+    expected = replay_rows(location, moment, window_ns)
+    assert query_rows(location, moment, window_ns, mirror) == expected
+    clients = ", ".join(f"'{name}'" for name in CLIENTS)
+    _assert_paired(
+        rows_of(location, f"SELECT * FROM connections WHERE client_comm IN ({clients})", mirror),
+        held_open=False,
+    )
+
+
+def _assert_views_link_across_hosts(db: str, moment: int) -> None:
+    """A process on A to one on B (node ids carry the host, as Scope's do), by name, and
+    the uncontained pseudo node of A to B's and C's."""
+    processes = _view(db, moment, "processes")
+    by_label = {n["label"]: (node_id, n) for node_id, n in processes.items()}
+    direct_id, direct = by_label["fleet-direct"]
+    server_id, _ = by_label["fleet-b"]
+    assert direct_id.startswith("host-a;") and server_id.startswith("host-b;")
+    assert server_id in direct["adjacency"]
+    by_name = _view(db, moment, "processes-by-name")
+    assert "fleet-c" in by_name["fleet-dnat"]["adjacency"]
+    containers = _view(db, moment, "containers")
+    assert {"pseudo:uncontained:host-b", "pseudo:uncontained:host-c"} <= set(
+        containers["pseudo:uncontained:host-a"]["adjacency"]
+    )
+
+
+def _clock_offset(db: str, host: str, other: str) -> int:
+    code, out, err = run_replay(["info", "--db", db, "--format", "json"])
+    assert code == 0, err
+    offsets = json.loads(out)["clock_offsets"]
+    (found,) = [o for o in offsets if (o["host"], o["other_host"]) == (host, other)]
+    offset: int = found["offset_ns"]
+    return offset
+
+
 def test_a_fleet_in_one_store_pairs_across_hosts(pg_url: str, tmp_path: Path) -> None:
     _require()
-    moment = _run_fleet(
-        dict.fromkeys(("host-a", "host-b", "host-c"), pg_url), tmp_path, 300_000_000
-    )
+    skew_ns = 300_000_000
+    moment = _run_fleet(dict.fromkeys(("host-a", "host-b", "host-c"), pg_url), tmp_path, skew_ns)
     _assert_paired(_table(pg_url, moment))
-    nodes = _hosts_view(pg_url, moment)
+    nodes = _view(pg_url, moment)
     assert {"host-b;<host>", "host-c;<host>"} <= set(nodes["host-a;<host>"]["adjacency"])
+    _assert_views_link_across_hosts(pg_url, moment)
+    _assert_query_agrees(pg_url, moment, tmp_path / "mirror.duckdb")
+    # B's clock is 300 ms ahead: its accepts read that much (and a round trip) later than
+    # A's connects; C's clock is right.
+    assert abs(_clock_offset(pg_url, "host-a", "host-b") - skew_ns) < 100_000_000
+    assert abs(_clock_offset(pg_url, "host-a", "host-c")) < 100_000_000
 
 
 def test_logs_of_the_hosts_combined_pair_and_a_skew_beyond_tolerance_does_not(

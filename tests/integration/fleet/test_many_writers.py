@@ -4,12 +4,14 @@ recorder that starts or is killed meanwhile disturbs none of the others."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from eventlog.events import Kind, LoggedEvent
@@ -19,7 +21,10 @@ from eventlog.store import Purpose, open_log
 from recorder.workload import run_client, running_server
 from tests.ebpf import require_ebpf
 from tests.fleet import record_host, stop
+from tests.load import committed
 from tests.netns import can_make_namespaces, veth_pair
+from tests.postgres import PostgresServer
+from tests.recording import wait_for
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.root, pytest.mark.postgres, pytest.mark.slow]
 
@@ -72,27 +77,76 @@ def test_three_hosts_one_store(pg_url: str, tmp_path: Path) -> None:
                 if recorder.poll() is None:
                     stop(recorder)
     assert recorders["host-a"].returncode == 0 and recorders["host-b"].returncode == 0
-    events = _by_host(pg_url)
-    a_events, b_events = events["host-a"], events["host-b"]
     # Every connection of the clients on A, its accept on B: once each, none lost.
-    connects = Counter(e.comm for e in a_events if e.kind == Kind.CONNECT)
-    assert connects == {"fleet-cli-a": COUNT, "fleet-cli-a2": COUNT}
-    accepts = [e for e in b_events if e.kind == Kind.ACCEPT and e.comm == "fleet-srv-b"]
-    assert len(accepts) == 2 * COUNT
+    _assert_whole(pg_url, {"fleet-cli-a": COUNT, "fleet-cli-a2": COUNT}, {"fleet-srv-b": 2 * COUNT})
+    events = _by_host(pg_url)
+    # What the killed recorder committed is there, in order, and only C's.
+    c_events = events.get("host-c", [])
+    assert {e.netns for e in c_events if e.kind in (Kind.CONNECT, Kind.ACCEPT)} <= {c_inode}
+
+
+def _assert_whole(url: str, connects: dict[str, int], accepts: dict[str, int]) -> None:
+    """The clients' connects on host-a and the servers' accepts on host-b, once each, each
+    recording in order, and the log's positions without a gap."""
+    events = _by_host(url)
+    a_events, b_events = events["host-a"], events["host-b"]
+    assert Counter(e.comm for e in a_events if e.kind == Kind.CONNECT) == connects
+    assert Counter(e.comm for e in b_events if e.kind == Kind.ACCEPT) == accepts
     for host_events in (a_events, b_events):
         sockets = [e.sock_id for e in host_events if e.kind == Kind.CONNECT and e.sock_id]
         assert len(sockets) == len(set(sockets))  # nothing twice
         monos = [e.mono_ns for e in host_events if e.kind != Kind.SNAPSHOT]
         assert monos == sorted(monos)  # each recording in order
-    # What the killed recorder committed is there, in order, and only C's.
-    c_events = events.get("host-c", [])
-    assert {e.netns for e in c_events if e.kind in (Kind.CONNECT, Kind.ACCEPT)} <= {c_inode}
-    with open_log(resolve(pg_url), Purpose.READ) as store:
+    with open_log(resolve(url), Purpose.READ) as store:
         reader = LogReader(store)
         spans = reader.batches()
         reader.close()
     positions = [p for span in spans for p in range(span.first_position, span.last_position + 1)]
     assert positions == list(range(1, len(positions) + 1))  # the log's positions: no gap
+
+
+def test_every_recorder_survives_an_outage_of_the_store(
+    own_pg_server: PostgresServer, tmp_path: Path
+) -> None:
+    """The store goes away for 3 s under two recorders that both keep capturing: each keeps
+    its events in memory, and both catch up when it is back, nothing lost or twice."""
+    require_ebpf()
+    if not can_make_namespaces():
+        pytest.fail("network namespaces cannot be made here (root and iproute2 needed)")
+    url = own_pg_server.create_database("fleet_outage")
+    count = 1200
+    with (
+        veth_pair("10.221") as (a, b),
+        running_server("outage-srv-b", hosts=(b.address,), netns=b.name, workdir=tmp_path)
+        as server_b,
+    ):  # fmt: skip
+        recorders = {host: record_host(url, tmp_path, host, ns)
+                     for host, ns in (("host-a", a), ("host-b", b))}  # fmt: skip
+        try:
+            client = run_client("outage-cli-a", b.address, server_b.port, count, gap_ms=3,
+                                netns=a.name)  # fmt: skip
+            time.sleep(0.5)
+            own_pg_server.stop("immediate")
+            time.sleep(3)
+            own_pg_server.start()
+            assert client.wait(timeout=120) == 0
+            before = {host: committed(tmp_path / f"{host}.progress") for host in recorders}
+            wait_for(
+                lambda: all(committed(tmp_path / f"{h}.progress") > before[h] for h in recorders),
+                timeout=60,
+            )
+        finally:
+            codes = {host: stop(recorder) for host, recorder in recorders.items()}
+    errors = {host: r.stderr.read() if r.stderr else "" for host, r in recorders.items()}
+    assert codes == {"host-a": 0, "host-b": 0}, errors
+    for stderr in errors.values():
+        assert "Traceback" not in stderr
+        assert "keeping events in memory" in stderr and "reachable again" in stderr
+    _assert_whole(url, {"outage-cli-a": count}, {"outage-srv-b": count})
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT counters FROM recordings ORDER BY id").fetchall()
+    counters = [json.loads(c) if isinstance(c, str) else c for (c,) in rows]
+    assert len(counters) == 2 and all(c["kernel_lost"] == 0 for c in counters)
 
 
 def test_recorders_starting_at_once_on_an_empty_store_all_start(pg_url: str) -> None:

@@ -15,23 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eventlog.events import TCP_ESTABLISHED, TCP_LISTEN
-from eventlog.location import LogLocation, resolve
-from eventlog.store import Purpose, open_log
-from replay import query
-from replay.table import render, replay_table
+from eventlog.location import resolve
+from tests.agreement import AGREED, query_rows, replay_rows, rows_of
 from tests.cli import assert_one_line_error, run_cli
 from tests.integration.replay.test_derive import operation
 from tests.logbuilder import Builder, build_workload, built_log, wall
-from tests.scenarios import build_workload_log
+from tests.scenarios import build_cross_host_log, build_workload_log
 
 SERVER = "127.0.0.1:8080"
-
-
-def rows_of(location: LogLocation, text: str, mirror: Path) -> list[dict[str, Any]]:
-    out = io.StringIO()
-    with open_log(location, Purpose.READ) as store:
-        query.run_query(store, text, "json", store_path=mirror, out=out)
-    return json.loads(out.getvalue())  # type: ignore[no-any-return]
 
 
 def small_log(b: Builder) -> None:
@@ -111,29 +102,6 @@ def test_views_hold_what_the_log_holds(tmp_path: Path) -> None:
     ]
 
 
-# Every column the two say of a connection: scope-replay's JSON and scope-query's table.
-AGREED = (
-    "id", "state", "direction", "host", "client", "server", "opened_ns", "closed_ns",
-    "duration_ns", "client_pid", "client_comm", "client_netns", "server_pid", "server_comm",
-    "server_netns", "nat_destination", "nat_source", "source", "note", "bytes_sent",
-    "bytes_received", "positions",
-)  # fmt: skip
-
-
-def _replay_rows(location: LogLocation, at_ns: int, window_ns: int) -> list[tuple[Any, ...]]:
-    with open_log(location, Purpose.READ) as store:
-        result = replay_table(store, str(at_ns), f"{window_ns}ns")
-    documents = json.loads(render(result, "json"))["connections"]
-    return [tuple(d[c] for c in AGREED) for d in documents]
-
-
-def _query_rows(
-    location: LogLocation, at_ns: int, window_ns: int, mirror: Path
-) -> list[tuple[Any, ...]]:
-    rows = rows_of(location, f"SELECT * FROM connections_at_ns({at_ns}, {window_ns})", mirror)
-    return [tuple(r[c] for c in AGREED) for r in rows]
-
-
 @pytest.mark.parametrize("seed", [11, 12, 13])
 def test_connections_at_agrees_with_replay_in_every_column(tmp_path: Path, seed: int) -> None:
     """The same rows, in the same order, column for column, NAT included."""
@@ -145,10 +113,29 @@ def test_connections_at_agrees_with_replay_in_every_column(tmp_path: Path, seed:
     for step in range(9):
         at_ns = span_start + (span_end - span_start) * step // 8
         for window_ns in (0, 100_000_000, 15_000_000_000):
-            expected = _replay_rows(location, at_ns, window_ns)
-            assert _query_rows(location, at_ns, window_ns, tmp_path / "m.duckdb") == expected
+            expected = replay_rows(location, at_ns, window_ns)
+            assert query_rows(location, at_ns, window_ns, tmp_path / "m.duckdb") == expected
             nat_rows += sum(1 for row in expected if row[AGREED.index("nat_destination")])
     assert nat_rows > 0  # the workload did put connections behind NAT
+
+
+@pytest.mark.parametrize("skew_ns", [300_000_000, -700_000_000])
+def test_connections_across_hosts_agree_with_replay(tmp_path: Path, skew_ns: int) -> None:
+    """Two hosts calling each other (directly and through NAT), one's clock off: the same
+    rows from both, with connections paired across hosts among them."""
+    db = tmp_path / "hosts.db"
+    build_cross_host_log(db, 31, skew_ns)
+    location = resolve(str(db))
+    across = 0
+    for step in range(9):
+        at_ns = wall(0) + (wall(8) - wall(0)) * step // 8 + max(skew_ns, 0)
+        for window_ns in (0, 100_000_000, 15_000_000_000):
+            expected = replay_rows(location, at_ns, window_ns)
+            assert query_rows(location, at_ns, window_ns, tmp_path / "m.duckdb") == expected
+            hosts = [(r[AGREED.index("client_host")], r[AGREED.index("server_host")])
+                     for r in expected]  # fmt: skip
+            across += sum(1 for c, s in hosts if c and s and c != s)
+    assert across > 0  # connections did pair across hosts
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -166,7 +153,7 @@ def test_connections_at_agrees_with_replay(
         window_ns = int(window_s * 1e9)
         for fraction in moments:
             at_ns = wall(end * fraction)
-            assert _query_rows(location, at_ns, window_ns, Path(tmp) / "m.duckdb") == _replay_rows(
+            assert query_rows(location, at_ns, window_ns, Path(tmp) / "m.duckdb") == replay_rows(
                 location, at_ns, window_ns
             )
 
