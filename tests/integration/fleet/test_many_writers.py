@@ -13,11 +13,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import text
 
+from eventlog import migrate
 from eventlog.events import Kind, LoggedEvent
 from eventlog.location import resolve
 from eventlog.reader import LogReader
-from eventlog.store import Purpose, open_log
+from eventlog.store import Purpose, SchemaState, open_log, schema_state
 from recorder.workload import run_client, running_server
 from tests.ebpf import require_ebpf
 from tests.fleet import record_host, stop
@@ -149,9 +151,21 @@ def test_every_recorder_survives_an_outage_of_the_store(
     assert len(counters) == 2 and all(c["kernel_lost"] == 0 for c in counters)
 
 
-def test_recorders_starting_at_once_on_an_empty_store_all_start(pg_url: str) -> None:
-    """One makes the schema, under the store's migration lock; the others wait, and find it
-    made."""
+@pytest.mark.parametrize("schema", ["none", "older"])
+def test_recorders_starting_at_once_all_start(pg_url: str, schema: str) -> None:
+    """On an empty store, or one of the first schema holding a recording: one makes or
+    upgrades the schema, under the store's migration lock; the others wait, and find it
+    current. The recording already there is kept."""
+    if schema == "older":
+        with open_log(resolve(pg_url), Purpose.ADMIN) as store, store.connect() as conn:
+            migrate.upgrade(conn, migrate.REVISIONS[0])
+            conn.execute(
+                text(
+                    "INSERT INTO recordings (id, host_id, tool_version, mode, started_mono_ns, "
+                    "started_wall_ns) VALUES (1, 'h', '0.0.1', 'ebpf', 100, 1000)"
+                )
+            )
+            conn.commit()
     code = (
         "import sys; from eventlog.location import resolve; "
         "from eventlog.store import Purpose, open_log; "
@@ -163,3 +177,7 @@ def test_recorders_starting_at_once_on_an_empty_store_all_start(pg_url: str) -> 
     ]
     results = [(s.wait(timeout=120), s.stderr.read() if s.stderr else "") for s in starters]
     assert [rc for rc, _ in results] == [0, 0, 0, 0], results
+    with open_log(resolve(pg_url), Purpose.READ) as store, store.connect() as conn:
+        assert schema_state(conn) == (SchemaState.CURRENT, migrate.head_revision())
+        held = conn.execute(text("SELECT count(*) FROM recordings")).scalar()
+    assert held == (1 if schema == "older" else 0)
