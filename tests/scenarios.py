@@ -413,27 +413,32 @@ CROSS_SNAT = "10.0.0.12"  # alpha's address as beta sees it through SNAT
 
 def cross_call(client: Writer, server: Writer, at: float, how: str) -> None:
     """A client on ``client``'s host calls the server on ``server``'s host: directly, through
-    DNAT on the client's host (``dnat``), or through its SNAT (``snat``). Each host records
-    its own socket, by its own clock; they close at random later, each on its own."""
+    DNAT on the client's host (``dnat``), through its SNAT (``snat``), or at a port DNAT on
+    the server's host publishes (``published``). Each host records its own socket, by its
+    own clock; they close at random later, each on its own."""
     a, b = client.host, server.host
     port = a.port()
     local = _endpoint(a.addresses[0], port)
     real = _endpoint(b.addresses[0], CROSS_PORT)
-    dialled = _endpoint(CROSS_VIP, 80) if how == "dnat" else real
+    dialled = {"dnat": _endpoint(CROSS_VIP, 80), "published": _endpoint(b.addresses[0], 8080)}
+    dialled_to = dialled.get(how, real)
     seen = _endpoint(CROSS_SNAT, a.port()) if how == "snat" else local
-    c = _local_sock(a, 100, "client", ROOT_NETNS, local, dialled)
+    c = _local_sock(a, 100, "client", ROOT_NETNS, local, dialled_to)
     s = _local_sock(b, 20, "srv", ROOT_NETNS, real, seen)
     if how != "direct":
+        # The rewriting host's conntrack entry: the tuple as dialled, and as answered.
+        rewriter, rewrites = (server, b) if how == "published" else (client, a)
         reply_src, reply_sport = _split(real)
         reply_dst, reply_dport = _split(seen)
-        status = IPS_DNAT if how == "dnat" else IPS_SNAT
-        entry = ConntrackEntry(ROOT_NETNS, _split(local)[0], _split(dialled)[0], port,
-                               _split(dialled)[1], reply_src, reply_dst, reply_sport,
-                               reply_dport, status, 3, a.next_ct, 0, 0)  # fmt: skip
-        a.next_ct += 1
-        c.ct = entry
-        a.conntrack[entry.ct_id] = entry
-        client.conntrack(Kind.CT_NEW, at, entry)
+        status = IPS_SNAT if how == "snat" else IPS_DNAT
+        entry = ConntrackEntry(ROOT_NETNS, _split(local)[0], _split(dialled_to)[0], port,
+                               _split(dialled_to)[1], reply_src, reply_dst, reply_sport,
+                               reply_dport, status, 3, rewrites.next_ct, 0, 0)  # fmt: skip
+        rewrites.next_ct += 1
+        rewrites.conntrack[entry.ct_id] = entry
+        if rewrites is a:
+            c.ct = entry
+        rewriter.conntrack(Kind.CT_NEW, at, entry)
     client.socket(Kind.CONNECT, at + 0.0001, c)
     server.socket(Kind.ACCEPT, at + 0.0003, s)
     a.open.append(c)
@@ -442,7 +447,7 @@ def cross_call(client: Writer, server: Writer, at: float, how: str) -> None:
 
 def build_cross_host_log(path: Path | str, seed: int, skew_ns: int = 300_000_000) -> None:
     """Two hosts in one log whose clients call each other's servers (directly, through DNAT
-    and through SNAT) among random traffic of their own; beta's clock reads ``skew_ns``
+    and SNAT on the client's host, and DNAT on the server's) among random traffic of their own; beta's clock reads ``skew_ns``
     ahead of alpha's."""
     with open_log(resolve(str(path)), Purpose.RECORD) as store, ExitStack() as stack:
         alpha, wa = stack.enter_context(host_recording(store, "alpha", 0, ["10.0.0.2"], seed))
@@ -456,7 +461,8 @@ def build_cross_host_log(path: Path | str, seed: int, skew_ns: int = 300_000_000
         def extras(w: Writer, number: int, at: float) -> None:
             if number % 3 == 0:
                 other = wb if w is wa else wa
-                cross_call(w, other, at + 0.01, rng.choice(["direct", "direct", "dnat", "snat"]))
+                how = rng.choice(["direct", "direct", "dnat", "snat", "published"])
+                cross_call(w, other, at + 0.01, how)
 
         end = _run([wa, wb], 150, seed, True, extras)
         for w in (wa, wb):

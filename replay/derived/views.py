@@ -14,7 +14,10 @@ group the k-th client and the k-th server by open time are one connection when t
 lifetimes overlap, and two one-sided rows otherwise. A client socket whose connection
 conntrack rewrote (a NAT entry alive at T with the socket's tuple as its original) is
 grouped by the tuple as the server saw it: it pairs with the real backend's socket, and the
-row says where DNAT sent it and how SNAT showed its source.
+row says where DNAT sent it and how SNAT showed its source. A server socket whose connection
+DNAT on its own host sent to it (a published port), and whose client this host did not
+rewrite, is grouped by the tuple as the client dialled it, so that it pairs with a client
+recorded on another host.
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ def _pairing(shown: str, nat_alive: str) -> str:
     """CTEs pairing the sockets of CTE ``shown`` into ``connections_rows``; ``nat_alive`` says
     which NAT intervals (``n``) apply to a socket (``sh``)."""
     return f"""
-nat_matches AS (
-    SELECT sh.origin_pos, sh.origin_ord, n.reply_src AS n_reply_src,
-        n.reply_sport AS n_reply_sport, n.reply_dst AS n_reply_dst,
+nat_matches AS (  -- a client's connection that conntrack of its host rewrote
+    SELECT sh.origin_pos, sh.origin_ord, sh.recording_id AS n_recording, n.ct_id AS n_ct_id,
+        n.reply_src AS n_reply_src, n.reply_sport AS n_reply_sport, n.reply_dst AS n_reply_dst,
         n.reply_dport AS n_reply_dport, n.status AS n_status,
         row_number() OVER (
             PARTITION BY sh.origin_pos, sh.origin_ord
@@ -56,20 +59,50 @@ nat_matches AS (
      AND n.orig_src = sh.local_ip AND n.orig_sport = sh.local_port
      AND n.orig_dst = sh.remote_ip AND n.orig_dport = sh.remote_port AND {nat_alive}
 ),
+client_nat AS (SELECT * FROM nat_matches WHERE n_rank = 1),
+server_nat_matches AS (  -- a server's connection that DNAT on its own host sent to it (a
+    -- published port): the client dialled the entry's original destination. Not one whose
+    -- client socket on this host is translated already.
+    SELECT sh.origin_pos, sh.origin_ord, n.orig_src AS n_orig_src,
+        n.orig_sport AS n_orig_sport, n.orig_dst AS n_orig_dst, n.orig_dport AS n_orig_dport,
+        n.reply_src AS n_reply_src, n.reply_sport AS n_reply_sport, n.reply_dst AS n_reply_dst,
+        n.reply_dport AS n_reply_dport, n.status AS n_status,
+        row_number() OVER (
+            PARTITION BY sh.origin_pos, sh.origin_ord
+            ORDER BY n.netns IS NOT DISTINCT FROM sh.netns DESC, n.netns, n.ct_id, n.source_pos DESC
+        ) AS n_rank
+    FROM {shown} sh JOIN nat_all n
+      ON sh.role = 'server' AND n.recording_id = sh.recording_id
+     AND n.status & {IPS_DST_NAT} <> 0
+     AND n.reply_src = sh.local_ip AND n.reply_sport = sh.local_port
+     AND n.reply_dst = sh.remote_ip AND n.reply_dport = sh.remote_port AND {nat_alive}
+    ANTI JOIN client_nat x ON x.n_recording = n.recording_id AND x.n_ct_id = n.ct_id
+),
 keyed AS (  -- what pairs a socket: its side, times, and key as the server's socket sees it
+    -- (as its client dialled it, when DNAT on the server's host rewrote it)
     SELECT sh.origin_pos, sh.origin_ord, sh.host, sh.is_server, sh.opened_ns, sh.end_ns,
-        m.n_reply_src, m.n_reply_sport, m.n_reply_dst, m.n_reply_dport, m.n_status,
+        coalesce(m.n_reply_src, v.n_reply_src) AS n_reply_src,
+        coalesce(m.n_reply_sport, v.n_reply_sport) AS n_reply_sport,
+        coalesce(m.n_reply_dst, v.n_reply_dst) AS n_reply_dst,
+        coalesce(m.n_reply_dport, v.n_reply_dport) AS n_reply_dport,
+        coalesce(m.n_status, v.n_status) AS n_status,
         CASE WHEN m.n_status IS NOT NULL THEN m.n_reply_dst
+             WHEN v.n_status IS NOT NULL THEN v.n_orig_src
              WHEN sh.is_server THEN sh.remote_ip ELSE sh.local_ip END AS c_ip,
         CASE WHEN m.n_status IS NOT NULL THEN m.n_reply_dport
+             WHEN v.n_status IS NOT NULL THEN v.n_orig_sport
              WHEN sh.is_server THEN sh.remote_port ELSE sh.local_port END AS c_port,
         CASE WHEN m.n_status IS NOT NULL THEN m.n_reply_src
+             WHEN v.n_status IS NOT NULL THEN v.n_orig_dst
              WHEN sh.is_server THEN sh.local_ip ELSE sh.remote_ip END AS s_ip,
         CASE WHEN m.n_status IS NOT NULL THEN m.n_reply_sport
+             WHEN v.n_status IS NOT NULL THEN v.n_orig_dport
              WHEN sh.is_server THEN sh.local_port ELSE sh.remote_port END AS s_port,
         CASE WHEN sh.loopback THEN sh.netns END AS loop_ns
-    FROM {shown} sh LEFT JOIN (SELECT * FROM nat_matches WHERE n_rank = 1) m
+    FROM {shown} sh LEFT JOIN client_nat m
       ON m.origin_pos = sh.origin_pos AND m.origin_ord = sh.origin_ord
+    LEFT JOIN (SELECT * FROM server_nat_matches WHERE n_rank = 1) v
+      ON v.origin_pos = sh.origin_pos AND v.origin_ord = sh.origin_ord
 ),
 shared AS (  -- address pairs that sockets of more than one host have on one side; with
     -- both sides there, which of them pairs across hosts is not known
@@ -108,8 +141,14 @@ ranked AS (
 ),
 matched AS (  -- which client socket is one connection with which server socket
     SELECT c.origin_pos AS c_pos, c.origin_ord AS c_ord, s.origin_pos AS s_pos,
-        s.origin_ord AS s_ord, c.n_status, c.n_reply_src, c.n_reply_sport, c.n_reply_dst,
-        c.n_reply_dport, coalesce(c.shared, s.shared) AS shared
+        s.origin_ord AS s_ord,
+        -- the rewrite by the client's host, else by the server's
+        coalesce(c.n_status, s.n_status) AS n_status,
+        coalesce(c.n_reply_src, s.n_reply_src) AS n_reply_src,
+        coalesce(c.n_reply_sport, s.n_reply_sport) AS n_reply_sport,
+        coalesce(c.n_reply_dst, s.n_reply_dst) AS n_reply_dst,
+        coalesce(c.n_reply_dport, s.n_reply_dport) AS n_reply_dport,
+        coalesce(c.shared, s.shared) AS shared
     FROM (SELECT * FROM ranked WHERE NOT is_server) c
     FULL OUTER JOIN (SELECT * FROM ranked WHERE is_server) s
       ON c.pair_host IS NOT DISTINCT FROM s.pair_host AND c.c_ip = s.c_ip

@@ -1,7 +1,7 @@
 """One connection, one row, across hosts: three namespace-hosts on one bridge, each recorded
 by its own recorder into one PostgreSQL store. Clients on A reach a server on B directly, a
-virtual address that DNAT on A sends to C, and B again through SNAT on A; B's clock is off
-by 300 ms. Replay pairs each client socket recorded on A with its server socket recorded on
+virtual address that DNAT on A sends to C, B again through SNAT on A, and a port B
+publishes (DNAT on B's way in); B's clock is off by 300 ms. Replay pairs each client socket recorded on A with its server socket recorded on
 B or C. With B's clock off by 5 s the sides stay apart, until a wider skew tolerance is
 asked for; logs of the hosts combined with ``db import`` pair as the shared store does."""
 
@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.ebpf, pytest.mark.root, pytest.mark.slow]
 COUNT = 25
 VIP = f"10.97.{os.getpid() % 250}.20"
 SNAT_SOURCE_HOST = 101  # A's second address, as B sees it through SNAT
+PUBLISHED = 8080  # a port of B's that DNAT on B sends to its server
 
 
 def _require() -> None:
@@ -72,6 +73,14 @@ def _nat_rules(a: Namespace, c: Namespace, c_port: int, b: Namespace, b2_port: i
     return second
 
 
+def _published_port(b: Namespace, b_port: int) -> None:
+    """B publishes its server on PUBLISHED, as a container runtime publishes a port: DNAT on
+    B's way in."""
+    in_netns(b.name, "iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-d", b.address,
+             "--dport", str(PUBLISHED), "-j", "DNAT", "--to-destination",
+             f"{b.address}:{b_port}")  # fmt: skip
+
+
 def _run_fleet(db_of: dict[str, str], tmp_path: Path, skew_ns: int) -> int:
     """Record hosts A, B, C (into ``db_of[host]``) while A's clients call; a moment while
     A's held connection to B is open."""
@@ -82,6 +91,7 @@ def _run_fleet(db_of: dict[str, str], tmp_path: Path, skew_ns: int) -> int:
         running_server("fleet-c", hosts=(c.address,), netns=c.name, workdir=tmp_path) as srv_c,
     ):  # fmt: skip
         _nat_rules(a, c, srv_c.port, b, srv_b2.port)
+        _published_port(b, srv_b.port)
         skewed = {SKEW_ENV: str(skew_ns)}
         recorders = [
             record_host(db_of["host-a"], tmp_path, "host-a", a),
@@ -94,6 +104,7 @@ def _run_fleet(db_of: dict[str, str], tmp_path: Path, skew_ns: int) -> int:
                 run_client("fleet-direct", b.address, srv_b.port, COUNT, netns=a.name),
                 run_client("fleet-dnat", VIP, 80, COUNT, netns=a.name),
                 run_client("fleet-snat", b.address, srv_b2.port, COUNT, netns=a.name),
+                run_client("fleet-publish", b.address, PUBLISHED, COUNT, netns=a.name),
             ]
             for client in clients:
                 assert client.wait(timeout=60) == 0
@@ -107,9 +118,11 @@ def _run_fleet(db_of: dict[str, str], tmp_path: Path, skew_ns: int) -> int:
     return moment
 
 
-CLIENTS = {"fleet-direct": COUNT, "fleet-dnat": COUNT, "fleet-snat": COUNT, "fleet-held": 1}
+CLIENTS = {"fleet-direct": COUNT, "fleet-dnat": COUNT, "fleet-snat": COUNT,
+           "fleet-publish": COUNT, "fleet-held": 1}  # fmt: skip
 SERVER_OF = {"fleet-direct": ("host-b", "fleet-b"), "fleet-dnat": ("host-c", "fleet-c"),
-             "fleet-snat": ("host-b", "fleet-b2"), "fleet-held": ("host-b", "fleet-b")}  # fmt: skip
+             "fleet-snat": ("host-b", "fleet-b2"), "fleet-publish": ("host-b", "fleet-b"),
+             "fleet-held": ("host-b", "fleet-b")}  # fmt: skip
 SERVERS = {"fleet-b", "fleet-b2", "fleet-c"}
 
 
@@ -132,6 +145,9 @@ def _assert_paired(rows: list[dict[str, Any]], held_open: bool | None = True) ->
         }, name
     assert all(r["nat_destination"] for r in by_client["fleet-dnat"])
     assert all(r["nat_source"] for r in by_client["fleet-snat"])
+    # DNAT on B: the client dialled B's published port, B's server took it on its own.
+    published = by_client["fleet-publish"]
+    assert all(r["server"].endswith(f":{PUBLISHED}") and r["nat_destination"] for r in published)
     (held,) = by_client["fleet-held"]
     if held_open is not None:
         assert (held["state"] == "open") is held_open
