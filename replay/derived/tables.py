@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from eventlog.addresses import FAMILIES
 
-FORMAT = 6
+FORMAT = 7  # 7: snap_holders
 SHORT_NS = 60 * 1_000_000_000
 
 
@@ -117,6 +117,12 @@ CREATE TABLE IF NOT EXISTS exits (position BIGINT, recording_id INTEGER, pid INT
 CREATE TABLE IF NOT EXISTS owners (
     position BIGINT, recording_id INTEGER, sock_id BIGINT, pid INTEGER, comm VARCHAR,
     wall_ns BIGINT);
+-- Which processes the /proc snapshots showed holding each connection's socket (by inode):
+-- a row a holder (none: a row with no pid) at each snapshot where they differ from the
+-- socket's snapshot before, its first included. The latest by a moment is what held it then.
+CREATE TABLE IF NOT EXISTS snap_holders (
+    position BIGINT, recording_id INTEGER, wall_ns BIGINT, netns BIGINT, laddr INTEGER,
+    lport INTEGER, raddr INTEGER, rport INTEGER, inode BIGINT, pid INTEGER, comm VARCHAR);
 CREATE TABLE IF NOT EXISTS cgroups (cgroup VARCHAR PRIMARY KEY, runtime VARCHAR, container_id VARCHAR);
 
 CREATE TABLE IF NOT EXISTS pairs_short ({PAIR_COLUMNS});
