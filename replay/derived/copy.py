@@ -9,7 +9,7 @@ small tables (recordings, losses, clock samples, dictionaries) are copied whole 
 sync; batches are appended.
 
 Snapshot connections are not kept: ``Chunk.snapshot_sockets`` gives their tuples and states
-to the fold as numpy columns.
+to the fold as numpy columns, and ``snap_holders`` keeps their holders where they changed.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Three groups, all rebuilt from the log alone:
 
 - copies of the log: events (``ev``) with their wall time, snapshot processes and
   conntrack sightings (a CT_* event or a row of a snapshot's dump); the forks, exits and
-  OWNER events again in small tables of their own, for the holders of sockets; recordings, losses,
+  OWNER events again in small tables of their own, for the holders of sockets, with the
+  holders the snapshots showed where they changed (``snap_holders``); recordings, losses,
   clock segments, batches and the log's name and namespace dictionaries. Addresses get
   small ids (``addr``, with their text and kind), so that the fold compares integers. An
   event carries its names in words too (its process name, namespace inode, addresses as
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 from eventlog.addresses import FAMILIES
 
-FORMAT = 7  # 7: snap_holders
+FORMAT = 7
 SHORT_NS = 60 * 1_000_000_000
 
 
