@@ -69,7 +69,8 @@ def owner_ctes(rows: str, eval_ns: str) -> str:
     socket at ``eval_ns`` (an expression over a row), the note saying what is not known, and
     ``open_pid``, ``open_comm``, ``served_since_ns``, ``served_how`` (how at_pid is known:
     opened, fork, passed, snapshot, alone, shared: the module docstring's cases),
-    ``served_closed_ns``, ``served_seen_ns`` (the snapshot the answer rests on) and
+    ``served_closed_ns``, ``served_seen_ns`` (the snapshot the answer rests on: the first of
+    those by the moment that showed the holders as they were then) and
     ``handed_after_ns``/``handed_by_ns`` (when a socket handed over, not by a fork, was: after
     that, by that). The enclosing WITH must be RECURSIVE."""
     return f"""
@@ -118,12 +119,15 @@ own_seeds AS (  -- whom the holders at the moment descend from: the holders the 
     JOIN own_base b ON b.origin_pos = l.origin_pos AND b.origin_ord = l.origin_ord
     WHERE s.pid IS NOT NULL
 ),
-own_fork_order AS (  -- each process's forks in order, keyed by time then order: a range of
+own_fork_order AS (  -- each seed's forks in order, keyed by time then order: a range of
     -- them is found by two as-of look-ups, not by comparing every fork of a busy parent
     SELECT recording_id, ppid, pid, comm, wall_ns, seq,
         CAST(wall_ns AS HUGEINT) * {_SEQ_SPAN} + seq AS fork_key
-    FROM (SELECT *, row_number() OVER (PARTITION BY recording_id, ppid ORDER BY wall_ns, position)
-              AS seq FROM forks)
+    FROM (SELECT f.*,
+              row_number() OVER (PARTITION BY f.recording_id, f.ppid ORDER BY f.wall_ns, f.position)
+                  AS seq
+          FROM forks f
+          SEMI JOIN own_seeds s ON s.recording_id = f.recording_id AND s.pid = f.ppid)
 ),
 own_children AS (  -- the seeds' children: forked while the seed held it, by the moment
     SELECT s.origin_pos, s.origin_ord, s.recording_id, f.pid, f.comm, f.wall_ns AS since_ns,
@@ -147,6 +151,7 @@ own_descendants AS (  -- and theirs, a few generations (a shell pipeline)
     WHERE h.depth < {MAX_DEPTH}
 ),
 own_opener_forked AS (  -- the sockets whose opener forked while they were open, by the moment
+    -- (an opener that is no seed only matters where a snapshot showed another holder)
     SELECT b.origin_pos, b.origin_ord
     FROM own_base b ASOF JOIN own_fork_order f ON f.recording_id = b.recording_id
      AND f.ppid = b.pid AND CAST(b.opened_ns AS HUGEINT) * {_SEQ_SPAN} <= f.fork_key

@@ -273,3 +273,19 @@ def test_a_hand_over_a_close_confirms_is_bounded_by_the_first_snapshot_of_it(
         b.flush()
     unseen = server_side(db2, 5.0)
     assert (unseen["pid"], unseen["how"], unseen["handed"]) == (OTHER, "passed", ("", at(8.0)))
+
+
+def test_a_note_names_ten_holders_and_counts_the_rest(tmp_path: Path) -> None:
+    """No snapshot: the postmaster and the twelve backends it forked since the accept all
+    hold it, as far as the log tells; the note names the first ten by when they came."""
+    db = tmp_path / "many.db"
+    with built_log(db) as (_, b):
+        opened(b)
+        for index in range(12):
+            b.fork(2.0 + index / 10, BACKEND + index, POSTMASTER, "postgres")
+        b.exec(10.0, 4242, "cron")  # the log goes on to 10 s
+        b.flush()
+    during = server_side(db, 4.0)
+    assert (during["pid"], during["how"]) == (POSTMASTER, "shared")
+    named = ", ".join(f"postgres ({pid})" for pid in [POSTMASTER, *range(BACKEND, BACKEND + 9)])
+    assert during["note"].startswith(f"held by {named} and 3 more at ")
