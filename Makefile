@@ -60,7 +60,7 @@ unit: venv
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 # The benchmarks, shortest first; bench/soak.py (ten minutes of kill -9) runs last.
-BENCHES := log_write capture query replay restart serve retention fleet soak
+BENCHES := log_write owners capture query replay restart serve retention fleet soak
 
 bench: setup
 	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done

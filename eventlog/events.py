@@ -10,6 +10,7 @@ implied by the length. All timestamps are CLOCK_MONOTONIC nanoseconds (the clock
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
 from enum import IntEnum
 from typing import Any, NamedTuple
 
@@ -27,7 +28,11 @@ class Kind(IntEnum):
     CONNECT_FAILED = 4  # SYN_SENT -> CLOSE without ESTABLISHED (refused, timed out, reset)
     EXEC = 5  # a process called execve; extra: ppid, filename
     EXIT = 6  # a process (thread group) exited; extra: ppid, exit code
-    SNAPSHOT = 7  # a /proc (+ conntrack) snapshot; its rows are in the snapshot_* tables
+    # A /proc (+ conntrack) snapshot; its rows are in the snapshot_* tables. A connection row's
+    # pid is the lowest of the processes holding its socket; extra["more_holders"] lists the
+    # others, as [inode, pid] pairs (``more_holders``), for the connections (not listeners)
+    # several processes held.
+    SNAPSHOT = 7
     CT_NEW = 8  # conntrack entry created; tuple = original direction, extra = the rest
     CT_UPDATE = 9
     CT_DESTROY = 10
@@ -124,6 +129,21 @@ class SnapshotProcess(NamedTuple):
     cgroup: str
     netns: int | None
     start_mono_ns: int  # process start, on the monotonic clock
+
+
+def more_holders(
+    connections: Iterable[SnapshotConnection], holders: Mapping[int, Sequence[int]]
+) -> list[list[int]]:
+    """A SNAPSHOT event's ``more_holders``: for each connection (not a listener) of
+    ``connections`` held by several processes (``holders``: socket inode -> every pid holding
+    it, ascending), the holders beyond its row's pid, as [inode, pid] pairs, in order."""
+    return sorted(
+        [c.inode, pid]
+        for c in connections
+        if c.state != TCP_LISTEN
+        for pid in holders.get(c.inode, ())
+        if pid != c.pid
+    )
 
 
 class ConntrackEntry(NamedTuple):

@@ -143,6 +143,10 @@ class ProcWalk:
     namespace_paths: dict[int, str] = field(default_factory=dict)  # inode -> a path to enter it
     stats: ParseStats = field(default_factory=ParseStats)
     conntrack: list[ConntrackEntry] | None = None  # None: not read with this walk
+    # Socket inode -> every process holding it (/proc/PID/fd), ascending: a connection's
+    # ``pid`` is the first; the others are what shows a socket a forked child or a worker
+    # shares with (or took from) the process that opened it.
+    holders: dict[int, list[int]] = field(default_factory=dict)
     started_mono_ns: int = 0
     finished_mono_ns: int = 0
 
@@ -219,7 +223,7 @@ def walk(proc: Path = Path("/proc"), redact_cmdline: bool = False) -> ProcWalk:
     """Processes, and TCP sockets in kept states from every network namespace, with owners."""
     result = ProcWalk(started_mono_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC))
     boot_offset = boot_to_mono_offset_ns()
-    socket_owner: dict[int, int] = {}
+    holders: dict[int, list[int]] = {}
     netns_reader: dict[int, int] = {}  # netns inode -> a pid to read its tables through
     for pid in pids(proc):
         base = f"{proc}/{pid}"
@@ -249,8 +253,8 @@ def walk(proc: Path = Path("/proc"), redact_cmdline: bool = False) -> ProcWalk:
                 start_mono_ns=stat.start_ticks * 1_000_000_000 // CLOCK_TICKS - boot_offset,
             )
         )
-        for inode in _socket_inodes(f"{base}/fd"):
-            socket_owner.setdefault(inode, pid)  # pids ascend: the lowest owner wins
+        for inode in sorted(set(_socket_inodes(f"{base}/fd"))):
+            holders.setdefault(inode, []).append(pid)  # pids ascend
     for netns, pid in sorted(netns_reader.items()):
         result.namespaces.add(netns)
         result.namespace_paths[netns] = f"{proc}/{pid}/ns/net"
@@ -269,9 +273,10 @@ def walk(proc: Path = Path("/proc"), redact_cmdline: bool = False) -> ProcWalk:
                         state=row.state,
                         inode=row.inode,
                         uid=row.uid,
-                        pid=socket_owner.get(row.inode) if row.inode else None,
+                        pid=holders[row.inode][0] if row.inode in holders else None,
                     )
                 )
+    result.holders = holders
     result.connections.sort(key=lambda c: (c.netns, c.laddr, c.lport, c.raddr, c.rport, c.inode))
     result.finished_mono_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     return result

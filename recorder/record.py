@@ -23,7 +23,16 @@ from typing import TYPE_CHECKING, Any
 from eventlog import __version__, native
 from eventlog.clock import ClockModel, monotonic_ns
 from eventlog.errors import EbpfUnavailableError, LogError, LogWriteError, ScopeError
-from eventlog.events import MODE_EBPF, MODE_PROC, ClockSample, Event, Kind, Loss, Snapshot
+from eventlog.events import (
+    MODE_EBPF,
+    MODE_PROC,
+    ClockSample,
+    Event,
+    Kind,
+    Loss,
+    Snapshot,
+    more_holders,
+)
 from eventlog.kernel_records import (
     DecodeError,
     decode_record,
@@ -191,6 +200,7 @@ def snapshot_of(
             "unreadable": proc_walk.stats.vanished,
             "bad_lines": proc_walk.stats.bad_lines,
             "conntrack": proc_walk.conntrack is not None,
+            "more_holders": more_holders(connections, proc_walk.holders),
         },
     )
     return event, Snapshot(

@@ -64,20 +64,27 @@ class ConnectionRow(NamedTuple):
     server_local: bool = False
     # The story of each side (replay.derived.owners): the process that opened the socket
     # (connect(), accept()) and when; since when its process above (client_pid, server_pid)
-    # held it and how that is known (opened, fork, passed, alone, shared); when that process
-    # closed it, where it is not the opener.
+    # held it and how that is known (opened, fork, passed, snapshot, alone, shared); when that
+    # process closed it, where it is not the opener; the /proc snapshot the answer rests on;
+    # and when a socket handed over not by a fork was (after, by), as far as snapshots tell.
     client_open_pid: int | None = None
     client_open_comm: str | None = None
     client_open_ns: int | None = None
     client_served_since_ns: int | None = None
     client_served_how: str | None = None
     client_served_closed_ns: int | None = None
+    client_served_seen_ns: int | None = None
+    client_handed_after_ns: int | None = None
+    client_handed_by_ns: int | None = None
     server_open_pid: int | None = None
     server_open_comm: str | None = None
     server_open_ns: int | None = None
     server_served_since_ns: int | None = None
     server_served_how: str | None = None
     server_served_closed_ns: int | None = None
+    server_served_seen_ns: int | None = None
+    server_handed_after_ns: int | None = None
+    server_handed_by_ns: int | None = None
 
     @property
     def duration_ns(self) -> int | None:
@@ -279,6 +286,9 @@ def side_story(row: ConnectionRow, side: str) -> dict[str, Any] | None:
             "since": format_ns(values[f"{side}_served_since_ns"]),
             "how": how,
             "closed_at": format_ns(values[f"{side}_served_closed_ns"]),
+            "seen_at": format_ns(values[f"{side}_served_seen_ns"]),
+            "handed_after": format_ns(values[f"{side}_handed_after_ns"]),
+            "handed_by": format_ns(values[f"{side}_handed_by_ns"]),
         },
     }
 
@@ -302,18 +312,26 @@ _HOW = {
     "opened": "since {since}",
     "fork": "since its fork at {since}",
     "alone": "since its fork at {since}, its other holders gone",
-    "passed": "handed over at a moment not recorded",
+    "snapshot": "since its fork at {since}",
     "shared": "several processes held it (see note)",
 }
+_HANDED = "handed over at a moment not recorded"
 
 
 def _served_text(served: dict[str, Any]) -> str:
     how = served["how"]
     if how is None:
         return ""
-    text = _HOW[how].format(since=served["since"] or "?")
+    handed = how == "passed" or (how == "snapshot" and not served["since"])
+    text = _HANDED if handed else _HOW[how].format(since=served["since"] or "?")
     if how != "shared":
         text = f"{_proc(served['pid'], served['comm'])} {text}"
+    if served["handed_after"]:
+        text += f", after {served['handed_after']}"
+    if served["handed_by"]:
+        text += f", by {served['handed_by']}"
+    if served["seen_at"]:
+        text += f", as the /proc snapshot at {served['seen_at']} showed"
     if served["closed_at"]:
         text += f", closed it at {served['closed_at']}"
     return text

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from eventlog.events import (
     SnapshotProcess,
     conntrack_event,
     container_event,
+    more_holders,
 )
 from eventlog.location import LogLocation, resolve
 from eventlog.writer import LogWriter
@@ -44,6 +45,7 @@ def wall(seconds: float) -> int:
 class Builder:
     def __init__(self, writer: LogWriter) -> None:
         self.writer = writer
+        self._inodes: dict[tuple[str, str], int] = {}  # a snapshot socket's inode - 1000
 
     def flush(self) -> None:
         self.writer.flush()
@@ -153,17 +155,25 @@ class Builder:
     def snapshot(
         self,
         at: float,
-        connections: list[tuple[str, str, int, int | None]],
+        connections: Sequence[tuple[str, str, int, int | tuple[int, ...] | None]],
         processes: list[tuple[int, str] | tuple[int, str, str]] = (),  # type: ignore[assignment]
         walk_ms: float = 10,
         netns: int = ROOT_NETNS,
     ) -> None:
+        """``connections``: each with the pid holding it, or every pid holding it (a tuple);
+        a socket's inode is 1000 + its (local, remote) pair's first index in the log's
+        snapshots, the same in each."""
         rows = []
-        for index, (local, remote, state, pid) in enumerate(connections):
+        holders: dict[int, list[int]] = {}
+        for local, remote, state, pid in connections:
             laddr, lport = _endpoint(local)
             raddr, rport = _endpoint(remote)
+            inode = 1000 + self._inodes.setdefault((local, remote), len(self._inodes))
+            pids = sorted(pid) if isinstance(pid, tuple) else [] if pid is None else [pid]
+            holders[inode] = pids
+            first = pids[0] if pids else None
             rows.append(
-                SnapshotConnection(netns, laddr, lport, raddr, rport, state, 1000 + index, 0, pid)
+                SnapshotConnection(netns, laddr, lport, raddr, rport, state, inode, 0, first)
             )
         default_cgroup = "0::/system.slice/x.service"
         procs = tuple(
@@ -181,7 +191,12 @@ class Builder:
         marker = Event(
             int(Kind.SNAPSHOT),
             mono(at),
-            extra={"initial": False, "walk_ns": round(walk_ms * 1e6), "namespace_list": [netns]},
+            extra={
+                "initial": False,
+                "walk_ns": round(walk_ms * 1e6),
+                "namespace_list": [netns],
+                "more_holders": more_holders(rows, holders),
+            },
         )
         self.writer.add_snapshot(marker, Snapshot(connections=tuple(rows), processes=procs))
 

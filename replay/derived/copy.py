@@ -9,7 +9,7 @@ small tables (recordings, losses, clock samples, dictionaries) are copied whole 
 sync; batches are appended.
 
 Snapshot connections are not kept: ``Chunk.snapshot_sockets`` gives their tuples and states
-to the fold as numpy columns.
+to the fold as numpy columns, and ``snap_holders`` keeps their holders where they changed.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ EVENTS = Select(
 SNAPSHOT_CONNECTIONS = Select(
     "snapshot_connections",
     (("position", INT), ("netns", INT), ("laddr", BLOB), ("lport", INT), ("raddr", BLOB),
-     ("rport", INT), ("state", INT)),
+     ("rport", INT), ("state", INT), ("inode", INT), ("pid", INT)),
 )  # fmt: skip
 SNAPSHOT_PROCESSES = Select(
     "snapshot_processes",
@@ -224,6 +224,7 @@ def copy_chunk(con: duckdb.DuckDBPyConnection, scanned: Scanned) -> Chunk:
     _copy_lineage(con, where)
     sockets = _snapshot_sockets(con, scanned.connections)
     _copy_snapshot_processes(con, scanned.processes)
+    _copy_holders(con, scanned.connections, where)
     _copy_conntrack(con, scanned.conntrack, where)
     _mark_snapshots(con, where)
     return Chunk(scanned.after, scanned.upto, scanned.events.num_rows, sockets)
@@ -280,6 +281,68 @@ def _snapshot_sockets(
     finally:
         con.unregister("_snap")
     return tuple(column.to_numpy().astype(np.int64) for column in table.columns)
+
+
+def _copy_holders(con: duckdb.DuckDBPyConnection, rows: pa.Table, where: str) -> None:
+    """The holders of the snapshots' connections (a row's pid and the SNAPSHOT event's
+    ``more_holders``) into ``snap_holders``, where they differ from the socket's snapshot
+    before (its first included): a row a holder, one with no pid for a socket no process
+    held. The socket's rows before the range are the store's."""
+    con.register("_snap", rows)
+    try:
+        con.execute(f"""
+            INSERT INTO snap_holders
+            WITH shown AS (
+                SELECT s.position, e.recording_id, e.wall_ns, s.netns, a1.id AS laddr, s.lport,
+                    a2.id AS raddr, s.rport, s.inode, s.pid
+                FROM _snap s JOIN ev e ON e.position = s.position AND {where}
+                LEFT JOIN addr a1 ON a1.raw = s.laddr LEFT JOIN addr a2 ON a2.raw = s.raddr
+                WHERE s.state <> {TCP_LISTEN} AND s.inode <> 0
+            ),
+            more AS (
+                SELECT position, CAST(pair[1] AS BIGINT) AS inode, CAST(pair[2] AS INTEGER) AS pid
+                FROM (SELECT e.position,
+                          unnest(CAST(json_extract(e.extra, '$.more_holders') AS BIGINT[][])) AS pair
+                      FROM ev e WHERE {where} AND e.kind = {int(Kind.SNAPSHOT)})
+            ),
+            held AS (
+                SELECT * FROM shown
+                UNION
+                SELECT s.* REPLACE (m.pid AS pid)
+                FROM shown s JOIN more m ON m.position = s.position AND m.inode = s.inode
+            ),
+            sets AS (
+                SELECT position, recording_id, wall_ns, netns, laddr, lport, raddr, rport, inode,
+                    coalesce(list(pid ORDER BY pid) FILTER (WHERE pid IS NOT NULL), []) AS pids
+                FROM held GROUP BY ALL
+            ),
+            stored AS (  -- each socket's holders as the store last has them
+                SELECT recording_id, inode, arg_max(pids, position) AS pids FROM (
+                    SELECT h.recording_id, h.inode, h.position,
+                        coalesce(list(h.pid ORDER BY h.pid) FILTER (WHERE h.pid IS NOT NULL), [])
+                            AS pids
+                    FROM snap_holders h
+                    SEMI JOIN sets s ON s.recording_id = h.recording_id AND s.inode = h.inode
+                    GROUP BY ALL)
+                GROUP BY ALL
+            ),
+            compared AS (
+                SELECT s.*, coalesce(
+                    lag(s.pids) OVER (PARTITION BY s.recording_id, s.inode ORDER BY s.position),
+                    t.pids) AS before
+                FROM sets s LEFT JOIN stored t ON t.recording_id = s.recording_id
+                 AND t.inode = s.inode
+            ),
+            changed AS (SELECT * FROM compared WHERE before IS NULL OR before <> pids)
+            SELECT c.position, c.recording_id, c.wall_ns, c.netns, c.laddr, c.lport, c.raddr,
+                c.rport, c.inode, h.pid, p.comm
+            FROM changed c
+            LEFT JOIN (SELECT position, inode, unnest(pids) AS pid FROM changed) h
+              ON h.position = c.position AND h.inode = c.inode
+            LEFT JOIN snap_proc p ON p.position = c.position AND p.pid = h.pid
+            ORDER BY c.position, c.inode, h.pid""")  # fmt: skip
+    finally:
+        con.unregister("_snap")
 
 
 def _count_rows(con: duckdb.DuckDBPyConnection, name: str, rows: str) -> None:

@@ -5,7 +5,8 @@ Three groups, all rebuilt from the log alone:
 
 - copies of the log: events (``ev``) with their wall time, snapshot processes and
   conntrack sightings (a CT_* event or a row of a snapshot's dump); the forks, exits and
-  OWNER events again in small tables of their own, for the holders of sockets; recordings, losses,
+  OWNER events again in small tables of their own, for the holders of sockets, with the
+  holders the snapshots showed where they changed (``snap_holders``); recordings, losses,
   clock segments, batches and the log's name and namespace dictionaries. Addresses get
   small ids (``addr``, with their text and kind), so that the fold compares integers. An
   event carries its names in words too (its process name, namespace inode, addresses as
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 from eventlog.addresses import FAMILIES
 
-FORMAT = 6
+FORMAT = 7
 SHORT_NS = 60 * 1_000_000_000
 
 
@@ -117,6 +118,12 @@ CREATE TABLE IF NOT EXISTS exits (position BIGINT, recording_id INTEGER, pid INT
 CREATE TABLE IF NOT EXISTS owners (
     position BIGINT, recording_id INTEGER, sock_id BIGINT, pid INTEGER, comm VARCHAR,
     wall_ns BIGINT);
+-- Which processes the /proc snapshots showed holding each connection's socket (by inode):
+-- a row a holder (none: a row with no pid) at each snapshot where they differ from the
+-- socket's snapshot before, its first included. The latest by a moment is what held it then.
+CREATE TABLE IF NOT EXISTS snap_holders (
+    position BIGINT, recording_id INTEGER, wall_ns BIGINT, netns BIGINT, laddr INTEGER,
+    lport INTEGER, raddr INTEGER, rport INTEGER, inode BIGINT, pid INTEGER, comm VARCHAR);
 CREATE TABLE IF NOT EXISTS cgroups (cgroup VARCHAR PRIMARY KEY, runtime VARCHAR, container_id VARCHAR);
 
 CREATE TABLE IF NOT EXISTS pairs_short ({PAIR_COLUMNS});

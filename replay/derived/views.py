@@ -180,9 +180,13 @@ paired AS (  -- and the two sockets whole (the endpoints as each side saw them)
         c.open_pid AS client_open_pid, c.open_comm AS client_open_comm,
         c.opened_ns AS client_open_ns, c.served_since_ns AS client_served_since_ns,
         c.served_how AS client_served_how, c.served_closed_ns AS client_served_closed_ns,
+        c.served_seen_ns AS client_served_seen_ns, c.handed_after_ns AS client_handed_after_ns,
+        c.handed_by_ns AS client_handed_by_ns,
         s.open_pid AS server_open_pid, s.open_comm AS server_open_comm,
         s.opened_ns AS server_open_ns, s.served_since_ns AS server_served_since_ns,
-        s.served_how AS server_served_how, s.served_closed_ns AS server_served_closed_ns
+        s.served_how AS server_served_how, s.served_closed_ns AS server_served_closed_ns,
+        s.served_seen_ns AS server_served_seen_ns, s.handed_after_ns AS server_handed_after_ns,
+        s.handed_by_ns AS server_handed_by_ns
     FROM matched m
     LEFT JOIN {shown} c ON c.origin_pos = m.c_pos AND c.origin_ord = m.c_ord
     LEFT JOIN {shown} s ON s.origin_pos = m.s_pos AND s.origin_ord = m.s_ord
@@ -236,8 +240,10 @@ connections_rows AS (
         coalesce(real_ip, seen_s_ip) AS server_ip, coalesce(real_port, seen_s_port) AS server_port,
         has_client AS client_local, has_server AS server_local,
         client_open_pid, client_open_comm, client_open_ns, client_served_since_ns,
-        client_served_how, client_served_closed_ns, server_open_pid, server_open_comm,
-        server_open_ns, server_served_since_ns, server_served_how, server_served_closed_ns
+        client_served_how, client_served_closed_ns, client_served_seen_ns,
+        client_handed_after_ns, client_handed_by_ns, server_open_pid, server_open_comm,
+        server_open_ns, server_served_since_ns, server_served_how, server_served_closed_ns,
+        server_served_seen_ns, server_handed_after_ns, server_handed_by_ns
     FROM sided
 )"""
 
@@ -269,10 +275,16 @@ def _failed(where: str) -> str:
         e.wall_ns AS client_served_since_ns,
         CASE WHEN e.pid IS NOT NULL THEN 'opened' END AS client_served_how,
         CAST(NULL AS BIGINT) AS client_served_closed_ns,
+        CAST(NULL AS BIGINT) AS client_served_seen_ns,
+        CAST(NULL AS BIGINT) AS client_handed_after_ns,
+        CAST(NULL AS BIGINT) AS client_handed_by_ns,
         CAST(NULL AS INTEGER) AS server_open_pid, CAST(NULL AS VARCHAR) AS server_open_comm,
         CAST(NULL AS BIGINT) AS server_open_ns, CAST(NULL AS BIGINT) AS server_served_since_ns,
         CAST(NULL AS VARCHAR) AS server_served_how,
-        CAST(NULL AS BIGINT) AS server_served_closed_ns
+        CAST(NULL AS BIGINT) AS server_served_closed_ns,
+        CAST(NULL AS BIGINT) AS server_served_seen_ns,
+        CAST(NULL AS BIGINT) AS server_handed_after_ns,
+        CAST(NULL AS BIGINT) AS server_handed_by_ns
     FROM ev e LEFT JOIN recordings_raw r ON r.id = e.recording_id
     LEFT JOIN addr a ON a.id = e.raddr
     WHERE e.kind = {int(Kind.CONNECT_FAILED)} AND {where}"""
@@ -355,8 +367,10 @@ _OUTPUT = """
         closed_ns, recording_id, failed, positions, client_ip, client_port, server_ip,
         server_port, client_local, server_local, client_open_pid, client_open_comm,
         client_open_ns, client_served_since_ns, client_served_how, client_served_closed_ns,
+        client_served_seen_ns, client_handed_after_ns, client_handed_by_ns,
         server_open_pid, server_open_comm, server_open_ns, server_served_since_ns,
-        server_served_how, server_served_closed_ns
+        server_served_how, server_served_closed_ns, server_served_seen_ns,
+        server_handed_after_ns, server_handed_by_ns
     FROM ({rows}) u
     ORDER BY coalesce(opened_ns, -1), coalesce(closed_ns, 0), first_pos, first_ord
 """

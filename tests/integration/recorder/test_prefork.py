@@ -4,7 +4,8 @@ A tiny pre-fork server (accept in the parent, fork, serve in the child), a serve
 accepted sockets to a worker over a unix socket (SCM_RIGHTS), one whose forked child keeps an
 idle copy, a client that forks a child to talk, and a real PostgreSQL under ``pgbench -C``
 with a held connection whose backend pid the server names. Each is replayed at a moment
-during it: the table (with the story) and the processes map.
+during it: the table (with the story) and the processes map. Where the held connection is
+still open when the recording ends, no close names its process: a /proc snapshot does.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from replay.views.topology import Options, Topology, View
 from tests.capabilities import require
 from tests.ebpf import require_ebpf
 from tests.postgres import PostgresServer, server_env
-from tests.recording import RecordingRun, by_kind, recording
+from tests.recording import RecordingRun, by_kind, recording, wait_for
 
 pytestmark = pytest.mark.ebpf
 
@@ -107,6 +108,19 @@ def replay_at(location: LogLocation, at_ns: int) -> Replayed:
 def forked_children(run: RecordingRun, parent: int) -> set[int]:
     forks = by_kind(run.events(), Kind.FORK)
     return {e.pid for e in forks if e.pid is not None and (e.extra or {}).get("ppid") == parent}
+
+
+# Snapshots often enough that one comes soon after a test's connections settle.
+SNAPSHOT_INTERVAL_S = 0.5
+
+
+def snapshot_after(run: RecordingRun, mark_ns: int) -> None:
+    """Wait until a /proc snapshot begun after ``mark_ns`` is in the log."""
+    wait_for(
+        lambda: any(e.wall_ns > mark_ns for e in by_kind(run.events(), Kind.SNAPSHOT)),
+        timeout=60,
+        interval=0.3,
+    )
 
 
 def moment_while_held() -> int:
@@ -240,4 +254,82 @@ def test_postgres_connections_are_their_backends(
     held_row = rows[held_port]
     assert held_row.state == "open"
     assert (held_row.server_pid, held_row.server_open_pid) == (backend, postmaster)
+    assert replayed.edge(held_row)
+
+
+@pytest.mark.parametrize("mode", ["prefork", "handoff"])
+def test_a_connection_open_at_the_end_is_its_holders_by_snapshot(
+    location: LogLocation, mode: str
+) -> None:
+    """A held connection, then more the acceptor forks (hands) on, still open when the
+    recording ends: no close names its process, the snapshot after them does. The pre-fork
+    server's is the child forked for it, since its fork; the hand-off server's is the worker,
+    handed it by the first snapshot that showed it there."""
+    with running(mode) as server:
+        with recording(location, snapshot_interval_s=SNAPSHOT_INTERVAL_S) as run:
+            held, held_pid = exchange(server.port)
+            held_port = held.getsockname()[1]
+            for _ in range(3):  # the acceptor has dropped its copy of the held one once
+                conn, _pid = exchange(server.port)  # it accepted the next
+                conn.close()
+            snapshot_after(run, time.time_ns())
+            at_ns = moment_while_held()
+        held.close()
+    replayed = replay_at(location, at_ns)
+    row = replayed.rows_to(server.port)[held_port]
+    assert row.state == "open" and row.server_open_pid == server.acceptor
+    assert (row.server_pid, row.server_served_how) == (held_pid, "snapshot"), row
+    seen = row.server_served_seen_ns
+    assert seen is not None and row.server_open_ns is not None
+    assert row.server_open_ns <= seen <= at_ns
+    if mode == "prefork":
+        assert held_pid in forked_children(run, server.acceptor)
+        (fork,) = [e for e in by_kind(run.events(), Kind.FORK, held_pid)]
+        assert row.server_served_since_ns == fork.wall_ns and row.note is None
+    else:
+        assert held_pid == server.worker and row.server_served_since_ns is None
+        handed_by = row.server_handed_by_ns
+        assert handed_by is not None and handed_by <= seen
+        assert row.note is not None and row.note.startswith(
+            f"handed from {row.server_open_comm} ({server.acceptor}) to "
+        )
+    assert replayed.edge(row)
+
+
+@pytest.mark.postgres
+def test_postgres_connection_open_at_the_end_is_its_backend_by_snapshot(
+    location: LogLocation, pg_server: PostgresServer, tmp_path: Path
+) -> None:
+    """A connection held open past the recording's end while pgbench -C has the postmaster
+    fork a backend per connection: exactly its backend, by the snapshot after them (without
+    it, every backend forked since would be named)."""
+    pgbench = pg_server.bindir / "pgbench"
+    require(pgbench.exists(), "pgbench beside the server's binaries (apt-get install postgresql)")
+    postmaster = int((pg_server.datadir / "postmaster.pid").read_text().split()[0])
+    script = tmp_path / "select.sql"
+    script.write_text("SELECT 1;\n")
+    held = None
+    try:
+        with recording(location, snapshot_interval_s=SNAPSHOT_INTERVAL_S) as run:
+            held = pg_server.admin()
+            named = held.execute("SELECT pg_backend_pid(), inet_client_port()").fetchone()
+            assert named is not None
+            backend, held_port = int(str(named[0])), int(str(named[1]))
+            subprocess.run(
+                [str(pgbench), "-n", "-C", "-c", "2", "-t", "10",
+                 "-f", str(script), "-h", "127.0.0.1", "-p", str(pg_server.port), "-U", "scope",
+                 "postgres"],
+                capture_output=True, text=True, timeout=120, env=server_env(), check=True,
+            )  # fmt: skip
+            snapshot_after(run, time.time_ns())
+            at_ns = moment_while_held()
+    finally:
+        if held is not None:
+            held.close()
+    assert len(forked_children(run, postmaster) - {backend}) >= 20  # pgbench's backends
+    replayed = replay_at(location, at_ns)
+    held_row = replayed.rows_to(pg_server.port)[held_port]
+    assert held_row.state == "open" and held_row.server_open_pid == postmaster
+    assert (held_row.server_pid, held_row.server_served_how) == (backend, "snapshot"), held_row
+    assert held_row.note is None and held_row.server_served_since_ns is not None
     assert replayed.edge(held_row)

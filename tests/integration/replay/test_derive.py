@@ -2,7 +2,7 @@
 answers; read commands leave the log as it was; the store follows the log it belongs to.
 
 Stores are compared by their interval tables (sockets, processes, NAT entries, as rows
-sorted) and by the fold's state: built with and without the set-aside of plain socket
+sorted), the holders the snapshots showed where they changed, and by the fold's state: built with and without the set-aside of plain socket
 pairs (replay.derived.derive), in ranges of every size, and synced after every batch of a
 log being written against one built once at the end.
 """
@@ -49,6 +49,8 @@ DUMPED = {
     "state_snapshot_sockets": "SELECT s.* EXCLUDE (laddr, raddr), a1.raw, a2.raw "
     "FROM state_snapshot_sockets s LEFT JOIN addr a1 ON a1.id = s.laddr "
     "LEFT JOIN addr a2 ON a2.id = s.raddr",
+    "snap_holders": "SELECT h.* EXCLUDE (laddr, raddr), a1.raw, a2.raw FROM snap_holders h "
+    "LEFT JOIN addr a1 ON a1.id = h.laddr LEFT JOIN addr a2 ON a2.id = h.raddr",
     "state_processes": "SELECT * FROM state_processes",
     "state_conntrack": "SELECT * FROM state_conntrack",
 }
@@ -316,3 +318,28 @@ def test_an_unwritable_cache_falls_back_to_memory_and_says_so_once(
     assert err.count("warning") == 1 and "in memory" in err
     monkeypatch.setenv("SCOPE_CACHE_DIR", str(tmp_path / "ok"))
     assert run_replay(["--at", "+3s", "--format", "json", "--db", str(db)])[1] == out
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 1_000_000])
+def test_snapshot_holders_are_kept_where_they_change_however_the_store_is_built(
+    tmp_path: Path, size: int
+) -> None:
+    """A socket shown by five snapshots, held by 100, then 100 and 200, then 200 twice, then
+    100 again: four changes, whatever ranges the store is built in."""
+    server, client = "127.0.0.1:5432", "127.0.0.1:40000"
+    with built_log(tmp_path / "h.db") as (location, b):
+        b.connect(1.0, 1, 900, "psql", client, server)
+        b.accept(1.0, 2, 100, "postgres", server, client)
+        for index, holders in enumerate([(100,), (100, 200), (200,), (200,), (100,)]):
+            b.snapshot(2.0 + index, [(server, client, 1, holders), (client, server, 1, 900)])
+            b.flush()
+        b.exec(10.0, 4242, "cron")
+        b.flush()
+    reference = dump(location, tmp_path / "ref.duckdb")
+    with open_log(location, Purpose.READ) as log, open_derived(log, tmp_path / "ref.duckdb") as d:
+        kept = d.con.execute("SELECT wall_ns, pid FROM snap_holders ORDER BY ALL").fetchall()
+    assert kept == [(wall(2.0), 100), (wall(2.0), 900), (wall(3.0), 100), (wall(3.0), 200),
+                    (wall(4.0), 200), (wall(6.0), 100)]  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(copy, "CHUNK_POSITIONS", size)
+        assert dump(location, tmp_path / f"other-{size}.duckdb") == reference

@@ -1,5 +1,6 @@
-"""The process that served a socket at a moment, from forks, exits and OWNER events
-(replay.derived.owners), on hand-written logs: every case of the rule, through the CLI."""
+"""The process that served a socket at a moment, from forks, exits, OWNER events and the
+holders /proc snapshots showed (replay.derived.owners), on hand-written logs: every case of
+the rule, through the CLI."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from eventlog.events import TCP_ESTABLISHED
+from eventlog.timefmt import format_ns
 from tests.cli import run_cli
 from tests.engine_golden import run_replay
 from tests.logbuilder import built_log, wall
@@ -30,13 +33,28 @@ def server_side(db: Path, at: float) -> dict[str, Any]:
     assert code == 0, err
     (row,) = json.loads(out)["connections"]
     story = row["server_story"]
+    served = story["served_by"]
     return {
         "pid": row["server_pid"],
-        "how": story["served_by"]["how"],
+        "how": served["how"],
         "accepted": story["accepted_by"]["pid"],
         "note": row["note"],
         "state": row["state"],
+        "since": served["since"],
+        "seen": served["seen_at"],
+        "handed": (served["handed_after"], served["handed_by"]),
     }
+
+
+def at(seconds: float) -> str:
+    """A moment as the story and the notes write it."""
+    return format_ns(wall(seconds))
+
+
+def snapshot(b: Any, seconds: float, *holders: int) -> None:
+    """A /proc snapshot at ``seconds`` showing the server's socket held by ``holders``."""
+    b.snapshot(seconds, [(SERVER, CLIENT, TCP_ESTABLISHED, holders), (CLIENT, SERVER, TCP_ESTABLISHED, PSQL)],
+               processes=[(pid, "postgres") for pid in holders])  # fmt: skip
 
 
 def opened(b: Any) -> None:
@@ -139,3 +157,135 @@ def test_forks_through_generations(tmp_path: Path) -> None:
         b.flush()
     during = server_side(db, 3.0)
     assert (during["pid"], during["how"]) == (OTHER, "fork")
+
+
+def test_a_snapshot_settles_which_child_holds_it_while_the_parent_forks_on(
+    tmp_path: Path,
+) -> None:
+    """The postmaster forks a backend for the connection, then more backends; the socket is
+    still open at the end. Until a snapshot shows its holder, each is named; from the
+    snapshot on, the backend serves it, since its fork, whatever the postmaster forks after."""
+    db = tmp_path / "snapshot.db"
+    with built_log(db) as (_, b):
+        opened(b)
+        b.fork(2.0, BACKEND, POSTMASTER, "postgres")
+        b.fork(3.0, OTHER, POSTMASTER, "postgres")
+        snapshot(b, 4.0, BACKEND)
+        b.fork(6.0, OTHER + 1, POSTMASTER, "postgres")
+        b.exec(10.0, 4242, "cron")  # the log goes on to 10 s
+        b.flush()
+    before = server_side(db, 3.5)
+    assert (before["pid"], before["how"]) == (POSTMASTER, "shared")
+    assert f"({OTHER})" in before["note"] and f"({BACKEND})" in before["note"]
+    for moment in (4.5, 7.0):
+        after = server_side(db, moment)
+        assert (after["pid"], after["how"], after["note"]) == (BACKEND, "snapshot", None)
+        assert (after["since"], after["seen"], after["accepted"]) == (at(2.0), at(4.0), POSTMASTER)
+        assert after["handed"] == ("", "") and after["state"] == "open"
+    query = run_cli("scope-query", "--db", str(db), "--format", "csv",
+                    "SELECT server_pid, server_served_how, server_served_seen_ns "
+                    "FROM connections")  # fmt: skip
+    assert query.returncode == 0, query.stderr
+    assert query.stdout.splitlines()[1:] == [f"{BACKEND},snapshot,{wall(4.0)}"]
+
+
+def test_a_snapshot_names_the_parent_and_child_that_share_it(tmp_path: Path) -> None:
+    """The snapshot shows parent and first child holding it: those two are named, not the
+    child forked before it that the snapshot shows without it."""
+    db = tmp_path / "both.db"
+    with built_log(db) as (_, b):
+        opened(b)
+        b.fork(2.0, BACKEND, POSTMASTER, "postgres")
+        b.fork(2.5, OTHER, POSTMASTER, "postgres")
+        snapshot(b, 3.0, POSTMASTER, BACKEND)
+        b.exec(10.0, 4242, "cron")  # the log goes on to 10 s
+        b.flush()
+    during = server_side(db, 4.0)
+    assert (during["pid"], during["how"], during["seen"]) == (POSTMASTER, "shared", at(3.0))
+    assert f"({POSTMASTER})" in during["note"] and f"({BACKEND})" in during["note"]
+    assert f"({OTHER})" not in during["note"] and "/proc snapshot" in during["note"]
+
+
+def test_a_socket_a_snapshot_shows_with_its_opener_alone_is_the_openers(tmp_path: Path) -> None:
+    """The child forked after the accept dropped its copy: the snapshot shows the opener."""
+    db = tmp_path / "kept.db"
+    with built_log(db) as (_, b):
+        opened(b)
+        b.fork(2.0, BACKEND, POSTMASTER, "postgres")
+        snapshot(b, 3.0, POSTMASTER)
+        b.exec(10.0, 4242, "cron")  # the log goes on to 10 s
+        b.flush()
+    assert server_side(db, 2.5)["how"] == "shared"
+    after = server_side(db, 4.0)
+    assert (after["pid"], after["how"], after["note"], after["seen"]) == (
+        POSTMASTER, "opened", None, at(3.0))  # fmt: skip
+
+
+def test_snapshots_bound_a_hand_over_the_kernel_did_not_show(tmp_path: Path) -> None:
+    """Accepted at 1 s, shown with the acceptor at 2 s and with a worker (no fork of the
+    acceptor's) at 4 s, still open at the end: the worker's from 4 s, handed after 2 s."""
+    db = tmp_path / "handed.db"
+    with built_log(db) as (_, b):
+        opened(b)
+        snapshot(b, 2.0, POSTMASTER)
+        snapshot(b, 4.0, OTHER)
+        snapshot(b, 6.0, OTHER)
+        b.exec(10.0, 4242, "cron")  # the log goes on to 10 s
+        b.flush()
+    before = server_side(db, 3.0)
+    assert (before["pid"], before["how"], before["note"]) == (POSTMASTER, "opened", None)
+    for moment in (5.0, 7.0):
+        after = server_side(db, moment)
+        assert (after["pid"], after["how"], after["since"]) == (OTHER, "snapshot", "")
+        assert after["handed"] == (at(2.0), at(4.0)) and after["seen"] == at(4.0)
+        assert after["note"] == (
+            f"handed from postgres ({POSTMASTER}) to postgres ({OTHER}) at a moment not "
+            f"recorded (not by a fork), after {at(2.0)}, by {at(4.0)}"
+        )
+
+
+def test_a_hand_over_a_close_confirms_is_bounded_by_the_first_snapshot_of_it(
+    tmp_path: Path,
+) -> None:
+    """The worker a snapshot showed at 4 s closes the socket at 8 s: passed, handed by 4 s;
+    the moment before any snapshot shows it with the worker is the acceptor's (it held it
+    at 2 s)."""
+    db = tmp_path / "handed-closed.db"
+    with built_log(db) as (_, b):
+        opened(b)
+        snapshot(b, 2.0, POSTMASTER)
+        snapshot(b, 4.0, OTHER)
+        closed_by(b, 8.0, OTHER)
+        b.exec(10.0, 4242, "cron")  # the log goes on to 10 s
+        b.flush()
+    assert (server_side(db, 3.0)["pid"], server_side(db, 3.0)["how"]) == (POSTMASTER, "opened")
+    for moment in (5.0, 9.0):
+        after = server_side(db, moment)
+        assert (after["pid"], after["how"]) == (OTHER, "passed")
+        assert after["handed"] == (at(2.0), at(4.0))
+        assert after["note"].endswith(f"after {at(2.0)}, by {at(4.0)}")
+    # with no snapshot after the accept, the close bounds it
+    db2 = tmp_path / "handed-unseen.db"
+    with built_log(db2) as (_, b):
+        opened(b)
+        closed_by(b, 8.0, OTHER)
+        b.exec(10.0, 4242, "cron")
+        b.flush()
+    unseen = server_side(db2, 5.0)
+    assert (unseen["pid"], unseen["how"], unseen["handed"]) == (OTHER, "passed", ("", at(8.0)))
+
+
+def test_a_note_names_ten_holders_and_counts_the_rest(tmp_path: Path) -> None:
+    """No snapshot: the postmaster and the twelve backends it forked since the accept all
+    hold it, as far as the log tells; the note names the first ten by when they came."""
+    db = tmp_path / "many.db"
+    with built_log(db) as (_, b):
+        opened(b)
+        for index in range(12):
+            b.fork(2.0 + index / 10, BACKEND + index, POSTMASTER, "postgres")
+        b.exec(10.0, 4242, "cron")  # the log goes on to 10 s
+        b.flush()
+    during = server_side(db, 4.0)
+    assert (during["pid"], during["how"]) == (POSTMASTER, "shared")
+    named = ", ".join(f"postgres ({pid})" for pid in [POSTMASTER, *range(BACKEND, BACKEND + 9)])
+    assert during["note"].startswith(f"held by {named} and 3 more at ")

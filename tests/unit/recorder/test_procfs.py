@@ -117,3 +117,30 @@ def test_walk_of_this_host_sees_this_process() -> None:
     me = [p for p in result.processes if p.pid == os.getpid()]
     assert me and me[0].ppid == os.getppid()
     assert result.finished_mono_ns >= result.started_mono_ns
+
+
+def test_walk_names_every_process_holding_a_connection() -> None:
+    """A connected loopback socket held by this process and a child it forked: the walk
+    names both as its holders, the lower as the row's pid."""
+    import os
+    import signal
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=10)
+        served, _ = listener.accept()
+        child = os.fork()
+        if child == 0:  # holds every socket its parent held, until killed
+            signal.pause()
+            os._exit(0)
+        try:
+            inode = os.fstat(served.fileno()).st_ino
+            result = walk()
+        finally:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            served.close()
+            client.close()
+    assert result.holders[inode] == sorted([os.getpid(), child])
+    (row,) = [c for c in result.connections if c.inode == inode]
+    assert row.pid == min(os.getpid(), child)

@@ -1,4 +1,5 @@
-"""A snapshot leaves out connections whose open events came while the walk ran."""
+"""A snapshot leaves out connections whose open events came while the walk ran, and names
+the processes beyond a row's pid that hold a connection (not a listener) it keeps."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ LO = bytes([127, 0, 0, 1])
 def test_connections_opened_during_the_walk_are_left_to_their_events() -> None:
     old = SnapshotConnection(NS, LO, 8080, LO, 40000, 1, 11, 0, 7)
     new = SnapshotConnection(NS, LO, 40001, LO, 8080, 1, 12, 0, 8)
+    listener = SnapshotConnection(NS, LO, 8080, bytes(4), 0, 10, 13, 0, 7)
     walk = ProcWalk(
         processes=[],
-        connections=[old, new],
+        connections=[old, new, listener],
+        holders={11: [7, 9, 21], 12: [8, 10], 13: [7, 9]},
         namespaces={NS},
         stats=ParseStats(),
         started_mono_ns=100,
@@ -26,7 +29,7 @@ def test_connections_opened_during_the_walk_are_left_to_their_events() -> None:
         Event(Kind.EXEC, 130, 9, "x", NS),
     ]
     marker, snapshot = snapshot_of(walk, 100, initial=True, opened_meanwhile=during)
-    assert snapshot.connections == (old,)
+    assert snapshot.connections == (old, listener)
     assert marker.mono_ns == 100
     assert marker.extra == {
         "initial": True,
@@ -36,4 +39,5 @@ def test_connections_opened_during_the_walk_are_left_to_their_events() -> None:
         "unreadable": 0,
         "bad_lines": 0,
         "conntrack": False,
+        "more_holders": [[11, 9], [11, 21]],
     }
