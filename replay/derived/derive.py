@@ -199,6 +199,23 @@ def _by_recording(
         yield int(recording), [column.to_pylist() for column in read.to_arrow_table().columns]
 
 
+# The tables that hold the fold's state (save_state, load_state).
+STATE_TABLES = ("state_sockets", "state_missing", "state_snapshot_sockets", "state_processes",
+                "state_conntrack")  # fmt: skip
+
+
+def restore_state(con: duckdb.DuckDBPyConnection, tables: Mapping[str, pa.Table]) -> None:
+    """The state tables replaced by ``tables`` (as read from them at another store's
+    position: a seed's, eventlog.seed)."""
+    for name in STATE_TABLES:
+        con.register("_restored", tables[name])
+        try:
+            con.execute(f"DELETE FROM {name}")
+            con.execute(f"INSERT INTO {name} SELECT * FROM _restored")
+        finally:
+            con.unregister("_restored")
+
+
 def save_state(con: duckdb.DuckDBPyConnection, state: FoldState) -> None:
     sockets, missing = state.sockets, state.missing
     _replace_columns(con, "state_sockets", {
