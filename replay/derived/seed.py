@@ -102,8 +102,8 @@ def _kept_rows(log: LogStore, select: Select, upto: int, positions: pa.Array) ->
 
 
 def _kept_batches(log: LogStore, upto: int, positions: pa.Array) -> pa.Table:
-    """The batches up to ``upto`` that hold a kept position (``positions``, sorted): of the
-    seed before this one, and of the live log."""
+    """The batches up to ``upto`` that hold a kept position (``positions``, sorted), and the
+    first one: of the seed before this one, and of the live log."""
     edge = boundary(log)
     rows = list(edge.seed.batches(0, upto, upto)) if edge.seed is not None else []
     with log.connect() as conn:
@@ -122,6 +122,9 @@ def _kept_batches(log: LogStore, upto: int, positions: pa.Array) -> pa.Table:
     at = np.searchsorted(kept, firsts)
     holds = (at < len(kept)) & (kept[np.minimum(at, len(kept) - 1)] <= lasts) if len(kept) else (
         np.zeros(len(rows), dtype=bool))  # fmt: skip
-    wanted = [row for row, keep in zip(rows, holds.tolist(), strict=True) if keep]
+    # And the log's first batch: where the log begins, which moments given from its start
+    # (``--at +10s``) are counted from, stays where it was.
+    wanted = [row for i, (row, keep) in enumerate(zip(rows, holds.tolist(), strict=True))
+              if keep or i == 0]  # fmt: skip
     columns = [pa.array([row[i] for row in wanted], pa.int64()) for i in range(len(BATCH_SCHEMA))]
     return pa.table(columns, schema=BATCH_SCHEMA)
