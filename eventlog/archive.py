@@ -467,8 +467,7 @@ def _seed(store: LogStore, conn: Connection, upto: int) -> Seed:
     ).scalar()
     if length is None:
         raise LogOpenError(
-            f"positions up to {upto} were dropped from the log, but the state at the cut is "
-            "missing"
+            f"positions up to {upto} were dropped from the log, but the state at the cut is missing"
         )
     key = (store.location.display(), upto, int(length))
     seed = _SEEDS.get(key)

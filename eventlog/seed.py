@@ -59,9 +59,7 @@ class Seed:
         rows = self.tables[select.table]
         position = rows.column("position")
         keep = pc.and_(pc.greater(position, after), pc.less_equal(position, upto))
-        return rows.filter(keep).select([name for name, _ in select.columns]).cast(
-            select.schema()
-        )
+        return rows.filter(keep).select([name for name, _ in select.columns]).cast(select.schema())
 
     def batches(self, after: int, upto: int, archived: int) -> list[tuple[int, ...]]:
         """The kept batches whose last position is in ``(after, upto]``."""
