@@ -50,7 +50,7 @@ class Seed:
     upto: int
     dropped_wall_ns: int  # the newest wall time of the events dropped
     tables: dict[str, pa.Table]  # eventlog.archive.TABLES' tables and "batches"
-    state: dict[str, pa.Table]  # the derived store's state tables, as it wrote them
+    state: dict[str, pa.Table]  # the fold state (replay.derived.derive.exported_state)
 
     def read(self, select: Select, after: int, upto: int, archived: int) -> pa.Table:
         """The kept rows of ``select`` for positions in ``(after, upto]``, in the order the

@@ -31,7 +31,7 @@ from eventlog.scan import Select
 from eventlog.seed import Seed
 from eventlog.store import LogStore
 from replay.derived.copy import CHUNK_POSITIONS
-from replay.derived.derive import STATE_TABLES
+from replay.derived.derive import exported_state
 from replay.derived.owners import MAX_NS, owner_ctes
 from replay.derived.store import derived_at
 
@@ -73,7 +73,7 @@ def make_seed(log: LogStore, upto: int) -> Seed:
             pa.int64(),
         )
         snapshots = pc.filter(snapshots, pc.is_in(snapshots, positions))
-        state = {name: con.sql(f"SELECT * FROM {name}").to_arrow_table() for name in STATE_TABLES}
+        state = exported_state(con)
         (dropped,) = con.execute(
             "SELECT max(max_wall_ns) FROM batches WHERE last_position <= ?", [upto]
         ).fetchall()[0]
