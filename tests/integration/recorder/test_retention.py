@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -174,10 +175,10 @@ def tables(db: Path, cache: Path, moments: list[int]) -> list[str]:
     return said
 
 
-def settled(table: str, port: int) -> dict[str, object]:
+def settled(table: str, port: int) -> dict[str, Any]:
     """A connection table as far as later events cannot change it: whole for the load's
     connections (server on ``port``), without their holders for the others."""
-    document = json.loads(table)
+    document: dict[str, Any] = json.loads(table)
     document["connections"] = [
         row if str(row.get("server") or "").endswith(f":{port}")
         else {k: v for k, v in row.items() if k not in OWNER_FIELDS}
