@@ -65,8 +65,7 @@ UNION SELECT w.position FROM seed_open r JOIN owners w ON w.recording_id = r.rec
 
 def make_seed(log: LogStore, upto: int) -> Seed:
     """The seed of a cut at ``upto`` (a batch's last position) of ``log``."""
-    con = derived_at(log, upto)
-    try:
+    with derived_at(log, upto) as con:
         positions = _kept_positions(con)
         snapshots = pa.array(
             [row[0] for row in con.execute("SELECT position FROM snap_marks").fetchall()],
@@ -77,8 +76,6 @@ def make_seed(log: LogStore, upto: int) -> Seed:
         (dropped,) = con.execute(
             "SELECT max(max_wall_ns) FROM batches WHERE last_position <= ?", [upto]
         ).fetchall()[0]
-    finally:
-        con.close()
     tables = {
         name: _kept_rows(log, select, upto, positions if name == "events" else snapshots)
         for name, select in TABLES.items()

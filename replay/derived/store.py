@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import tempfile
 import threading
 import time
 import warnings
@@ -48,6 +49,7 @@ from replay.derived.views import VIEWS_SQL
 from replay.fold import Fold
 
 LOCK_WAIT_S = 60.0
+SEED_MEMORY = "512MB"  # DuckDB's memory for the store a seed is made from (derived_at)
 ROW_GROUP_ROWS = 32_768
 # The files a store has beside it: DuckDB's write-ahead log, and where it was synced to.
 SIDE_FILES = (".wal", ".synced", ".synced.partial")
@@ -198,24 +200,41 @@ def open_derived(log: LogStore, path: Path | None = None) -> Derived:
         reader.close()
 
 
-def derived_at(log: LogStore, position: int) -> duckdb.DuckDBPyConnection:
-    """A store of ``log`` up to ``position`` (a batch's last), in memory: its intervals and
-    fold state as a store synced then would hold them (what a cut that drops its history
-    keeps, replay.derived.seed)."""
+@contextlib.contextmanager
+def derived_at(log: LogStore, position: int) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A store of ``log`` up to ``position`` (a batch's last), for the block: its intervals
+    and fold state as a store synced then would hold them (what a cut that drops its history
+    keeps, replay.derived.seed). It is made inside a recorder, in a file of its own that the
+    block removes, within SEED_MEMORY (in memory, a cut of 5M events took 1.7 GB)."""
     reader = LogReader(log)
     try:
         now = log_state(reader)
         state = LogState(now.log_id, position, now.signature, event_digest(reader, position))
-        con = duckdb.connect(":memory:", config=SAFE_CONFIG)
-        try:
-            with _Scans(log, _clocks(reader), 0, position, _seed_upto(reader)) as scans:
-                _sync(con, reader, state, scans)
-        except BaseException:
-            con.close()
-            raise
-        return con
+        with _scratch() as scratch:
+            con = duckdb.connect(
+                str(scratch / "store.duckdb"), config={**SAFE_CONFIG, "memory_limit": SEED_MEMORY}
+            )
+            try:
+                with _Scans(log, _clocks(reader), 0, position, _seed_upto(reader)) as scans:
+                    _sync(con, reader, state, scans)
+                yield con
+            finally:
+                con.close()
     finally:
         reader.close()
+
+
+@contextlib.contextmanager
+def _scratch() -> Iterator[Path]:
+    """A directory of the caller's alone, removed after: in the cache directory, else in
+    the system's temporary one."""
+    try:
+        _ensure_directory(cache_dir())
+        parent: str | None = str(cache_dir())
+    except _UnwritableError:
+        parent = None
+    with tempfile.TemporaryDirectory(prefix="scope-seed-", dir=parent) as directory:
+        yield Path(directory)
 
 
 def _seed_upto(reader: LogReader) -> int:
