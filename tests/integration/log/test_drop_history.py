@@ -13,6 +13,8 @@ from eventlog.archive import boundary
 from eventlog.location import LogLocation, resolve
 from eventlog.reader import LogReader
 from eventlog.store import Purpose, open_log
+from replay.derived.store import _must_rebuild, event_digest, log_state
+from replay.derived.tables import FORMAT
 from tests.cli import assert_one_line_error, run_cli
 from tests.integration.log.test_retention import (
     EVENTS,
@@ -104,3 +106,22 @@ def test_an_archive_and_a_dropped_history_do_not_mix(
     refused = run_cli("scope-replay", "compact", "--db", str(other), "--before",
                       str(walls[len(walls) // 2]), "--archive", str(tmp_path / "a2"))  # fmt: skip
     assert_one_line_error(refused, 2, "dropped")
+
+
+def test_a_store_that_stopped_inside_the_dropped_history_is_made_again(
+    sqlite_location: LogLocation,
+) -> None:
+    """A store synced up to a position the log has since dropped cannot fold on from there
+    (the positions after it are gone), whatever the log now says of that position: it is
+    made again from the seed. One synced past the cut goes on."""
+    write_log(sqlite_location, 10_000)
+    drop(db_argument(sqlite_location), batch_walls(sqlite_location)[5])
+    with open_log(sqlite_location, Purpose.READ) as store:
+        reader = LogReader(store)
+        state = log_state(reader)
+        cut = boundary(store).archived_upto
+        meta = {"format": str(FORMAT), "log_id": state.log_id}
+        for synced, rebuilt in ((cut - 1, True), (cut, False), (state.head, False)):
+            said = {"synced_position": str(synced), "synced_digest": event_digest(reader, synced)}
+            assert _must_rebuild({**meta, **said}, reader, state) is rebuilt, synced
+        reader.close()
