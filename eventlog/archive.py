@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyarrow as pa
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from eventlog.errors import LogOpenError
 from eventlog.scan import BLOB, INT, TEXT, THREADS, Select, scan_live
+from eventlog.seed import DROPPED, SEED, Seed
 from eventlog.store import LogStore
 
 MANIFEST = "manifest.json"
@@ -414,12 +415,22 @@ def _remove_tree(path: Path) -> None:
 # -- where the live log begins ------------------------------------------------------------
 @dataclass(frozen=True)
 class Boundary:
-    """How far a log's archive goes: positions up to ``archived_upto`` are in ``archive``."""
+    """How far a log's archive goes: positions up to ``archived_upto`` are in ``archive``,
+    or, after a cut that dropped them (``--archive none``), only what ``seed`` kept of them
+    (eventlog.seed)."""
 
     archived_upto: int
     archive: Archive | None
+    seed: Seed | None = None
 
-    def require(self) -> Archive:
+    @property
+    def dropped(self) -> bool:
+        return self.seed is not None
+
+    def require(self) -> Archive | Seed:
+        """What holds the positions up to ``archived_upto``: the archive or the seed."""
+        if self.seed is not None:
+            return self.seed
         if self.archive is None:
             raise LogOpenError(
                 f"positions up to {self.archived_upto} were cut from the log without an archive"
@@ -429,6 +440,9 @@ class Boundary:
 
 ARCHIVED_UPTO = "archived_upto"
 ARCHIVE_DIR = "archive_dir"
+# The seed last read, by the log, its boundary and the seed's length: a seed is written with
+# its boundary, in one transaction, and every reader's scan asks for the boundary.
+_SEEDS: dict[tuple[str, int, int], Seed] = {}
 
 
 def boundary(store: LogStore) -> Boundary:
@@ -440,10 +454,35 @@ def boundary(store: LogStore) -> Boundary:
                 {"upto": ARCHIVED_UPTO, "dir": ARCHIVE_DIR},
             ).all()
         )
-    directory = meta.get(ARCHIVE_DIR)
-    return Boundary(
-        int(meta.get(ARCHIVED_UPTO) or 0), Archive(Path(directory)) if directory else None
-    )
+        upto = int(meta.get(ARCHIVED_UPTO) or 0)
+        directory = meta.get(ARCHIVE_DIR)
+        if directory == DROPPED:
+            return Boundary(upto, None, _seed(store, conn, upto))
+    return Boundary(upto, Archive(Path(directory)) if directory else None)
+
+
+def _seed(store: LogStore, conn: Connection, upto: int) -> Seed:
+    length = conn.execute(
+        text("SELECT length(value) FROM log_meta WHERE key = :k"), {"k": SEED}
+    ).scalar()
+    if length is None:
+        raise LogOpenError(
+            f"positions up to {upto} were dropped from the log, but the state at the cut is missing"
+        )
+    key = (store.location.display(), upto, int(length))
+    seed = _SEEDS.get(key)
+    if seed is None:
+        value = conn.execute(
+            text("SELECT value FROM log_meta WHERE key = :k"), {"k": SEED}
+        ).scalar()
+        seed = Seed.decode(str(value))
+        if seed.upto != upto:
+            raise LogOpenError(
+                f"the log's state at its cut is of position {seed.upto}, its boundary {upto}"
+            )
+        _SEEDS.clear()  # one log at a time is read
+        _SEEDS[key] = seed
+    return seed
 
 
 def scan(

@@ -66,7 +66,7 @@ def _integrity(location: LogLocation) -> Finding:
 
 def _positions(conn: Connection, edge: Boundary) -> Finding:
     """Positions from 1 to the head: those archived in segments that follow each other
-    (eventlog.archive), the rest in the live log."""
+    (eventlog.archive) or dropped (eventlog.seed), the rest in the live log."""
     archived = edge.archived_upto
     batches = conn.execute(
         text(
@@ -96,6 +96,8 @@ def _positions(conn: Connection, edge: Boundary) -> Finding:
     if problems:
         return Finding("positions", False, _listed(problems))
     archive = f"; 1..{archived} in the archive" if archived else ""
+    if edge.dropped:
+        archive = f"; 1..{archived} dropped (--archive none), the state at {archived} kept"
     return Finding(
         "positions",
         True,
@@ -104,7 +106,7 @@ def _positions(conn: Connection, edge: Boundary) -> Finding:
 
 
 def _archive_problems(edge: Boundary) -> list[str]:
-    if not edge.archived_upto:
+    if not edge.archived_upto or edge.dropped:
         return []
     if edge.archive is None:
         return [f"positions 1..{edge.archived_upto} are archived, but no archive is named"]

@@ -27,6 +27,12 @@ second for ten million events. Deleted rows are zeroed only where SQLite writes 
 anyway (``secure_delete = FAST``): zeroing every freed page doubled what a cut wrote, and
 what they held is in the archive.
 
+With ``--archive none`` nothing is archived: the cut keeps, in the live log, the state at
+``P`` and the rows it still refers to (eventlog.seed), written with the boundary in one
+transaction, and the rows up to ``P`` leave the live log as after an archived cut. What the
+state is, is the derived store's to say (replay.derived.seed): the caller passes the
+function that makes it (``SeedMaker``), and this package stays below the reading side.
+
 SQLite gives the space back with incremental vacuum (logs created by this version have
 ``auto_vacuum = INCREMENTAL``); in an older log the freed pages are reused by new events, so
 its file stops growing too.
@@ -63,6 +69,7 @@ from eventlog.errors import ArchiveError, LogError, ScopeError, UsageError
 from eventlog.location import LogLocation
 from eventlog.options import SqliteOptions
 from eventlog.scan import scan_live
+from eventlog.seed import DROPPED, SEED, Seed
 from eventlog.store import LogStore, Purpose, open_log
 
 SEGMENT_POSITIONS = 2_000_000  # positions per segment at most (about 300 MB of columns)
@@ -75,23 +82,29 @@ REBUILD_MAX_KEPT = 200_000
 VACUUM_PAGES = 2_000  # pages given back per transaction
 SIZE_TARGET = 0.75  # a cut for --max-log-size leaves the live log at this share of it
 
+# The state at a position of a log, and the rows it refers to: what a cut that drops its
+# history keeps (replay.derived.seed.make_seed).
+SeedMaker = Callable[[LogStore, int], Seed]
+
 
 @dataclass(frozen=True)
 class RetentionPolicy:
     """What a recorder keeps in its live log: events of the last ``retain_ns`` and/or at
-    most ``max_log_bytes``; what leaves goes to ``archive``."""
+    most ``max_log_bytes``; what leaves goes to ``archive``, or is dropped (``archive``
+    None, ``seed_maker`` given: see the module's docstring)."""
 
-    archive: Path
+    archive: Path | None
     retain_ns: int | None = None
     max_log_bytes: int | None = None
     interval_s: float = 60.0  # how often the recorder looks
     min_cut_positions: int = SEGMENT_POSITIONS  # see apply_policy
+    seed_maker: SeedMaker | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
             "retain_ns": self.retain_ns,
             "max_log_bytes": self.max_log_bytes,
-            "archive": str(self.archive),
+            "archive": DROPPED if self.archive is None else str(self.archive),
         }
 
 
@@ -123,8 +136,10 @@ def make_policy(
     max_log_size: str | None,
     archive: str | None,
     interval_s: float | None = None,
+    seed_maker: SeedMaker | None = None,
 ) -> RetentionPolicy | None:
-    """The policy that ``scope-record``'s options ask for (None: keep everything)."""
+    """The policy that ``scope-record``'s options ask for (None: keep everything).
+    ``--archive none`` drops what leaves, keeping the state at each cut by ``seed_maker``."""
     max_bytes = parse_size(max_log_size) if max_log_size is not None else None
     if retain_ns is None and max_bytes is None:
         if archive is not None:
@@ -132,18 +147,30 @@ def make_policy(
         return None
     if retain_ns is not None and retain_ns <= 0:
         raise UsageError("--retain must be longer than 0")
-    if archive is not None and archive.lower() == "none":
-        raise UsageError(
-            "--archive none is not supported: what leaves the live log is kept in an archive"
-        )
+    dropping = archive is not None and archive.lower() == DROPPED
     directory = Path(archive) if archive is not None else default_archive(location)
     if directory is None:
-        raise UsageError("a PostgreSQL log needs --archive DIR (where its archive is kept)")
+        raise UsageError(
+            "a PostgreSQL log needs --archive DIR (where its archive is kept) or --archive none"
+        )
+    if dropping and seed_maker is None:
+        raise UsageError("--archive none is not supported here")
     if interval_s is None:
         # Often enough that the live log holds little more than asked, rarely enough that
         # each cut moves a large segment.
         interval_s = min(60.0, max(1.0, (retain_ns or 240 * 10**9) / 4e9))
-    return RetentionPolicy(directory.absolute(), retain_ns, max_bytes, interval_s)
+    return RetentionPolicy(
+        None if dropping else directory.absolute(),
+        retain_ns,
+        max_bytes,
+        interval_s,
+        seed_maker=seed_maker if dropping else None,
+    )
+
+
+def is_dropping(archive: str | Path | None) -> bool:
+    """Whether an ``--archive`` option's value asks that what leaves be dropped."""
+    return archive is not None and str(archive).lower() == DROPPED
 
 
 def default_archive(location: LogLocation) -> Path | None:
@@ -217,14 +244,29 @@ def live_bytes(store: LogStore) -> int:
 
 # -- the cut -------------------------------------------------------------------------------
 def cut(
-    store: LogStore, upto: int, archive: Path, stopping: Callable[[], bool] = lambda: False
+    store: LogStore,
+    upto: int,
+    archive: Path | None,
+    stopping: Callable[[], bool] = lambda: False,
+    seed_maker: SeedMaker | None = None,
 ) -> CutResult:
     """Move positions up to ``upto`` (a batch's last position) to ``archive``, a segment
-    at a time, and give their space back. Raises ArchiveError if the archive cannot be
+    at a time, and give their space back (``archive`` None: drop them, keeping the state
+    ``seed_maker`` makes; see ``drop``). Raises ArchiveError if the archive cannot be
     written (the live log then keeps every row it had). ``stopping`` is asked between
     segments: a recorder stopping does not wait for a long backlog to be cut."""
+    if archive is None:
+        if seed_maker is None:
+            raise UsageError("a cut without an archive needs the state at the cut kept")
+        return drop(store, upto, seed_maker)
     started = time.monotonic()
-    archived = boundary(store).archived_upto
+    edge = boundary(store)
+    if edge.dropped:
+        raise UsageError(
+            f"the log's history up to position {edge.archived_upto} was dropped "
+            "(--archive none): an archive would not hold all of it; cut with --archive none"
+        )
+    archived = edge.archived_upto
     upto = min(upto, _before_newest_batch(store))
     result = CutResult(archived, archived)
     target = Archive(archive.resolve())
@@ -248,6 +290,34 @@ def cut(
     if result.segments:
         remove_archived(store, result.archived_upto)
         reclaim_space(store)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def drop(store: LogStore, upto: int, seed_maker: SeedMaker) -> CutResult:
+    """Drop positions up to ``upto`` (a batch's last position) from the live log, keeping
+    the state at ``upto`` (``seed_maker``'s seed) in their place: the seed and the boundary
+    are written in one transaction, then the rows leave as after an archived cut (rows the
+    live log still holds below the boundary are read by no one, and deleted by the next
+    cut if this one is interrupted)."""
+    started = time.monotonic()
+    edge = boundary(store)
+    if edge.archive is not None and edge.archived_upto:
+        raise UsageError(
+            f"the log's archive is {edge.archive.directory}: its history cannot be dropped "
+            "(a cut without an archive would leave the archive's positions unread)"
+        )
+    archived = edge.archived_upto
+    upto = min(upto, _before_newest_batch(store))
+    result = CutResult(archived, archived)
+    if upto <= archived:
+        return result
+    seed = seed_maker(store, upto)
+    _set_boundary(store, upto, None, seed.encode())
+    remove_archived(store, upto)
+    reclaim_space(store)
+    result.archived_upto = upto
+    result.events = upto - archived
     result.seconds = time.monotonic() - started
     return result
 
@@ -368,16 +438,26 @@ def _batch_rows(store: LogStore, after: int, upto: int) -> pa.Table:
     )
 
 
-def _set_boundary(store: LogStore, upto: int, directory: Path) -> None:
+def _set_boundary(
+    store: LogStore, upto: int, directory: Path | None, seed: str | None = None
+) -> None:
+    """The log says how far its archive goes (``directory`` None: the history up to
+    ``upto`` is dropped, and ``seed`` is what was kept of it), in one transaction."""
     with store.connect() as conn, conn.begin():
         conn.execute(
-            text("DELETE FROM log_meta WHERE key IN (:u, :d)"),
-            {"u": ARCHIVED_UPTO, "d": ARCHIVE_DIR},
+            text("DELETE FROM log_meta WHERE key IN (:u, :d, :s)"),
+            {"u": ARCHIVED_UPTO, "d": ARCHIVE_DIR, "s": SEED},
         )
+        where = DROPPED if directory is None else str(directory)
         conn.execute(
             text("INSERT INTO log_meta (key, value) VALUES (:u, :uv), (:d, :dv)"),
-            {"u": ARCHIVED_UPTO, "uv": str(upto), "d": ARCHIVE_DIR, "dv": str(directory)},
+            {"u": ARCHIVED_UPTO, "uv": str(upto), "d": ARCHIVE_DIR, "dv": where},
         )
+        if seed is not None:
+            conn.execute(
+                text("INSERT INTO log_meta (key, value) VALUES (:s, :sv)"),
+                {"s": SEED, "sv": seed},
+            )
 
 
 def remove_archived(store: LogStore, upto: int) -> None:
@@ -505,7 +585,7 @@ def apply_policy(
         upto = max(upto, cut_for_size(store, policy.max_log_bytes))
     if upto <= archived:
         return None
-    return cut(store, upto, policy.archive, stopping)
+    return cut(store, upto, policy.archive, stopping, policy.seed_maker)
 
 
 class RetentionWorker:
@@ -595,6 +675,8 @@ class StorageStatus:
     archive_wall: tuple[int, int] | None  # the archived events' wall-time range
     last_commit_wall_ns: int | None  # the newest batch's last event
     policy: dict[str, Any] | None  # the newest recording's retention options
+    # A cut with --archive none: the newest wall time it dropped (None: nothing dropped)
+    dropped_wall_ns: int | None = None
 
 
 def storage_status(store: LogStore) -> StorageStatus:
@@ -633,6 +715,7 @@ def storage_status(store: LogStore) -> StorageStatus:
         else None,
         last_commit_wall_ns=int(newest) if newest is not None else None,
         policy=(options or {}).get("retention") if isinstance(options, dict) else None,
+        dropped_wall_ns=edge.seed.dropped_wall_ns if edge.seed is not None else None,
     )
 
 
@@ -649,10 +732,18 @@ def wall_span(store: LogStore) -> tuple[int, int] | None:
     return (int(min(lows)), int(max(highs))) if lows else None
 
 
-def compact_before(store: LogStore, before_wall_ns: int, archive: Path | None) -> CutResult:
+def compact_before(
+    store: LogStore,
+    before_wall_ns: int,
+    archive: Path | None,
+    seed_maker: SeedMaker | None = None,
+) -> CutResult:
     """``scope-replay compact --before T``: every batch all of whose events are before
     ``before_wall_ns`` moved to the archive (the log's own, else ``archive``, else the
-    default beside a SQLite log)."""
+    default beside a SQLite log); dropped, with the state at the cut kept, if
+    ``seed_maker`` is given (``--archive none``)."""
+    if seed_maker is not None:
+        return drop(store, cut_before(store, before_wall_ns), seed_maker)
     directory = boundary(store).archive
     target = directory.directory if directory else archive or default_archive(store.location)
     if target is None:

@@ -152,7 +152,8 @@ def record(
         str | None,
         typer.Option(
             help="Directory of the archive (Parquet) for --retain/--max-log-size "
-            "(default: LOG.archive beside a SQLite log)."
+            "(default: LOG.archive beside a SQLite log), or none: what leaves the live log is "
+            "dropped, and only the state at each cut is kept (moments before it are refused)."
         ),
     ] = None,
     retention_interval: Annotated[
@@ -217,14 +218,21 @@ def record(
     retention = None
     if any(option is not None for option in (retain, max_log_size, archive, retention_interval)):
         # Imported only then: the archive's Parquet writer costs a recorder ~40 MB resident.
-        from eventlog.retention import make_policy
+        from eventlog.retention import is_dropping, make_policy
 
+        seed_maker = None
+        if is_dropping(archive):
+            # What a cut keeps of what it drops is the state replay folds (eventlog.seed).
+            from replay.derived.seed import make_seed
+
+            seed_maker = make_seed
         retention = make_policy(
             location,
             parse_duration(retain, "--retain") if retain is not None else None,
             max_log_size,
             archive,
             retention_interval,
+            seed_maker,
         )
     options = RecordOptions(
         location=location,

@@ -340,7 +340,8 @@ def compact_command(
         Path | None,
         typer.Option(
             help="The archive's directory, for a log that has none yet (default: LOG.archive "
-            "beside a SQLite log)."
+            "beside a SQLite log), or none: drop what leaves, keeping only the state at the cut "
+            "(moments before it are refused after)."
         ),
     ] = None,
     db: DbOption = None,
@@ -351,14 +352,25 @@ def compact_command(
     Example: scope-replay compact --before -7d --db scope.db
     """
     from eventlog.location import resolve
-    from eventlog.retention import compact_before, wall_span
+    from eventlog.retention import compact_before, is_dropping, wall_span
     from eventlog.store import Purpose, open_log
+    from replay.derived.seed import make_seed
     from replay.timespec import LogSpan, parse_moment
 
+    dropping = is_dropping(archive)
     with open_log(resolve(_log_argument(ctx, db)), Purpose.RECORD) as log:
         span = wall_span(log)
         moment = parse_moment(before, LogSpan(*span) if span else None)
-        result = compact_before(log, moment, archive)
+        if dropping:
+            result = compact_before(log, moment, None, make_seed)
+        else:
+            result = compact_before(log, moment, archive)
+    if dropping:
+        typer.echo(
+            f"dropped {result.events} events, keeping the state at position "
+            f"{result.archived_upto}; moments before it are no longer answered"
+        )
+        return
     typer.echo(
         f"moved {result.events} events ({result.segments} segments, "
         f"{result.archive_bytes} bytes) to the archive; it holds positions up to "

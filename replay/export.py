@@ -16,7 +16,9 @@ from pathlib import Path
 import duckdb
 
 from eventlog.errors import QueryError, UsageError
+from eventlog.timefmt import format_ns
 from replay.derived.store import Derived
+from replay.moment import check_kept
 
 FORMATS = {"parquet": "(FORMAT parquet, COMPRESSION zstd)", "csv": "(FORMAT csv, HEADER)",
            "jsonl": "(FORMAT json)"}  # fmt: skip
@@ -35,6 +37,7 @@ def export_range(
         raise UsageError(f"unknown export format {fmt!r} (one of {', '.join(FORMATS)})")
     if to_ns <= from_ns:
         raise UsageError("--to must be after --from")
+    check_kept(derived, from_ns, f"--from {format_ns(from_ns)}")
     _ensure_directory(directory)
     queries = {
         "events": f"SELECT * FROM events WHERE wall_ns >= {int(from_ns)} "

@@ -191,7 +191,11 @@ def _storage_document(status: StorageStatus) -> dict[str, Any]:
         else status.live_bytes,
         "live_rows_bytes": status.live_bytes,
         "live_positions": f"{live[0]}..{live[1]}" if live else None,
-        "archive": str(status.archive) if status.archive else None,
+        # The setting in force: a directory, none (dropped: eventlog.seed), or none yet.
+        "archive": str(status.archive)
+        if status.archive
+        else ("none" if status.dropped_wall_ns is not None else None),
+        "dropped_to": format_ns(status.dropped_wall_ns) if status.dropped_wall_ns else None,
         "archive_bytes": status.archive_bytes,
         "archive_segments": status.archive_segments,
         "archived_upto_position": status.archived_upto,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from eventlog.errors import UsageError
 from eventlog.recordings import STOP_CRASHED, STOP_DURATION, STOP_ERROR, STOP_SIGNAL
 from eventlog.timefmt import format_ns
 from replay.derived.store import Derived
@@ -42,7 +43,22 @@ def resolve_moment(derived: Derived, at_text: str, window_text: str) -> Moment:
     span = log_span(derived)
     at_ns = parse_moment(at_text, span)
     check_inside(at_ns, span, at_text)
-    return Moment(at_ns, parse_duration(window_text, "window"), at_text)
+    moment = Moment(at_ns, parse_duration(window_text, "window"), at_text)
+    check_kept(derived, moment.start_ns, f"{at_text} ({format_ns(at_ns)}) with its window")
+    return moment
+
+
+def check_kept(derived: Derived, from_ns: int, what: str) -> None:
+    """Refuse what would read history the log dropped (``--archive none``, eventlog.seed):
+    an answer from what is left of it would be wrong, not short. What reads from ``from_ns``
+    on is answered as the uncut log answered it once ``from_ns`` is after the newest event
+    dropped (every interval that ended in the dropped history ended by then)."""
+    dropped = derived.dropped_wall_ns
+    if dropped is not None and from_ns <= dropped:
+        raise UsageError(
+            f"{what} reads the log's history up to {format_ns(dropped)}, which was dropped "
+            "(--archive none): ask for a later moment (or a shorter window)"
+        )
 
 
 # A recording that adopted pinned capture programs holds what they captured while no recorder

@@ -38,7 +38,7 @@ import pyarrow as pa
 from eventlog.errors import LogOpenError
 from eventlog.events import IPS_NAT_MASK, TCP_LISTEN, Kind, Snapshot
 from eventlog.reader import LogReader
-from replay.derived.copy import Chunk
+from replay.derived.copy import Chunk, learn_addresses
 from replay.derived.tables import SHORT_NS, SOCKET_COLUMNS, exec_command_line
 from replay.fold import (
     FOLDED_KINDS,
@@ -197,6 +197,51 @@ def _by_recording(
     ).fetchall():
         read = con.sql(f"SELECT {columns} FROM {table} WHERE recording_id = {int(recording)}")
         yield int(recording), [column.to_pylist() for column in read.to_arrow_table().columns]
+
+
+# The tables that hold the fold's state (save_state, load_state).
+STATE_TABLES = ("state_sockets", "state_missing", "state_snapshot_sockets", "state_processes",
+                "state_conntrack")  # fmt: skip
+# A snapshot socket's addresses are this store's ids (learn_addresses gives them in the order
+# the store met them): the state given to another store (a seed, eventlog.seed) holds their
+# bytes instead, and that store its own ids for them.
+_SNAPSHOT_SOCKETS_OUT = """
+SELECT s.recording_id, s.netns, a1.raw AS laddr, s.lport, a2.raw AS raddr, s.rport,
+    s.snapshot_pos
+FROM state_snapshot_sockets s LEFT JOIN addr a1 ON a1.id = s.laddr
+LEFT JOIN addr a2 ON a2.id = s.raddr"""
+_SNAPSHOT_SOCKETS_IN = """
+INSERT INTO state_snapshot_sockets
+SELECT r.recording_id, r.netns, coalesce(a1.id, 0), r.lport, coalesce(a2.id, 0), r.rport,
+    r.snapshot_pos
+FROM _restored r LEFT JOIN addr a1 ON a1.raw = r.laddr LEFT JOIN addr a2 ON a2.raw = r.raddr"""
+
+
+def exported_state(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
+    """The state tables, for another store to take (restore_state): in the log's terms."""
+    return {
+        name: con.sql(
+            _SNAPSHOT_SOCKETS_OUT if name == "state_snapshot_sockets" else f"SELECT * FROM {name}"
+        ).to_arrow_table()
+        for name in STATE_TABLES
+    }
+
+
+def restore_state(con: duckdb.DuckDBPyConnection, tables: Mapping[str, pa.Table]) -> None:
+    """The state tables replaced by ``tables`` (exported_state of another store)."""
+    for name in STATE_TABLES:
+        con.register("_restored", tables[name])
+        try:
+            con.execute(f"DELETE FROM {name}")
+            if name == "state_snapshot_sockets":
+                learn_addresses(
+                    con, "SELECT laddr FROM _restored UNION ALL SELECT raddr FROM _restored"
+                )
+                con.execute(_SNAPSHOT_SOCKETS_IN)
+            else:
+                con.execute(f"INSERT INTO {name} SELECT * FROM _restored")
+        finally:
+            con.unregister("_restored")
 
 
 def save_state(con: duckdb.DuckDBPyConnection, state: FoldState) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import tempfile
 import threading
 import time
 import warnings
@@ -48,6 +49,7 @@ from replay.derived.views import VIEWS_SQL
 from replay.fold import Fold
 
 LOCK_WAIT_S = 60.0
+SEED_MEMORY = "512MB"  # DuckDB's memory for the store a seed is made from (derived_at)
 ROW_GROUP_ROWS = 32_768
 # The files a store has beside it: DuckDB's write-ahead log, and where it was synced to.
 SIDE_FILES = (".wal", ".synced", ".synced.partial")
@@ -104,6 +106,9 @@ class Derived:
     stats: SyncStats
     notices: list[str] = field(default_factory=list)
     writable: bool = False  # the connection that synced the store's file
+    # The log's history before this wall time was dropped (--archive none, eventlog.seed):
+    # a moment that would read it is refused (replay.moment). None: nothing dropped.
+    dropped_wall_ns: int | None = None
 
     def close(self) -> None:
         self.con.close()
@@ -180,16 +185,63 @@ def open_derived(log: LogStore, path: Path | None = None) -> Derived:
     try:
         state = log_state(reader)
         try:
-            return _open_file(log, reader, state, target)
+            derived = _open_file(log, reader, state, target)
         except _UnwritableError as exc:
             derived = _in_memory(log, reader, state)
             derived.notices.append(
                 f"cannot keep derived state in {target} ({exc}): derived it in memory for "
                 "this command only"
             )
-            return derived
+        # From the log, not the store: a store synced before a cut holds what it dropped.
+        seed = reader.boundary().seed
+        derived.dropped_wall_ns = seed.dropped_wall_ns if seed is not None else None
+        return derived
     finally:
         reader.close()
+
+
+@contextlib.contextmanager
+def derived_at(log: LogStore, position: int) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A store of ``log`` up to ``position`` (a batch's last), for the block: its intervals
+    and fold state as a store synced then would hold them (what a cut that drops its history
+    keeps, replay.derived.seed). It is made inside a recorder, in a file of its own that the
+    block removes, within SEED_MEMORY (in memory, a cut of 5M events took 1.7 GB)."""
+    reader = LogReader(log)
+    try:
+        now = log_state(reader)
+        state = LogState(now.log_id, position, now.signature, event_digest(reader, position))
+        with _scratch() as scratch:
+            con = duckdb.connect(
+                str(scratch / "store.duckdb"), config={**SAFE_CONFIG, "memory_limit": SEED_MEMORY}
+            )
+            try:
+                with _Scans(log, _clocks(reader), 0, position, _seed_upto(reader)) as scans:
+                    _sync(con, reader, state, scans)
+                yield con
+            finally:
+                con.close()
+    finally:
+        reader.close()
+
+
+@contextlib.contextmanager
+def _scratch() -> Iterator[Path]:
+    """A directory of the caller's alone, removed after: in the cache directory, else in
+    the system's temporary one."""
+    try:
+        _ensure_directory(cache_dir())
+        parent: str | None = str(cache_dir())
+    except _UnwritableError:
+        parent = None
+    with tempfile.TemporaryDirectory(prefix="scope-seed-", dir=parent) as directory:
+        yield Path(directory)
+
+
+def _seed_upto(reader: LogReader) -> int:
+    """Where the log's dropped history ends (0: none dropped): a sync's ranges break there,
+    since what is before is not folded but taken as a seed (eventlog.seed)."""
+    edge = reader.boundary()
+    return edge.archived_upto if edge.dropped else 0
 
 
 class _UnwritableError(Exception):
@@ -205,7 +257,7 @@ def _open_file(log: LogStore, reader: LogReader, state: LogState, target: Path) 
             return Derived(con, target, state.head, SyncStats())
     clocks = _clocks(reader)
     # The new events are read from the log while the store is opened for writing.
-    with _Scans(log, clocks, guess, state.head) as scans:
+    with _Scans(log, clocks, guess, state.head, _seed_upto(reader)) as scans:
         _ensure_directory(target.parent)
         writable, stats = _synced(target, reader, state, scans)
     _Hint(state.signature, state.head).write(target)
@@ -311,7 +363,7 @@ def _current(path: Path, state: LogState) -> tuple[duckdb.DuckDBPyConnection | N
 def _in_memory(log: LogStore, reader: LogReader, state: LogState) -> Derived:
     con = duckdb.connect(":memory:", config=SAFE_CONFIG)
     try:
-        with _Scans(log, _clocks(reader), 0, state.head) as scans:
+        with _Scans(log, _clocks(reader), 0, state.head, _seed_upto(reader)) as scans:
             stats = _sync(con, reader, state, scans)
     except BaseException:
         con.close()
@@ -398,9 +450,14 @@ def _sync(
     con: duckdb.DuckDBPyConnection, reader: LogReader, state: LogState, scans: _Scans
 ) -> SyncStats:
     """Copy and derive the new events a range per transaction (a long sync interrupted
-    resumes where it was); what is open at the head and the signature go with the last."""
+    resumes where it was); what is open at the head and the signature go with the last.
+
+    A log whose history was dropped (eventlog.seed) begins with its seed: the kept rows of
+    positions up to the cut are copied as a range of their own, and its fold state is the
+    seed's, not a fold of those rows."""
     started = time.monotonic()
     stats = SyncStats()
+    seed = reader.boundary().seed
     with _store_errors():
         with _transaction(con):
             con.execute(SCHEMA)
@@ -418,8 +475,15 @@ def _sync(
         for scanned in scans.ranges(synced):
             with _transaction(con):
                 chunk = copy.copy_chunk(con, scanned)
-                derived = derive.derive_chunk(con, reader, chunk, fold)
+                if seed is not None and chunk.upto <= seed.upto:
+                    assert chunk.after == 0 and chunk.upto == seed.upto, (chunk, seed.upto)
+                    derive.restore_state(con, seed.state)
+                    fold = Fold(derive.load_state(con, seed.upto), source=None)  # type: ignore[arg-type]
+                    derived = derive.ChunkStats()
+                else:
+                    derived = derive.derive_chunk(con, reader, chunk, fold)
                 derive.save_state(con, fold.state)
+                _same_seed(reader, seed, chunk.upto)
                 _set_meta(con, {"synced_position": str(chunk.upto),
                                 "synced_digest": event_digest(reader, chunk.upto)})  # fmt: skip
                 if chunk.upto == state.head:
@@ -462,10 +526,13 @@ class _Scans:
     by all the scan threads; the others by one, each beside the work on the one before
     (more would only take turns with it on a machine of few cores)."""
 
-    def __init__(self, log: LogStore, clocks: copy.Clocks, guess: int, upto: int) -> None:
+    def __init__(
+        self, log: LogStore, clocks: copy.Clocks, guess: int, upto: int, floor: int = 0
+    ) -> None:
         self.log = log
         self.clocks = clocks
         self._upto = upto
+        self._floor = min(floor, upto)  # a range ends there (a seed's end, _seed_upto)
         self._guess = guess
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scope-scan")
         self._first = self._submit(guess, self._bounds(guess), SCAN_THREADS)
@@ -478,7 +545,11 @@ class _Scans:
 
     def _bounds(self, after: int) -> list[tuple[int, int]]:
         step = copy.CHUNK_POSITIONS
-        return [(low, min(low + step, self._upto)) for low in range(after, self._upto, step)]
+        first = [(after, self._floor)] if after < self._floor else []
+        after = max(after, self._floor)
+        return first + [
+            (low, min(low + step, self._upto)) for low in range(after, self._upto, step)
+        ]
 
     def _submit(
         self, after: int, bounds: list[tuple[int, int]], threads: int
@@ -530,13 +601,29 @@ def _store_errors() -> Iterator[None]:
         ) from exc
 
 
+def _same_seed(reader: LogReader, seed: Any, upto: int) -> None:
+    """A cut that dropped positions this sync read as live ones (it committed while they
+    were read) leaves the range as its seed holds it, not as the log was: not stored."""
+    now = reader.boundary().seed
+    if now is not seed and now is not None and now.upto > (seed.upto if seed else 0):
+        raise QueryError(
+            f"the log's history up to position {now.upto} was dropped while it was read: "
+            "run the command again"
+        )
+
+
 def _must_rebuild(meta: dict[str, str], reader: LogReader, state: LogState) -> bool:
-    """Whether ``meta`` describes a store of another format, or of another log."""
+    """Whether ``meta`` describes a store of another format, or of another log, or one
+    that stopped within history the log has since dropped (eventlog.seed): it goes on from
+    the seed."""
     if meta.get("format") != str(FORMAT) or meta.get("log_id") != state.log_id:
         return True
     synced = int(meta.get("synced_position") or 0)
     if synced > state.head:
         return True  # the log is shorter than what was read of it: another log
+    edge = reader.boundary()
+    if edge.dropped and 0 < synced < edge.archived_upto:
+        return True
     return bool(synced) and meta.get("synced_digest") != event_digest(reader, synced)
 
 

@@ -113,7 +113,7 @@ RECORD_CASES = {
     "retain without a unit": (["--retain", "week"], "invalid --retain 'week'"),
     "retain nothing": (["--retain", "0s"], "--retain must be longer than 0"),
     "size without a number": (["--max-log-size", "lots"], "invalid size 'lots'"),
-    "archive none": (["--retain", "1d", "--archive", "none"], "--archive none is not supported"),
+    "archive none alone": (["--archive", "none"], "--archive needs --retain or --max-log-size"),
     "archive alone": (["--archive", "/srv/a"], "--archive needs --retain or --max-log-size"),
     "negative retention interval": (
         ["--retain", "1d", "--retention-interval", "-1"],

@@ -71,19 +71,23 @@ def moments(walls: list[int], cuts: list[int]) -> list[int]:
     return sorted(set(spread + around))
 
 
-def answers(db: str, cache: Path, at: list[int], queries: bool = True) -> list[str]:
-    """What scope-replay (at each of ``at``) and scope-query (``QUERIES``, unless not
-    ``queries``) say of the log, with ``cache`` as the cache directory (a new one: a
-    derived store made from nothing). The commands run in this
+def answers(
+    db: str, cache: Path, at: list[int], queries: bool = True, window: str | None = None
+) -> list[str]:
+    """What scope-replay (at each of ``at``, with ``window`` if given) and scope-query
+    (``QUERIES``, unless not ``queries``) say of the log, with ``cache`` as the cache
+    directory (a new one: a derived store made from nothing). The commands run in this
     process (as tests.engine_golden.run_replay does), as they do in a shell."""
     said = []
+    windowed = ["--window", window] if window is not None else []
     with cache_dir(cache):
         for moment in at:
             for view in ("connections", "processes"):
                 code, out, err = run_in_process(
                     "scope-replay",
-                    ["--db", db, "--at", str(moment), "--view", view, "--format", "json"],
-                )
+                    ["--db", db, "--at", str(moment), "--view", view, "--format", "json",
+                     *windowed],
+                )  # fmt: skip
                 assert code == 0, err
                 said.append(out)
         for sql in QUERIES if queries else []:

@@ -5,10 +5,12 @@ room for the archive, the recorder says so and the live log keeps everything."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +20,7 @@ from eventlog.reader import LogReader
 from eventlog.store import Purpose, open_log
 from tests.cli import BIN, run_cli
 from tests.ebpf import require_ebpf
-from tests.integration.log.test_retention import answers, live_events
+from tests.integration.log.test_retention import answers, cache_dir, live_events, run_in_process
 from tests.load import committed, loopback_load, tmpfs
 from tests.recording import wait_for
 
@@ -150,3 +152,89 @@ def test_no_room_for_the_archive_is_said_and_the_live_log_kept(tmp_path: Path) -
     assert live_events(resolve(str(db))) == committed(progress)
     check = run_cli("scope-replay", "db", "check", "--db", str(db))
     assert check.returncode == 0, check.stdout
+
+
+# Who held a socket at a moment may be settled by a later event (an OWNER event: the child
+# that closed it held it since its fork, replay.derived.owners), and the copy holds fewer of
+# the recording's events than the log: of the host's other sockets (a server that forks),
+# only what later events cannot change is compared.
+OWNER_FIELDS = ("client_pid", "client_comm", "server_pid", "server_comm", "note")
+
+
+def tables(db: Path, cache: Path, moments: list[int]) -> list[str]:
+    """The connection table (JSON, 1 s window) at each of ``moments``."""
+    said = []
+    with cache_dir(cache):
+        for moment in moments:
+            code, out, err = run_in_process(
+                "scope-replay",
+                ["--db", str(db), "--at", str(moment), "--window", "1s", "--format", "json"],
+            )
+            assert code == 0, err
+            said.append(out)
+    return said
+
+
+def settled(table: str, port: int) -> dict[str, Any]:
+    """A connection table as far as later events cannot change it: whole for the load's
+    connections (server on ``port``), without their holders for the others."""
+    document: dict[str, Any] = json.loads(table)
+    document["connections"] = [
+        row if str(row.get("server") or "").endswith(f":{port}")
+        else {k: v for k, v in row.items() if k not in OWNER_FIELDS}
+        for row in document["connections"]
+    ]  # fmt: skip
+    return document
+
+
+def test_retention_without_an_archive_keeps_every_answer_after_the_cut(tmp_path: Path) -> None:
+    """--archive none under load: what leaves the live log is dropped, and replay at moments
+    after the cut (their window too) is byte-identical to replay on a copy of the log taken
+    before any cut; moments before it are refused."""
+    require_ebpf()
+    db, progress, early = tmp_path / "scope.db", tmp_path / "progress", tmp_path / "early.db"
+    # --retain 6s: the first cut comes once the live log holds 9 s, after the copy at 8 s;
+    # the last one (by 12 s) drops at most the first 6 s, and the copy's last 2 s are later.
+    with loopback_load("drop", tmp_path, gap_ms=1) as server:
+        recorder = subprocess.Popen(
+            [str(BIN / "scope-record"), "--db", str(db), "--quiet", "--no-conntrack",
+             "--snapshot-interval", "2", "--duration", "12", "--progress-file", str(progress),
+             "--retain", "6s", "--retention-interval", "1", "--archive", "none"],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: committed(progress) > 0 or recorder.poll() is not None, 60)
+            time.sleep(8)
+            copy_of(db, early)
+            _, stderr = recorder.communicate(timeout=120)
+        finally:
+            recorder.kill()
+            recorder.wait()
+    assert recorder.returncode == 0, stderr
+    assert "retention" not in stderr, stderr
+    assert archived_upto(early) == 0, "the copy was taken after a cut"
+
+    with open_log(resolve(str(db)), Purpose.READ) as store:
+        edge = boundary(store)
+        head = LogReader(store).head()
+    assert edge.seed is not None and edge.archive is None, edge
+    assert not (tmp_path / "scope.db.archive").exists()
+    assert head == committed(progress)
+    assert live_events(resolve(str(db))) < head
+    check = run_cli("scope-replay", "db", "check", "--db", str(db))
+    assert check.returncode == 0, check.stdout
+
+    window_ns = 10**9
+    with open_log(resolve(str(early)), Purpose.READ) as store:
+        copy_walls = [b.max_wall_ns for b in LogReader(store).batches()]
+    later = [t for t in copy_walls if t - window_ns > edge.seed.dropped_wall_ns + 1]
+    assert later, (edge.seed.dropped_wall_ns, copy_walls[-1])
+    moments = sorted({later[0], later[len(later) // 2], later[-1] - 1, later[-1]})
+    cut_tables = [settled(t, server.port) for t in tables(db, tmp_path / "cache-cut", moments)]
+    copy_tables = [settled(t, server.port) for t in tables(early, tmp_path / "cache-copy", moments)]
+    assert any(row["server"].endswith(f":{server.port}") for t in copy_tables
+               for row in t["connections"])  # fmt: skip
+    assert cut_tables == copy_tables
+    refused = run_cli("scope-replay", "--db", str(db), "--at", str(copy_walls[0]),
+                      env={"SCOPE_CACHE_DIR": str(tmp_path / "cache-cut")})  # fmt: skip
+    assert refused.returncode == 2 and "dropped" in refused.stderr, refused.stderr

@@ -1,0 +1,127 @@
+"""What a cut that drops its history keeps (eventlog.seed): the fold state at the cut and the
+rows it refers to, decided here, where the state is folded and read.
+
+The state is the derived store's, synced up to the cut (replay.derived.store.derived_at). A
+moment after the cut reads, of the history before it:
+
+- the intervals still open at the cut (``*_open``), made of the events and snapshot rows
+  at their positions (``state_*``: an opening event, the snapshot that showed a socket or
+  process, the snapshot that missed a socket, a conntrack sighting);
+- each recording's last snapshot by the cut (a moment's process table reads the last
+  snapshot by then);
+- who held a socket still open (replay.derived.owners): the forks that made its holders,
+  their exits, and the OWNER events naming it;
+- the container records (a container is named by its records by then, or its first).
+
+A snapshot is kept whole (its event and all its rows): a socket only /proc knew is read back
+with the ordinal and the server side its snapshot gave it.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlalchemy import text
+
+from eventlog.archive import BATCH_SCHEMA, TABLES, boundary, scan
+from eventlog.events import Kind
+from eventlog.scan import Select
+from eventlog.seed import Seed
+from eventlog.store import LogStore
+from replay.derived.copy import CHUNK_POSITIONS
+from replay.derived.derive import exported_state
+from replay.derived.owners import MAX_NS, owner_ctes
+from replay.derived.store import derived_at
+
+# The socket rows open at the cut, as owner_ctes reads them (every holder, to the end).
+_OPEN_ROWS = """
+seed_open AS (
+    SELECT *, pid AS at_pid, comm AS at_comm, CAST(NULL AS VARCHAR) AS note,
+        CAST(NULL AS BIGINT) AS end_ns
+    FROM socket_open
+)"""
+
+_KEPT_POSITIONS = f"""
+WITH RECURSIVE {_OPEN_ROWS},
+{owner_ctes("seed_open", str(MAX_NS))}
+SELECT open_pos FROM state_sockets
+UNION SELECT open_pos FROM state_missing
+UNION SELECT missed_pos FROM state_missing
+UNION SELECT snapshot_pos FROM state_snapshot_sockets
+UNION SELECT source_pos FROM state_processes
+UNION SELECT source_pos FROM state_conntrack
+UNION SELECT max(position) FROM snap_marks GROUP BY recording_id
+UNION SELECT position FROM ev WHERE kind = {int(Kind.CONTAINER)}
+UNION SELECT f.position FROM own_held h JOIN forks f ON f.recording_id = h.recording_id
+    AND f.pid = h.pid AND f.wall_ns = h.since_ns WHERE h.depth > 0
+UNION SELECT x.position FROM own_held h JOIN exits x ON x.recording_id = h.recording_id
+    AND x.pid = h.pid AND x.wall_ns >= h.since_ns
+UNION SELECT w.position FROM seed_open r JOIN owners w ON w.recording_id = r.recording_id
+    AND w.sock_id = r.sock_id AND w.wall_ns >= r.opened_ns
+"""
+
+
+def make_seed(log: LogStore, upto: int) -> Seed:
+    """The seed of a cut at ``upto`` (a batch's last position) of ``log``."""
+    with derived_at(log, upto) as con:
+        positions = _kept_positions(con)
+        snapshots = pa.array(
+            [row[0] for row in con.execute("SELECT position FROM snap_marks").fetchall()],
+            pa.int64(),
+        )
+        snapshots = pc.filter(snapshots, pc.is_in(snapshots, positions))
+        state = exported_state(con)
+        (dropped,) = con.execute(
+            "SELECT max(max_wall_ns) FROM batches WHERE last_position <= ?", [upto]
+        ).fetchall()[0]
+    tables = {
+        name: _kept_rows(log, select, upto, positions if name == "events" else snapshots)
+        for name, select in TABLES.items()
+    }
+    tables["batches"] = _kept_batches(log, upto, positions)
+    return Seed(upto, int(dropped or 0), tables, state)
+
+
+def _kept_positions(con: duckdb.DuckDBPyConnection) -> pa.Array:
+    rows = con.execute(f"SELECT * FROM ({_KEPT_POSITIONS}) k(p) WHERE p IS NOT NULL ORDER BY p")
+    return pa.array([row[0] for row in rows.fetchall()], pa.int64())
+
+
+def _kept_rows(log: LogStore, select: Select, upto: int, positions: pa.Array) -> pa.Table:
+    """The rows of ``select`` at ``positions`` (up to ``upto``), as the log gives them."""
+    parts = []
+    for after in range(0, upto, CHUNK_POSITIONS):
+        rows = scan(log, select, after, min(upto, after + CHUNK_POSITIONS))
+        parts.append(rows.filter(pc.is_in(rows.column("position"), positions)))
+    return pa.concat_tables(parts) if parts else select.schema().empty_table()
+
+
+def _kept_batches(log: LogStore, upto: int, positions: pa.Array) -> pa.Table:
+    """The batches up to ``upto`` that hold a kept position (``positions``, sorted), and the
+    first one: of the seed before this one, and of the live log."""
+    edge = boundary(log)
+    rows = list(edge.seed.batches(0, upto, upto)) if edge.seed is not None else []
+    with log.connect() as conn:
+        rows += [
+            tuple(int(v) for v in row)
+            for row in conn.execute(
+                text(f"SELECT {', '.join(BATCH_SCHEMA.names)} FROM batches "
+                     "WHERE last_position > :a AND last_position <= :u ORDER BY last_position"),
+                {"a": edge.archived_upto, "u": upto},
+            ).all()
+        ]  # fmt: skip
+    kept = positions.to_numpy()
+    firsts = np.array([row[0] for row in rows], dtype=np.int64)
+    lasts = np.array([row[1] for row in rows], dtype=np.int64)
+    # A batch holds a kept position if the first kept at or after its first is within it.
+    at = np.searchsorted(kept, firsts)
+    holds = (at < len(kept)) & (kept[np.minimum(at, len(kept) - 1)] <= lasts) if len(kept) else (
+        np.zeros(len(rows), dtype=bool))  # fmt: skip
+    # And the log's first batch: where the log begins, which moments given from its start
+    # (``--at +10s``) are counted from, stays where it was.
+    wanted = [row for i, (row, keep) in enumerate(zip(rows, holds.tolist(), strict=True))
+              if keep or i == 0]  # fmt: skip
+    columns = [pa.array([row[i] for row in wanted], pa.int64()) for i in range(len(BATCH_SCHEMA))]
+    return pa.table(columns, schema=BATCH_SCHEMA)
