@@ -32,7 +32,7 @@ from eventlog.seed import Seed
 from eventlog.store import LogStore
 from replay.derived.copy import CHUNK_POSITIONS
 from replay.derived.derive import exported_state
-from replay.derived.owners import MAX_NS, owner_ctes
+from replay.derived.owners import MAX_DEPTH, MAX_NS, owner_ctes
 from replay.derived.store import derived_at
 
 # The socket rows open at the cut, as owner_ctes reads them (every holder, to the end).
@@ -43,9 +43,34 @@ seed_open AS (
     FROM socket_open
 )"""
 
+# Whoever may hold a socket open at the cut later: its opener, every process they forked
+# while it was open, and the descendants of the holders its snapshots showed (owner_ctes).
+_HELD = f"""
+seed_held AS (
+    SELECT b.origin_pos, b.origin_ord, b.recording_id, b.pid, b.opened_ns AS since_ns,
+        b.life_end, 0 AS depth
+    FROM own_base b
+    UNION ALL
+    SELECT h.origin_pos, h.origin_ord, h.recording_id, f.pid, f.wall_ns, h.life_end,
+        h.depth + 1
+    FROM seed_held h JOIN forks f ON f.recording_id = h.recording_id AND f.ppid = h.pid
+     AND f.wall_ns >= h.since_ns AND f.wall_ns < h.life_end
+    WHERE h.depth < {MAX_DEPTH}
+),
+seed_holders AS (
+    SELECT recording_id, pid, since_ns, depth FROM seed_held
+    UNION ALL SELECT recording_id, pid, since_ns, depth FROM own_descendants
+)"""
+
+# The positions a seed keeps: the rows of the state open at the cut; each recording's last
+# snapshot; container records; the forks, exits and OWNER events that say who held a socket
+# open at the cut; and the snapshots that showed its holders change, with the snapshot
+# before each (a hand-over is bounded by them), so that every answer after the cut is the
+# uncut log's.
 _KEPT_POSITIONS = f"""
 WITH RECURSIVE {_OPEN_ROWS},
-{owner_ctes("seed_open", str(MAX_NS))}
+{owner_ctes("seed_open", str(MAX_NS))},
+{_HELD}
 SELECT open_pos FROM state_sockets
 UNION SELECT open_pos FROM state_missing
 UNION SELECT missed_pos FROM state_missing
@@ -54,12 +79,16 @@ UNION SELECT source_pos FROM state_processes
 UNION SELECT source_pos FROM state_conntrack
 UNION SELECT max(position) FROM snap_marks GROUP BY recording_id
 UNION SELECT position FROM ev WHERE kind = {int(Kind.CONTAINER)}
-UNION SELECT f.position FROM own_held h JOIN forks f ON f.recording_id = h.recording_id
+UNION SELECT f.position FROM seed_holders h JOIN forks f ON f.recording_id = h.recording_id
     AND f.pid = h.pid AND f.wall_ns = h.since_ns WHERE h.depth > 0
-UNION SELECT x.position FROM own_held h JOIN exits x ON x.recording_id = h.recording_id
+UNION SELECT x.position FROM seed_holders h JOIN exits x ON x.recording_id = h.recording_id
     AND x.pid = h.pid AND x.wall_ns >= h.since_ns
 UNION SELECT w.position FROM seed_open r JOIN owners w ON w.recording_id = r.recording_id
     AND w.sock_id = r.sock_id AND w.wall_ns >= r.opened_ns
+UNION SELECT position FROM own_seen
+UNION SELECT (SELECT max(k.position) FROM snap_marks k
+              WHERE k.recording_id = b.recording_id AND k.position < s.position)
+    FROM own_seen s JOIN own_base b ON b.origin_pos = s.origin_pos AND b.origin_ord = s.origin_ord
 """
 
 

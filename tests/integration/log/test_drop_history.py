@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from eventlog.archive import boundary
+from eventlog.events import TCP_ESTABLISHED
 from eventlog.location import LogLocation, resolve
 from eventlog.reader import LogReader
 from eventlog.store import Purpose, open_log
@@ -20,10 +21,13 @@ from tests.integration.log.test_retention import (
     EVENTS,
     answers,
     batch_walls,
+    cache_dir,
     compact,
     live_events,
+    run_in_process,
     write_log,
 )
+from tests.logbuilder import Builder, built_log, wall
 from tests.recording import db_argument
 
 WINDOW = "2s"
@@ -125,3 +129,87 @@ def test_a_store_that_stopped_inside_the_dropped_history_is_made_again(
             said = {"synced_position": str(synced), "synced_digest": event_digest(reader, synced)}
             assert _must_rebuild({**meta, **said}, reader, state) is rebuilt, synced
         reader.close()
+
+
+POSTMASTER, WORKER = 100, 300
+HELD = ("127.0.0.1:5432", "127.0.0.1:40000")  # a backend's, forked for it
+HANDED = ("127.0.0.1:5432", "127.0.0.1:40001")  # a worker's, handed to it (not by fork)
+LATE = ("127.0.0.1:5432", "127.0.0.1:40002")  # forked for after the last snapshot before the cut,
+# by a child of a child
+
+
+def _holders_snapshot(b: Builder, at: float, handed_to: int) -> None:
+    shown = [(*HELD, TCP_ESTABLISHED, 1001), (*HANDED, TCP_ESTABLISHED, handed_to)]
+    if at > 4.52:
+        shown.append((*LATE, TCP_ESTABLISHED, 1002))
+    b.snapshot(at, shown, processes=[(POSTMASTER, "postgres"), (1001, "postgres"),
+                                     (1002, "postgres"), (WORKER, "worker")])  # fmt: skip
+
+
+def _prefork_log(b: Builder) -> None:
+    """A pre-fork server: a connection its forked backend holds to the end, one handed to a
+    worker between two snapshots, one forked for after the last snapshot before the cut, and
+    many short ones, each served by a backend of its own."""
+    b.fork(0.2, WORKER, 1, "worker")
+    b.snapshot(0.5, [], processes=[(POSTMASTER, "postgres"), (WORKER, "worker")])
+    b.connect(1.0, 1, 200, "psql", HELD[1], HELD[0])
+    b.accept(1.0, 2, POSTMASTER, "postgres", *HELD)
+    b.fork(1.001, 1001, POSTMASTER, "postgres")
+    b.connect(1.2, 3, 201, "psql", HANDED[1], HANDED[0])
+    b.accept(1.2, 4, POSTMASTER, "postgres", *HANDED)
+    for i in range(80):
+        at = 1.5 + i * 0.1
+        if i == 30:
+            b.connect(4.52, 5, 203, "psql", LATE[1], LATE[0])
+            b.accept(4.52, 6, POSTMASTER, "postgres", *LATE)
+            # through a child that exits: only the cut's seed keeps that fork
+            b.fork(4.521, 1005, POSTMASTER, "postgres")
+            b.fork(4.522, 1002, 1005, "postgres")
+            b.exit(4.523, 1005, "postgres", ppid=POSTMASTER)
+        port = 41000 + i
+        local, remote = "127.0.0.1:5432", f"127.0.0.1:{port}"
+        b.connect(at, 10 + 2 * i, 202, "pgbench", remote, local)
+        b.accept(at, 11 + 2 * i, POSTMASTER, "postgres", local, remote)
+        b.fork(at + 0.001, 2000 + i, POSTMASTER, "postgres")
+        b.owner(at + 0.05, 11 + 2 * i, 2000 + i, "postgres", local, remote, POSTMASTER)
+        b.close(at + 0.051, 10 + 2 * i, 202, "pgbench", remote, local)
+        b.close(at + 0.051, 11 + 2 * i, POSTMASTER, "postgres", local, remote)
+        b.exit(at + 0.052, 2000 + i, "postgres", ppid=POSTMASTER)
+        if i % 5 == 4:
+            b.flush()
+        if i % 20 == 5:  # between two short connections, at 2.07, 4.07, ...
+            _holders_snapshot(b, at + 0.07, POSTMASTER if at < 3 else WORKER)
+    b.exec(9.9, 999, "end-marker")
+
+
+def _story(db: str, at: list[int], cache: Path) -> list[str]:
+    said = []
+    with cache_dir(cache):
+        for moment in at:
+            code, out, err = run_in_process("scope-replay", ["--db", db, "--at", str(moment),
+                                            "--window", WINDOW, "--format", "json", "--story"])  # fmt: skip
+            assert code == 0, err
+            said.append(out)
+    return said
+
+
+def test_dropped_history_keeps_who_holds_the_sockets_open_at_the_cut(tmp_path: Path) -> None:
+    """Who serves a socket open at the cut rests on forks, exits and snapshots before it: the
+    seed keeps them, so the backend and the worker (and when it was handed the socket) are
+    said after the cut as before."""
+    with built_log(tmp_path / "prefork.db") as (location, b):
+        _prefork_log(b)
+    db = db_argument(location)
+    walls = batch_walls(location)
+    cut = next(w for w in walls if w > wall(5.0))
+    at = after(walls, cut)
+    uncut = _story(db, at, tmp_path / "uncut")
+    rows = json.loads(uncut[-1])["connections"]
+    served = {r["client"]: (r["server_pid"], r["note"] or "") for r in rows}
+    assert served[f"{HELD[1]}"][0] == 1001
+    assert served[f"{HANDED[1]}"][0] == WORKER and "handed" in served[f"{HANDED[1]}"][1]
+    assert served[f"{LATE[1]}"] == (1002, "")  # by its fork, which the cut drops
+
+    drop(db, cut)
+    assert _story(db, at, tmp_path / "fresh") == uncut
+    assert _story(db, at, tmp_path / "uncut") == uncut
