@@ -8,7 +8,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import duckdb
 import pyarrow as pa
 
 from eventlog import addresses
@@ -37,13 +36,11 @@ class ProcessInfo(NamedTuple):
 @dataclass
 class Scene:
     """``connections``: the connection table at T, columns named as ConnectionRow's fields
-    (those read; replay.table.connection_rows makes rows of it), in the table's order;
-    ``con``: the derived store's connection, which the maps' SQL runs on (over the table)."""
+    (those read; replay.table.connection_rows makes rows of it), in the table's order."""
 
     at_ns: int
     window_ns: int
     connections: pa.Table
-    con: duckdb.DuckDBPyConnection
     processes: Processes  # (host, pid) -> alive at T
     hosts: list[str]
     local_addresses: dict[str, set[str]] = field(default_factory=dict)  # host -> addresses
@@ -107,7 +104,9 @@ class Processes(Mapping[tuple[str, int], ProcessInfo]):
             self._made[key] = info
         return info
 
-    def get(self, key: tuple[str, int], default: None = None) -> ProcessInfo | None:  # type: ignore[override]
+    def get(  # type: ignore[override]  # (a default of another type is not needed)
+        self, key: tuple[str, int], default: None = None
+    ) -> ProcessInfo | None:
         return self[key] if key in self._rows else default
 
     def __contains__(self, key: object) -> bool:
@@ -165,14 +164,13 @@ def build_scene(derived: Derived, moment: Moment, fields: Sequence[str] = MAP_FI
                 local_networks.setdefault(host, []).append(ipaddress.ip_network(text))
             except ValueError:
                 continue
-    for host, address in _local_sides(derived.con, rows):
+    for host, address in _local_sides(rows):
         local_addresses.setdefault(host, set()).add(address)
     containers = containers_at(derived, moment.at_ns)
     return Scene(
         moment.at_ns,
         moment.window_ns,
         rows,
-        derived.con,
         processes_at(derived, moment.at_ns, containers),
         sorted({host for host, _ in recordings}),
         local_addresses,
@@ -182,15 +180,12 @@ def build_scene(derived: Derived, moment: Moment, fields: Sequence[str] = MAP_FI
     )
 
 
-def _local_sides(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> list[tuple[str, str]]:
+def _local_sides(rows: pa.Table) -> Iterator[tuple[str, str]]:
     """The addresses of the sockets of each host among the connections (host, address)."""
-    with con.cursor() as reading:
-        reading.register("map_rows", rows)
-        found: list[tuple[str, str]] = reading.execute(
-            "SELECT DISTINCT host, client_ip FROM map_rows WHERE client_local "
-            "UNION SELECT DISTINCT host, server_ip FROM map_rows WHERE server_local"
-        ).fetchall()
-        return found
+    for side in ("client", "server"):
+        local = rows.filter(rows[f"{side}_local"].fill_null(False))
+        found = local.group_by(["host", f"{side}_ip"], use_threads=False).aggregate([])
+        yield from zip(found["host"].to_pylist(), found[f"{side}_ip"].to_pylist(), strict=True)
 
 
 def own_processes(derived: Derived, moment: Moment) -> set[tuple[str, int]]:

@@ -481,10 +481,19 @@ class _Builder:
         target node numbers of each connection, and which connections have that leg), each
         with its connections' ids in order and how many of them were open."""
         count = np.int64(max(len(node_names), 1))
+        # the nodes renumbered in the order of their ids: the edges come out sorted, as the
+        # map keeps them
+        by_id = sorted(range(len(node_names)), key=node_names.__getitem__)
+        node_names = [node_names[number] for number in by_id]
+        renumbered = np.empty(len(by_id), np.int64)
+        renumbered[by_id] = np.arange(len(by_id))
         where = [np.flatnonzero(taken) for _, _, taken in legs]
         row = np.concatenate(where)
         pair = np.concatenate(
-            [s[w] * count + t[w] for (s, t, _), w in zip(legs, where, strict=True)]
+            [
+                renumbered[s[w]] * count + renumbered[t[w]]
+                for (s, t, _), w in zip(legs, where, strict=True)
+            ]
         )
         order = columns.sorted_by(pair, columns.text_order(rows["id"])[row])
         row, pair = row[order], pair[order]
