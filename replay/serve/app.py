@@ -226,8 +226,13 @@ def create_app(session: LogSession, token: str | None = None, limits: Limits = L
         ] = False,
     ) -> Response:
         chosen = options(unconnected, pseudo, unknown_lan, show_self)
+        # the same question, while the log has not moved, has the same answer
+        key = f"topology:{view}:{timestamp}:{window}:{chosen}:{stack}"
         with session.reading() as derived:
-            text = documents.topology(derived, timestamp, window, view, chosen, stack)
+            text = session.cached(key)
+            if text is None:
+                text = documents.topology(derived, timestamp, window, view, chosen, stack)
+                session.remember(key, text)
         return json_response(text)
 
     @api.get("/api/connections", summary="The connection table at a moment")

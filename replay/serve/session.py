@@ -23,6 +23,9 @@ from eventlog.store import LogStore, Purpose, open_log
 from replay.derived.store import Derived, open_derived
 
 REFRESH_S = 1.0
+# Answers kept while the log has not moved (the span, the maps of the moments last asked
+# for): the oldest asked for goes first. A map of a busy moment is a few hundred kB.
+REMEMBERED = 32
 # The log's committed head, and each recording's stop reason (None: not stopped).
 _Mark = tuple[int, tuple[tuple[int, str | None], ...]]
 
@@ -39,7 +42,8 @@ class LogSession:
         self._derived: Derived | None = None
         self._read_mark: _Mark | None = None
         self._checked = 0.0
-        # Answers that depend only on the log's state (the span): kept until it moves.
+        # Answers that depend only on the log's state and the question (the span, a map):
+        # kept until it moves, the REMEMBERED last asked for.
         self._by_mark: dict[str, tuple[_Mark | None, Any]] = {}
         self.notices: list[str] = []
         with self.reading():  # the first build, before the first client waits for it
@@ -55,11 +59,17 @@ class LogSession:
     def cached(self, key: str) -> Any | None:
         """What ``remember`` kept under ``key``, if the log has not moved since (call it
         inside ``reading``)."""
-        hit = self._by_mark.get(key)
-        return hit[1] if hit is not None and hit[0] == self._read_mark else None
+        hit = self._by_mark.pop(key, None)
+        if hit is None or hit[0] != self._read_mark:
+            return None
+        self._by_mark[key] = hit  # asked for again: the last to go
+        return hit[1]
 
     def remember(self, key: str, value: Any) -> None:
+        self._by_mark.pop(key, None)
         self._by_mark[key] = (self._read_mark, value)
+        while len(self._by_mark) > REMEMBERED:
+            del self._by_mark[next(iter(self._by_mark))]
 
     def _current(self) -> Derived:
         now = time.monotonic()

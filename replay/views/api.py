@@ -10,7 +10,7 @@ from eventlog.store import LogStore
 from eventlog.timefmt import format_ns
 from replay.derived.store import Derived, open_derived
 from replay.moment import Moment, resolve_moment
-from replay.table import ConnectionRow, moment_warnings, row_document
+from replay.table import ConnectionRow, connection_rows, moment_warnings, row_document
 from replay.timespec import format_duration
 from replay.views.diff import topology_diff
 from replay.views.render import node_summary
@@ -79,7 +79,7 @@ def node_details(
     node = topology.nodes.get(node_id)
     if node is None:
         return None
-    rows = {row.id: row for row in scene.connections}
+    rows = {row.id: row for row in connection_rows(scene.connections)}
     labels = {n.id: n.label for n in topology.nodes.values()}
 
     def connections(inbound: bool) -> list[dict[str, Any]]:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+import pyarrow as pa
 
 from eventlog import addresses
 from eventlog.events import CgroupIds
 from replay.derived.store import Derived
 from replay.moment import Moment
-from replay.table import ConnectionRow, connection_table
+from replay.table import read_connections
 from replay.views.containers import Container, ContainerIndex, container_record
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -33,10 +35,13 @@ class ProcessInfo(NamedTuple):
 
 @dataclass
 class Scene:
+    """``connections``: the connection table at T, columns named as ConnectionRow's fields
+    (those read; replay.table.connection_rows makes rows of it), in the table's order."""
+
     at_ns: int
     window_ns: int
-    connections: list[ConnectionRow]
-    processes: dict[tuple[str, int], ProcessInfo]  # (host, pid) -> alive at T
+    connections: pa.Table
+    processes: Processes  # (host, pid) -> alive at T
     hosts: list[str]
     local_addresses: dict[str, set[str]] = field(default_factory=dict)  # host -> addresses
     local_networks: dict[str, list[Network]] = field(default_factory=dict)
@@ -73,24 +78,63 @@ def containers_at(derived: Derived, at_ns: int) -> ContainerIndex:
     return ContainerIndex([container_record(row) for row in rows], [r for (r,) in roots])
 
 
+_ProcessRow = tuple[
+    str, int, str, int | None, str | None, str | None, int | None, int | None, int | None
+]
+
+
+class Processes(Mapping[tuple[str, int], ProcessInfo]):
+    """The processes alive at T by (host, pid). Each is made (its container found) when
+    first asked for: a busy host has tens of thousands, and a map asks for those of its
+    connections; counting the others needs only their ids and names (``comm``)."""
+
+    def __init__(self, rows: dict[tuple[str, int], _ProcessRow], index: ContainerIndex) -> None:
+        self._rows = rows
+        self._index = index
+        self._made: dict[tuple[str, int], ProcessInfo] = {}
+
+    def __getitem__(self, key: tuple[str, int]) -> ProcessInfo:
+        info = self._made.get(key)
+        if info is None:
+            host, pid, comm, ppid, cmdline, cgroup, netns, cgroup_id, cgroup_v1_id = self._rows[key]
+            container = self._index.resolve(
+                host, cgroup or "", CgroupIds(cgroup_id, cgroup_v1_id), netns
+            )
+            info = ProcessInfo(host, pid, comm, ppid, cmdline or "", cgroup or "", netns, container)
+            self._made[key] = info
+        return info
+
+    def get(  # type: ignore[override]  # (a default of another type is not needed)
+        self, key: tuple[str, int], default: None = None
+    ) -> ProcessInfo | None:
+        return self[key] if key in self._rows else default
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._rows
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def comm(self, key: tuple[str, int]) -> str:
+        """The name of a process (as its ProcessInfo has it), without making it."""
+        return self._rows[key][2]
+
+
 def processes_at(
     derived: Derived, at_ns: int, containers: ContainerIndex | None = None
-) -> dict[tuple[str, int], ProcessInfo]:
+) -> Processes:
     """The processes alive at ``at_ns`` by (host, pid), each with its container; where two
     recordings of one host know a pid, the later recording's."""
     index = containers if containers is not None else containers_at(derived, at_ns)
-    rows = derived.con.execute(
+    rows: list[_ProcessRow] = derived.con.execute(
         "SELECT host, pid, comm, ppid, cmdline, cgroup, netns, cgroup_id, cgroup_v1_id "
         "FROM processes_at_ns(?)",
         [at_ns],
     ).fetchall()
-    return {
-        (host, pid): ProcessInfo(
-            host, pid, comm, ppid, cmdline or "", cgroup or "", netns,
-            index.resolve(host, cgroup or "", CgroupIds(cgroup_id, cgroup_v1_id), netns),
-        )
-        for host, pid, comm, ppid, cmdline, cgroup, netns, cgroup_id, cgroup_v1_id in rows
-    }  # fmt: skip
+    return Processes({(row[0], row[1]): row for row in rows}, index)
 
 
 # The fields of a connection the maps read (replay.views.topology, and the local addresses
@@ -106,7 +150,7 @@ MAP_FIELDS = (
 def build_scene(derived: Derived, moment: Moment, fields: Sequence[str] = MAP_FIELDS) -> Scene:
     """What the maps of ``moment`` are drawn from; its connections with ``fields`` read (the
     others at their defaults: ``ConnectionRow._fields`` for a reader of whole rows)."""
-    rows = connection_table(derived, moment.at_ns, moment.window_ns, fields)
+    rows = read_connections(derived, moment.at_ns, moment.window_ns, fields)
     recordings = derived.con.execute(
         "SELECT host, options FROM recordings_raw ORDER BY id"
     ).fetchall()
@@ -120,11 +164,8 @@ def build_scene(derived: Derived, moment: Moment, fields: Sequence[str] = MAP_FI
                 local_networks.setdefault(host, []).append(ipaddress.ip_network(text))
             except ValueError:
                 continue
-    for row in rows:
-        if row.client_local:
-            local_addresses.setdefault(row.host, set()).add(row.client_ip)
-        if row.server_local:
-            local_addresses.setdefault(row.host, set()).add(row.server_ip)
+    for host, address in _local_sides(rows):
+        local_addresses.setdefault(host, set()).add(address)
     containers = containers_at(derived, moment.at_ns)
     return Scene(
         moment.at_ns,
@@ -137,6 +178,14 @@ def build_scene(derived: Derived, moment: Moment, fields: Sequence[str] = MAP_FI
         own_processes(derived, moment),
         containers,
     )
+
+
+def _local_sides(rows: pa.Table) -> Iterator[tuple[str, str]]:
+    """The addresses of the sockets of each host among the connections (host, address)."""
+    for side in ("client", "server"):
+        local = rows.filter(rows[f"{side}_local"].fill_null(False))
+        found = local.group_by(["host", f"{side}_ip"], use_threads=False).aggregate([])
+        yield from zip(found["host"].to_pylist(), found[f"{side}_ip"].to_pylist(), strict=True)
 
 
 def own_processes(derived: Derived, moment: Moment) -> set[tuple[str, int]]:

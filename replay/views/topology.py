@@ -22,11 +22,17 @@ it, and its edges go on to the containers (or processes) behind it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from eventlog.addresses import is_loopback, is_public
-from replay.table import ConnectionRow
+from replay.views import columns
 from replay.views.containers import Container
 from replay.views.scene import ProcessInfo, Scene
 
@@ -166,31 +172,56 @@ class _Side:
     netns: int | None
 
 
-def _sides(row: ConnectionRow) -> tuple[_Side, _Side]:
-    client = _Side(
-        row.client_local,
-        row.client_ip,
-        row.client_port,
-        row.client,
-        row.client_pid,
-        row.client_comm,
-        row.client_netns,
-    )
-    server = _Side(
-        row.server_local,
-        row.server_ip,
-        row.server_port,
-        row.nat_destination or row.server,  # the real backend's, when DNAT sent it there
-        row.server_pid,
-        row.server_comm,
-        row.server_netns,
-    )
-    return client, server
+# Edges to be: for each leg, the source and target node number of each connection (-1: none),
+# and which connections take that leg.
+_Legs = list[tuple[columns.Codes, columns.Codes, columns.Flags]]
 
 
-# What the node of a side depends on: (host, pid, comm, netns) for a socket of this host,
-# (host, address, inbound) for a remote one.
-_SideKey = tuple[str, int | None, str | None, int | None] | tuple[str, str, bool]
+def _either(first: pa.ChunkedArray, other: pa.ChunkedArray) -> pa.Array:
+    """``first`` where it says something, else ``other`` (``first or other``)."""
+    return pc.if_else(pa.array(columns.present(first)), first, other)
+
+
+def _sides(rows: pa.Table) -> pa.Table:
+    """The two sides of each connection of ``rows``, a row each, the client's first: each
+    with the host that recorded it (``own_host``) and the other side's (``other_host``)."""
+    client_host = _either(rows["client_host"], rows["host"])
+    server_host = _either(rows["server_host"], rows["host"])
+    # the server as the map shows it: the real backend's, when DNAT sent the connection there
+    server_label = _either(rows["nat_destination"], rows["server"])
+    count = rows.num_rows
+    client = pa.table({
+        "local": rows["client_local"], "own_host": client_host, "other_host": server_host,
+        "ip": rows["client_ip"], "port": rows["client_port"], "label": rows["client"],
+        "pid": rows["client_pid"], "comm": rows["client_comm"], "netns": rows["client_netns"],
+        "is_client": pa.repeat(True, count),
+    })  # fmt: skip
+    server = pa.table({
+        "local": rows["server_local"], "own_host": server_host, "other_host": client_host,
+        "ip": rows["server_ip"], "port": rows["server_port"], "label": server_label,
+        "pid": rows["server_pid"], "comm": rows["server_comm"], "netns": rows["server_netns"],
+        "is_client": pa.repeat(False, count),
+    })  # fmt: skip
+    interleaved = np.empty(2 * count, np.int64)
+    interleaved[0::2] = np.arange(count)
+    interleaved[1::2] = np.arange(count) + count
+    return pa.concat_tables([client, server.cast(client.schema)]).take(interleaved)
+
+
+def _side_keys(sides: pa.Table, view: View) -> list[columns.Codes]:
+    """What the node of a side depends on: in the endpoints view, all of the side; in the
+    others, (host, pid, comm, netns) for a socket of this host, and (the other side's host,
+    address, inbound) for a remote one."""
+    if view == View.endpoints:
+        names = ("own_host", "local", "ip", "port", "netns", "pid", "comm", "label")
+        return [columns.codes(sides[name]) for name in names]
+    local = columns.flags(sides["local"])
+    host = pc.if_else(sides["local"].fill_null(False), sides["own_host"], sides["other_host"])
+    only_local = [
+        np.where(local, columns.codes(sides[name]), -1) for name in ("pid", "comm", "netns")
+    ]
+    only_remote = [np.where(local, -1, columns.codes(sides[name])) for name in ("ip", "is_client")]
+    return [local.astype(np.int64), columns.codes(host), *only_local, *only_remote]
 
 
 class _Builder:
@@ -202,9 +233,6 @@ class _Builder:
         self.hidden_lan: set[str] = set()
         self.members: dict[str, set[str]] = {}  # image and pod nodes: their containers' ids
         self.backends: dict[str, dict[str, str | None]] = {}  # service -> backend -> its node
-        # The node of each side mapped so far, by what its mapping reads (local_side,
-        # remote_side): the connections of a map have far fewer distinct sides than rows.
-        self.mapped: dict[_SideKey, str | None] = {}
 
     def add(self, node: Node) -> str:
         """``node``, unless the topology has it already, named or as unnamed as this one: a
@@ -356,79 +384,149 @@ class _Builder:
         return node_id
 
     def build(self) -> Topology:
-        own = self.scene.own if not self.options.show_self else set()
-        endpoints = self.view == View.endpoints
-        services = self.view == View.services
-        mapped = self.mapped
-        for row in self.scene.connections:
-            if row.state == "failed":
-                continue  # an attempt, not a connection: the table shows it
-            # Each side on the host that recorded it; a side no recording has, as the other
-            # side's host saw it.
-            client_host = row.client_host or row.host
-            server_host = row.server_host or row.host
-            if own and (
-                (client_host, row.client_pid) in own or (server_host, row.server_pid) in own
-            ):
-                continue  # a recorder's own (see _own)
-            source: str | None
-            target: str | None
-            if endpoints:
-                client, server = _sides(row)
-                source = self.endpoint(client_host, client)
-                target = self.endpoint(server_host, server)
-            else:
-                # Each side by what its mapping reads: a side mapped before is looked up.
-                if row.client_local:
-                    key: _SideKey = (client_host, row.client_pid, row.client_comm, row.client_netns)
-                    source = mapped[key] if key in mapped else self.local_side(*key)
-                else:
-                    key = (server_host, row.client_ip, True)
-                    source = mapped[key] if key in mapped else self.remote_side(*key)
-                if row.server_local:
-                    key = (server_host, row.server_pid, row.server_comm, row.server_netns)
-                    target = mapped[key] if key in mapped else self.local_side(*key)
-                else:
-                    key = (client_host, row.server_ip, False)
-                    target = mapped[key] if key in mapped else self.remote_side(*key)
-            if services and row.nat_destination and source is not None:
-                service = self.service(row.server)
-                self.backends.setdefault(service, {})[row.nat_destination] = target
-                self._connect(source, service, row)
-                source = service
-            if source is None or target is None:
-                continue
-            self._connect(source, target, row)
+        """The map. A moment has many connections and far fewer distinct sides: the sides
+        are told apart and the connections grouped into edges on whole columns
+        (replay.views.columns), and each distinct side is mapped to its node once."""
+        rows = self._kept(self.scene.connections)
+        sides = _sides(rows)
+        first, side_of = columns.first_seen(_side_keys(sides, self.view))
+        uses = np.bincount(side_of, minlength=len(first))
+        names: dict[str, int] = {}  # the nodes, numbered
+        distinct = sides.take(first)
+        nodes = self._nodes(
+            zip(*(column.to_pylist() for column in distinct.columns), strict=True), uses
+        )
+        node_of_side = np.array(
+            [-1 if node is None else names.setdefault(node, len(names)) for node in nodes],
+            np.int64,
+        )
+        node_of = node_of_side[side_of]
+        sources, targets = node_of[0::2], node_of[1::2]
+        legs: _Legs = [(sources, targets, (sources >= 0) & (targets >= 0))]
+        if self.view == View.services:
+            legs = self._service_legs(rows, sources, targets, names)
+        self._edges(rows, legs, list(names))
         self.topology.filtered_nodes += len(self.hidden_lan)
         self._unconnected()
         self._rules()
         self._summaries()
-        for edge in self.topology.edges.values():
-            edge.connection_ids.sort()
         return self.topology
 
-    def local_side(
-        self, host: str, pid: int | None, comm: str | None, netns: int | None
-    ) -> str | None:
-        """``local``'s node, remembered (mapping a side again would change nothing), but for
-        a side of no known process: that is counted each time."""
-        node = self.local(host, pid, comm, netns)
-        if pid is not None or self.view == View.hosts:
-            self.mapped[(host, pid, comm, netns)] = node
-        return node
+    def _kept(self, rows: pa.Table) -> pa.Table:
+        """The connections the map shows: not failed connects (the table shows those), and
+        not the recorders' own (see _own) unless asked for."""
+        keep = ~columns.flags(pc.equal(rows["state"], "failed"))
+        own = self.scene.own if not self.options.show_self else set()
+        if own:
+            client_host = _either(rows["client_host"], rows["host"])
+            server_host = _either(rows["server_host"], rows["host"])
+            for host, pid in own:
+                for side_host, side_pid in (
+                    (client_host, "client_pid"),
+                    (server_host, "server_pid"),
+                ):
+                    keep &= ~(
+                        columns.flags(pc.equal(side_host, host))
+                        & columns.flags(pc.equal(rows[side_pid], pid))
+                    )
+        return rows.filter(pa.array(keep))
 
-    def remote_side(self, host: str, ip: str, inbound: bool) -> str | None:
-        """``remote``'s node, remembered."""
-        node = self.mapped[(host, ip, inbound)] = self.remote(host, ip, inbound)
-        return node
+    def _service_legs(
+        self, rows: pa.Table, sources: columns.Codes, targets: columns.Codes, names: dict[str, int]
+    ) -> _Legs:
+        """The services view: a connection conntrack translated goes from its client's node
+        to the service of the address it called, and from there to its backend's node; the
+        service learns its backends (the node of the last connection to each)."""
+        served = columns.present(rows["nat_destination"]) & (sources >= 0)
+        servers = rows["server"].filter(pa.array(served))
+        first, service_of = columns.first_seen([columns.codes(servers)])
+        numbered = np.array(
+            [
+                names.setdefault(self.service(a), len(names))
+                for a in servers.take(first).to_pylist()
+            ],
+            np.int64,
+        )
+        services = np.full(len(sources), -1, np.int64)
+        services[served] = numbered[service_of]
+        reached = served & (targets >= 0)
+        plain = ~served & (sources >= 0) & (targets >= 0)
+        # each (service, backend) once, at its last connection
+        backends = rows["nat_destination"].filter(pa.array(served))
+        last, _ = columns.first_seen([service_of[::-1], columns.codes(backends)[::-1]])
+        last = len(service_of) - 1 - last
+        node_names = list(names)
+        backend_targets = targets[served][last]
+        for service, backend, target in zip(
+            numbered[service_of[last]],
+            backends.take(last).to_pylist(),
+            backend_targets,
+            strict=True,
+        ):
+            node = node_names[target] if target >= 0 else None
+            self.backends.setdefault(node_names[service], {})[backend] = node
+        return [
+            (sources, targets, plain),
+            (sources, services, served),
+            (services, targets, reached),
+        ]
 
-    def _connect(self, source: str, target: str, row: ConnectionRow) -> None:
-        edge = self.topology.edges.get((source, target))
-        if edge is None:
-            edge = self.topology.edges[(source, target)] = Edge(source, target)
-        edge.connection_ids.append(row.id)
-        if row.state == "open":
-            edge.open_connections += 1
+    def _edges(
+        self,
+        rows: pa.Table,
+        legs: _Legs,
+        node_names: list[str],
+    ) -> None:
+        """The edges: the connections grouped by the nodes of their ``legs`` (source and
+        target node numbers of each connection, and which connections have that leg), each
+        with its connections' ids in order and how many of them were open."""
+        count = np.int64(max(len(node_names), 1))
+        # the nodes renumbered in the order of their ids: the edges come out sorted, as the
+        # map keeps them
+        by_id = sorted(range(len(node_names)), key=node_names.__getitem__)
+        node_names = [node_names[number] for number in by_id]
+        renumbered = np.empty(len(by_id), np.int64)
+        renumbered[by_id] = np.arange(len(by_id))
+        where = [np.flatnonzero(taken) for _, _, taken in legs]
+        row = np.concatenate(where)
+        pair = np.concatenate(
+            [
+                renumbered[s[w]] * count + renumbered[t[w]]
+                for (s, t, _), w in zip(legs, where, strict=True)
+            ]
+        )
+        order = columns.sorted_by(pair, columns.text_order(rows["id"])[row])
+        row, pair = row[order], pair[order]
+        starts, ends = columns.runs(pair)
+        ids = rows["id"].take(row).to_pylist()
+        is_open = columns.flags(pc.equal(rows["state"], "open"))[row].astype(np.int64)
+        opened = np.add.reduceat(is_open, starts) if len(starts) else is_open[:0]
+        edges = self.topology.edges
+        for source_number, target_number, start, end, open_count in zip(
+            (pair[starts] // count).tolist(), (pair[starts] % count).tolist(),
+            starts.tolist(), ends.tolist(), opened.tolist(), strict=True,
+        ):  # fmt: skip
+            source, target = node_names[source_number], node_names[target_number]
+            edges[(source, target)] = Edge(source, target, ids[start:end], open_count)
+
+    def _nodes(self, sides: Iterable[tuple[Any, ...]], uses: columns.Codes) -> list[str | None]:
+        """The node of each distinct side (a row of ``_sides``, seen ``uses`` times), in the
+        order the connections first show them: that order names a process whose
+        connections disagree on its name."""
+        nodes: list[str | None] = []
+        for side, seen in zip(sides, uses.tolist(), strict=True):
+            local, own_host, other_host, ip, port, label, pid, comm, netns, is_client = side
+            if self.view == View.endpoints:
+                side_ = _Side(local, ip, port, label, pid, comm, netns)
+                nodes.append(self.endpoint(own_host, side_))
+            elif local:
+                nodes.append(self.local(own_host, pid, comm, netns))
+                if pid is None and self.view != View.hosts:
+                    # local() counted one of its connections as unattributed: all are
+                    self.topology.unattributed_connections += seen - 1
+            else:
+                nodes.append(self.remote(other_host, ip, is_client))
+        return nodes
 
     def _summaries(self) -> None:
         """What a node stands for, said once the map is whole: how many containers an image
@@ -484,10 +582,11 @@ class _Builder:
             # Only counted: no node is made (a busy host has tens of thousands of processes
             # and a few hundred connected).
             own = self.scene.own if not self.options.show_self else set()
+            processes = self.scene.processes
             alive = {
-                f"{host};{pid}" if by_pid else info.comm
-                for (host, pid), info in self.scene.processes.items()
-                if (host, pid) not in own
+                f"{key[0]};{key[1]}" if by_pid else processes.comm(key)
+                for key in processes
+                if key not in own
             }
             self.topology.filtered_nodes += len(alive.difference(connected, nodes, unconnected))
             self.topology.filtered_nodes += len(unconnected)

@@ -19,6 +19,7 @@ from replay import table
 from replay.derived.store import open_derived
 from replay.serve.app import Limits
 from replay.serve.server import Bind, chosen_token, parse_bind
+from replay.serve.session import REMEMBERED
 from replay.views.api import topology_in
 from replay.views.diff import topology_diff
 from replay.views.render import to_document
@@ -45,6 +46,30 @@ def test_a_view_is_the_document_the_cli_prints(served: Served, real_log: Path) -
     assert document == json.loads(json.dumps(expected))
     labels = {node["label"] for node in document["nodes"].values()}
     assert {"gold-srv", "gold-held", "gold-burst", "gold-six"} <= labels
+
+
+def test_a_map_asked_again_is_the_same_answer_kept_apart_from_other_questions(
+    served: Served,
+) -> None:
+    first = get(served, "/api/topology/processes", timestamp=AT, window="15s")
+    again = get(served, "/api/topology/processes", timestamp=AT, window="15s")
+    assert again.content == first.content
+    others = [
+        get(served, "/api/topology/processes", timestamp=AT, window="15s", stack="true"),
+        get(served, "/api/topology/processes", timestamp=AT, window="2s"),
+        get(served, "/api/topology/hosts", timestamp=AT, window="15s"),
+    ]
+    assert len({first.content, *(answer.content for answer in others)}) == 4
+
+
+def test_the_server_keeps_the_answers_last_asked_for(served: Served) -> None:
+    session = served.session
+    with session.reading():
+        for number in range(REMEMBERED + 2):
+            session.remember(f"test:{number}", number)
+            assert session.cached("test:0") == 0  # asked for again: kept
+        assert session.cached("test:1") is None
+        assert session.cached(f"test:{REMEMBERED + 1}") == REMEMBERED + 1
 
 
 def test_the_views_are_listed_with_their_counts(served: Served) -> None:
