@@ -42,18 +42,23 @@ def _skew(client: str, server: str) -> str:
     return f"CASE WHEN {client}.host = {server}.host THEN 0 ELSE skew_ns() END"
 
 
+# What a socket (``sh``) takes of a NAT entry (``n``) that rewrote its connection, and the
+# rank that picks one entry where several match (its own namespace's first).
+_NAT_MATCH = """n.reply_src AS n_reply_src, n.reply_sport AS n_reply_sport,
+        n.reply_dst AS n_reply_dst, n.reply_dport AS n_reply_dport, n.status AS n_status,
+        row_number() OVER (
+            PARTITION BY sh.origin_pos, sh.origin_ord
+            ORDER BY n.netns IS NOT DISTINCT FROM sh.netns DESC, n.netns, n.ct_id, n.source_pos DESC
+        ) AS n_rank"""
+
+
 def _pairing(shown: str, nat_alive: str) -> str:
     """CTEs pairing the sockets of CTE ``shown`` into ``connections_rows``; ``nat_alive`` says
     which NAT intervals (``n``) apply to a socket (``sh``)."""
     return f"""
 nat_matches AS (  -- a client's connection that conntrack of its host rewrote
     SELECT sh.origin_pos, sh.origin_ord, sh.recording_id AS n_recording, n.ct_id AS n_ct_id,
-        n.reply_src AS n_reply_src, n.reply_sport AS n_reply_sport, n.reply_dst AS n_reply_dst,
-        n.reply_dport AS n_reply_dport, n.status AS n_status,
-        row_number() OVER (
-            PARTITION BY sh.origin_pos, sh.origin_ord
-            ORDER BY n.netns IS NOT DISTINCT FROM sh.netns DESC, n.netns, n.ct_id, n.source_pos DESC
-        ) AS n_rank
+        {_NAT_MATCH}
     FROM {shown} sh JOIN nat_all n
       ON sh.role <> 'server' AND n.recording_id = sh.recording_id
      AND n.orig_src = sh.local_ip AND n.orig_sport = sh.local_port
@@ -65,12 +70,7 @@ server_nat_matches AS (  -- a server's connection that DNAT on its own host sent
     -- client socket on this host is translated already.
     SELECT sh.origin_pos, sh.origin_ord, n.orig_src AS n_orig_src,
         n.orig_sport AS n_orig_sport, n.orig_dst AS n_orig_dst, n.orig_dport AS n_orig_dport,
-        n.reply_src AS n_reply_src, n.reply_sport AS n_reply_sport, n.reply_dst AS n_reply_dst,
-        n.reply_dport AS n_reply_dport, n.status AS n_status,
-        row_number() OVER (
-            PARTITION BY sh.origin_pos, sh.origin_ord
-            ORDER BY n.netns IS NOT DISTINCT FROM sh.netns DESC, n.netns, n.ct_id, n.source_pos DESC
-        ) AS n_rank
+        {_NAT_MATCH}
     FROM {shown} sh JOIN nat_all n
       ON sh.role = 'server' AND n.recording_id = sh.recording_id
      AND n.status & {IPS_DST_NAT} <> 0
