@@ -124,7 +124,11 @@ def span(derived: Derived, location: str, buckets: int) -> str:
     them, without the per-kind counts), its losses, and its events counted in ``buckets``
     equal slices of the extent. The events are counted by the log's batches (each about
     200 ms of log time), a batch in the slice of its middle: a picture of the density
-    without reading every event."""
+    without reading every event.
+
+    Where the log's history was dropped (``--archive none``), ``dropped_to`` says up to when,
+    and a slice that ends by then counts null, not the few batches the cut kept: how busy the
+    host was then is no longer known, and no moment there can be answered."""
     if not 1 <= buckets <= MAX_BUCKETS:
         raise UsageError(f"buckets must be between 1 and {MAX_BUCKETS}, not {buckets}")
     extent = log_span(derived)
@@ -135,15 +139,23 @@ def span(derived: Derived, location: str, buckets: int) -> str:
     for recording in document["recordings"]:
         del recording["events"], recording["snapshots"]
     slice_ns = -(-(extent.end_ns - extent.start_ns + 1) // buckets)  # rounded up
-    counts = [0] * buckets
+    dropped = derived.dropped_wall_ns
+    counts: list[int | None] = [0] * buckets
     rows = derived.con.execute(
         "SELECT least(greatest((min_wall_ns // 2 + max_wall_ns // 2 - ?) // ?, 0), ?) AS slice, "
         "sum(last_position - first_position + 1) FROM batches "
-        "WHERE min_wall_ns IS NOT NULL AND max_wall_ns IS NOT NULL GROUP BY slice",
-        [extent.start_ns, slice_ns, buckets - 1],
+        "WHERE min_wall_ns IS NOT NULL AND max_wall_ns IS NOT NULL "
+        "AND min_wall_ns // 2 + max_wall_ns // 2 > ? GROUP BY slice",
+        [extent.start_ns, slice_ns, buckets - 1, -1 if dropped is None else dropped],
     ).fetchall()
     for index, count in rows:
         counts[int(index)] = int(count)
+    if dropped is not None:
+        for index in range(buckets):
+            if extent.start_ns + (index + 1) * slice_ns - 1 <= dropped:
+                counts[index] = None
+    document["dropped_to"] = None if dropped is None else format_ns(dropped)
+    document["dropped_to_ns"] = dropped
     document["start"] = format_ns(extent.start_ns)
     document["end"] = format_ns(extent.end_ns)
     document["start_ns"] = extent.start_ns

@@ -45,6 +45,10 @@
   // Whole milliseconds inside the log's extent (the API refuses a moment outside it).
   const spanStart = () => Math.ceil(span.start_ns / 1e6);
   const spanEnd = () => Math.floor(span.end_ns / 1e6);
+  // The first moment after history the log dropped (--archive none); none can be answered
+  // before it (a window that still reaches back is refused by the API, which says so).
+  const firstKept = () => span.dropped_to_ns === null ? spanStart()
+    : Math.min(spanEnd(), Math.floor(span.dropped_to_ns / 1e6) + 1);
 
   // -- URL state ---------------------------------------------------------------------------
   function readUrl() {
@@ -120,6 +124,10 @@
     const slot = width / counts.length;
     ctx.clearRect(0, 0, width, canvas.height);
     const total = spanEnd() - spanStart() || 1;
+    if (span.dropped_to_ns !== null) {  // dropped history: grey, with no density drawn
+      ctx.fillStyle = "rgba(120, 120, 120, 0.3)";
+      ctx.fillRect(0, 0, ((firstKept() - spanStart()) / total) * width, canvas.height);
+    }
     ctx.fillStyle = "rgba(220, 60, 30, 0.35)";  // losses, shaded over their span
     for (const loss of span.losses) {
       const x0 = ((loss.from_ns / 1e6 - spanStart()) / total) * width;
@@ -141,7 +149,7 @@
   }
 
   function clampMoment(ms) {
-    return Math.min(spanEnd(), Math.max(spanStart(), ms));
+    return Math.min(spanEnd(), Math.max(firstKept(), ms));
   }
 
   async function loadSpan() {
@@ -480,7 +488,8 @@
   function wire() {
     let pending = null;
     $("slider").addEventListener("input", () => {
-      state.t = spanStart() + parseInt($("slider").value, 10);
+      state.t = clampMoment(spanStart() + parseInt($("slider").value, 10));
+      $("slider").value = state.t - spanStart();
       $("moment").textContent = iso(state.t);
       clearTimeout(pending);
       pending = setTimeout(draw, 60);  // while dragging, draw the moment the hand rests on

@@ -17,6 +17,7 @@ from eventlog.store import Purpose, open_log
 from replay.derived.store import _must_rebuild, event_digest, log_state
 from replay.derived.tables import FORMAT
 from tests.cli import assert_one_line_error, run_cli
+from tests.integration.serve.conftest import serving
 from tests.integration.log.test_retention import (
     EVENTS,
     answers,
@@ -213,3 +214,31 @@ def test_dropped_history_keeps_who_holds_the_sockets_open_at_the_cut(tmp_path: P
     drop(db, cut)
     assert _story(db, at, tmp_path / "fresh") == uncut
     assert _story(db, at, tmp_path / "uncut") == uncut
+
+
+def test_the_slider_counts_nothing_in_the_dropped_history(tmp_path: Path) -> None:
+    """/api/span over a log whose oldest third was dropped: the slices that end by then count
+    null (not the few batches the cut kept), the rest count the events after it."""
+    location = resolve(str(tmp_path / "log.db"))
+    write_log(location)
+    walls = batch_walls(location)
+    cut = walls[len(walls) // 3]
+    drop(str(location.path), cut)
+    with open_log(location, Purpose.READ) as store:
+        seed = boundary(store).seed
+        assert seed is not None
+        dropped_wall_ns = seed.dropped_wall_ns
+        kept_after = sum(
+            b.last_position - b.first_position + 1
+            for b in LogReader(store).batches()
+            if b.min_wall_ns // 2 + b.max_wall_ns // 2 > dropped_wall_ns
+        )
+    with serving(Path(str(location.path))) as served, served.client() as client:
+        span = client.get("/api/span", params={"buckets": 30}).json()
+    assert span["dropped_to_ns"] == dropped_wall_ns
+    counts = span["event_counts"]
+    unknown = [i for i, count in enumerate(counts) if count is None]
+    assert unknown and unknown == list(range(len(unknown))), counts
+    slice_end = span["start_ns"] + len(unknown) * span["bucket_ns"] - 1
+    assert slice_end <= dropped_wall_ns < slice_end + span["bucket_ns"]
+    assert sum(c for c in counts if c is not None) == kept_after > 0

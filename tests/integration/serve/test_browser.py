@@ -214,3 +214,36 @@ def test_a_link_keeps_where_the_nodes_were(browser: Any, served: Served) -> None
     assert after.keys() == before.keys()
     for node_id, spot in before.items():
         assert after[node_id] == {"x": round(spot["x"]), "y": round(spot["y"])}, node_id
+
+
+def test_the_page_keeps_out_of_dropped_history(browser: Any, tmp_path: Path) -> None:
+    """Over a log whose oldest third was dropped (``--archive none``), a link to a moment in
+    it opens at the first moment kept; the API's refusal, whose window still reaches back,
+    is what the page says; a later moment is drawn."""
+    from selenium.webdriver.common.by import By
+
+    from eventlog.location import resolve
+    from tests.integration.log.test_drop_history import drop
+    from tests.integration.log.test_retention import batch_walls, write_log
+    from tests.integration.serve.conftest import serving
+
+    location = resolve(str(tmp_path / "dropped.db"))
+    write_log(location)
+    walls = batch_walls(location)
+    drop(str(location.path), walls[len(walls) // 3])
+    with serving(Path(str(location.path))) as served:
+        with served.client() as client:
+            dropped_ms = client.get("/api/span").json()["dropped_to_ns"] // 1_000_000
+        browser.get(f"{served.url}/?view=processes&window=1s&t={walls[1] / 1e9:.3f}")
+        status = browser.find_element(By.ID, "status")
+        wait_for("the refusal", lambda: "dropped" in status.text)
+        assert browser.execute_script("return window.scopeMap.state.t") == dropped_ms + 1
+        later_ms = walls[-2] // 1_000_000
+        browser.execute_script("window.scopeMap.moveTo(arguments[0])", later_ms - 1)
+        body = browser.find_element(By.TAG_NAME, "body")
+        wait_for("the map after the cut", lambda: body.get_attribute("data-drawn"))
+        assert int(body.get_attribute("data-drawn-at")) == later_ms - 1
+        assert (
+            browser.execute_script("window.scopeMap.moveTo(0); return window.scopeMap.state.t")
+            == dropped_ms + 1
+        )
