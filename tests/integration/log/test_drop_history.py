@@ -17,7 +17,6 @@ from eventlog.store import Purpose, open_log
 from replay.derived.store import _must_rebuild, event_digest, log_state
 from replay.derived.tables import FORMAT
 from tests.cli import assert_one_line_error, run_cli
-from tests.integration.serve.conftest import serving
 from tests.integration.log.test_retention import (
     EVENTS,
     answers,
@@ -28,6 +27,7 @@ from tests.integration.log.test_retention import (
     run_in_process,
     write_log,
 )
+from tests.integration.serve.conftest import serving
 from tests.logbuilder import Builder, built_log, wall
 from tests.recording import db_argument
 
