@@ -6,6 +6,8 @@ the same program text that this tree holds (``program_text``) and finds its head
 
 from __future__ import annotations
 
+import re
+from functools import cache
 from importlib.resources import as_file, files
 from pathlib import Path
 
@@ -21,3 +23,14 @@ def directory() -> Path:
 
 def program_text() -> str:
     return (files(__name__) / PROGRAM).read_text()
+
+
+@cache
+def header_define(name: str) -> int:
+    """An integer the header defines (``#define NAME value``): read from it, so that user
+    space sizes what the programs hand over by the very numbers they were compiled with."""
+    text = (files(__name__) / HEADER).read_text()
+    found = re.search(rf"^#define {re.escape(name)} (\d+)\b", text, re.MULTILINE)
+    if found is None:
+        raise LookupError(f"{HEADER} defines no integer {name}")
+    return int(found.group(1))

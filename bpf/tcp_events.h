@@ -37,7 +37,11 @@ typedef uint64_t u64;
 #define EVF_UNATTRIBUTED 0x2  /* no process known: opened before the recording, or never accepted */
 #define EVF_TRUNCATED 0x4     /* EXEC filename longer than the record holds */
 
-#define STAGE_MAX 64
+/* Events a CPU stages before it hands them over as one record. The consumer's cost is
+ * partly per record (reading, ordering, merging): 240 took 9% less of its CPU per event than
+ * 64 did. A stage is one value of a per-CPU array, which the kernel keeps under 32 KiB
+ * (PCPU_MIN_UNIT_SIZE): 16 + 240 * 128 + 8 bytes. */
+#define STAGE_MAX 240
 
 struct event {                /* 128 bytes */
     u64 ts_ns;                /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */

@@ -263,7 +263,7 @@ static PyObject *raw_run(PyObject *Py_UNUSED(module), PyObject *arg)
             goto done;
         }
     }
-    /* Stable insertion sort: a stage holds at most STAGE_MAX (64) events, nearly in order. */
+    /* Stable insertion sort: a stage holds at most STAGE_MAX events, nearly in order. */
     for (uint32_t i = 1; i < count; i++) {
         struct event moving = run->events[i];
         uint32_t j = i;

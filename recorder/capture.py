@@ -230,8 +230,8 @@ def ringbuf_pages(ringbuf_bytes: int) -> int:
 
 EXEC_ARGS_PIECES = 4  # up to 256 bytes of a command line
 
-# A stage record is at most a 16-byte header and 64 events of 128 bytes.
-MAX_RECORD_BYTES = 16 + 64 * 128
+# A stage record is at most a 16-byte header and STAGE_MAX events of 128 bytes.
+MAX_RECORD_BYTES = 16 + bpf.header_define("STAGE_MAX") * 128
 MAX_RECORDS_PER_WAKEUP = 16
 
 
