@@ -80,6 +80,9 @@ DELETE_POSITIONS = 20_000  # positions deleted per transaction: a few ms of the 
 REBUILD_SHARE = 0.25
 REBUILD_MAX_KEPT = 200_000
 VACUUM_PAGES = 2_000  # pages given back per transaction
+# A file with at most this many pages in use, and more free than used, is rewritten whole
+# (VACUUM) instead: see reclaim_space.
+VACUUM_WHOLE_MAX_USED_PAGES = 4_096
 SIZE_TARGET = 0.75  # a cut for --max-log-size leaves the live log at this share of it
 
 # The state at a position of a log, and the rows it refers to: what a cut that drops its
@@ -540,7 +543,14 @@ def _delete_range(conn: Connection, low: int, high: int) -> None:
 
 def reclaim_space(store: LogStore) -> None:
     """SQLite: the free pages given back to the file system, a few at a time (only in a log
-    with incremental auto-vacuum; in another they are reused by new rows)."""
+    with incremental auto-vacuum; in another they are reused by new rows).
+
+    A file that keeps only a few pages in use (a cut that left little of a large log) is
+    rewritten whole instead. Incremental vacuum takes each free page at the file's end off
+    the free list by searching that list, so its cost grows with the square of the free
+    pages: 37 s for the 294,000 that a compaction of ten million events freed, where
+    rewriting the 400 pages still in use took 11 ms. The rewrite holds the write lock for as
+    long as it copies, which the bound on pages in use keeps short."""
     if store.dialect != "sqlite":
         return
     with store.connect() as conn:
@@ -549,6 +559,12 @@ def reclaim_space(store: LogStore) -> None:
     with store.connect() as conn:
         driver = conn.connection.driver_connection
         assert driver is not None
+        pages = int(driver.execute("PRAGMA page_count").fetchone()[0])
+        free = int(driver.execute("PRAGMA freelist_count").fetchone()[0])
+        used = pages - free
+        if free > used and used <= VACUUM_WHOLE_MAX_USED_PAGES:
+            driver.execute("VACUUM")
+            return
         while True:
             cursor = driver.cursor()
             try:
