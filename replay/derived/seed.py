@@ -6,7 +6,11 @@ moment after the cut reads, of the history before it:
 
 - the intervals still open at the cut (``*_open``), made of the events and snapshot rows
   at their positions (``state_*``: an opening event, the snapshot that showed a socket or
-  process, the snapshot that missed a socket, a conntrack sighting);
+  process, the snapshot that missed a socket); of the conntrack entries open at the cut,
+  only the sightings that describe a NAT entry (``nat_open``): a connection open at the
+  cut, or one that opens after it, is shown with the NAT of an entry alive at the moment
+  asked, and an entry without NAT is shown by no answer (the fold state still holds every
+  entry, so that a later dump or CT_DESTROY ends it where it ended);
 - each recording's last snapshot by the cut (a moment's process table reads the last
   snapshot by then);
 - who held a socket still open (replay.derived.owners): the forks that made its holders,
@@ -62,11 +66,11 @@ seed_holders AS (
     UNION ALL SELECT recording_id, pid, since_ns, depth FROM own_descendants
 )"""
 
-# The positions a seed keeps: the rows of the state open at the cut; each recording's last
-# snapshot; container records; the forks, exits and OWNER events that say who held a socket
-# open at the cut; and the snapshots that showed its holders change, with the snapshot
-# before each (a hand-over is bounded by them), so that every answer after the cut is the
-# uncut log's.
+# The positions a seed keeps: the rows of the state open at the cut (of the conntrack
+# entries, the NAT ones); each recording's last snapshot; container records; the forks,
+# exits and OWNER events that say who held a socket open at the cut; and the snapshots that
+# showed its holders change, with the snapshot before each (a hand-over is bounded by them),
+# so that every answer after the cut is the uncut log's.
 _KEPT_POSITIONS = f"""
 WITH RECURSIVE {_OPEN_ROWS},
 {owner_ctes("seed_open", str(MAX_NS))},
@@ -76,7 +80,7 @@ UNION SELECT open_pos FROM state_missing
 UNION SELECT missed_pos FROM state_missing
 UNION SELECT snapshot_pos FROM state_snapshot_sockets
 UNION SELECT source_pos FROM state_processes
-UNION SELECT source_pos FROM state_conntrack
+UNION SELECT source_pos FROM nat_open
 UNION SELECT max(position) FROM snap_marks GROUP BY recording_id
 UNION SELECT position FROM ev WHERE kind = {int(Kind.CONTAINER)}
 UNION SELECT f.position FROM seed_holders h JOIN forks f ON f.recording_id = h.recording_id
