@@ -23,6 +23,8 @@ with the ordinal and the server side its snapshot gave it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -37,7 +39,7 @@ from eventlog.store import LogStore
 from replay.derived.copy import CHUNK_POSITIONS
 from replay.derived.derive import exported_state
 from replay.derived.owners import MAX_DEPTH, MAX_NS, owner_ctes
-from replay.derived.store import derived_at
+from replay.derived.store import SyncStoppedError, derived_at
 
 # The socket rows open at the cut, as owner_ctes reads them (every holder, to the end).
 _OPEN_ROWS = """
@@ -96,23 +98,30 @@ UNION SELECT (SELECT max(k.position) FROM snap_marks k
 """
 
 
-def make_seed(log: LogStore, upto: int) -> Seed:
-    """The seed of a cut at ``upto`` (a batch's last position) of ``log``."""
-    with derived_at(log, upto) as con:
-        positions = _kept_positions(con)
-        snapshots = pa.array(
-            [row[0] for row in con.execute("SELECT position FROM snap_marks").fetchall()],
-            pa.int64(),
-        )
-        snapshots = pc.filter(snapshots, pc.is_in(snapshots, positions))
-        state = exported_state(con)
-        (dropped,) = con.execute(
-            "SELECT max(max_wall_ns) FROM batches WHERE last_position <= ?", [upto]
-        ).fetchall()[0]
-    tables = {
-        name: _kept_rows(log, select, upto, positions if name == "events" else snapshots)
-        for name, select in TABLES.items()
-    }
+def make_seed(
+    log: LogStore, upto: int, stopping: Callable[[], bool] = lambda: False
+) -> Seed | None:
+    """The seed of a cut at ``upto`` (a batch's last position) of ``log``; None if
+    ``stopping`` said so while it was made (it is asked between the ranges read)."""
+    try:
+        with derived_at(log, upto, stopping) as con:
+            positions = _kept_positions(con)
+            snapshots = pa.array(
+                [row[0] for row in con.execute("SELECT position FROM snap_marks").fetchall()],
+                pa.int64(),
+            )
+            snapshots = pc.filter(snapshots, pc.is_in(snapshots, positions))
+            state = exported_state(con)
+            (dropped,) = con.execute(
+                "SELECT max(max_wall_ns) FROM batches WHERE last_position <= ?", [upto]
+            ).fetchall()[0]
+        tables = {
+            name: _kept_rows(log, select, upto, positions if name == "events" else snapshots,
+                             stopping)
+            for name, select in TABLES.items()
+        }  # fmt: skip
+    except SyncStoppedError:
+        return None
     tables["batches"] = _kept_batches(log, upto, positions)
     return Seed(upto, int(dropped or 0), tables, state)
 
@@ -122,10 +131,15 @@ def _kept_positions(con: duckdb.DuckDBPyConnection) -> pa.Array:
     return pa.array([row[0] for row in rows.fetchall()], pa.int64())
 
 
-def _kept_rows(log: LogStore, select: Select, upto: int, positions: pa.Array) -> pa.Table:
-    """The rows of ``select`` at ``positions`` (up to ``upto``), as the log gives them."""
+def _kept_rows(
+    log: LogStore, select: Select, upto: int, positions: pa.Array, stopping: Callable[[], bool]
+) -> pa.Table:
+    """The rows of ``select`` at ``positions`` (up to ``upto``), as the log gives them
+    (SyncStoppedError if ``stopping`` says so between two ranges)."""
     parts = []
     for after in range(0, upto, CHUNK_POSITIONS):
+        if stopping():
+            raise SyncStoppedError
         rows = scan(log, select, after, min(upto, after + CHUNK_POSITIONS))
         parts.append(rows.filter(pc.is_in(rows.column("position"), positions)))
     return pa.concat_tables(parts) if parts else select.schema().empty_table()

@@ -6,14 +6,22 @@ is refused with one line, never answered from what is left."""
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
+import pytest
+
+from eventlog import retention
 from eventlog.archive import boundary
 from eventlog.events import TCP_ESTABLISHED, ConntrackEntry, Kind
 from eventlog.location import LogLocation, resolve
 from eventlog.reader import LogReader
 from eventlog.store import Purpose, open_log
+from replay.derived import copy
+from replay.derived.seed import make_seed
 from replay.derived.store import _must_rebuild, event_digest, log_state
 from replay.derived.tables import FORMAT
 from tests.cli import assert_one_line_error, run_cli
@@ -297,6 +305,10 @@ def _nat_log(b: Builder) -> None:
         (b.accept if sock == 4 else b.connect)(at, sock, 300 + sock, "app", local, remote)
         opened.add(sock)
 
+    def closes(at: float, sock: int) -> None:
+        b.close(at, sock, 300 + sock, "app", *NAT_SOCKETS[sock][:2])
+        opened.discard(sock)
+
     def snapshot(at: float, dumped: list[ConntrackEntry]) -> None:
         shown = [(NAT_SOCKETS[s][0], NAT_SOCKETS[s][1], TCP_ESTABLISHED, 300 + s)
                  for s in sorted(opened)]  # fmt: skip
@@ -306,25 +318,29 @@ def _nat_log(b: Builder) -> None:
     # the one that shows the sockets' holders (which the seed keeps for them).
     snapshot(0.5, [entry[100], PLAIN[0]])
     snapshot(0.55, [entry[100], PLAIN[0]])
-    steps = {
-        0.6: lambda t: opens(t, 100),
-        1.0: lambda t: (change(t, 1), opens(t + 0.0001, 1)),
-        1.2: lambda t: (change(t, 2), opens(t + 0.0001, 2)),
-        1.4: lambda t: (change(t, 3), opens(t + 0.0001, 3)),
-        1.6: lambda t: (change(t, 4), opens(t + 0.0001, 4)),
-        2.0: lambda t: change(t, 5),
-        2.5: lambda t: b.conntrack(t, PLAIN[1]),
-        3.05: lambda t: snapshot(t, [*(entry[s] for s in range(1, 6)), entry[100], *PLAIN]),
-        6.0: lambda t: change(t, 2, Kind.CT_UPDATE),
-        6.5: lambda t: opens(t, 5),
-        8.05: lambda t: snapshot(t, [*(entry[s] for s in (2, 3, 4, 5, 100)), *PLAIN]),
-        8.5: lambda t: (b.close(t, 3, 303, "app", *NAT_SOCKETS[3][:2]),
-                        change(t + 0.0002, 3, Kind.CT_DESTROY), opened.discard(3)),
-    }  # fmt: skip
+
+    # In time order, each at or before the short connection it comes before.
+    steps: list[tuple[float, Callable[[float], None]]] = [
+        (0.6, partial(opens, sock=100)),
+        *((at - 0.0001, partial(change, sock=sock)) for at, sock in ((1.0, 1), (1.2, 2),
+                                                                     (1.4, 3), (1.6, 4))),
+        *((at, partial(opens, sock=sock)) for at, sock in ((1.0, 1), (1.2, 2), (1.4, 3),
+                                                           (1.6, 4))),
+        (2.0, partial(change, sock=5)),
+        (2.5, partial(b.conntrack, entry=PLAIN[1])),
+        (3.05, partial(snapshot, dumped=[*(entry[s] for s in range(1, 6)), entry[100], *PLAIN])),
+        (6.0, partial(change, sock=2, kind=Kind.CT_UPDATE)),
+        (6.5, partial(opens, sock=5)),
+        (8.05, partial(snapshot, dumped=[*(entry[s] for s in (2, 3, 4, 5, 100)), *PLAIN])),
+        (8.4998, partial(closes, sock=3)),
+        (8.5, partial(change, sock=3, kind=Kind.CT_DESTROY)),
+    ]  # fmt: skip
+    steps.sort(key=lambda step: step[0])
     for i in range(92):
         at = round(0.7 + i * 0.1, 2)
-        for when in [w for w in sorted(steps) if w <= at]:
-            steps.pop(when)(when)
+        while steps and steps[0][0] <= at:
+            when, step = steps.pop(0)
+            step(when)
         port = 41000 + i
         b.connect(at, 1000 + i, 202, "curl", f"127.0.0.1:{port}", "127.0.0.1:8080")
         b.close(at + 0.02, 1000 + i, 202, "curl", f"127.0.0.1:{port}", "127.0.0.1:8080")
@@ -381,3 +397,45 @@ def test_dropped_history_keeps_the_nat_of_connections_open_at_the_cut(
     drop(db, second_cut)
     assert answers(db, tmp_path / "fresh-2", second_at, False, WINDOW) == second_uncut
     assert answers(db, tmp_path / "fresh", second_at, False, WINDOW) == second_uncut
+
+
+def _says_stop(when: int) -> Callable[[], bool]:
+    """A ``stopping`` that says so the ``when``-th time it is asked."""
+    asked = itertools.count(1)
+    return lambda: next(asked) == when
+
+
+def test_a_dropping_cut_asked_to_stop_leaves_the_log_as_it_was(
+    sqlite_location: LogLocation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recorder stopping (its retention's ``stopping``) gives up a cut that drops its
+    history wherever the cut asks, as an archived cut stops between its segments: the log
+    is as it was, and the cut is made whole the next time, every answer after it the uncut
+    log's."""
+    monkeypatch.setattr(copy, "CHUNK_POSITIONS", 2_500)  # the seed's store synced in ranges
+    write_log(sqlite_location, 10_000)
+    db = db_argument(sqlite_location)
+    walls = batch_walls(sqlite_location)
+    at = after(walls, walls[len(walls) // 2])
+    uncut = answers(db, tmp_path / "uncut", at, False, WINDOW)
+    policy = retention.RetentionPolicy(None, walls[-1] - walls[len(walls) // 2],
+                                       min_cut_positions=1, seed_maker=make_seed)  # fmt: skip
+    with open_log(sqlite_location, Purpose.ADMIN) as store:
+        head = LogReader(store).head()
+        stopped = retention.apply_policy(store, policy, walls[-1], lambda: True)
+        assert stopped is not None and stopped.stopped
+        upto = retention.cut_before(store, walls[len(walls) // 2])
+        stop_at = 0
+        while True:  # stopped at each place it asks, until it asks no more
+            stop_at += 1
+            result = retention.cut(store, upto, None, _says_stop(stop_at), make_seed)
+            if not result.stopped:
+                break
+            edge = boundary(store)
+            assert (result.archived_upto, edge.archived_upto, edge.seed) == (0, 0, None)
+            assert live_events(sqlite_location) == head
+        # Asked as the seed's store is synced (two ranges) and as its rows are read.
+        assert stop_at > 5, stop_at
+        assert result.archived_upto == upto
+    assert answers(db, tmp_path / "fresh", at, False, WINDOW) == uncut
+    assert answers(db, tmp_path / "uncut", at, False, WINDOW) == uncut
