@@ -86,8 +86,9 @@ VACUUM_WHOLE_MAX_USED_PAGES = 4_096
 SIZE_TARGET = 0.75  # a cut for --max-log-size leaves the live log at this share of it
 
 # The state at a position of a log, and the rows it refers to: what a cut that drops its
-# history keeps (replay.derived.seed.make_seed).
-SeedMaker = Callable[[LogStore, int], Seed]
+# history keeps (replay.derived.seed.make_seed); None if the function it is given (a
+# recorder stopping) said to stop while it was made.
+SeedMaker = Callable[[LogStore, int, Callable[[], bool]], Seed | None]
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class CutResult:
     segments: int = 0
     archive_bytes: int = 0
     seconds: float = 0.0
+    stopped: bool = False  # a dropping cut given up as ``stopping`` asked: nothing written
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
@@ -257,11 +259,12 @@ def cut(
     at a time, and give their space back (``archive`` None: drop them, keeping the state
     ``seed_maker`` makes; see ``drop``). Raises ArchiveError if the archive cannot be
     written (the live log then keeps every row it had). ``stopping`` is asked between
-    segments: a recorder stopping does not wait for a long backlog to be cut."""
+    segments, and while a seed is made: a recorder stopping does not wait for a long
+    backlog to be cut."""
     if archive is None:
         if seed_maker is None:
             raise UsageError("a cut without an archive needs the state at the cut kept")
-        return drop(store, upto, seed_maker)
+        return drop(store, upto, seed_maker, stopping)
     started = time.monotonic()
     edge = boundary(store)
     if edge.dropped:
@@ -297,12 +300,22 @@ def cut(
     return result
 
 
-def drop(store: LogStore, upto: int, seed_maker: SeedMaker) -> CutResult:
+def drop(
+    store: LogStore,
+    upto: int,
+    seed_maker: SeedMaker,
+    stopping: Callable[[], bool] = lambda: False,
+) -> CutResult:
     """Drop positions up to ``upto`` (a batch's last position) from the live log, keeping
     the state at ``upto`` (``seed_maker``'s seed) in their place: the seed and the boundary
     are written in one transaction, then the rows leave as after an archived cut (rows the
     live log still holds below the boundary are read by no one, and deleted by the next
-    cut if this one is interrupted)."""
+    cut if this one is interrupted).
+
+    Making the seed reads every position up to ``upto``: ``stopping`` is asked as it reads,
+    and once it says so the cut is given up (``stopped``) with nothing written, to be made
+    again by the next one. A seed is of one position, so there is no part of it to keep, as
+    an archived cut keeps the segments it wrote."""
     started = time.monotonic()
     edge = boundary(store)
     if edge.archive is not None and edge.archived_upto:
@@ -315,7 +328,11 @@ def drop(store: LogStore, upto: int, seed_maker: SeedMaker) -> CutResult:
     result = CutResult(archived, archived)
     if upto <= archived:
         return result
-    seed = seed_maker(store, upto)
+    seed = seed_maker(store, upto, stopping)
+    if seed is None:
+        result.stopped = True
+        result.seconds = time.monotonic() - started
+        return result
     _set_boundary(store, upto, None, seed.encode())
     remove_archived(store, upto)
     reclaim_space(store)
@@ -655,7 +672,7 @@ class RetentionWorker:
         if self.failing is not None:
             self.notify("warning: retention: the archive is written again")
             self.failing = None
-        if result is not None:
+        if result is not None and not result.stopped:
             self.cuts.append(result)
 
 

@@ -4,10 +4,12 @@ A cut with an archive moves positions up to ``P`` to Parquet, and readers read t
 (eventlog.archive). A cut with ``--archive none`` drops them, and keeps in their place, in
 the live log, a seed: what an answer for a moment after the cut still needs of them.
 
-- The rows still referred to at ``P``: the events that opened the sockets, processes and NAT
-  entries still open at ``P``; every snapshot (its event and all its rows) that such an
-  interval or a later moment's process table reads; the forks, exits and OWNER events that
-  say who held a socket still open at ``P``; and the container records.
+- The rows still referred to at ``P``: the events that opened the sockets and processes
+  still open at ``P``, and those that describe the NAT entries still open at ``P`` (a
+  CT_NEW or CT_UPDATE event, or a snapshot's dump); every snapshot (its event and all its
+  rows) that such an interval or a later moment's process table reads; the forks, exits
+  and OWNER events that say who held a socket still open at ``P``; and the container
+  records.
 - The derived store's fold state at ``P`` (replay.derived), as its own tables: what is open,
   and since which position. Folding the kept rows alone would not give it (a snapshot kept
   would close what was opened and closed in the history dropped around it), so it is kept

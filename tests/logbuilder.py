@@ -159,10 +159,12 @@ class Builder:
         processes: list[tuple[int, str] | tuple[int, str, str]] = (),  # type: ignore[assignment]
         walk_ms: float = 10,
         netns: int = ROOT_NETNS,
+        conntrack: Sequence[ConntrackEntry] | None = None,
     ) -> None:
         """``connections``: each with the pid holding it, or every pid holding it (a tuple);
         a socket's inode is 1000 + its (local, remote) pair's first index in the log's
-        snapshots, the same in each."""
+        snapshots, the same in each. ``conntrack``: the entries its dump held (None: it did
+        not dump conntrack)."""
         rows = []
         holders: dict[int, list[int]] = {}
         for local, remote, state, pid in connections:
@@ -196,9 +198,11 @@ class Builder:
                 "walk_ns": round(walk_ms * 1e6),
                 "namespace_list": [netns],
                 "more_holders": more_holders(rows, holders),
+                **({} if conntrack is None else {"conntrack": True}),
             },
         )
-        self.writer.add_snapshot(marker, Snapshot(connections=tuple(rows), processes=procs))
+        self.writer.add_snapshot(marker, Snapshot(connections=tuple(rows), processes=procs,
+                                                  conntrack=tuple(conntrack or ())))  # fmt: skip
 
     def loss(self, start: float, end: float, lost: int) -> None:
         self.writer.add_loss(Loss(lost, mono(start), mono(end), "ring buffer full"))

@@ -6,7 +6,11 @@ moment after the cut reads, of the history before it:
 
 - the intervals still open at the cut (``*_open``), made of the events and snapshot rows
   at their positions (``state_*``: an opening event, the snapshot that showed a socket or
-  process, the snapshot that missed a socket, a conntrack sighting);
+  process, the snapshot that missed a socket); of the conntrack entries open at the cut,
+  only the sightings that describe a NAT entry (``nat_open``): a connection open at the
+  cut, or one that opens after it, is shown with the NAT of an entry alive at the moment
+  asked, and an entry without NAT is shown by no answer (the fold state still holds every
+  entry, so that a later dump or CT_DESTROY ends it where it ended);
 - each recording's last snapshot by the cut (a moment's process table reads the last
   snapshot by then);
 - who held a socket still open (replay.derived.owners): the forks that made its holders,
@@ -18,6 +22,8 @@ with the ordinal and the server side its snapshot gave it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import duckdb
 import numpy as np
@@ -33,7 +39,7 @@ from eventlog.store import LogStore
 from replay.derived.copy import CHUNK_POSITIONS
 from replay.derived.derive import exported_state
 from replay.derived.owners import MAX_DEPTH, MAX_NS, owner_ctes
-from replay.derived.store import derived_at
+from replay.derived.store import SyncStoppedError, derived_at
 
 # The socket rows open at the cut, as owner_ctes reads them (every holder, to the end).
 _OPEN_ROWS = """
@@ -62,11 +68,11 @@ seed_holders AS (
     UNION ALL SELECT recording_id, pid, since_ns, depth FROM own_descendants
 )"""
 
-# The positions a seed keeps: the rows of the state open at the cut; each recording's last
-# snapshot; container records; the forks, exits and OWNER events that say who held a socket
-# open at the cut; and the snapshots that showed its holders change, with the snapshot
-# before each (a hand-over is bounded by them), so that every answer after the cut is the
-# uncut log's.
+# The positions a seed keeps: the rows of the state open at the cut (of the conntrack
+# entries, the NAT ones); each recording's last snapshot; container records; the forks,
+# exits and OWNER events that say who held a socket open at the cut; and the snapshots that
+# showed its holders change, with the snapshot before each (a hand-over is bounded by them),
+# so that every answer after the cut is the uncut log's.
 _KEPT_POSITIONS = f"""
 WITH RECURSIVE {_OPEN_ROWS},
 {owner_ctes("seed_open", str(MAX_NS))},
@@ -76,7 +82,7 @@ UNION SELECT open_pos FROM state_missing
 UNION SELECT missed_pos FROM state_missing
 UNION SELECT snapshot_pos FROM state_snapshot_sockets
 UNION SELECT source_pos FROM state_processes
-UNION SELECT source_pos FROM state_conntrack
+UNION SELECT source_pos FROM nat_open
 UNION SELECT max(position) FROM snap_marks GROUP BY recording_id
 UNION SELECT position FROM ev WHERE kind = {int(Kind.CONTAINER)}
 UNION SELECT f.position FROM seed_holders h JOIN forks f ON f.recording_id = h.recording_id
@@ -92,23 +98,30 @@ UNION SELECT (SELECT max(k.position) FROM snap_marks k
 """
 
 
-def make_seed(log: LogStore, upto: int) -> Seed:
-    """The seed of a cut at ``upto`` (a batch's last position) of ``log``."""
-    with derived_at(log, upto) as con:
-        positions = _kept_positions(con)
-        snapshots = pa.array(
-            [row[0] for row in con.execute("SELECT position FROM snap_marks").fetchall()],
-            pa.int64(),
-        )
-        snapshots = pc.filter(snapshots, pc.is_in(snapshots, positions))
-        state = exported_state(con)
-        (dropped,) = con.execute(
-            "SELECT max(max_wall_ns) FROM batches WHERE last_position <= ?", [upto]
-        ).fetchall()[0]
-    tables = {
-        name: _kept_rows(log, select, upto, positions if name == "events" else snapshots)
-        for name, select in TABLES.items()
-    }
+def make_seed(
+    log: LogStore, upto: int, stopping: Callable[[], bool] = lambda: False
+) -> Seed | None:
+    """The seed of a cut at ``upto`` (a batch's last position) of ``log``; None if
+    ``stopping`` said so while it was made (it is asked between the ranges read)."""
+    try:
+        with derived_at(log, upto, stopping) as con:
+            positions = _kept_positions(con)
+            snapshots = pa.array(
+                [row[0] for row in con.execute("SELECT position FROM snap_marks").fetchall()],
+                pa.int64(),
+            )
+            snapshots = pc.filter(snapshots, pc.is_in(snapshots, positions))
+            state = exported_state(con)
+            (dropped,) = con.execute(
+                "SELECT max(max_wall_ns) FROM batches WHERE last_position <= ?", [upto]
+            ).fetchall()[0]
+        tables = {
+            name: _kept_rows(log, select, upto, positions if name == "events" else snapshots,
+                             stopping)
+            for name, select in TABLES.items()
+        }  # fmt: skip
+    except SyncStoppedError:
+        return None
     tables["batches"] = _kept_batches(log, upto, positions)
     return Seed(upto, int(dropped or 0), tables, state)
 
@@ -118,10 +131,15 @@ def _kept_positions(con: duckdb.DuckDBPyConnection) -> pa.Array:
     return pa.array([row[0] for row in rows.fetchall()], pa.int64())
 
 
-def _kept_rows(log: LogStore, select: Select, upto: int, positions: pa.Array) -> pa.Table:
-    """The rows of ``select`` at ``positions`` (up to ``upto``), as the log gives them."""
+def _kept_rows(
+    log: LogStore, select: Select, upto: int, positions: pa.Array, stopping: Callable[[], bool]
+) -> pa.Table:
+    """The rows of ``select`` at ``positions`` (up to ``upto``), as the log gives them
+    (SyncStoppedError if ``stopping`` says so between two ranges)."""
     parts = []
     for after in range(0, upto, CHUNK_POSITIONS):
+        if stopping():
+            raise SyncStoppedError
         rows = scan(log, select, after, min(upto, after + CHUNK_POSITIONS))
         parts.append(rows.filter(pc.is_in(rows.column("position"), positions)))
     return pa.concat_tables(parts) if parts else select.schema().empty_table()

@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,12 +200,20 @@ def open_derived(log: LogStore, path: Path | None = None) -> Derived:
         reader.close()
 
 
+class SyncStoppedError(Exception):
+    """A sync given up between two of its ranges, as its caller asked (a recorder stopping
+    while a cut's seed is made, derived_at)."""
+
+
 @contextlib.contextmanager
-def derived_at(log: LogStore, position: int) -> Iterator[duckdb.DuckDBPyConnection]:
+def derived_at(
+    log: LogStore, position: int, stopping: Callable[[], bool] = lambda: False
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """A store of ``log`` up to ``position`` (a batch's last), for the block: its intervals
     and fold state as a store synced then would hold them (what a cut that drops its history
     keeps, replay.derived.seed). It is made inside a recorder, in a file of its own that the
-    block removes, within SEED_MEMORY (in memory, a cut of 5M events took 1.7 GB)."""
+    block removes, within SEED_MEMORY (in memory, a cut of 5M events took 1.7 GB).
+    ``stopping`` is asked before each range is synced: SyncStoppedError once it says so."""
     reader = LogReader(log)
     try:
         now = log_state(reader)
@@ -216,7 +224,7 @@ def derived_at(log: LogStore, position: int) -> Iterator[duckdb.DuckDBPyConnecti
             )
             try:
                 with _Scans(log, _clocks(reader), 0, position, _seed_upto(reader)) as scans:
-                    _sync(con, reader, state, scans)
+                    _sync(con, reader, state, scans, stopping)
                 yield con
             finally:
                 con.close()
@@ -447,10 +455,15 @@ def _clocks(reader: LogReader) -> copy.Clocks:
 
 
 def _sync(
-    con: duckdb.DuckDBPyConnection, reader: LogReader, state: LogState, scans: _Scans
+    con: duckdb.DuckDBPyConnection,
+    reader: LogReader,
+    state: LogState,
+    scans: _Scans,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> SyncStats:
     """Copy and derive the new events a range per transaction (a long sync interrupted
     resumes where it was); what is open at the head and the signature go with the last.
+    ``stopping`` is asked before each range (SyncStoppedError).
 
     A log whose history was dropped (eventlog.seed) begins with its seed: the kept rows of
     positions up to the cut are copied as a range of their own, and its fold state is the
@@ -473,6 +486,8 @@ def _sync(
         fold = Fold(derive.load_state(con, synced), source=None)  # type: ignore[arg-type]
         finished = False
         for scanned in scans.ranges(synced):
+            if stopping():
+                raise SyncStoppedError
             with _transaction(con):
                 chunk = copy.copy_chunk(con, scanned)
                 if seed is not None and chunk.upto <= seed.upto:

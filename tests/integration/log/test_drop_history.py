@@ -6,17 +6,26 @@ is refused with one line, never answered from what is left."""
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
+import pytest
+
+from eventlog import retention
 from eventlog.archive import boundary
-from eventlog.events import TCP_ESTABLISHED
+from eventlog.events import TCP_ESTABLISHED, ConntrackEntry, Kind
 from eventlog.location import LogLocation, resolve
 from eventlog.reader import LogReader
 from eventlog.store import Purpose, open_log
+from replay.derived import copy
+from replay.derived.seed import make_seed
 from replay.derived.store import _must_rebuild, event_digest, log_state
 from replay.derived.tables import FORMAT
 from tests.cli import assert_one_line_error, run_cli
+from tests.factories import ROOT_NETNS, ip
 from tests.integration.log.test_retention import (
     EVENTS,
     answers,
@@ -30,6 +39,7 @@ from tests.integration.log.test_retention import (
 from tests.integration.serve.conftest import serving
 from tests.logbuilder import Builder, built_log, wall
 from tests.recording import db_argument
+from tests.scenarios import IPS_CONFIRMED_SEEN, IPS_DNAT, IPS_SNAT
 
 WINDOW = "2s"
 WINDOW_NS = 2 * 10**9
@@ -242,3 +252,190 @@ def test_the_slider_counts_nothing_in_the_dropped_history(tmp_path: Path) -> Non
     slice_end = span["start_ns"] + len(unknown) * span["bucket_ns"] - 1
     assert slice_end <= dropped_wall_ns < slice_end + span["bucket_ns"]
     assert sum(c for c in counts if c is not None) == kept_after > 0
+
+
+# NAT entries (conntrack) of connections open across the cut, on one host (10.0.0.2): known
+# only from a snapshot's dump, from CT_NEW before the cut, updated after it, destroyed after
+# it, ended by a dump after it that no longer holds it, a published port (DNAT to the server
+# of this host), and one whose socket opens only after the cut; and entries without NAT.
+def _entry(
+    ct_id: int, orig: tuple[str, str], reply: tuple[str, str], status: int
+) -> ConntrackEntry:
+    (src, sport), (dst, dport) = (_split(e) for e in orig)
+    (rsrc, rsport), (rdst, rdport) = (_split(e) for e in reply)
+    return ConntrackEntry(ROOT_NETNS, src, dst, sport, dport, rsrc, rdst, rsport, rdport,
+                          status, TCP_ESTABLISHED, ct_id, 0, 0)  # fmt: skip
+
+
+def _split(endpoint: str) -> tuple[bytes, int]:
+    address, _, port = endpoint.rpartition(":")
+    return ip(address), int(port)
+
+
+VIP, BACKEND = "10.99.0.10:80", "10.0.0.5:9090"
+NAT_SOCKETS = {  # socket id -> (local, remote, its entry)
+    100: ("10.0.0.2:40100", VIP, _entry(100, ("10.0.0.2:40100", VIP),
+                                        (BACKEND, "10.0.0.2:40100"), IPS_DNAT)),
+    1: ("10.0.0.2:40001", VIP, _entry(1, ("10.0.0.2:40001", VIP),
+                                      (BACKEND, "10.0.0.2:40001"), IPS_DNAT)),
+    2: ("10.0.0.2:40002", "10.0.0.7:5432", _entry(2, ("10.0.0.2:40002", "10.0.0.7:5432"),
+                                                  ("10.0.0.7:5432", "10.0.0.12:61002"), IPS_SNAT)),
+    3: ("10.0.0.2:40003", "10.99.0.11:443", _entry(3, ("10.0.0.2:40003", "10.99.0.11:443"),
+                                                   ("10.0.0.6:8443", "10.0.0.2:40003"), IPS_DNAT)),
+    4: ("10.0.0.2:5432", "10.0.0.9:50004", _entry(4, ("10.0.0.9:50004", "10.0.0.2:8080"),
+                                                  ("10.0.0.2:5432", "10.0.0.9:50004"), IPS_DNAT)),
+    5: ("10.0.0.2:40005", VIP, _entry(5, ("10.0.0.2:40005", VIP),
+                                      (BACKEND, "10.0.0.2:40005"), IPS_DNAT)),
+}  # fmt: skip
+PLAIN = [_entry(200 + i, (f"10.0.0.2:{40200 + i}", "10.0.0.7:443"),
+                ("10.0.0.7:443", f"10.0.0.2:{40200 + i}"), IPS_CONFIRMED_SEEN) for i in range(2)]  # fmt: skip
+
+
+def _nat_log(b: Builder) -> None:
+    """The NAT_SOCKETS' connections among short ones, in batches of half a second; the cut
+    falls at about 5 s (see the test)."""
+    entry = {sock: e for sock, (_, _, e) in NAT_SOCKETS.items()}
+    opened: set[int] = set()
+
+    def change(at: float, sock: int, kind: Kind = Kind.CT_NEW) -> None:
+        b.conntrack(at, entry[sock], kind)
+
+    def opens(at: float, sock: int) -> None:
+        local, remote, _ = NAT_SOCKETS[sock]
+        (b.accept if sock == 4 else b.connect)(at, sock, 300 + sock, "app", local, remote)
+        opened.add(sock)
+
+    def closes(at: float, sock: int) -> None:
+        b.close(at, sock, 300 + sock, "app", *NAT_SOCKETS[sock][:2])
+        opened.discard(sock)
+
+    def snapshot(at: float, dumped: list[ConntrackEntry]) -> None:
+        shown = [(NAT_SOCKETS[s][0], NAT_SOCKETS[s][1], TCP_ESTABLISHED, 300 + s)
+                 for s in sorted(opened)]  # fmt: skip
+        b.snapshot(at, shown, conntrack=dumped)
+
+    # Entry 100's only sighting is this dump: the next one, not this, is the snapshot before
+    # the one that shows the sockets' holders (which the seed keeps for them).
+    snapshot(0.5, [entry[100], PLAIN[0]])
+    snapshot(0.55, [entry[100], PLAIN[0]])
+
+    # In time order, each at or before the short connection it comes before.
+    steps: list[tuple[float, Callable[[float], None]]] = [
+        (0.6, partial(opens, sock=100)),
+        *((at - 0.0001, partial(change, sock=sock)) for at, sock in ((1.0, 1), (1.2, 2),
+                                                                     (1.4, 3), (1.6, 4))),
+        *((at, partial(opens, sock=sock)) for at, sock in ((1.0, 1), (1.2, 2), (1.4, 3),
+                                                           (1.6, 4))),
+        (2.0, partial(change, sock=5)),
+        (2.5, partial(b.conntrack, entry=PLAIN[1])),
+        (3.05, partial(snapshot, dumped=[*(entry[s] for s in range(1, 6)), entry[100], *PLAIN])),
+        (6.0, partial(change, sock=2, kind=Kind.CT_UPDATE)),
+        (6.5, partial(opens, sock=5)),
+        (8.05, partial(snapshot, dumped=[*(entry[s] for s in (2, 3, 4, 5, 100)), *PLAIN])),
+        (8.4998, partial(closes, sock=3)),
+        (8.5, partial(change, sock=3, kind=Kind.CT_DESTROY)),
+    ]  # fmt: skip
+    steps.sort(key=lambda step: step[0])
+    for i in range(92):
+        at = round(0.7 + i * 0.1, 2)
+        while steps and steps[0][0] <= at:
+            when, step = steps.pop(0)
+            step(when)
+        port = 41000 + i
+        b.connect(at, 1000 + i, 202, "curl", f"127.0.0.1:{port}", "127.0.0.1:8080")
+        b.close(at + 0.02, 1000 + i, 202, "curl", f"127.0.0.1:{port}", "127.0.0.1:8080")
+        if i % 5 == 4:
+            b.flush()
+    assert not steps, steps
+    b.exec(9.95, 999, "end-marker")
+
+
+def _nat_of(said: str) -> dict[str, tuple[str | None, str | None]]:
+    """Each connection's NAT fields, by its client (or its server, if it has no client)."""
+    rows = json.loads(said)["connections"]
+    return {r["client"] or r["server"]: (r["nat_destination"], r["nat_source"]) for r in rows
+            if r["nat_destination"] or r["nat_source"]}  # fmt: skip
+
+
+def test_dropped_history_keeps_the_nat_of_connections_open_at_the_cut(
+    log_location: LogLocation, tmp_path: Path
+) -> None:
+    """Connections whose NAT entries conntrack reported before the cut say the same NAT
+    after it: the seed keeps the rows that describe the NAT entries open at the cut, and
+    only those (not an entry without NAT, which no answer shows)."""
+    with built_log(log_location) as (_, b):
+        _nat_log(b)
+    db = db_argument(log_location)
+    walls = batch_walls(log_location)
+    cut, second_cut = (next(w for w in walls if w > wall(s)) for s in (5.0, 6.6))
+    at, second_at = after(walls, cut), after(walls, second_cut, 3)
+    uncut = answers(db, tmp_path / "uncut", at, False, WINDOW)
+    second_uncut = answers(db, tmp_path / "uncut", second_at, False, WINDOW)
+    # The uncut log's answers do show them: while each entry lives, and not after.
+    first, last = _nat_of(uncut[0]), _nat_of(uncut[-2])
+    assert first["10.0.0.2:40001"] == (BACKEND, None)  # ended by the dump at 8.05 s
+    assert "10.0.0.2:40001" not in last
+    assert first["10.0.0.2:40003"] == ("10.0.0.6:8443", None)  # destroyed at 8.5 s
+    for client, nat in (("10.0.0.2:40100", (BACKEND, None)), ("10.0.0.2:40005", (BACKEND, None)),
+                        ("10.0.0.2:40002", (None, "10.0.0.12:61002")),
+                        ("10.0.0.9:50004", ("10.0.0.2:5432", None))):  # fmt: skip
+        assert first[client] == nat and last[client] == nat, client
+
+    drop(db, cut)
+    assert answers(db, tmp_path / "fresh", at, False, WINDOW) == uncut
+    assert answers(db, tmp_path / "uncut", at, False, WINDOW) == uncut
+    with open_log(log_location, Purpose.READ) as store:
+        seed = boundary(store).seed
+        assert seed is not None
+        kept = seed.tables["events"].to_pylist()
+    kinds = {int(Kind.CT_NEW), int(Kind.CT_UPDATE), int(Kind.CT_DESTROY)}
+    kept_entries = {json.loads(e["extra"])["ct_id"] for e in kept if e["kind"] in kinds}
+    assert kept_entries == {1, 2, 3, 4, 5}, kept_entries
+
+    # A second cut keeps them from the first one's seed (entry 100's dump, entry 2's CT_NEW
+    # before the first cut and its CT_UPDATE after it).
+    drop(db, second_cut)
+    assert answers(db, tmp_path / "fresh-2", second_at, False, WINDOW) == second_uncut
+    assert answers(db, tmp_path / "fresh", second_at, False, WINDOW) == second_uncut
+
+
+def _says_stop(when: int) -> Callable[[], bool]:
+    """A ``stopping`` that says so the ``when``-th time it is asked."""
+    asked = itertools.count(1)
+    return lambda: next(asked) == when
+
+
+def test_a_dropping_cut_asked_to_stop_leaves_the_log_as_it_was(
+    sqlite_location: LogLocation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recorder stopping (its retention's ``stopping``) gives up a cut that drops its
+    history wherever the cut asks, as an archived cut stops between its segments: the log
+    is as it was, and the cut is made whole the next time, every answer after it the uncut
+    log's."""
+    monkeypatch.setattr(copy, "CHUNK_POSITIONS", 2_500)  # the seed's store synced in ranges
+    write_log(sqlite_location, 10_000)
+    db = db_argument(sqlite_location)
+    walls = batch_walls(sqlite_location)
+    at = after(walls, walls[len(walls) // 2])
+    uncut = answers(db, tmp_path / "uncut", at, False, WINDOW)
+    policy = retention.RetentionPolicy(None, walls[-1] - walls[len(walls) // 2],
+                                       min_cut_positions=1, seed_maker=make_seed)  # fmt: skip
+    with open_log(sqlite_location, Purpose.ADMIN) as store:
+        head = LogReader(store).head()
+        stopped = retention.apply_policy(store, policy, walls[-1], lambda: True)
+        assert stopped is not None and stopped.stopped
+        upto = retention.cut_before(store, walls[len(walls) // 2])
+        stop_at = 0
+        while True:  # stopped at each place it asks, until it asks no more
+            stop_at += 1
+            result = retention.cut(store, upto, None, _says_stop(stop_at), make_seed)
+            if not result.stopped:
+                break
+            edge = boundary(store)
+            assert (result.archived_upto, edge.archived_upto, edge.seed) == (0, 0, None)
+            assert live_events(sqlite_location) == head
+        # Asked as the seed's store is synced (two ranges) and as its rows are read.
+        assert stop_at > 5, stop_at
+        assert result.archived_upto == upto
+    assert answers(db, tmp_path / "fresh", at, False, WINDOW) == uncut
+    assert answers(db, tmp_path / "uncut", at, False, WINDOW) == uncut
