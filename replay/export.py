@@ -2,9 +2,13 @@
 tools read (Parquet, CSV, JSON lines), from the derived store (archive and live log as one).
 
 ``events.<ext>``: the events whose wall time is in ``[from, to)``, by position.
-``connections.<ext>``: the connections (the ``connections`` view of scope-query) open at
-some moment of ``[from, to)``, by when they opened and their id. Both are written in a
-fixed order, so the same log and range give the same files.
+``connections.<ext>``: the connections open at some moment of ``[from, to)``, as the
+table at the range's last nanosecond with the range for its window gives them (what
+``scope-replay --at`` and scope-query's ``connections_at`` give: each connection as it was
+then, its NAT and process then), by when they opened. Both are written in a fixed order, so
+the same log and range give the same files; and, since a moment's table is what a cut never
+changes, the same files before and after a cut of the history before ``from`` (archived or
+dropped).
 """
 
 from __future__ import annotations
@@ -37,14 +41,14 @@ def export_range(
         raise UsageError(f"unknown export format {fmt!r} (one of {', '.join(FORMATS)})")
     if to_ns <= from_ns:
         raise UsageError("--to must be after --from")
-    check_kept(derived, from_ns, f"--from {format_ns(from_ns)}")
+    # The table at to - 1 with a window of to - from: what was open in (from - 1, to - 1].
+    at_ns, window_ns = int(to_ns) - 1, int(to_ns) - int(from_ns)
+    check_kept(derived, at_ns - window_ns, f"--from {format_ns(from_ns)}")
     _ensure_directory(directory)
     queries = {
         "events": f"SELECT * FROM events WHERE wall_ns >= {int(from_ns)} "
         f"AND wall_ns < {int(to_ns)} ORDER BY position",
-        "connections": "SELECT * FROM connections WHERE (opened_ns IS NULL OR opened_ns < "
-        f"{int(to_ns)}) AND (closed_ns IS NULL OR closed_ns >= {int(from_ns)}) "
-        "ORDER BY opened_ns NULLS FIRST, id",
+        "connections": f"SELECT * FROM connections_at_ns({at_ns}, {window_ns})",
     }
     written = []
     for name, sql in queries.items():
