@@ -133,7 +133,9 @@ own_children AS (  -- the seeds' children: forked while the seed held it, by the
     SELECT s.origin_pos, s.origin_ord, s.recording_id, f.pid, f.comm, f.wall_ns AS since_ns,
         s.until_ns, 1 AS depth
     FROM (SELECT s.*, unnest(range(lo.seq, hi.seq + 1)) AS seq
-          FROM own_seeds s
+          -- (the seeds whose process forked at all: an as-of join sorts its every row)
+          FROM (SELECT * FROM own_seeds s SEMI JOIN own_fork_order f
+                ON f.recording_id = s.recording_id AND f.ppid = s.pid) s
           ASOF JOIN own_fork_order lo ON lo.recording_id = s.recording_id AND lo.ppid = s.pid
            AND CAST(s.since_ns AS HUGEINT) * {_SEQ_SPAN} <= lo.fork_key
           ASOF JOIN own_fork_order hi ON hi.recording_id = s.recording_id AND hi.ppid = s.pid
@@ -153,7 +155,9 @@ own_descendants AS (  -- and theirs, a few generations (a shell pipeline)
 own_opener_forked AS (  -- the sockets whose opener forked while they were open, by the moment
     -- (an opener that is no seed only matters where a snapshot showed another holder)
     SELECT b.origin_pos, b.origin_ord
-    FROM own_base b ASOF JOIN own_fork_order f ON f.recording_id = b.recording_id
+    FROM (SELECT * FROM own_base b SEMI JOIN own_fork_order f
+          ON f.recording_id = b.recording_id AND f.ppid = b.pid) b
+    ASOF JOIN own_fork_order f ON f.recording_id = b.recording_id
      AND f.ppid = b.pid AND CAST(b.opened_ns AS HUGEINT) * {_SEQ_SPAN} <= f.fork_key
     WHERE f.wall_ns < b.until_ns
 ),
