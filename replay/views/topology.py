@@ -64,7 +64,7 @@ class Options:
     show_self: bool = False  # the recorders' own processes and connections (scene.own)
 
 
-@dataclass
+@dataclass(slots=True)  # a map of a busy host has thousands
 class Node:
     id: str
     label: str
@@ -77,7 +77,7 @@ class Node:
     parents: list[tuple[str, str, str]] = field(default_factory=list)  # (id, label, topologyId)
 
 
-@dataclass
+@dataclass(slots=True)
 class Edge:
     source: str
     target: str
@@ -263,12 +263,13 @@ class _Builder:
         if pid is None:
             self.topology.unattributed_connections += 1
             return None
-        info = self.scene.processes.get((host, pid))
-        comm = comm or (info.comm if info else None)
         if view == View.processes:
             known = self.topology.nodes.get(f"{host};{pid}")
             if known is not None and known.label != UNNAMED:
                 return known.id  # as add() would: a named node stays (saves making one)
+        info = self.scene.processes.get((host, pid))
+        comm = comm or (info.comm if info else None)
+        if view == View.processes:
             return self.add(process_node(host, pid, comm, info))
         if view == View.processes_by_name:
             return self.add(self.by_name(comm or UNNAMED))
