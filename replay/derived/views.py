@@ -111,8 +111,10 @@ shared AS (  -- address pairs that sockets of more than one host have on one sid
         bool_or(is_server) AND bool_or(NOT is_server) AS ambiguous
     FROM keyed WHERE loop_ns IS NULL
     GROUP BY c_ip, c_port, s_ip, s_port
-    HAVING count(DISTINCT host) FILTER (WHERE is_server) > 1
-        OR count(DISTINCT host) FILTER (WHERE NOT is_server) > 1
+    -- (more than one host: the first and last differ; a count of the distinct hosts cost
+    -- the query of a moment a tenth of its time)
+    HAVING min(host) FILTER (WHERE is_server) <> max(host) FILTER (WHERE is_server)
+        OR min(host) FILTER (WHERE NOT is_server) <> max(host) FILTER (WHERE NOT is_server)
 ),
 homed AS (  -- which host a socket pairs within: its own on loopback and where hosts share
     -- the addresses (no guess between them); else any, so a client recorded on one host
