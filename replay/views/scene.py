@@ -116,9 +116,7 @@ class Processes(Mapping[tuple[str, int], ProcessInfo]):
         container = self._index.resolve(
             host, cgroup or "", CgroupIds(cgroup_id, cgroup_v1_id), netns
         )
-        info = _process_info(
-            (host, pid, comm, ppid, cmdline or "", cgroup or "", netns, container)
-        )
+        info = _process_info((host, pid, comm, ppid, cmdline or "", cgroup or "", netns, container))
         self._made[key] = info
         return info
 
