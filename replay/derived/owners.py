@@ -155,7 +155,7 @@ own_descendants AS (  -- and theirs, a few generations (a shell pipeline)
 own_opener_forked AS (  -- the sockets whose opener forked while they were open, by the moment
     -- (an opener that is no seed only matters where a snapshot showed another holder)
     SELECT b.origin_pos, b.origin_ord
-    FROM (SELECT * FROM own_base b SEMI JOIN own_fork_order f
+    FROM (SELECT * FROM own_base b SEMI JOIN own_fork_order f  -- (as own_children's)
           ON f.recording_id = b.recording_id AND f.ppid = b.pid) b
     ASOF JOIN own_fork_order f ON f.recording_id = b.recording_id
      AND f.ppid = b.pid AND CAST(b.opened_ns AS HUGEINT) * {_SEQ_SPAN} <= f.fork_key

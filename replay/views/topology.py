@@ -263,13 +263,12 @@ class _Builder:
         if pid is None:
             self.topology.unattributed_connections += 1
             return None
+        info = self.scene.processes.get((host, pid))
+        comm = comm or (info.comm if info else None)
         if view == View.processes:
             known = self.topology.nodes.get(f"{host};{pid}")
             if known is not None and known.label != UNNAMED:
                 return known.id  # as add() would: a named node stays (saves making one)
-        info = self.scene.processes.get((host, pid))
-        comm = comm or (info.comm if info else None)
-        if view == View.processes:
             return self.add(process_node(host, pid, comm, info))
         if view == View.processes_by_name:
             return self.add(self.by_name(comm or UNNAMED))
