@@ -94,15 +94,16 @@ own_base AS (  -- until_ns: the forks that may have passed it on are before (by 
           WHERE r.pid IS NOT NULL AND r.opened_ns IS NOT NULL)
 ),
 own_seen AS (  -- the snapshots' holders of the socket during its life, where they changed
-    SELECT b.origin_pos, b.origin_ord, h.position, h.wall_ns, h.pid, h.comm
+    -- (with the socket's moment and opener: what they are compared with)
+    SELECT b.origin_pos, b.origin_ord, h.position, h.wall_ns, h.pid, h.comm, b.e_ns,
+        b.pid AS opener_pid
     FROM own_base b JOIN snap_holders h ON h.recording_id = b.recording_id
      AND h.netns = b.netns AND h.laddr = b.laddr AND h.lport = b.lport AND h.raddr = b.raddr
      AND h.rport = b.rport AND h.wall_ns >= b.opened_ns AND h.wall_ns < b.life_end
 ),
 own_seen_last AS (  -- the latest of them by the moment
     SELECT s.origin_pos, s.origin_ord, max(s.position) AS s_pos, max(s.wall_ns) AS s_ns
-    FROM own_seen s JOIN own_base b ON b.origin_pos = s.origin_pos AND b.origin_ord = s.origin_ord
-    WHERE s.wall_ns <= b.e_ns
+    FROM own_seen s WHERE s.wall_ns <= s.e_ns
     GROUP BY s.origin_pos, s.origin_ord
 ),
 own_seeds AS (  -- whom the holders at the moment descend from: the holders the latest
@@ -133,7 +134,9 @@ own_children AS (  -- the seeds' children: forked while the seed held it, by the
     SELECT s.origin_pos, s.origin_ord, s.recording_id, f.pid, f.comm, f.wall_ns AS since_ns,
         s.until_ns, 1 AS depth
     FROM (SELECT s.*, unnest(range(lo.seq, hi.seq + 1)) AS seq
-          FROM own_seeds s
+          -- (the seeds whose process forked at all: an as-of join sorts its every row)
+          FROM (SELECT * FROM own_seeds s SEMI JOIN own_fork_order f
+                ON f.recording_id = s.recording_id AND f.ppid = s.pid) s
           ASOF JOIN own_fork_order lo ON lo.recording_id = s.recording_id AND lo.ppid = s.pid
            AND CAST(s.since_ns AS HUGEINT) * {_SEQ_SPAN} <= lo.fork_key
           ASOF JOIN own_fork_order hi ON hi.recording_id = s.recording_id AND hi.ppid = s.pid
@@ -153,7 +156,9 @@ own_descendants AS (  -- and theirs, a few generations (a shell pipeline)
 own_opener_forked AS (  -- the sockets whose opener forked while they were open, by the moment
     -- (an opener that is no seed only matters where a snapshot showed another holder)
     SELECT b.origin_pos, b.origin_ord
-    FROM own_base b ASOF JOIN own_fork_order f ON f.recording_id = b.recording_id
+    FROM (SELECT * FROM own_base b SEMI JOIN own_fork_order f  -- (as own_children's)
+          ON f.recording_id = b.recording_id AND f.ppid = b.pid) b
+    ASOF JOIN own_fork_order f ON f.recording_id = b.recording_id
      AND f.ppid = b.pid AND CAST(b.opened_ns AS HUGEINT) * {_SEQ_SPAN} <= f.fork_key
     WHERE f.wall_ns < b.until_ns
 ),
@@ -161,9 +166,7 @@ own_followed AS (  -- the sockets that forks, an OWNER event or a snapshot say m
     SELECT DISTINCT origin_pos, origin_ord FROM own_children
     UNION SELECT origin_pos, origin_ord FROM own_opener_forked
     UNION SELECT origin_pos, origin_ord FROM own_moved
-    UNION SELECT s.origin_pos, s.origin_ord FROM own_seen s
-    JOIN own_base b ON b.origin_pos = s.origin_pos AND b.origin_ord = s.origin_ord
-    WHERE s.pid <> b.pid
+    UNION SELECT s.origin_pos, s.origin_ord FROM own_seen s WHERE s.pid <> s.opener_pid
 ),
 own_holders AS (  -- of the sockets followed: each holder by the moment, when it came and left
     SELECT h.origin_pos, h.origin_ord, h.pid, h.comm, min(h.since_ns) AS since_ns,

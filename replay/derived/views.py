@@ -80,7 +80,8 @@ server_nat_matches AS (  -- a server's connection that DNAT on its own host sent
 ),
 keyed AS (  -- what pairs a socket: its side, times, and key as the server's socket sees it
     -- (as its client dialled it, when DNAT on the server's host rewrote it)
-    SELECT sh.origin_pos, sh.origin_ord, sh.host, sh.is_server, sh.opened_ns, sh.end_ns,
+    -- (the socket whole: the connection's row is made of its two sockets' rows)
+    SELECT sh.*,
         coalesce(m.n_reply_src, v.n_reply_src) AS n_reply_src,
         coalesce(m.n_reply_sport, v.n_reply_sport) AS n_reply_sport,
         coalesce(m.n_reply_dst, v.n_reply_dst) AS n_reply_dst,
@@ -110,8 +111,10 @@ shared AS (  -- address pairs that sockets of more than one host have on one sid
         bool_or(is_server) AND bool_or(NOT is_server) AS ambiguous
     FROM keyed WHERE loop_ns IS NULL
     GROUP BY c_ip, c_port, s_ip, s_port
-    HAVING count(DISTINCT host) FILTER (WHERE is_server) > 1
-        OR count(DISTINCT host) FILTER (WHERE NOT is_server) > 1
+    -- (more than one host: the first and last differ; a count of the distinct hosts cost
+    -- the query of a moment a tenth of its time)
+    HAVING min(host) FILTER (WHERE is_server) <> max(host) FILTER (WHERE is_server)
+        OR min(host) FILTER (WHERE NOT is_server) <> max(host) FILTER (WHERE NOT is_server)
 ),
 homed AS (  -- which host a socket pairs within: its own on loopback and where hosts share
     -- the addresses (no guess between them); else any, so a client recorded on one host
@@ -123,16 +126,21 @@ homed AS (  -- which host a socket pairs within: its own on loopback and where h
      AND g.s_port = k.s_port
 ),
 crowded AS (  -- the groups with more than one socket on a side (few): the rest rank 1;
-    -- each numbered, so that their sockets are ranked by one number's partitions (a
-    -- window partitioned by the seven keys cost a query on a busy moment a third of its time)
-    SELECT *, row_number() OVER () AS group_id FROM (
-        SELECT pair_host, c_ip, c_port, s_ip, s_port, loop_ns, is_server FROM homed
-        GROUP BY ALL HAVING count(*) > 1)
+    -- each numbered, and how many sockets the groups numbered before it have, so that
+    -- their sockets are ranked by one ordering of them all (a window partitioned by the
+    -- seven keys cost a query on a busy moment a third of its time; by the group's number,
+    -- a tenth, in the setting up of its thousand partitions)
+    SELECT *, CAST(sum(members) OVER (ORDER BY group_id ROWS UNBOUNDED PRECEDING) - members
+                   AS BIGINT) AS ranked_before
+    FROM (SELECT *, row_number() OVER () AS group_id FROM (
+        SELECT pair_host, c_ip, c_port, s_ip, s_port, loop_ns, is_server, count(*) AS members
+        FROM homed GROUP BY pair_host, c_ip, c_port, s_ip, s_port, loop_ns, is_server
+        HAVING count(*) > 1))
 ),
 ranks AS (
     SELECT k.origin_pos, k.origin_ord, row_number() OVER (
-        PARTITION BY g.group_id
-        ORDER BY coalesce(k.opened_ns, -1), k.origin_pos, k.origin_ord) AS rk
+        ORDER BY g.group_id, coalesce(k.opened_ns, -1), k.origin_pos, k.origin_ord)
+        - g.ranked_before AS rk
     FROM homed k JOIN crowded g
       ON g.pair_host IS NOT DISTINCT FROM k.pair_host AND g.c_ip = k.c_ip
      AND g.c_port = k.c_port AND g.s_ip = k.s_ip AND g.s_port = k.s_port
@@ -142,7 +150,8 @@ ranked AS (
     SELECT k.*, coalesce(r.rk, 1) AS rk FROM homed k
     LEFT JOIN ranks r ON r.origin_pos = k.origin_pos AND r.origin_ord = k.origin_ord
 ),
-matched AS (  -- which client socket is one connection with which server socket
+matched AS (  -- which client socket is one connection with which server socket, the two
+    -- sockets whole (the endpoints as each side saw them)
     SELECT c.origin_pos AS c_pos, c.origin_ord AS c_ord, s.origin_pos AS s_pos,
         s.origin_ord AS s_ord,
         -- the rewrite by the client's host, else by the server's
@@ -151,31 +160,15 @@ matched AS (  -- which client socket is one connection with which server socket
         coalesce(c.n_reply_sport, s.n_reply_sport) AS n_reply_sport,
         coalesce(c.n_reply_dst, s.n_reply_dst) AS n_reply_dst,
         coalesce(c.n_reply_dport, s.n_reply_dport) AS n_reply_dport,
-        coalesce(c.shared, s.shared) AS shared
-    FROM (SELECT * FROM ranked WHERE NOT is_server) c
-    FULL OUTER JOIN (SELECT * FROM ranked WHERE is_server) s
-      ON c.pair_host IS NOT DISTINCT FROM s.pair_host AND c.c_ip = s.c_ip
-     AND c.c_port = s.c_port AND c.s_ip = s.s_ip AND c.s_port = s.s_port
-     AND c.loop_ns IS NOT DISTINCT FROM s.loop_ns AND c.rk = s.rk
-     -- each side's times are its own host's clock: across hosts, within the skew tolerance
-     AND coalesce(c.opened_ns, -1) <= coalesce(s.end_ns + {_skew("c", "s")}, {_MAX_NS})
-     AND coalesce(s.opened_ns, -1) <= coalesce(c.end_ns + {_skew("c", "s")}, {_MAX_NS})
-),
-paired AS (  -- and the two sockets whole (the endpoints as each side saw them)
-    SELECT m.c_pos, m.c_ord, m.s_pos, m.s_ord, c.host AS c_host, s.host AS s_host,
-        m.c_pos IS NOT NULL AS has_client, m.s_pos IS NOT NULL AS has_server,
+        coalesce(c.shared, s.shared) AS shared,
+        c.host AS c_host, s.host AS s_host,
         c.local_ip AS c_v_c_ip, c.local_port AS c_v_c_port, c.remote_ip AS c_v_s_ip,
         c.remote_port AS c_v_s_port, s.remote_ip AS s_v_c_ip, s.remote_port AS s_v_c_port,
         s.local_ip AS s_v_s_ip, s.local_port AS s_v_s_port,
-        CASE WHEN m.n_status & {IPS_DST_NAT} <> 0 THEN m.n_reply_src END AS real_ip,
-        CASE WHEN m.n_status & {IPS_DST_NAT} <> 0 THEN m.n_reply_sport END AS real_port,
-        CASE WHEN m.n_status & {IPS_SRC_NAT} <> 0 THEN m.n_reply_dst END AS snat_ip,
-        CASE WHEN m.n_status & {IPS_SRC_NAT} <> 0 THEN m.n_reply_dport END AS snat_port,
         c.opened_ns AS c_opened, s.opened_ns AS s_opened, c.end_ns AS c_end, s.end_ns AS s_end,
         c.at_pid AS client_pid, c.at_comm AS client_comm, c.netns AS client_netns,
         s.at_pid AS server_pid, s.at_comm AS server_comm, s.netns AS server_netns,
         c.source AS c_source, s.source AS s_source, c.note AS c_note, s.note AS s_note,
-        m.shared,
         c.unknown AS c_unknown, s.unknown AS s_unknown,
         c.positions AS c_positions, s.positions AS s_positions,
         c.at_sent AS c_sent, c.at_received AS c_received, s.at_sent AS s_sent,
@@ -190,9 +183,22 @@ paired AS (  -- and the two sockets whole (the endpoints as each side saw them)
         s.served_how AS server_served_how, s.served_closed_ns AS server_served_closed_ns,
         s.served_seen_ns AS server_served_seen_ns, s.handed_after_ns AS server_handed_after_ns,
         s.handed_by_ns AS server_handed_by_ns
-    FROM matched m
-    LEFT JOIN {shown} c ON c.origin_pos = m.c_pos AND c.origin_ord = m.c_ord
-    LEFT JOIN {shown} s ON s.origin_pos = m.s_pos AND s.origin_ord = m.s_ord
+    FROM (SELECT * FROM ranked WHERE NOT is_server) c
+    FULL OUTER JOIN (SELECT * FROM ranked WHERE is_server) s
+      ON c.pair_host IS NOT DISTINCT FROM s.pair_host AND c.c_ip = s.c_ip
+     AND c.c_port = s.c_port AND c.s_ip = s.s_ip AND c.s_port = s.s_port
+     AND c.loop_ns IS NOT DISTINCT FROM s.loop_ns AND c.rk = s.rk
+     -- each side's times are its own host's clock: across hosts, within the skew tolerance
+     AND coalesce(c.opened_ns, -1) <= coalesce(s.end_ns + {_skew("c", "s")}, {_MAX_NS})
+     AND coalesce(s.opened_ns, -1) <= coalesce(c.end_ns + {_skew("c", "s")}, {_MAX_NS})
+),
+paired AS (  -- and where NAT sent it, as the row says
+    SELECT *, c_pos IS NOT NULL AS has_client, s_pos IS NOT NULL AS has_server,
+        CASE WHEN n_status & {IPS_DST_NAT} <> 0 THEN n_reply_src END AS real_ip,
+        CASE WHEN n_status & {IPS_DST_NAT} <> 0 THEN n_reply_sport END AS real_port,
+        CASE WHEN n_status & {IPS_SRC_NAT} <> 0 THEN n_reply_dst END AS snat_ip,
+        CASE WHEN n_status & {IPS_SRC_NAT} <> 0 THEN n_reply_dport END AS snat_port
+    FROM matched
 ),
 sided AS (
     SELECT *,
@@ -389,16 +395,19 @@ CREATE OR REPLACE MACRO joined(a, b, separator) AS
 -- The skew tolerance between hosts' clocks when pairing their sockets (SKEW_TOLERANCE_NS).
 CREATE OR REPLACE MACRO skew_ns() AS {SKEW_TOLERANCE_NS};
 CREATE OR REPLACE MACRO rfc3339(ns) AS strftime(make_timestamp_ns(ns), '%Y-%m-%dT%H:%M:%S.%nZ');
--- Recordings that have ended (stopped or crashed), and the next recording of their host.
+-- Recordings that have ended (stopped or crashed), and the next recording of their host: by
+-- a join, not a window (a partitioned window costs milliseconds to set up, on a few rows, in
+-- every query of a moment).
 CREATE OR REPLACE VIEW recording_ends AS
-WITH ordered AS (
-    SELECT id, ended_wall_ns, stop_reason,
-        lead(id) OVER (PARTITION BY host ORDER BY started_wall_ns, id) AS next_id,
-        lead(started_wall_ns) OVER (PARTITION BY host ORDER BY started_wall_ns, id) AS next_ns
-    FROM recordings_raw
-)
-SELECT id AS recording_id, ended_wall_ns AS end_ns, next_id, next_ns
-FROM ordered WHERE stop_reason IS NOT NULL;
+SELECT r.id AS recording_id, r.ended_wall_ns AS end_ns,
+    list(n.id ORDER BY n.started_wall_ns, n.id)[1] AS next_id,
+    min(n.started_wall_ns) AS next_ns
+FROM recordings_raw r LEFT JOIN recordings_raw n
+  ON n.host IS NOT DISTINCT FROM r.host
+ AND (n.started_wall_ns > r.started_wall_ns
+      OR (n.started_wall_ns = r.started_wall_ns AND n.id > r.id))
+WHERE r.stop_reason IS NOT NULL
+GROUP BY r.id, r.ended_wall_ns;
 
 CREATE OR REPLACE VIEW socket_all AS
     SELECT * FROM socket_short UNION ALL SELECT * FROM socket_long

@@ -6,6 +6,7 @@ import ipaddress
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple
 
 import pyarrow as pa
@@ -78,6 +79,8 @@ def containers_at(derived: Derived, at_ns: int) -> ContainerIndex:
     return ContainerIndex([container_record(row) for row in rows], [r for (r,) in roots])
 
 
+# ProcessInfo._make without its length check: the rows have exactly its fields
+_process_info = partial(tuple.__new__, ProcessInfo)
 _ProcessRow = tuple[
     str, int, str, int | None, str | None, str | None, int | None, int | None, int | None
 ]
@@ -94,20 +97,28 @@ class Processes(Mapping[tuple[str, int], ProcessInfo]):
         self._made: dict[tuple[str, int], ProcessInfo] = {}
 
     def __getitem__(self, key: tuple[str, int]) -> ProcessInfo:
-        info = self._made.get(key)
+        info = self.get(key)
         if info is None:
-            host, pid, comm, ppid, cmdline, cgroup, netns, cgroup_id, cgroup_v1_id = self._rows[key]
-            container = self._index.resolve(
-                host, cgroup or "", CgroupIds(cgroup_id, cgroup_v1_id), netns
-            )
-            info = ProcessInfo(host, pid, comm, ppid, cmdline or "", cgroup or "", netns, container)
-            self._made[key] = info
+            raise KeyError(key)
         return info
 
     def get(  # type: ignore[override]  # (a default of another type is not needed)
         self, key: tuple[str, int], default: None = None
     ) -> ProcessInfo | None:
-        return self[key] if key in self._rows else default
+        # (a map asks for thousands: one look-up each, and each made once)
+        info = self._made.get(key)
+        if info is not None:
+            return info
+        row = self._rows.get(key)
+        if row is None:
+            return default
+        host, pid, comm, ppid, cmdline, cgroup, netns, cgroup_id, cgroup_v1_id = row
+        container = self._index.resolve(
+            host, cgroup or "", CgroupIds(cgroup_id, cgroup_v1_id), netns
+        )
+        info = _process_info((host, pid, comm, ppid, cmdline or "", cgroup or "", netns, container))
+        self._made[key] = info
+        return info
 
     def __contains__(self, key: object) -> bool:
         return key in self._rows

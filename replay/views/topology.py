@@ -64,7 +64,7 @@ class Options:
     show_self: bool = False  # the recorders' own processes and connections (scene.own)
 
 
-@dataclass
+@dataclass(slots=True)  # a map of a busy host has thousands
 class Node:
     id: str
     label: str
@@ -77,7 +77,7 @@ class Node:
     parents: list[tuple[str, str, str]] = field(default_factory=list)  # (id, label, topologyId)
 
 
-@dataclass
+@dataclass(slots=True)
 class Edge:
     source: str
     target: str
