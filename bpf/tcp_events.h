@@ -38,8 +38,8 @@ typedef uint64_t u64;
 #define EVF_TRUNCATED 0x4     /* EXEC filename longer than the record holds */
 
 /* Events a CPU stages before it hands them over as one record. The consumer's cost is
- * partly per record (reading, ordering, merging): 240 took 9% less of its CPU per event than
- * 64 did. A stage is one value of a per-CPU array, which the kernel keeps under 32 KiB
+ * partly per record (reading, ordering, merging): 240 took 7-9% less of its CPU per event
+ * than 64 did. A stage is one value of a per-CPU array, which the kernel keeps under 32 KiB
  * (PCPU_MIN_UNIT_SIZE): 16 + 240 * 128 + 8 bytes. */
 #define STAGE_MAX 240
 

@@ -565,8 +565,9 @@ def reclaim_space(store: LogStore) -> None:
     A file that keeps only a few pages in use (a cut that left little of a large log) is
     rewritten whole instead. Incremental vacuum takes each free page at the file's end off
     the free list by searching that list, so its cost grows with the square of the free
-    pages: 37 s for the 294,000 that a compaction of ten million events freed, where
-    rewriting the 400 pages still in use took 11 ms. The rewrite holds the write lock for as
+    pages: 21-37 s for the 294,000 that a compaction of ten million events freed (a step of
+    2,000 took 0.32 s with all of them free, 0.02 s with 24,000), where rewriting the 388
+    pages still in use took 11 ms. The rewrite holds the write lock for as
     long as it copies, which the bound on pages in use keeps short."""
     if store.dialect != "sqlite":
         return

@@ -147,10 +147,11 @@ def span(derived: Derived, location: str, buckets: int) -> str:
     dropped = derived.dropped_wall_ns
     counts: list[int | None] = [0] * buckets
     rows = derived.con.execute(
-        "SELECT least(greatest((min_wall_ns // 2 + max_wall_ns // 2 - ?) // ?, 0), ?) AS slice, "
-        "sum(last_position - first_position + 1) FROM batches "
-        "WHERE min_wall_ns IS NOT NULL AND max_wall_ns IS NOT NULL "
-        "AND min_wall_ns // 2 + max_wall_ns // 2 > ? GROUP BY slice",
+        "SELECT least(greatest((middle - ?) // ?, 0), ?) AS slice, sum(events) "
+        "FROM (SELECT min_wall_ns // 2 + max_wall_ns // 2 AS middle, "
+        "      last_position - first_position + 1 AS events FROM batches "
+        "      WHERE min_wall_ns IS NOT NULL AND max_wall_ns IS NOT NULL) "
+        "WHERE middle > ? GROUP BY slice",
         [extent.start_ns, slice_ns, buckets - 1, -1 if dropped is None else dropped],
     ).fetchall()
     for index, count in rows:
