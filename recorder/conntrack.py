@@ -1,8 +1,8 @@
 """Conntrack (NAT) capture: every network namespace's TCP entries, dumped and followed.
 
 Conntrack tables are per network namespace, so one netfilter netlink socket is opened in each
-namespace the recorder knows of (the root one and those the /proc walks find; pyroute2 opens a
-socket inside a namespace from its /proc/<pid>/ns/net path). Each gets a dump when asked
+namespace the recorder knows of (the root one and those the /proc walks find, each opened by
+its /proc/<pid>/ns/net path; see ``netfilter_socket_in``). Each gets a dump when asked
 (the snapshots) and follows new and destroyed entries. Updates (status and TCP state
 changes, five or so per connection) are not followed: the kernel makes their messages only
 for a listener, which slowed a loopback workload by a tenth, and NAT resolution does not
@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import ctypes
 import ipaddress
+import os
 import socket
 import threading
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,8 @@ IPPROTO_TCP = 6
 NFNLGRP_CONNTRACK_NEW = 1
 NFNLGRP_CONNTRACK_DESTROY = 3
 IPCTNL_MSG_CT_DELETE = 2
+NETLINK_NETFILTER = 12
+CLONE_NEWNET = 0x40000000
 DUMP_TIMEOUT_S = 10.0
 STARTUP_TIMEOUT_S = 15.0
 DISCOVERY_PERIOD_S = 1.0  # how soon a new network namespace is followed
@@ -166,6 +169,61 @@ def _tcp_entry(msg: Any, netns: int) -> ConntrackEntry | None:
     )
 
 
+def netfilter_socket_in(path: str) -> int:
+    """A netfilter netlink socket made in the network namespace at ``path`` (its descriptor).
+
+    A socket stays in the namespace it was made in, and ``setns`` moves only the thread that
+    calls it, so a thread of its own enters the namespace, makes the socket and leaves. No
+    fork: a child of the recorder would hold a copy of every socket the recorder holds (its
+    store's connection, a pre-fork server's under test), and replay would count it among
+    their holders while it lived.
+    """
+    made: list[int] = []
+    failed: list[BaseException] = []
+
+    def make() -> None:
+        try:
+            made.append(_make_in(path))
+        except BaseException as exc:  # raised again in the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=make, name="scope-netns")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return made[0]
+
+
+def _make_in(path: str) -> int:
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _enter(path)
+        try:
+            sock = socket.socket(
+                socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_NETFILTER
+            )
+        finally:
+            _setns(home)  # this thread ends next, but leaves where it came from all the same
+        return sock.detach()
+    finally:
+        os.close(home)
+
+
+def _enter(path: str) -> None:
+    target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(target)
+    finally:
+        os.close(target)
+
+
+def _setns(fd: int) -> None:
+    if LIBC.setns(fd, CLONE_NEWNET) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"setns: {os.strerror(error)}")
+
+
 class ConntrackWatcher:
     """Follows conntrack in a set of namespaces from a thread running an asyncio loop."""
 
@@ -245,10 +303,8 @@ class ConntrackWatcher:
     async def _listen(self, inode: int, path: str) -> None:
         from pyroute2.netlink.nfnetlink.nfctsocket import AsyncNFCTSocket  # noqa: PLC0415
 
-        # libc given: pyroute2's child in the namespace would look it up by name, running
-        # ldconfig (a process of the recorder's own, in the host's map) at every socket.
         sock = AsyncNFCTSocket(
-            nfgen_family=socket.AF_UNSPEC, netns=path, groups=_groups(), libc=LIBC
+            nfgen_family=socket.AF_UNSPEC, fileno=netfilter_socket_in(path), groups=_groups()
         )
         await sock.setup_endpoint()
         keep_translated_only(sock)
@@ -302,7 +358,7 @@ class ConntrackWatcher:
 
         found: dict[int, ConntrackEntry] = {}  # by id: an entry of both kinds is dumped twice
         for family in (socket.AF_INET, socket.AF_INET6):
-            sock = AsyncNFCTSocket(nfgen_family=family, netns=path, libc=LIBC)
+            sock = AsyncNFCTSocket(nfgen_family=family, fileno=netfilter_socket_in(path))
             try:
                 await sock.setup_endpoint()
                 for bit in _TRANSLATIONS:

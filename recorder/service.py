@@ -43,8 +43,8 @@ class ServiceNotifier:
         if self._address is None or self._failed:
             return
         if os.getpid() != self._pid:
-            # A fork of the recorder (pyroute2's, to open a socket in a namespace) inherits
-            # the signal handlers that call this: only the recorder speaks for the service.
+            # A fork of the recorder inherits the signal handlers that call this: only the
+            # recorder speaks for the service.
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:

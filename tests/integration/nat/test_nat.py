@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -156,6 +157,15 @@ def test_only_translated_entries_are_read(location: LogLocation, tmp_path: Path)
     assert all(r["status"] & 0x30 for r in rows), rows
     changes = {r["change"] for r in rows if r["orig_dport"] == 80}
     assert {"new", "destroy", "snapshot"} <= changes, changes
+    # The namespace's sockets (one to follow it, two a dump) were made without a fork: a
+    # child of the recorder would hold the recorder's sockets while it lived. (The recorder
+    # is this process, whose only children are the clients.)
+    forks = {
+        e.pid
+        for e in run.events()
+        if e.kind == Kind.FORK and (e.extra or {}).get("ppid") == os.getpid()
+    }
+    assert forks == {translated.pid, direct.pid}
 
 
 def test_port_forward_on_the_server_side(location: LogLocation, tmp_path: Path) -> None:
