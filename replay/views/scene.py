@@ -5,10 +5,12 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import wait
 from dataclasses import dataclass, field
 from functools import partial
 from typing import NamedTuple
 
+import duckdb
 import pyarrow as pa
 
 from eventlog import addresses
@@ -68,12 +70,16 @@ class Scene:
 
 def containers_at(derived: Derived, at_ns: int) -> ContainerIndex:
     """The containers as of ``at_ns``, as their runtimes' records describe them."""
-    rows = derived.con.execute(
+    return _containers(derived.con, at_ns)
+
+
+def _containers(con: duckdb.DuckDBPyConnection, at_ns: int) -> ContainerIndex:
+    rows = con.execute(
         "SELECT host, id, name, image, image_id, labels, runtime, cgroup_id, cgroup_v1_id, netns "
         "FROM containers_at_ns(?)",
         [at_ns],
     ).fetchall()
-    roots = derived.con.execute(
+    roots = con.execute(
         "SELECT DISTINCT root_netns FROM recordings_raw WHERE root_netns IS NOT NULL"
     ).fetchall()
     return ContainerIndex([container_record(row) for row in rows], [r for (r,) in roots])
@@ -140,7 +146,11 @@ def processes_at(
     """The processes alive at ``at_ns`` by (host, pid), each with its container; where two
     recordings of one host know a pid, the later recording's."""
     index = containers if containers is not None else containers_at(derived, at_ns)
-    rows: list[_ProcessRow] = derived.con.execute(
+    return _processes(derived.con, at_ns, index)
+
+
+def _processes(con: duckdb.DuckDBPyConnection, at_ns: int, index: ContainerIndex) -> Processes:
+    rows: list[_ProcessRow] = con.execute(
         "SELECT host, pid, comm, ppid, cmdline, cgroup, netns, cgroup_id, cgroup_v1_id "
         "FROM processes_at_ns(?)",
         [at_ns],
@@ -160,11 +170,44 @@ MAP_FIELDS = (
 
 def build_scene(derived: Derived, moment: Moment, fields: Sequence[str] = MAP_FIELDS) -> Scene:
     """What the maps of ``moment`` are drawn from; its connections with ``fields`` read (the
-    others at their defaults: ``ConnectionRow._fields`` for a reader of whole rows)."""
-    rows = read_connections(derived, moment.at_ns, moment.window_ns, fields)
-    recordings = derived.con.execute(
-        "SELECT host, options FROM recordings_raw ORDER BY id"
-    ).fetchall()
+    others at their defaults: ``ConnectionRow._fields`` for a reader of whole rows). The rest
+    of the moment is read alongside its connections (Derived.alongside)."""
+    pending = derived.alongside(partial(_surroundings, moment=moment))
+    try:
+        rows = read_connections(derived, moment.at_ns, moment.window_ns, fields)
+    finally:
+        wait([pending])  # (the store stays open until its reader is done)
+    around = pending.result()
+    local_addresses = around.local_addresses
+    for host, address in _local_sides(rows):
+        local_addresses.setdefault(host, set()).add(address)
+    return Scene(
+        moment.at_ns,
+        moment.window_ns,
+        rows,
+        around.processes,
+        around.hosts,
+        local_addresses,
+        around.local_networks,
+        around.own,
+        around.containers,
+    )
+
+
+@dataclass
+class _Surroundings:
+    """What a scene holds besides its connections."""
+
+    hosts: list[str]
+    local_addresses: dict[str, set[str]]  # as the recordings found them
+    local_networks: dict[str, list[Network]]
+    containers: ContainerIndex
+    processes: Processes
+    own: set[tuple[str, int]]
+
+
+def _surroundings(con: duckdb.DuckDBPyConnection, moment: Moment) -> _Surroundings:
+    recordings = con.execute("SELECT host, options FROM recordings_raw ORDER BY id").fetchall()
     local_addresses: dict[str, set[str]] = {}
     local_networks: dict[str, list[Network]] = {}
     for host, options in recordings:
@@ -175,19 +218,14 @@ def build_scene(derived: Derived, moment: Moment, fields: Sequence[str] = MAP_FI
                 local_networks.setdefault(host, []).append(ipaddress.ip_network(text))
             except ValueError:
                 continue
-    for host, address in _local_sides(rows):
-        local_addresses.setdefault(host, set()).add(address)
-    containers = containers_at(derived, moment.at_ns)
-    return Scene(
-        moment.at_ns,
-        moment.window_ns,
-        rows,
-        processes_at(derived, moment.at_ns, containers),
+    containers = _containers(con, moment.at_ns)
+    return _Surroundings(
         sorted({host for host, _ in recordings}),
         local_addresses,
         local_networks,
-        own_processes(derived, moment),
         containers,
+        _processes(con, moment.at_ns, containers),
+        own_processes(con, moment),
     )
 
 
@@ -199,13 +237,13 @@ def _local_sides(rows: pa.Table) -> Iterator[tuple[str, str]]:
         yield from zip(found["host"].to_pylist(), found[f"{side}_ip"].to_pylist(), strict=True)
 
 
-def own_processes(derived: Derived, moment: Moment) -> set[tuple[str, int]]:
+def own_processes(con: duckdb.DuckDBPyConnection, moment: Moment) -> set[tuple[str, int]]:
     """The recorders' own processes then (host, pid): the recorder of each recording under
     way in the window. Its connections are its own (to a central store): the maps leave
     them out unless asked. (What it starts is not counted: a recorder running inside
     another program, as a library, would take that program's children for its own.)"""
     return set(
-        derived.con.execute(
+        con.execute(
             "SELECT host, recorder_pid FROM recordings_raw WHERE recorder_pid IS NOT NULL "
             "AND started_wall_ns <= ? AND (stop_reason IS NULL OR ended_wall_ns >= ?)",
             [moment.at_ns, moment.start_ns],

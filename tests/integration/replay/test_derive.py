@@ -175,6 +175,40 @@ def test_sql_from_a_user_runs_read_only_after_a_sync(
                 con.execute("INSERT INTO meta VALUES ('k', 'v')")
 
 
+@pytest.mark.parametrize("opened", ["built", "synced", "current", "in memory"])
+def test_a_read_alongside_sees_the_store_and_session_as_the_connection_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened: str
+) -> None:
+    """The second connection a map reads through reads the same store, however it was
+    opened (made by the sync; synced and attached; current and read-only; in memory), with
+    the session's settings (the cross-host skew), and goes when the store closes."""
+    with cache(tmp_path, monkeypatch) as directory, built_log(tmp_path / "a.db") as (_, b):
+        b.connect(0.1, 1, 100, "curl", "127.0.0.1:40001", "127.0.0.1:80")
+        b.flush()
+        if opened in ("synced", "current"):
+            _sync_stats(tmp_path / "a.db")
+        if opened == "synced":
+            b.accept(0.2, 2, 200, "srv", "127.0.0.1:80", "127.0.0.1:40001")
+            b.flush()
+        if opened == "in memory":
+            (tmp_path / "blocked").write_text("a file where the cache directory should be")
+            monkeypatch.setenv("SCOPE_CACHE_DIR", str(tmp_path / "blocked" / "cache"))
+        with open_log(resolve(str(tmp_path / "a.db")), Purpose.READ) as log:
+            with open_derived(log) as derived:
+                assert derived.writable == (opened in ("built", "synced"))
+                assert (derived.path is None) == (opened == "in memory")
+                assert derived.path is None or derived.path.parent == directory
+                derived.pair_across_hosts_within(123)
+                question = "SELECT skew_ns(), (SELECT count(*) FROM ev)"
+                here = derived.con.execute(question).fetchall()
+                there = derived.alongside(lambda con: con.execute(question).fetchall()).result()
+                assert there == here == [(123, 2 if opened == "synced" else 1)]
+                side = derived._side
+                assert side is not None
+    with pytest.raises(duckdb.Error, match="closed"):
+        side.execute("SELECT 1")
+
+
 def test_answers_repeat_byte_for_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "r.db"
     SCENARIOS["nat-2"](db)
