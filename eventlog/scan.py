@@ -127,13 +127,21 @@ def scan_sqlite_native(
 
 def _array(kind: str, rows: int, column: tuple[Any, ...]) -> pa.Array:
     nulls, validity = column[0], column[1]
-    bitmap = pa.py_buffer(validity) if nulls else None
+    bitmap = _buffer(validity) if nulls else None
     if kind == INT:
-        return pa.Array.from_buffers(pa.int64(), rows, [bitmap, pa.py_buffer(column[2])], nulls)
+        return pa.Array.from_buffers(pa.int64(), rows, [bitmap, _buffer(column[2])], nulls)
     offsets, data = column[2], column[3]
     return pa.Array.from_buffers(
-        pa.binary(), rows, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)], nulls
+        pa.binary(), rows, [bitmap, _buffer(offsets), _buffer(data)], nulls
     )
+
+
+def _buffer(handed: tuple[int, int, Any]) -> pa.Buffer:
+    """The memory _scan read into, as an Arrow buffer that keeps it (its owner) alive."""
+    address, size, owner = handed
+    if owner is None:
+        return pa.py_buffer(b"")
+    return pa.foreign_buffer(address, size, base=owner)
 
 
 def scan_sqlite_python(path: str, select: Select, ranges: Sequence[tuple[int, int]]) -> pa.Table:
