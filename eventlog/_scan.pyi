@@ -5,7 +5,6 @@ from typing import Any
 
 # Per column: (nulls, validity, int64 values) for 'i'; (nulls, validity, offsets, bytes) for 'b'.
 # Each buffer is (address, size, owner): the memory lives as long as ``owner`` (None if empty).
-Buffer = tuple[int, int, Any]
 Column = tuple[Any, ...]
 
 sqlite_version: str

@@ -265,18 +265,15 @@ class Archive:
         _remove_tree(staging)
         staging.mkdir(mode=0o700)
         try:
-            # The events' file on one thread, the others on a second: a cut reads the next
-            # segment meanwhile, and once that is read this write alone would leave a core
-            # idle (it is most of a cut's time).
-            files = [*tables.items(), ("batches", batches)]
-            with ThreadPoolExecutor(2, thread_name_prefix="scope-archive-write") as writers:
-                written = [
-                    writers.submit(_write_table, staging, "events", tables["events"]),
-                    writers.submit(_write_tables, staging,
-                                   [(t, rows) for t, rows in files if t != "events"]),
-                ]  # fmt: skip
-                for done in written:
-                    done.result()
+            # The events' file on a thread of its own, the others here meanwhile: a cut reads
+            # the next segment while this one is written, and once that read ended this write
+            # alone left a core idle (it is most of a cut's time).
+            with ThreadPoolExecutor(1, thread_name_prefix="scope-archive-write") as writer:
+                events = writer.submit(_write_table, staging, "events", tables["events"])
+                for table, rows in [*tables.items(), ("batches", batches)]:
+                    if table != "events":
+                        _write_table(staging, table, rows)
+                events.result()
             _fsync_directory(staging)
             _remove_tree(target)  # one an interrupted cut left
             staging.rename(target)
@@ -305,11 +302,6 @@ class Archive:
             os.fsync(out.fileno())
         partial.replace(self.directory / MANIFEST)
         _fsync_directory(self.directory)
-
-
-def _write_tables(directory: Path, tables: Sequence[tuple[str, pa.Table]]) -> None:
-    for table, rows in tables:
-        _write_table(directory, table, rows)
 
 
 def _write_table(directory: Path, table: str, rows: pa.Table) -> None:

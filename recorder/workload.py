@@ -113,10 +113,10 @@ class PacedLoad:
 
     def _made_from(self, port: int) -> list[int]:
         """The times of the connections made from ``port``, in order."""
-        made = list(self.made)
-        for made_port, at in made[self._indexed :]:
+        added = self.made[self._indexed :]  # (only what was made since the last call)
+        for made_port, at in added:
             bisect.insort(self._by_port.setdefault(made_port, []), at)
-        self._indexed = len(made)
+        self._indexed += len(added)
         return self._by_port.get(port, [])
 
     def __enter__(self) -> PacedLoad:
