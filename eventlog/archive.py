@@ -199,7 +199,7 @@ class Archive:
         except (OSError, pa.ArrowException) as exc:
             raise LogOpenError(f"cannot read the archive file {path}: {exc}") from exc
         if order:
-            rows = rows.sort_by([(c, "ascending") for c in order]).select(columns)
+            rows = rows.take(stable_order(rows, order)).select(columns)
         return rows.cast(select.schema())
 
     def _read_events(self, path: Path, select: Select, after: int, upto: int) -> pa.Table:
@@ -307,10 +307,24 @@ class Archive:
 def _write_table(directory: Path, table: str, rows: pa.Table) -> None:
     """``rows`` of ``table`` as its Parquet file in ``directory``, encoded for the archive."""
     order = STORED_ORDER.get(table, ())
-    ordered = rows.sort_by([(c, "ascending") for c in order]) if order else rows
+    ordered = rows.take(stable_order(rows, order)) if order else rows
     if table == "events":
         ordered = store_inherited(ordered)
     _write_parquet(ordered, directory / f"{table}.parquet", _DELTA_COLUMNS[table])
+
+
+def stable_order(rows: pa.Table, keys: Sequence[str]) -> Any:
+    """The indices that sort ``rows`` by ``keys`` (ascending), rows alike in all of them in
+    the order they are in. numpy's lexsort when no key has a null (the snapshot tables'
+    keys never do): about three times as fast as Arrow's sort of a table by several keys."""
+    import numpy as np  # noqa: PLC0415 - see _PARQUET (numpy with it)
+    import pyarrow.compute as pc  # noqa: PLC0415 - see _PARQUET
+
+    columns = [rows.column(key) for key in keys]
+    if any(column.null_count for column in columns):
+        return pc.sort_indices(rows, [(key, "ascending") for key in keys])
+    # lexsort sorts by its last key first
+    return np.lexsort([column.to_numpy() for column in reversed(columns)])
 
 
 def _outermost(segments: list[Segment]) -> list[Segment]:
@@ -358,23 +372,54 @@ def store_inherited(events: pa.Table) -> pa.Table:
     """``events`` (position order) with INHERITED values equal to their socket's event
     before's stored as nulls, and the INHERITED_FLAGS column saying which."""
     import numpy as np  # noqa: PLC0415 - see _PARQUET
-    import pyarrow.compute as pc  # noqa: PLC0415 - see _PARQUET
 
     order, follows = _by_socket(events.column("sock_id"))
     rows = order[follows]  # each has an event of its socket before it: that one
     before = order[np.flatnonzero(follows) - 1]
     flags = np.zeros(events.num_rows, dtype=np.int32)
     for bit, name in enumerate(INHERITED):
-        column = events.column(name)
-        equal = pc.equal(column.take(rows), column.take(before)).fill_null(False)
+        column = events.column(name).combine_chunks()
+        valid = _validity(column)
         same = np.zeros(events.num_rows, dtype=bool)
-        same[rows] = equal.to_numpy(zero_copy_only=False)
+        same[rows] = _equal(column, rows, before) & valid[rows] & valid[before]
         flags |= same.astype(np.int32) << bit
-        events = events.set_column(
-            events.schema.get_field_index(name), name,
-            pc.if_else(pa.array(same), pa.nulls(events.num_rows, column.type), column),
-        )  # fmt: skip
+        index = events.schema.get_field_index(name)
+        events = events.set_column(index, name, _with_validity(column, valid & ~same))
     return events.append_column(INHERITED_FLAGS, pa.array(flags))
+
+
+def _validity(column: pa.Array) -> Any:
+    """Whether each value of ``column`` is set, as a numpy array of bools."""
+    import numpy as np  # noqa: PLC0415 - see _PARQUET
+
+    if column.null_count == 0:
+        return np.ones(len(column), dtype=bool)
+    return column.is_valid().to_numpy(zero_copy_only=False)
+
+
+def _equal(column: pa.Array, rows: Any, before: Any) -> Any:
+    """Whether the value of each of ``rows`` equals that of the row of ``before`` beside it
+    (whatever either holds where it is null). Integers compared in numpy, in place."""
+    import numpy as np  # noqa: PLC0415 - see _PARQUET
+    import pyarrow.compute as pc  # noqa: PLC0415 - see _PARQUET
+
+    if pa.types.is_int64(column.type):
+        values = np.frombuffer(column.buffers()[1], dtype=np.int64)
+        values = values[column.offset : column.offset + len(column)]
+        return values[rows] == values[before]
+    equal = pc.equal(column.take(rows), column.take(before))
+    return equal.fill_null(False).to_numpy(zero_copy_only=False)
+
+
+def _with_validity(column: pa.Array, valid: Any) -> pa.Array:
+    """``column`` (not a slice: its buffers start at its first value, as combine_chunks
+    makes them) with the values where ``valid`` is false made nulls: its value buffers as
+    they are (a null's bytes are never read), a new validity bitmap."""
+    import numpy as np  # noqa: PLC0415 - see _PARQUET
+
+    assert column.offset == 0, "a slice: its buffers do not start at its first value"
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(column.type, len(column), [bitmap, *column.buffers()[1:]])
 
 
 def restore_inherited(events: pa.Table) -> pa.Table:

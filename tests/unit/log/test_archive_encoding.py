@@ -53,6 +53,21 @@ def test_inherited_values_come_back(events: pa.Table) -> None:
     assert restore_inherited(stored).equals(events)
 
 
+@settings(max_examples=50, deadline=None)
+@given(event_rows(), st.integers(min_value=1, max_value=5))
+def test_columns_in_chunks_or_slices_store_as_whole_ones(events: pa.Table, lead: int) -> None:
+    """As a scan gives them (a chunk per range) or sliced out of a larger table (an offset
+    into their buffers): the same values stored, the same flags."""
+    whole = store_inherited(events)
+    padding = events.slice(0, lead)
+    sliced = pa.concat_tables([padding, events]).combine_chunks().slice(padding.num_rows)
+    chunked = pa.concat_tables([events.slice(0, lead), events.slice(lead)])
+    for given_as in (sliced, chunked):
+        assert given_as.equals(events)
+        assert store_inherited(given_as).equals(whole)
+        assert restore_inherited(store_inherited(given_as)).equals(events)
+
+
 def test_a_close_stores_only_what_differs_from_its_connect() -> None:
     rows = {name: [] for name, _ in TABLES["events"].columns}  # type: ignore[var-annotated]
     for position, pid in ((1, 10), (2, 11), (3, 10)):  # connect, another socket's, close
