@@ -199,7 +199,7 @@ class Archive:
         except (OSError, pa.ArrowException) as exc:
             raise LogOpenError(f"cannot read the archive file {path}: {exc}") from exc
         if order:
-            rows = rows.take(stable_order(rows, order)).select(columns)
+            rows = rows.take(_stable_order(rows, order)).select(columns)
         return rows.cast(select.schema())
 
     def _read_events(self, path: Path, select: Select, after: int, upto: int) -> pa.Table:
@@ -307,13 +307,13 @@ class Archive:
 def _write_table(directory: Path, table: str, rows: pa.Table) -> None:
     """``rows`` of ``table`` as its Parquet file in ``directory``, encoded for the archive."""
     order = STORED_ORDER.get(table, ())
-    ordered = rows.take(stable_order(rows, order)) if order else rows
+    ordered = rows.take(_stable_order(rows, order)) if order else rows
     if table == "events":
         ordered = store_inherited(ordered)
     _write_parquet(ordered, directory / f"{table}.parquet", _DELTA_COLUMNS[table])
 
 
-def stable_order(rows: pa.Table, keys: Sequence[str]) -> Any:
+def _stable_order(rows: pa.Table, keys: Sequence[str]) -> Any:
     """The indices that sort ``rows`` by ``keys`` (ascending), rows alike in all of them in
     the order they are in. numpy's lexsort when no key has a null (the snapshot tables'
     keys never do): about three times as fast as Arrow's sort of a table by several keys."""
