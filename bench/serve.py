@@ -14,6 +14,11 @@ random moments (seeded, a 15 s window):
 - loading the page in Debian's headless Chromium until the first map is drawn, median of 5
   loads at random moments (``page_load_s``: the page's own clock, from navigation to the map).
 
+Then, once the server has stopped (one process at a time opens a store's file), where a map's
+time goes, through the library in this process at the same moments (medians, printed, not in
+the RESULT): the connection query alone, the scene (that query and what is read alongside
+it), the map built from the scene, and the map stacked and written as JSON.
+
 Last line:
 RESULT topology_p50_s=<n> topology_p95_s=<n> connections_p50_s=<n> span_s=<n> page_load_s=<n>
 """
@@ -117,6 +122,50 @@ def page_loads(url: str, moments: list[int]) -> list[float]:
     return loads
 
 
+def breakdown(db: Path, moments: list[int]) -> str:
+    """Where the time of ``GET /api/topology`` goes at ``moments``, as replay.serve.documents
+    spends it, over the store the server kept (see the module doc)."""
+    from eventlog.batch import gc_paused
+    from eventlog.location import resolve
+    from eventlog.store import Purpose, open_log
+    from replay.derived.store import open_derived
+    from replay.moment import resolve_moment
+    from replay.serve.documents import compact_json, stacked_document
+    from replay.table import read_connections
+    from replay.views.scene import MAP_FIELDS, build_scene
+    from replay.views.topology import Options, View, build_topology
+
+    os.environ["SCOPE_CACHE_DIR"] = str(cache_dir() / "serve-store")
+    phases: dict[str, list[float]] = {"query": [], "scene": [], "map": [], "stacked JSON": []}
+
+    def timed_phase(name: str, started: float) -> float:
+        now = time.perf_counter()
+        phases[name].append(now - started)
+        return now
+
+    with open_log(resolve(str(db)), Purpose.READ) as log:
+        derived = open_derived(log)
+        try:
+            for at_ns in moments:
+                moment = resolve_moment(derived, str(at_ns), WINDOW)
+                with gc_paused():  # as documents.topology runs them
+                    started = time.perf_counter()
+                    read_connections(derived, moment.at_ns, moment.window_ns, MAP_FIELDS)
+                    started = timed_phase("query", started)
+                    scene = build_scene(derived, moment)
+                    started = timed_phase("scene", started)
+                    found = build_topology(scene, View(VIEW), Options())
+                    started = timed_phase("map", started)
+                    compact_json(stacked_document(found))
+                    timed_phase("stacked JSON", started)
+                    del scene, found
+        finally:
+            derived.close()
+    return "in-process medians: " + ", ".join(
+        f"{name} {statistics.median(values):.3f} s" for name, values in phases.items()
+    )
+
+
 def measure(events: int, count: int, loads: int) -> str:
     db = ensure_log(events)
     with server(db) as url, httpx.Client(base_url=url, timeout=120) as client:
@@ -142,6 +191,7 @@ def measure(events: int, count: int, loads: int) -> str:
                 flush=True,
             )
         page = page_loads(url, [rng.randrange(low, high) for _ in range(loads)])
+    print(breakdown(db, moments), flush=True)
     return (
         f"RESULT topology_p50_s={statistics.median(topology):.3f} "
         f"topology_p95_s={p95(topology):.3f} "
