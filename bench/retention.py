@@ -53,14 +53,17 @@ BIN = Path(sys.executable).parent
 WINDOW = "15s"
 
 
-def compact_whole(db: Path) -> tuple[retention.CutResult, int]:
+def compact_whole(db: Path) -> tuple[retention.CutResult, float]:
+    """The whole log compacted; and the processor time it took (this process's threads,
+    the native scan's included): with ``result.seconds``, how many cores it kept busy."""
     with open_log(resolve(str(db)), Purpose.ADMIN) as store:
         span = retention.wall_span(store)
         assert span is not None
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = retention.compact_before(store, span[1] + 1, None)
         result.seconds = time.perf_counter() - started
-    return result, span[1]
+        cpu_s = time.process_time() - cpu_started
+    return result, cpu_s
 
 
 def replays_in_archive(db: Path, seeks: int) -> list[float]:
@@ -175,12 +178,13 @@ def main() -> None:
         db = workdir / "log.db"
         shutil.copy(source, db)
         os.sync()  # the copy's writeback is the copy's, not the compaction's first fsync's
-        result, _ = compact_whole(db)
+        result, cpu_s = compact_whole(db)
         per_event = result.archive_bytes / result.events
         rate = result.events / result.seconds
         print(
             f"compacted {result.events:,} events in {result.seconds:.1f} s "
-            f"({result.segments} segments, {result.archive_bytes:,} bytes)",
+            f"({result.segments} segments, {result.archive_bytes:,} bytes); processor time "
+            f"{cpu_s:.1f} s, {cpu_s / result.seconds:.2f} of the {os.cpu_count()} cores busy",
             flush=True,
         )
         seeks = replays_in_archive(db, args.seeks)
