@@ -53,11 +53,16 @@ def free_port() -> int:
         return port
 
 
+def store_directory() -> Path:
+    """Where the server keeps the benchmark log's derived store, run after run."""
+    return cache_dir() / "serve-store"
+
+
 @contextmanager
 def server(db: Path) -> Iterator[str]:
     """`scope-replay serve` over ``db``, until the block ends; its base URL."""
     port = free_port()
-    environment = {**os.environ, "SCOPE_CACHE_DIR": str(cache_dir() / "serve-store")}
+    environment = {**os.environ, "SCOPE_CACHE_DIR": str(store_directory())}
     command = [sys.executable, "-c", "from replay.cli import main; main()", "serve",
                "--db", str(db), "--bind", f"127.0.0.1:{port}"]  # fmt: skip
     started = time.perf_counter()
@@ -135,7 +140,7 @@ def breakdown(db: Path, moments: list[int]) -> str:
     from replay.views.scene import MAP_FIELDS, build_scene
     from replay.views.topology import Options, View, build_topology
 
-    os.environ["SCOPE_CACHE_DIR"] = str(cache_dir() / "serve-store")
+    os.environ["SCOPE_CACHE_DIR"] = str(store_directory())
     phases: dict[str, list[float]] = {"query": [], "scene": [], "map": [], "stacked JSON": []}
 
     def timed_phase(name: str, started: float) -> float:
@@ -143,24 +148,20 @@ def breakdown(db: Path, moments: list[int]) -> str:
         phases[name].append(now - started)
         return now
 
-    with open_log(resolve(str(db)), Purpose.READ) as log:
-        derived = open_derived(log)
-        try:
-            for at_ns in moments:
-                moment = resolve_moment(derived, str(at_ns), WINDOW)
-                with gc_paused():  # as documents.topology runs them
-                    started = time.perf_counter()
-                    read_connections(derived, moment.at_ns, moment.window_ns, MAP_FIELDS)
-                    started = timed_phase("query", started)
-                    scene = build_scene(derived, moment)
-                    started = timed_phase("scene", started)
-                    found = build_topology(scene, View(VIEW), Options())
-                    started = timed_phase("map", started)
-                    compact_json(stacked_document(found))
-                    timed_phase("stacked JSON", started)
-                    del scene, found
-        finally:
-            derived.close()
+    with open_log(resolve(str(db)), Purpose.READ) as log, open_derived(log) as derived:
+        for at_ns in moments:
+            moment = resolve_moment(derived, str(at_ns), WINDOW)
+            with gc_paused():  # as documents.topology runs them
+                started = time.perf_counter()
+                read_connections(derived, moment.at_ns, moment.window_ns, MAP_FIELDS)
+                started = timed_phase("query", started)
+                scene = build_scene(derived, moment)
+                started = timed_phase("scene", started)
+                found = build_topology(scene, View(VIEW), Options())
+                started = timed_phase("map", started)
+                compact_json(stacked_document(found))
+                timed_phase("stacked JSON", started)
+                del scene, found
     return "in-process medians: " + ", ".join(
         f"{name} {statistics.median(values):.3f} s" for name, values in phases.items()
     )
