@@ -36,7 +36,7 @@ from eventlog.recordings import (
 from eventlog.store import Purpose, open_log
 from eventlog.writer import LogWriter
 
-VERSION = 3  # bump when the generated content changes
+VERSION = 4  # bump when the generated content changes
 ROOT_NETNS = 4026531833
 UPTIME_NS = 10 * 86_400 * 10**9
 WALL_START_NS = 1_795_600_000 * 10**9  # 2026-11-25T09:46:40Z

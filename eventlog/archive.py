@@ -2,7 +2,7 @@
 
 Retention (eventlog.retention) moves the oldest positions of the live log here, a segment at
 a time. A segment holds a range of positions ``(after, upto]``: one Parquet file per table of
-the log that is keyed by position (events, the three snapshot tables, batches), compressed
+the log that is keyed by position (events, the snapshot tables, batches), compressed
 with zstd, holding the columns and values the live log had (so that what is read back from
 an archive is what was read from the log: integers as int64, blobs and text as bytes, as
 eventlog.scan gives them). Two encodings make them smaller and are undone on reading: an
@@ -39,7 +39,7 @@ from eventlog.seed import DROPPED, SEED, Seed
 from eventlog.store import LogStore
 
 MANIFEST = "manifest.json"
-ARCHIVE_FORMAT = 2  # 2: events' INHERITED values (format 1 is read too)
+ARCHIVE_FORMAT = 3  # 3: snapshots stored as changes; 2: events' INHERITED values (all read)
 ZSTD_LEVEL = 3  # higher levels: 4% smaller at 9, at half the speed
 ROW_GROUP_ROWS = 1_000_000
 # _PARQUET: pyarrow.parquet is imported where it is used. Every reader of the log imports
@@ -57,19 +57,23 @@ TABLES: dict[str, Select] = {
     "snapshot_connections": Select(
         "snapshot_connections",
         (("position", INT), ("netns", INT), ("laddr", BLOB), ("lport", INT), ("raddr", BLOB),
-         ("rport", INT), ("state", INT), ("inode", INT), ("uid", INT), ("pid", INT)),
+         ("rport", INT), ("state", INT), ("inode", INT), ("uid", INT), ("pid", INT),
+         ("gone", INT)),
     ),
     "snapshot_processes": Select(
         "snapshot_processes",
         (("position", INT), ("pid", INT), ("ppid", INT), ("comm", TEXT), ("cmdline", TEXT),
-         ("cgroup", TEXT), ("netns", INT), ("start_mono_ns", INT)),
+         ("cgroup", TEXT), ("netns", INT), ("start_mono_ns", INT), ("gone", INT)),
     ),
     "snapshot_conntrack": Select(
         "snapshot_conntrack",
         (("position", INT), ("netns", INT), ("orig_src", BLOB), ("orig_dst", BLOB),
          ("orig_sport", INT), ("orig_dport", INT), ("reply_src", BLOB), ("reply_dst", BLOB),
          ("reply_sport", INT), ("reply_dport", INT), ("status", INT), ("tcp_state", INT),
-         ("ct_id", INT), ("zone", INT), ("mark", INT)),
+         ("ct_id", INT), ("zone", INT), ("mark", INT), ("gone", INT)),
+    ),
+    "snapshot_deltas": Select(
+        "snapshot_deltas", (("position", INT), ("base_position", INT))
     ),
 }  # fmt: skip
 BATCH_SCHEMA = pa.schema(
@@ -86,6 +90,7 @@ _DELTA_COLUMNS = {
     "snapshot_connections": (),
     "snapshot_processes": (),
     "snapshot_conntrack": ("position",),
+    "snapshot_deltas": ("position", "base_position"),
     "batches": ("first_position", "last_position", "min_mono_ns", "max_mono_ns",
                 "min_wall_ns", "max_wall_ns"),
 }  # fmt: skip
@@ -104,6 +109,11 @@ READ_ORDER = {
 # sockets of the synthetic log, 0.3 -> 0.04 for its processes. Both sorts are stable, so
 # the stable sort by READ_ORDER of what is stored is READ_ORDER's sort of the log's rows.
 STORED_ORDER = {table: (*keys[1:], keys[0]) for table, keys in READ_ORDER.items()}
+
+
+# What a segment of an older format lacks: the table of snapshots stored as changes (a
+# snapshot table's ``gone`` column, which it lacks too, is null in all of its rows).
+_SINCE_FORMAT_3 = ("snapshot_deltas",)
 
 
 # Columns of an event that are most often those of its socket's event before it (a close
@@ -190,12 +200,18 @@ class Archive:
         try:
             if table == "events":
                 rows = self._read_events(path, select, after, upto)
+            elif table in _SINCE_FORMAT_3 and not path.exists():
+                return select.schema().empty_table()  # written before snapshots were changes
             else:
+                wanted = [*columns, *(c for c in order if c not in columns)]
+                lacks_gone = "gone" in wanted and "gone" not in pq.read_schema(path).names
                 rows = pq.read_table(
                     path,
-                    columns=[*columns, *(c for c in order if c not in columns)],
+                    columns=[c for c in wanted if not (lacks_gone and c == "gone")],
                     filters=[(key, ">", after), (key, "<=", upto)],
                 )
+                if lacks_gone:  # an older segment's: null in all of its rows
+                    rows = rows.append_column("gone", pa.nulls(rows.num_rows, pa.int64()))
         except (OSError, pa.ArrowException) as exc:
             raise LogOpenError(f"cannot read the archive file {path}: {exc}") from exc
         if order:

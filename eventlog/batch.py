@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 from eventlog import native
 from eventlog.events import ClockSample, Event, Loss, Snapshot
 from eventlog.kernel_records import decode_one
+from eventlog.snapshots import DELTAS_TABLE, SnapshotEncoder
 
 _MONO = itemgetter(1)
 
@@ -156,14 +157,14 @@ def encode_extra(extra: dict[str, Any] | None) -> str | None:
 
 
 def snapshot_rows(
-    batch: Batch, first_position: int
+    batch: Batch, first_position: int, encoder: SnapshotEncoder
 ) -> Iterator[tuple[str, Iterable[tuple[Any, ...]]]]:
-    """(table, rows) for every snapshot in ``batch``, rows prefixed with their position."""
-    for index, snapshot in sorted(batch.snapshots.items()):
-        position = first_position + index
-        if snapshot.connections:
-            yield "snapshot_connections", [(position, *row) for row in snapshot.connections]
-        if snapshot.processes:
-            yield "snapshot_processes", [(position, *row) for row in snapshot.processes]
-        if snapshot.conntrack:
-            yield "snapshot_conntrack", [(position, *row) for row in snapshot.conntrack]
+    """(table, rows) for every snapshot in ``batch``, whole or as changes as ``encoder``
+    decides (eventlog.snapshots), rows prefixed with their position."""
+    snapshots = ((first_position + i, s) for i, s in sorted(batch.snapshots.items()))
+    for encoded in encoder.encode(snapshots):
+        if encoded.base_position is not None:
+            yield DELTAS_TABLE, [(encoded.position, encoded.base_position)]
+        for table, rows in encoded.tables.items():
+            if rows:
+                yield table, rows

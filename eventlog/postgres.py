@@ -28,6 +28,7 @@ from eventlog.errors import LogError
 from eventlog.events import Event
 from eventlog.kernel_records import expand
 from eventlog.schema import EVENT_COLUMNS, metadata
+from eventlog.snapshots import SnapshotEncoder
 from eventlog.store import LogStore, map_driver_error
 
 APPEND_LOCK_KEY = 0x73636F70  # "scop": one lock for all writers of a store
@@ -75,7 +76,16 @@ class PostgresAppender:
         self._proxy = None
         self._conn = None
 
-    def append(self, recording_id: int, batch: Batch, clock: ClockModel) -> AppendResult:
+    def append(
+        self,
+        recording_id: int,
+        batch: Batch,
+        clock: ClockModel,
+        snapshots: SnapshotEncoder | None = None,
+    ) -> AppendResult:
+        """Commit ``batch`` in one transaction; its snapshots stored as ``snapshots`` decides
+        (eventlog.snapshots; None: each whole)."""
+        snapshots = SnapshotEncoder(key_every=1) if snapshots is None else snapshots
         try:
             conn = self._connect()
             with conn.cursor() as cur:
@@ -86,7 +96,7 @@ class PostgresAppender:
                 if result.event_count:
                     self._copy_events(cur, recording_id, expand(batch.events), head)
                     self._write_batch_index(cur, recording_id, batch, clock, result)
-                    for table, rows in snapshot_rows(batch, result.first_position):
+                    for table, rows in snapshot_rows(batch, result.first_position, snapshots):
                         with cur.copy(_copy_sql(table)) as copy:
                             for row in rows:
                                 copy.write_row(row)
@@ -94,10 +104,13 @@ class PostgresAppender:
             conn.commit()
         except psycopg.Error as exc:
             self._rollback()
+            snapshots.abandon()
             raise map_driver_error(exc, self._store.location) from exc
         except BaseException:
             self._rollback()
+            snapshots.abandon()
             raise
+        snapshots.commit()
         self._comms.commit()
         self._netns.commit()
         return result

@@ -15,6 +15,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow.compute as pc
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -22,8 +23,6 @@ from eventlog.archive import TABLES as ARCHIVED_TABLES
 from eventlog.archive import Boundary, boundary
 from eventlog.clock import ClockModel
 from eventlog.events import (
-    OPEN_STATES,
-    TCP_LISTEN,
     ClockSample,
     ConntrackEntry,
     LoggedEvent,
@@ -31,8 +30,9 @@ from eventlog.events import (
     SnapshotConnection,
     SnapshotProcess,
 )
+from eventlog.rebuild import scan_whole
 from eventlog.scan import INT, TEXT, Select
-from eventlog.schema import EVENT_COLUMNS, metadata
+from eventlog.schema import EVENT_COLUMNS
 from eventlog.store import LogStore, map_driver_error
 
 DEFAULT_PAGE_SIZE = 20_000
@@ -452,78 +452,28 @@ class LogReader:
             ),
         )
 
-    def snapshot_socket_keys(
-        self, recording: int, position: int
-    ) -> tuple[list[SocketKey], list[SocketKey]]:
-        """Keys (recording, netns, laddr, lport, raddr, rport) of the sockets a snapshot holds:
-        those in an open state, and the others that are not listening (usually none).
-
-        The rows come back from the driver already shaped as keys (the recording is a literal
-        column), because a snapshot of a busy host is tens of thousands of rows and replay
-        reads one every few seconds of log time.
-        """
-        columns = f"{int(recording)}, netns, laddr, lport, raddr, rport"
-        open_states = ", ".join(map(str, sorted(OPEN_STATES)))
-        opened = self._fetch(
-            f"SELECT {columns} FROM snapshot_connections "
-            f"WHERE position = ? AND state IN ({open_states})",
-            (position,),
-        )
-        closing = self._fetch(
-            f"SELECT {columns} FROM snapshot_connections "
-            f"WHERE position = ? AND state NOT IN ({open_states}, {TCP_LISTEN})",
-            (position,),
-        )
-        return opened, closing
-
-    def snapshot_conntrack_keys(self, position: int) -> list[tuple[int, int]]:
-        """(netns, conntrack id) of every entry a snapshot's conntrack dump holds."""
-        rows = self._fetch(
-            "SELECT netns, ct_id FROM snapshot_conntrack WHERE position = ?", (position,)
-        )
-        return [(int(netns), int(ct_id)) for netns, ct_id in rows]
-
-    def snapshot_process_keys(self, recording: int, position: int) -> set[tuple[int, int]]:
-        """(recording, pid) of every process a snapshot holds."""
-        rows = self._fetch(
-            f"SELECT {int(recording)}, pid FROM snapshot_processes WHERE position = ?",
-            (position,),
-        )
-        return set(rows)
-
     def _snapshot_rows(self, table: str, position: int, order: str) -> list[Any]:
-        columns = [c.name for c in metadata.tables[table].columns if c.name != "position"]
-        edge = self.boundary()
-        if position <= edge.archived_upto:
-            return _archived_rows(edge, table, position, order)
-        return self._fetch(
-            f"SELECT {', '.join(columns)} FROM {table} WHERE position = ? ORDER BY {order}",
-            (position,),
-        )
+        """The rows of a snapshot table at ``position``, whole (eventlog.rebuild), wherever
+        they are, ordered by ``order`` (ties in the order they were written)."""
+        select = ARCHIVED_TABLES[table]
+        rows = scan_whole(self.store, select, position - 1, position, threads=1)
+        keys = [(column, "ascending") for column in order.split(", ")]
+        rows = rows.take(pc.sort_indices(rows, keys)) if rows.num_rows else rows
+        texts = {name for name, kind in select.columns if kind == TEXT}
+        return [
+            tuple(
+                value.decode() if name in texts and value is not None else value
+                for name, value in row.items()
+                if name not in ("position", "gone")
+            )
+            for row in rows.to_pylist()
+        ]
 
 
 _IDENTITY = Select(
     "events",
     (("position", INT), ("recording_id", INT), ("kind", INT), ("mono_ns", INT), ("sock_id", INT)),
 )
-
-
-def _archived_rows(edge: Boundary, table: str, position: int, order: str) -> list[Any]:
-    """The rows of a snapshot table at ``position``, from the archive, as the live log's
-    query gives them (text as str, ordered by ``order``; ties in the order they were
-    written, as SQLite's scan by rowid gives them)."""
-    select = ARCHIVED_TABLES[table]
-    rows = edge.require().read(select, position - 1, position, edge.archived_upto)
-    rows = rows.sort_by([(column, "ascending") for column in order.split(", ")])
-    texts = {name for name, kind in select.columns if kind == TEXT}
-    return [
-        tuple(
-            value.decode() if name in texts and value is not None else value
-            for name, value in row.items()
-            if name != "position"
-        )
-        for row in rows.to_pylist()
-    ]
 
 
 def _bytes(value: Any) -> bytes | None:

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from eventlog import migrate, schema
 from eventlog.batch import Batch
 from eventlog.clock import ClockModel
@@ -58,6 +60,7 @@ from eventlog.location import LogLocation
 from eventlog.reader import decode_extra
 from eventlog.recordings import STOP_CRASHED
 from eventlog.salvage import DamagedLog, Row, Unreadable
+from eventlog.snapshots import DELTAS_TABLE, GONE, SNAPSHOT_TABLES, SnapshotEncoder, apply
 from eventlog.sqlite import insert_sql
 from eventlog.store import LOG_FORMAT, SQLITE_MAGIC, LogStore, Purpose, open_log
 from eventlog.writer import DEFAULT_MAX_BATCH_EVENTS, Appender, make_appender
@@ -72,9 +75,9 @@ TABLES = (
     "snapshot_connections",
     "snapshot_processes",
     "snapshot_conntrack",
+    "snapshot_deltas",
     "losses",
 )
-SNAPSHOT_TABLES = ("snapshot_connections", "snapshot_processes", "snapshot_conntrack")
 RUN_EVENTS = DEFAULT_MAX_BATCH_EVENTS  # events appended in one transaction, at most
 FROM_DAMAGED = "unreadable in the damaged log this one was recovered from"
 _KINDS = frozenset(int(kind) for kind in Kind)
@@ -273,6 +276,13 @@ class _Copy:
         self.events: list[Event] = []  # the run of one recording's events not appended yet
         self.run_recording = 0
         self.run_snapshots: dict[int, Snapshot] = {}
+        # Snapshots stored as changes: position -> base, and the positions whose way of
+        # being stored could not be read; each recording's last snapshot copied, whole
+        # (what the next one's changes apply to), and how the new log stores them.
+        self.deltas: dict[int, int] = {}
+        self.deltas_unread: list[Unreadable] = []
+        self.last_whole: dict[int, tuple[int, dict[str, list[Row]]]] = {}
+        self.encoders: dict[int, SnapshotEncoder] = {}
         self.spans: dict[int, tuple[int, int]] = {}  # recording -> first, last mono_ns copied
         self.previous: tuple[int, int] | None = None  # (recording, mono_ns) of the last event
         self.gap: _Gap | None = None
@@ -390,13 +400,14 @@ class _Copy:
         head = self.head if self.head is not None else self.damaged.rowid_limit
         self.snapshots = {
             table: _SnapshotRows(
-                self.damaged.read(schema.metadata.tables[table])
+                self.damaged.read(self._shape(table))
                 if table in self.tables
                 else iter([Unreadable(1, None)]),
                 head,
             )
             for table in SNAPSHOT_TABLES
         }
+        self._read_deltas()
         if "events" in self.tables:
             self._append_events()
         else:
@@ -461,7 +472,7 @@ class _Copy:
             return
         snapshot = None
         if kind == Kind.SNAPSHOT:
-            snapshot = self._snapshot(position)
+            snapshot = self._snapshot(position, recording_id)
             if snapshot is None:
                 self._leave_out_snapshot(position, recording_id, mono_ns)
                 return
@@ -494,7 +505,10 @@ class _Copy:
             return
         assert self.appender is not None
         batch = Batch(events=list(self.events), snapshots=self.run_snapshots)
-        result = self.appender.append(self.run_recording, batch, self.clocks[self.run_recording])
+        encoder = self.encoders.setdefault(self.run_recording, SnapshotEncoder())
+        result = self.appender.append(
+            self.run_recording, batch, self.clocks[self.run_recording], encoder
+        )
         if result.last_position != self.kept:  # only a bug can make them differ
             raise RuntimeError(
                 f"the new log's positions went astray: {result.last_position}, not {self.kept}"
@@ -504,23 +518,86 @@ class _Copy:
         self.spans[self.run_recording] = (min(first, *monos), max(last, *monos))
         self.events, self.run_snapshots = [], {}
 
-    def _snapshot(self, position: int) -> Snapshot | None:
-        """The snapshot at ``position`` if all of its rows could be read."""
+    def _snapshot(self, position: int, recording_id: int) -> Snapshot | None:
+        """The snapshot at ``position`` if all of its rows could be read, and, if it is
+        stored as changes, the snapshot they apply to was copied."""
         parts = {table: rows.take(position) for table, rows in self.snapshots.items()}
-        whole = all(part_whole for _, part_whole in parts.values())
+        read = all(part_whole for _, part_whole in parts.values())
+        tables = self._rebuilt(position, recording_id, {t: rows for t, (rows, _) in parts.items()})
         for table, (part, _) in parts.items():
-            if whole:
+            if read and tables is not None:
                 self.counts[table].copied += len(part)
             else:
                 self.counts[table].lost += len(part)  # left out with the rest of the snapshot
-        if not whole:
+        if not read or tables is None:
+            self.last_whole.pop(recording_id, None)  # the next one's changes cannot apply
             return None
-        connections, processes, conntrack = (parts[table][0] for table in SNAPSHOT_TABLES)
+        self.last_whole[recording_id] = (position, tables)
         return Snapshot(
-            connections=tuple(SnapshotConnection(*row[2:]) for row in connections),
-            processes=tuple(SnapshotProcess(*row[2:]) for row in processes),
-            conntrack=tuple(ConntrackEntry(*row[2:]) for row in conntrack),
+            connections=tuple(SnapshotConnection(*row) for row in tables["snapshot_connections"]),
+            processes=tuple(SnapshotProcess(*row) for row in tables["snapshot_processes"]),
+            conntrack=tuple(ConntrackEntry(*row) for row in tables["snapshot_conntrack"]),
         )
+
+    def _rebuilt(
+        self, position: int, recording_id: int, parts: dict[str, list[Row]]
+    ) -> dict[str, list[Row]] | None:
+        """The snapshot's rows whole (without rowid, position and ``gone``); None if it is
+        stored as changes that apply to a snapshot not copied, or whether it is cannot be
+        read."""
+        if any(u.first <= position and (u.last is None or position <= u.last)
+               for u in self.deltas_unread):  # fmt: skip
+            return None
+        base = self.deltas.get(position)
+        split = {table: [_values(table, row) for row in rows] for table, rows in parts.items()}
+        if base is None:
+            if any(gone == GONE for rows in split.values() for _, gone in rows):
+                return None  # stored whole, yet taking rows out: not what was written
+            return {table: [row for row, _ in rows] for table, rows in split.items()}
+        last = self.last_whole.get(recording_id)
+        if last is None or last[0] != base:
+            return None
+        try:
+            return {
+                table: apply(
+                    last[1][table],
+                    [row for row, gone in rows if gone == GONE],
+                    [row for row, gone in rows if gone != GONE],
+                )
+                for table, rows in split.items()
+            }
+        except ValueError:  # changes that do not fit the snapshot they name
+            return None
+
+    def _shape(self, table: str) -> Any:
+        """``table`` as the damaged log has it: a snapshot table of a log written before
+        snapshots could be stored as changes has no ``gone`` column (its rows read as if
+        it were null)."""
+        shape = schema.metadata.tables[table]
+        if "gone" in self.damaged.columns(table):
+            return shape
+        return sa.Table(
+            table,
+            sa.MetaData(),
+            *(sa.Column(c.name, c.type, nullable=c.nullable) for c in shape.columns
+              if c.name != "gone"),
+        )  # fmt: skip
+
+    def _read_deltas(self) -> None:
+        """Which snapshots are stored as changes. A log written before they could be has
+        no such table; a log whose table is lost cannot say of any snapshot."""
+        if DELTAS_TABLE not in self.tables:
+            if any("gone" in self.damaged.columns(t) for t in SNAPSHOT_TABLES if t in self.tables):
+                self._lost_table(DELTAS_TABLE)
+                self.deltas_unread.append(Unreadable(1, None))
+            return
+        for item in self.damaged.read(schema.metadata.tables[DELTAS_TABLE], gapless=False):
+            if isinstance(item, Unreadable):
+                self._lost_rows(DELTAS_TABLE, item)
+                self.deltas_unread.append(item)
+            else:
+                self.deltas[item[1]] = item[2]
+                self.counts[DELTAS_TABLE].copied += 1
 
     def _leave_out_snapshot(self, position: int, recording_id: int, mono_ns: int) -> None:
         self.counts["events"].lost += 1
@@ -693,6 +770,14 @@ class _Copy:
                 f"events: {self.unplaced} are copied without their network namespace, "
                 "which could not be read"
             )
+
+
+def _values(table: str, row: Row) -> tuple[Row, int | None]:
+    """A snapshot row as read (rowid, position, its values, and ``gone`` if the damaged log
+    has the column): its values, and ``gone``."""
+    width = len(schema.metadata.tables[table].columns) - 2  # less the position and gone
+    values = tuple(row[2 : 2 + width])
+    return values, row[2 + width] if len(row) > 2 + width else None
 
 
 class _SnapshotRows:

@@ -68,6 +68,15 @@ class DamagedLog:
         rows = self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         return {bytes(name).decode(errors="replace") for (name,) in rows}
 
+    def columns(self, table: str) -> set[str]:
+        """The names of ``table``'s columns as its schema gives them (none if it cannot)."""
+        try:
+            rows = self.conn.execute(f"PRAGMA table_info({table})").fetchall()
+        except sqlite3.DatabaseError:
+            return set()
+        return {bytes(row[1]).decode(errors="replace") if isinstance(row[1], bytes) else str(row[1])
+                for row in rows}  # fmt: skip
+
     def last_rowid(self, table: str) -> int | None:
         """The table's largest rowid (0 if it is empty), None if that cannot be read or
         cannot be real."""

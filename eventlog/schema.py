@@ -135,6 +135,7 @@ snapshot_connections = Table(
     Column("inode", BigInteger, nullable=False),
     Column("uid", Integer, nullable=False),
     Column("pid", Integer),
+    Column("gone", SmallInteger),  # 1: a row of a snapshot stored as changes that went
     Index("ix_snapshot_connections_position", "position"),
 )
 
@@ -149,6 +150,7 @@ snapshot_processes = Table(
     Column("cgroup", Text, nullable=False),
     Column("netns", BigInteger),
     Column("start_mono_ns", BigInteger, nullable=False),
+    Column("gone", SmallInteger),  # 1: a row of a snapshot stored as changes that went
     Index("ix_snapshot_processes_position", "position"),
 )
 
@@ -170,7 +172,18 @@ snapshot_conntrack = Table(
     Column("ct_id", BigInteger, nullable=False),
     Column("zone", Integer, nullable=False),
     Column("mark", BigInteger, nullable=False),
+    Column("gone", SmallInteger),  # 1: a row of a snapshot stored as changes that went
     Index("ix_snapshot_conntrack_position", "position"),
+)
+
+# A snapshot stored as its changes from its recording's snapshot at ``base_position``: that
+# one's rows, less those of its rows marked ``gone``, with its other rows added. A snapshot
+# with no row here is whole (eventlog.snapshots).
+snapshot_deltas = Table(
+    "snapshot_deltas",
+    metadata,
+    Column("position", Position, primary_key=True, autoincrement=False),
+    Column("base_position", BigInteger, nullable=False),
 )
 
 losses = Table(

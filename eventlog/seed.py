@@ -58,10 +58,15 @@ class Seed:
         """The kept rows of ``select`` for positions in ``(after, upto]``, in the order the
         log gave them (as Archive.read does for all of them)."""
         del archived  # a seed is of one boundary
-        rows = self.tables[select.table]
+        rows = self.tables.get(select.table)
+        if rows is None:  # a table that a seed of an older version had not (snapshot_deltas)
+            return select.schema().empty_table()
+        wanted = [name for name, _ in select.columns]
+        if "gone" in wanted and "gone" not in rows.column_names:  # nor this: null in all rows
+            rows = rows.append_column("gone", pa.nulls(rows.num_rows, pa.int64()))
         position = rows.column("position")
         keep = pc.and_(pc.greater(position, after), pc.less_equal(position, upto))
-        return rows.filter(keep).select([name for name, _ in select.columns]).cast(select.schema())
+        return rows.filter(keep).select(wanted).cast(select.schema())
 
     def batches(self, after: int, upto: int, archived: int) -> list[tuple[int, ...]]:
         """The kept batches whose last position is in ``(after, upto]``."""

@@ -30,6 +30,7 @@ from eventlog.errors import LogError
 from eventlog.events import Event
 from eventlog.kernel_records import decode_one, expand
 from eventlog.schema import EVENT_COLUMNS, metadata
+from eventlog.snapshots import SnapshotEncoder
 from eventlog.store import LogStore, map_driver_error
 
 _ROW_COLUMNS = EVENT_COLUMNS[2:]  # what event_rows() gives: no position, no recording id
@@ -146,7 +147,16 @@ class SqliteAppender:
     def close(self) -> None:
         self._conn.close()
 
-    def append(self, recording_id: int, batch: Batch, clock: ClockModel) -> AppendResult:
+    def append(
+        self,
+        recording_id: int,
+        batch: Batch,
+        clock: ClockModel,
+        snapshots: SnapshotEncoder | None = None,
+    ) -> AppendResult:
+        """Commit ``batch`` in one transaction; its snapshots stored as ``snapshots`` decides
+        (eventlog.snapshots; None: each whole)."""
+        snapshots = SnapshotEncoder(key_every=1) if snapshots is None else snapshots
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -166,16 +176,19 @@ class SqliteAppender:
                     decode_one,
                 )
                 self._write_batch_index(recording_id, summary, clock, result)
-                for table, table_rows in snapshot_rows(batch, result.first_position):
+                for table, table_rows in snapshot_rows(batch, result.first_position, snapshots):
                     conn.executemany(insert_sql(table), table_rows)
             self._write_clock_and_losses(recording_id, batch, clock, head)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
+            snapshots.abandon()
             raise map_driver_error(exc, self._store.location) from exc
         except BaseException:
             self._rollback()
+            snapshots.abandon()
             raise
+        snapshots.commit()
         self._comms.commit()
         self._netns.commit()
         return result

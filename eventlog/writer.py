@@ -15,6 +15,7 @@ from eventlog import native
 from eventlog.batch import AppendResult, Batch
 from eventlog.clock import ClockModel, monotonic_ns
 from eventlog.events import ClockSample, Event, Loss, Snapshot
+from eventlog.snapshots import KEY_EVERY, SnapshotEncoder
 from eventlog.sqlite import SqliteAppender
 from eventlog.store import LogStore
 
@@ -25,7 +26,13 @@ DEFAULT_MAX_AGE_NS = 200_000_000
 class Appender(Protocol):
     """A backend's way of committing one batch in one transaction."""
 
-    def append(self, recording_id: int, batch: Batch, clock: ClockModel) -> AppendResult: ...
+    def append(
+        self,
+        recording_id: int,
+        batch: Batch,
+        clock: ClockModel,
+        snapshots: SnapshotEncoder | None = None,
+    ) -> AppendResult: ...
 
     def close(self) -> None: ...
 
@@ -50,6 +57,7 @@ class LogWriter:
         *,
         max_events: int = DEFAULT_MAX_BATCH_EVENTS,
         max_age_ns: int = DEFAULT_MAX_AGE_NS,
+        snapshot_key_every: int = KEY_EVERY,
     ) -> None:
         self.recording_id = recording_id
         self.clock = clock
@@ -59,6 +67,7 @@ class LogWriter:
         self.committed_batches = 0
         self.last_position = 0
         self._appender = make_appender(store)
+        self._snapshots = SnapshotEncoder(snapshot_key_every)
         self._pending = Batch()
         self._pending_count = 0  # positions the pending batch takes
         self._pending_since: int | None = None
@@ -124,7 +133,9 @@ class LogWriter:
         if not self._pending:
             self._pending_since = None
             return None
-        result = self._appender.append(self.recording_id, self._pending, self.clock)
+        result = self._appender.append(
+            self.recording_id, self._pending, self.clock, self._snapshots
+        )
         self._pending = Batch()
         self._pending_count = 0
         self._pending_since = None
@@ -139,7 +150,7 @@ class LogWriter:
         self.flush()
         for sample in batch.clock_samples:
             self.clock.add(sample)
-        result = self._appender.append(self.recording_id, batch, self.clock)
+        result = self._appender.append(self.recording_id, batch, self.clock, self._snapshots)
         self.committed_events += result.event_count
         self.committed_batches += 1
         if result.event_count:

@@ -29,6 +29,7 @@ from eventlog.clock import ClockModel
 from eventlog.errors import LogOpenError
 from eventlog.events import OPEN_STATES, TCP_LISTEN, Kind
 from eventlog.reader import LogReader
+from eventlog.rebuild import scan_whole
 from eventlog.scan import BLOB, INT, TEXT, THREADS, Select
 from eventlog.store import LogStore
 from replay.views.containers import container_of
@@ -184,7 +185,8 @@ class Scanned:
 def scan_range(
     store: LogStore, clocks: Clocks, after: int, upto: int, threads: int = THREADS
 ) -> Scanned:
-    """Read the events (with their wall times) and snapshot rows of ``(after, upto]``.
+    """Read the events (with their wall times) and snapshot rows (each snapshot whole) of
+    ``(after, upto]``.
 
     Only the log and numpy are touched here (no DuckDB), so a range can be read on another
     thread while the one before is copied and folded."""
@@ -192,9 +194,9 @@ def scan_range(
         after,
         upto,
         with_wall_time(scan(store, EVENTS, after, upto, threads), clocks),
-        scan(store, SNAPSHOT_CONNECTIONS, after, upto, threads),
-        scan(store, SNAPSHOT_PROCESSES, after, upto, threads),
-        scan(store, SNAPSHOT_CONNTRACK, after, upto, threads),
+        scan_whole(store, SNAPSHOT_CONNECTIONS, after, upto, threads),
+        scan_whole(store, SNAPSHOT_PROCESSES, after, upto, threads),
+        scan_whole(store, SNAPSHOT_CONNTRACK, after, upto, threads),
     )
 
 

@@ -17,8 +17,10 @@ moment after the cut reads, of the history before it:
   their exits, and the OWNER events naming it;
 - the container records (a container is named by its records by then, or its first).
 
-A snapshot is kept whole (its event and all its rows): a socket only /proc knew is read back
-with the ordinal and the server side its snapshot gave it.
+A snapshot is kept whole (its event and all its rows, as it reads whole, even if the log
+stored it as changes): a socket only /proc knew is read back with the ordinal and the server
+side its snapshot gave it, and a snapshot after the cut stored as changes from a recording's
+last snapshot by the cut is built on it.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ from sqlalchemy import text
 
 from eventlog.archive import BATCH_SCHEMA, TABLES, boundary, scan
 from eventlog.events import Kind
+from eventlog.rebuild import scan_whole
 from eventlog.scan import Select
 from eventlog.seed import Seed
+from eventlog.snapshots import DELTAS_TABLE, SNAPSHOT_TABLES
 from eventlog.store import LogStore
 from replay.derived.copy import CHUNK_POSITIONS
 from replay.derived.derive import exported_state
@@ -119,7 +123,10 @@ def make_seed(
             name: _kept_rows(log, select, upto, positions if name == "events" else snapshots,
                              stopping)
             for name, select in TABLES.items()
+            if name != DELTAS_TABLE
         }  # fmt: skip
+        # Each snapshot kept whole: what it was built from is not kept (eventlog.snapshots).
+        tables[DELTAS_TABLE] = TABLES[DELTAS_TABLE].schema().empty_table()
     except SyncStoppedError:
         return None
     tables["batches"] = _kept_batches(log, upto, positions)
@@ -140,7 +147,9 @@ def _kept_rows(
     for after in range(0, upto, CHUNK_POSITIONS):
         if stopping():
             raise SyncStoppedError
-        rows = scan(log, select, after, min(upto, after + CHUNK_POSITIONS))
+        end = min(upto, after + CHUNK_POSITIONS)
+        whole = select.table in SNAPSHOT_TABLES
+        rows = scan_whole(log, select, after, end) if whole else scan(log, select, after, end)
         parts.append(rows.filter(pc.is_in(rows.column("position"), positions)))
     return pa.concat_tables(parts) if parts else select.schema().empty_table()
 

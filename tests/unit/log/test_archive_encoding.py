@@ -135,6 +135,6 @@ def _socket_value(name: str, row: tuple[int, int, int, int], index: int) -> obje
     values: dict[str, object] = {
         "position": position, "netns": netns, "laddr": b"\x7f\x00\x00\x01", "lport": lport,
         "raddr": b"\n\x00\x00\x02", "rport": 443, "state": index % 3, "inode": index % 2,
-        "uid": 0, "pid": pid,
+        "uid": 0, "pid": pid, "gone": None,
     }  # fmt: skip
     return values[name]
