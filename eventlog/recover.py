@@ -472,10 +472,11 @@ class _Copy:
             return
         snapshot = None
         if kind == Kind.SNAPSHOT:
-            snapshot = self._snapshot(position, recording_id)
-            if snapshot is None:
-                self._leave_out_snapshot(position, recording_id, mono_ns)
+            found = self._snapshot(position, recording_id)
+            if isinstance(found, _LeftOut):
+                self._leave_out_snapshot(position, recording_id, mono_ns, found)
                 return
+            snapshot = found
         if recording_id != self.run_recording or len(self.events) >= RUN_EVENTS:
             self._flush()
             self.run_recording = recording_id
@@ -518,20 +519,24 @@ class _Copy:
         self.spans[self.run_recording] = (min(first, *monos), max(last, *monos))
         self.events, self.run_snapshots = [], {}
 
-    def _snapshot(self, position: int, recording_id: int) -> Snapshot | None:
-        """The snapshot at ``position`` if all of its rows could be read, and, if it is
-        stored as changes, the snapshot they apply to was copied."""
+    def _snapshot(self, position: int, recording_id: int) -> Snapshot | _LeftOut:
+        """The snapshot at ``position`` whole, or why it is left out: not all of its rows
+        could be read, or it is stored as changes to a snapshot that is left out."""
         parts = {table: rows.take(position) for table, rows in self.snapshots.items()}
         read = all(part_whole for _, part_whole in parts.values())
-        tables = self._rebuilt(position, recording_id, {t: rows for t, (rows, _) in parts.items()})
+        tables = (
+            self._rebuilt(position, recording_id, {t: rows for t, (rows, _) in parts.items()})
+            if read
+            else UNREAD
+        )
         for table, (part, _) in parts.items():
-            if read and tables is not None:
-                self.counts[table].copied += len(part)
-            else:
+            if isinstance(tables, _LeftOut):
                 self.counts[table].lost += len(part)  # left out with the rest of the snapshot
-        if not read or tables is None:
+            else:
+                self.counts[table].copied += len(part)
+        if isinstance(tables, _LeftOut):
             self.last_whole.pop(recording_id, None)  # the next one's changes cannot apply
-            return None
+            return tables
         self.last_whole[recording_id] = (position, tables)
         return Snapshot(
             connections=tuple(SnapshotConnection(*row) for row in tables["snapshot_connections"]),
@@ -541,22 +546,21 @@ class _Copy:
 
     def _rebuilt(
         self, position: int, recording_id: int, parts: dict[str, list[Row]]
-    ) -> dict[str, list[Row]] | None:
-        """The snapshot's rows whole (without rowid, position and ``gone``); None if it is
-        stored as changes that apply to a snapshot not copied, or whether it is cannot be
-        read."""
+    ) -> dict[str, list[Row]] | _LeftOut:
+        """The snapshot's rows whole (without rowid, position and ``gone``), from the rows
+        read of it and, if it is stored as changes, the snapshot they change."""
         if any(u.first <= position and (u.last is None or position <= u.last)
                for u in self.deltas_unread):  # fmt: skip
-            return None
+            return UNKNOWN_STORAGE
         base = self.deltas.get(position)
         split = {table: [_values(table, row) for row in rows] for table, rows in parts.items()}
         if base is None:
             if any(gone == GONE for rows in split.values() for _, gone in rows):
-                return None  # stored whole, yet taking rows out: not what was written
+                return MISFIT  # stored whole, yet taking rows out
             return {table: [row for row, _ in rows] for table, rows in split.items()}
         last = self.last_whole.get(recording_id)
         if last is None or last[0] != base:
-            return None
+            return BASE_LEFT_OUT
         try:
             return {
                 table: apply(
@@ -567,7 +571,7 @@ class _Copy:
                 for table, rows in split.items()
             }
         except ValueError:  # changes that do not fit the snapshot they name
-            return None
+            return MISFIT
 
     def _shape(self, table: str) -> Any:
         """``table`` as the damaged log has it: a snapshot table of a log written before
@@ -599,16 +603,17 @@ class _Copy:
                 self.deltas[item[1]] = item[2]
                 self.counts[DELTAS_TABLE].copied += 1
 
-    def _leave_out_snapshot(self, position: int, recording_id: int, mono_ns: int) -> None:
+    def _leave_out_snapshot(
+        self, position: int, recording_id: int, mono_ns: int, why: _LeftOut
+    ) -> None:
         self.counts["events"].lost += 1
         self.losses.append(
             _NewLoss(recording_id, 1, mono_ns, mono_ns, self.kept,
-                     f"a snapshot some of whose rows were {FROM_DAMAGED} (its position "
-                     f"{position} there)")
+                     f"a snapshot {why.loss} (its position {position} there)")
         )  # fmt: skip
         self.recovery.notes.append(
             f"events: the snapshot at position {position} (recording {recording_id}) is left "
-            "out: some of its rows could not be read; the new log holds it as a loss"
+            f"out: {why.note}; the new log holds it as a loss"
         )
 
     # -- what could not be read ------------------------------------------------------------
@@ -770,6 +775,29 @@ class _Copy:
                 f"events: {self.unplaced} are copied without their network namespace, "
                 "which could not be read"
             )
+
+
+@dataclass(frozen=True)
+class _LeftOut:
+    """Why a snapshot is left out: as a report's note says it, and its loss record."""
+
+    note: str
+    loss: str
+
+
+UNREAD = _LeftOut("some of its rows could not be read", f"some of whose rows were {FROM_DAMAGED}")
+BASE_LEFT_OUT = _LeftOut(
+    "it is stored as changes to a snapshot that is left out",
+    f"stored as changes to one whose rows were {FROM_DAMAGED}",
+)
+UNKNOWN_STORAGE = _LeftOut(
+    "whether it is stored whole or as changes could not be read",
+    f"whose way of being stored was {FROM_DAMAGED}",
+)
+MISFIT = _LeftOut(
+    "its rows do not fit the snapshot they change",
+    "whose rows, as read from the damaged log, do not fit the snapshot they change",
+)
 
 
 def _values(table: str, row: Row) -> tuple[Row, int | None]:

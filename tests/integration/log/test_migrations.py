@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
@@ -104,3 +105,16 @@ def test_the_listed_revisions_are_the_migration_scripts() -> None:
     listed = [rev.revision for rev in scripts.walk_revisions()][::-1]
     assert tuple(listed) == migrate.REVISIONS
     assert scripts.get_current_head() == migrate.head_revision()
+
+
+def test_a_log_with_snapshots_stored_as_changes_is_not_downgraded(
+    log_location: LogLocation,
+) -> None:
+    """An older version would read such a snapshot as only its changes."""
+    with open_log(log_location, Purpose.RECORD) as store, store.connect() as conn:
+        conn.execute(text("INSERT INTO snapshot_deltas VALUES (2, 1)"))
+        conn.commit()
+        with pytest.raises(RuntimeError, match="stored as changes"):
+            migrate.downgrade(conn, "0004")
+        conn.rollback()
+        assert migrate.current_revision(conn) == migrate.head_revision()

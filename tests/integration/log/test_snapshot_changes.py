@@ -1,10 +1,13 @@
 """Snapshots stored as their changes (eventlog.snapshots), on real SQLite and PostgreSQL logs:
 a log whose writer stores most snapshots as changes reads, snapshot by snapshot and answer by
 answer, as the same recording stored whole; and so it does after cuts that move the
-snapshots a later one is built from into the archive, or drop them (``--archive none``)."""
+snapshots a later one is built from into the archive, or drop them (``--archive none``), and
+after `db recover`."""
 
 from __future__ import annotations
 
+import re
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from eventlog.location import LogLocation, resolve
 from eventlog.reader import LogReader
 from eventlog.store import Purpose, open_log
 from tests.factories import recording_writer
+from tests.integration.log.test_db_recover import _damaged_copy, _recover
 from tests.integration.log.test_drop_history import WINDOW, after
 from tests.integration.log.test_retention import (
     BATCH_EVENTS,
@@ -132,3 +136,32 @@ def test_cuts_through_chains_of_changes_change_no_answer(
     assert answers(str(dropped.path), tmp_path / "seeded", later, False, WINDOW) == answers(
         db_argument(whole_log), tmp_path / "whole-later", later, False, WINDOW
     )
+
+
+def test_recovery_leaves_out_what_was_built_on_a_damaged_snapshot(
+    sqlite_location: LogLocation, tmp_path: Path
+) -> None:
+    """`db recover` rebuilds each snapshot whole and stores it anew; a snapshot stored as
+    changes to one left out (some of its rows unreadable) is left out too, and no other."""
+    write_log(sqlite_location, KEY_EVERY)
+    assert sqlite_location.path is not None
+    original = snapshots(sqlite_location)
+
+    code, report, err = _recover(sqlite_location.path, tmp_path / "copy.db")
+    assert code == 0 and report["whole"], err
+    assert [s for _, s in snapshots(resolve(str(tmp_path / "copy.db")))] == [s for _, s in original]
+
+    damaged, _ = _damaged_copy(sqlite_location.path, "snapshot_connections")
+    code, report, _ = _recover(damaged, tmp_path / "recovered.db")
+    assert code == 1
+    left_out = {
+        int(found)
+        for note in report["notes"]
+        for found in re.findall(r"the snapshot at position (\d+) ", note)
+    }
+    with sqlite3.connect(sqlite_location.path) as conn:
+        links = dict(conn.execute("SELECT position, base_position FROM snapshot_deltas"))
+    assert left_out and {p for p, base in links.items() if base in left_out} <= left_out
+    assert any("stored as changes to a snapshot that is left out" in n for n in report["notes"])
+    recovered = snapshots(resolve(str(tmp_path / "recovered.db")))
+    assert [s for _, s in recovered] == [s for p, s in original if p not in left_out]
