@@ -11,7 +11,7 @@ event's values that repeat its socket's event before are stored as nulls with a 
 (STORED_ORDER). ``manifest.json`` lists the segments, with their positions, wall times, rows
 and bytes; it is replaced whole (written beside, then renamed), so a reader sees the
 segments before or after a cut, never half of one. A small last segment is merged with the
-next cut's rows into a larger one, which replaces it (see Archive.write_segment).
+next cut's rows into a larger one, which replaces it (see Archive.list_segment).
 
 The live log says how far its archive goes (``log_meta`` keys ``archived_upto`` and
 ``archive_dir``, see eventlog.retention): positions up to ``archived_upto`` are read from the
@@ -263,17 +263,24 @@ class Archive:
         wall: tuple[int, int],
         archived: int | None = None,
     ) -> Segment:
-        """Write the rows of ``(after, upto]`` as a new segment, durably, and list it.
+        """Write the rows of ``(after, upto]`` as a new segment, durably, and list it
+        (``write_files``, then ``list_segment``)."""
+        return self.list_segment(self.write_files(after, upto, tables, batches, wall), archived)
 
-        The files are written in a directory of their own, synced, then listed by replacing
-        the manifest: an error (no space) leaves the archive as it was, and the error is
-        raised as ``OSError``.
+    def write_files(
+        self,
+        after: int,
+        upto: int,
+        tables: dict[str, pa.Table],
+        batches: pa.Table,
+        wall: tuple[int, int],
+    ) -> Segment:
+        """Write the files of a new segment of ``(after, upto]``, durably, in a directory of
+        their own, not listed yet: no reader sees them before ``list_segment``, and segments
+        of different positions may be written at once.
 
-        A new segment may hold the positions of segments already archived (``archived``, the
-        log's boundary, at or beyond their end): merged into a larger one. They stay listed
-        (and are read: the new one is beyond the boundary until the log says otherwise), and
-        leave the manifest and the disk at a later write, when the larger one is within the
-        boundary."""
+        The files are written in a staging directory, synced, then renamed into place: an
+        error (no space) leaves nothing behind, and is raised as ``OSError``."""
         name = f"{after + 1:012d}-{upto:012d}"
         target = self.directory / name
         staging = self.directory / f".{name}.partial"
@@ -281,9 +288,8 @@ class Archive:
         _remove_tree(staging)
         staging.mkdir(mode=0o700)
         try:
-            # The events' file on a thread of its own, the others here meanwhile: a cut reads
-            # the next segment while this one is written, and once that read ended this write
-            # alone left a core idle (it is most of a cut's time).
+            # The events' file on a thread of its own, the others here meanwhile: it is
+            # most of a segment's writing.
             with ThreadPoolExecutor(1, thread_name_prefix="scope-archive-write") as writer:
                 events = writer.submit(_write_table, staging, "events", tables["events"])
                 for table, rows in [*tables.items(), ("batches", batches)]:
@@ -297,14 +303,27 @@ class Archive:
             _remove_tree(staging)
             raise
         size = sum(f.stat().st_size for f in target.iterdir())
-        segment = Segment(name, after, upto, wall[0], wall[1], tables["events"].num_rows, size)
+        return Segment(name, after, upto, wall[0], wall[1], tables["events"].num_rows, size)
+
+    def list_segment(self, segment: Segment, archived: int | None = None) -> Segment:
+        """List a segment ``write_files`` wrote, replacing the manifest.
+
+        A new segment may hold the positions of segments already archived (``archived``, the
+        log's boundary, at or beyond their end): merged into a larger one. They stay listed
+        (and are read: the new one is beyond the boundary until the log says otherwise), and
+        leave the manifest and the disk at a later write, when the larger one is within the
+        boundary."""
         listed = self._listed()
-        kept = [s for s in self.segments(archived) if s.name != name]
-        kept = [s for s in kept if s.upto <= after or s.after >= after]
+        kept = [s for s in self.segments(archived) if s.name != segment.name]
+        kept = [s for s in kept if s.upto <= segment.after or s.after >= segment.after]
         self._write_manifest([*kept, segment])
         for gone in {s.name for s in listed} - {s.name for s in [*kept, segment]}:
             _remove_tree(self.directory / gone)
         return segment
+
+    def discard(self, segment: Segment) -> None:
+        """Remove the files of a segment ``write_files`` wrote and that will not be listed."""
+        _remove_tree(self.directory / segment.name)
 
     def _write_manifest(self, segments: Sequence[Segment]) -> None:
         document: dict[str, Any] = {

@@ -47,6 +47,7 @@ import math
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ from eventlog.seed import DROPPED, SEED, Seed
 from eventlog.store import LogStore, Purpose, open_log
 
 SEGMENT_POSITIONS = 2_000_000  # positions per segment at most (about 300 MB of columns)
+WRITERS = 2  # segments written at once (and one read): up to three segments' columns in memory
 MERGE_BELOW = SEGMENT_POSITIONS // 4  # a last segment of fewer events grows with the next cut
 DELETE_POSITIONS = 20_000  # positions deleted per transaction: a few ms of the write lock
 # A SQLite table is rebuilt rather than deleted from when it keeps at most this share of the
@@ -276,23 +278,36 @@ def cut(
     upto = min(upto, _before_newest_batch(store))
     result = CutResult(archived, archived)
     target = Archive(archive.resolve())
-    # The next segment is read from the log while this one is written to the archive. The
-    # archived rows leave the live log after the last segment: deleted while the log is
-    # read, they slow the reads (every page read is looked up in a growing write-ahead log)
-    # more than the overlap gains, and at the end they may all leave at once.
-    with ThreadPoolExecutor(1, thread_name_prefix="scope-cut-read") as reads:
-        reading = _read_next(reads, store, archived, upto)
-        while reading is not None:
-            rows = reading.result()
-            reading = None if stopping() else _read_next(reads, store, rows.upto, upto)
-            moved = rows.tables["events"].num_rows
-            rows, merged = _merged_with_last(target, rows, result.archived_upto)
-            written = _write_segment(target, rows, result.archived_upto)
-            _set_boundary(store, rows.upto, target.directory)
-            result.archived_upto = rows.upto
-            result.events += moved
-            result.archive_bytes += written.bytes - merged
-            result.segments += 1
+    # The next segment is read from the log while this one is written to the archive, and
+    # WRITERS segments are written at once (a segment's writing is on one core, most of it
+    # on one thread), each listed and then said by the log in position order. The archived
+    # rows leave the live log after the last segment: deleted while the log is read, they
+    # slow the reads (every page read is looked up in a growing write-ahead log) more than
+    # the overlap gains, and at the end they may all leave at once.
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="scope-cut-read") as reads,
+        ThreadPoolExecutor(WRITERS, thread_name_prefix="scope-cut-write") as writes,
+    ):
+        writing: deque[_Writing] = deque()
+        try:
+            reading = _read_next(reads, store, archived, upto)
+            while reading is not None:
+                rows = reading.result()
+                reading = None if stopping() else _read_next(reads, store, rows.upto, upto)
+                if len(writing) == WRITERS:
+                    _list_oldest(store, target, writing, result)
+                # A segment is merged with the archive's last only once every segment
+                # before it is listed: the first of a cut, which nothing is written before.
+                moved = rows.tables["events"].num_rows
+                rows, merged = _merged_with_last(target, rows, result.archived_upto)
+                files = writes.submit(_write_files, target, rows)
+                writing.append(_Writing(rows.after, rows.upto, moved, merged, files))
+                del rows  # the write holds them while it needs them
+            while writing:
+                _list_oldest(store, target, writing, result)
+        except BaseException:
+            _discard_unlisted(target, writing)
+            raise
     if result.segments:
         remove_archived(store, result.archived_upto)
         reclaim_space(store)
@@ -430,18 +445,60 @@ def _merged_with_last(
     return _SegmentRows(last.after, rows.upto, tables, batches), last.bytes
 
 
-def _write_segment(archive: Archive, rows: _SegmentRows, archived: int) -> Segment:
+@dataclass(frozen=True)
+class _Writing:
+    """A segment being written: its positions, the events it moves out of the live log,
+    the bytes of the segment it was merged with (0: none), and its files' write."""
+
+    after: int
+    upto: int
+    moved: int
+    merged: int
+    files: Future[Segment]
+
+
+def _list_oldest(
+    store: LogStore, archive: Archive, writing: deque[_Writing], result: CutResult
+) -> None:
+    """Once its files are written: the oldest segment of ``writing`` listed in the archive,
+    then the log's boundary moved to its end; then it leaves ``writing``."""
+    oldest = writing[0]
+    segment = oldest.files.result()
+    with _archive_errors(archive, oldest.after, oldest.upto):
+        archive.list_segment(segment, result.archived_upto)
+    _set_boundary(store, oldest.upto, archive.directory)
+    writing.popleft()
+    result.archived_upto = oldest.upto
+    result.events += oldest.moved
+    result.archive_bytes += segment.bytes - oldest.merged
+    result.segments += 1
+
+
+def _discard_unlisted(archive: Archive, writing: deque[_Writing]) -> None:
+    """After an error: the files of segments written but not listed leave (a reader would
+    not read them; the next cut would write them again)."""
+    for unlisted in writing:
+        with contextlib.suppress(BaseException):
+            archive.discard(unlisted.files.result())
+
+
+def _write_files(archive: Archive, rows: _SegmentRows) -> Segment:
     walls = (min(rows.batches.column("min_wall_ns").to_pylist()),
              max(rows.batches.column("max_wall_ns").to_pylist()))  # fmt: skip
+    with _archive_errors(archive, rows.after, rows.upto):
+        return archive.write_files(rows.after, rows.upto, rows.tables, rows.batches, walls)
+
+
+@contextlib.contextmanager
+def _archive_errors(archive: Archive, after: int, upto: int) -> Iterator[None]:
+    """An OSError writing the segment of ``(after, upto]`` as one ArchiveError line."""
     try:
-        return archive.write_segment(
-            rows.after, rows.upto, rows.tables, rows.batches, walls, archived
-        )
+        yield
     except OSError as exc:
         reason = "no space left" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         raise ArchiveError(
             f"cannot write the archive {archive.directory}: {reason}; the live log keeps "
-            f"positions {rows.after + 1}..{rows.upto}"
+            f"positions {after + 1}..{upto}"
         ) from exc
 
 

@@ -21,6 +21,7 @@ import pytest
 from bench.synthetic import SNAPSHOT_EVERY_NS, Generator
 from eventlog import retention
 from eventlog.archive import boundary
+from eventlog.errors import ArchiveError
 from eventlog.location import LogLocation
 from eventlog.reader import LogReader
 from eventlog.store import Purpose, open_log
@@ -265,6 +266,32 @@ def test_disk_full_while_archiving_leaves_the_live_log(
         assert boundary(store).archived_upto == 0
     check = run_cli("scope-replay", "db", "check", "--db", db)
     assert check.returncode == 0, check.stdout
+
+
+def test_disk_full_while_segments_are_written_at_once_keeps_those_listed(
+    sqlite_location: LogLocation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Segments are written WRITERS at a time and listed in order: when the disk fills, the
+    segments listed stay (the log's boundary at the last one), those written but not listed
+    leave the disk, and every answer is the uncut log's."""
+    write_log(sqlite_location, 20_000)
+    db = db_argument(sqlite_location)
+    walls = batch_walls(sqlite_location)
+    at = moments(walls, [walls[len(walls) // 4]])
+    uncut = answers(db, tmp_path / "uncut", at)
+    monkeypatch.setattr(retention, "SEGMENT_POSITIONS", 1_500)
+    with tmpfs(tmp_path / "small", "size=160k") as small:
+        archive = small / "archive"
+        with open_log(sqlite_location, Purpose.ADMIN) as store:
+            with pytest.raises(ArchiveError, match="no space left"):
+                retention.compact_before(store, walls[-2], archive)
+            edge = boundary(store)
+        assert edge.archive is not None
+        listed = edge.archive.segments(edge.archived_upto)
+        assert listed and edge.archived_upto == listed[-1].upto
+        assert {p.name for p in archive.iterdir() if p.is_dir()} == {s.name for s in listed}
+        assert live_events(sqlite_location) == 20_000  # rows leave only after a whole cut
+        assert answers(db, tmp_path / "after", at) == uncut
 
 
 def test_an_archive_gone_is_said(sqlite_location: LogLocation, tmp_path: Path) -> None:
