@@ -37,7 +37,7 @@ def scan_whole(
     if not links:
         return scan(store, select, after, upto, threads)
     full = TABLES[select.table]
-    _follow_chains(store, links, after)
+    links = _with_chains(store, links, after)
     behind = {base for base in links.values() if base <= after}
     parts = []
     if behind:
@@ -60,17 +60,24 @@ def deltas(store: LogStore, after: int, upto: int) -> dict[int, int]:
     )
 
 
-def _follow_chains(store: LogStore, links: dict[int, int], after: int) -> None:
-    """Add to ``links`` the bases stored as changes that its snapshots are built from, back
-    to snapshots stored whole (a writer stores one whole every few: a short way back)."""
-    known_from = after  # the links of (known_from, after] are in ``links``
+def _with_chains(store: LogStore, links: dict[int, int], after: int) -> dict[int, int]:
+    """``links`` (the snapshots after ``after`` stored as changes) and the links of the
+    snapshots up to ``after`` they are built from, back to snapshots stored whole (a writer
+    stores one whole every few: a short way back). Only those: the snapshots of another
+    recording in between, and what they are built from, are not read."""
+    needed = dict(links)
+    known: dict[int, int] = {}  # every link of (known_from, after]
+    known_from = after
     frontier = {base for base in links.values() if base <= after}
     while frontier:
         low = min(frontier)
         if low <= known_from:
-            links.update(deltas(store, low - 1, known_from))
+            known.update(deltas(store, low - 1, known_from))
             known_from = low - 1
-        frontier = {links[p] for p in frontier if p in links}
+        stored_as_changes = frontier & known.keys()
+        needed.update((position, known[position]) for position in stored_as_changes)
+        frontier = {known[position] for position in stored_as_changes}
+    return needed
 
 
 def rebuild(rows: pa.Table, links: Mapping[int, int], after: int) -> pa.Table:

@@ -300,8 +300,8 @@ def cut(
                 # before it is listed: the first of a cut, which nothing is written before.
                 moved = rows.tables["events"].num_rows
                 rows, merged = _merged_with_last(target, rows, result.archived_upto)
-                files = writes.submit(_write_files, target, rows)
-                writing.append(_Writing(rows.after, rows.upto, moved, merged, files))
+                writing.append(_Writing(rows.after, rows.upto, moved, merged,
+                                        writes.submit(_write_files, target, rows)))  # fmt: skip
                 del rows  # the write holds them while it needs them
             while writing:
                 _list_oldest(store, target, writing, result)
@@ -461,13 +461,20 @@ def _list_oldest(
     store: LogStore, archive: Archive, writing: deque[_Writing], result: CutResult
 ) -> None:
     """Once its files are written: the oldest segment of ``writing`` listed in the archive,
-    then the log's boundary moved to its end; then it leaves ``writing``."""
-    oldest = writing[0]
+    then the log's boundary moved to its end. Its files leave the disk only if it could not
+    be listed: once listed, the log may say so (the boundary's commit may have succeeded
+    whatever this side heard)."""
+    oldest = writing.popleft()
     segment = oldest.files.result()
-    with _archive_errors(archive, oldest.after, oldest.upto):
-        archive.list_segment(segment, result.archived_upto)
+    try:
+        with _archive_errors(archive, oldest.after, oldest.upto):
+            archive.list_segment(segment, result.archived_upto)
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            if segment.name not in {s.name for s in archive.segments()}:
+                archive.discard(segment)
+        raise
     _set_boundary(store, oldest.upto, archive.directory)
-    writing.popleft()
     result.archived_upto = oldest.upto
     result.events += oldest.moved
     result.archive_bytes += segment.bytes - oldest.merged

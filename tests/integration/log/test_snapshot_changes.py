@@ -18,7 +18,7 @@ from eventlog.events import Kind, Snapshot
 from eventlog.location import LogLocation, resolve
 from eventlog.reader import LogReader
 from eventlog.store import Purpose, open_log
-from tests.factories import recording_writer
+from tests.factories import make_host, recording_writer
 from tests.integration.log.test_db_recover import _damaged_copy, _recover
 from tests.integration.log.test_drop_history import WINDOW, after
 from tests.integration.log.test_retention import (
@@ -52,6 +52,29 @@ def write_log(location: LogLocation, key_every: int) -> None:
             if writer.pending_events >= BATCH_EVENTS:
                 writer.flush()
         writer.flush()
+
+
+def write_two_recordings(location: LogLocation, key_every: int) -> None:
+    """Two hosts recording into one log at once: their batches, and so their snapshots,
+    interleave (each snapshot is built on its own recording's before, not on the other's)."""
+    hosts = [(Generator(seed=21), make_host("host-a")), (Generator(seed=22), make_host("host-b"))]
+    with (
+        recording_writer(location, hosts[0][1], snapshot_key_every=key_every) as (_, first),
+        recording_writer(location, hosts[1][1], snapshot_key_every=key_every) as (_, second),
+    ):
+        for step in range(EVENTS // 2 // SNAPSHOT_EVERY_EVENTS):
+            for index, ((generator, _), writer) in enumerate(
+                zip(hosts, (first, second), strict=True)
+            ):
+                written = 0
+                if step or not index:  # the second's chains begin a snapshot later
+                    writer.add_snapshot(*generator.snapshot())
+                    written = 1
+                while written < SNAPSHOT_EVERY_EVENTS:
+                    batch = generator.step()[: SNAPSHOT_EVERY_EVENTS - written]
+                    writer.add_events(batch)
+                    written += len(batch)
+                writer.flush()
 
 
 def stored_rows(location: LogLocation) -> dict[str, int]:
@@ -165,3 +188,18 @@ def test_recovery_leaves_out_what_was_built_on_a_damaged_snapshot(
     assert any("stored as changes to a snapshot that is left out" in n for n in report["notes"])
     recovered = snapshots(resolve(str(tmp_path / "recovered.db")))
     assert [s for _, s in recovered] == [s for p, s in original if p not in left_out]
+
+
+def test_recordings_whose_snapshots_interleave_read_as_stored_whole(
+    log_location: LogLocation, tmp_path: Path
+) -> None:
+    write_two_recordings(log_location, KEY_EVERY)
+    whole = resolve(str(tmp_path / "whole.db"))
+    write_two_recordings(whole, 1)
+    assert stored_rows(log_location)["snapshot_deltas"] > 0
+    assert snapshots(log_location) == snapshots(whole)
+    walls = batch_walls(log_location)
+    at = moments(walls, [walls[len(walls) // 2]])
+    assert answers(db_argument(log_location), tmp_path / "changed", at) == answers(
+        db_argument(whole), tmp_path / "whole", at
+    )
