@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -39,6 +40,9 @@ from eventlog.seed import DROPPED, SEED, Seed
 from eventlog.store import LogStore
 
 MANIFEST = "manifest.json"
+# What a cut writes besides the manifest: a segment's directory, that directory while it is
+# written, the manifest while it is written.
+_LEFT_BY_A_CUT = re.compile(r"\d{12,}-\d{12,}|\.\d{12,}-\d{12,}\.partial|\.manifest\.json\.partial")
 ARCHIVE_FORMAT = 3  # 3: snapshots stored as changes; 2: events' INHERITED values (all read)
 ZSTD_LEVEL = 3  # higher levels: 4% smaller at 9, at half the speed
 ROW_GROUP_ROWS = 1_000_000
@@ -324,6 +328,24 @@ class Archive:
     def discard(self, segment: Segment) -> None:
         """Remove the files of a segment ``write_files`` wrote and that will not be listed."""
         _remove_tree(self.directory / segment.name)
+
+    def remove_unlisted(self) -> list[str]:
+        """Remove what a cut that was killed left: segments written and not listed, and
+        files half written. Only while no other cut runs (eventlog.cutlock): another's
+        segments are unlisted while it writes them. Nothing else in the directory is
+        touched. The names removed."""
+        if not self.directory.is_dir():
+            return []
+        listed = {s.name for s in self._listed()}
+        removed = []
+        for entry in sorted(self.directory.iterdir()):
+            if entry.name not in listed and _LEFT_BY_A_CUT.fullmatch(entry.name):
+                if entry.is_dir():
+                    _remove_tree(entry)
+                else:
+                    entry.unlink()
+                removed.append(entry.name)
+        return removed
 
     def _write_manifest(self, segments: Sequence[Segment]) -> None:
         document: dict[str, Any] = {

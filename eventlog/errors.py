@@ -13,6 +13,7 @@ The CLIs turn a ``ScopeError`` into one line on stderr and ``exit_code``.
     │   ├── SchemaMissingError not initialised yet (read-only commands)              (2)
     │   ├── EmptyLogError     initialised but holds no events                        (2)
     │   ├── LogBusyError      another recorder of this host is appending to it       (2)
+│   ├── CutBusyError      another cut of the log is under way                    (2)
     │   ├── LogWriteError     an append failed: disk full, server gone               (3)
     │   └── ArchiveError      the archive cannot be written (no space) or read       (3)
     ├── CaptureError          eBPF capture cannot start or broke                     (4)
@@ -60,6 +61,10 @@ class EmptyLogError(LogError):
 
 class LogBusyError(LogError):
     """Another recorder of the same host is appending: a second would record it all twice."""
+
+
+class CutBusyError(LogError):
+    """Another process is cutting the log (eventlog.cutlock): one cut at a time."""
 
 
 class LogWriteError(LogError):

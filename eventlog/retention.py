@@ -66,7 +66,8 @@ from eventlog.archive import (
     Segment,
     boundary,
 )
-from eventlog.errors import ArchiveError, LogError, ScopeError, UsageError
+from eventlog.cutlock import cut_lock
+from eventlog.errors import ArchiveError, CutBusyError, LogError, ScopeError, UsageError
 from eventlog.location import LogLocation
 from eventlog.options import SqliteOptions
 from eventlog.scan import scan_live
@@ -256,17 +257,27 @@ def cut(
     archive: Path | None,
     stopping: Callable[[], bool] = lambda: False,
     seed_maker: SeedMaker | None = None,
+    waiting: Callable[[], None] | None = None,
 ) -> CutResult:
     """Move positions up to ``upto`` (a batch's last position) to ``archive``, a segment
     at a time, and give their space back (``archive`` None: drop them, keeping the state
     ``seed_maker`` makes; see ``drop``). Raises ArchiveError if the archive cannot be
     written (the live log then keeps every row it had). ``stopping`` is asked between
     segments, and while a seed is made: a recorder stopping does not wait for a long
-    backlog to be cut."""
+    backlog to be cut. One cut of a log at a time (eventlog.cutlock): CutBusyError while
+    another is under way, or, given ``waiting``, that called and the other waited for."""
     if archive is None:
         if seed_maker is None:
             raise UsageError("a cut without an archive needs the state at the cut kept")
-        return drop(store, upto, seed_maker, stopping)
+        return drop(store, upto, seed_maker, stopping, waiting)
+    with cut_lock(store, waiting):
+        return _archive_upto(store, upto, Archive(archive.resolve()), stopping)
+
+
+def _archive_upto(
+    store: LogStore, upto: int, target: Archive, stopping: Callable[[], bool]
+) -> CutResult:
+    """``cut`` to an archive, the cut lock held."""
     started = time.monotonic()
     edge = boundary(store)
     if edge.dropped:
@@ -277,7 +288,7 @@ def cut(
     archived = edge.archived_upto
     upto = min(upto, _before_newest_batch(store))
     result = CutResult(archived, archived)
-    target = Archive(archive.resolve())
+    target.remove_unlisted()  # what a cut that crashed left (none runs now but this one)
     # The next segment is read from the log while this one is written to the archive, and
     # WRITERS segments are written at once (a segment's writing is on one core, most of it
     # on one thread), each listed and then said by the log in position order. The archived
@@ -320,6 +331,7 @@ def drop(
     upto: int,
     seed_maker: SeedMaker,
     stopping: Callable[[], bool] = lambda: False,
+    waiting: Callable[[], None] | None = None,
 ) -> CutResult:
     """Drop positions up to ``upto`` (a batch's last position) from the live log, keeping
     the state at ``upto`` (``seed_maker``'s seed) in their place: the seed and the boundary
@@ -330,7 +342,15 @@ def drop(
     Making the seed reads every position up to ``upto``: ``stopping`` is asked as it reads,
     and once it says so the cut is given up (``stopped``) with nothing written, to be made
     again by the next one. A seed is of one position, so there is no part of it to keep, as
-    an archived cut keeps the segments it wrote."""
+    an archived cut keeps the segments it wrote. The cut lock is held as by ``cut``."""
+    with cut_lock(store, waiting):
+        return _drop_upto(store, upto, seed_maker, stopping)
+
+
+def _drop_upto(
+    store: LogStore, upto: int, seed_maker: SeedMaker, stopping: Callable[[], bool]
+) -> CutResult:
+    """``drop``, the cut lock held."""
     started = time.monotonic()
     edge = boundary(store)
     if edge.archive is not None and edge.archived_upto:
@@ -709,6 +729,7 @@ class RetentionWorker:
         self.sqlite = sqlite
         self.cuts: list[CutResult] = []
         self.failing: str | None = None
+        self.cleared = ""  # what is said once the failure clears
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="scope-retention", daemon=True)
 
@@ -725,8 +746,12 @@ class RetentionWorker:
                 self.run_once(store)
 
     def run_once(self, store: LogStore) -> None:
+        cleared = "warning: retention: the archive is written again"
         try:
             result = apply_policy(store, self.policy, time.time_ns(), self._stop.is_set)
+        except CutBusyError as exc:  # (scope-replay compact by hand, say): cut after it
+            message = f"note: retention: {exc}: waiting for it to end"
+            cleared = "note: retention: cutting again"
         except (ScopeError, OSError) as exc:
             message = f"warning: retention: {exc}"
         except Exception as exc:  # a thread's failure is said, not lost with the thread
@@ -736,10 +761,10 @@ class RetentionWorker:
         if message:
             if message != self.failing:
                 self.notify(message)
-            self.failing = message
+            self.failing, self.cleared = message, cleared
             return
         if self.failing is not None:
-            self.notify("warning: retention: the archive is written again")
+            self.notify(self.cleared)
             self.failing = None
         if result is not None and not result.stopped:
             self.cuts.append(result)
@@ -839,17 +864,18 @@ def compact_before(
     before_wall_ns: int,
     archive: Path | None,
     seed_maker: SeedMaker | None = None,
+    waiting: Callable[[], None] | None = None,
 ) -> CutResult:
     """``scope-replay compact --before T``: every batch all of whose events are before
     ``before_wall_ns`` moved to the archive (the log's own, else ``archive``, else the
     default beside a SQLite log); dropped, with the state at the cut kept, if
-    ``seed_maker`` is given (``--archive none``)."""
+    ``seed_maker`` is given (``--archive none``). ``waiting``: as ``cut``'s."""
     if seed_maker is not None:
-        return drop(store, cut_before(store, before_wall_ns), seed_maker)
+        return drop(store, cut_before(store, before_wall_ns), seed_maker, waiting=waiting)
     directory = boundary(store).archive
     target = directory.directory if directory else archive or default_archive(store.location)
     if target is None:
         raise UsageError("a PostgreSQL log needs --archive DIR (where its archive is kept)")
     if directory is not None and archive is not None and archive.absolute() != target:
         raise UsageError(f"the log's archive is {target}; --archive cannot move it")
-    return cut(store, cut_before(store, before_wall_ns), target)
+    return cut(store, cut_before(store, before_wall_ns), target, waiting=waiting)

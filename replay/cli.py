@@ -361,10 +361,13 @@ def compact_command(
     with open_log(resolve(_log_argument(ctx, db)), Purpose.RECORD) as log:
         span = wall_span(log)
         moment = parse_moment(before, LogSpan(*span) if span else None)
-        if dropping:
-            result = compact_before(log, moment, None, make_seed)
-        else:
-            result = compact_before(log, moment, archive)
+        result = compact_before(
+            log, moment, None if dropping else archive, make_seed if dropping else None,
+            waiting=lambda: typer.echo(
+                "scope-replay compact: another cut of this log is under way (a recorder's "
+                "retention?): waiting for it to end", err=True,
+            ),
+        )  # fmt: skip
     if dropping:
         typer.echo(
             f"dropped {result.events} events, keeping the state at position "
