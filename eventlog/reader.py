@@ -30,7 +30,7 @@ from eventlog.events import (
     SnapshotConnection,
     SnapshotProcess,
 )
-from eventlog.rebuild import scan_whole
+from eventlog.rebuild import chains, scan_whole
 from eventlog.scan import INT, TEXT, Select
 from eventlog.schema import EVENT_COLUMNS
 from eventlog.store import LogStore, map_driver_error
@@ -429,34 +429,38 @@ class LogReader:
     # -- snapshots -------------------------------------------------------------------------
     def snapshot(self, position: int) -> Snapshot:
         """The rows stored under the SNAPSHOT event at ``position``."""
+        links = chains(self.store, position - 1, position)  # (one chain for the three)
         return Snapshot(
             connections=tuple(
                 map(
                     SnapshotConnection._make,
                     self._snapshot_rows(
-                        "snapshot_connections", position, "netns, lport, rport, inode"
+                        "snapshot_connections", position, "netns, lport, rport, inode", links
                     ),
                 )
             ),
             processes=tuple(
                 map(
                     SnapshotProcess._make,
-                    self._snapshot_rows("snapshot_processes", position, "pid"),
+                    self._snapshot_rows("snapshot_processes", position, "pid", links),
                 )
             ),
             conntrack=tuple(
                 map(
                     ConntrackEntry._make,
-                    self._snapshot_rows("snapshot_conntrack", position, "netns, ct_id"),
+                    self._snapshot_rows("snapshot_conntrack", position, "netns, ct_id", links),
                 )
             ),
         )
 
-    def _snapshot_rows(self, table: str, position: int, order: str) -> list[Any]:
-        """The rows of a snapshot table at ``position``, whole (eventlog.rebuild), wherever
-        they are, ordered by ``order`` (ties in the order they were written)."""
+    def _snapshot_rows(
+        self, table: str, position: int, order: str, links: dict[int, int]
+    ) -> list[Any]:
+        """The rows of a snapshot table at ``position``, whole (eventlog.rebuild: ``links``,
+        its chain), wherever they are, ordered by ``order`` (ties in the order they were
+        written)."""
         select = ARCHIVED_TABLES[table]
-        rows = scan_whole(self.store, select, position - 1, position, threads=1)
+        rows = scan_whole(self.store, select, position - 1, position, threads=1, links=links)
         keys = [(column, "ascending") for column in order.split(", ")]
         rows = rows.take(pc.sort_indices(rows, keys)) if rows.num_rows else rows
         texts = {name for name, kind in select.columns if kind == TEXT}

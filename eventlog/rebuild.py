@@ -28,16 +28,22 @@ _BASE, _TAKEN_OUT, _ADDED = 0, 1, 2
 
 
 def scan_whole(
-    store: LogStore, select: Select, after: int, upto: int, threads: int = THREADS
+    store: LogStore,
+    select: Select,
+    after: int,
+    upto: int,
+    threads: int = THREADS,
+    links: Mapping[int, int] | None = None,
 ) -> pa.Table:
     """The rows of ``select`` (columns of a snapshot table, the position among them) for the
-    snapshots at positions ``after < p <= upto``, each whole, in position order."""
+    snapshots at positions ``after < p <= upto``, each whole, in position order. ``links``:
+    what ``chains`` gives for the range, when the caller reads more than one table of it."""
     assert select.table in SNAPSHOT_TABLES, select.table
-    links = deltas(store, after, upto)
+    if links is None:
+        links = chains(store, after, upto)
     if not links:
         return scan(store, select, after, upto, threads)
     full = TABLES[select.table]
-    links = _with_chains(store, links, after)
     behind = {base for base in links.values() if base <= after}
     parts = []
     if behind:
@@ -46,6 +52,14 @@ def scan_whole(
     parts.append(scan(store, full, after, upto, threads))
     whole = rebuild(pa.concat_tables(parts), links, after)
     return whole.select([name for name, _ in select.columns]).cast(select.schema())
+
+
+def chains(store: LogStore, after: int, upto: int) -> dict[int, int]:
+    """What rebuilding the snapshots of ``(after, upto]`` follows: position -> base, of each
+    one stored as changes and of the snapshots before ``after`` they are built from (the
+    same for every snapshot table). Empty when none of them is stored as changes."""
+    links = deltas(store, after, upto)
+    return _with_chains(store, links, after) if links else links
 
 
 def deltas(store: LogStore, after: int, upto: int) -> dict[int, int]:

@@ -29,7 +29,7 @@ from eventlog.clock import ClockModel
 from eventlog.errors import LogOpenError
 from eventlog.events import OPEN_STATES, TCP_LISTEN, Kind
 from eventlog.reader import LogReader
-from eventlog.rebuild import scan_whole
+from eventlog.rebuild import chains, scan_whole
 from eventlog.scan import BLOB, INT, TEXT, THREADS, Select
 from eventlog.store import LogStore
 from replay.views.containers import container_of
@@ -190,13 +190,14 @@ def scan_range(
 
     Only the log and numpy are touched here (no DuckDB), so a range can be read on another
     thread while the one before is copied and folded."""
+    links = chains(store, after, upto)
     return Scanned(
         after,
         upto,
         with_wall_time(scan(store, EVENTS, after, upto, threads), clocks),
-        scan_whole(store, SNAPSHOT_CONNECTIONS, after, upto, threads),
-        scan_whole(store, SNAPSHOT_PROCESSES, after, upto, threads),
-        scan_whole(store, SNAPSHOT_CONNTRACK, after, upto, threads),
+        scan_whole(store, SNAPSHOT_CONNECTIONS, after, upto, threads, links),
+        scan_whole(store, SNAPSHOT_PROCESSES, after, upto, threads, links),
+        scan_whole(store, SNAPSHOT_CONNTRACK, after, upto, threads, links),
     )
 
 
