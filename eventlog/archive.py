@@ -42,7 +42,10 @@ from eventlog.store import LogStore
 MANIFEST = "manifest.json"
 # What a cut writes besides the manifest: a segment's directory, that directory while it is
 # written, the manifest while it is written.
-_LEFT_BY_A_CUT = re.compile(r"\d{12,}-\d{12,}|\.\d{12,}-\d{12,}\.partial|\.manifest\.json\.partial")
+_LEFT_BY_A_CUT = re.compile(
+    r"(?P<after>\d{12,})-(?P<upto>\d{12,})"
+    r"|\.\d{12,}-\d{12,}\.partial|\.manifest\.json\.partial"
+)
 ARCHIVE_FORMAT = 3  # 3: snapshots stored as changes; 2: events' INHERITED values (all read)
 ZSTD_LEVEL = 3  # higher levels: 4% smaller at 9, at half the speed
 ROW_GROUP_ROWS = 1_000_000
@@ -329,22 +332,31 @@ class Archive:
         """Remove the files of a segment ``write_files`` wrote and that will not be listed."""
         _remove_tree(self.directory / segment.name)
 
-    def remove_unlisted(self) -> list[str]:
-        """Remove what a cut that was killed left: segments written and not listed, and
-        files half written. Only while no other cut runs (eventlog.cutlock): another's
-        segments are unlisted while it writes them. Nothing else in the directory is
-        touched. The names removed."""
+    def remove_unlisted(self, archived: int) -> list[str]:
+        """Remove what a cut that was killed left: files half written, and segments written
+        and not listed (the log's boundary at ``archived``), only while no other cut runs
+        (eventlog.cutlock): another's are unlisted while it writes them. A segment is
+        removed only where its positions up to the boundary are in segments listed: one the
+        manifest lacks for another reason (a manifest lost, or restored from an older copy)
+        stays, as does anything else in the directory. The names removed."""
         if not self.directory.is_dir():
             return []
-        listed = {s.name for s in self._listed()}
+        listed = self._listed()
+        names = {s.name for s in listed}
         removed = []
         for entry in sorted(self.directory.iterdir()):
-            if entry.name not in listed and _LEFT_BY_A_CUT.fullmatch(entry.name):
-                if entry.is_dir():
-                    _remove_tree(entry)
-                else:
-                    entry.unlink()
-                removed.append(entry.name)
+            found = _LEFT_BY_A_CUT.fullmatch(entry.name)
+            if found is None or entry.name in names:
+                continue
+            if found["after"] is not None:  # a segment's directory, whole
+                after, upto = int(found["after"]) - 1, int(found["upto"])
+                if not _covered(listed, after, min(upto, archived)):
+                    continue
+            if entry.is_dir():
+                _remove_tree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry.name)
         return removed
 
     def _write_manifest(self, segments: Sequence[Segment]) -> None:
@@ -382,6 +394,16 @@ def _stable_order(rows: pa.Table, keys: Sequence[str]) -> Any:
         return pc.sort_indices(rows, [(key, "ascending") for key in keys])
     # lexsort sorts by its last key first
     return np.lexsort([column.to_numpy() for column in reversed(columns)])
+
+
+def _covered(segments: list[Segment], after: int, upto: int) -> bool:
+    """Whether ``segments`` hold every position of ``(after, upto]``."""
+    for segment in sorted(segments, key=lambda s: s.after):
+        if after >= upto:
+            break
+        if segment.after <= after < segment.upto:
+            after = segment.upto
+    return after >= upto
 
 
 def _outermost(segments: list[Segment]) -> list[Segment]:

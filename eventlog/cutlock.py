@@ -25,9 +25,9 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import text
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from eventlog.errors import CutBusyError, LogOpenError
@@ -36,20 +36,35 @@ from eventlog.store import LogStore, map_driver_error
 # The advisory lock's key in a PostgreSQL log's database (a log is a database).
 ADVISORY_KEY = 7943225178065653418
 POLL_S = 0.2  # how often a cut that waits asks again
+IDLE_TIMEOUT_SINCE = 140000  # PostgreSQL 14 (server_version_num) has idle_session_timeout
 BUSY = "another cut of this log is under way"
 
 
 def lock_path(store: LogStore) -> Path:
-    """The file a SQLite log's cuts lock."""
+    """The file a SQLite log's cuts lock: beside the file itself, whatever name (a symbolic
+    link) the log was opened by."""
     assert store.location.path is not None
-    return Path(f"{store.location.path}-cut.lock")
+    return Path(f"{os.path.realpath(store.location.path)}-cut.lock")
+
+
+class CutLock(Protocol):
+    def try_acquire(self) -> bool: ...
+
+    def confirm(self) -> None:
+        """Raise LogError unless the lock is still held (asked before the boundary moves)."""
+
+    def close(self) -> None: ...
 
 
 @contextlib.contextmanager
-def cut_lock(store: LogStore, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+def cut_lock(store: LogStore, waiting: Callable[[], None] | None = None) -> Iterator[CutLock]:
     """The log's cut lock, held for the block. When another cut holds it: CutBusyError, or,
     given ``waiting``, that called once and the lock waited for."""
-    lock = _FileLock(lock_path(store)) if store.location.is_sqlite else _AdvisoryLock(store)
+    lock: CutLock = (
+        _FileLock(lock_path(store), store.location.path)
+        if store.location.is_sqlite
+        else _AdvisoryLock(store)
+    )
     with contextlib.closing(lock):
         if not lock.try_acquire():
             if waiting is None:
@@ -57,60 +72,85 @@ def cut_lock(store: LogStore, waiting: Callable[[], None] | None = None) -> Iter
             waiting()
             while not lock.try_acquire():
                 time.sleep(POLL_S)
-        yield
+        yield lock
 
 
 class _FileLock:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, log: Path | None) -> None:
         self.path = path
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self.fd = os.open(path, flags, 0o600)
         except OSError as exc:
             raise LogOpenError(
                 f"cannot open {path} to lock the log for a cut: {exc.strerror}"
             ) from exc
+        # Another user's file there (a world-writable directory) could be held forever by
+        # them: no cut would ever run.
+        assert log is not None
+        if os.fstat(self.fd).st_uid != os.stat(log).st_uid:
+            os.close(self.fd)
+            raise LogOpenError(f"{path} belongs to another user than the log: remove it")
 
     def try_acquire(self) -> bool:
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
+        except OSError as exc:
+            raise LogOpenError(f"cannot lock {self.path}: {exc.strerror}") from exc
         return True
+
+    def confirm(self) -> None:
+        pass  # (a flock is held until its descriptor closes)
 
     def close(self) -> None:
         os.close(self.fd)  # (the lock goes with its last descriptor)
 
 
 class _AdvisoryLock:
+    """A session advisory lock on a connection of its own, never returned to the pool with
+    the lock: closing it ends its session, which lets the lock go whatever state the
+    connection is in."""
+
     def __init__(self, store: LogStore) -> None:
         self.store = store
-        self.conn: Connection | None = None
-        self.held = False
         try:
             self.conn = store.engine.connect()
         except SQLAlchemyError as exc:
             raise map_driver_error(exc, store.location) from exc
+        try:
+            # A session idle for the whole cut must not be ended by the server's idle timeout.
+            if int(str(self._scalar("SHOW server_version_num"))) >= IDLE_TIMEOUT_SINCE:
+                self._scalar("SET idle_session_timeout = 0")
+        except BaseException:
+            self.close()
+            raise
 
     def try_acquire(self) -> bool:
-        self.held = bool(self._scalar("SELECT pg_try_advisory_lock(:key)"))
-        return self.held
+        return bool(self._scalar("SELECT pg_try_advisory_lock(:key)"))
+
+    def confirm(self) -> None:
+        held = self._scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND pid = pg_backend_pid() AND objsubid = 1 "
+            "AND CAST(classid AS bigint) = CAST(:key AS bigint) >> 32 "
+            "AND CAST(objid AS bigint) = CAST(:key AS bigint) & 4294967295"
+        )
+        if not held:
+            raise LogOpenError(f"{self.store.location.display()}: the cut's lock was lost")
 
     def close(self) -> None:
-        if self.conn is None:
-            return
-        try:
-            if self.held:
-                self._scalar("SELECT pg_advisory_unlock(:key)")
-        finally:
-            # A connection lost takes its lock with it: the server lets it go.
-            with contextlib.suppress(SQLAlchemyError):
-                self.conn.close()
+        with contextlib.suppress(SQLAlchemyError):
+            self.conn.invalidate()  # the session ends, and its lock with it
+            self.conn.close()
 
     def _scalar(self, sql: str) -> object:
-        assert self.conn is not None
+        """The value ``sql`` gives (None for a statement that gives no rows)."""
         try:
-            value = self.conn.execute(text(sql), {"key": ADVISORY_KEY}).scalar()
-            self.conn.commit()  # (a session lock outlives the transaction)
+            result = self.conn.execute(text(sql), {"key": ADVISORY_KEY})
+            value = result.scalar() if result.returns_rows else None
+            self.conn.commit()  # (a session lock, or setting, outlives the transaction)
         except SQLAlchemyError as exc:
             raise map_driver_error(exc, self.store.location) from exc
         return value

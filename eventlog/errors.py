@@ -13,7 +13,7 @@ The CLIs turn a ``ScopeError`` into one line on stderr and ``exit_code``.
     │   ├── SchemaMissingError not initialised yet (read-only commands)              (2)
     │   ├── EmptyLogError     initialised but holds no events                        (2)
     │   ├── LogBusyError      another recorder of this host is appending to it       (2)
-│   ├── CutBusyError      another cut of the log is under way                    (2)
+    │   ├── CutBusyError      another cut of the log is under way                    (2)
     │   ├── LogWriteError     an append failed: disk full, server gone               (3)
     │   └── ArchiveError      the archive cannot be written (no space) or read       (3)
     ├── CaptureError          eBPF capture cannot start or broke                     (4)

@@ -66,7 +66,7 @@ from eventlog.archive import (
     Segment,
     boundary,
 )
-from eventlog.cutlock import cut_lock
+from eventlog.cutlock import CutLock, cut_lock
 from eventlog.errors import ArchiveError, CutBusyError, LogError, ScopeError, UsageError
 from eventlog.location import LogLocation
 from eventlog.options import SqliteOptions
@@ -270,25 +270,36 @@ def cut(
         if seed_maker is None:
             raise UsageError("a cut without an archive needs the state at the cut kept")
         return drop(store, upto, seed_maker, stopping, waiting)
-    with cut_lock(store, waiting):
-        return _archive_upto(store, upto, Archive(archive.resolve()), stopping)
+    with cut_lock(store, waiting) as held:
+        return _archive_upto(store, upto, Archive(archive.resolve()), stopping, held)
 
 
 def _archive_upto(
-    store: LogStore, upto: int, target: Archive, stopping: Callable[[], bool]
+    store: LogStore, upto: int, target: Archive, stopping: Callable[[], bool], held: CutLock
 ) -> CutResult:
-    """``cut`` to an archive, the cut lock held."""
+    """``cut`` to an archive, the cut lock ``held``."""
     started = time.monotonic()
-    edge = boundary(store)
+    edge = boundary(store)  # (read again: a cut waited for may have moved it)
     if edge.dropped:
         raise UsageError(
             f"the log's history up to position {edge.archived_upto} was dropped "
             "(--archive none): an archive would not hold all of it; cut with --archive none"
         )
+    if (
+        edge.archive is not None
+        and edge.archived_upto
+        and edge.archive.directory != target.directory
+    ):
+        raise UsageError(
+            f"the log's archive is {edge.archive.directory}, not {target.directory}: a log "
+            "keeps one archive"
+        )
     archived = edge.archived_upto
     upto = min(upto, _before_newest_batch(store))
     result = CutResult(archived, archived)
-    target.remove_unlisted()  # what a cut that crashed left (none runs now but this one)
+    with _archive_errors(target, archived, upto):
+        # What a cut killed while it wrote left (no other cut runs now).
+        target.remove_unlisted(archived)
     # The next segment is read from the log while this one is written to the archive, and
     # WRITERS segments are written at once (a segment's writing is on one core, most of it
     # on one thread), each listed and then said by the log in position order. The archived
@@ -306,7 +317,7 @@ def _archive_upto(
                 rows = reading.result()
                 reading = None if stopping() else _read_next(reads, store, rows.upto, upto)
                 if len(writing) == WRITERS:
-                    _list_oldest(store, target, writing, result)
+                    _list_oldest(store, target, writing, result, held)
                 # A segment is merged with the archive's last only once every segment
                 # before it is listed: the first of a cut, which nothing is written before.
                 moved = rows.tables["events"].num_rows
@@ -315,7 +326,7 @@ def _archive_upto(
                                         writes.submit(_write_files, target, rows)))  # fmt: skip
                 del rows  # the write holds them while it needs them
             while writing:
-                _list_oldest(store, target, writing, result)
+                _list_oldest(store, target, writing, result, held)
         except BaseException:
             _discard_unlisted(target, writing)
             raise
@@ -343,14 +354,14 @@ def drop(
     and once it says so the cut is given up (``stopped``) with nothing written, to be made
     again by the next one. A seed is of one position, so there is no part of it to keep, as
     an archived cut keeps the segments it wrote. The cut lock is held as by ``cut``."""
-    with cut_lock(store, waiting):
-        return _drop_upto(store, upto, seed_maker, stopping)
+    with cut_lock(store, waiting) as held:
+        return _drop_upto(store, upto, seed_maker, stopping, held)
 
 
 def _drop_upto(
-    store: LogStore, upto: int, seed_maker: SeedMaker, stopping: Callable[[], bool]
+    store: LogStore, upto: int, seed_maker: SeedMaker, stopping: Callable[[], bool], held: CutLock
 ) -> CutResult:
-    """``drop``, the cut lock held."""
+    """``drop``, the cut lock ``held``."""
     started = time.monotonic()
     edge = boundary(store)
     if edge.archive is not None and edge.archived_upto:
@@ -368,6 +379,7 @@ def _drop_upto(
         result.stopped = True
         result.seconds = time.monotonic() - started
         return result
+    held.confirm()
     _set_boundary(store, upto, None, seed.encode())
     remove_archived(store, upto)
     reclaim_space(store)
@@ -478,7 +490,11 @@ class _Writing:
 
 
 def _list_oldest(
-    store: LogStore, archive: Archive, writing: deque[_Writing], result: CutResult
+    store: LogStore,
+    archive: Archive,
+    writing: deque[_Writing],
+    result: CutResult,
+    held: CutLock,
 ) -> None:
     """Once its files are written: the oldest segment of ``writing`` listed in the archive,
     then the log's boundary moved to its end. Its files leave the disk only if it could not
@@ -494,6 +510,7 @@ def _list_oldest(
             if segment.name not in {s.name for s in archive.segments()}:
                 archive.discard(segment)
         raise
+    held.confirm()
     _set_boundary(store, oldest.upto, archive.directory)
     result.archived_upto = oldest.upto
     result.events += oldest.moved
@@ -750,8 +767,8 @@ class RetentionWorker:
         try:
             result = apply_policy(store, self.policy, time.time_ns(), self._stop.is_set)
         except CutBusyError as exc:  # (scope-replay compact by hand, say): cut after it
-            message = f"note: retention: {exc}: waiting for it to end"
-            cleared = "note: retention: cutting again"
+            message = f"note: retention: {exc}: cutting after it"
+            cleared = "note: retention: the other cut is over"
         except (ScopeError, OSError) as exc:
             message = f"warning: retention: {exc}"
         except Exception as exc:  # a thread's failure is said, not lost with the thread

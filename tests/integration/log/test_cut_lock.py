@@ -4,11 +4,13 @@ archive goes at the next cut. SQLite and PostgreSQL, with real processes holding
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
-import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,9 +20,9 @@ import pytest
 from eventlog import retention
 from eventlog.archive import MANIFEST, boundary
 from eventlog.cutlock import cut_lock
-from eventlog.errors import CutBusyError
+from eventlog.errors import CutBusyError, LogOpenError, UsageError
 from eventlog.location import LogLocation
-from eventlog.store import Purpose, open_log
+from eventlog.store import LogStore, Purpose, open_log
 from tests.cli import BIN, run_cli
 from tests.integration.log.test_retention import batch_walls, live_events, write_log
 from tests.recording import db_argument
@@ -32,7 +34,7 @@ _HOLDER = """
 import sys
 from eventlog.cutlock import cut_lock
 from eventlog.location import resolve
-from eventlog.store import Purpose, open_log
+from eventlog.store import LogStore, Purpose, open_log
 with open_log(resolve(sys.argv[1]), Purpose.ADMIN) as store, cut_lock(store):
     print("held", flush=True)
     sys.stdin.read()
@@ -54,6 +56,18 @@ def lock_held_elsewhere(db: str) -> Iterator[subprocess.Popen[str]]:
             assert holder.stdin is not None
             holder.stdin.close()
         holder.wait(timeout=30)
+
+
+def free_soon(store: LogStore) -> None:
+    """Return once the cut lock of ``store`` is free (within 30 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with cut_lock(store):
+                return
+        except CutBusyError:
+            assert time.monotonic() < deadline, "the cut lock stayed held"
+            time.sleep(0.1)
 
 
 def test_a_compact_waits_for_the_cut_under_way(log_location: LogLocation, tmp_path: Path) -> None:
@@ -111,10 +125,10 @@ def test_a_recorders_retention_says_once_that_it_waits(
             worker.run_once(store)
             assert len(said) == 1, said
             assert said[0].startswith("note: retention: ")
-            assert said[0].endswith("another cut of this log is under way: waiting for it to end")
+            assert said[0].endswith("another cut of this log is under way: cutting after it")
             assert worker.cuts == [] and boundary(store).archived_upto == 0
         worker.run_once(store)
-    assert said[1:] == ["note: retention: cutting again"]
+    assert said[1:] == ["note: retention: the other cut is over"]
     assert len(worker.cuts) == 1 and worker.cuts[0].archived_upto > 0
     with open_log(sqlite_location, Purpose.READ) as store:
         assert boundary(store).archived_upto == worker.cuts[0].archived_upto
@@ -141,10 +155,11 @@ def test_a_cutter_killed_leaves_no_lock_and_its_leftovers_go(
     with lock_held_elsewhere(db) as holder:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait(timeout=30)
-    waited = threading.Event()
     with open_log(log_location, Purpose.ADMIN) as store:
-        result = retention.compact_before(store, walls[-2], archive, waiting=waited.set)
-    assert not waited.is_set()  # the lock went with its holder
+        # The lock went with its holder (a PostgreSQL server notices the session's end a
+        # moment later).
+        free_soon(store)
+        result = retention.compact_before(store, walls[-2], archive)
     assert result.archived_upto > 0
     left = {p.name for p in archive.iterdir()}
     assert "README.txt" in left
@@ -153,3 +168,58 @@ def test_a_cutter_killed_leaves_no_lock_and_its_leftovers_go(
     assert MANIFEST in listed and MANIFEST in left
     check = run_cli("scope-replay", "db", "check", "--db", db)
     assert check.returncode == 0, check.stdout
+
+
+def test_a_segment_the_manifest_lacks_inside_the_boundary_stays(
+    sqlite_location: LogLocation, tmp_path: Path
+) -> None:
+    """A segment is removed as a killed cut's leftover only where the manifest's segments
+    hold its archived positions: one whose listing was lost stays on the disk."""
+    write_log(sqlite_location, EVENTS)
+    walls = batch_walls(sqlite_location)
+    archive = tmp_path / "archive"
+    with open_log(sqlite_location, Purpose.ADMIN) as store:
+        retention.compact_before(store, walls[len(walls) // 3], archive)
+        manifest = json.loads((archive / MANIFEST).read_text())
+        lost = manifest["segments"].pop()
+        (archive / MANIFEST).write_text(json.dumps(manifest))
+        with contextlib.suppress(LogOpenError):  # (the archive lacks its positions now)
+            retention.compact_before(store, walls[-2], archive)
+    assert (archive / lost["name"]).is_dir()
+
+
+def test_a_cut_under_the_lock_keeps_to_the_logs_archive(
+    sqlite_location: LogLocation, tmp_path: Path
+) -> None:
+    """A cut that chose its archive before it waited finds the log's own archive since:
+    it is refused, not written elsewhere."""
+    write_log(sqlite_location, EVENTS)
+    walls = batch_walls(sqlite_location)
+    with open_log(sqlite_location, Purpose.ADMIN) as store:
+        retention.compact_before(store, walls[len(walls) // 3], tmp_path / "archive")
+        with pytest.raises(UsageError, match="a log keeps one archive"):
+            retention.cut(store, retention.cut_before(store, walls[-2]), tmp_path / "other")
+        assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.postgres
+def test_a_postgres_lock_lost_stops_the_boundary_moving(pg_url: str) -> None:
+    """The lock is a session's: if the server ends that session, the cut learns it before
+    it moves the boundary, and letting go of the lost lock raises nothing."""
+    from eventlog.location import resolve
+
+    location = resolve(pg_url)
+    write_log(location, 1_000)
+    with open_log(location, Purpose.ADMIN) as store:
+        with cut_lock(store) as held:
+            held.confirm()
+            with store.connect() as conn:
+                ended = conn.exec_driver_sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = "
+                    "'advisory' AND granted AND pid <> pg_backend_pid()"
+                ).all()
+                conn.commit()
+            assert ended == [(True,)]
+            with pytest.raises(LogOpenError):
+                held.confirm()
+        free_soon(store)
