@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import enum
 import os
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,13 +56,22 @@ class LogStore:
     location: LogLocation
     engine: Engine
     sqlite: SqliteOptions = field(default_factory=SqliteOptions)
+    file: tuple[int, int] | None = None  # a SQLite log's file, as _OPEN_FILES counts it
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
     def close(self) -> None:
-        self.engine.dispose()
+        """Close the store's connections (only once none of them is in use: a connection
+        still checked out outlives the engine, and the file's count)."""
+        try:
+            self.engine.dispose()
+        finally:
+            with _OPEN_FILES_LOCK:  # (closed by two threads at once: let go once)
+                file, self.file = self.file, None
+            if file is not None:
+                _let_go(file)
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
@@ -85,14 +96,17 @@ def open_log(
 ) -> LogStore:
     """Open the log at ``location`` for ``purpose``; see the module docstring."""
     sqlite = sqlite or SqliteOptions()
+    file = None
     if location.is_sqlite:
-        if purpose is Purpose.RECORD and not sqlite.force:
-            _check_safe_to_record(location)  # before the file is created, not after
-        _check_sqlite_file(location, purpose)
-        engine = _sqlite_engine(location, sqlite, read_only=purpose is Purpose.READ)
+        file = _checked_and_held(location, purpose, sqlite)
+        try:
+            engine = _sqlite_engine(location, sqlite, read_only=purpose is Purpose.READ)
+        except BaseException:
+            _let_go(file)
+            raise
     else:
         engine = _postgres_engine(location)
-    store = LogStore(location, engine, sqlite)
+    store = LogStore(location, engine, sqlite, file)
     try:
         if purpose is not Purpose.ADMIN:
             ensure_schema(store, migrate_if_needed=purpose is Purpose.RECORD)
@@ -208,6 +222,53 @@ def _first_line(text: str) -> str:
         if line.strip():
             return line.strip()
     return text.strip() or "unknown database error"
+
+
+# The SQLite logs this process has open, by file (device, inode): how many stores. A process
+# that closes any descriptor of a SQLite file drops every lock SQLite holds on that file
+# (POSIX advisory locks belong to the process), and another process closing its last
+# connection may then take the write-ahead log for abandoned, checkpoint it and delete it,
+# while this one goes on committing into the deleted file. So the file itself is opened and
+# read here (to check it) only while no store of this process has it open.
+_OPEN_FILES: Counter[tuple[int, int]] = Counter()
+_OPEN_FILES_LOCK = threading.Lock()
+
+
+def _checked_and_held(
+    location: LogLocation, purpose: Purpose, sqlite: SqliteOptions
+) -> tuple[int, int]:
+    """Check a SQLite log's file for ``purpose``, unless a store of this process has it open
+    (then it was checked as that one opened it), and count one more store of it."""
+    path = location.path
+    assert path is not None
+    if purpose is Purpose.RECORD and not sqlite.force:
+        _check_safe_to_record(location)  # before the file is created, not after (stat only)
+    with _OPEN_FILES_LOCK:  # (no store of this file connects while one is checked)
+        held = _identity(path)
+        if held is None or not _OPEN_FILES[held]:
+            _check_sqlite_file(location, purpose)
+            held = _identity(path)
+            if held is None:
+                raise LogOpenError(f"no log at {path}")
+        _OPEN_FILES[held] += 1
+    return held
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise LogOpenError(f"cannot read {path}: {exc.strerror}") from exc
+    return stat.st_dev, stat.st_ino
+
+
+def _let_go(file: tuple[int, int]) -> None:
+    with _OPEN_FILES_LOCK:
+        _OPEN_FILES[file] -= 1
+        if not _OPEN_FILES[file]:
+            del _OPEN_FILES[file]
 
 
 def _check_sqlite_file(location: LogLocation, purpose: Purpose) -> None:
