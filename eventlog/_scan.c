@@ -431,7 +431,17 @@ static PyObject *scan(PyObject *module, PyObject *args)
     return result;
 }
 
+static PyObject *soft_heap_limit(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLongLong(sqlite3_soft_heap_limit64(-1));
+}
+
 static PyMethodDef methods[] = {
+    {"soft_heap_limit", soft_heap_limit, METH_NOARGS,
+     PyDoc_STR("soft_heap_limit() -> int\n\n"
+               "This module's SQLite soft heap limit: when ``PRAGMA soft_heap_limit`` through "
+               "Python's sqlite3 shows here, the two use one SQLite library "
+               "(eventlog.native.shares_sqlite).")},
     {"scan", scan, METH_VARARGS,
      PyDoc_STR("scan(path, sql, types, ranges, threads, busy_timeout_ms) -> list\n\n"
                "Run ``sql`` (with ?1 < position <= ?2) for each (low, high) of ``ranges`` on "

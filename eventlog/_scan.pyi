@@ -11,6 +11,8 @@ sqlite_version: str
 
 class ScanError(Exception): ...
 
+def soft_heap_limit() -> int: ...
+
 def scan(
     path: str,
     sql: str,

@@ -17,12 +17,14 @@ import contextlib
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from eventlog.errors import LogOpenError
+from eventlog.native import shares_sqlite
 from eventlog.store import LogStore, map_driver_error
 
 try:
@@ -99,9 +101,17 @@ def scan_live(
     assert store.location.path is not None
     path = str(store.location.path)
     ranges = split(after, upto, threads)
-    if AVAILABLE:
+    if native_scan_usable():
         return scan_sqlite_native(path, select, ranges, store.sqlite.busy_timeout_ms, threads)
     return scan_sqlite_python(path, select, ranges)
+
+
+@cache
+def native_scan_usable() -> bool:
+    """Whether the C reader is built and shares Python's SQLite library: a copy of its own
+    would drop the locks of this process's other connections to the log whenever it closes
+    one of its own (eventlog.native.shares_sqlite)."""
+    return AVAILABLE and shares_sqlite(_scan.soft_heap_limit)
 
 
 def scan_sqlite_native(

@@ -38,6 +38,22 @@ def native_built() -> None:
     require(scanning.AVAILABLE, "the C reader (eventlog._scan), built by make setup")
 
 
+def test_the_c_reader_shares_pythons_sqlite() -> None:
+    """Its connections are used only then: a copy of SQLite of its own would drop the locks
+    of the process's other connections to a log whenever it closed one of its own."""
+    from eventlog import _scan
+
+    assert scanning.native_scan_usable()
+    probe = sqlite3.connect(":memory:")
+    try:
+        before = int(probe.execute("PRAGMA soft_heap_limit").fetchone()[0])
+        probe.execute(f"PRAGMA soft_heap_limit = {before + 4099}")
+        assert _scan.soft_heap_limit() == before + 4099
+        probe.execute(f"PRAGMA soft_heap_limit = {before}")
+    finally:
+        probe.close()
+
+
 @pytest.mark.parametrize("select", SELECTS, ids=lambda s: s.table)
 @pytest.mark.parametrize("parts", [1, 2, 7])
 @pytest.mark.parametrize("threads", [1, 2, 5])
