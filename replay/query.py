@@ -9,10 +9,13 @@ Parquet is written from the query's Arrow batches by pyarrow, never by DuckDB it
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import decimal
+import glob
 import json
+import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -247,12 +250,30 @@ def _write_parquet(result: duckdb.DuckDBPyConnection, columns: list[str], output
 
 
 def refuse_log_as_output(log: LogStore, output: Path | None) -> None:
+    """Refuse an ``--output`` that is the log or one of its companion files (``-wal``,
+    ``-shm``, ...), by whatever name: through ``..``, a symbolic link or a hard link."""
     if output is None or log.location.path is None:
         return
-    target = output.expanduser().absolute()
-    path = log.location.path
-    if target == path or (target.name.startswith(path.name + "-") and target.parent == path.parent):
+    target = Path(os.path.realpath(output.expanduser()))
+    path = Path(os.path.realpath(log.location.path))
+    same_name = target == path or (
+        target.name.startswith(path.name + "-") and target.parent == path.parent
+    )
+    if same_name or _same_file(target, path):
         raise UsageError(f"--output {output} would overwrite the log")
+
+
+def _same_file(target: Path, log: Path) -> bool:
+    """Whether ``target`` exists and is the log's file or a companion's (a hard link)."""
+    try:
+        found = target.stat()
+    except OSError:
+        return False
+    for candidate in [log, *log.parent.glob(glob.escape(log.name) + "-*")]:
+        with contextlib.suppress(OSError):
+            if os.path.samestat(found, candidate.stat()):
+                return True
+    return False
 
 
 def schema_sql() -> str:

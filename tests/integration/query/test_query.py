@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -334,6 +335,23 @@ def test_parquet_output_cannot_be_the_log(tmp_path: Path) -> None:
         env={"SCOPE_CACHE_DIR": str(tmp_path / "c")},
     )
     assert_one_line_error(result, 2, "overwrite the log")
+
+
+def test_output_cannot_be_the_log_by_another_name(tmp_path: Path) -> None:
+    """Through ``..``, a symbolic link or a hard link: the log (or its write-ahead log) would
+    be truncated while it is read."""
+    with built_log(tmp_path / "q.db") as (location, b):
+        small_log(b)
+    log = Path(str(location.path))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "alias.db").symlink_to(log)
+    os.link(log, tmp_path / "hard.db")
+    size = log.stat().st_size
+    for other in (tmp_path / "sub" / ".." / "q.db", tmp_path / "alias.db", tmp_path / "hard.db"):
+        result = run_cli("scope-query", "--db", str(log), "--format", "csv", "--output",
+                         str(other), "SELECT 1", env={"SCOPE_CACHE_DIR": str(tmp_path / "c")})  # fmt: skip
+        assert_one_line_error(result, 2, "overwrite the log")
+    assert log.stat().st_size == size
 
 
 def test_a_table_row_is_one_line_whatever_a_value_holds(tmp_path: Path) -> None:
