@@ -12,7 +12,6 @@ sqlite_version: str
 class ScanError(Exception): ...
 
 def soft_heap_limit() -> int: ...
-
 def scan(
     path: str,
     sql: str,
