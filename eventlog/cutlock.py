@@ -40,11 +40,15 @@ IDLE_TIMEOUT_SINCE = 140000  # PostgreSQL 14 (server_version_num) has idle_sessi
 BUSY = "another cut of this log is under way"
 
 
+def _log_file(store: LogStore) -> Path:
+    """A SQLite log's file itself, whatever name (a symbolic link) it was opened by."""
+    assert store.location.path is not None, "a SQLite log has a file"
+    return Path(os.path.realpath(store.location.path))
+
+
 def lock_path(store: LogStore) -> Path:
-    """The file a SQLite log's cuts lock: beside the file itself, whatever name (a symbolic
-    link) the log was opened by."""
-    assert store.location.path is not None
-    return Path(f"{os.path.realpath(store.location.path)}-cut.lock")
+    """The file a SQLite log's cuts lock: beside the log's file itself."""
+    return Path(f"{_log_file(store)}-cut.lock")
 
 
 class CutLock(Protocol):
@@ -61,7 +65,7 @@ def cut_lock(store: LogStore, waiting: Callable[[], None] | None = None) -> Iter
     """The log's cut lock, held for the block. When another cut holds it: CutBusyError, or,
     given ``waiting``, that called once and the lock waited for."""
     lock: CutLock = (
-        _FileLock(lock_path(store), store.location.path)
+        _FileLock(store)
         if store.location.is_sqlite
         else _AdvisoryLock(store)
     )
@@ -76,8 +80,8 @@ def cut_lock(store: LogStore, waiting: Callable[[], None] | None = None) -> Iter
 
 
 class _FileLock:
-    def __init__(self, path: Path, log: Path | None) -> None:
-        self.path = path
+    def __init__(self, store: LogStore) -> None:
+        self.path = path = lock_path(store)
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
             self.fd = os.open(path, flags, 0o600)
@@ -87,8 +91,7 @@ class _FileLock:
             ) from exc
         # Another user's file there (a world-writable directory) could be held forever by
         # them: no cut would ever run.
-        assert log is not None
-        if os.fstat(self.fd).st_uid != os.stat(log).st_uid:
+        if os.fstat(self.fd).st_uid != os.stat(_log_file(store)).st_uid:
             os.close(self.fd)
             raise LogOpenError(f"{path} belongs to another user than the log: remove it")
 
