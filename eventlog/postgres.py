@@ -4,11 +4,16 @@ Several recorders (one per host) may append to one central store. The advisory l
 serialises appends, so each transaction reads the head, COPYs its rows with explicit
 positions and commits before the next one reads the head: positions are gap-free and a
 reader that pages by position never sees a later batch before an earlier one.
+
+A COMMIT whose answer never came (the connection broke meanwhile) may have committed. The
+writer then commits the same batch again (eventlog.writer), and the appender first looks
+for it: found (its batch row, or, without events, its first loss), it is not written twice.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -34,6 +39,15 @@ from eventlog.store import LogStore, map_driver_error
 APPEND_LOCK_KEY = 0x73636F70  # "scop": one lock for all writers of a store
 
 
+@dataclass(frozen=True)
+class _InDoubt:
+    """A batch whose COMMIT was sent but not answered, and what it appended."""
+
+    recording_id: int
+    batch: Batch
+    result: AppendResult
+
+
 def _copy_sql(table: str) -> str:
     columns = [column.name for column in metadata.tables[table].columns]
     return f"COPY {table} ({', '.join(columns)}) FROM STDIN"
@@ -48,6 +62,7 @@ class PostgresAppender:
         self._conn: psycopg.Connection[Any] | None = None
         self._comms: Dictionary[str] = Dictionary()
         self._netns: Dictionary[int] = Dictionary()
+        self._in_doubt: _InDoubt | None = None
         self._connect()
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -86,8 +101,15 @@ class PostgresAppender:
         """Commit ``batch`` in one transaction; its snapshots stored as ``snapshots`` decides
         (eventlog.snapshots; None: each whole)."""
         snapshots = SnapshotEncoder(key_every=1) if snapshots is None else snapshots
+        committing: _InDoubt | None = None
         try:
             conn = self._connect()
+            if self._in_doubt is not None:
+                earlier = self._in_doubt
+                if earlier.batch is batch and self._committed(conn, earlier):
+                    self._in_doubt = None
+                    return earlier.result  # (its snapshots' encoding was let go: see there)
+                self._in_doubt = None
             with conn.cursor() as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK_KEY,))
                 cur.execute("SELECT COALESCE(MAX(position), 0) FROM events")
@@ -101,12 +123,15 @@ class PostgresAppender:
                             for row in rows:
                                 copy.write_row(row)
                 self._write_clock_and_losses(cur, recording_id, batch, clock, head)
+            committing = _InDoubt(recording_id, batch, result)
             conn.commit()
         except psycopg.Error as exc:
+            self._in_doubt = committing or self._in_doubt
             self._rollback()
             snapshots.abandon()
             raise map_driver_error(exc, self._store.location) from exc
         except BaseException:
+            self._in_doubt = committing or self._in_doubt
             self._rollback()
             snapshots.abandon()
             raise
@@ -114,6 +139,33 @@ class PostgresAppender:
         self._comms.commit()
         self._netns.commit()
         return result
+
+    @staticmethod
+    def _committed(conn: psycopg.Connection[Any], earlier: _InDoubt) -> bool:
+        """Whether ``earlier`` committed after all. Found, its snapshots are as the encoder
+        was before it (it let their encoding go): later ones are stored as changes to a
+        snapshot the log holds all the same."""
+        first, last = earlier.result
+        with conn.cursor() as cur:
+            if earlier.result.event_count:
+                cur.execute(
+                    "SELECT count(*) FROM batches WHERE recording_id = %s "
+                    "AND first_position = %s AND last_position = %s",
+                    (earlier.recording_id, first, last),
+                )
+            elif earlier.batch.losses:
+                loss = earlier.batch.losses[0]
+                cur.execute(
+                    "SELECT count(*) FROM losses WHERE recording_id = %s AND after_position = %s "
+                    "AND lost = %s AND first_mono_ns = %s AND last_mono_ns = %s AND reason = %s",
+                    (earlier.recording_id, last, loss.lost, loss.first_mono_ns,
+                     loss.last_mono_ns, loss.reason),
+                )  # fmt: skip
+            else:
+                return False  # clock samples only: written again, each once (ON CONFLICT)
+            found = int(cur.fetchone()[0]) > 0  # type: ignore[index]
+        conn.rollback()
+        return found
 
     def _rollback(self) -> None:
         self._comms.rollback()

@@ -5,6 +5,11 @@ A batch is committed when it holds ``max_events`` events or its oldest pending i
 after the transaction committed (with SQLite's default ``synchronous=FULL``, after fsync), so
 ``committed_events`` is what survives a crash of the recorder; a crash loses at most what was
 pending, never what was acknowledged.
+
+A batch whose commit failed is kept as it was and committed again, alone, before anything
+that came after it: a central store that went away may have committed it all the same
+before the connection broke, and its appender then finds it there instead of writing it
+twice (eventlog.postgres).
 """
 
 from __future__ import annotations
@@ -71,6 +76,8 @@ class LogWriter:
         self._pending = Batch()
         self._pending_count = 0  # positions the pending batch takes
         self._pending_since: int | None = None
+        self._failed: Batch | None = None  # a batch whose commit failed: committed again first
+        self._failed_count = 0
 
     # -- buffering -------------------------------------------------------------------------
     def add(self, event: Event) -> None:
@@ -109,10 +116,13 @@ class LogWriter:
 
     @property
     def pending_events(self) -> int:
-        return self._pending_count
+        """Events not committed yet: a batch whose commit failed and those since."""
+        return self._pending_count + self._failed_count
 
     def due(self, now_mono_ns: int | None = None) -> bool:
         """Whether the pending batch should be committed now."""
+        if self._failed is not None:
+            return True
         if self._pending_since is None:
             return False
         if self._pending_count >= self.max_events:
@@ -122,34 +132,41 @@ class LogWriter:
 
     def next_due_ns(self) -> int | None:
         """Monotonic time at which the pending batch becomes due by age."""
+        if self._failed is not None:
+            return monotonic_ns()
         return None if self._pending_since is None else self._pending_since + self.max_age_ns
 
     # -- committing ------------------------------------------------------------------------
     def flush(self) -> AppendResult | None:
         """Commit everything pending in one transaction; return once it is durable.
 
-        On failure the pending batch is kept, so a later ``flush`` can retry it.
+        On failure the batch is kept as it is, and the next ``flush`` commits it again, alone,
+        before what was added since (see the module doc). Returns what the last commit
+        appended (None: nothing was pending).
         """
+        result = None
+        if self._failed is not None:
+            result = self._commit(self._failed)
+            self._failed, self._failed_count = None, 0
         if not self._pending:
             self._pending_since = None
-            return None
-        result = self._appender.append(
-            self.recording_id, self._pending, self.clock, self._snapshots
-        )
-        self._pending = Batch()
-        self._pending_count = 0
-        self._pending_since = None
-        self.committed_events += result.event_count
-        self.committed_batches += 1
-        if result.event_count:
-            self.last_position = result.last_position
-        return result
+            return result
+        batch, count = self._pending, self._pending_count
+        self._pending, self._pending_count, self._pending_since = Batch(), 0, None
+        try:
+            return self._commit(batch)
+        except BaseException:
+            self._failed, self._failed_count = batch, count
+            raise
 
     def append(self, batch: Batch) -> AppendResult:
         """Commit ``batch`` on its own (after anything pending); durable on return."""
         self.flush()
         for sample in batch.clock_samples:
             self.clock.add(sample)
+        return self._commit(batch)
+
+    def _commit(self, batch: Batch) -> AppendResult:
         result = self._appender.append(self.recording_id, batch, self.clock, self._snapshots)
         self.committed_events += result.event_count
         self.committed_batches += 1
