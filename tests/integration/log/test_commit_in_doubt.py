@@ -111,9 +111,9 @@ def _log(url: str) -> tuple[list[tuple[int, int]], list[int], list[tuple[int, in
         sockets = conn.execute("SELECT sock_id FROM events ORDER BY position")
         losses = conn.execute("SELECT lost, after_position FROM losses ORDER BY id")
         return (
-            [tuple(row) for row in batches.fetchall()],  # type: ignore[misc]
+            [tuple(row) for row in batches.fetchall()],
             [row[0] for row in sockets.fetchall()],
-            [tuple(row) for row in losses.fetchall()],  # type: ignore[misc]
+            [tuple(row) for row in losses.fetchall()],
         )
 
 
