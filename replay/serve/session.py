@@ -82,12 +82,25 @@ class LogSession:
         if self._derived is not None:
             self._derived.close()
             self._derived = None
-        derived = open_derived(self.log)
+        derived = self._open_read_only()
         self._read_mark = mark
         # DuckDB draws a progress bar on stdout for a long query: not on a server's output.
         derived.con.execute("SET enable_progress_bar = false")
         self.notices.extend(n for n in derived.notices if n not in self.notices)
         self._derived = derived
+        return derived
+
+    def _open_read_only(self) -> Derived:
+        """The derived store, current, open for reading only. The command that syncs a
+        store reads on through its connection for writing, which locks every other process
+        out of the store's file: a server would hold that for its lifetime, and every
+        scope-replay and scope-query of the log would wait for it, and fail."""
+        derived = open_derived(self.log)
+        try:
+            derived.read_only()
+        except BaseException:
+            derived.close()
+            raise
         return derived
 
     def _log_mark(self) -> _Mark:

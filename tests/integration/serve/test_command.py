@@ -13,6 +13,8 @@ import httpx
 import pytest
 
 from tests.cli import BIN, assert_one_line_error, run_cli
+from tests.engine_golden import unpack_real_log
+from tests.integration.serve.conftest import serving
 
 
 @pytest.mark.parametrize(
@@ -66,3 +68,20 @@ def test_it_serves_until_interrupted(real_log: Path) -> None:
         out, err = child.communicate(timeout=60)
     assert f"serving {real_log} at http://127.0.0.1:{port}/" in out
     assert "Traceback" not in err
+
+
+def test_other_commands_read_the_log_while_a_server_that_synced_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that brought the derived store up to date keeps it open for reading only:
+    a scope-replay and a scope-query of the same log, with the same store, answer."""
+    db = tmp_path / "real.db"
+    unpack_real_log(db)
+    monkeypatch.setenv("SCOPE_CACHE_DIR", str(tmp_path / "fresh-cache"))
+    with serving(db) as served:
+        span = served.client().get("/api/span").json()
+        at = str(span["end_ns"])
+        table = run_cli("scope-replay", "--db", str(db), "--at", at, timeout=50)
+        query = run_cli("scope-query", "--db", str(db), "SELECT count(*) FROM events", timeout=50)
+    assert table.returncode == 0, table.stderr
+    assert query.returncode == 0, query.stderr
