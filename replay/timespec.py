@@ -9,9 +9,10 @@ All times are integer nanoseconds since the Unix epoch; nothing here reads a clo
 
 from __future__ import annotations
 
+import calendar
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from eventlog.errors import UsageError
 from eventlog.timefmt import format_ns
@@ -103,11 +104,16 @@ def _parse_rfc3339(text: str) -> int:
         )
     except ValueError as exc:
         raise UsageError(f"invalid time {text!r}: {exc}") from exc
+    # In whole seconds, not datetime's arithmetic: an offset from the first or the last
+    # day datetime knows would leave its range.
+    seconds = calendar.timegm(moment.timetuple())
     if zone and zone not in ("Z", "z"):
         sign = 1 if zone[0] == "+" else -1
         digits = zone[1:].replace(":", "")
-        moment -= sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
-    seconds = int((moment - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds())
+        hours, minutes = int(digits[:2]), int(digits[2:])
+        if hours > 23 or minutes > 59:
+            raise UsageError(f"invalid time {text!r}: the zone offset {zone} is not a time of day")
+        seconds -= sign * (hours * 3600 + minutes * 60)
     nanos = int((fraction or "").ljust(9, "0")) if fraction else 0
     return seconds * 1_000_000_000 + nanos
 

@@ -141,6 +141,10 @@ def test_span_counts_every_event_once(served: Served) -> None:
         ("/api/span", {"buckets": "0"}, "buckets"),
         ("/api/span", {"buckets": "many"}, "buckets"),
         ("/api/node/hosts/x", {"timestamp": "-1"}, "invalid time"),
+        # a zone offset from the first or the last day a calendar has
+        ("/api/topology/processes", {"timestamp": "9999-12-31T23:59:59-23:59"}, "outside"),
+        ("/api/node/hosts/x", {"timestamp": "0001-01-01T00:00:00+01:00"}, "outside"),
+        ("/api/connections", {"at": "2026-01-01T00:00:00+99:99"}, "zone offset"),
     ],
 )
 def test_bad_parameters_are_400_with_one_json_line(
