@@ -758,9 +758,25 @@ class RetentionWorker:
         self._thread.join()
 
     def _run(self) -> None:
-        with contextlib.closing(open_log(self.location, Purpose.ADMIN, self.sqlite)) as store:
+        store: LogStore | None = None
+        try:
             while not self._stop.wait(self.policy.interval_s):
-                self.run_once(store)
+                store = store or self._opened()
+                if store is not None:
+                    self.run_once(store)
+        finally:
+            if store is not None:
+                store.close()
+
+    def _opened(self) -> LogStore | None:
+        """The log, opened for the cuts; None, said once, while it cannot be (a central
+        store not reachable yet): the worker tries again at its next look."""
+        try:
+            store = open_log(self.location, Purpose.ADMIN, self.sqlite)
+        except (ScopeError, OSError) as exc:
+            self._say(f"warning: retention: {exc}", "note: retention: the log is reachable")
+            return None
+        return store
 
     def run_once(self, store: LogStore) -> None:
         cleared = "warning: retention: the archive is written again"
@@ -776,15 +792,19 @@ class RetentionWorker:
         else:
             message = ""
         if message:
-            if message != self.failing:
-                self.notify(message)
-            self.failing, self.cleared = message, cleared
+            self._say(message, cleared)
             return
         if self.failing is not None:
             self.notify(self.cleared)
             self.failing = None
         if result is not None and not result.stopped:
             self.cuts.append(result)
+
+    def _say(self, failure: str, cleared: str) -> None:
+        """``failure`` said once while it lasts, and ``cleared`` once it is over."""
+        if failure != self.failing:
+            self.notify(failure)
+        self.failing, self.cleared = failure, cleared
 
 
 @contextlib.contextmanager

@@ -13,7 +13,8 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from bench.synthetic import SNAPSHOT_EVERY_NS, Generator
 from eventlog import retention
 from eventlog.archive import boundary
 from eventlog.errors import ArchiveError
-from eventlog.location import LogLocation
+from eventlog.location import LogLocation, resolve
 from eventlog.reader import LogReader
 from eventlog.store import Purpose, open_log
 from tests.cli import BIN, assert_one_line_error, run_cli
@@ -391,3 +392,34 @@ def test_a_cut_that_rebuilds_the_tables_while_a_recording_appends(
         assert boundary(store).archived_upto + live_events(sqlite_location) == EVENTS + 20_000
     check = run_cli("scope-replay", "db", "check", "--db", db)
     assert check.returncode == 0, check.stdout
+
+
+def test_a_recorders_retention_looks_again_for_a_log_it_cannot_open_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log the worker cannot open (a central store not up yet; here, no file yet) is
+    said once, and the worker looks again: it cuts once the log is there."""
+    db = tmp_path / "log.db"
+    said: list[str] = []
+    failures: list[object] = []
+    monkeypatch.setattr(threading, "excepthook", failures.append)
+    policy = retention.RetentionPolicy(tmp_path / "archive", retain_ns=1, min_cut_positions=1,
+                                       interval_s=0.05)  # fmt: skip
+    with retention.retention_running(resolve(str(db)), policy, said.append) as worker:
+        assert worker is not None
+        _wait_until(lambda: said)
+        staging = tmp_path / "staging" / "log.db"
+        staging.parent.mkdir()
+        write_log(resolve(str(staging)))
+        os.rename(staging, db)  # (whole: not a file half made)
+        _wait_until(lambda: worker.cuts)
+    assert failures == []
+    assert said[0].startswith("warning: retention: ") and len(said) == 2, said
+    assert said[1] == "note: retention: the log is reachable"
+
+
+def _wait_until(check: Callable[[], object], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "not in time"
+        time.sleep(0.05)
