@@ -34,6 +34,7 @@ from eventlog.events import (
     more_holders,
 )
 from eventlog.kernel_records import (
+    HEADER,
     DecodeError,
     decode_record,
     holds_command_lines,
@@ -589,7 +590,9 @@ class _Session:
             except DecodeError as exc:
                 self.decode_errors += 1
                 now = monotonic_ns()
-                self.writer.add_loss(Loss(1, now, now, f"undecodable record: {exc}"))
+                self.writer.add_loss(
+                    Loss(_events_in(record), now, now, f"undecodable record: {exc}")
+                )
 
     def _mark_alive(self, now: int) -> None:
         if self.outage_since is not None:
@@ -814,6 +817,14 @@ class _Session:
                 f"capture goes on in the kernel (pinned in {self.capture.pinning.directory})"
             )
         return "; ".join(parts) or None
+
+
+def _events_in(record: bytes) -> int:
+    """How many events the kernel staged in ``record`` (all of them are lost with it when it
+    cannot be decoded); 1 when even its header is cut short."""
+    if len(record) < HEADER.size:
+        return 1
+    return max(1, record_count(record))
 
 
 def log_size_bytes(location: LogLocation) -> int | None:
