@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -66,7 +67,20 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 ]
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+def is_loopback_host(name: str) -> bool:
+    """Whether a request's Host names this machine's loopback: ``localhost``, or a loopback
+    address written out (any of 127.0.0.0/8, ::1). Never a domain name, which could lead
+    there only through DNS a web page's author controls."""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
+
+
 LATEST = "-0s"  # the log's end: Scope showed "now" when no timestamp was given
 
 
@@ -153,7 +167,7 @@ class Guard:
         if self.token is None:
             host = headers.get("host", "")
             name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-            if name not in LOOPBACK_HOSTS:
+            if not is_loopback_host(name):
                 return error_response(f"this server answers to a loopback host, not {host!r}", 421)
             return None
         if not scope["path"].startswith("/api/"):

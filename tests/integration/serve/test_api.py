@@ -175,11 +175,20 @@ def test_nothing_writes(served: Served) -> None:
                 assert client.request(method, concrete).status_code == 405
 
 
-def test_another_host_name_is_refused_without_a_token(served: Served) -> None:
+@pytest.mark.parametrize("host", ["attacker.example:4040", "127.0.0.1.nip.io:4040", "10.0.0.1"])
+def test_another_host_name_is_refused_without_a_token(served: Served, host: str) -> None:
     """A page elsewhere that points its own name at 127.0.0.1 (DNS rebinding) gets nothing."""
     with served.client() as client:
-        answer = client.get("/api/span", headers={"Host": "attacker.example:4040"})
+        answer = client.get("/api/span", headers={"Host": host})
     assert answer.status_code == 421
+
+
+@pytest.mark.parametrize("host", ["127.0.0.2:4040", "[::1]:4040", "localhost:4040", "127.0.0.1"])
+def test_any_loopback_address_is_answered_without_a_token(served: Served, host: str) -> None:
+    """A server bound to another loopback address than 127.0.0.1 (any of 127/8 is) answers
+    its page there."""
+    with served.client() as client:
+        assert client.get("/api/span", headers={"Host": host}).status_code == 200
 
 
 def test_with_a_token_the_api_asks_for_it(real_log: Path) -> None:
