@@ -56,12 +56,19 @@
     for (const key of ["view", "window", "pseudo", "node", "q"]) {
       if (q.get(key)) state[key] = q.get(key);
     }
-    if (q.get("t")) state.t = Math.round(parseFloat(q.get("t")) * 1000);
-    if (q.get("diff")) state.diff = Math.round(parseFloat(q.get("diff")) * 1000);
+    state.t = linkedMoment(q.get("t"));
+    state.diff = linkedMoment(q.get("diff"));
     for (const [id, x, y] of parsedPositions(q.get("pos"))) positions.set(id, { x, y });
     state.unconnected = q.get("unconnected") === "show";
     state.lan = q.get("lan") === "1";
     state.stack = q.get("stack") !== "0";
+  }
+
+  // A moment of a link (Unix seconds) in milliseconds; null, as if none were given, for
+  // what is no number (a link typed or cut short by hand).
+  function linkedMoment(text) {
+    const ms = Math.round(Number(text) * 1000);
+    return text && Number.isFinite(ms) ? ms : null;
   }
 
   function writeUrl() {

@@ -161,6 +161,18 @@ def test_a_link_shows_the_same_map(browser: Any, served: Served) -> None:
     assert ["gold-held", "gold-srv"] in edges(browser)
 
 
+@pytest.mark.parametrize("query", ["t=abc", "t=", "diff=abc", "t=1e999"])
+def test_a_link_with_a_moment_that_is_no_number_draws_the_latest_map(
+    browser: Any, served: Served, query: str
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{served.url}/?view=processes&{query}")
+    body = browser.find_element(By.TAG_NAME, "body")
+    wait_for("the map", lambda: body.get_attribute("data-drawn"))
+    assert labels(browser)
+
+
 def test_the_page_fetches_nothing_from_elsewhere(served: Served) -> None:
     page = httpx.get(served.url + "/").text
     assert "http://" not in page and "https://" not in page
