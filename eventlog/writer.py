@@ -166,6 +166,11 @@ class LogWriter:
             self.clock.add(sample)
         return self._commit(batch)
 
+    def commit_alone(self, batch: Batch) -> AppendResult:
+        """Commit ``batch`` on its own, what is pending left as it is: a loss said after the
+        log failed a commit, before the recorder stops."""
+        return self._commit(batch)
+
     def _commit(self, batch: Batch) -> AppendResult:
         result = self._appender.append(self.recording_id, batch, self.clock, self._snapshots)
         self.committed_events += result.event_count

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eventlog import __version__, native
+from eventlog.batch import Batch
 from eventlog.clock import ClockModel, monotonic_ns
 from eventlog.errors import EbpfUnavailableError, LogError, LogWriteError, ScopeError
 from eventlog.events import (
@@ -380,13 +381,15 @@ class Recorder:
                 reason = session.loop()
         except LogError as exc:
             self.progress.stop_reason = STOP_ERROR
-            session.abandon()
-            self._close_after_error(store, recording_id, str(exc))
+            unwritten = self._close_after_error(store, session, str(exc))
+            if unwritten:  # said in the one line the error is
+                raise type(exc)(f"{exc}; {_lost(unwritten)}") from exc
             raise
         except BaseException as exc:
             self.progress.stop_reason = STOP_ERROR
-            session.abandon()
-            self._close_after_error(store, recording_id, f"{type(exc).__name__}: {exc}")
+            unwritten = self._close_after_error(store, session, f"{type(exc).__name__}: {exc}")
+            if unwritten:
+                self.notify(f"note: {_lost(unwritten)}")
             raise
         finally:
             writer.close()
@@ -396,13 +399,27 @@ class Recorder:
         )
         return self.progress
 
-    def _close_after_error(self, store: LogStore, recording_id: int, detail: str) -> None:
-        # A full disk still has the reserve's room for this one update; if the log failed
-        # otherwise, the next recorder marks this recording crashed.
+    def _close_after_error(self, store: LogStore, session: _Session, detail: str) -> int:
+        """The kernel side stopped, and what was captured and not written (lost with the log:
+        how many is returned) said where the log can still take it: a loss, and the
+        recording's end. A full disk still has the reserve's room for this; if the log
+        failed otherwise, the next recorder marks this recording crashed."""
+        unwritten = session.abandon()
         if self._reserve is not None:
             self._reserve.release()
+        if unwritten:
+            self.progress.lost_events += unwritten
+            detail = f"{detail}; {_lost(unwritten)}"
+            now = monotonic_ns()
+            loss = Loss(unwritten, session.started, now, "captured, not written: the log failed")
+            with contextlib.suppress(ScopeError):
+                session.writer.commit_alone(Batch(losses=[loss]))
         with contextlib.suppress(ScopeError):
-            end_recording(store, recording_id, monotonic_ns(), STOP_ERROR, detail)
+            end_recording(
+                store, session.progress.recording_id, monotonic_ns(), STOP_ERROR, detail,
+                session.counters(),
+            )  # fmt: skip
+        return unwritten
 
 
 class _Session:
@@ -757,14 +774,38 @@ class _Session:
         self._flush(final=True)
         return reason
 
-    def abandon(self) -> None:
-        """After an error: stop the kernel side; what is buffered is lost with the log."""
+    def abandon(self) -> int:
+        """After an error: stop the kernel side. How many events were captured and will not
+        be written (lost with the log): those waiting for a commit or in the reorder buffer,
+        the kernel's last records, and what it staged and never handed over, or counted
+        lost since the last look (unless the programs stay pinned: then the next recorder
+        receives and counts it)."""
+        unwritten = self.writer.pending_events + len(self.reorder)
         if self.capture is not None:
+            with contextlib.suppress(Exception):  # (the error that stops it is said already)
+                unwritten += sum(map(_events_in, self.capture.stop()))
+                if not self.capture.keeps_running:
+                    unwritten += self._unreported_kernel_events()
             self.capture.close()
         if self.conntrack is not None:
             self.conntrack.stop()
         if self.containers is not None:
             self.containers.stop()
+        return unwritten
+
+    def _unreported_kernel_events(self) -> int:
+        """What the kernel staged and never handed over, and counted lost, skipped or
+        stale since the last look: none of it in the log."""
+        assert self.capture is not None
+        current = self.capture.stats()
+        previous = self.kernel
+        never_handed = current.staged_events - self.capture.received_total - current.lost_events
+        since = (
+            (current.lost_events - previous.lost_events)
+            + (current.recursion_misses - previous.recursion_misses)
+            + (current.stale_sockets - previous.stale_sockets)
+        )
+        return max(0, never_handed) + max(0, since)
 
     def counters(self) -> dict[str, int]:
         """The accounting a test or an operator can check: staged in the kernel = received
@@ -817,6 +858,10 @@ class _Session:
                 f"capture goes on in the kernel (pinned in {self.capture.pinning.directory})"
             )
         return "; ".join(parts) or None
+
+
+def _lost(unwritten: int) -> str:
+    return f"{unwritten:,} events captured since the last commit are lost"
 
 
 def _events_in(record: bytes) -> int:

@@ -36,14 +36,22 @@ def test_disk_full_stops_clearly_and_keeps_what_was_committed(
             ],
             capture_output=True, text=True, timeout=180, check=False,
         )  # fmt: skip
-    assert_one_line_error(after_live_line(result), 3, "disk full")
+    # What was captured and not written (at least the batch that did not fit) is said.
+    assert_one_line_error(
+        after_live_line(result), 3, "disk full", "events captured since the last commit are lost"
+    )
 
     acknowledged = committed(progress)
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert conn.execute("SELECT count(*) FROM events").fetchone()[0] >= acknowledged > 10_000
         reason, detail = conn.execute("SELECT stop_reason, stop_detail FROM recordings").fetchone()
+        lost = conn.execute(
+            "SELECT sum(lost) FROM losses WHERE reason = 'captured, not written: the log failed'"
+        ).fetchone()[0]
     assert reason == "error" and "disk full" in detail
+    # ... and counted in the log, as the detail says
+    assert lost and f"{lost:,} events captured since the last commit are lost" in detail
 
     # Still full, the log reads: replay and query work on it as it is.
     replay = run_cli("scope-replay", "--db", str(db), "--at", "-1s", "--format", "csv")
