@@ -451,10 +451,14 @@ class EbpfCapture:
             stats = read_stats(old)
             lost = stats.lost_events - _control_of(old, CTL_LOST)
             unread = stats.staged_events - received - stats.lost_events
+            missed = stats.recursion_misses - _control_of(old, CTL_RECURSION)
+            stale = stats.stale_sockets - _control_of(old, CTL_STALE)
             since = _control_of(old, CTL_LAST_READ_MONO_NS)
             for count, reason in (
                 (lost, "ring buffer full while no recorder read it"),
                 (unread, "staged in the replaced programs, never handed over"),
+                (missed, "kernel skipped the replaced programs (BPF recursion)"),
+                (stale, "socket closes the replaced programs never saw"),
             ):
                 if count > 0:
                     self.inherited_losses.append(InheritedLoss(count, since, reason))
