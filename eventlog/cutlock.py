@@ -64,11 +64,7 @@ class CutLock(Protocol):
 def cut_lock(store: LogStore, waiting: Callable[[], None] | None = None) -> Iterator[CutLock]:
     """The log's cut lock, held for the block. When another cut holds it: CutBusyError, or,
     given ``waiting``, that called once and the lock waited for."""
-    lock: CutLock = (
-        _FileLock(store)
-        if store.location.is_sqlite
-        else _AdvisoryLock(store)
-    )
+    lock: CutLock = _FileLock(store) if store.location.is_sqlite else _AdvisoryLock(store)
     with contextlib.closing(lock):
         if not lock.try_acquire():
             if waiting is None:
