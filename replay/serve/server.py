@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import secrets
 import socket
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from eventlog.errors import UsageError
 from eventlog.location import LogLocation
@@ -16,8 +19,55 @@ from replay.serve.app import Limits, create_app
 from replay.serve.session import LogSession
 
 DEFAULT_BIND = "127.0.0.1:4040"
-# Connections uvicorn holds at once; past it, it answers 503 (the API's own bound is Limits).
-MAX_CONNECTIONS = 64
+# How long a connection may go without a request to answer: from its start, and from the
+# end of its last answer (HTTP keep-alive).
+IDLE_S = 5.0
+
+
+class TimelyProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1, with a connection closed once it has gone ``IDLE_S`` without a
+    request to answer, however much of one it sent. uvicorn's own keep-alive runs only
+    after an answer, until the next byte: a connection that sends nothing, or the start of
+    a request and no more, would be held for ever, and enough of them keep every other
+    client out (the number of connections is bounded only by the process's files: the
+    requests answered at once are bounded by the app, replay.serve.app.Limits)."""
+
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.loop.call_later(IDLE_S, self._idle)
+
+    def _idle(self) -> None:
+        answering = self.cycle is not None and not self.cycle.response_complete
+        if not answering:
+            self.timeout_keep_alive_handler()  # (closes the connection)
+
+
+def server_config(app: Any) -> uvicorn.Config:
+    """How uvicorn runs the app (the command and its tests alike)."""
+    return uvicorn.Config(
+        app,
+        http=TimelyProtocol,
+        log_level="warning",
+        timeout_keep_alive=int(IDLE_S),
+        server_header=False,
+        access_log=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -88,14 +138,7 @@ def serve(location: LogLocation, bind_text: str, token: str | None) -> None:
     print(f"scope-replay: serving {location.display()} at {url}", flush=True)
     if generated:
         print(f"scope-replay: API token (generated): {token}", flush=True)
-    config = uvicorn.Config(
-        create_app(session, token, Limits()),
-        log_level="warning",
-        limit_concurrency=MAX_CONNECTIONS,
-        timeout_keep_alive=5,
-        server_header=False,
-        access_log=False,
-    )
+    config = server_config(create_app(session, token, Limits()))
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

@@ -27,8 +27,11 @@
     const query = new URLSearchParams(params || {}).toString();
     const headers = token ? { Authorization: "Bearer " + token } : {};
     const response = await fetch(path + (query ? "?" + query : ""), { headers });
-    const body = await response.json();
-    if (!response.ok) throw new Error(body.error || response.statusText);
+    // (an answer not from the app, a proxy's say, is no JSON: its status says what failed)
+    const json = (response.headers.get("content-type") || "").startsWith("application/json");
+    const body = json ? await response.json() : {};
+    if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
+    if (!json) throw new Error(`${path}: the answer is not JSON`);
     return body;
   }
 

@@ -15,7 +15,7 @@ import uvicorn
 
 from eventlog.location import resolve
 from replay.serve.app import Limits, create_app
-from replay.serve.server import Bind, listening_socket
+from replay.serve.server import Bind, listening_socket, server_config
 from replay.serve.session import LogSession
 from tests.engine_golden import unpack_real_log
 
@@ -37,10 +37,7 @@ def serving(db: Path, token: str | None = None, limits: Limits | None = None) ->
     sock = listening_socket(Bind("127.0.0.1", 0))
     port = sock.getsockname()[1]
     session = LogSession(resolve(str(db)))
-    config = uvicorn.Config(
-        create_app(session, token, limits or Limits()), log_level="warning", limit_concurrency=64
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(create_app(session, token, limits or Limits())))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

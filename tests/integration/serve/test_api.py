@@ -18,7 +18,7 @@ from eventlog.store import Purpose, open_log
 from replay import table
 from replay.derived.store import open_derived
 from replay.serve.app import Limits
-from replay.serve.server import Bind, chosen_token, parse_bind
+from replay.serve.server import IDLE_S, Bind, chosen_token, parse_bind
 from replay.serve.session import REMEMBERED
 from replay.views.api import topology_in
 from replay.views.diff import topology_diff
@@ -261,3 +261,21 @@ def test_a_flood_is_bounded_and_the_server_answers_after(real_log: Path) -> None
         assert set(statuses) <= {200, 503}
         assert 200 in statuses
         assert get(running, "/api/span").status_code == 200
+
+
+def test_idle_connections_neither_keep_others_out_nor_stay(served: Served) -> None:
+    """Connections that send nothing, or the start of a request and no more: more of them
+    than the server answers at once. Others are answered meanwhile, and the server closes
+    them once they have been idle for IDLE_S."""
+    host, port = served.url.removeprefix("http://").split(":")
+    idle = [socket.create_connection((host, int(port))) for _ in range(100)]
+    partial = socket.create_connection((host, int(port)))
+    partial.sendall(f"GET /api/span HTTP/1.1\r\nHost: {host}\r\n".encode())
+    try:
+        assert get(served, "/api/span").status_code == 200
+        for sock in [*idle, partial]:
+            sock.settimeout(IDLE_S * 6)
+            assert sock.recv(1) == b"", "the server kept an idle connection"
+    finally:
+        for sock in [*idle, partial]:
+            sock.close()
