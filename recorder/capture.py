@@ -128,9 +128,11 @@ MAX_SPAN_BYTES = 128
     CTL_FLUSH_ALL,
     CTL_ATTACHED_WALL_NS,  # when the programs were attached
     CTL_RECEIVED,  # kernel events handed over to readers
-    CTL_LOST,  # ring buffer losses readers have put in a log
-    CTL_RECURSION,  # recursion misses readers have put in a log
-    CTL_STALE,  # stale sockets readers have put in a log
+    # What readers have counted as losses in a batch of theirs: a reader killed before that
+    # batch committed loses them with it, as it loses the batch's events.
+    CTL_LOST,  # ring buffer losses
+    CTL_RECURSION,  # recursion misses
+    CTL_STALE,  # stale sockets
     CTL_LAST_READ_WALL_NS,  # when a reader last wrote these slots
     CTL_LAST_READ_MONO_NS,
     CTL_READER_PID,  # the process reading the programs now (or last)

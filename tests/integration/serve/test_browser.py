@@ -173,6 +173,13 @@ def test_a_link_with_a_moment_that_is_no_number_draws_the_latest_map(
     assert labels(browser)
 
 
+def test_the_page_offers_every_view_the_api_has(served: Served) -> None:
+    page = httpx.get(served.url + "/").text
+    listing = httpx.get(served.url + "/api/topology", params={"timestamp": "-0s"}).json()
+    for topology in listing["topologies"]:
+        assert f'<option value="{topology["name"]}">' in page, topology["name"]
+
+
 def test_the_page_fetches_nothing_from_elsewhere(served: Served) -> None:
     page = httpx.get(served.url + "/").text
     assert "http://" not in page and "https://" not in page
