@@ -15,6 +15,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,9 @@ ALIVE_INTERVAL_NS = 1_000_000_000
 # per-CPU flush timer, one drain; plus room for accept() returning late.
 REORDER_HORIZON_NS = 300_000_000
 OUTAGE_RETRY_NS = 1_000_000_000
+# How long a recorder that is stopping goes on trying to commit its last events to a
+# central store that is away (a stop during the database's restart loses nothing).
+STOP_GRACE_NS = 10_000_000_000
 LOSS_WARNING_INTERVAL_NS = 10_000_000_000
 
 
@@ -389,7 +393,7 @@ class Recorder:
             self.progress.stop_reason = STOP_ERROR
             unwritten = self._close_after_error(store, session, f"{type(exc).__name__}: {exc}")
             if unwritten:
-                self.notify(f"note: {_lost(unwritten)}")
+                self.notify(f"warning: {_lost(unwritten)}")
             raise
         finally:
             writer.close()
@@ -462,6 +466,7 @@ class _Session:
         self.received_pieces = 0  # of command lines: received, joined into their EXECs
         self.outage_since: int | None = None
         self.retry_at = 0
+        self.stop_waits_said = False  # a stop waiting for a central store said so
         self.initial_snapshot_mono: int | None = None
 
     # -- the loop --------------------------------------------------------------------------
@@ -771,8 +776,31 @@ class _Session:
             self.containers.stop()
             self._drain_containers()
         self.reorder.release_all(self.writer)
-        self._flush(final=True)
+        self._final_flush()
         return reason
+
+    def _final_flush(self) -> None:
+        """The last commit; to a central store that is away, tried again for STOP_GRACE_NS
+        (said once), then given up: the error says how many events are lost."""
+        deadline = monotonic_ns() + STOP_GRACE_NS
+        while True:
+            try:
+                self._flush(final=True)
+                return
+            except LogError as exc:
+                if not self.store.location.is_postgres or monotonic_ns() >= deadline:
+                    raise
+                if self.outage_since is None:
+                    self.outage_since = monotonic_ns()
+                    self.recorder.notify(f"warning: {exc}")
+                if not self.stop_waits_said:
+                    self.stop_waits_said = True
+                    self.recorder.notify(
+                        f"warning: stopping once the log takes the last "
+                        f"{self.writer.pending_events:,} events (trying for "
+                        f"{STOP_GRACE_NS // 1_000_000_000} s)"
+                    )
+                time.sleep(OUTAGE_RETRY_NS / 1e9)
 
     def abandon(self) -> int:
         """After an error: stop the kernel side. How many events were captured and will not

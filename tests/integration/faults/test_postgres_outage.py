@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from recorder.record import STOP_GRACE_NS
 from recorder.workload import run_client, running_server
 from tests.cli import BIN, run_cli
 from tests.ebpf import require_ebpf
@@ -94,6 +95,50 @@ def test_outage_shorter_than_the_buffer_is_caught_up(
             "SELECT count(*) FROM events WHERE mono_ns BETWEEN %s AND %s", (down_at, up_at)
         ).fetchone()
     assert during is not None and during[0] > 100, "events captured while the server was down"
+
+
+def test_a_stop_during_an_outage_waits_for_the_store_and_loses_nothing(
+    own_pg_server: PostgresServer, tmp_path: Path
+) -> None:
+    """SIGTERM while the store is away (a database restart): the recorder goes on trying
+    to commit what it holds, and it is all in the log once the store is back."""
+    require_ebpf()
+    url = own_pg_server.create_database("outage")
+    progress = tmp_path / "progress"
+    with running_server("pg-srv", workdir=tmp_path) as server:
+        client = run_client("pg-cli", "127.0.0.1", server.port, count=100_000, gap_ms=1)
+        recorder = _start_recorder(url, progress, buffer_events=2_000_000)
+        try:
+            wait_for(lambda: committed(progress) > 1000, timeout=60)
+            own_pg_server.stop("immediate")
+            try:
+                time.sleep(1)
+                recorder.send_signal(signal.SIGTERM)
+                time.sleep(STOP_GRACE_NS / 1e9 / 2)
+                waited = recorder.poll() is None
+            finally:
+                own_pg_server.start()
+            _, stderr = recorder.communicate(timeout=60)
+            assert waited, f"the recorder gave up at once: {stderr}"
+        finally:
+            client.kill()
+            client.wait()
+            if recorder.poll() is None:
+                recorder.kill()
+    assert recorder.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "warning: stopping once the log takes the last" in stderr and "reachable again" in stderr
+    recordings, count, _ = _log_state(url)
+    ((_, reason, counters),) = recordings
+    assert reason == "signal" and counters is not None
+    assert (
+        count
+        == counters["committed"]
+        == counters["received"]
+        - counters["command_line_pieces"]
+        + counters["snapshots"]
+        + counters["container_records"]
+    )
 
 
 def test_outage_longer_than_the_buffer_stops_clearly(
