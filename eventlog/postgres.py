@@ -37,6 +37,11 @@ from eventlog.snapshots import SnapshotEncoder
 from eventlog.store import LogStore, map_driver_error
 
 APPEND_LOCK_KEY = 0x73636F70  # "scop": one lock for all writers of a store
+# An appender's session that the server finds idle inside a transaction this long is ended
+# by the server: its client is gone (a host that died, a network cut mid-append) and would
+# otherwise hold the append lock, and every other writer of the store waiting for it, until
+# TCP keepalive ends the session (hours). An append never pauses inside its transaction.
+IDLE_IN_APPEND = "30s"
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class PostgresAppender:
         conn: psycopg.Connection[Any] = self._proxy.driver_connection
         conn.autocommit = False
         with conn.cursor() as cur:
+            cur.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_APPEND}'")
             cur.execute("SELECT id, name FROM comms")
             self._comms = Dictionary(cur.fetchall())
             cur.execute("SELECT id, inode FROM netns")

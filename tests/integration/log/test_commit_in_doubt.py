@@ -8,6 +8,7 @@ of forwarding it (nothing committed: the retry must write it).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -71,9 +72,10 @@ class _Relay:
                         server.sendall(data)
                         time.sleep(0.5)  # (it commits meanwhile)
                     self.broken.set()
-                    client.shutdown(socket.SHUT_RDWR)
-                    client.close()
-                    server.close()
+                    for end in (client, server):  # (shut down: a recv() waiting wakes)
+                        with contextlib.suppress(OSError):
+                            end.shutdown(socket.SHUT_RDWR)
+                        end.close()
                     return
                 server.sendall(data)
         except OSError:
