@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import stat
 from dataclasses import dataclass
@@ -10,7 +12,7 @@ from pathlib import Path
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from eventlog.errors import LogLocationError
+from eventlog.errors import LogLocationError, UsageError
 
 DEFAULT_LOG = "scope.db"
 ENV_VAR = "SCOPE_DB"
@@ -58,7 +60,7 @@ def resolve(text: str | None) -> LogLocation:
         return _sqlite_location(Path(text))
     try:
         url = make_url(text)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # (ValueError: a port that is no number)
         raise LogLocationError(f"not a database URL: {text!r}") from exc
     backend = url.get_backend_name()
     if backend == "sqlite":
@@ -99,3 +101,31 @@ def _sqlite_location(path: Path) -> LogLocation:
     if mode is not None and not stat.S_ISREG(mode):
         raise LogLocationError(f"{path} is not a regular file")
     return LogLocation(url=URL.create("sqlite", database=str(path)), path=path, text=str(path))
+
+
+def refuse_as_output(location: LogLocation, output: Path | None, option: str = "--output") -> None:
+    """Refuse an output file that is the log at ``location`` or one of its companion files
+    (``-wal``, ``-shm``, ...), by whatever name: through ``..``, a symbolic link or a hard
+    link. Writing it would destroy the log."""
+    if output is None or location.path is None:
+        return
+    target = Path(os.path.realpath(output.expanduser()))
+    path = Path(os.path.realpath(location.path))
+    same_name = target == path or (
+        target.name.startswith(path.name + "-") and target.parent == path.parent
+    )
+    if same_name or _same_file(target, path):
+        raise UsageError(f"{option} {output} would overwrite the log {location.path}")
+
+
+def _same_file(target: Path, log: Path) -> bool:
+    """Whether ``target`` exists and is the log's file or a companion's (a hard link)."""
+    try:
+        found = target.stat()
+    except OSError:
+        return False
+    for candidate in [log, *log.parent.glob(glob.escape(log.name) + "-*")]:
+        with contextlib.suppress(OSError):
+            if os.path.samestat(found, candidate.stat()):
+                return True
+    return False

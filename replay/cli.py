@@ -239,6 +239,9 @@ def replay_main(
             "scope-replay --help lists the rest"
         )
     check_output_path(output)
+    from eventlog.location import refuse_as_output, resolve
+
+    refuse_as_output(resolve(db), output)
     from replay import table
     from replay.views import render as view_render
     from replay.views.api import topology_and_warnings
@@ -504,13 +507,16 @@ def db_recover(
 
     Example: scope-replay db recover damaged.db --db recovered.db
     """
-    from eventlog.location import resolve
+    from eventlog.location import refuse_as_output, resolve
     from eventlog.recover import recover_log
 
     new = _log_argument(ctx, db)
     if new is None:  # not $SCOPE_DB or ./scope.db: the damaged log is usually one of them
         raise UsageError("--db NEW is required: the new log to write the recovered one to")
-    recovery = recover_log(resolve(source), resolve(new))
+    target = resolve(new)
+    if target.path is not None:
+        refuse_as_output(resolve(source), target.path, "--db")
+    recovery = recover_log(resolve(source), target)
     sys.stdout.write(_recovery_report(recovery.document(), format.value))
     if not recovery.whole:
         _warn([f"{source} could not be read whole: what is missing is said above"])

@@ -28,6 +28,9 @@ FORMATS = {"parquet": "(FORMAT parquet, COMPRESSION zstd)", "csv": "(FORMAT csv,
            "jsonl": "(FORMAT json)"}  # fmt: skip
 
 
+EXPORTED = ("events", "connections")  # the files written, each NAME.FORMAT
+
+
 @dataclass(frozen=True)
 class Exported:
     path: Path
@@ -45,6 +48,11 @@ def export_range(
     at_ns, window_ns = int(to_ns) - 1, int(to_ns) - int(from_ns)
     check_kept(derived, at_ns - window_ns, f"--from {format_ns(from_ns)}")
     _ensure_directory(directory)
+    for name in EXPORTED:
+        if (directory / f"{name}.{fmt}").exists():
+            raise UsageError(
+                f"{directory / f'{name}.{fmt}'} exists: remove it, or export to another directory"
+            )
     queries = {
         "events": f"SELECT * FROM events WHERE wall_ns >= {int(from_ns)} "
         f"AND wall_ns < {int(to_ns)} ORDER BY position",

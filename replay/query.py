@@ -9,13 +9,10 @@ Parquet is written from the query's Arrow batches by pyarrow, never by DuckDB it
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime
 import decimal
-import glob
 import json
-import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -27,6 +24,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from eventlog.errors import QueryError, UsageError
+from eventlog.location import refuse_as_output
 from eventlog.store import LogStore
 from replay.derived.store import Derived, arrow_copy_allowed, open_derived
 from replay.derived.views import MACROS, PUBLIC_VIEWS
@@ -175,7 +173,7 @@ def run_query(
         raise UsageError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     if fmt == "parquet" and output is None:
         raise UsageError("--format parquet needs --output FILE")
-    refuse_log_as_output(log, output)
+    refuse_as_output(log.location, output)
     with open_derived(log, store_path) as derived:
         return query_derived(derived, sql, fmt, output, out)
 
@@ -247,33 +245,6 @@ def _write_parquet(result: duckdb.DuckDBPyConnection, columns: list[str], output
             writer.write_batch(batch)
             rows += batch.num_rows
     return QueryRun(columns, rows)
-
-
-def refuse_log_as_output(log: LogStore, output: Path | None) -> None:
-    """Refuse an ``--output`` that is the log or one of its companion files (``-wal``,
-    ``-shm``, ...), by whatever name: through ``..``, a symbolic link or a hard link."""
-    if output is None or log.location.path is None:
-        return
-    target = Path(os.path.realpath(output.expanduser()))
-    path = Path(os.path.realpath(log.location.path))
-    same_name = target == path or (
-        target.name.startswith(path.name + "-") and target.parent == path.parent
-    )
-    if same_name or _same_file(target, path):
-        raise UsageError(f"--output {output} would overwrite the log")
-
-
-def _same_file(target: Path, log: Path) -> bool:
-    """Whether ``target`` exists and is the log's file or a companion's (a hard link)."""
-    try:
-        found = target.stat()
-    except OSError:
-        return False
-    for candidate in [log, *log.parent.glob(glob.escape(log.name) + "-*")]:
-        with contextlib.suppress(OSError):
-            if os.path.samestat(found, candidate.stat()):
-                return True
-    return False
 
 
 def schema_sql() -> str:

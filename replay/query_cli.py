@@ -60,10 +60,10 @@ def main_command(
     Example: scope-query "SELECT comm, count(*) FROM events WHERE kind = 'connect' GROUP BY 1"
     """
     # The library is imported when a query runs, not for --help (see pyproject.toml)
-    from eventlog.location import resolve
+    from eventlog.location import refuse_as_output, resolve
     from eventlog.store import Purpose, open_log
     from replay import query
-    from replay.derived.store import open_derived
+    from replay.derived.store import open_derived, refuse_replacing
 
     check_output_path(output)
     check_output_path(store)
@@ -73,7 +73,9 @@ def main_command(
         text = query.schema_sql() if schema else _sql_text(sql, file)
         if format is QueryFormat.parquet and output is None:
             raise UsageError("--format parquet needs --output FILE")
-        query.refuse_log_as_output(log, output)
+        refuse_as_output(log.location, output)
+        refuse_as_output(log.location, store, "--store")
+        refuse_replacing(store)
         with open_derived(log, store) as derived:
             _notices(derived.notices)
             outcome = query.query_derived(derived, text, format.value, output)

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from eventlog.errors import QueryError
+from eventlog.errors import QueryError, UsageError
 from eventlog.reader import LogReader
 from eventlog.scan import THREADS as SCAN_THREADS
 from eventlog.store import LogStore
@@ -349,6 +349,25 @@ def _synced(
         raise
     stats.rebuilt = True
     return writable, stats
+
+
+def refuse_replacing(path: Path | None) -> None:
+    """Refuse a store path (``scope-query --store``) where a file that is not a store is: a
+    store that cannot be opened is removed and built again, and that file would go."""
+    if path is None or not path.exists():
+        return
+    try:
+        with path.open("rb") as file:
+            header = file.read(_DUCKDB_MAGIC_END)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+    if header[_DUCKDB_MAGIC_END - len(_DUCKDB_MAGIC) :] != _DUCKDB_MAGIC:
+        raise UsageError(f"{path} is not a derived store: refusing to replace it")
+
+
+# A DuckDB file: its magic bytes after the first block's checksum.
+_DUCKDB_MAGIC = b"DUCK"
+_DUCKDB_MAGIC_END = 12
 
 
 def side_files(store: Path) -> list[Path]:

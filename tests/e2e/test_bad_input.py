@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -205,3 +206,52 @@ def test_the_clis_start_without_the_library() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_no_output_overwrites_the_log(log: Path, tmp_path: Path) -> None:
+    """An output that is the log, or a companion of it, by any name, is refused before
+    anything is written: the log stays as it was."""
+    linked = tmp_path / "linked.db"
+    linked.symlink_to(log)
+    before = _sha(log)
+    cases = [
+        ["scope-replay", "--at", "-0s", "-o", str(log)],
+        ["scope-replay", "--at", "-0s", "--view", "hosts", "--format", "json", "-o", str(linked)],
+        ["scope-replay", "--at", "-0s", "-o", f"{log}-wal"],
+        ["scope-query", "SELECT 1", "--store", str(log)],
+        ["scope-query", "SELECT 1", "--store", str(linked)],
+    ]
+    for command in cases:
+        prog, *args = command
+        result = run_cli(prog, "--db", str(log), *args)
+        assert_one_line_error(result, EXIT_USAGE, "would overwrite the log")
+    recovered = run_cli("scope-replay", "db", "recover", str(log), "--db", f"{log}-wal")
+    assert_one_line_error(recovered, EXIT_USAGE, "would overwrite the log")
+    assert _sha(log) == before
+    # Nor is a file of the user's that is no derived store replaced by one.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    result = run_cli("scope-query", "--db", str(log), "SELECT 1", "--store", str(notes))
+    assert_one_line_error(result, EXIT_USAGE, "not a derived store")
+    assert notes.read_text() == "mine\n"
+
+
+def test_export_does_not_replace_files_it_finds(log: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "events.csv").write_text("mine\n")
+    result = run_cli("scope-replay", "--db", str(log), "export", "--from", "+0s", "--to",
+                     "-0s", "--format", "csv", "-o", str(out))  # fmt: skip
+    assert_one_line_error(result, EXIT_USAGE, "events.csv exists")
+    assert (out / "events.csv").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@h:abc/db", "postgresql://u@[::1/db"])
+def test_a_url_that_does_not_parse_is_one_line(url: str) -> None:
+    for prog in ("scope-replay", "scope-query"):
+        args = ["--at", "-0s"] if prog == "scope-replay" else ["SELECT 1"]
+        assert_one_line_error(run_cli(prog, "--db", url, *args), EXIT_USAGE, "not a database URL")
