@@ -180,6 +180,16 @@ class Archive:
             raise LogOpenError(f"cannot read the archive manifest {path}: {exc}") from exc
         return segments
 
+    def require_whole(self, archived: int) -> None:
+        """Raise LogOpenError unless the segments hold every position up to ``archived``
+        (the log's boundary): a log moved or copied without its archive, say, names a
+        directory that holds part of it or none."""
+        if not _covered(self.segments(archived), 0, archived):
+            raise LogOpenError(
+                f"the archive {self.directory} lacks positions of (0, {archived}]: its "
+                "segments were moved or removed (a log moved or copied without its archive?)"
+            )
+
     def read(self, select: Select, after: int, upto: int, archived: int) -> pa.Table:
         """The rows of ``select`` (columns of one of ``TABLES``) for positions in
         ``(after, upto]``, all archived (``upto <= archived``), in position order."""

@@ -45,6 +45,7 @@ import errno
 import json
 import math
 import re
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -72,7 +73,7 @@ from eventlog.location import LogLocation
 from eventlog.options import SqliteOptions
 from eventlog.scan import scan_live
 from eventlog.seed import DROPPED, SEED, Seed
-from eventlog.store import LogStore, Purpose, open_log
+from eventlog.store import LogStore, Purpose, map_driver_error, open_log
 
 SEGMENT_POSITIONS = 2_000_000  # positions per segment at most (about 300 MB of columns)
 WRITERS = 2  # segments written at once (and one read): up to three segments' columns in memory
@@ -295,6 +296,9 @@ def _archive_upto(
             "keeps one archive"
         )
     archived = edge.archived_upto
+    # Cut on only from an archive that holds what the log says it does: into another one,
+    # the log would hold its history in two places, and lose track of the first.
+    target.require_whole(archived)
     upto = min(upto, _before_newest_batch(store))
     result = CutResult(archived, archived)
     with _archive_errors(target, archived, upto):
@@ -626,8 +630,11 @@ def _rebuild_without(store: LogStore, upto: int) -> None:
                 _rebuild_table(driver, table, upto)
             driver.execute("DELETE FROM batches WHERE last_position <= ?", (upto,))
             driver.execute("COMMIT")
-        except BaseException:
-            driver.execute("ROLLBACK")
+        except BaseException as exc:
+            if driver.in_transaction:  # (SQLite rolls back itself after some errors)
+                driver.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):  # (the driver's own: not through SQLAlchemy)
+                raise map_driver_error(exc, store.location) from exc
             raise
 
 

@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import threading
@@ -27,6 +28,7 @@ from eventlog.location import LogLocation, resolve
 from eventlog.reader import LogReader
 from eventlog.store import Purpose, open_log
 from tests.cli import BIN, assert_one_line_error, run_cli
+from tests.engine_golden import unpack_real_log
 from tests.factories import recording_writer
 from tests.load import tmpfs
 from tests.recording import db_argument
@@ -423,3 +425,45 @@ def _wait_until(check: Callable[[], object], timeout_s: float = 60) -> None:
     while not check():
         assert time.monotonic() < deadline, "not in time"
         time.sleep(0.05)
+
+
+def test_a_log_moved_without_its_archive_is_not_cut_further(
+    sqlite_location: LogLocation, tmp_path: Path
+) -> None:
+    """The log names its archive's directory. Moved elsewhere with it, the next cut would
+    have started a second archive in the old place, and the history between them is in
+    neither: the cut is refused, and the live log keeps every row it had."""
+    write_log(sqlite_location)
+    db = db_argument(sqlite_location)
+    walls = batch_walls(sqlite_location)
+    compact(db, walls[len(walls) // 3], tmp_path / "first" / "archive")
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.move(db, moved / "log.db")
+    shutil.move(tmp_path / "first", moved / "first")
+    kept = live_events(resolve(str(moved / "log.db")))
+    result = run_cli("scope-replay", "compact", "--db", str(moved / "log.db"),
+                     "--before", str(walls[2 * len(walls) // 3]))  # fmt: skip
+    assert_one_line_error(result, 2, "lacks positions", "without its archive")
+    assert live_events(resolve(str(moved / "log.db"))) == kept
+
+
+def test_a_cut_that_cannot_write_says_why_in_one_line(tmp_path: Path) -> None:
+    """A cut that keeps few rows rewrites the tables (one transaction): when SQLite cannot
+    write (a file-size limit here, as a full disk), the one line says so, and the log
+    answers as before."""
+    db = tmp_path / "real.db"
+    unpack_real_log(db)
+    walls = batch_walls(resolve(str(db)))
+    before = live_events(resolve(str(db)))
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40 * 1024, resource.RLIM_INFINITY))
+
+    result = subprocess.run(
+        [str(BIN / "scope-replay"), "compact", "--db", str(db), "--before", str(walls[-2])],
+        capture_output=True, text=True, preexec_fn=limited, timeout=120, check=False,
+        env={**os.environ, "SCOPE_CACHE_DIR": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert_one_line_error(result, 2, "disk I/O error")
+    assert live_events(resolve(str(db))) == before
