@@ -891,14 +891,21 @@ def storage_status(store: LogStore) -> StorageStatus:
 
 
 def wall_span(store: LogStore) -> tuple[int, int] | None:
-    """The wall times of the log's first and last events, archive included."""
+    """The wall times of the log's first and last events, archive included; its start is
+    the first recording's, if earlier (as a replay's moments count from it, and with history
+    dropped, ``+10s`` is still ten seconds after the log began, not after the cut)."""
     status = storage_status(store)
     with store.connect() as conn:
         low, high = conn.execute(
             text("SELECT min(min_wall_ns), max(max_wall_ns) FROM batches WHERE last_position > :a"),
             {"a": status.archived_upto},
         ).one()
-    lows = [v for v in (low, status.archive_wall and status.archive_wall[0]) if v is not None]
+        started = conn.execute(text("SELECT min(started_wall_ns) FROM recordings")).scalar()
+    if low is None and status.archive_wall is None:
+        return None
+    lows = [
+        v for v in (low, status.archive_wall and status.archive_wall[0], started) if v is not None
+    ]
     highs = [v for v in (high, status.archive_wall and status.archive_wall[1]) if v is not None]
     return (int(min(lows)), int(max(highs))) if lows else None
 

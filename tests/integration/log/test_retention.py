@@ -467,3 +467,30 @@ def test_a_cut_that_cannot_write_says_why_in_one_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert_one_line_error(result, 2, "disk I/O error")
     assert live_events(resolve(str(db))) == before
+
+
+def test_a_moment_from_the_start_counts_from_the_logs_start_after_a_drop(
+    sqlite_location: LogLocation,
+) -> None:
+    """``--before +Xs`` is X seconds after the log began, as a replay's ``+Xs`` is: after a
+    first drop, an earlier one drops nothing more (it counted from the cut, and dropped
+    again, further each time)."""
+    write_log(sqlite_location)
+    db = db_argument(sqlite_location)
+    walls = batch_walls(sqlite_location)
+    with open_log(sqlite_location, Purpose.READ) as store, store.connect() as conn:
+        started = int(conn.exec_driver_sql("SELECT min(started_wall_ns) FROM recordings").one()[0])
+    # (seconds after the recording began: the factory's starts well before its events)
+    half, quarter = ((walls[len(walls) // n] - started) / 1e9 for n in (2, 4))
+
+    def drop(seconds: float) -> str:
+        result = run_cli("scope-replay", "compact", "--db", db, "--before", f"+{seconds:.3f}s",
+                         "--archive", "none")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert not drop(half).startswith("dropped 0 events")
+    kept = live_events(sqlite_location)
+    assert EVENTS // 3 < kept < 2 * EVENTS // 3  # what came after +half
+    assert drop(quarter).startswith("dropped 0 events")
+    assert live_events(sqlite_location) == kept
