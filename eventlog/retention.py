@@ -190,9 +190,14 @@ def default_archive(location: LogLocation) -> Path | None:
 
 
 # -- where to cut ------------------------------------------------------------------------------
+_LAST_NS = 2**63 - 1
+
+
 def cut_before(store: LogStore, before_wall_ns: int) -> int:
     """The last position of the longest run of live batches all of whose events are before
     ``before_wall_ns`` (the boundary itself if there is none)."""
+    # (a moment past what 64 bits hold, after the year 2262, is past every event too)
+    before_wall_ns = min(before_wall_ns, _LAST_NS)
     archived = boundary(store).archived_upto
     with store.connect() as conn:
         first_kept = conn.execute(

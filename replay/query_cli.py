@@ -92,11 +92,22 @@ def _notices(lines: list[str]) -> None:
 
 
 def _sql_text(sql: str | None, file: Path | None) -> str:
+    """The query's text, from the argument, ``-f FILE`` or stdin: UTF-8 text, or refused."""
+    try:
+        text = _read_sql(sql, file)
+        text.encode()  # (an argument or stdin not UTF-8 holds lone surrogates)
+    except UnicodeError as exc:
+        where = file if file is not None else "the query"
+        raise UsageError(f"{where} is not UTF-8 text") from exc
+    return text
+
+
+def _read_sql(sql: str | None, file: Path | None) -> str:
     if file is not None:
         if sql is not None:
             raise UsageError("give the query as an argument or with -f, not both")
         try:
-            return file.read_text()
+            return file.read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"cannot read {file}: {exc.strerror}") from exc
     if sql is None or sql == "-":

@@ -255,3 +255,28 @@ def test_a_url_that_does_not_parse_is_one_line(url: str) -> None:
     for prog in ("scope-replay", "scope-query"):
         args = ["--at", "-0s"] if prog == "scope-replay" else ["SELECT 1"]
         assert_one_line_error(run_cli(prog, "--db", url, *args), EXIT_USAGE, "not a database URL")
+
+
+def test_compact_past_the_year_2262_moves_everything_but_the_last_batch(tmp_path: Path) -> None:
+    db = tmp_path / "scope.db"
+    with recording_writer(resolve(str(db))) as (_, writer):
+        for batch in range(3):
+            for i in range(10):
+                writer.add(conn_event(mono_ns=10**12 + batch * 10**9 + i, sock_id=batch * 10 + i))
+            writer.flush()
+    result = run_cli("scope-replay", "compact", "--db", str(db), "--before", "99999999999")
+    assert result.returncode == 0, result.stderr
+    assert "moved 20 events" in result.stdout
+
+
+def test_a_query_that_is_not_utf8_is_one_line(log: Path, tmp_path: Path) -> None:
+    query = tmp_path / "bad.sql"
+    query.write_bytes(b"SELECT 1 -- \xff")
+    from_file = run_cli("scope-query", "--db", str(log), "-f", str(query))
+    assert_one_line_error(from_file, EXIT_USAGE, "is not UTF-8 text")
+    argument = subprocess.run(
+        [sys.executable, "-c", "from replay.query_cli import main; main()", "--db", str(log),
+         b"SELECT 1 -- \xff"],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert_one_line_error(argument, EXIT_USAGE, "is not UTF-8 text")
