@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from eventlog.cliutil import EXIT_INTERRUPTED, DbOption, run
+from eventlog.cliutil import EXIT_INTERRUPTED, DbOption, check_output_path, run
 from eventlog.errors import UsageError
 from eventlog.events import MODE_EBPF, MODE_PROC
 from eventlog.options import SQLITE_SYNC_LEVELS, SqliteOptions
@@ -234,6 +234,7 @@ def record(
             retention_interval,
             seed_maker,
         )
+    check_output_path(progress_file)  # (before capture starts, not at its first line)
     options = RecordOptions(
         location=location,
         duration_s=duration,

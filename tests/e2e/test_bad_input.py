@@ -280,3 +280,14 @@ def test_a_query_that_is_not_utf8_is_one_line(log: Path, tmp_path: Path) -> None
         capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     assert_one_line_error(argument, EXIT_USAGE, "is not UTF-8 text")
+
+
+@pytest.mark.parametrize("where", ["a directory", "no such directory"])
+def test_a_progress_file_that_cannot_be_written_is_refused_before_capture(
+    tmp_path: Path, where: str
+) -> None:
+    progress = tmp_path if where == "a directory" else tmp_path / "none" / "progress"
+    result = run_cli("scope-record", "--db", str(tmp_path / "scope.db"), "--mode", "proc",
+                     "--duration", "1", "--quiet", "--progress-file", str(progress))  # fmt: skip
+    assert_one_line_error(result, EXIT_USAGE, f"cannot write {progress}")
+    assert not (tmp_path / "scope.db").exists()
