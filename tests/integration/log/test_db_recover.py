@@ -273,7 +273,7 @@ def test_an_existing_new_log_is_never_written(fleet: Path, tmp_path: Path) -> No
     existing = tmp_path / "existing.db"
     existing.write_bytes(b"anything at all")
     _one_line_error(["db", "recover", str(fleet), "--db", str(existing)], "exists")
-    _one_line_error(["db", "recover", str(fleet), "--db", str(fleet)], "exists")
+    _one_line_error(["db", "recover", str(fleet), "--db", str(fleet)], "would overwrite the log")
     assert existing.read_bytes() == b"anything at all"
     _one_line_error(["db", "recover", str(fleet)], "--db NEW is required")
     _one_line_error(
