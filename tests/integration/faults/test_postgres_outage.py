@@ -49,6 +49,23 @@ def _log_state(url: str) -> tuple[list[tuple[int, str | None, dict[str, int] | N
     return decoded, int(count), int(high)
 
 
+def _stopped_with_everything_committed(url: str) -> dict[str, int]:
+    """The one recording stopped by its signal, every event it received in the log; its
+    counters."""
+    recordings, count, _ = _log_state(url)
+    ((_, reason, counters),) = recordings
+    assert reason == "signal" and counters is not None
+    assert (
+        count
+        == counters["committed"]
+        == counters["received"]
+        - counters["command_line_pieces"]
+        + counters["snapshots"]
+        + counters["container_records"]
+    )
+    return counters
+
+
 def test_outage_shorter_than_the_buffer_is_caught_up(
     own_pg_server: PostgresServer, tmp_path: Path
 ) -> None:
@@ -78,18 +95,8 @@ def test_outage_shorter_than_the_buffer_is_caught_up(
     assert "Traceback" not in stderr
     assert "keeping events in memory" in stderr and "reachable again" in stderr
 
-    recordings, count, _ = _log_state(url)
-    ((_, reason, counters),) = recordings
-    assert reason == "signal" and counters is not None
+    counters = _stopped_with_everything_committed(url)
     assert counters["kernel_lost"] == 0
-    assert (
-        count
-        == counters["committed"]
-        == counters["received"]
-        - counters["command_line_pieces"]
-        + counters["snapshots"]
-        + counters["container_records"]
-    )
     with psycopg.connect(url) as conn:
         during = conn.execute(
             "SELECT count(*) FROM events WHERE mono_ns BETWEEN %s AND %s", (down_at, up_at)
@@ -128,17 +135,7 @@ def test_a_stop_during_an_outage_waits_for_the_store_and_loses_nothing(
     assert recorder.returncode == 0, stderr
     assert "Traceback" not in stderr
     assert "warning: stopping once the log takes the last" in stderr and "reachable again" in stderr
-    recordings, count, _ = _log_state(url)
-    ((_, reason, counters),) = recordings
-    assert reason == "signal" and counters is not None
-    assert (
-        count
-        == counters["committed"]
-        == counters["received"]
-        - counters["command_line_pieces"]
-        + counters["snapshots"]
-        + counters["container_records"]
-    )
+    _stopped_with_everything_committed(url)
 
 
 def test_outage_longer_than_the_buffer_stops_clearly(
